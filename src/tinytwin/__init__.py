@@ -1,0 +1,11 @@
+"""tinytwin: digital twins for federated and decentralized learning on tiny devices.
+
+One experiment file runs on three twins of the same fleet: a vectorised simulator
+(``tinytwin run``), an emulator with one OS process per device, and C firmware on
+emulated Cortex-M chips. This package holds the parts they share: the experiment
+spec, data and partitioners, the model zoo with its memory and FLOP accounting,
+the device catalog and cost model, the algorithms, the wire encodings, the results
+store and the reports.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Datasets (an embedded default plus standard files read from a local folder) and partitioners."""

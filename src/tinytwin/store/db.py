@@ -1,0 +1,262 @@
+"""SQLite results store.
+
+Why SQLite: one file per run, readable by any tool, and transactional — each round is
+committed in one transaction together with the checkpoint needed to continue from it, so
+a run killed at any moment keeps every finished round and can be resumed exactly.
+
+Schema (see docs/results.md):
+
+- ``runs``          one row per run: spec, seed, twin, status (running/complete/incomplete/failed)
+- ``devices``       one row per device: group, profile, link, sample count, class histogram
+- ``rounds``        one row per finished round: accuracy, loss, simulated time, bytes, energy
+- ``device_rounds`` one row per device per round: status, times, bytes, energy, loss
+- ``events``        dropouts, stragglers, joins, leaves, failures, refusals
+- ``checkpoints``   the latest state needed to resume (global model, optimizer state)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    twin TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    spec_yaml TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rounds_planned INTEGER NOT NULL,
+    rounds_done INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    summary_json TEXT,
+    version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    run_id TEXT NOT NULL,
+    device INTEGER NOT NULL,
+    grp TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    link TEXT NOT NULL,
+    num_samples INTEGER NOT NULL,
+    class_hist_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, device)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sim_time_s REAL NOT NULL,
+    duration_s REAL NOT NULL,
+    selected INTEGER NOT NULL,
+    completed INTEGER NOT NULL,
+    dropped INTEGER NOT NULL,
+    stragglers INTEGER NOT NULL,
+    train_loss REAL,
+    test_accuracy REAL,
+    test_loss REAL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    energy_j REAL NOT NULL,
+    wall_time_s REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS device_rounds (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    num_samples INTEGER NOT NULL,
+    compute_s REAL NOT NULL,
+    up_s REAL NOT NULL,
+    down_s REAL NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    packets_lost INTEGER NOT NULL,
+    energy_j REAL NOT NULL,
+    train_loss REAL,
+    accuracy REAL,
+    PRIMARY KEY (run_id, round, device)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sim_time_s REAL NOT NULL,
+    device INTEGER,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT PRIMARY KEY,
+    round INTEGER NOT NULL,
+    state BLOB NOT NULL
+);
+"""
+
+ROUND_COLUMNS = (
+    "round", "sim_time_s", "duration_s", "selected", "completed", "dropped", "stragglers",
+    "train_loss", "test_accuracy", "test_loss", "bytes_up", "bytes_down", "energy_j", "wall_time_s",
+)
+DEVICE_ROUND_COLUMNS = (
+    "round", "device", "status", "num_samples", "compute_s", "up_s", "down_s", "bytes_up",
+    "bytes_down", "packets_lost", "energy_j", "train_loss", "accuracy",
+)
+EVENT_COLUMNS = ("round", "sim_time_s", "device", "kind", "detail")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The ``runs`` row of a store."""
+
+    run_id: str
+    name: str
+    twin: str
+    seed: int
+    spec_yaml: str
+    status: str
+    rounds_planned: int
+    rounds_done: int
+    summary: dict[str, Any]
+
+
+class RunStore:
+    """One run's database. Every write of a round is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path))
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+        self.conn.commit()
+
+    # ---- writing -------------------------------------------------------------------
+    def create_run(self, run_id: str, name: str, twin: str, seed: int, spec_yaml: str,
+                   rounds_planned: int, version: str) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs (run_id, name, twin, seed, spec_yaml, status, rounds_planned,"
+                " rounds_done, started_at, version) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, name, twin, seed, spec_yaml, "running", rounds_planned, 0, time.time(), version),
+            )
+
+    def add_devices(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?)",
+                [(run_id, r["device"], r["group"], r["profile"], r["link"], r["num_samples"],
+                  json.dumps(list(map(int, r["class_hist"])))) for r in rows],
+            )
+
+    def write_round(self, run_id: str, round_row: Mapping[str, Any],
+                    device_rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
+                    checkpoint: Mapping[str, Any] | None) -> None:
+        """Commit one finished round, its per-device rows, events and the resume checkpoint atomically."""
+        with self.conn:
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
+                f"VALUES (?{', ?' * len(ROUND_COLUMNS)})",
+                (run_id, *[round_row.get(c) for c in ROUND_COLUMNS]),
+            )
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO device_rounds (run_id, {', '.join(DEVICE_ROUND_COLUMNS)}) "
+                f"VALUES (?{', ?' * len(DEVICE_ROUND_COLUMNS)})",
+                [(run_id, *[r.get(c) for c in DEVICE_ROUND_COLUMNS]) for r in device_rows],
+            )
+            self._insert_events(run_id, events)
+            if checkpoint is not None:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)",
+                    (run_id, int(round_row["round"]), _to_blob(checkpoint)),
+                )
+            self.conn.execute(
+                "UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id)
+            )
+
+    def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
+        with self.conn:
+            self._insert_events(run_id, events)
+
+    def _insert_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
+        self.conn.executemany(
+            f"INSERT INTO events (run_id, {', '.join(EVENT_COLUMNS)}) VALUES (?{', ?' * len(EVENT_COLUMNS)})",
+            [(run_id, *[e.get(c) for c in EVENT_COLUMNS]) for e in events],
+        )
+
+    def finish_run(self, run_id: str, status: str, summary: Mapping[str, Any]) -> None:
+        with self.conn:
+            self.conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?",
+                (status, time.time(), json.dumps(summary), run_id),
+            )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.conn:
+            self.conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
+
+    # ---- reading -------------------------------------------------------------------
+    def run_info(self, run_id: str | None = None) -> RunInfo:
+        query = "SELECT run_id, name, twin, seed, spec_yaml, status, rounds_planned, rounds_done, summary_json FROM runs"
+        row = (self.conn.execute(query + " WHERE run_id = ?", (run_id,)).fetchone() if run_id
+               else self.conn.execute(query + " ORDER BY started_at LIMIT 1").fetchone())
+        if row is None:
+            raise LookupError(f"no run in {self.path}")
+        return RunInfo(*row[:8], summary=json.loads(row[8]) if row[8] else {})
+
+    def rounds(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts(f"SELECT {', '.join(ROUND_COLUMNS)} FROM rounds WHERE run_id = ? ORDER BY round", run_id)
+
+    def device_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts(
+            f"SELECT {', '.join(DEVICE_ROUND_COLUMNS)} FROM device_rounds WHERE run_id = ? ORDER BY round, device",
+            run_id,
+        )
+
+    def devices(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._dicts(
+            "SELECT device, grp AS 'group', profile, link, num_samples, class_hist_json FROM devices"
+            " WHERE run_id = ? ORDER BY device", run_id,
+        )
+        for r in rows:
+            r["class_hist"] = json.loads(r.pop("class_hist_json"))
+        return rows
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY rowid", run_id
+        )
+
+    def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        row = self.conn.execute("SELECT round, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else (int(row[0]), _from_blob(row[1]))
+
+    def _dicts(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        cur = self.conn.execute(query, args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_store(path: Path) -> RunStore:
+    """Open (creating if needed) the results database at ``path``."""
+    return RunStore(path)
+
+
+def _to_blob(state: Mapping[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    return buf.getvalue()
+
+
+def _from_blob(blob: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(blob), weights_only=False)
