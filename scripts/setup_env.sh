@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates .venv (Python >= 3.11) and installs tinytwin into it; sourced by the other scripts.
+# On a fresh Debian machine python3-venv may be missing: it is installed with apt-get.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+EXTRAS="${1:-}"
+
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+  if ! "$PY" -m venv "$ROOT/.venv" >/dev/null 2>&1; then
+    echo "python3 venv module missing; installing python3-venv with apt-get" >&2
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv python3-pip >/dev/null
+    rm -rf "$ROOT/.venv"
+    "$PY" -m venv "$ROOT/.venv"
+  fi
+fi
+"$ROOT/.venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning" || true
+# torch is pinned in pyproject.toml to the CPU build 2.13.0.
+"$ROOT/.venv/bin/python" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}" 2>&1 | grep -v -i "warning" || true
+"$ROOT/.venv/bin/python" -c "import tinytwin, torch; print(f'tinytwin {tinytwin.__version__} with torch {torch.__version__}')"

@@ -1,0 +1,217 @@
+"""The ``tinytwin`` command line.
+
+Every command turns a :class:`~tinytwin.errors.TinyTwinError` into one line on stderr and
+exit status 2; nothing a user can cause ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tinytwin.errors import TinyTwinError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Digital twins for federated and decentralized learning on tiny devices.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fmt():
+    from tinytwin.report import format as fmt  # imported lazily: keeps `--help` fast
+
+    return fmt
+
+
+@app.command()
+def run(
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
+    out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an incomplete run folder"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Simulate an experiment: train, print a summary and write a run folder with a report."""
+    from tinytwin.engines.runner import resume_run, start_run
+    from tinytwin.spec.load import load_spec
+
+    spec, spec_yaml = load_spec(spec_file, set_ or [])
+    base_dir = spec_file.resolve().parent
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"{spec.name}", total=spec.rounds)
+
+        def on_round(r: int, info: dict[str, Any]) -> None:
+            acc = info.get("accuracy")
+            progress.update(task, completed=r,
+                            description=f"{spec.name}" + (f"  acc {acc:.3f}" if acc is not None else ""))
+
+        def on_prepared(exp: Any) -> None:
+            progress.update(task, description=f"{spec.name} ({exp.fleet.num_devices} devices)")
+
+        if resume is not None:
+            outcome = resume_run(resume, spec, base_dir, on_round, on_prepared)
+        else:
+            outcome = start_run(spec, spec_yaml, out, base_dir, on_round, on_prepared=on_prepared)
+    _print_summary(outcome.summary, outcome.run_dir)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("rounds"), TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+
+
+def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
+    fmt = _fmt()
+    table = Table(title="Summary", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    e = s["energy_j_per_device"]
+    table.add_row("final accuracy", fmt.format_accuracy(s["final_accuracy"]))
+    table.add_row("best accuracy", fmt.format_accuracy(s["best_accuracy"]))
+    table.add_row("rounds", str(s["rounds"]))
+    table.add_row("simulated time", fmt.format_seconds(s["sim_time_s"]))
+    table.add_row("bytes up / down", f"{fmt.format_bytes(s['bytes_up'])} / {fmt.format_bytes(s['bytes_down'])}")
+    table.add_row("energy per device min / median / max",
+                  f"{fmt.format_energy(e['min'])} / {fmt.format_energy(e['median'])} / {fmt.format_energy(e['max'])}")
+    for m in s["memory"]:
+        verdict = "fits" if m["fits"] else "DOES NOT FIT"
+        table.add_row(f"memory: {m['group']} ({m['profile']})",
+                      f"{verdict}: RAM {fmt.format_bytes(m['needed_bytes'])} of {fmt.format_bytes(m['available_bytes'])}, "
+                      f"flash {fmt.format_bytes(m['flash_needed_bytes'])} of {fmt.format_bytes(m['flash_available_bytes'])}")
+    table.add_row("wall time", fmt.format_seconds(s["wall_time_s"]))
+    console.print(table)
+    console.print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+
+
+@app.command()
+def plan(
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key"),
+) -> None:
+    """Per device group, without training: model size, memory vs RAM/flash, time, energy and bytes per round."""
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.engines.planning import plan_groups
+    from tinytwin.spec.load import load_spec
+
+    spec, _ = load_spec(spec_file, set_ or [])
+    exp = prepare(spec, spec_file.resolve().parent, check_memory=False)
+    fmt = _fmt()
+    console.print(f"[bold]{spec.name}[/]: {exp.model.name}, {exp.model.num_params:,} parameters, "
+                  f"{exp.flops_per_sample:,} training FLOPs per sample, "
+                  f"{exp.fleet.num_devices} devices")
+    for row in plan_groups(exp):
+        m = row["memory"]
+        table = Table(title=f"group {m.group} — {m.profile} on {row['link']} ({row['count']} devices)",
+                      show_header=True)
+        table.add_column("item")
+        table.add_column("needed", justify="right")
+        table.add_column("available", justify="right")
+        for name, value in m.training.as_dict().items():
+            table.add_row(f"RAM: {name}", fmt.format_bytes(value), "")
+        table.add_row("[bold]RAM total", fmt.format_bytes(m.ram_needed), fmt.format_bytes(m.ram_available),
+                      style=None if m.fits_ram else "red")
+        for name, value in m.flash_components.items():
+            table.add_row(f"flash: {name}", fmt.format_bytes(value), "")
+        table.add_row("[bold]flash total", fmt.format_bytes(m.flash_needed), fmt.format_bytes(m.flash_available),
+                      style=None if m.fits_flash else "red")
+        table.add_row("fits", "yes" if m.fits else "[red]NO", "")
+        table.add_row("compute time / round", fmt.format_seconds(row["compute_s"]), "")
+        table.add_row("airtime up / down", f"{fmt.format_seconds(row['up_s'])} / {fmt.format_seconds(row['down_s'])}", "")
+        table.add_row("bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", "")
+        table.add_row("energy / round (no idle)", fmt.format_energy(row["energy_j"]), "")
+        console.print(table)
+    if not all(p.fits for p in exp.memory):
+        raise typer.Exit(1)
+
+
+@app.command()
+def devices(
+    profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
+    links: bool = typer.Option(False, "--links", help="list the link models instead"),
+) -> None:
+    """The device catalog (or link catalog) with every figure and its source."""
+    fmt = _fmt()
+    if links:
+        from tinytwin.net.links import load_link_catalog
+
+        cat = load_link_catalog()
+        table = Table(title="Link models")
+        for col in ("name", "latency", "up", "down", "loss", "MTU", "header", "sources"):
+            table.add_column(col)
+        for l in cat.values():
+            table.add_row(l.name, fmt.format_seconds(l.latency_s), f"{l.up_bps / 1e3:,.1f} kbit/s",
+                          f"{l.down_bps / 1e3:,.1f} kbit/s", f"{l.loss:g}", f"{l.mtu_bytes} B",
+                          f"{l.header_bytes} B", "\n".join(f"{k}: {v}" for k, v in l.sources.items()))
+        console.print(table)
+        return
+    from tinytwin.fleet.catalog import load_device_catalog
+
+    cat = load_device_catalog([profiles_file] if profiles_file else [])
+    table = Table(title="Device catalog")
+    for col in ("name", "cpu", "clock", "RAM (+ext, −reserved)", "flash", "FLOP/s", "power active/idle/tx/rx", "radios", "sources"):
+        table.add_column(col)
+    for p in cat.values():
+        pw = p.power
+        ram = fmt.format_bytes(p.ram_bytes)
+        if p.external_ram_bytes:
+            ram += f" + {fmt.format_bytes(p.external_ram_bytes)}"
+        if p.reserved_ram_bytes:
+            ram += f" − {fmt.format_bytes(p.reserved_ram_bytes)}"
+        table.add_row(p.name, p.cpu, f"{p.clock_hz / 1e6:g} MHz", ram, fmt.format_bytes(p.flash_bytes),
+                      f"{p.flops_per_s:.3g}", f"{pw.active_w:g}/{pw.idle_w:g}/{pw.tx_w:g}/{pw.rx_w:g} W",
+                      ", ".join(p.radios), "\n".join(f"{k}: {v}" for k, v in p.sources.items()))
+    console.print(table)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
+    """(Re)write a run folder's CSV files, plots and report.html."""
+    from tinytwin.report import write_report
+
+    path = write_report(run_dir)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="folder for the comparison"),
+) -> None:
+    """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy."""
+    from tinytwin.report import compare_runs
+
+    path = compare_runs(run_dirs, out)
+    console.print(f"comparison: {path}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except TinyTwinError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the run folder keeps every finished round (resume with --resume)")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Everything a twin needs before round 1, built and checked from the spec.
+
+Preparing loads the data, partitions it, builds the model and the fleet and plans every
+group's memory. It raises a :class:`~tinytwin.errors.TinyTwinError` for anything wrong
+*before* any run folder exists, which is how bad input never leaves half-written results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tinytwin.data.datasets import Dataset, load_dataset
+from tinytwin.data.partition import class_histogram, partition
+from tinytwin.errors import MemoryPlanError, SpecError, TinyTwinError
+from tinytwin.fleet.build import Fleet, build_fleet
+from tinytwin.fleet.failures import Timeline, build_timeline
+from tinytwin.fleet.memory import MemoryPlan, message_bytes, plan_memory
+from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_step_flops
+from tinytwin.models.params import ParamLayout
+from tinytwin.models.zoo import LayerModule, ModelDef, make_model
+from tinytwin.spec.schema import ExperimentSpec
+
+
+@dataclass
+class Experiment:
+    spec: ExperimentSpec
+    dataset: Dataset
+    parts: list[np.ndarray]
+    class_hist: np.ndarray
+    model: ModelDef
+    module: LayerModule
+    layout: ParamLayout
+    fleet: Fleet
+    memory: list[MemoryPlan]
+    timeline: Timeline
+
+    @property
+    def num_samples(self) -> np.ndarray:
+        return np.array([len(p) for p in self.parts], dtype=np.int64)
+
+    @property
+    def flops_per_sample(self) -> int:
+        """Forward + backward FLOPs of one training sample."""
+        return forward_flops(self.model.layers, self.model.num_classes) + backward_flops(
+            self.model.layers, self.model.num_classes)
+
+    @property
+    def flops_per_step(self) -> int:
+        a = self.spec.algorithm
+        return optimizer_step_flops(self.model.num_params, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
+
+    def uplink_bytes(self) -> int:
+        return message_bytes(self.model.num_params, self.spec.algorithm.encoding, self.model.tensor_sizes)
+
+    def downlink_bytes(self) -> int:
+        return message_bytes(self.model.num_params, self.spec.algorithm.downlink_encoding, self.model.tensor_sizes)
+
+    def initial_params(self) -> torch.Tensor:
+        return self.layout.flatten(self.module)
+
+
+def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory: bool = True) -> Experiment:
+    """Build and check everything; raises before any result is written."""
+    fleet = build_fleet(spec, base_dir)
+    data_dir = spec.dataset.data_dir
+    if data_dir is not None and base_dir is not None and not Path(data_dir).is_absolute() \
+            and not Path(data_dir).exists() and (base_dir / data_dir).exists():
+        data_dir = str(base_dir / data_dir)
+    dataset = load_dataset(spec.dataset.name, data_dir, test_size=spec.dataset.test_size)
+    p = spec.partition
+    n = fleet.num_devices
+    if n > len(dataset.y_train):
+        raise SpecError("fleet", f"{n} devices but {spec.dataset.name} has only {len(dataset.y_train)} "
+                        "training samples; use fewer devices")
+    try:
+        parts = partition(dataset.y_train, n, method=p.method, seed=spec.seed, alpha=p.alpha,
+                          shards_per_device=p.shards_per_device, sigma=p.sigma, min_samples=p.min_samples,
+                          samples_per_device=p.samples_per_device)
+    except ValueError as exc:
+        raise SpecError("partition", str(exc)) from None
+    model = _make_model(spec, dataset)
+    module = model.build(spec.seed)
+    layout = ParamLayout.of(module)
+    memory = _plan(spec, model, fleet, parts)
+    if check_memory:
+        refuse_if_unfit(memory)
+    timeline = build_timeline(spec.failures, n, spec.rounds, spec.seed)
+    return Experiment(spec, dataset, parts, class_histogram(dataset.y_train, parts, dataset.num_classes),
+                      model, module, layout, fleet, memory, timeline)
+
+
+def _make_model(spec: ExperimentSpec, dataset: Dataset) -> ModelDef:
+    try:
+        return make_model(spec.model.name, dataset.input_shape, dataset.num_classes, **spec.model.options())
+    except ValueError as exc:
+        raise SpecError("model", f"{exc} for {spec.dataset.name} inputs {dataset.input_shape}") from None
+
+
+def _plan(spec: ExperimentSpec, model: ModelDef, fleet: Fleet, parts: list[np.ndarray]) -> list[MemoryPlan]:
+    a = spec.algorithm
+    plans = []
+    for g in fleet.groups:
+        max_samples = max(len(parts[d]) for d in g.devices)
+        plans.append(plan_memory(g.name, g.profile, model, batch_size=a.batch_size, optimizer=a.optimizer,
+                                 momentum=a.momentum, prox_mu=a.prox_mu, uplink_encoding=a.encoding,
+                                 downlink_encoding=a.downlink_encoding, max_samples=max_samples))
+    return plans
+
+
+def refuse_if_unfit(plans: list[MemoryPlan]) -> None:
+    """Memory is a hard constraint: refuse the run, naming every group that does not fit."""
+    bad = [p for p in plans if not p.fits]
+    if bad:
+        msg = "; ".join(f"group {p.group!r}: {p.explain()}" for p in bad)
+        raise MemoryPlanError(f"local training does not fit: {msg}. Use a smaller model or batch size, "
+                              "or a device with more memory (see `tinytwin plan`).")
+
+
+__all__ = ["Experiment", "prepare", "refuse_if_unfit", "TinyTwinError"]

@@ -1,0 +1,144 @@
+"""Running local training for many devices: batched (the engine) and one by one (the reference).
+
+The batched path stacks the participating devices' flat parameters into a (D, P) tensor
+and runs every step of every device as one ``vmap``-ed computation; devices whose data
+ran out at a step are masked (``active = 0``), so unequal dataset sizes need no Python
+loop over devices. The reference path runs the same definitions
+(:mod:`tinytwin.algorithms.local_update`) device by device; a test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
+from tinytwin.models.params import ParamLayout
+from tinytwin.rng import device_permutations
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    params: torch.Tensor        # (D, P) trained parameters
+    train_loss: np.ndarray      # (D,) mean cross-entropy over all samples seen this round
+    steps: np.ndarray           # (D,) optimizer steps taken
+
+
+class LocalTrainer:
+    """Trains devices' models on their local data for one round."""
+
+    def __init__(self, module: nn.Module, layout: ParamLayout, x_train: torch.Tensor,
+                 y_train: torch.Tensor, cfg: LocalTraining, seed: int, chunk_size: int = 2048) -> None:
+        self.module = module
+        self.layout = layout
+        self.x = x_train
+        self.y = y_train
+        self.cfg = cfg
+        self.seed = seed
+        self.chunk_size = chunk_size
+
+        def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return batch_loss(module, layout, flat, x, y, mask, anchor, cfg.prox_mu)
+
+        self._loss = loss
+        self._batched_grad = vmap(grad(loss, has_aux=True))
+
+    # ---- schedule -----------------------------------------------------------------
+    def schedule(self, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
+        """Global sample indices per device and step slot: (D, epochs·steps_max·B), -1 = padding.
+
+        Epoch e of device d visits its samples in the order of its own permutation; each
+        epoch is padded to the fleet's largest number of steps so that step s of every
+        device lines up.
+        """
+        sizes = np.array([len(ix) for ix in indices], dtype=np.int64)
+        b = self.cfg.batch_size
+        steps = int(-(-sizes.max() // b)) if sizes.size else 0
+        padded = np.full((len(indices), max(int(sizes.max()), 1)), -1, dtype=np.int64)
+        for d, ix in enumerate(indices):
+            padded[d, : len(ix)] = ix
+        slots = []
+        for epoch in range(self.cfg.epochs):
+            order = device_permutations(self.seed, round_, epoch, device_ids, sizes)
+            glob = np.where(order >= 0, np.take_along_axis(padded, np.maximum(order, 0), axis=1), -1)
+            pad = np.full((len(indices), steps * b - glob.shape[1]), -1, dtype=np.int64)
+            slots.append(np.concatenate([glob, pad], axis=1))
+        return np.concatenate(slots, axis=1)
+
+    # ---- batched ------------------------------------------------------------------
+    def train(self, start: torch.Tensor, round_: int, device_ids: np.ndarray,
+              indices: list[np.ndarray], lr: np.ndarray | None = None) -> LocalResult:
+        """Train every listed device from ``start`` ((P,) shared or (D, P) per device)."""
+        d = len(indices)
+        params = start.expand(d, -1).clone() if start.dim() == 1 else start.clone()
+        lrs = np.full(d, self.cfg.lr) if lr is None else np.asarray(lr, dtype=np.float64)
+        losses = np.zeros(d)
+        steps = np.zeros(d, dtype=np.int64)
+        for lo in range(0, d, self.chunk_size):
+            hi = min(lo + self.chunk_size, d)
+            p, l, s = self._train_chunk(params[lo:hi], round_, device_ids[lo:hi], indices[lo:hi], lrs[lo:hi])
+            params[lo:hi], losses[lo:hi], steps[lo:hi] = p, l, s
+        return LocalResult(params, losses, steps)
+
+    def _train_chunk(self, params: torch.Tensor, round_: int, device_ids: np.ndarray,
+                     indices: list[np.ndarray], lrs: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        sched = torch.from_numpy(self.schedule(round_, device_ids, indices))
+        anchor = params.clone()
+        state = init_optimizer_state(params, cfg)
+        lr = torch.tensor(lrs, dtype=params.dtype)[:, None]
+        ce_total = torch.zeros(len(indices), dtype=torch.float64)
+        seen = torch.zeros(len(indices), dtype=torch.float64)
+        steps = torch.zeros(len(indices), dtype=torch.int64)
+        b = cfg.batch_size
+        for s in range(sched.shape[1] // b):
+            idx = sched[:, s * b:(s + 1) * b]
+            mask = (idx >= 0).to(params.dtype)
+            has_data = mask.sum(dim=1) > 0
+            if not bool(has_data.any()):
+                continue
+            safe = idx.clamp_min(0)
+            x, y = self.x[safe], self.y[safe]
+            grads, ce_sum = self._batched_grad(params, x, y, mask, anchor)
+            active = has_data.to(params.dtype)[:, None]
+            params, state = optimizer_step(params, grads, state, lr, active, cfg)
+            ce_total += ce_sum.to(torch.float64)
+            seen += mask.sum(dim=1).to(torch.float64)
+            steps += has_data.to(torch.int64)
+        loss = (ce_total / seen.clamp_min(1.0)).numpy()
+        return params, loss, steps.numpy()
+
+    # ---- reference ----------------------------------------------------------------
+    def train_reference(self, start: torch.Tensor, round_: int, device_ids: np.ndarray,
+                        indices: list[np.ndarray], lr: np.ndarray | None = None) -> LocalResult:
+        """The executable definition: each device trained alone with plain autograd."""
+        cfg = self.cfg
+        sched = self.schedule(round_, device_ids, indices)
+        out, losses, steps = [], [], []
+        for d in range(len(indices)):
+            w = (start if start.dim() == 1 else start[d]).clone()
+            anchor = w.clone()
+            state = init_optimizer_state(w, cfg)
+            lr_d = torch.tensor([cfg.lr if lr is None else float(lr[d])], dtype=w.dtype)
+            order = sched[d][sched[d] >= 0]
+            ce_total, n_steps = 0.0, 0
+            for e in range(cfg.epochs):
+                epoch_ix = order[e * len(indices[d]):(e + 1) * len(indices[d])]
+                for lo in range(0, len(epoch_ix), cfg.batch_size):
+                    batch = torch.from_numpy(epoch_ix[lo:lo + cfg.batch_size])
+                    w_req = w.detach().requires_grad_(True)
+                    loss, ce_sum = self._loss(w_req, self.x[batch], self.y[batch],
+                                              torch.ones(len(batch), dtype=w.dtype), anchor)
+                    (g,) = torch.autograd.grad(loss, w_req)
+                    w, state = optimizer_step(w.detach(), g, state, lr_d, torch.ones(1, dtype=w.dtype), cfg)
+                    ce_total += float(ce_sum)
+                    n_steps += 1
+            out.append(w)
+            losses.append(ce_total / max(1, cfg.epochs * len(indices[d])))
+            steps.append(n_steps)
+        return LocalResult(torch.stack(out), np.array(losses), np.array(steps))

@@ -1,0 +1,105 @@
+"""Run folders: creating a run, resuming one, and finishing it with its report.
+
+A run folder holds ``spec.yaml`` (the effective experiment), ``results.db`` (written as
+the run goes), and after the run ``csv/``, ``plots/`` and ``report.html``. It is created
+only after the spec, the data and the memory plan have all been checked.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinytwin import __version__
+from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.engines.simulate import ProgressFn, SimState, Simulator
+from tinytwin.errors import TinyTwinError
+from tinytwin.spec.load import validate_spec
+from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.store.db import RunStore
+
+DB_NAME = "results.db"
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict[str, Any]
+    experiment: Experiment
+
+
+def new_run_dir(out: Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"{name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = out / f"{name}-{stamp}-{suffix}"
+    return path
+
+
+def start_run(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
+              progress: ProgressFn | None = None, run_dir: Path | None = None,
+              on_prepared: Any = None) -> RunOutcome:
+    """Check everything, then create the run folder and simulate every round."""
+    exp = prepare(spec, base_dir)
+    if on_prepared is not None:
+        on_prepared(exp)
+    run_dir = run_dir or new_run_dir(out, spec.name)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "spec.yaml").write_text(spec_yaml)
+    store = RunStore(run_dir / DB_NAME)
+    run_id = uuid.uuid4().hex[:12]
+    store.create_run(run_id, spec.name, "simulate", spec.seed, spec_yaml, spec.rounds, __version__)
+    sim = Simulator(exp, store, run_id)
+    sim.register()
+    return _drive(sim, store, run_id, sim.initial_state(), run_dir, progress)
+
+
+def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
+               progress: ProgressFn | None = None, on_prepared: Any = None) -> RunOutcome:
+    """Continue an incomplete run from its last finished round."""
+    db = run_dir / DB_NAME
+    if not db.is_file():
+        raise TinyTwinError(f"{run_dir} is not a tinytwin run folder (no {DB_NAME}); pass the folder a run created")
+    store = RunStore(db)
+    info = store.run_info()
+    stored = validate_spec(yaml.safe_load(info.spec_yaml))
+    if spec is not None and spec.model_dump() != stored.model_dump():
+        raise TinyTwinError(f"the experiment file differs from the one {run_dir} was started with; "
+                            f"resume with the run's own spec ({run_dir / 'spec.yaml'})")
+    if info.status == "complete":
+        raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
+    exp = prepare(stored, base_dir)
+    if on_prepared is not None:
+        on_prepared(exp)
+    sim = Simulator(exp, store, info.run_id)
+    ck = store.checkpoint(info.run_id)
+    state = SimState.from_checkpoint(ck[1]) if ck else sim.initial_state()
+    store.set_status(info.run_id, "running")
+    store.add_events(info.run_id, [{"round": state.round, "sim_time_s": state.sim_time_s, "device": None,
+                                    "kind": "resume", "detail": f"resumed after round {state.round}"}])
+    return _drive(sim, store, info.run_id, state, run_dir, progress)
+
+
+def _drive(sim: Simulator, store: RunStore, run_id: str, state: SimState, run_dir: Path,
+           progress: ProgressFn | None) -> RunOutcome:
+    wall0 = time.perf_counter()
+    try:
+        state = sim.run(state, progress)
+    except BaseException:
+        store.set_status(run_id, "incomplete")
+        store.close()
+        raise
+    summary = sim.summary(state, time.perf_counter() - wall0)
+    store.finish_run(run_id, "complete", summary)
+    store.close()
+    from tinytwin.report.html import write_report  # matplotlib is only needed here
+
+    write_report(run_dir)
+    return RunOutcome(run_dir, summary, sim.exp)

@@ -1,0 +1,296 @@
+"""The simulation twin for centralized federated learning.
+
+Time is virtual: every round's duration comes from the cost model (the slowest
+participant, or the deadline). Local training of all participants is one batched
+computation (:class:`~tinytwin.engines.local_training.LocalTrainer`). Each finished round
+is committed to the results database together with the checkpoint needed to continue, so
+a killed run keeps its finished rounds and ``--resume`` finishes it exactly as an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tinytwin.algorithms.aggregators import coordinate_median, krum, trimmed_mean, weighted_mean
+from tinytwin.algorithms.local_update import LocalTraining
+from tinytwin.algorithms.server_optimizers import make_server_optimizer
+from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
+from tinytwin.engines.experiment import Experiment
+from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.fleet.cost import (
+    LinkArrays, PowerArrays, clip_phases, compute_flops, draw_lost_packets, energy_joules, transfer_cost,
+)
+from tinytwin.rng import Stream, stream_rng
+from tinytwin.store.db import RunStore
+from tinytwin.wire.encoding import roundtrip_torch
+
+ProgressFn = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class SimState:
+    """Everything that carries over from one round to the next (the checkpoint)."""
+
+    round: int
+    global_params: torch.Tensor
+    server_state: dict[str, torch.Tensor]
+    sim_time_s: float
+    energy_j: np.ndarray          # cumulative per device
+    bytes_up: int = 0
+    bytes_down: int = 0
+    accuracies: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"round": self.round, "global_params": self.global_params, "server_state": self.server_state,
+                "sim_time_s": self.sim_time_s, "energy_j": self.energy_j, "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down, "accuracies": self.accuracies}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> "SimState":
+        return cls(**ck)
+
+
+class Simulator:
+    """Runs an :class:`Experiment` round by round, writing to a :class:`RunStore`."""
+
+    def __init__(self, exp: Experiment, store: RunStore, run_id: str) -> None:
+        self.exp = exp
+        self.store = store
+        self.run_id = run_id
+        spec = exp.spec
+        a = spec.algorithm
+        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum,
+                                 a.weight_decay, a.prox_mu)
+        ds = exp.dataset
+        self.x_train = torch.from_numpy(ds.x_train)
+        self.y_train = torch.from_numpy(ds.y_train)
+        self.x_test = torch.from_numpy(ds.x_test)
+        self.y_test = torch.from_numpy(ds.y_test)
+        self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
+        so = a.server_optimizer
+        self.server_opt = make_server_optimizer(so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1,
+                                                beta2=so.beta2, tau=so.tau)
+        self.up_bytes = exp.uplink_bytes()
+        self.down_bytes = exp.downlink_bytes()
+        self.flops_sample = exp.flops_per_sample
+        self.flops_step = exp.flops_per_step
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def initial_state(self) -> SimState:
+        params = self.exp.initial_params()
+        return SimState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.exp.fleet.num_devices))
+
+    def register(self) -> None:
+        """Write the per-device table (group, profile, link, data, class histogram)."""
+        exp = self.exp
+        rows = []
+        for g in exp.fleet.groups:
+            for d in g.devices:
+                rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
+                             "num_samples": len(exp.parts[d]), "class_hist": exp.class_hist[d]})
+        self.store.add_devices(self.run_id, rows)
+
+    def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
+        for r in range(state.round + 1, self.exp.spec.rounds + 1):
+            state = self.step(state, r)
+            if progress is not None:
+                acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
+                progress(r, {"accuracy": acc, "sim_time_s": state.sim_time_s})
+        return state
+
+    # ---- one round ----------------------------------------------------------------
+    def step(self, state: SimState, r: int) -> SimState:
+        wall0 = time.perf_counter()
+        exp, spec = self.exp, self.exp.spec
+        a, seed = spec.algorithm, spec.seed
+        n_dev = exp.fleet.num_devices
+        events: list[dict[str, Any]] = []
+        t0 = state.sim_time_s
+
+        for d, kind in exp.timeline.changes(r):
+            events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
+        online = exp.timeline.online(r)
+        online_ids = np.flatnonzero(online)
+        selected = self._select(online_ids, r)
+        dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
+        for d in selected[dropped_mask]:
+            events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "dropout",
+                           "detail": "dropped out after receiving the global model"})
+
+        # Costs of every selected device (arrays aligned with `selected`).
+        links = _take_links(exp.fleet.links, selected)
+        lost_down = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 0), self.down_bytes, links)
+        down = transfer_cost(self.down_bytes, links.down_bps, links, lost_down)
+        n_samples = exp.num_samples[selected]
+        flops = compute_flops(n_samples, a.local_epochs, a.batch_size, self.flops_sample, self.flops_step)
+        compute_s = np.where(dropped_mask, 0.0, flops / exp.fleet.flops_per_s[selected])
+        lost_up = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 1), self.up_bytes, links)
+        lost_up = np.where(dropped_mask, 0, lost_up)
+        up = transfer_cost(self.up_bytes, links.up_bps, links, lost_up)
+        up_s = np.where(dropped_mask, 0.0, up.time_s)
+        total_s = down.time_s + compute_s + up_s
+        straggler = ~dropped_mask & (total_s > a.deadline_s) if a.deadline_s is not None else np.zeros_like(dropped_mask)
+        for d, t in zip(selected[straggler], total_s[straggler]):
+            events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "straggler",
+                           "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s"})
+        completed_mask = ~dropped_mask & ~straggler
+        completed = selected[completed_mask]
+
+        round_s = float(total_s[completed_mask].max()) if completed.size else 0.0
+        if dropped_mask.any():
+            round_s = max(round_s, float(down.time_s[dropped_mask].max()))
+        if straggler.any():
+            round_s = float(a.deadline_s)
+
+        # Learning: batched local training of the devices that will report back.
+        new_global, train_losses = state.global_params, np.full(selected.size, np.nan)
+        server_state = state.server_state
+        if completed.size:
+            result = self.trainer.train(state.global_params, r, completed, [exp.parts[d] for d in completed])
+            train_losses[completed_mask] = result.train_loss
+            deltas = result.params - state.global_params
+            received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
+            aggregate = self._aggregate(received, torch.from_numpy(n_samples[completed_mask]).to(received.dtype),
+                                        events, r, t0)
+            if aggregate is not None:
+                new_global, server_state = self.server_opt.step(state.global_params,
+                                                                state.global_params + aggregate, server_state)
+        else:
+            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round",
+                           "detail": "no device completed the round; the global model is unchanged"})
+        if a.downlink_encoding != "float32":
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding,
+                                         tensor_sizes=exp.model.tensor_sizes)[0]
+
+        # Energy and bytes of every device over the round.
+        d_s, c_s, u_s = clip_phases(down.time_s, compute_s, up_s, a.deadline_s)
+        power = _take_power(exp.fleet.power, selected)
+        horizon = np.where(dropped_mask, d_s, round_s)
+        sel_energy = energy_joules(power, c_s, u_s, d_s, horizon, np.ones(selected.size, dtype=bool))
+        idle_ids = np.setdiff1d(online_ids, selected)
+        idle_energy = exp.fleet.power.idle_w[idle_ids] * round_s
+        energy = np.zeros(n_dev)
+        energy[selected] = sel_energy
+        energy[idle_ids] = idle_energy
+        # A straggler stops sending at the deadline: count the bytes it got onto the link.
+        up_frac = np.divide(u_s, up.time_s, out=np.zeros_like(u_s), where=up.time_s > 0)
+        bytes_up_dev = np.where(dropped_mask, 0, np.round(up.wire_bytes * up_frac)).astype(np.int64)
+        bytes_down_dev = down.wire_bytes
+
+        # Evaluation of the new global model.
+        acc = loss = None
+        per_device_acc: dict[int, float] = {}
+        if r % spec.evaluation.every == 0 or r == spec.rounds:
+            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
+            if spec.evaluation.per_device:
+                correct, _ = predict_correct(exp.module, exp.layout, new_global, self.x_train, self.y_train)
+                for d in online_ids:
+                    per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
+
+        status = np.full(n_dev, "", dtype=object)
+        status[idle_ids] = "idle"
+        status[selected[completed_mask]] = "ok"
+        status[selected[straggler]] = "straggler"
+        status[selected[dropped_mask]] = "dropped"
+        pos = {int(d): i for i, d in enumerate(selected)}
+        device_rows = []
+        for d in online_ids:
+            i = pos.get(int(d))
+            device_rows.append({
+                "round": r, "device": int(d), "status": status[d], "num_samples": int(exp.num_samples[d]),
+                "compute_s": float(c_s[i]) if i is not None else 0.0,
+                "up_s": float(u_s[i]) if i is not None else 0.0,
+                "down_s": float(d_s[i]) if i is not None else 0.0,
+                "bytes_up": int(bytes_up_dev[i]) if i is not None else 0,
+                "bytes_down": int(bytes_down_dev[i]) if i is not None else 0,
+                "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
+                "energy_j": float(energy[d]),
+                "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
+                "accuracy": per_device_acc.get(int(d)),
+            })
+
+        bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
+        finite = train_losses[~np.isnan(train_losses)]
+        new_state = SimState(
+            r, new_global, server_state, t0 + round_s, state.energy_j + energy,
+            state.bytes_up + bytes_up, state.bytes_down + bytes_down,
+            state.accuracies + ([(r, acc)] if acc is not None else []),
+        )
+        round_row = {
+            "round": r, "sim_time_s": new_state.sim_time_s, "duration_s": round_s, "selected": int(selected.size),
+            "completed": int(completed.size), "dropped": int(dropped_mask.sum()), "stragglers": int(straggler.sum()),
+            "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": acc, "test_loss": loss,
+            "bytes_up": bytes_up, "bytes_down": bytes_down, "energy_j": float(energy.sum()),
+            "wall_time_s": time.perf_counter() - wall0,
+        }
+        self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
+        return new_state
+
+    def _select(self, online_ids: np.ndarray, r: int) -> np.ndarray:
+        c = self.exp.spec.algorithm.clients_per_round
+        if online_ids.size == 0:
+            return online_ids
+        k = c if isinstance(c, int) else max(1, math.ceil(c * online_ids.size))
+        k = min(k, online_ids.size)
+        if k == online_ids.size:
+            return online_ids
+        rng = stream_rng(self.exp.spec.seed, Stream.SELECT, r)
+        return np.sort(rng.choice(online_ids, size=k, replace=False))
+
+    def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
+                   r: int, t0: float) -> torch.Tensor | None:
+        agg = self.exp.spec.algorithm.aggregator
+        try:
+            if agg.name == "median":
+                return coordinate_median(received)
+            if agg.name == "trimmed_mean":
+                return trimmed_mean(received, agg.beta)
+            if agg.name == "krum":
+                return krum(received, agg.num_byzantine, agg.num_selected)
+            return weighted_mean(received, weights)
+        except ValueError as exc:
+            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "aggregation_skipped",
+                           "detail": f"{agg.name}: {exc}"})
+            return None
+
+    # ---- summary ------------------------------------------------------------------
+    def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
+        exp, spec = self.exp, self.exp.spec
+        accs = [a for _, a in state.accuracies]
+        energy = state.energy_j
+        return {
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "rounds": state.round,
+            "sim_time_s": state.sim_time_s,
+            "bytes_up": state.bytes_up,
+            "bytes_down": state.bytes_down,
+            "energy_j_per_device": {"min": float(energy.min()), "median": float(np.median(energy)),
+                                    "max": float(energy.max())},
+            "energy_j_total": float(energy.sum()),
+            "memory_fits": all(p.fits for p in exp.memory),
+            "memory": [p.as_dict() for p in exp.memory],
+            "wall_time_s": wall_time_s,
+            "num_devices": exp.fleet.num_devices,
+            "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
+            "dataset": spec.dataset.name,
+            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
+            "uplink_message_bytes": self.up_bytes,
+            "downlink_message_bytes": self.down_bytes,
+        }
+
+
+def _take_links(links: LinkArrays, ids: np.ndarray) -> LinkArrays:
+    return LinkArrays(*(getattr(links, f)[ids] for f in LinkArrays.__dataclass_fields__))
+
+
+def _take_power(power: PowerArrays, ids: np.ndarray) -> PowerArrays:
+    return PowerArrays(*(getattr(power, f)[ids] for f in PowerArrays.__dataclass_fields__))
+

@@ -1,0 +1,110 @@
+"""CSV export of a run database, and the shared helpers for reading run folders.
+
+CSV is the hand-off to spreadsheets and pandas: one file per table, one header row,
+plain numbers (full precision, empty cell for NULL), so nothing needs the SQLite schema.
+Files are written to a temporary name and then renamed, so a reader (or a crash) never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sqlite3
+import secrets
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tinytwin.errors import TinyTwinError
+from tinytwin.store.db import DEVICE_ROUND_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, RunInfo, RunStore
+
+DB_NAME = "results.db"
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    # Not mkstemp: its 0600 mode would make reports unreadable to a web server or teammate;
+    # O_EXCL with mode 0666 gives the same uniqueness guarantee and honours the umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def open_run(run_dir: Path) -> tuple[RunStore, RunInfo]:
+    """Open the run in ``run_dir`` or raise a one-line :class:`TinyTwinError` saying what is missing.
+
+    The database is probed read-only first: ``RunStore`` creates its schema on open, and we
+    must not plant tinytwin tables into some unrelated ``results.db`` a user pointed us at.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TinyTwinError(f"{run_dir}: run folder does not exist")
+    db = run_dir / DB_NAME
+    if not db.is_file():
+        raise TinyTwinError(f"{run_dir}: not a tinytwin run folder (no {DB_NAME})")
+    try:
+        probe = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            has_runs = probe.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        finally:
+            probe.close()
+        if not has_runs:
+            raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a tinytwin results database (no runs table)")
+    except sqlite3.OperationalError:
+        pass  # e.g. a WAL database we cannot open read-only; let RunStore try normally
+    except sqlite3.DatabaseError as exc:
+        raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a readable SQLite database ({exc})") from None
+    store = RunStore(db)
+    try:
+        info = store.run_info()
+    except LookupError:
+        store.close()
+        raise TinyTwinError(f"{run_dir}: {DB_NAME} holds no run") from None
+    return store, info
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buf.getvalue()
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    return _csv_text(columns, ([r.get(c) for c in columns] for r in rows))
+
+
+def export_csv(store: RunStore, run_id: str, out_dir: Path) -> list[Path]:
+    """Write rounds.csv, device_rounds.csv, devices.csv and events.csv; return their paths.
+
+    devices.csv spreads the class histogram over ``class_0 … class_{K-1}`` columns so a
+    spreadsheet can sum or plot it without parsing JSON.
+    """
+    out_dir = Path(out_dir)
+    devices = store.devices(run_id)
+    num_classes = max((len(d["class_hist"]) for d in devices), default=0)
+    dev_header = ["device", "group", "profile", "link", "num_samples"] + [f"class_{k}" for k in range(num_classes)]
+    dev_rows = (
+        [d["device"], d["group"], d["profile"], d["link"], d["num_samples"],
+         *d["class_hist"], *[0] * (num_classes - len(d["class_hist"]))]
+        for d in devices
+    )
+    return [
+        atomic_write(out_dir / "rounds.csv", _table(store.rounds(run_id), ROUND_COLUMNS)),
+        atomic_write(out_dir / "device_rounds.csv", _table(store.device_rounds(run_id), DEVICE_ROUND_COLUMNS)),
+        atomic_write(out_dir / "devices.csv", _csv_text(dev_header, dev_rows)),
+        atomic_write(out_dir / "events.csv", _table(store.events(run_id), EVENT_COLUMNS)),
+    ]
