@@ -132,40 +132,63 @@ def plan(
 
 @app.command()
 def devices(
+    name: Optional[str] = typer.Argument(None, help="show only this device (or link, with --links)"),
     profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
     links: bool = typer.Option(False, "--links", help="list the link models instead"),
 ) -> None:
-    """The device catalog (or link catalog) with every figure and its source."""
+    """The device catalog (or link catalog): every figure with its source."""
     fmt = _fmt()
     if links:
         from tinytwin.net.links import load_link_catalog
 
-        cat = load_link_catalog()
-        table = Table(title="Link models")
-        for col in ("name", "latency", "up", "down", "loss", "MTU", "header", "sources"):
-            table.add_column(col)
-        for l in cat.values():
-            table.add_row(l.name, fmt.format_seconds(l.latency_s), f"{l.up_bps / 1e3:,.1f} kbit/s",
-                          f"{l.down_bps / 1e3:,.1f} kbit/s", f"{l.loss:g}", f"{l.mtu_bytes} B",
-                          f"{l.header_bytes} B", "\n".join(f"{k}: {v}" for k, v in l.sources.items()))
-        console.print(table)
-        return
-    from tinytwin.fleet.catalog import load_device_catalog
+        entries: dict[str, Any] = load_link_catalog()
+        overview = Table(title="Link models")
+        for col in ("name", "latency", "up", "down", "loss", "MTU", "header/packet"):
+            overview.add_column(col)
+        for l in entries.values():
+            overview.add_row(l.name, fmt.format_seconds(l.latency_s), f"{l.up_bps / 1e3:,.1f} kbit/s",
+                             f"{l.down_bps / 1e3:,.1f} kbit/s", f"{l.loss:g}", f"{l.mtu_bytes} B", f"{l.header_bytes} B")
+    else:
+        from tinytwin.fleet.catalog import load_device_catalog
 
-    cat = load_device_catalog([profiles_file] if profiles_file else [])
-    table = Table(title="Device catalog")
-    for col in ("name", "cpu", "clock", "RAM (+ext, −reserved)", "flash", "FLOP/s", "power active/idle/tx/rx", "radios", "sources"):
-        table.add_column(col)
-    for p in cat.values():
-        pw = p.power
-        ram = fmt.format_bytes(p.ram_bytes)
-        if p.external_ram_bytes:
-            ram += f" + {fmt.format_bytes(p.external_ram_bytes)}"
-        if p.reserved_ram_bytes:
-            ram += f" − {fmt.format_bytes(p.reserved_ram_bytes)}"
-        table.add_row(p.name, p.cpu, f"{p.clock_hz / 1e6:g} MHz", ram, fmt.format_bytes(p.flash_bytes),
-                      f"{p.flops_per_s:.3g}", f"{pw.active_w:g}/{pw.idle_w:g}/{pw.tx_w:g}/{pw.rx_w:g} W",
-                      ", ".join(p.radios), "\n".join(f"{k}: {v}" for k, v in p.sources.items()))
+        entries = load_device_catalog([profiles_file] if profiles_file else [])
+        overview = Table(title="Device catalog")
+        for col in ("name", "clock", "RAM for training", "flash for model+data", "FLOP/s", "active/idle/tx/rx W", "radios"):
+            overview.add_column(col)
+        for p in entries.values():
+            pw = p.power
+            overview.add_row(p.name, f"{p.clock_hz / 1e6:g} MHz", fmt.format_bytes(p.training_ram_bytes),
+                             fmt.format_bytes(p.model_flash_bytes), f"{p.flops_per_s:.3g}",
+                             f"{pw.active_w:g} / {pw.idle_w:g} / {pw.tx_w:g} / {pw.rx_w:g}", ", ".join(p.radios))
+    if name is not None:
+        if name not in entries:
+            raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
+        entries = {name: entries[name]}
+    else:
+        console.print(overview)
+    for entry in entries.values():
+        _print_sources(entry)
+
+
+def _print_sources(entry: Any) -> None:
+    """One table per catalog entry: each figure, its value and where it comes from."""
+    cpu = getattr(entry, "cpu", None)
+    title = f"{entry.name}: {entry.description}" + (f" CPU: {cpu}." if cpu else "")
+    table = Table(title=title, show_header=True, title_justify="left")
+    table.add_column("figure", style="bold", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("source")
+    data = entry.model_dump()
+    for key, value in data.items():
+        if key in ("name", "description", "sources", "cpu"):
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                table.add_row(f"{key}.{sub}", f"{v:g}" if isinstance(v, float) else str(v),
+                              entry.sources.get(f"{key}.{sub}", entry.sources.get(key, "")))
+        else:
+            shown = ", ".join(value) if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
+            table.add_row(key, shown, entry.sources.get(key, ""))
     console.print(table)
 
 
@@ -193,7 +216,9 @@ def compare(
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except TinyTwinError as exc:
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

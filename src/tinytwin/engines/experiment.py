@@ -70,7 +70,8 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
     if data_dir is not None and base_dir is not None and not Path(data_dir).is_absolute() \
             and not Path(data_dir).exists() and (base_dir / data_dir).exists():
         data_dir = str(base_dir / data_dir)
-    dataset = load_dataset(spec.dataset.name, data_dir, test_size=spec.dataset.test_size)
+    dataset = load_dataset(spec.dataset.name, data_dir, test_size=spec.dataset.test_size,
+                           digits_split=spec.dataset.split)
     p = spec.partition
     n = fleet.num_devices
     if n > len(dataset.y_train):

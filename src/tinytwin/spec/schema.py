@@ -24,6 +24,8 @@ class DatasetSpec(Strict):
     name: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = "digits"
     data_dir: str | None = Field(default=None, description="folder with the dataset files; default $TINYTWIN_DATA")
     test_size: PositiveInt | None = Field(default=None, description="use only the first N test samples")
+    split: Literal["shuffled", "last"] = Field(
+        default="shuffled", description="digits only: shuffled 1500/297 split, or the unshuffled last-297 test set")
 
 
 class PartitionSpec(Strict):
@@ -31,7 +33,7 @@ class PartitionSpec(Strict):
     alpha: Annotated[float, Field(gt=0.0)] = 0.5
     shards_per_device: PositiveInt = 2
     sigma: Annotated[float, Field(gt=0.0)] = 1.0
-    min_samples: PositiveInt = 1
+    min_samples: NonNegInt = 1
     samples_per_device: PositiveInt | None = None
 
 

@@ -1,0 +1,71 @@
+"""Bad input: every wrong spec gives one line naming what is wrong, exit status 2, no run folder."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_spec
+
+GOOD = """
+name: t
+rounds: 2
+dataset: {name: digits}
+model: {name: mlp, hidden: [16]}
+fleet:
+  groups:
+    - {profile: esp32-s3, count: 3, link: wifi}
+"""
+
+CASES = [
+    # (id, spec text or replacement, extra args, text expected in the message)
+    ("unknown-key", GOOD + "modle: {}\n", [], "modle: unknown key"),
+    ("alpha-zero", GOOD + "partition: {method: dirichlet, alpha: 0}\n", [], "partition.alpha"),
+    ("zero-devices", GOOD.replace("count: 3", "count: 0"), [], "fleet.groups.0.count"),
+    ("wrong-type", GOOD.replace("rounds: 2", "rounds: ten"), [], "rounds"),
+    ("unknown-profile", GOOD.replace("esp32-s3", "esp99"), [], "fleet.groups.0.profile: unknown device 'esp99'"),
+    ("unknown-link", GOOD.replace("link: wifi", "link: carrier-pigeon"), [], "fleet.groups.0.link"),
+    ("bad-model", GOOD.replace("name: mlp", "name: resnet50"), [], "model.name"),
+    ("fits-no-device", GOOD.replace("esp32-s3", "nrf52840").replace("link: wifi", "link: ble")
+     .replace("hidden: [16]", "hidden: [512, 512]"), [], "does not fit"),
+    ("missing-data", GOOD.replace("{name: digits}", "{name: mnist, data_dir: /nonexistent/folder}"), [],
+     "mnist"),
+    ("bad-yaml", "name: [unclosed\n", [], "not valid YAML"),
+    ("bad-set", GOOD, ["--set", "algorithm.lr=-1"], "algorithm.lr"),
+    ("bad-set-syntax", GOOD, ["--set", "algorithm.lr"], "key.path=value"),
+    ("fraction-too-big", GOOD + "algorithm: {clients_per_round: 1.5}\n", [], "algorithm.clients_per_round"),
+    ("failure-device", GOOD + "failures: {leave: [{device: 7, round: 1}]}\n", [], "failures.leave.0.device"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,extra,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_spec_one_line_exit_2_no_run_folder(tmp_path: Path, case_id, text, extra, expected):
+    spec = write_spec(tmp_path / "spec.yaml", text)
+    out = tmp_path / "runs"
+    proc = run_cli("run", str(spec), "--out", str(out), "--quiet", *extra)
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert expected in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_spec_file(tmp_path):
+    proc = run_cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr
+
+
+def test_missing_data_message_names_files_and_fix(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", GOOD.replace("{name: digits}", "{name: mnist, data_dir: " + str(tmp_path) + "}"))
+    proc = run_cli("run", str(spec), "--out", str(tmp_path / "runs"), "--quiet")
+    assert proc.returncode == 2
+    assert "mnist.npz" in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
+
+
+def test_plan_reports_unfit_group_with_numbers(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", GOOD.replace("esp32-s3", "nrf52840").replace("link: wifi", "link: ble")
+                      .replace("hidden: [16]", "hidden: [512, 512]"))
+    proc = run_cli("plan", str(spec))
+    assert proc.returncode == 1
+    assert "NO" in proc.stdout and "RAM total" in proc.stdout
