@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
+from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
 
@@ -32,7 +33,8 @@ class LocalTrainer:
     """Trains devices' models on their local data for one round."""
 
     def __init__(self, module: nn.Module, layout: ParamLayout, x_train: torch.Tensor,
-                 y_train: torch.Tensor, cfg: LocalTraining, seed: int, chunk_size: int = 2048) -> None:
+                 y_train: torch.Tensor, cfg: LocalTraining, seed: int, chunk_size: int = 2048,
+                 fast_path: bool = True) -> None:
         self.module = module
         self.layout = layout
         self.x = x_train
@@ -47,6 +49,9 @@ class LocalTrainer:
 
         self._loss = loss
         self._batched_grad = vmap(grad(loss, has_aux=True))
+        # MLPs get hand-written batched gradients (same math, 5-10x less overhead than vmap).
+        specs = getattr(module, "layer_specs", None)
+        self._mlp_grad = BatchedMLPGrad.for_layers(specs) if fast_path and specs else None
 
     # ---- schedule -----------------------------------------------------------------
     def schedule(self, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
@@ -104,7 +109,10 @@ class LocalTrainer:
                 continue
             safe = idx.clamp_min(0)
             x, y = self.x[safe], self.y[safe]
-            grads, ce_sum = self._batched_grad(params, x, y, mask, anchor)
+            if self._mlp_grad is not None:
+                grads, ce_sum = self._mlp_grad(params, x, y, mask, anchor, cfg.prox_mu)
+            else:
+                grads, ce_sum = self._batched_grad(params, x, y, mask, anchor)
             active = has_data.to(params.dtype)[:, None]
             params, state = optimizer_step(params, grads, state, lr, active, cfg)
             ce_total += ce_sum.to(torch.float64)
