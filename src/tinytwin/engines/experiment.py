@@ -8,6 +8,7 @@ group's memory. It raises a :class:`~tinytwin.errors.TinyTwinError` for anything
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ class Experiment:
     memory: list[MemoryPlan]
     timeline: Timeline
 
-    @property
+    @cached_property
     def num_samples(self) -> np.ndarray:
         return np.array([len(p) for p in self.parts], dtype=np.int64)
 

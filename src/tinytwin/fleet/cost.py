@@ -110,3 +110,34 @@ def energy_joules(power: PowerArrays, compute_s: np.ndarray, up_s: np.ndarray, d
     energy = (power.active_w * compute_s + power.tx_w * up_s + power.rx_w * down_s
               + power.idle_w * idle)
     return np.where(online, energy, 0.0)
+
+
+# ---- device-to-device messages (decentralized and hierarchical learning) -------------------
+
+def take_links(links: LinkArrays, ids: np.ndarray) -> LinkArrays:
+    """The link parameters of devices ``ids`` (one row per entry, repeats allowed)."""
+    return LinkArrays(*(getattr(links, f)[ids] for f in LinkArrays.__dataclass_fields__))
+
+
+def peer_transfer_cost(rng: np.random.Generator, payload_bytes: np.ndarray | int, src: np.ndarray,
+                       dst: np.ndarray, links: LinkArrays) -> Transfer:
+    """Cost of messages from devices ``src`` to devices ``dst`` (arrays of length M).
+
+    A device-to-device message goes out on the sender's link (its MTU, per-packet header,
+    latency and loss) at the slower of the sender's uplink and the receiver's downlink
+    rate; lost packets are drawn per message as in :func:`draw_lost_packets` and resent.
+    The sender transmits and the receiver listens for the whole ``time_s``.
+    """
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    sender = take_links(links, src)
+    payload = np.broadcast_to(np.asarray(payload_bytes, dtype=np.int64), src.shape)
+    bps = np.minimum(links.up_bps[src], links.down_bps[dst])
+    lost = draw_lost_packets(rng, payload, sender)
+    return transfer_cost(payload, bps, sender, lost)
+
+
+def per_device(ids: np.ndarray, values: np.ndarray, num_devices: int) -> np.ndarray:
+    """Sum ``values`` per device id (``np.bincount`` with weights), length ``num_devices``."""
+    return np.bincount(np.asarray(ids, dtype=np.int64), weights=np.asarray(values, dtype=np.float64),
+                       minlength=num_devices)

@@ -97,11 +97,90 @@ class ServerOptimizerSpec(Strict):
     tau: Annotated[float, Field(gt=0.0)] = 1e-3
 
 
+
+# ---- decentralized and hierarchical learning (docs/algorithms.md) ----------------------
+
+CENTRALIZED = ("fedavg", "fedprox")
+DECENTRALIZED = ("decfedavg", "gossip", "serverfree", "segmented_gossip", "gist")
+HIERARCHICAL = ("hierarchical",)
+ASYNC_CAPABLE = ("gossip", "gist")
+PeerMode = Literal["random", "neighbour"]
+
+
+class LRScheduleSpec(Strict):
+    name: Literal["none", "adastair", "adaloss", "both"] = "none"
+    stair_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.40, 0.65, 0.75], description="AdaStair: stair rounds ceil(f*T)")
+    stair_factor: Annotated[float, Field(gt=1.0)] = 8.0
+    patience_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.30, 0.20, 0.20, 0.10], description="AdaLoss: patience ceil(f*T), in order")
+    loss_factor: Annotated[float, Field(gt=1.0)] = 2.0
+    min_lr: Annotated[float, Field(gt=0.0)] = 1e-5
+
+
+class DecFedAvgSpec(Strict):
+    mixing_steps: PositiveInt = 1
+
+
+class GossipSpec(Strict):
+    peer: PeerMode = "neighbour"
+    merge: Literal["average", "fifo", "age"] = "average"
+    buffer_size: PositiveInt = 2
+    sends: PositiveInt = 1
+
+
+class SegmentsSpec(Strict):
+    count: PositiveInt = 5
+    replicas: PositiveInt = 2
+    peer: PeerMode = "neighbour"
+
+
+class GistSpec(Strict):
+    segments: PositiveInt = 5
+    segmentation: Literal["importance", "random"] = "importance"
+    selection: Literal["proportional", "softmax", "uniform"] = "proportional"
+    exp_base: Annotated[float, Field(gt=1.0)] = 2.718281828459045
+    drop_lowest: bool = False
+    sends: PositiveInt = 7
+    peer: PeerMode = "neighbour"
+    buffer_size: PositiveInt = 10
+    min_received: PositiveInt = 5
+    merge: Literal["success", "vanilla"] = "success"
+    validation_size: PositiveInt = 500
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> "GistSpec":
+        if self.min_received > self.buffer_size:
+            raise ValueError(f"min_received: {self.min_received} is more than buffer_size {self.buffer_size}; "
+                             "the buffer could never hold enough segments to merge")
+        return self
+
+
+class HierarchicalSpec(Strict):
+    local_rounds: PositiveInt = 1
+    num_clusters: PositiveInt = 1
+    assignment: Literal["balanced", "given", "min_comm_cost"] = "balanced"
+    clusters: list[list[NonNegInt]] | None = Field(default=None, description="device ids of each cluster")
+    client_costs: list[list[Annotated[float, Field(ge=0.0)]]] | None = Field(
+        default=None, description="cost per MB of each device's link to each local aggregator (D x K)")
+    aggregator_costs: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        default=None, description="cost per MB of each local aggregator's link to the global aggregator (K)")
+    aggregator_link: str = Field(default="ethernet", description="link of the local aggregators to the global one")
+
+
+class AsyncSpec(Strict):
+    round_s: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="virtual seconds per reported round; default: the slowest device's period")
+    tick_s: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="event batching step; default: half the fastest device's period")
+
+
 Encoding = Literal["float32", "float16", "int8"]
 
 
 class AlgorithmSpec(Strict):
-    name: Literal["fedavg", "fedprox"] = "fedavg"
+    name: Literal["fedavg", "fedprox", "decfedavg", "gossip", "serverfree", "segmented_gossip", "gist",
+                  "hierarchical"] = "fedavg"
     mu: Annotated[float, Field(ge=0.0)] = 0.01
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
     server_optimizer: ServerOptimizerSpec = Field(default_factory=ServerOptimizerSpec)
@@ -116,6 +195,16 @@ class AlgorithmSpec(Strict):
     deadline_s: Annotated[float, Field(gt=0.0)] | None = None
     encoding: Encoding = "float32"
     downlink_encoding: Encoding = "float32"
+    schedule: Literal["sync", "async"] = "sync"
+    asynchronous: AsyncSpec = Field(default_factory=AsyncSpec)
+    train_samples: PositiveInt | None = Field(
+        default=None, description="train on only the first N samples of each device's data")
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+    decfedavg: DecFedAvgSpec = Field(default_factory=DecFedAvgSpec)
+    gossip: GossipSpec = Field(default_factory=GossipSpec)
+    segments: SegmentsSpec = Field(default_factory=SegmentsSpec)
+    gist: GistSpec = Field(default_factory=GistSpec)
+    hierarchical: HierarchicalSpec = Field(default_factory=HierarchicalSpec)
 
     @model_validator(mode="after")
     def _check_participation(self) -> "AlgorithmSpec":
@@ -124,7 +213,26 @@ class AlgorithmSpec(Strict):
             raise ValueError("clients_per_round: a fraction must be in (0, 1]; write a whole number for a count")
         if isinstance(c, int) and c < 1:
             raise ValueError("clients_per_round: a count must be >= 1")
+        if self.schedule == "async" and self.name not in ASYNC_CAPABLE:
+            raise ValueError(f"schedule: async runs gossip and gist; {self.name} runs in lock-step rounds "
+                             "(schedule: sync)")
+        if self.family == "centralized":
+            if self.lr_schedule.name != "none":
+                raise ValueError(f"lr_schedule: per-device schedules are for decentralized algorithms "
+                                 f"({', '.join(DECENTRALIZED)}), not {self.name}")
+            if self.train_samples is not None:
+                raise ValueError(f"train_samples: is for decentralized and hierarchical algorithms, not {self.name}")
+        if self.family != "centralized" and self.name != "hierarchical" and self.aggregator.name != "fedavg":
+            raise ValueError(f"aggregator.name: {self.name} merges with its own rule; "
+                             "robust aggregators apply to fedavg, fedprox and hierarchical")
         return self
+
+    @property
+    def family(self) -> str:
+        """``centralized`` (fedavg, fedprox), ``decentralized`` or ``hierarchical``."""
+        if self.name in CENTRALIZED:
+            return "centralized"
+        return "hierarchical" if self.name in HIERARCHICAL else "decentralized"
 
     @property
     def prox_mu(self) -> float:
@@ -144,6 +252,35 @@ class FailureSpec(Strict):
     permanent: list[DeviceRound] = Field(default_factory=list, description="devices that fail for good at a round")
 
 
+class LinkEvent(Strict):
+    round: PositiveInt
+    edges: Annotated[list[tuple[NonNegInt, NonNegInt]], Field(min_length=1)]
+    state: Literal["down", "up"]
+
+
+class TopologySpec(Strict):
+    kind: Literal["full", "ring", "grid", "torus", "star", "erdos_renyi", "small_world", "geometric",
+                  "file"] = "full"
+    p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    k: PositiveInt = 4
+    beta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    rows: PositiveInt | None = None
+    hub: NonNegInt = 0
+    area_m: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (100.0, 100.0)
+    radius_m: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="radio range for geometric; default: each group's link range")
+    positions_file: str | None = Field(default=None, description="CSV of x,y metres per device (geometric)")
+    file: str | None = Field(default=None, description="edge list CSV u,v[,cost] (kind file)")
+    link_events: list[LinkEvent] = Field(default_factory=list, description="links going down / up at a round")
+    link_down_probability: Probability = 0.0
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "TopologySpec":
+        if self.kind == "file" and self.file is None:
+            raise ValueError("file: topology kind 'file' needs an edge-list file (u,v per line)")
+        return self
+
+
 class EvaluationSpec(Strict):
     every: PositiveInt = 1
     per_device: bool = False
@@ -160,6 +297,7 @@ class ExperimentSpec(Strict):
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    topology: TopologySpec = Field(default_factory=TopologySpec)
 
     @model_validator(mode="after")
     def _check_devices(self) -> "ExperimentSpec":
@@ -175,7 +313,49 @@ class ExperimentSpec(Strict):
         names = [g.name for g in self.fleet.groups if g.name]
         if len(names) != len(set(names)):
             raise ValueError("fleet.groups: group names must be unique")
+        self._check_topology(n)
+        self._check_hierarchical(n)
         return self
+
+    def _check_topology(self, n: int) -> None:
+        t = self.topology
+        if t.hub >= n:
+            raise ValueError(f"topology.hub: {t.hub} is not a device; the fleet has devices 0..{n - 1}")
+        for i, ev in enumerate(t.link_events):
+            for j, (u, v) in enumerate(ev.edges):
+                if u >= n or v >= n or u == v:
+                    raise ValueError(f"topology.link_events.{i}.edges.{j}: [{u}, {v}] is not a link between two "
+                                     f"devices of 0..{n - 1}")
+            if ev.round > self.rounds:
+                raise ValueError(f"topology.link_events.{i}.round: {ev.round} is after the last round ({self.rounds})")
+
+    def _check_hierarchical(self, n: int) -> None:
+        h = self.algorithm.hierarchical
+        where = "algorithm.hierarchical"
+        if h.clusters is not None:
+            flat = [d for c in h.clusters for d in c]
+            bad = [d for d in flat if d >= n]
+            if bad:
+                raise ValueError(f"{where}.clusters: device {bad[0]} is not in the fleet (devices 0..{n - 1})")
+            if sorted(flat) != list(range(n)):
+                missing = sorted(set(range(n)) - set(flat))
+                twice = sorted({d for d in flat if flat.count(d) > 1})
+                what = f"device {twice[0]} is in two clusters" if twice else f"device {missing[0]} is in no cluster"
+                raise ValueError(f"{where}.clusters: every device must be in exactly one cluster; {what}")
+            if any(not c for c in h.clusters):
+                raise ValueError(f"{where}.clusters: a cluster is empty")
+        if self.algorithm.name != "hierarchical":
+            return
+        if h.assignment == "given" and h.clusters is None:
+            raise ValueError(f"{where}.clusters: assignment 'given' needs the clusters (lists of device ids)")
+        k = len(h.clusters) if h.assignment == "given" and h.clusters is not None else h.num_clusters
+        if k > n:
+            raise ValueError(f"{where}.num_clusters: {k} clusters for {n} devices; a cluster needs a device")
+        if h.client_costs is not None:
+            if len(h.client_costs) != n or any(len(row) != k for row in h.client_costs):
+                raise ValueError(f"{where}.client_costs: must be {n} rows (devices) of {k} costs (clusters)")
+        if h.aggregator_costs is not None and len(h.aggregator_costs) != k:
+            raise ValueError(f"{where}.aggregator_costs: must list {k} costs, one per cluster")
 
     def group_names(self) -> list[str]:
         return [g.name or f"{g.profile}-{i}" for i, g in enumerate(self.fleet.groups)]
