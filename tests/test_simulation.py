@@ -259,3 +259,34 @@ def test_fast_mlp_gradients_equal_the_autograd_definition(tmp_path, model):
     assert float((r_fast.params - r_slow.params).abs().max()) <= 1e-5
     assert float((r_fast.params - r_ref.params).abs().max()) <= 1e-5
     np.testing.assert_allclose(r_fast.train_loss, r_ref.train_loss, atol=1e-5)
+
+
+def test_evaluation_every_k_rounds_and_per_device(tmp_path):
+    out, store, run_id = simulate(tmp_path, rounds=5, evaluation={"every": 2, "per_device": True})
+    rounds = store.rounds(run_id)
+    assert [r["round"] for r in rounds if r["test_accuracy"] is not None] == [2, 4, 5]  # every 2 and the last
+    rows = [r for r in store.device_rounds(run_id) if r["round"] == 4]
+    assert len(rows) == 10 and all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert all(r["accuracy"] is None for r in store.device_rounds(run_id) if r["round"] == 3)
+
+
+def test_report_compare_and_devices_commands(tmp_path):
+    runs = []
+    for enc in ("float32", "int8"):
+        proc = run_cli("run", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path / enc), "--quiet",
+                       "--set", "rounds=2", "--set", f"algorithm.encoding={enc}", "--set", f"name=qs-{enc}")
+        assert proc.returncode == 0, proc.stderr
+        runs.append(next((tmp_path / enc).iterdir()))
+    (runs[0] / "report.html").unlink()
+    assert run_cli("report", str(runs[0])).returncode == 0
+    assert (runs[0] / "report.html").is_file()
+    proc = run_cli("compare", *map(str, runs), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "qs-float32" in html and "qs-int8" in html
+    proc = run_cli("devices", "nrf52840")
+    assert proc.returncode == 0 and "seed 003" in proc.stdout
+    proc = run_cli("devices", "--links")
+    assert proc.returncode == 0 and "ieee802154" in proc.stdout
+    bad = run_cli("compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "cmp2"))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
