@@ -185,3 +185,14 @@ def test_ten_thousand_devices_fast(method: str, kwargs: dict[str, int], mnist_li
     assert len(parts) == 10000
     assert len(np.unique(np.concatenate(parts))) == 60000
     assert elapsed < 0.5, f"{method} took {elapsed:.3f} s for 10 000 devices"
+
+
+def test_overlap_gives_every_device_distinct_samples_beyond_the_dataset_size() -> None:
+    labels = np.arange(1000) % 10
+    parts = partition(labels, 200, method="iid", seed=3, samples_per_device=60, overlap=True)
+    assert len(parts) == 200 and all(len(p) == 60 and len(set(p.tolist())) == 60 for p in parts)
+    assert sum(len(p) for p in parts) == 12000 > len(labels)  # more than the dataset: samples are shared
+    again = partition(labels, 200, method="iid", seed=3, samples_per_device=60, overlap=True)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    with pytest.raises(ValueError, match="overlap"):
+        partition(labels, 10, method="dirichlet", seed=0, overlap=True, samples_per_device=5)

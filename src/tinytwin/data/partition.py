@@ -45,6 +45,7 @@ def partition(
     sigma: float = 1.0,
     min_samples: int = 1,
     samples_per_device: int | None = None,
+    overlap: bool = False,
 ) -> list[np.ndarray]:
     """Partition sample indices ``0..len(labels)-1`` over ``num_devices`` devices.
 
@@ -65,13 +66,29 @@ def partition(
     device exactly that many samples (a disjoint draw; the rest stay unused) and the other
     methods cap each part at that many, keeping the first samples of its shuffled order.
 
-    Returns one ``int64`` index array per device; the arrays are disjoint and each is in
+    ``overlap=True`` (``"iid"`` with ``samples_per_device`` only) lets devices share samples:
+    each device takes ``samples_per_device`` consecutive entries, wrapping around, of one
+    random permutation from its own random start. Samples are distinct within a device but
+    not across devices — the way to give 10 000 devices 60 MNIST samples each.
+
+    Returns one ``int64`` index array per device; the arrays are disjoint (unless
+    ``overlap``) and each is in
     random order. Raises ``ValueError`` for invalid arguments and :class:`DataError` when
     the dataset is too small for the request.
     """
     y = _check_labels(labels)
     _check_args(num_devices, method, seed, alpha, shards_per_device, sigma, min_samples, samples_per_device)
     n = len(y)
+    if overlap:
+        if method != "iid" or samples_per_device is None:
+            raise ValueError("overlap needs method='iid' and samples_per_device")
+        if samples_per_device > n:
+            raise DataError(f"samples_per_device={samples_per_device} exceeds the {n} samples of the dataset")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(n).astype(np.int64, copy=False)
+        starts = rng.integers(0, n, size=num_devices)
+        windows = (starts[:, None] + np.arange(samples_per_device)[None, :]) % n
+        return list(perm[windows])
     if n < num_devices * min_samples:
         raise DataError(
             f"{n} samples cannot give {num_devices} devices at least min_samples={min_samples} each; "

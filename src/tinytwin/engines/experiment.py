@@ -75,13 +75,13 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
                            digits_split=spec.dataset.split)
     p = spec.partition
     n = fleet.num_devices
-    if n > len(dataset.y_train):
+    if n > len(dataset.y_train) and not p.overlap:
         raise SpecError("fleet", f"{n} devices but {spec.dataset.name} has only {len(dataset.y_train)} "
                         "training samples; use fewer devices")
     try:
         parts = partition(dataset.y_train, n, method=p.method, seed=spec.seed, alpha=p.alpha,
                           shards_per_device=p.shards_per_device, sigma=p.sigma, min_samples=p.min_samples,
-                          samples_per_device=p.samples_per_device)
+                          samples_per_device=p.samples_per_device, overlap=p.overlap)
     except ValueError as exc:
         raise SpecError("partition", str(exc)) from None
     model = _make_model(spec, dataset)

@@ -35,6 +35,7 @@ class PartitionSpec(Strict):
     sigma: Annotated[float, Field(gt=0.0)] = 1.0
     min_samples: NonNegInt = 1
     samples_per_device: PositiveInt | None = None
+    overlap: bool = Field(default=False, description="iid + samples_per_device: devices may share samples")
 
 
 class ModelSpec(Strict):
@@ -124,9 +125,17 @@ class DecFedAvgSpec(Strict):
 
 class GossipSpec(Strict):
     peer: PeerMode = "neighbour"
+    exchange: Literal["push", "push_pull"] = "push"
     merge: Literal["average", "fifo", "age"] = "average"
     buffer_size: PositiveInt = 2
     sends: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _check_exchange(self) -> "GossipSpec":
+        if self.exchange == "push_pull" and self.merge == "fifo":
+            raise ValueError("exchange: push_pull merges both ends of a pair (average or age); "
+                             "the fifo merge takes pushed models only")
+        return self
 
 
 class SegmentsSpec(Strict):
@@ -315,6 +324,16 @@ class ExperimentSpec(Strict):
             raise ValueError("fleet.groups: group names must be unique")
         self._check_topology(n)
         self._check_hierarchical(n)
+        a = self.algorithm
+        if a.family != "centralized":
+            if self.failures.dropout:
+                raise ValueError(f"failures.dropout: {a.name} has no server round to drop out of; model absence with "
+                                 "failures.leave / join / permanent or permanent_probability")
+            if a.deadline_s is not None:
+                raise ValueError(f"algorithm.deadline_s: round deadlines apply to fedavg and fedprox, not {a.name}")
+            if a.clients_per_round != 1.0:
+                raise ValueError(f"algorithm.clients_per_round: every online device takes part in {a.name}; "
+                                 "leave it at 1.0")
         return self
 
     def _check_topology(self, n: int) -> None:
