@@ -234,13 +234,21 @@ def test_quickstart_cli_prints_summary_and_writes_report(tmp_path):
     assert len(list((run_dir / "plots").glob("*.png"))) >= 6
 
 
-@pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [32]}, {"name": "mlp", "hidden": [24, 16]},
-                                   {"name": "lenet5"}])
-def test_fast_mlp_gradients_equal_the_autograd_definition(tmp_path, model):
-    """The hand-written batched MLP path, the vmap path and the per-device loop agree."""
+PROX_MOMENTUM = {"name": "fedprox", "mu": 0.05, "local_epochs": 2, "batch_size": 8, "momentum": 0.5,
+                 "weight_decay": 1e-3}
+PLAIN_SGD = {"local_epochs": 2, "batch_size": 8, "lr": 0.2}
+
+
+@pytest.mark.parametrize("model,algorithm", [({"name": "mlp", "hidden": [32]}, PROX_MOMENTUM),
+                                             ({"name": "mlp", "hidden": [24, 16]}, PROX_MOMENTUM),
+                                             ({"name": "mlp", "hidden": [32]}, PLAIN_SGD),
+                                             ({"name": "mlp", "hidden": [24, 16]}, PLAIN_SGD),
+                                             ({"name": "lenet5"}, PROX_MOMENTUM)])
+def test_fast_mlp_gradients_equal_the_autograd_definition(tmp_path, model, algorithm):
+    """The hand-written batched MLP paths (general and fused plain SGD), the vmap path and
+    the per-device loop agree."""
     spec = validate_spec(spec_dict(model=model, partition={"method": "dirichlet", "alpha": 0.5},
-                                   algorithm={"name": "fedprox", "mu": 0.05, "local_epochs": 2, "batch_size": 8,
-                                              "momentum": 0.5, "weight_decay": 1e-3}))
+                                   algorithm=algorithm))
     exp = prepare(spec)
     from tinytwin.algorithms.local_update import LocalTraining
     from tinytwin.engines.local_training import LocalTrainer

@@ -42,8 +42,12 @@ __all__ = [
 ]
 
 
-def _check_updates(updates: Tensor) -> int:
-    """Validate a ``(K, P)`` float matrix of finite rows with K >= 1; return K."""
+def _check_updates(updates: Tensor, check_finite: bool = True) -> int:
+    """Validate a ``(K, P)`` float matrix of finite rows with K >= 1; return K.
+
+    ``check_finite=False`` skips the element-wise scan (K·P values); callers whose result
+    provably turns NaN/Inf whenever an input has one check the (P,) result instead.
+    """
     if not isinstance(updates, Tensor) or updates.dim() != 2:
         shape = tuple(updates.shape) if isinstance(updates, Tensor) else type(updates).__name__
         raise ValueError(f"updates must be a (K, P) tensor, got {shape}")
@@ -52,7 +56,7 @@ def _check_updates(updates: Tensor) -> int:
     k = updates.shape[0]
     if k < 1:
         raise ValueError("updates must hold at least one client vector (K >= 1)")
-    if not bool(torch.isfinite(updates).all()):
+    if check_finite and not bool(torch.isfinite(updates).all()):
         raise ValueError("updates contain NaN or Inf; receivers must drop non-finite payloads first")
     return k
 
@@ -75,7 +79,7 @@ def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
     Raises:
         ValueError: on a wrong shape, negative or non-finite weights, or a zero sum.
     """
-    k = _check_updates(updates)
+    k = _check_updates(updates, check_finite=False)
     w = torch.as_tensor(weights, device=updates.device)
     if w.shape != (k,):
         raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
@@ -85,7 +89,12 @@ def weighted_mean(updates: Tensor, weights: Tensor) -> Tensor:
     total = w.sum()
     if not bool(total > 0):
         raise ValueError("weights must have a positive sum")
-    return (w / total) @ updates
+    result = (w / total) @ updates
+    # A NaN or Inf in any row reaches the weighted sum (0 * Inf is NaN too), so checking the
+    # (P,) result rejects exactly what a scan of all K*P inputs would, K times cheaper.
+    if not bool(torch.isfinite(result).all()):
+        raise ValueError("updates contain NaN or Inf; receivers must drop non-finite payloads first")
+    return result
 
 
 def coordinate_median(updates: Tensor) -> Tensor:

@@ -97,4 +97,4 @@ def optimizer_step(params: torch.Tensor, grad: torch.Tensor, state: dict[str, to
         new_state["m"] = m
     else:
         direction = grad
-    return params - (lr * active) * direction, new_state
+    return torch.addcmul(params, lr * active, direction, value=-1.0), new_state

@@ -51,16 +51,29 @@ class BatchedMLPGrad:
             offset += n_w + layer.out_features
         return cls(linears, offset)
 
-    def __call__(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 anchor: torch.Tensor, prox_mu: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients (D, P) and summed cross-entropy of real samples (D,)."""
+    def split(self, params: torch.Tensor) -> list[torch.Tensor]:
+        """(D, P) flat parameters -> contiguous per-layer tensors [W0 (D,out,in), b0 (D,out), W1, ...]."""
+        d = params.shape[0]
+        out: list[torch.Tensor] = []
+        for lin in self.linears:
+            out.append(params[:, lin.w_offset:lin.b_offset].reshape(d, lin.n_out, lin.n_in).clone())
+            out.append(params[:, lin.b_offset:lin.b_offset + lin.n_out].clone())
+        return out
+
+    def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Per-layer tensors -> (D, P) flat parameters, in the model's flat order."""
+        d = tensors[0].shape[0]
+        return torch.cat([t.reshape(d, -1) for t in tensors], dim=1)
+
+    def grads(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+              anchors: list[torch.Tensor] | None, prox_mu: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer gradients (same layout as ``tensors``) and summed cross-entropy of real samples (D,)."""
         d, b = y.shape
         h = x.reshape(d, b, -1)
         inputs: list[torch.Tensor] = []
         pre: list[torch.Tensor] = []
-        for lin in self.linears:
-            w = params[:, lin.w_offset:lin.b_offset].view(d, lin.n_out, lin.n_in)
-            bias = params[:, lin.b_offset:lin.b_offset + lin.n_out]
+        for i, lin in enumerate(self.linears):
+            w, bias = tensors[2 * i], tensors[2 * i + 1]
             inputs.append(h)
             z = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
             pre.append(z)
@@ -69,19 +82,58 @@ class BatchedMLPGrad:
         ce = -log_p.gather(2, y.unsqueeze(2)).squeeze(2) * mask
         count = mask.sum(dim=1).clamp_min(1.0)
         # d loss / d logits = (softmax - onehot) * mask / count
-        g = log_p.exp()
+        g = log_p.exp_()
         g.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(g[:, :, :1]))
-        g = g * (mask / count[:, None]).unsqueeze(2)
-        grads = torch.empty_like(params)
+        g.mul_((mask / count[:, None]).unsqueeze(2))
+        grads: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
         for i in range(len(self.linears) - 1, -1, -1):
-            lin = self.linears[i]
-            if lin.relu_after:
+            if self.linears[i].relu_after:
                 g = g * (pre[i] > 0)
-            grads[:, lin.w_offset:lin.b_offset] = torch.bmm(g.transpose(1, 2), inputs[i]).reshape(d, -1)
-            grads[:, lin.b_offset:lin.b_offset + lin.n_out] = g.sum(dim=1)
+            grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
+            grads[2 * i + 1] = g.sum(dim=1)
             if i > 0:
-                w = params[:, lin.w_offset:lin.b_offset].view(d, lin.n_out, lin.n_in)
-                g = torch.bmm(g, w)
-        if prox_mu:
-            grads += prox_mu * (params - anchor)
+                g = torch.bmm(g, tensors[2 * i])
+        if prox_mu and anchors is not None:
+            for k, (t, a) in enumerate(zip(tensors, anchors)):
+                grads[k] = grads[k].add_(t - a, alpha=prox_mu)
         return grads, ce.sum(dim=1)
+
+    def sgd_step_(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                  scale: torch.Tensor) -> torch.Tensor:
+        """One plain-SGD step in place, ``w += scale_d · grad_d`` with ``scale = −lr·active``.
+
+        For SGD without momentum, weight decay or a proximal term the gradient is never
+        needed on its own: folding the per-device step size into the backward signal lets
+        ``baddbmm_`` update each weight matrix in one pass, instead of materialising the
+        gradient and reading it back. Returns the summed cross-entropy per device.
+        """
+        d, b = y.shape
+        h = x.reshape(d, b, -1)
+        inputs: list[torch.Tensor] = []
+        pre: list[torch.Tensor] = []
+        for i, lin in enumerate(self.linears):
+            inputs.append(h)
+            z = torch.baddbmm(tensors[2 * i + 1].unsqueeze(1), h, tensors[2 * i].transpose(1, 2))
+            pre.append(z)
+            h = z.clamp_min(0.0) if lin.relu_after else z
+        log_p = torch.log_softmax(h, dim=2)
+        ce = -log_p.gather(2, y.unsqueeze(2)).squeeze(2) * mask
+        count = mask.sum(dim=1).clamp_min(1.0)
+        g = log_p.exp_()
+        g.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(g[:, :, :1]))
+        g.mul_((mask * (scale / count)[:, None]).unsqueeze(2))  # gradient signal times -lr·active
+        for i in range(len(self.linears) - 1, -1, -1):
+            if self.linears[i].relu_after:
+                g = g * (pre[i] > 0)
+            g_in = torch.bmm(g, tensors[2 * i]) if i > 0 else None  # uses the weights before the update
+            tensors[2 * i].baddbmm_(g.transpose(1, 2), inputs[i])
+            tensors[2 * i + 1].add_(g.sum(dim=1))
+            if g_in is not None:
+                g = g_in
+        return ce.sum(dim=1)
+
+    def __call__(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 anchor: torch.Tensor, prox_mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients (D, P) and summed cross-entropy of real samples (D,), on flat parameters."""
+        grads, ce = self.grads(self.split(params), x, y, mask, self.split(anchor) if prox_mu else None, prox_mu)
+        return self.join(grads), ce

@@ -48,10 +48,15 @@ class LocalTrainer:
             return batch_loss(module, layout, flat, x, y, mask, anchor, cfg.prox_mu)
 
         self._loss = loss
+        # Samples flattened once, so a step's batch is one index_select.
+        self._x_rows = x_train.reshape(len(x_train), -1)
+        self._sample_shape = tuple(x_train.shape[1:])
         self._batched_grad = vmap(grad(loss, has_aux=True))
         # MLPs get hand-written batched gradients (same math, 5-10x less overhead than vmap).
         specs = getattr(module, "layer_specs", None)
         self._mlp_grad = BatchedMLPGrad.for_layers(specs) if fast_path and specs else None
+        self._plain_sgd = (cfg.optimizer == "sgd" and not cfg.momentum and not cfg.weight_decay
+                           and not cfg.prox_mu)
 
     # ---- schedule -----------------------------------------------------------------
     def schedule(self, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
@@ -92,11 +97,14 @@ class LocalTrainer:
 
     def _train_chunk(self, params: torch.Tensor, round_: int, device_ids: np.ndarray,
                      indices: list[np.ndarray], lrs: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Train one chunk of devices. MLPs train on per-layer tensors (no flat copies per step)."""
         cfg = self.cfg
         sched = torch.from_numpy(self.schedule(round_, device_ids, indices))
-        anchor = params.clone()
-        state = init_optimizer_state(params, cfg)
-        lr = torch.tensor(lrs, dtype=params.dtype)[:, None]
+        fast = self._mlp_grad
+        tensors = fast.split(params) if fast is not None else [params]
+        anchors = [t.clone() for t in tensors] if cfg.prox_mu else None
+        states = [init_optimizer_state(t, cfg) for t in tensors]
+        lr_col = torch.tensor(lrs, dtype=params.dtype)
         ce_total = torch.zeros(len(indices), dtype=torch.float64)
         seen = torch.zeros(len(indices), dtype=torch.float64)
         steps = torch.zeros(len(indices), dtype=torch.int64)
@@ -108,18 +116,32 @@ class LocalTrainer:
             if not bool(has_data.any()):
                 continue
             safe = idx.clamp_min(0)
-            x, y = self.x[safe], self.y[safe]
-            if self._mlp_grad is not None:
-                grads, ce_sum = self._mlp_grad(params, x, y, mask, anchor, cfg.prox_mu)
+            flat_idx = safe.reshape(-1)
+            x = self._x_rows.index_select(0, flat_idx).view(*safe.shape, *self._sample_shape)
+            y = self.y.index_select(0, flat_idx).view(safe.shape)
+            if fast is not None and self._plain_sgd:
+                ce_sum = fast.sgd_step_(tensors, x, y, mask, -lr_col * has_data.to(params.dtype))
+                ce_total += ce_sum.to(torch.float64)
+                seen += mask.sum(dim=1).to(torch.float64)
+                steps += has_data.to(torch.int64)
+                continue
+            if fast is not None:
+                grads, ce_sum = fast.grads(tensors, x, y, mask, anchors, cfg.prox_mu)
             else:
-                grads, ce_sum = self._batched_grad(params, x, y, mask, anchor)
-            active = has_data.to(params.dtype)[:, None]
-            params, state = optimizer_step(params, grads, state, lr, active, cfg)
+                flat_grad, ce_sum = self._batched_grad(params, x, y, mask, tensors[0] if anchors is None else anchors[0])
+                grads = [flat_grad]
+            active = has_data.to(params.dtype)
+            for k, t in enumerate(tensors):
+                view = (-1,) + (1,) * (t.dim() - 1)
+                tensors[k], states[k] = optimizer_step(t, grads[k], states[k], lr_col.view(view),
+                                                       active.view(view), cfg)
+            params = tensors[0]
             ce_total += ce_sum.to(torch.float64)
             seen += mask.sum(dim=1).to(torch.float64)
             steps += has_data.to(torch.int64)
+        out = fast.join(tensors) if fast is not None else tensors[0]
         loss = (ce_total / seen.clamp_min(1.0)).numpy()
-        return params, loss, steps.numpy()
+        return out, loss, steps.numpy()
 
     # ---- reference ----------------------------------------------------------------
     def train_reference(self, start: torch.Tensor, round_: int, device_ids: np.ndarray,
