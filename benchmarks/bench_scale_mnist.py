@@ -31,7 +31,7 @@ def measure(devices: int, rounds: int) -> dict:
     spec, text = load_spec(SPEC, [f"fleet.groups.0.count={devices}", f"rounds={rounds}"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        out = start_run(spec, text, Path(tmp), SPEC.parent)
+        out = start_run(spec, text, Path(tmp), SPEC.parent, report=False)
         wall = time.perf_counter() - t0
         store = RunStore(out.run_dir / "results.db")
         rows = store.rounds(store.run_info().run_id)

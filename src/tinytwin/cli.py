@@ -36,6 +36,7 @@ def run(
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish an incomplete run folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
@@ -55,9 +56,10 @@ def run(
             progress.update(task, description=f"{spec.name} ({exp.fleet.num_devices} devices)")
 
         if resume is not None:
-            outcome = resume_run(resume, spec, base_dir, on_round, on_prepared)
+            outcome = resume_run(resume, spec, base_dir, on_round, on_prepared, report=not no_report)
         else:
-            outcome = start_run(spec, spec_yaml, out, base_dir, on_round, on_prepared=on_prepared)
+            outcome = start_run(spec, spec_yaml, out, base_dir, on_round, on_prepared=on_prepared,
+                                report=not no_report)
     _print_summary(outcome.summary, outcome.run_dir)
 
 
@@ -86,7 +88,9 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
                       f"flash {fmt.format_bytes(m['flash_needed_bytes'])} of {fmt.format_bytes(m['flash_available_bytes'])}")
     table.add_row("wall time", fmt.format_seconds(s["wall_time_s"]))
     console.print(table)
-    console.print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+    console.print(f"run folder: {run_dir}")
+    if (run_dir / "report.html").is_file():
+        console.print(f"report:     {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -196,8 +200,15 @@ def _print_sources(entry: Any) -> None:
 def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
     """(Re)write a run folder's CSV files, plots and report.html."""
     from tinytwin.report import write_report
+    from tinytwin.report.dfl import is_dfl_run, write_dfl_extras
+    from tinytwin.report.export import open_run
 
-    path = write_report(run_dir)
+    store, _ = open_run(run_dir)
+    try:
+        dfl = is_dfl_run(store)
+    finally:
+        store.close()
+    path = write_dfl_extras(run_dir) if dfl else write_report(run_dir)
     console.print(f"report: {path}")
 
 

@@ -285,6 +285,28 @@ def _missing_error(name: str, expected: str, root: Path | None, dirs: list[Path]
 # --------------------------------------------------------------------------- digits
 
 
+def _read_digits_table() -> np.ndarray:
+    """scikit-learn's digits file (64 pixel values and the label per row), read directly.
+
+    ``sklearn.datasets.load_digits`` reads this same file, but importing scikit-learn costs
+    about a second of start-up; locating the file without importing the package does not.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the digits dataset comes with scikit-learn, which is not installed; "
+                        "install it with `pip install scikit-learn` (the quick start does)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read scikit-learn's digits file {path}: {exc}; reinstall scikit-learn") from None
+    if table.shape != (1797, 65):
+        raise DataError(f"scikit-learn's digits file {path} has shape {table.shape}, expected (1797, 65)")
+    return table
+
+
 def _load_digits(test_size: int | None, split_kind: str = "shuffled") -> Dataset:
     """scikit-learn's 8x8 digits: embedded in the package, so it always works offline.
 
@@ -296,13 +318,11 @@ def _load_digits(test_size: int | None, split_kind: str = "shuffled") -> Dataset
     - ``"last"``: the first 1500 samples train, the last 297 test, unshuffled — the split of
       the Flower comparison benchmark; an MLP 64-32-10 tops out near 92 % on it.
     """
-    from sklearn.datasets import load_digits
-
     if split_kind not in ("shuffled", "last"):
         raise ValueError(f"digits split must be 'shuffled' or 'last', got {split_kind!r}")
-    bunch = load_digits()
-    x = np.asarray(bunch.data).reshape(-1, 1, 8, 8)
-    y = np.asarray(bunch.target, dtype=np.int64)
+    table = _read_digits_table()
+    x = table[:, :-1].reshape(-1, 1, 8, 8)
+    y = table[:, -1].astype(np.int64)
     if split_kind == "shuffled":
         order = np.random.default_rng(0).permutation(len(x))
         x, y = x[order], y[order]

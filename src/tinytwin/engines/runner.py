@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tinytwin import __version__
-from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.engines.experiment import Experiment, prepare, refuse_if_unfit
 from tinytwin.engines.simulate import ProgressFn, SimState, Simulator
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.load import validate_spec
@@ -45,9 +45,10 @@ def new_run_dir(out: Path, name: str) -> Path:
 
 def start_run(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
               progress: ProgressFn | None = None, run_dir: Path | None = None,
-              on_prepared: Any = None) -> RunOutcome:
+              on_prepared: Any = None, report: bool = True) -> RunOutcome:
     """Check everything, then create the run folder and simulate every round."""
     exp = prepare(spec, base_dir)
+    network = _check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
     run_dir = run_dir or new_run_dir(out, spec.name)
@@ -56,13 +57,55 @@ def start_run(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | 
     store = RunStore(run_dir / DB_NAME)
     run_id = uuid.uuid4().hex[:12]
     store.create_run(run_id, spec.name, "simulate", spec.seed, spec_yaml, spec.rounds, __version__)
-    sim = Simulator(exp, store, run_id)
+    sim = make_engine(exp, store, run_id, network, base_dir)
     sim.register()
-    return _drive(sim, store, run_id, sim.initial_state(), run_dir, progress)
+    return _drive(sim, store, run_id, sim.initial_state(), run_dir, progress, report)
+
+
+def _check_family(exp: Experiment, base_dir: Path | None) -> Any:
+    """Everything a decentralized or hierarchical run needs checked before its folder exists:
+    the network (topology, link timeline) and the memory of the algorithm's buffers."""
+    family = exp.spec.algorithm.family
+    if family == "centralized":
+        return None
+    from tinytwin.engines.network import build_network
+
+    network = build_network(exp.spec, exp.fleet, base_dir)
+    if family == "decentralized":
+        from tinytwin.engines.decentralized import memory_plans
+
+        refuse_if_unfit(memory_plans(exp))
+    else:
+        from tinytwin.engines.hierarchical import check_hierarchical
+
+        check_hierarchical(exp, base_dir)
+    return network
+
+
+def make_engine(exp: Experiment, store: RunStore, run_id: str, network: Any = None,
+                base_dir: Path | None = None) -> Any:
+    """The simulation engine of the spec's algorithm family."""
+    family = exp.spec.algorithm.family
+    if family == "decentralized":
+        from tinytwin.engines.decentralized import DecentralizedSimulator
+
+        return DecentralizedSimulator(exp, store, run_id, network)
+    if family == "hierarchical":
+        from tinytwin.engines.hierarchical import HierarchicalSimulator
+
+        return HierarchicalSimulator(exp, store, run_id, network, base_dir)
+    return Simulator(exp, store, run_id)
+
+
+def _state_from_checkpoint(sim: Any, ck: dict[str, Any]) -> Any:
+    if isinstance(sim, Simulator):
+        return SimState.from_checkpoint(ck)
+    return sim.state_from_checkpoint(ck)
 
 
 def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
-               progress: ProgressFn | None = None, on_prepared: Any = None) -> RunOutcome:
+               progress: ProgressFn | None = None, on_prepared: Any = None,
+               report: bool = True) -> RunOutcome:
     """Continue an incomplete run from its last finished round."""
     db = run_dir / DB_NAME
     if not db.is_file():
@@ -76,19 +119,24 @@ def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None
     if info.status == "complete":
         raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
     exp = prepare(stored, base_dir)
+    network = _check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
-    sim = Simulator(exp, store, info.run_id)
+    sim = make_engine(exp, store, info.run_id, network, base_dir)
+    if not isinstance(sim, Simulator):
+        from tinytwin.store.dfl import ensure_tables
+
+        ensure_tables(store)
     ck = store.checkpoint(info.run_id)
-    state = SimState.from_checkpoint(ck[1]) if ck else sim.initial_state()
+    state = _state_from_checkpoint(sim, ck[1]) if ck else sim.initial_state()
     store.set_status(info.run_id, "running")
     store.add_events(info.run_id, [{"round": state.round, "sim_time_s": state.sim_time_s, "device": None,
                                     "kind": "resume", "detail": f"resumed after round {state.round}"}])
-    return _drive(sim, store, info.run_id, state, run_dir, progress)
+    return _drive(sim, store, info.run_id, state, run_dir, progress, report)
 
 
-def _drive(sim: Simulator, store: RunStore, run_id: str, state: SimState, run_dir: Path,
-           progress: ProgressFn | None) -> RunOutcome:
+def _drive(sim: Any, store: RunStore, run_id: str, state: Any, run_dir: Path,
+           progress: ProgressFn | None, report: bool = True) -> RunOutcome:
     wall0 = time.perf_counter()
     try:
         state = sim.run(state, progress)
@@ -99,7 +147,14 @@ def _drive(sim: Simulator, store: RunStore, run_id: str, state: SimState, run_di
     summary = sim.summary(state, time.perf_counter() - wall0)
     store.finish_run(run_id, "complete", summary)
     store.close()
+    if not report:  # sweeps and benchmarks: `tinytwin report RUN_DIR` renders it later
+        return RunOutcome(run_dir, summary, sim.exp)
     from tinytwin.report.html import write_report  # matplotlib is only needed here
 
-    write_report(run_dir)
+    if isinstance(sim, Simulator):
+        write_report(run_dir)
+    else:
+        from tinytwin.report.dfl import write_dfl_extras
+
+        write_dfl_extras(run_dir)
     return RunOutcome(run_dir, summary, sim.exp)
