@@ -51,19 +51,33 @@ class BatchedMLPGrad:
             offset += n_w + layer.out_features
         return cls(linears, offset)
 
-    def split(self, params: torch.Tensor) -> list[torch.Tensor]:
-        """(D, P) flat parameters -> contiguous per-layer tensors [W0 (D,out,in), b0 (D,out), W1, ...]."""
-        d = params.shape[0]
+    def split(self, params: torch.Tensor, d: int | None = None) -> list[torch.Tensor]:
+        """Flat parameters -> contiguous per-layer tensors [W0 (D,out,in), b0 (D,out), W1, ...].
+
+        ``params`` is (D, P), or (P,) shared by ``d`` devices (copied once per device)."""
+        if params.dim() == 1:
+            return [t.expand(d, *t.shape[1:]).contiguous() for t in self.split(params.unsqueeze(0))]
+        n = params.shape[0]
         out: list[torch.Tensor] = []
         for lin in self.linears:
-            out.append(params[:, lin.w_offset:lin.b_offset].reshape(d, lin.n_out, lin.n_in).clone())
+            out.append(params[:, lin.w_offset:lin.b_offset].reshape(n, lin.n_out, lin.n_in).clone())
             out.append(params[:, lin.b_offset:lin.b_offset + lin.n_out].clone())
         return out
 
     def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Per-layer tensors -> (D, P) flat parameters, in the model's flat order."""
+        out = torch.empty((tensors[0].shape[0], self.num_params), dtype=tensors[0].dtype)
+        self.join_into(tensors, out)
+        return out
+
+    def join_into(self, tensors: list[torch.Tensor], out: torch.Tensor) -> None:
+        """Write per-layer tensors into the (D, P) flat ``out``, in the model's flat order."""
         d = tensors[0].shape[0]
-        return torch.cat([t.reshape(d, -1) for t in tensors], dim=1)
+        offset = 0
+        for t in tensors:
+            size = t[0].numel()
+            out[:, offset:offset + size] = t.reshape(d, size)
+            offset += size
 
     def grads(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
               anchors: list[torch.Tensor] | None, prox_mu: float) -> tuple[list[torch.Tensor], torch.Tensor]:
