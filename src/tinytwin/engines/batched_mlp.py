@@ -79,47 +79,13 @@ class BatchedMLPGrad:
             out[:, offset:offset + size] = t.reshape(d, size)
             offset += size
 
-    def grads(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-              anchors: list[torch.Tensor] | None, prox_mu: float) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-layer gradients (same layout as ``tensors``) and summed cross-entropy of real samples (D,)."""
-        d, b = y.shape
-        h = x.reshape(d, b, -1)
-        inputs: list[torch.Tensor] = []
-        pre: list[torch.Tensor] = []
-        for i, lin in enumerate(self.linears):
-            w, bias = tensors[2 * i], tensors[2 * i + 1]
-            inputs.append(h)
-            z = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-            pre.append(z)
-            h = z.clamp_min(0.0) if lin.relu_after else z
-        log_p = torch.log_softmax(h, dim=2)
-        ce = -log_p.gather(2, y.unsqueeze(2)).squeeze(2) * mask
-        count = mask.sum(dim=1).clamp_min(1.0)
-        # d loss / d logits = (softmax - onehot) * mask / count
-        g = log_p.exp_()
-        g.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(g[:, :, :1]))
-        g.mul_((mask / count[:, None]).unsqueeze(2))
-        grads: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
-        for i in range(len(self.linears) - 1, -1, -1):
-            if self.linears[i].relu_after:
-                g = g * (pre[i] > 0)
-            grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
-            grads[2 * i + 1] = g.sum(dim=1)
-            if i > 0:
-                g = torch.bmm(g, tensors[2 * i])
-        if prox_mu and anchors is not None:
-            for k, (t, a) in enumerate(zip(tensors, anchors)):
-                grads[k] = grads[k].add_(t - a, alpha=prox_mu)
-        return grads, ce.sum(dim=1)
+    def _forward(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                 scale: torch.Tensor | None = None
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Forward pass; returns layer inputs, pre-activations, the output signal and the CE sums.
 
-    def sgd_step_(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                  scale: torch.Tensor) -> torch.Tensor:
-        """One plain-SGD step in place, ``w += scale_d · grad_d`` with ``scale = −lr·active``.
-
-        For SGD without momentum, weight decay or a proximal term the gradient is never
-        needed on its own: folding the per-device step size into the backward signal lets
-        ``baddbmm_`` update each weight matrix in one pass, instead of materialising the
-        gradient and reading it back. Returns the summed cross-entropy per device.
+        The output signal is d loss / d logits = (softmax − onehot) · mask / count per device,
+        multiplied by ``scale`` (D,) when given.
         """
         d, b = y.shape
         h = x.reshape(d, b, -1)
@@ -132,10 +98,41 @@ class BatchedMLPGrad:
             h = z.clamp_min(0.0) if lin.relu_after else z
         log_p = torch.log_softmax(h, dim=2)
         ce = -log_p.gather(2, y.unsqueeze(2)).squeeze(2) * mask
-        count = mask.sum(dim=1).clamp_min(1.0)
+        per_device = 1.0 / mask.sum(dim=1).clamp_min(1.0)
+        if scale is not None:
+            per_device = per_device * scale
         g = log_p.exp_()
         g.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(g[:, :, :1]))
-        g.mul_((mask * (scale / count)[:, None]).unsqueeze(2))  # gradient signal times -lr·active
+        g.mul_((mask * per_device[:, None]).unsqueeze(2))
+        return inputs, pre, g, ce.sum(dim=1)
+
+    def grads(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+              anchors: list[torch.Tensor] | None, prox_mu: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer gradients (same layout as ``tensors``) and summed cross-entropy of real samples (D,)."""
+        inputs, pre, g, ce = self._forward(tensors, x, y, mask)
+        grads: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+        for i in range(len(self.linears) - 1, -1, -1):
+            if self.linears[i].relu_after:
+                g = g * (pre[i] > 0)
+            grads[2 * i] = torch.bmm(g.transpose(1, 2), inputs[i])
+            grads[2 * i + 1] = g.sum(dim=1)
+            if i > 0:
+                g = torch.bmm(g, tensors[2 * i])
+        if prox_mu and anchors is not None:
+            for k, (t, a) in enumerate(zip(tensors, anchors)):
+                grads[k] = grads[k].add_(t - a, alpha=prox_mu)
+        return grads, ce
+
+    def sgd_step_(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                  scale: torch.Tensor) -> torch.Tensor:
+        """One plain-SGD step in place, ``w += scale_d · grad_d`` with ``scale = −lr·active``.
+
+        For SGD without momentum, weight decay or a proximal term the gradient is never
+        needed on its own: folding the per-device step size into the backward signal lets
+        ``baddbmm_`` update each weight matrix in one pass, instead of materialising the
+        gradient and reading it back. Returns the summed cross-entropy per device.
+        """
+        inputs, pre, g, ce = self._forward(tensors, x, y, mask, scale)
         for i in range(len(self.linears) - 1, -1, -1):
             if self.linears[i].relu_after:
                 g = g * (pre[i] > 0)
@@ -144,7 +141,7 @@ class BatchedMLPGrad:
             tensors[2 * i + 1].add_(g.sum(dim=1))
             if g_in is not None:
                 g = g_in
-        return ce.sum(dim=1)
+        return ce
 
     def __call__(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
                  anchor: torch.Tensor, prox_mu: float) -> tuple[torch.Tensor, torch.Tensor]:
