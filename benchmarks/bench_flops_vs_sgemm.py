@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--hidden", type=int, nargs="*", default=[16])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vmap", action="store_true", help="use the generic vmap path instead of batched_mlp")
     args = parser.parse_args()
 
     from tinytwin.algorithms.local_update import LocalTraining
@@ -48,7 +49,7 @@ def main() -> None:
     a = spec.algorithm
     cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
     trainer = LocalTrainer(exp.module, exp.layout, torch.from_numpy(exp.dataset.x_train),
-                           torch.from_numpy(exp.dataset.y_train), cfg, spec.seed)
+                           torch.from_numpy(exp.dataset.y_train), cfg, spec.seed, fast_path=not args.vmap)
     ids = np.arange(exp.fleet.num_devices)
     start = exp.initial_params()
     trainer.train(start, 1, ids[:64], exp.parts[:64])  # warm-up
@@ -67,6 +68,7 @@ def main() -> None:
         "params": exp.model.num_params, "training_flops": flops, "train_seconds_best": round(best, 3),
         "achieved_gflops": round(flops / best / 1e9, 2), "sgemm_gflops": round(peak / 1e9, 2),
         "fraction_of_sgemm": round(flops / best / peak, 3), "torch_threads": torch.get_num_threads(),
+        "path": "vmap" if args.vmap else "batched_mlp",
     }))
 
 
