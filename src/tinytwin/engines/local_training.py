@@ -18,6 +18,7 @@ from torch.func import grad, vmap
 
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
+from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
 
@@ -89,11 +90,12 @@ class LocalTrainer:
         lrs = np.full(d, self.cfg.lr) if lr is None else np.asarray(lr, dtype=np.float64)
         losses = np.zeros(d)
         steps = np.zeros(d, dtype=np.int64)
-        for lo in range(0, d, self.chunk_size):
-            hi = min(lo + self.chunk_size, d)
-            chunk_start = start if start.dim() == 1 else start[lo:hi]
-            losses[lo:hi], steps[lo:hi] = self._train_chunk(chunk_start, out[lo:hi], round_, device_ids[lo:hi],
-                                                            indices[lo:hi], lrs[lo:hi])
+        with intra_op_threads(threads_for(min(d, self.chunk_size) * self.cfg.batch_size * start.shape[-1])):
+            for lo in range(0, d, self.chunk_size):
+                hi = min(lo + self.chunk_size, d)
+                chunk_start = start if start.dim() == 1 else start[lo:hi]
+                losses[lo:hi], steps[lo:hi] = self._train_chunk(chunk_start, out[lo:hi], round_,
+                                                                device_ids[lo:hi], indices[lo:hi], lrs[lo:hi])
         return LocalResult(out, losses, steps)
 
     def _train_chunk(self, start: torch.Tensor, out: torch.Tensor, round_: int, device_ids: np.ndarray,

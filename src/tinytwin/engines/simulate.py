@@ -24,6 +24,7 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.fleet.cost import (
     LinkArrays, PowerArrays, clip_phases, compute_flops, draw_lost_packets, energy_joules, transfer_cost,
 )
@@ -98,8 +99,12 @@ class Simulator:
         self.store.add_devices(self.run_id, rows)
 
     def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
+        a = self.exp.spec.algorithm
+        per_round = self.exp.fleet.num_devices if isinstance(a.clients_per_round, float) else a.clients_per_round
+        threads = threads_for(per_round * a.batch_size * self.exp.model.num_params)
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
-            state = self.step(state, r)
+            with intra_op_threads(threads):
+                state = self.step(state, r)
             if progress is not None:
                 acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
                 progress(r, {"accuracy": acc, "sim_time_s": state.sim_time_s})
