@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinytwin.wire.encoding import ENCODINGS, decode, encode, encoded_size, roundtrip_torch
+from tinytwin.wire.encoding import ENCODINGS, decode, encode, encoded_size
+from tinytwin.wire.roundtrip import roundtrip_torch
 from tinytwin.wire.frame import (
     ENCODING_CODES,
     FRAME_OVERHEAD,

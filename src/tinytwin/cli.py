@@ -63,6 +63,41 @@ def run(
     _print_summary(outcome.summary, outcome.run_dir)
 
 
+@app.command()
+def emulate(
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
+    out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
+    time_scale: float = typer.Option(0.01, "--time-scale", help="wall seconds per modelled second of link and compute time (0: no pacing)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
+) -> None:
+    """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
+    from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
+    from tinytwin.spec.load import load_spec
+
+    if time_scale < 0:
+        raise TinyTwinError("--time-scale must be >= 0")
+    spec, spec_yaml = load_spec(spec_file, set_ or [])
+    check_emulatable(spec)
+    with _progress(quiet) as progress:
+        task = progress.add_task(f"{spec.name} (emulate)", total=spec.rounds)
+
+        def on_round(r: int, info: dict[str, Any]) -> None:
+            acc = info.get("accuracy")
+            progress.update(task, completed=r,
+                            description=f"{spec.name} (emulate)" + (f"  acc {acc:.3f}" if acc is not None else ""))
+
+        run_dir, summary = start_emulation(spec, spec_yaml, out, spec_file.resolve().parent,
+                                           EmulateOptions(time_scale=time_scale), on_round, report=not no_report)
+    _print_summary(summary, run_dir)
+    e = summary["emulate"]
+    console.print(f"device processes: RSS median {e['device_rss_kb']['median'] / 1024:.1f} MiB "
+                  f"(max {e['device_rss_kb']['max'] / 1024:.1f}), PSS median {e['device_pss_kb']['median'] / 1024:.1f} MiB; "
+                  f"wall per round median {e['wall_per_round_s']['median']:.3f} s; "
+                  f"frames rejected {sum(e['frames_rejected'].values())}")
+
+
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("rounds"), TimeElapsedColumn(), console=console, disable=quiet, transient=False)

@@ -30,7 +30,7 @@ from tinytwin.fleet.cost import (
 )
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store.db import RunStore
-from tinytwin.wire.encoding import roundtrip_torch
+from tinytwin.wire.roundtrip import roundtrip_torch
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
 
