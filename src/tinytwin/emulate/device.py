@@ -144,8 +144,6 @@ def run(cfg: dict[str, Any]) -> int:
     _ = np.ones((8, 8)) @ np.ones((8, 8))
     baseline = proc_status_kb("VmData") * 1024
     cap = baseline + int(cfg["mem_budget_bytes"])
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    log(f"device {rt.id}: pid {os.getpid()} VmData baseline {baseline} B, RLIMIT_DATA {cap} B")
     max_frame = int(cfg["max_frame"])
     try:
         sock = socket.create_connection((cfg["host"], int(cfg["port"])), timeout=30)
@@ -156,6 +154,10 @@ def run(cfg: dict[str, Any]) -> int:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     hello = json.dumps({"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap}).encode()
     sock.sendall(rt.make(rt.frame.MsgType.HELLO, 0, "none", hello))
+    # The cap goes on after HELLO, so that a budget too small for training is reported as an
+    # out-of-memory failure in the round (the coordinator knows the device), not as silence.
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    log(f"device {rt.id}: pid {os.getpid()} VmData baseline {baseline} B, RLIMIT_DATA {cap} B")
     while True:
         try:
             data = read_frame_blocking(sock, max_frame)

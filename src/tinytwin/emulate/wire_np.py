@@ -12,15 +12,17 @@ import hmac
 import types
 from typing import Any
 
+import tinytwin.wire.encoding as encoding
+import tinytwin.wire.frame as frame
+
 COORDINATOR_ID = 0xFFFFFFFF
 """Sender / receiver id of the coordinator (device ids are 0..D-1)."""
 
 
 def load_wire() -> tuple[types.ModuleType, types.ModuleType]:
-    """``(tinytwin.wire.frame, tinytwin.wire.encoding)``: both import numpy, not torch."""
-    import tinytwin.wire.encoding as encoding
-    import tinytwin.wire.frame as frame
+    """``(tinytwin.wire.frame, tinytwin.wire.encoding)``: both import numpy, not torch.
 
+    They are imported when this module is, i.e. before a device caps its memory."""
     return frame, encoding
 
 
