@@ -24,6 +24,13 @@ class Stream(IntEnum):
     LINK_LOSS = 5
     FAILURES = 6
     PARTITION = 7
+    # decentralized and hierarchical learning
+    TOPOLOGY = 101       # random graphs and device placement
+    LINK_OUTAGE = 102    # per-round random link outages
+    PEERS = 103          # whom a device pushes to / pulls from
+    BANDS = 104          # which Gist band a send carries; SDFA's random segments
+    MSG_LOSS = 105       # lost packets of device-to-device messages
+    VALIDATION = 106     # the shared validation subset (Gist)
 
 
 def stream_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

@@ -37,8 +37,9 @@ from torch import Tensor
 
 from tinytwin.wire.encoding import decode, encode, encoded_size
 
-__all__ = ["accumulate", "band_bounds", "band_importance", "band_order", "decode_payload", "encode_payload",
-           "merge", "merge_reference", "payload_size", "random_order", "segment", "selection_probabilities"]
+__all__ = ["accumulate", "band_bounds", "band_importance", "band_of", "band_order", "decode_payload", "encode_payload",
+           "merge", "merge_reference", "payload_size", "random_order", "segment", "segments_of",
+           "selection_probabilities"]
 
 _ACC = struct.Struct("<f")
 SELECTIONS = ("proportional", "softmax", "uniform")
@@ -92,6 +93,35 @@ def selection_probabilities(importance: Tensor, mode: str = "proportional", base
 def segment(order_row: Tensor, bounds: np.ndarray, band: int) -> Tensor:
     """Sorted parameter indices of one band of one device."""
     return torch.sort(order_row[int(bounds[band]):int(bounds[band + 1])]).values
+
+
+def band_of(order: Tensor, bounds: np.ndarray) -> Tensor:
+    """(D, P) band index of every parameter of every device (the inverse of :func:`band_order`)."""
+    p = order.shape[1]
+    rank_band = torch.from_numpy((np.searchsorted(bounds, np.arange(p), side="right") - 1).astype(np.int16))
+    out = torch.empty(order.shape, dtype=torch.int16)
+    out.scatter_(1, order, rank_band.expand_as(order).contiguous())
+    return out
+
+
+def segments_of(params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor,
+                max_elements: int = 8_000_000) -> tuple[list[Tensor], list[Tensor]]:
+    """Sorted indices and values of band ``chosen[m]`` of device row ``rows[m]`` for every message m.
+
+    ``bands`` is :func:`band_of`; vectorised over messages (in chunks of ``max_elements``)."""
+    idx_out: list[Tensor] = []
+    val_out: list[Tensor] = []
+    p = params.shape[1]
+    step = max(1, max_elements // max(p, 1))
+    for lo in range(0, len(rows), step):
+        r, b = rows[lo:lo + step], chosen[lo:lo + step]
+        mask = bands[r] == b.to(bands.dtype)[:, None]
+        nz = mask.nonzero()
+        counts = mask.sum(dim=1).tolist()
+        # compact copies: a message must not keep the whole batch's storage alive in a buffer
+        idx_out += [t.clone() for t in nz[:, 1].split(counts)]
+        val_out += [t.clone() for t in params[r[nz[:, 0]], nz[:, 1]].split(counts)]
+    return idx_out, val_out
 
 
 # ---------------------------------------------------------------------------------- payload

@@ -9,6 +9,12 @@ replacement) from
   a peer-sampling service), or
 - ``neighbour``: its online graph neighbours over links that are up.
 
+Exchange: ``push`` (the receiver merges, the sender keeps its model) or ``push_pull``
+(gossipy's PUSH_PULL anti-entropy: the receiver answers with its own model and *both*
+merge, pair by pair in message order). Pairwise averaging conserves the sum of the
+models, so with learning switched off ``push_pull`` + ``average`` converges to the
+initial mean on a connected graph; push-only averaging does not conserve the mean.
+
 Merge modes (functions below, all vectorised over receivers):
 
 - ``average`` (gossipy): the receiver's model becomes the mean of its own model and the
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["choose_peers", "fifo_mean", "fifo_push", "merge_age", "merge_average", "message_rank"]
+__all__ = ["choose_peers", "fifo_mean", "fifo_push", "merge_age", "merge_average", "message_rank", "pairwise_merge"]
 
 PEER_MODES = ("random", "neighbour")
 MERGE_MODES = ("average", "fifo", "age")
@@ -84,8 +90,9 @@ def fifo_push(buffer: Tensor, count: Tensor, head: Tensor, rows: np.ndarray, mod
 
     ``buffer`` is (D, B, P); ``head`` the next slot per device; ``count`` the filled slots."""
     b = buffer.shape[1]
-    for rank in range(int(message_rank(rows).max(initial=-1)) + 1):
-        sel = np.flatnonzero(message_rank(rows) == rank)
+    ranks = message_rank(rows)
+    for rank in range(int(ranks.max(initial=-1)) + 1):
+        sel = np.flatnonzero(ranks == rank)
         r = torch.from_numpy(rows[sel])
         slot = head[r]
         buffer[r, slot] = models[torch.from_numpy(sel)]
@@ -113,3 +120,25 @@ def message_rank(dst: np.ndarray) -> np.ndarray:
     rank = np.empty(dst.size, dtype=np.int64)
     rank[order] = np.arange(dst.size) - run_start
     return rank
+
+
+def pairwise_merge(params: Tensor, age: Tensor, src: np.ndarray, dst: np.ndarray, mode: str,
+                   received: Tensor | None = None) -> None:
+    """Push-pull exchanges in message order (in place): both ends of each pair merge.
+
+    ``average``: both take ``(w_s + w_d) / 2``; ``age``: both take the age-weighted mean and
+    the larger age. ``received`` (D, P), if given, is what the wire decodes of each model
+    (a lossy encoding); a device's own copy is exact.
+    """
+    for s_, d_ in zip(np.asarray(src).tolist(), np.asarray(dst).tolist()):
+        ws, wd = params[s_].clone(), params[d_].clone()
+        rs = ws if received is None else received[s_]
+        rd = wd if received is None else received[d_]
+        if mode == "age":
+            m_d, a = merge_age(wd[None], age[d_:d_ + 1], rs[None], age[s_:s_ + 1])
+            m_s, _ = merge_age(ws[None], age[s_:s_ + 1], rd[None], age[d_:d_ + 1])
+            params[d_], params[s_] = m_d[0], m_s[0]
+            age[s_] = age[d_] = a[0]
+        else:
+            params[d_] = (wd + rs) / 2.0
+            params[s_] = (ws + rd) / 2.0

@@ -29,11 +29,11 @@ __all__ = ["mix", "mix_received", "serverfree_weights", "to_torch_sparse"]
 
 
 def to_torch_sparse(w: sp.spmatrix, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A scipy sparse matrix as a torch sparse CSR tensor."""
-    c = sp.csr_matrix(w)
-    return torch.sparse_csr_tensor(torch.from_numpy(c.indptr.astype(np.int64)),
-                                   torch.from_numpy(c.indices.astype(np.int64)),
-                                   torch.from_numpy(c.data).to(dtype), size=c.shape)
+    """A scipy sparse matrix as a (coalesced) torch sparse COO tensor."""
+    c = sp.coo_matrix(w)
+    idx = torch.from_numpy(np.stack([c.row, c.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(c.data).to(dtype), size=c.shape,
+                                   check_invariants=True).coalesce()
 
 
 def mix(w: sp.spmatrix, x: Tensor, steps: int = 1) -> Tensor:

@@ -146,7 +146,7 @@ def load_dataset(
     """Load dataset ``name`` (one of :data:`DATASET_NAMES`).
 
     ``data_dir`` (or ``$TINYTWIN_DATA``) is the folder holding the dataset files; ``digits``
-    needs none; ``digits_split`` picks its test set (see :func:`_load_digits`). ``test_size`` keeps only the first ``test_size`` test samples, so quick runs
+    needs none; ``digits_split`` picks its test set (see :func:`_load_digits`). ``test_size`` keeps a fixed random subset (seed 0, in file order) of ``test_size`` test samples, so quick runs
     and tests do not pay for evaluating on the full test set.
 
     Raises :class:`DataError` for an unknown name, missing files or malformed files.
@@ -216,9 +216,12 @@ def _finish(
             f"{source}: train images are {arrays['x_train'].shape[1:]} but test images are "
             f"{arrays['x_test'].shape[1:]}"
         )
-    if test_size is not None:
-        arrays["x_test"] = arrays["x_test"][:test_size]
-        arrays["y_test"] = arrays["y_test"][:test_size]
+    if test_size is not None and test_size < len(arrays["y_test"]):
+        # A fixed random subset (seed 0), kept in file order: test files such as CIFAR-10's
+        # are sorted by class, so the first N samples would hold only a few classes.
+        keep = np.sort(np.random.default_rng(0).permutation(len(arrays["y_test"]))[:test_size])
+        arrays["x_test"] = arrays["x_test"][keep]
+        arrays["y_test"] = arrays["y_test"][keep]
     return Dataset(
         name=name,
         # np.divide with dtype=float32: one allocation, correctly rounded (255/255 == 1.0 exactly).

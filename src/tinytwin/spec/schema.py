@@ -23,7 +23,7 @@ class Strict(BaseModel):
 class DatasetSpec(Strict):
     name: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = "digits"
     data_dir: str | None = Field(default=None, description="folder with the dataset files; default $TINYTWIN_DATA")
-    test_size: PositiveInt | None = Field(default=None, description="use only the first N test samples")
+    test_size: PositiveInt | None = Field(default=None, description="use a fixed random subset (seed 0) of N test samples")
     split: Literal["shuffled", "last"] = Field(
         default="shuffled", description="digits only: shuffled 1500/297 split, or the unshuffled last-297 test set")
 
@@ -225,10 +225,13 @@ class AlgorithmSpec(Strict):
         if self.schedule == "async" and self.name not in ASYNC_CAPABLE:
             raise ValueError(f"schedule: async runs gossip and gist; {self.name} runs in lock-step rounds "
                              "(schedule: sync)")
+        if self.family != "decentralized" and self.lr_schedule.name != "none":
+            raise ValueError(f"lr_schedule: per-device schedules are for decentralized algorithms "
+                             f"({', '.join(DECENTRALIZED)}), not {self.name}")
+        if self.family == "decentralized" and self.server_optimizer.name != "fedavg":
+            raise ValueError(f"server_optimizer.name: {self.name} has no server; server optimizers apply to "
+                             "fedavg, fedprox and hierarchical (at the global aggregator)")
         if self.family == "centralized":
-            if self.lr_schedule.name != "none":
-                raise ValueError(f"lr_schedule: per-device schedules are for decentralized algorithms "
-                                 f"({', '.join(DECENTRALIZED)}), not {self.name}")
             if self.train_samples is not None:
                 raise ValueError(f"train_samples: is for decentralized and hierarchical algorithms, not {self.name}")
         if self.family != "centralized" and self.name != "hierarchical" and self.aggregator.name != "fedavg":

@@ -1,0 +1,331 @@
+"""The simulation twin for hierarchical FL: clients → local aggregators → global aggregator.
+
+A global round r has ``L = local_rounds`` local rounds. In local round l every online
+client trains from its local aggregator's (LA's) model (all clients batched, local-round
+key ``(r − 1)·L + l``), sends its update to its LA, and each LA aggregates its cluster
+(the spec's aggregator, FedAvg by default: sample-weighted mean of the decoded updates).
+After L local rounds the LAs send their models to the global aggregator (GA), which
+averages them weighted by the clusters' sample counts, applies the server optimizer and
+sends the new global model back to the LAs, which pass it to their clients.
+
+With one cluster and one local round this is exactly FedAvg of
+:mod:`tinytwin.engines.simulate` on the same seed (same training keys, same aggregation
+arithmetic; a test holds them equal).
+
+Time: a cluster's local round lasts as long as its slowest client (download + compute +
+upload); a global round lasts as long as the slowest cluster including its LA ↔ GA
+transfers over ``aggregator_link``. Costs: the RVA cost ledger of
+:mod:`tinytwin.algorithms.hierarchical` (``ledger`` table: per round, level and link).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tinytwin.algorithms import hierarchical as H
+from tinytwin.algorithms.aggregators import coordinate_median, krum, trimmed_mean, weighted_mean
+from tinytwin.algorithms.local_update import LocalTraining
+from tinytwin.algorithms.server_optimizers import make_server_optimizer
+from tinytwin.engines.evaluate import accuracy_and_loss
+from tinytwin.engines.evaluate_many import evaluate_many
+from tinytwin.engines.experiment import Experiment
+from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.network import Network
+from tinytwin.errors import SpecError
+from tinytwin.fleet.build import _extra
+from tinytwin.fleet.cost import LinkArrays, compute_flops, draw_lost_packets, energy_joules, take_links, transfer_cost
+from tinytwin.net.links import LinkModel, load_link_catalog
+from tinytwin.rng import Stream, stream_rng
+from tinytwin.store import dfl as dfl_store
+from tinytwin.store.db import RunStore
+from tinytwin.wire.roundtrip import roundtrip_torch
+
+ProgressFn = Callable[[int, dict[str, Any]], None]
+
+
+def aggregator_link(exp: Experiment, base_dir: Path | None = None) -> LinkModel:
+    name = exp.spec.algorithm.hierarchical.aggregator_link
+    links = load_link_catalog(_extra(exp.spec.fleet.links_file, "fleet.links_file", base_dir))
+    if name not in links:
+        raise SpecError("algorithm.hierarchical.aggregator_link",
+                        f"unknown link {name!r}; known links: {', '.join(sorted(links))}")
+    return links[name]
+
+
+def check_hierarchical(exp: Experiment, base_dir: Path | None = None) -> None:
+    aggregator_link(exp, base_dir)
+
+
+def cluster_assignment(exp: Experiment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cluster of every device, client costs (D, K), aggregator costs (K,)) from the spec."""
+    h = exp.spec.algorithm.hierarchical
+    n = exp.fleet.num_devices
+    k = len(h.clusters) if h.assignment == "given" and h.clusters is not None else h.num_clusters
+    cc = np.ones((n, k)) if h.client_costs is None else np.asarray(h.client_costs, dtype=np.float64)
+    ac = np.ones(k) if h.aggregator_costs is None else np.asarray(h.aggregator_costs, dtype=np.float64)
+    if h.assignment == "given":
+        assign = np.empty(n, dtype=np.int64)
+        for c, members in enumerate(h.clusters or []):
+            assign[np.asarray(members, dtype=np.int64)] = c
+    elif h.assignment == "min_comm_cost":
+        assign = H.min_comm_cost(cc, ac)
+    else:
+        assign = H.balanced_assignment(n, k)
+    return assign, cc, ac
+
+
+@dataclass
+class HState:
+    round: int
+    global_params: torch.Tensor
+    server_state: dict[str, torch.Tensor]
+    sim_time_s: float
+    energy_j: np.ndarray
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cost_spent: float = 0.0
+    accuracies: list[tuple[int, float]] = field(default_factory=list)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> "HState":
+        return cls(**ck)
+
+
+class HierarchicalSimulator:
+    def __init__(self, exp: Experiment, store: RunStore, run_id: str, network: Network | None = None,
+                 base_dir: Path | None = None) -> None:
+        self.exp, self.store, self.run_id, self.net = exp, store, run_id, network
+        spec = exp.spec
+        a = spec.algorithm
+        self.h = a.hierarchical
+        self.seed = spec.seed
+        self.n = exp.fleet.num_devices
+        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay,
+                                 a.prox_mu)
+        ds = exp.dataset
+        self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+        self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+        self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
+        self.train_idx = [p[: a.train_samples] if a.train_samples else p for p in exp.parts]
+        self.n_train = np.array([len(p) for p in self.train_idx], dtype=np.int64)
+        so = a.server_optimizer
+        self.server_opt = make_server_optimizer(so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1,
+                                                beta2=so.beta2, tau=so.tau)
+        self.assign, self.client_costs, self.agg_costs = cluster_assignment(exp)
+        self.k = self.client_costs.shape[1]
+        self.up_bytes = exp.uplink_bytes()
+        self.down_bytes = exp.downlink_bytes()
+        self.model_mb = self.up_bytes / H.MB
+        flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
+        self.compute_s = flops / exp.fleet.flops_per_s
+        la = aggregator_link(exp, base_dir)
+        self.la_links = LinkArrays(*(np.full(self.k, getattr(la, f), dtype=np.int64 if f in ("mtu_bytes", "header_bytes")
+                                             else np.float64) for f in LinkArrays.__dataclass_fields__))
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def initial_state(self) -> HState:
+        params = self.exp.initial_params()
+        return HState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.n))
+
+    def state_from_checkpoint(self, ck: dict[str, Any]) -> HState:
+        return HState.from_checkpoint(ck)
+
+    def register(self) -> None:
+        exp = self.exp
+        dfl_store.ensure_tables(self.store)
+        rows = []
+        for g in exp.fleet.groups:
+            for d in g.devices:
+                rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
+                             "num_samples": int(self.n_train[d]), "class_hist": exp.class_hist[d]})
+        self.store.add_devices(self.run_id, rows)
+        sizes = np.bincount(self.assign, minlength=self.k)
+        detail = (f"{self.k} cluster(s) ({self.h.assignment}), sizes {sizes.tolist()}; "
+                  f"C_round = {H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds):.4g}")
+        self.store.add_events(self.run_id, [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "clusters",
+                                             "detail": detail}])
+
+    def run(self, state: HState, progress: ProgressFn | None = None) -> HState:
+        for r in range(state.round + 1, self.exp.spec.rounds + 1):
+            state = self.step(state, r)
+            if progress is not None:
+                acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
+                progress(r, {"accuracy": acc, "sim_time_s": state.sim_time_s})
+        return state
+
+    # ---- one global round -----------------------------------------------------------
+    def _aggregate(self, received: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        agg = self.exp.spec.algorithm.aggregator
+        if agg.name == "median":
+            return coordinate_median(received)
+        if agg.name == "trimmed_mean":
+            return trimmed_mean(received, agg.beta)
+        if agg.name == "krum":
+            return krum(received, agg.num_byzantine, agg.num_selected)
+        return weighted_mean(received, weights)
+
+    def step(self, st: HState, r: int) -> HState:
+        wall0 = time.perf_counter()
+        exp, spec = self.exp, self.exp.spec
+        a = spec.algorithm
+        n, k, L = self.n, self.k, self.h.local_rounds
+        t0 = st.sim_time_s
+        events: list[dict[str, Any]] = []
+        for d, kind in exp.timeline.changes(r):
+            events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
+        online = exp.timeline.online(r)
+        ids = np.flatnonzero(online)
+        links = take_links(exp.fleet.links, ids)
+        la_models = st.global_params.expand(k, -1).clone()
+        losses = np.full(n, np.nan)
+        compute_s, up_s, down_s = np.zeros(n), np.zeros(n), np.zeros(n)
+        bytes_up, bytes_down, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        cluster_time = np.zeros(k)
+        cl = self.assign[ids]
+        for l in range(1, L + 1):
+            key = (r - 1) * L + l
+            if not ids.size:
+                break
+            lost_d = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 0), self.down_bytes, links)
+            down = transfer_cost(self.down_bytes, links.down_bps, links, lost_d)
+            lost_u = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 1), self.up_bytes, links)
+            up = transfer_cost(self.up_bytes, links.up_bps, links, lost_u)
+            res = self.trainer.train(la_models[torch.from_numpy(cl)], key, ids, [self.train_idx[d] for d in ids])
+            losses[ids] = res.train_loss
+            total = down.time_s + self.compute_s[ids] + up.time_s
+            compute_s[ids] += self.compute_s[ids]
+            up_s[ids] += up.time_s
+            down_s[ids] += down.time_s
+            bytes_up[ids] += up.wire_bytes
+            bytes_down[ids] += down.wire_bytes
+            lost[ids] += lost_d + lost_u
+            for c in np.unique(cl):
+                m = np.flatnonzero(cl == c)
+                cluster_time[c] += float(total[m].max())
+                start = la_models[c]
+                deltas = res.params[torch.from_numpy(m)] - start
+                received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
+                w = torch.from_numpy(self.n_train[ids[m]]).to(received.dtype)
+                la_models[c] = start + self._aggregate(received, w)
+        present = np.unique(cl)
+        # LA -> GA and GA -> LA transfers over the aggregator link
+        la_l = take_links(self.la_links, present)
+        la_up = transfer_cost(self.up_bytes, la_l.up_bps, la_l,
+                              draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 2), self.up_bytes, la_l))
+        la_down = transfer_cost(self.down_bytes, la_l.down_bps, la_l,
+                                draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 3), self.down_bytes, la_l))
+        if present.size == 1 and k == 1:
+            proposal = la_models[0]
+        elif present.size:
+            cw = torch.tensor([float(self.n_train[ids[cl == c]].sum()) for c in present], dtype=la_models.dtype)
+            deltas = roundtrip_torch(la_models[torch.from_numpy(present)] - st.global_params, a.encoding,
+                                     tensor_sizes=exp.model.tensor_sizes)
+            proposal = st.global_params + weighted_mean(deltas, cw)
+        else:
+            proposal = st.global_params
+            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round",
+                           "detail": "no client online; the global model is unchanged"})
+        new_global, server_state = (self.server_opt.step(st.global_params, proposal, st.server_state)
+                                    if present.size else (st.global_params, st.server_state))
+        if a.downlink_encoding != "float32":
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
+        per_cluster = cluster_time[present] + (la_up.time_s + la_down.time_s if k > 1 else 0.0)
+        round_s = float(per_cluster.max()) if present.size else 0.0
+        energy = energy_joules(exp.fleet.power, compute_s, up_s, down_s, round_s, online)
+
+        # evaluation: the global model, and every cluster's model (what its clients hold)
+        acc = loss = None
+        dev_acc = np.full(n, np.nan)
+        gacc = None
+        if r % spec.evaluation.every == 0 or r == spec.rounds:
+            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
+            gacc = acc
+            if k > 1 and present.size:
+                ca, _ = evaluate_many(exp.module, exp.layout, la_models[torch.from_numpy(present)], self.x_test, self.y_test)
+                by_c = dict(zip(present.tolist(), ca.numpy().tolist()))
+                dev_acc[ids] = [by_c[int(c)] for c in cl]
+            else:
+                dev_acc[ids] = gacc
+        ev = dev_acc[~np.isnan(dev_acc)]
+        w = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
+        consensus = float((w - w.mean(0, keepdim=True)).norm(dim=1).mean()) if w is not None else None
+        ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, L, ids)
+        for row in ledger:
+            row["round"] = r
+            row["bytes"] = int(round(row.pop("mb") * H.MB))
+        cost = float(sum(row["cost"] for row in ledger))
+        rm = {"round": r, "acc_mean": float(ev.mean()) if ev.size else None,
+              "acc_min": float(ev.min()) if ev.size else None, "acc_max": float(ev.max()) if ev.size else None,
+              "acc_std": float(ev.std()) if ev.size else None, "loss_mean": loss, "consensus_distance": consensus,
+              "global_accuracy": gacc, "components": int(present.size), "messages": int(2 * L * ids.size + 2 * present.size)}
+        device_rows, metric_rows = [], []
+        for d in ids:
+            device_rows.append({
+                "round": r, "device": int(d), "status": "ok", "num_samples": int(self.n_train[d]),
+                "compute_s": float(compute_s[d]), "up_s": float(up_s[d]), "down_s": float(down_s[d]),
+                "bytes_up": int(bytes_up[d]), "bytes_down": int(bytes_down[d]), "packets_lost": int(lost[d]),
+                "energy_j": float(energy[d]), "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
+                "accuracy": None})
+            metric_rows.append({
+                "round": r, "device": int(d), "test_accuracy": None if np.isnan(dev_acc[d]) else float(dev_acc[d]),
+                "test_loss": None, "distance_to_mean": None, "lr": float(a.lr), "local_rounds": int(r * L),
+                "messages_sent": L, "messages_received": L, "airtime_s": float(up_s[d] + down_s[d])})
+        finite = losses[~np.isnan(losses)]
+        st = HState(r, new_global, server_state, t0 + round_s, st.energy_j + energy,
+                    st.bytes_up + int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
+                    st.bytes_down + int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
+                    st.cost_spent + cost, st.accuracies + ([(r, acc)] if acc is not None else []), rm)
+        round_row = {
+            "round": r, "sim_time_s": st.sim_time_s, "duration_s": round_s, "selected": int(ids.size),
+            "completed": int(ids.size), "dropped": 0, "stragglers": 0,
+            "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": acc, "test_loss": loss,
+            "bytes_up": int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
+            "bytes_down": int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
+            "energy_j": float(energy.sum()), "wall_time_s": time.perf_counter() - wall0,
+        }
+        dfl_store.write_round(self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm,
+                              metric_rows, ledger)
+        return st
+
+    # ---- summary ------------------------------------------------------------------
+    def summary(self, state: HState, wall_time_s: float) -> dict[str, Any]:
+        exp, spec = self.exp, self.exp.spec
+        a = spec.algorithm
+        accs = [x for _, x in state.accuracies]
+        energy = state.energy_j
+        return {
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "rounds": state.round,
+            "sim_time_s": state.sim_time_s,
+            "bytes_up": state.bytes_up,
+            "bytes_down": state.bytes_down,
+            "energy_j_per_device": {"min": float(energy.min()), "median": float(np.median(energy)),
+                                    "max": float(energy.max())},
+            "energy_j_total": float(energy.sum()),
+            "memory_fits": all(p.fits for p in exp.memory),
+            "memory": [p.as_dict() for p in exp.memory],
+            "wall_time_s": wall_time_s,
+            "num_devices": self.n,
+            "algorithm": f"hierarchical ({self.k} clusters, {self.h.local_rounds} local rounds, "
+                         f"{a.aggregator.name}, server {a.server_optimizer.name})",
+            "dataset": spec.dataset.name,
+            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
+            "clusters": [np.flatnonzero(self.assign == c).tolist() for c in range(self.k)],
+            "cost_per_round": H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb,
+                                           self.h.local_rounds),
+            "cost_total": state.cost_spent,
+            "final_accuracy_across_devices": {kk: state.last_metrics.get(f"acc_{kk}") for kk in ("mean", "min", "max", "std")},
+            "uplink_message_bytes": self.up_bytes,
+            "downlink_message_bytes": self.down_bytes,
+        }
