@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "AGGREGATORS",
     "Aggregate",
+    "aggregate",
     "coordinate_median",
     "get_aggregator",
     "krum",
@@ -287,3 +288,16 @@ def get_aggregator(name: str) -> Callable[..., Tensor]:
         return AGGREGATORS[name]
     except KeyError:
         raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
+
+
+_RULE_PARAMS = {"fedavg": (), "median": (), "trimmed_mean": ("beta",), "krum": ("num_byzantine", "num_selected")}
+
+
+def aggregate(name: str, updates: Tensor, weights: Tensor | None, **options: float) -> Tensor:
+    """Apply rule ``name``, taking from ``options`` only the parameters that rule uses.
+
+    Lets every engine hand over the experiment file's whole aggregator section
+    (``beta``, ``num_byzantine``, ``num_selected``) whatever the rule, in one call.
+    """
+    rule = get_aggregator(name)
+    return rule(updates, weights, **{k: options[k] for k in _RULE_PARAMS[name] if k in options})

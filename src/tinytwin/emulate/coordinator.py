@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from tinytwin import __version__
-from tinytwin.algorithms.aggregators import coordinate_median, krum, trimmed_mean, weighted_mean
+from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import mlp_np, shaper
 from tinytwin.emulate.device import OOM_EXIT
@@ -400,13 +400,7 @@ class Emulation:
                    r: int) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
         try:
-            if agg.name == "median":
-                return coordinate_median(received)
-            if agg.name == "trimmed_mean":
-                return trimmed_mean(received, agg.beta)
-            if agg.name == "krum":
-                return krum(received, agg.num_byzantine, agg.num_selected)
-            return weighted_mean(received, weights)
+            return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
         except ValueError as exc:
             events.append(self._event(r, None, "aggregation_skipped", f"{agg.name}: {exc}"))
             return None

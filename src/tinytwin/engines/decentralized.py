@@ -43,6 +43,7 @@ from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.mixing import mix, mix_received, serverfree_weights
 from tinytwin.algorithms.segments import REQUEST_PAYLOAD_BYTES, choose_replicas, contiguous_bounds, segment_pull
+from tinytwin.engines.summary import common_summary
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
@@ -725,24 +726,11 @@ class DecentralizedSimulator:
     def summary(self, state: DState, wall_time_s: float) -> dict[str, Any]:
         exp, spec = self.exp, self.exp.spec
         a = spec.algorithm
-        accs = [x for _, x in state.accuracies]
-        energy = state.energy_j
-        plans = memory_plans(exp)
         m = state.last_metrics
         lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
         return {
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            "rounds": state.round,
-            "sim_time_s": state.sim_time_s,
-            "bytes_up": state.bytes_up,
-            "bytes_down": state.bytes_down,
-            "energy_j_per_device": {"min": float(energy.min()), "median": float(np.median(energy)),
-                                    "max": float(energy.max())},
-            "energy_j_total": float(energy.sum()),
-            "memory_fits": all(p.fits for p in plans),
-            "memory": [p.as_dict() for p in plans],
-            "wall_time_s": wall_time_s,
+            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
+                             state.energy_j, memory_plans(exp), wall_time_s),
             "num_devices": self.n,
             "algorithm": f"{a.name} ({a.schedule}{lr_part})",
             "dataset": spec.dataset.name,

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms import hierarchical as H
-from tinytwin.algorithms.aggregators import coordinate_median, krum, trimmed_mean, weighted_mean
+from tinytwin.algorithms.aggregators import aggregate, weighted_mean
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
+from tinytwin.engines.summary import common_summary
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
@@ -166,13 +167,7 @@ class HierarchicalSimulator:
     # ---- one global round -----------------------------------------------------------
     def _aggregate(self, received: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         agg = self.exp.spec.algorithm.aggregator
-        if agg.name == "median":
-            return coordinate_median(received)
-        if agg.name == "trimmed_mean":
-            return trimmed_mean(received, agg.beta)
-        if agg.name == "krum":
-            return krum(received, agg.num_byzantine, agg.num_selected)
-        return weighted_mean(received, weights)
+        return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
 
     def step(self, st: HState, r: int) -> HState:
         wall0 = time.perf_counter()
@@ -301,21 +296,9 @@ class HierarchicalSimulator:
     def summary(self, state: HState, wall_time_s: float) -> dict[str, Any]:
         exp, spec = self.exp, self.exp.spec
         a = spec.algorithm
-        accs = [x for _, x in state.accuracies]
-        energy = state.energy_j
         return {
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            "rounds": state.round,
-            "sim_time_s": state.sim_time_s,
-            "bytes_up": state.bytes_up,
-            "bytes_down": state.bytes_down,
-            "energy_j_per_device": {"min": float(energy.min()), "median": float(np.median(energy)),
-                                    "max": float(energy.max())},
-            "energy_j_total": float(energy.sum()),
-            "memory_fits": all(p.fits for p in exp.memory),
-            "memory": [p.as_dict() for p in exp.memory],
-            "wall_time_s": wall_time_s,
+            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
+                             state.energy_j, exp.memory, wall_time_s),
             "num_devices": self.n,
             "algorithm": f"hierarchical ({self.k} clusters, {self.h.local_rounds} local rounds, "
                          f"{a.aggregator.name}, server {a.server_optimizer.name})",

@@ -18,12 +18,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tinytwin.algorithms.aggregators import coordinate_median, krum, trimmed_mean, weighted_mean
+from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.fleet.cost import (
     LinkArrays, PowerArrays, clip_phases, compute_flops, draw_lost_packets, energy_joules, transfer_cost,
@@ -253,13 +254,7 @@ class Simulator:
                    r: int, t0: float) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
         try:
-            if agg.name == "median":
-                return coordinate_median(received)
-            if agg.name == "trimmed_mean":
-                return trimmed_mean(received, agg.beta)
-            if agg.name == "krum":
-                return krum(received, agg.num_byzantine, agg.num_selected)
-            return weighted_mean(received, weights)
+            return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
         except ValueError as exc:
             events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "aggregation_skipped",
                            "detail": f"{agg.name}: {exc}"})
@@ -268,21 +263,9 @@ class Simulator:
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
         exp, spec = self.exp, self.exp.spec
-        accs = [a for _, a in state.accuracies]
-        energy = state.energy_j
         return {
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            "rounds": state.round,
-            "sim_time_s": state.sim_time_s,
-            "bytes_up": state.bytes_up,
-            "bytes_down": state.bytes_down,
-            "energy_j_per_device": {"min": float(energy.min()), "median": float(np.median(energy)),
-                                    "max": float(energy.max())},
-            "energy_j_total": float(energy.sum()),
-            "memory_fits": all(p.fits for p in exp.memory),
-            "memory": [p.as_dict() for p in exp.memory],
-            "wall_time_s": wall_time_s,
+            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
+                             state.energy_j, exp.memory, wall_time_s),
             "num_devices": exp.fleet.num_devices,
             "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
             "dataset": spec.dataset.name,
