@@ -184,7 +184,7 @@ class Emulation:
     def __init__(self, exp: Experiment, store: RunStore, run_id: str, run_dir: Path,
                  options: EmulateOptions) -> None:
         self.exp, self.store, self.run_id, self.run_dir, self.opt = exp, store, run_id, run_dir, options
-        spec, a = exp.spec, exp.spec.algorithm
+        a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
         self.edir = run_dir / "emulate"
         (self.edir / "keys").mkdir(parents=True, exist_ok=True)

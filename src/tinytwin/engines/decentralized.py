@@ -47,6 +47,7 @@ from tinytwin.engines.summary import common_summary
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.network import Network
 from tinytwin.fleet.cost import compute_flops, energy_joules, peer_transfer_cost, per_device
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
@@ -129,7 +130,7 @@ class Ctx:
 # ---------------------------------------------------------------------------------- state
 
 @dataclass
-class DState:
+class DState(Checkpointed):
     """Everything that carries over between rounds (the checkpoint)."""
 
     round: int
@@ -146,12 +147,6 @@ class DState:
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
-    def to_checkpoint(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_checkpoint(cls, ck: dict[str, Any]) -> "DState":
-        return cls(**ck)
 
 
 # ---------------------------------------------------------------------------------- protocols

@@ -37,6 +37,7 @@ from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.network import Network
 from tinytwin.errors import SpecError
 from tinytwin.fleet.build import _extra
@@ -82,7 +83,7 @@ def cluster_assignment(exp: Experiment) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 @dataclass
-class HState:
+class HState(Checkpointed):
     round: int
     global_params: torch.Tensor
     server_state: dict[str, torch.Tensor]
@@ -94,12 +95,6 @@ class HState:
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
-    def to_checkpoint(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_checkpoint(cls, ck: dict[str, Any]) -> "HState":
-        return cls(**ck)
 
 
 class HierarchicalSimulator:

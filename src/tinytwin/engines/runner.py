@@ -17,7 +17,7 @@ import yaml
 
 from tinytwin import __version__
 from tinytwin.engines.experiment import Experiment, prepare, refuse_if_unfit
-from tinytwin.engines.simulate import ProgressFn, SimState, Simulator
+from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.load import validate_spec
 from tinytwin.spec.schema import ExperimentSpec
@@ -97,12 +97,6 @@ def make_engine(exp: Experiment, store: RunStore, run_id: str, network: Any = No
     return Simulator(exp, store, run_id)
 
 
-def _state_from_checkpoint(sim: Any, ck: dict[str, Any]) -> Any:
-    if isinstance(sim, Simulator):
-        return SimState.from_checkpoint(ck)
-    return sim.state_from_checkpoint(ck)
-
-
 def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
                progress: ProgressFn | None = None, on_prepared: Any = None,
                report: bool = True) -> RunOutcome:
@@ -128,7 +122,7 @@ def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None
 
         ensure_tables(store)
     ck = store.checkpoint(info.run_id)
-    state = _state_from_checkpoint(sim, ck[1]) if ck else sim.initial_state()
+    state = sim.state_from_checkpoint(ck[1]) if ck else sim.initial_state()
     store.set_status(info.run_id, "running")
     store.add_events(info.run_id, [{"round": state.round, "sim_time_s": state.sim_time_s, "device": None,
                                     "kind": "resume", "detail": f"resumed after round {state.round}"}])

@@ -24,6 +24,7 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.fleet.cost import (
@@ -37,7 +38,7 @@ ProgressFn = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass
-class SimState:
+class SimState(Checkpointed):
     """Everything that carries over from one round to the next (the checkpoint)."""
 
     round: int
@@ -49,14 +50,6 @@ class SimState:
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
 
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {"round": self.round, "global_params": self.global_params, "server_state": self.server_state,
-                "sim_time_s": self.sim_time_s, "energy_j": self.energy_j, "bytes_up": self.bytes_up,
-                "bytes_down": self.bytes_down, "accuracies": self.accuracies}
-
-    @classmethod
-    def from_checkpoint(cls, ck: dict[str, Any]) -> "SimState":
-        return cls(**ck)
 
 
 class Simulator:
@@ -88,6 +81,9 @@ class Simulator:
     def initial_state(self) -> SimState:
         params = self.exp.initial_params()
         return SimState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.exp.fleet.num_devices))
+
+    def state_from_checkpoint(self, ck: dict[str, Any]) -> SimState:
+        return SimState.from_checkpoint(ck)
 
     def register(self) -> None:
         """Write the per-device table (group, profile, link, data, class histogram)."""
