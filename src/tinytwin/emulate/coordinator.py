@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import secrets
 import signal
@@ -39,6 +38,7 @@ from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, derive_key
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.runner import DB_NAME, new_run_dir
+from tinytwin.engines.simulate import select_participants
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
@@ -386,16 +386,6 @@ class Emulation:
         return {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "device": d, "kind": kind,
                 "detail": detail}
 
-    def _select(self, online_ids: np.ndarray, r: int) -> np.ndarray:
-        c = self.exp.spec.algorithm.clients_per_round
-        if online_ids.size == 0:
-            return online_ids
-        k = c if isinstance(c, int) else max(1, math.ceil(c * online_ids.size))
-        k = min(k, online_ids.size)
-        if k == online_ids.size:
-            return online_ids
-        return np.sort(stream_rng(self.exp.spec.seed, Stream.SELECT, r).choice(online_ids, size=k, replace=False))
-
     def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
                    r: int) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
@@ -423,7 +413,7 @@ class Emulation:
         for d, kind in exp.timeline.changes(r):
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
         online_ids = np.flatnonzero(exp.timeline.online(r))
-        selected = self._select(online_ids, r)
+        selected = select_participants(online_ids, self.exp.spec.algorithm.clients_per_round, self.exp.spec.seed, r)
         victim = stream_rng(seed, Stream.DROPOUT, r).random(self.n_dev)[selected] < spec.failures.dropout
         # Reboot every device that died earlier (killed, out of memory, crashed).
         restart = [int(d) for d in online_ids if not self._alive(int(d))]

@@ -120,7 +120,7 @@ class Simulator:
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
         online = exp.timeline.online(r)
         online_ids = np.flatnonzero(online)
-        selected = self._select(online_ids, r)
+        selected = select_participants(online_ids, spec.algorithm.clients_per_round, spec.seed, r)
         dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
         for d in selected[dropped_mask]:
             events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "dropout",
@@ -235,17 +235,6 @@ class Simulator:
         self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
         return new_state
 
-    def _select(self, online_ids: np.ndarray, r: int) -> np.ndarray:
-        c = self.exp.spec.algorithm.clients_per_round
-        if online_ids.size == 0:
-            return online_ids
-        k = c if isinstance(c, int) else max(1, math.ceil(c * online_ids.size))
-        k = min(k, online_ids.size)
-        if k == online_ids.size:
-            return online_ids
-        rng = stream_rng(self.exp.spec.seed, Stream.SELECT, r)
-        return np.sort(rng.choice(online_ids, size=k, replace=False))
-
     def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
                    r: int, t0: float) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
@@ -269,6 +258,18 @@ class Simulator:
             "uplink_message_bytes": self.up_bytes,
             "downlink_message_bytes": self.down_bytes,
         }
+
+
+def select_participants(online_ids: np.ndarray, clients_per_round: int | float, seed: int, r: int) -> np.ndarray:
+    """The devices of round ``r``: a count, or a fraction (at least one) of the online devices,
+    drawn from the (seed, SELECT, round) stream so every twin selects the same devices."""
+    if online_ids.size == 0:
+        return online_ids
+    c = clients_per_round
+    k = min(c if isinstance(c, int) else max(1, math.ceil(c * online_ids.size)), online_ids.size)
+    if k == online_ids.size:
+        return online_ids
+    return np.sort(stream_rng(seed, Stream.SELECT, r).choice(online_ids, size=k, replace=False))
 
 
 def _take_links(links: LinkArrays, ids: np.ndarray) -> LinkArrays:
