@@ -36,7 +36,7 @@ def test_numpy_training_matches_local_trainer_after_one_epoch() -> None:
     ids = np.arange(10)
     result = trainer.train(start, 3, ids, [exp.parts[d] for d in ids])
     linears = mlp_np.linears_from(_linears(exp))
-    tc = mlp_np.TrainConfig(1, a.batch_size, a.lr)
+    tc = mlp_np.LocalTraining(1, a.batch_size, a.lr)
     worst = 0.0
     for d in ids:
         x = ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1)
@@ -59,7 +59,7 @@ def test_numpy_training_with_momentum_and_prox_matches() -> None:
     ids = np.arange(4)
     result = trainer.train(start, 1, ids, [exp.parts[d] for d in ids])
     linears = mlp_np.linears_from(_linears(exp))
-    tc = mlp_np.TrainConfig(1, a.batch_size, a.lr, "sgd", 0.9, 0.001, 0.01)
+    tc = mlp_np.LocalTraining(1, a.batch_size, a.lr, "sgd", 0.9, 0.001, 0.01)
     for d in ids:
         x = ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1)
         w, _, _ = mlp_np.train(linears, start.numpy(), x, ds.y_train[exp.parts[d]], tc, exp.spec.seed, 1, int(d))

@@ -17,31 +17,15 @@ between rounds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from tinytwin.algorithms.local_config import ADAM_BETAS, ADAM_EPS, LocalTraining
 from tinytwin.models.params import ParamLayout
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """Hyper-parameters of local training."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    prox_mu: float = 0.0
-
+__all__ = ["ADAM_BETAS", "ADAM_EPS", "LocalTraining", "batch_loss", "init_optimizer_state", "optimizer_step"]
 
 def batch_loss(module: nn.Module, layout: ParamLayout, flat: torch.Tensor, x: torch.Tensor,
                y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor,

@@ -617,12 +617,7 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
     store = RunStore(run_dir / DB_NAME)
     run_id = uuid.uuid4().hex[:12]
     store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
-    rows = []
-    for g in exp.fleet.groups:
-        for d in g.devices:
-            rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
-                         "num_samples": len(exp.parts[d]), "class_hist": exp.class_hist[d]})
-    store.add_devices(run_id, rows)
+    store.add_devices(run_id, exp.device_rows())
     handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)

@@ -134,7 +134,7 @@ def run(cfg: dict[str, Any]) -> int:
     x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
     rt = DeviceRuntime(cfg, key)
     linears = mlp_np.linears_from(cfg["linears"])
-    tc = mlp_np.TrainConfig(**cfg["train"])
+    tc = mlp_np.LocalTraining(**cfg["train"])
     link = shaper.Link(**cfg["link"])
     ts = float(cfg["time_scale"])
     seed = int(cfg["seed"])

@@ -16,11 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tinytwin.algorithms.local_config import ADAM_BETAS, ADAM_EPS, LocalTraining
 from tinytwin.rng import device_permutations
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
 
 @dataclass(frozen=True)
 class Linear:
@@ -29,17 +26,6 @@ class Linear:
     n_in: int
     n_out: int
     relu_after: bool
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    prox_mu: float = 0.0
 
 
 def linears_from(rows: Sequence[Sequence[object]]) -> list[Linear]:
@@ -99,7 +85,7 @@ def grads(linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarra
     return out, ce_sum
 
 
-def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: LocalTraining,
           seed: int, round_: int, device: int) -> tuple[np.ndarray, float, int]:
     """One round of local training of one device; returns (params, mean train CE, steps).
 

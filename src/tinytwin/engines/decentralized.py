@@ -510,12 +510,7 @@ class DecentralizedSimulator:
     def register(self) -> None:
         exp = self.exp
         dfl_store.ensure_tables(self.store)
-        rows = []
-        for g in exp.fleet.groups:
-            for d in g.devices:
-                rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
-                             "num_samples": int(self.n_train[d]), "class_hist": exp.class_hist[d]})
-        self.store.add_devices(self.run_id, rows)
+        self.store.add_devices(self.run_id, exp.device_rows(self.n_train))
         info = self.net.describe()
         detail = (f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, degree "
                   f"{info['degree_min']}..{info['degree_max']}, {info['components']} connected component(s)")

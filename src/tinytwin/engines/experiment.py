@@ -54,6 +54,15 @@ class Experiment:
         a = self.spec.algorithm
         return optimizer_step_flops(self.model.num_params, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
 
+    def device_rows(self, num_samples: np.ndarray | None = None) -> list[dict[str, object]]:
+        """The results store's per-device table: group, profile, link, sample count, class histogram.
+
+        ``num_samples`` overrides the partition's counts (decentralized runs train on a subset)."""
+        counts = self.num_samples if num_samples is None else num_samples
+        return [{"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
+                 "num_samples": int(counts[d]), "class_hist": self.class_hist[d]}
+                for g in self.fleet.groups for d in g.devices]
+
     def uplink_bytes(self) -> int:
         return message_bytes(self.model.num_params, self.spec.algorithm.encoding, self.model.tensor_sizes)
 

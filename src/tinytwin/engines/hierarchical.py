@@ -139,12 +139,7 @@ class HierarchicalSimulator:
     def register(self) -> None:
         exp = self.exp
         dfl_store.ensure_tables(self.store)
-        rows = []
-        for g in exp.fleet.groups:
-            for d in g.devices:
-                rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
-                             "num_samples": int(self.n_train[d]), "class_hist": exp.class_hist[d]})
-        self.store.add_devices(self.run_id, rows)
+        self.store.add_devices(self.run_id, exp.device_rows(self.n_train))
         sizes = np.bincount(self.assign, minlength=self.k)
         detail = (f"{self.k} cluster(s) ({self.h.assignment}), sizes {sizes.tolist()}; "
                   f"C_round = {H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds):.4g}")

@@ -87,13 +87,7 @@ class Simulator:
 
     def register(self) -> None:
         """Write the per-device table (group, profile, link, data, class histogram)."""
-        exp = self.exp
-        rows = []
-        for g in exp.fleet.groups:
-            for d in g.devices:
-                rows.append({"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
-                             "num_samples": len(exp.parts[d]), "class_hist": exp.class_hist[d]})
-        self.store.add_devices(self.run_id, rows)
+        self.store.add_devices(self.run_id, self.exp.device_rows())
 
     def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
         a = self.exp.spec.algorithm
