@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv (Python >= 3.11) and installs tinytwin into it; sourced by the other scripts.
+# Installs the system packages (scripts/install_system_packages.sh), creates .venv
+# (Python >= 3.11) and installs tinytwin into it; called by the other scripts.
 # On a fresh Debian machine python3-venv may be missing: it is installed with apt-get.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 EXTRAS="${1:-}"
+
+# Compilers, QEMU and iproute2 for the emulation and firmware twins (skipped when present).
+bash "$ROOT/scripts/install_system_packages.sh"
 
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   if ! "$PY" -m venv "$ROOT/.venv" >/dev/null 2>&1; then
