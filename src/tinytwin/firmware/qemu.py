@@ -1,0 +1,482 @@
+"""Run the firmware client as a device: one QEMU Cortex-M instance (or the host executable).
+
+Why this shape (measured facts: ``../shared/reference/qemu-cortex-m.md``):
+
+- One process per device, spoken to over ``-serial stdio`` with asyncio pipes — no ports, no
+  socket files, no races; it scales to hundreds of instances.  Control lines go over the UART,
+  weights and data through semihosting files in the device's own working directory (each byte
+  into QEMU's UART costs the host ~33 µs of CPU; files move ~60-90 MiB/s).
+- ``-icount shift=0``: every guest instruction is 1 ns of virtual time, so the firmware's
+  FPGAIO tick deltas ×40 are exact, deterministic instruction counts.
+- A device never hangs its host: every wait has a timeout that kills the process group; the
+  child dies with its parent (``PR_SET_PDEATHSIG``) and dumps no core; a firmware fault
+  ("!FAULT" + exit code 3), a QEMU lockup (SIGABRT with "Lockup" on stderr) or a timeout all
+  become one exception, :class:`FirmwareFault`.
+
+The file formats of protocol v1 (``firmware/include/tt_client.h``) are pure functions
+(:func:`round_bytes`, :func:`data_bytes`, :func:`mix_bytes`, :func:`gist_bytes`) so any driver
+can reuse them.  :class:`QemuDevice` runs a built image, :class:`HostDevice` the host build of
+the same client; both are :class:`FirmwareDevice`.  :class:`SyncDevice` wraps either for
+synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import os
+import resource
+import shutil
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tinytwin.errors import TinyTwinError
+from tinytwin.firmware.build import FirmwareImage, HostClient
+
+__all__ = ["FirmwareDevice", "FirmwareError", "FirmwareFault", "HostDevice", "MergeResult", "QemuDevice",
+           "SyncDevice", "TrainResult", "batch_order", "data_bytes", "gist_bytes", "mix_bytes", "parse_fields",
+           "qemu_argv", "read_params", "round_bytes"]
+
+PROTOCOL_VERSION = 1
+QEMU_BINARY = "qemu-system-arm"
+MAGIC_ROUND, MAGIC_DATA, MAGIC_MIX, MAGIC_GIST = 0x31525454, 0x31445454, 0x314D5454, 0x31475454
+_STDERR_CAP = 64 * 1024
+_PR_SET_PDEATHSIG = 1
+try:  # loaded in the parent: the forked child must not run the dynamic loader
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _LIBC = None
+
+
+class FirmwareFault(TinyTwinError):
+    """A device died or stopped answering.
+
+    ``kind``: "arena", "memmanage", "busfault", "usagefault", "hardfault" (the firmware's
+    "!FAULT" line), "lockup" (QEMU aborted), "timeout" (killed), "exit" (ended unexpectedly).
+    ``detail``: the rest of the fault line or the reason; ``returncode``: the process's exit
+    status (3 for a firmware fault, -6 for a lockup, -9 after a kill); ``fields``: the
+    ``key=value`` pairs of the fault line (cfsr, mmfar, need, have, ...)."""
+
+    def __init__(self, kind: str, detail: str, returncode: int | None, device: str = "") -> None:
+        self.kind, self.detail, self.returncode = kind, detail, returncode
+        self.fields = parse_fields(detail)
+        where = f"{device}: " if device else ""
+        super().__init__(f"{where}firmware fault {kind}: {detail} (exit status {returncode})")
+
+
+class FirmwareError(TinyTwinError):
+    """The device refused a command ("ERR <reason>"); it is still running."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Reply to ``T``: the trained parameters and what the device measured."""
+
+    params: np.ndarray
+    steps: int
+    ce_sum: float         # sum of the samples' cross-entropies over the round (exact, from ce_bits)
+    ticks: int            # FPGAIO ticks of the training loop (0 on the host)
+    insns: int            # instructions = ticks × 40 under -icount shift=0 (0 on the host)
+    arena_used: int
+    arena_peak: int
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Reply to ``M`` / ``G``: the merged parameters and the measured work."""
+
+    params: np.ndarray
+    ticks: int
+    insns: int
+
+
+# ---------------------------------------------------------------------------------- file formats
+
+def _f32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype="<f4").reshape(-1)
+
+
+def _i32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype="<i4").reshape(-1)
+
+
+def round_bytes(params: np.ndarray, sizes: Sequence[int], relu: Sequence[bool], epochs: int, batch_size: int,
+                lr: float, momentum: float, weight_decay: float, order: np.ndarray) -> bytes:
+    """round.bin. ``order``: (epochs, n_samples) positions into data.bin, epoch after epoch."""
+    order = np.asarray(order)
+    if order.ndim == 1:
+        order = order.reshape(max(epochs, 1), -1) if epochs else order.reshape(0, -1)
+    if order.shape[0] != epochs:
+        raise ValueError(f"order has {order.shape[0]} epochs, expected {epochs}")
+    n_samples = order.shape[1] if order.ndim == 2 else 0
+    if len(relu) != len(sizes) - 1:
+        raise ValueError("relu needs one flag per layer")
+    head = struct.pack("<Ii", MAGIC_ROUND, len(sizes) - 1)
+    head += _i32(sizes).tobytes() + _i32([int(bool(r)) for r in relu]).tobytes()
+    head += struct.pack("<iiifff", epochs, batch_size, n_samples, lr, momentum, weight_decay)
+    return head + _f32(params).tobytes() + _i32(order).tobytes()
+
+
+def data_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
+    """data.bin: the device's shard (x flattened per sample, integer labels)."""
+    x = np.asarray(x).reshape(len(x), -1)
+    return struct.pack("<Iii", MAGIC_DATA, x.shape[0], x.shape[1]) + _f32(x).tobytes() + _i32(y).tobytes()
+
+
+def mix_bytes(weights: Sequence[float], models: Sequence[np.ndarray]) -> bytes:
+    """mix.bin: model 0 is the device's own."""
+    ms = [_f32(m) for m in models]
+    if not ms or len(weights) != len(ms) or any(m.size != ms[0].size for m in ms):
+        raise ValueError("mix needs one weight per model and models of equal length")
+    return struct.pack("<Iii", MAGIC_MIX, ms[0].size, len(ms)) + _f32(weights).tobytes() + b"".join(
+        m.tobytes() for m in ms)
+
+
+def gist_bytes(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> bytes:
+    """gist.bin. ``segments``: (sender weight a, values, mask) with full-length values and a
+    boolean mask (the convention of :func:`tinytwin.algorithms.gist.merge_reference`)."""
+    w = _f32(own)
+    parts = [struct.pack("<Iiif", MAGIC_GIST, w.size, len(segments), a_local), w.tobytes()]
+    for a, values, mask in segments:
+        m = np.asarray(mask, dtype=bool).reshape(-1)
+        if m.size != w.size:
+            raise ValueError("each segment's mask must cover every parameter")
+        vals = _f32(values)
+        vals = vals[m] if vals.size == w.size else vals
+        if vals.size != int(m.sum()):
+            raise ValueError("values must be full-length or one per set mask bit")
+        bitmap = np.packbits(m, bitorder="little")
+        parts += [struct.pack("<f", a), bitmap.tobytes(), struct.pack("<i", vals.size), vals.tobytes()]
+    return b"".join(parts)
+
+
+def read_params(path: Path, n_params: int) -> np.ndarray:
+    """An output file (update.bin, mixed.bin, merged.bin): ``n_params`` float32."""
+    raw = Path(path).read_bytes()
+    if len(raw) != 4 * n_params:
+        raise FirmwareError(f"{Path(path).name} holds {len(raw)} B, expected {4 * n_params} B")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def batch_order(seed: int, round_: int, device: int, n_samples: int, epochs: int) -> np.ndarray:
+    """The simulator's batch order of one device and round: (epochs, n_samples) positions."""
+    from tinytwin.rng import device_permutations
+
+    rows = [device_permutations(seed, round_, e, np.array([device]), np.array([n_samples]))[0]
+            for e in range(epochs)]
+    return np.array(rows, dtype=np.int32).reshape(epochs, n_samples)
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """``key=value`` tokens of a reply or fault line."""
+    return dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+
+
+def _param_count(sizes: Sequence[int]) -> int:
+    return sum(int(sizes[i]) * int(sizes[i + 1]) + int(sizes[i + 1]) for i in range(len(sizes) - 1))
+
+
+# ---------------------------------------------------------------------------------- processes
+
+def _child_setup(parent: int) -> None:
+    """In the child between fork and exec: die with the parent, never dump core."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def qemu_argv(elf: Path, board: str) -> list[str]:
+    """The QEMU command line of one device (no monitor, UART on stdio, semihosting, icount)."""
+    return [QEMU_BINARY, "-M", board, "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf)]
+
+
+class FirmwareDevice:
+    """One device process speaking protocol v1 over stdin/stdout, with files in ``workdir``.
+
+    ``timeout``: seconds a command may take before the device is killed and
+    :class:`FirmwareFault` ("timeout") is raised; ``boot_timeout`` the same for the banner.
+    Use ``async with`` (or call :meth:`kill` in a ``finally``) so no process outlives it."""
+
+    def __init__(self, argv: Sequence[str], workdir: Path, name: str = "", timeout: float = 60.0,
+                 boot_timeout: float = 10.0) -> None:
+        self.argv = [str(a) for a in argv]
+        self.workdir = Path(workdir)
+        self.name = name or Path(self.argv[0]).name
+        self.timeout = timeout
+        self.boot_timeout = boot_timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.banner: dict[str, str] = {}
+        self.boot_seconds = 0.0
+        self.log: list[str] = []           # device lines that were not replies
+        self._stderr = bytearray()
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._n_data: int | None = None
+
+    # -------------------------------------------------------------- life cycle
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def stderr_text(self) -> str:
+        return self._stderr.decode(errors="replace")
+
+    async def start(self) -> dict[str, str]:
+        """Spawn the device and wait for its "RDY" banner; returns the banner's fields."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).is_file():
+            raise TinyTwinError(f"{self.argv[0]} not found: the firmware twin needs QEMU; install the Debian "
+                                "package qemu-system-arm (scripts/setup_env.sh installs it)")
+        t0 = time.perf_counter()
+        parent = os.getpid()
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, cwd=self.workdir, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, preexec_fn=lambda: _child_setup(parent))
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        line = await self._expect(lambda text: text.startswith("RDY "), "boot", self.boot_timeout)
+        self.boot_seconds = time.perf_counter() - t0
+        tokens = line.split()
+        if len(tokens) < 3 or tokens[1] != "tinytwin-fw" or tokens[2] != str(PROTOCOL_VERSION):
+            await self.kill()
+            raise FirmwareError(f"{self.name}: unexpected banner {line!r} (protocol {PROTOCOL_VERSION} wanted)")
+        self.banner = parse_fields(line)
+        return self.banner
+
+    async def stop(self, code: int = 0) -> int:
+        """Ask the device to exit ("Q <code>"); kill it if it does not within a few seconds."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.returncode if self.returncode is not None else 0
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"Q {code}\n".encode())
+            await self.proc.stdin.drain()
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
+            await self.kill()
+        await self._finish_stderr()
+        return int(self.proc.returncode if self.proc.returncode is not None else -9)
+
+    async def kill(self) -> None:
+        """Kill the device's whole process group and reap it (idempotent)."""
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            await self.proc.wait()
+        await self._finish_stderr()
+
+    async def __aenter__(self) -> "FirmwareDevice":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
+    # -------------------------------------------------------------- commands
+
+    async def write_data(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Store the device's shard as data.bin (its "flash"; read batch by batch by T)."""
+        (self.workdir / "data.bin").write_bytes(data_bytes(x, y))
+        self._n_data = len(y)
+
+    async def train(self, params: np.ndarray, sizes: Sequence[int], relu: Sequence[bool], cfg: Any,
+                    order: np.ndarray, timeout: float | None = None) -> TrainResult:
+        """One round of local training ("T").  ``cfg`` has epochs, batch_size, lr, momentum and
+        weight_decay (:class:`tinytwin.algorithms.local_config.LocalTraining`; SGD only);
+        ``order`` is (epochs, n_samples) positions into data.bin (:func:`batch_order`)."""
+        if getattr(cfg, "optimizer", "sgd") != "sgd" or getattr(cfg, "prox_mu", 0.0):
+            raise TinyTwinError("the firmware client trains with SGD (momentum, weight decay) only; "
+                                f"got optimizer={getattr(cfg, 'optimizer', 'sgd')} prox_mu={getattr(cfg, 'prox_mu', 0.0)}")
+        n_params = _param_count(sizes)
+        (self.workdir / "round.bin").write_bytes(round_bytes(
+            params, sizes, relu, int(cfg.epochs), int(cfg.batch_size), float(cfg.lr), float(cfg.momentum),
+            float(cfg.weight_decay), order))
+        f = await self.command("T", timeout)
+        out = read_params(self.workdir / "update.bin", n_params)
+        bits = f.get("ce_bits")
+        ce = struct.unpack("<d", int(bits, 16).to_bytes(8, "little"))[0] if bits else float(f["ce_sum"])
+        return TrainResult(params=out, steps=int(f["steps"]), ce_sum=ce, ticks=int(f["ticks"]), insns=int(f["insns"]),
+                           arena_used=int(f["arena_used"]), arena_peak=int(f["arena_peak"]))
+
+    async def mix(self, weights: Sequence[float], models: Sequence[np.ndarray],
+                  timeout: float | None = None) -> MergeResult:
+        """DecFedAvg mix ("M"): Σ_k weights[k]·models[k] (model 0 is the device's own)."""
+        payload = mix_bytes(weights, models)
+        (self.workdir / "mix.bin").write_bytes(payload)
+        f = await self.command("M", timeout)
+        out = read_params(self.workdir / "mixed.bin", _f32(models[0]).size)
+        return MergeResult(out, int(f["ticks"]), int(f["insns"]))
+
+    async def gist(self, own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]],
+                   timeout: float | None = None) -> MergeResult:
+        """Gist merge ("G") of (weight, values, mask) segments into ``own``."""
+        (self.workdir / "gist.bin").write_bytes(gist_bytes(own, a_local, segments))
+        f = await self.command("G", timeout)
+        out = read_params(self.workdir / "merged.bin", _f32(own).size)
+        return MergeResult(out, int(f["ticks"]), int(f["insns"]))
+
+    async def poke(self, addr: int, timeout: float | None = None) -> None:
+        """Store 0xDEADBEEF at ``addr`` on the device (MPU tests): returns, or raises the fault."""
+        await self.command(f"P {addr:08x}", timeout)
+
+    async def command(self, line: str, timeout: float | None = None) -> dict[str, str]:
+        """Send one command line and return the fields of its "OK" reply."""
+        if self.proc is None or self.proc.returncode is not None:
+            raise FirmwareError(f"{self.name}: device is not running")
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            await self.proc.stdin.drain()
+        except (ConnectionError, BrokenPipeError):
+            await self._died(f"while sending {line!r}")
+        verb = line.split()[0]
+        reply = await self._expect(lambda text: text.startswith(("OK ", "ERR ")) or text in ("OK", "ERR"),
+                                   f"{verb!r}", self.timeout if timeout is None else timeout)
+        if reply.startswith("ERR"):
+            raise FirmwareError(f"{self.name}: {line!r} refused: {reply[4:]}")
+        return parse_fields(reply)
+
+    # -------------------------------------------------------------- reading
+
+    async def _expect(self, accept: Any, what: str, timeout: float) -> str:
+        """The next line ``accept`` likes; a fault line, EOF or the timeout raise FirmwareFault."""
+        try:
+            return await asyncio.wait_for(self._read_until(accept), timeout)
+        except asyncio.TimeoutError:
+            await self.kill()
+            raise FirmwareFault("timeout", f"no reply to {what} within {timeout:g} s; killed", self.returncode,
+                                self.name) from None
+
+    async def _read_until(self, accept: Any) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            raw = await self.proc.stdout.readline()
+            if not raw:
+                await self._died("the device ended without a reply")
+            text = raw.decode(errors="replace").rstrip("\r\n")
+            if text.startswith("!FAULT"):
+                await self._faulted(text)
+            if accept(text):
+                return text
+            self.log.append(text)
+
+    async def _faulted(self, line: str) -> None:
+        """A "!FAULT <kind> <detail>" line: wait for the exit (code 3), then raise."""
+        assert self.proc is not None
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        except asyncio.TimeoutError:
+            pass
+        await self.kill()
+        parts = line.split(None, 2)
+        kind = parts[1] if len(parts) > 1 else "fault"
+        if "=" in kind:  # a bare "!FAULT exc=.. cfsr=.." line
+            kind = _kind_from_cfsr(parse_fields(line))
+        raise FirmwareFault(kind, parts[2] if len(parts) > 2 else "", self.returncode, self.name)
+
+    async def _died(self, why: str) -> None:
+        assert self.proc is not None
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        except asyncio.TimeoutError:
+            pass
+        await self.kill()
+        err = self.stderr_text
+        if "Lockup" in err:
+            first = next((ln for ln in err.splitlines() if "Lockup" in ln), "Lockup")
+            raise FirmwareFault("lockup", first.strip(), self.returncode, self.name)
+        tail = err.strip().splitlines()[-1] if err.strip() else ""
+        raise FirmwareFault("exit", f"{why}{'; stderr: ' + tail if tail else ''}", self.returncode, self.name)
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            chunk = await self.proc.stderr.read(4096)
+            if not chunk:
+                return
+            if len(self._stderr) < _STDERR_CAP:
+                self._stderr += chunk[: _STDERR_CAP - len(self._stderr)]
+
+    async def _finish_stderr(self) -> None:
+        if self._stderr_task is not None:
+            try:
+                await asyncio.wait_for(self._stderr_task, 2.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._stderr_task.cancel()
+            self._stderr_task = None
+
+
+def _kind_from_cfsr(fields: dict[str, str]) -> str:
+    cfsr = int(fields.get("cfsr", "0"), 16)
+    if cfsr & 0xFF:
+        return "memmanage"
+    if cfsr & 0xFF00:
+        return "busfault"
+    if cfsr & 0xFFFF0000:
+        return "usagefault"
+    return "hardfault"
+
+
+class QemuDevice(FirmwareDevice):
+    """A built firmware image on its QEMU board (``board`` defaults to the image's)."""
+
+    def __init__(self, image: FirmwareImage, workdir: Path, board: str | None = None, timeout: float = 60.0,
+                 boot_timeout: float = 10.0, name: str = "") -> None:
+        self.image = image
+        self.board = board or image.board
+        super().__init__(qemu_argv(image.elf, self.board), workdir, name or f"{self.board}@{Path(workdir).name}",
+                         timeout, boot_timeout)
+
+
+class HostDevice(FirmwareDevice):
+    """The host build of the client: same protocol and numerics, native speed, no counts."""
+
+    def __init__(self, client: HostClient, workdir: Path, timeout: float = 60.0, boot_timeout: float = 10.0,
+                 name: str = "") -> None:
+        self.client = client
+        super().__init__([str(client.exe)], workdir, name or f"host@{Path(workdir).name}", timeout, boot_timeout)
+
+
+class SyncDevice:
+    """Synchronous façade over a :class:`FirmwareDevice` (tests, scripts): every coroutine
+    method becomes a blocking call on a private event loop.  Use as a context manager."""
+
+    def __init__(self, device: FirmwareDevice) -> None:
+        self.device = device
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.device, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **k: self._loop.run_until_complete(attr(*a, **k))
+        return attr
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.device.kill())
+            self._loop.close()
+
+    def __enter__(self) -> "SyncDevice":
+        self._loop.run_until_complete(self.device.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
