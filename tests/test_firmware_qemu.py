@@ -28,7 +28,8 @@ from tinytwin.emulate import mlp_np
 from tinytwin.firmware import hostlib
 from tinytwin.firmware.build import (FirmwareBuildError, FirmwareRamOverflow, build_firmware, build_host_client,
                                      client_arena_bytes, mpu_ram_budget, required_arena_bytes, size_report)
-from tinytwin.firmware.qemu import FirmwareError, FirmwareFault, HostDevice, QemuDevice, SyncDevice, batch_order
+from tinytwin.firmware.qemu import (FirmwareError, FirmwareFault, HostDevice, QemuDevice, SyncDevice, batch_order,
+                                    serial_seconds)
 
 # No skip: the README's test command installs QEMU and the cross compiler
 # (scripts/install_system_packages.sh); without them these tests fail with the message below.
@@ -331,3 +332,104 @@ def test_m3_and_m7_train_and_count_instructions(tmp_path, shard, m4, arena):
         assert r.steps == 18 and r.insns > 0
     assert m3.insns > 5 * m4r.insns          # soft-float on the M3
     assert 0.5 * m4r.insns < m7.insns < 2 * m4r.insns
+
+
+# ---------------------------------------------------------------------------------- (h) weights over the UART
+
+HEAD_SIZES, HEAD_RELU = [256, 2], [False]     # TinyFedTL's head: 514 float32 = 2056 B
+HEAD_CFG = LocalTraining(epochs=1, batch_size=1, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def head_shard() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """32 samples of 256 frozen features (binary labels) and initial head weights."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((32, 256)).astype(np.float32)
+    y = (rng.random(32) < 0.5).astype(np.int32)
+    return x, y, (rng.standard_normal(514) * 0.05).astype(np.float32)
+
+
+def _all_byte_values(n: int, seed: int) -> bytes:
+    """``n`` random bytes holding every value 0..255 (0x00, 0x0a, 0x0d, 0xff ...)."""
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 256, n, dtype=np.uint8)
+    b[rng.permutation(n)[:256]] = np.arange(256, dtype=np.uint8)
+    return b.tobytes()
+
+
+async def _train_both(make_dev, tmp_path: Path, x, y, p0, sizes, relu, cfg):
+    """The same round with transport="files" and "uart", each on a fresh device and workdir."""
+    async def one(transport: str):
+        async with make_dev(tmp_path / transport) as dev:
+            await dev.write_data(x, y)
+            r = await dev.train(p0, sizes, relu, cfg, batch_order(SEED, ROUND, DEVICE, len(y), cfg.epochs),
+                                transport=transport)
+            assert await dev.stop() == 0
+        return r
+    return await asyncio.gather(one("files"), one("uart"))
+
+
+def _check_uart_equals_files(files, uart, n_params: int, n_samples: int, n_layers: int, epochs: int = 1):
+    np.testing.assert_array_equal(uart.params, files.params)
+    assert uart.ce_sum == files.ce_sum and uart.steps == files.steps and uart.insns == files.insns
+    round_size = 8 + 4 * (2 * n_layers + 1) + 24 + 4 * n_params + 4 * epochs * n_samples
+    assert (uart.transport, uart.uart_bytes_in, uart.uart_bytes_out) == ("uart", round_size, 4 * n_params)
+    assert uart.uart_in_seconds > 0 and uart.uart_out_seconds > 0
+    assert (files.transport, files.uart_bytes_in, files.uart_bytes_out, files.uart_in_seconds) == ("files", 0, 0, 0.0)
+
+
+def test_train_over_uart_equals_files_on_m4(tmp_path, shard, head_shard, m4):
+    x, y, p0 = shard
+    files, uart = run(_train_both(lambda d: QemuDevice(m4, d), tmp_path / "mlp", x, y, p0, SIZES, RELU, CFG))
+    _check_uart_equals_files(files, uart, N_PARAMS, len(y), 2)
+    hx, hy, hp = head_shard
+    head = build_firmware("mps2-an386", RAM, required_arena_bytes(HEAD_SIZES, 1))
+    files, uart = run(_train_both(lambda d: QemuDevice(head, d), tmp_path / "head", hx, hy, hp, HEAD_SIZES,
+                                  HEAD_RELU, HEAD_CFG))
+    _check_uart_equals_files(files, uart, 514, len(hy), 1)
+    assert uart.steps == 32 and uart.uart_bytes_out == 2056 and uart.uart_bytes_in == 2056 + 44 + 4 * 32
+
+
+async def _binary_roundtrip(dev, workdir: Path) -> None:
+    """64 KiB of every byte value in via W (after "Q 5\\n": a payload never reaches the line
+    reader), 4 KiB out via U, bad W/U lines refused, and the device still answers."""
+    payload = b"Q 5\n" + _all_byte_values(64 * 1024 - 4, 11)
+    up = await dev.upload_round(payload)
+    assert up.nbytes == 65536 and (workdir / "round.bin").read_bytes() == payload
+    with pytest.raises(FirmwareError, match="update.bin"):
+        await dev.download_update()                       # no update.bin yet
+    out = _all_byte_values(4096, 12)
+    (workdir / "update.bin").write_bytes(out)
+    raw, down = await dev.download_update()
+    assert raw == out and down.nbytes == 4096
+    with pytest.raises(FirmwareError, match="usage: W"):
+        await dev.command("W x")
+    assert (await dev.upload_round(b"")).nbytes == 0 and (workdir / "round.bin").read_bytes() == b""
+    assert (await dev.download_update())[0] == out       # the line after a payload is still a command
+    assert await dev.stop(0) == 0
+
+
+def test_64k_binary_transfer_over_uart_on_m4(tmp_path, m4):
+    async def scenario():
+        async with QemuDevice(m4, tmp_path) as dev:
+            await _binary_roundtrip(dev, tmp_path)
+    run(scenario())
+
+
+def test_host_executable_moves_bytes_and_trains_over_stdio(tmp_path, shard, arena):
+    client = build_host_client(arena)
+
+    async def scenario():
+        async with HostDevice(client, tmp_path / "bytes") as dev:
+            await _binary_roundtrip(dev, tmp_path / "bytes")
+    run(scenario())
+    x, y, p0 = shard
+    files, uart = run(_train_both(lambda d: HostDevice(client, d), tmp_path, x, y, p0, SIZES, RELU, CFG))
+    _check_uart_equals_files(files, uart, N_PARAMS, len(y), 2)
+
+
+def test_serial_seconds_models_an_8n1_uart():
+    assert serial_seconds(2056, 9600) == pytest.approx(2.141667, rel=1e-6)   # 514 float32 at 9600 baud
+    assert serial_seconds(960, 9600) == 1.0 and serial_seconds(1000, 115200, bits_per_byte=8) == 8000 / 115200
+    with pytest.raises(ValueError):
+        serial_seconds(1, 0)

@@ -10,6 +10,9 @@
  *  - Every buffer that scales with the model comes from the static arena (tt_arena.h), so an
  *    oversized model is a reported fault ("!FAULT arena need=.. have=..") and never a silent
  *    overflow.  Fixed-size chunks live on the (MPU-guarded) application stack.
+ *  - W and U move bulk bytes over the UART itself (the "realistic serial cost" mode): W streams
+ *    the payload into round.bin through a 256-byte stack chunk, U streams update.bin back the
+ *    same way; neither holds a file in RAM nor touches the arena.
  *  - No libc: numbers are formatted by the small writers below (ce_sum as %.9g plus its exact
  *    IEEE-754 bits, so the host can compare bit for bit).
  *
@@ -462,6 +465,73 @@ static const char *cmd_gist(void) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ W, U: bulk bytes over the UART */
+
+#define TT_XFER_CHUNK 256u             /* bytes per semihosting write/read of W and U (stack) */
+
+static const char g_eof[] = "end of input";   /* the host closed the line mid-payload */
+
+/* W <n>: exactly n raw bytes follow the command line; they are streamed into round.bin one
+ * chunk at a time (the file is the device's flash / receive buffer).  Every byte is consumed
+ * even when the file cannot be written, so the host and the device stay in step. */
+static const char *cmd_uart_in(uint32_t n) {
+    uint8_t chunk[TT_XFER_CHUNK];
+    tt_file f = tt_hal_open("round.bin", 1);
+    const char *err = f < 0 ? "cannot create round.bin" : 0;
+    uint32_t left = n, t0, t1;
+    if (n > TT_FILE_MAX) err = "W: too many bytes";
+    t0 = tt_hal_ticks();
+    while (left) {
+        uint32_t len = left < TT_XFER_CHUNK ? left : TT_XFER_CHUNK;
+        if (tt_hal_read_bytes(chunk, len) != (int32_t)len) { err = g_eof; break; }
+        if (!err && tt_hal_write(f, chunk, len) != 0) err = "cannot write round.bin";
+        left -= len;
+    }
+    if (f >= 0) tt_hal_close(f);
+    t1 = tt_hal_ticks();
+    if (err) return err;
+    out_reset();
+    out_str("OK W bytes=");
+    out_u32(n);
+    out_str(" ticks=");
+    out_u32(t1 - t0);
+    out_str(" insns=");
+    out_u64((uint64_t)(t1 - t0) * tt_hal_insns_per_tick());
+    out_send();
+    return 0;
+}
+
+/* U: "OK U bytes=<n>" and then exactly n raw bytes: update.bin as it is on the device.
+ * The file is measured first (read through once), so the count in the line is exact. */
+static const char *cmd_uart_out(void) {
+    uint8_t chunk[TT_XFER_CHUNK];
+    tt_file f = tt_hal_open("update.bin", 0);
+    uint32_t n = 0, sent = 0, i;
+    int32_t got;
+    if (f < 0) return "cannot open update.bin (no T yet?)";
+    do {
+        got = tt_hal_read(f, chunk, TT_XFER_CHUNK);
+        if (got < 0 || n > TT_FILE_MAX - (uint32_t)got) { tt_hal_close(f); return "cannot read update.bin"; }
+        n += (uint32_t)got;
+    } while (got == (int32_t)TT_XFER_CHUNK);
+    if (tt_hal_seek(f, 0) != 0) { tt_hal_close(f); return "cannot read update.bin"; }
+    out_reset();
+    out_str("OK U bytes=");
+    out_u32(n);
+    out_send();
+    while (sent < n) {
+        uint32_t len = n - sent < TT_XFER_CHUNK ? n - sent : TT_XFER_CHUNK;
+        got = tt_hal_read(f, chunk, len);
+        /* The line promised n bytes: a read that fails now (it cannot, the file was just read
+         * whole) still sends n bytes, zeros, so the host is never left waiting. */
+        for (i = got < 0 ? 0u : (uint32_t)got; i < len; i++) chunk[i] = 0;
+        tt_hal_write_bytes(chunk, len);
+        sent += len;
+    }
+    tt_hal_close(f);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ P, Q and the loop */
 
 static int parse_hex(const char *s, uint32_t *v) {
@@ -493,6 +563,18 @@ static int parse_int(const char *s, int *v) {
     return n ? 0 : -1;
 }
 
+static int parse_u32(const char *s, uint32_t *v) {
+    uint32_t x = 0;
+    int n = 0;
+    for (; *s; s++, n++) {
+        uint32_t d = (uint32_t)(*s - '0');
+        if (*s < '0' || *s > '9' || n >= 10 || x > (0xFFFFFFFFu - d) / 10u) return -1;
+        x = x * 10u + d;
+    }
+    *v = x;
+    return n ? 0 : -1;
+}
+
 static void banner(size_t arena) {
     out_reset();
     out_str("RDY tinytwin-fw 1 board=");
@@ -518,6 +600,17 @@ int tt_client_main(void) {
         case 'T': err = cmd_train(); break;
         case 'M': err = cmd_mix(); break;
         case 'G': err = cmd_gist(); break;
+        case 'W': {
+            uint32_t n;
+            if (line[1] != ' ' || parse_u32(line + 2, &n)) { err = "usage: W <nbytes>"; break; }
+            err = cmd_uart_in(n);
+            if (err == g_eof) return TT_EXIT_OK;     /* host closed the line */
+            break;
+        }
+        case 'U':
+            if (line[1] != '\0') { err = "usage: U"; break; }
+            err = cmd_uart_out();
+            break;
         case 'P': {
             uint32_t addr;
             if (line[1] != ' ' || parse_hex(line + 2, &addr)) { err = "usage: P <hexaddr>"; break; }

@@ -3,6 +3,9 @@
  * Host <-> firmware protocol, version 1 (docs/firmware.md has the full description).
  * Control goes over the UART as short ASCII lines; weights and data go through files
  * (semihosting on the cm4 port, because each byte into QEMU's UART costs the host ~33 us).
+ * W and U (below) move round.bin / update.bin over the UART itself instead, for a realistic
+ * serial cost: binary-safe, flow-controlled (QEMU holds host bytes back until the guest reads
+ * them), ~36 KiB/s into an emulated device; the host port does the same over stdin/stdout.
  *
  * Boot: the firmware prints  "RDY tinytwin-fw 1 board=<name> arena=<bytes>\n".
  * Commands (one line each), replies (one line each):
@@ -10,6 +13,15 @@
  *                  -> "OK T steps=<int> ce_sum=<%.9g> ticks=<uint> insns=<uint> arena_used=<bytes> arena_peak=<bytes>"
  *   "M"            DecFedAvg mix: read mix.bin, write mixed.bin            -> "OK M ticks=<uint> insns=<uint>"
  *   "G"            Gist merge: read gist.bin, write merged.bin              -> "OK G ticks=<uint> insns=<uint>"
+ *   "W <nbytes>"   the host then sends exactly nbytes raw binary bytes (any value, no framing
+ *                  or escaping; the line reader never sees them); they are streamed into
+ *                  round.bin in small chunks (the file is the device's flash / receive buffer)
+ *                  -> "OK W bytes=<n> ticks=<uint> insns=<uint>"
+ *                  (ticks: virtual time of the transfer, including the waits for the host's
+ *                  bytes, so not deterministic).  All nbytes are consumed even when round.bin
+ *                  cannot be written ("ERR ..." after them).  A normal "T" then trains from it.
+ *   "U"            send update.bin back over the UART -> "OK U bytes=<n>\n" followed immediately
+ *                  by exactly n raw bytes (the file as it is: the last T's update)
  *   "P <hexaddr>"  store 0xDEADBEEF at addr (MPU test)                     -> "OK P" (or a fault)
  *   "Q <code>"     exit with <code>
  * A bad command or file -> "ERR <reason>" and the loop goes on.  A fault (arena exhausted,

@@ -21,6 +21,12 @@ void tt_hal_write_str(const char *s);
 /* Blocking read of one line without its '\n' (NUL-terminated, truncated to max-1);
  * returns its length, or -1 at end of input. */
 int tt_hal_read_line(char *buf, int max);
+/* Raw bytes, binary-safe (any byte value; no line handling).  The bytes that follow a
+ * command line's '\n' are kept for it (cm4: RX ring buffer; host: stdin's buffer).
+ * tt_hal_read_bytes blocks until exactly n bytes are read; returns n, or fewer at end of
+ * input (host port only).  tt_hal_write_bytes sends n bytes (host: flushed). */
+int32_t tt_hal_read_bytes(void *buf, uint32_t n);
+void tt_hal_write_bytes(const void *buf, uint32_t n);
 
 /* Bulk files (cm4 port: semihosting SYS_OPEN/READ/WRITE/SEEK/CLOSE relative to QEMU's cwd). */
 typedef int32_t tt_file;

@@ -141,7 +141,7 @@ void tt_hal_close(tt_file f) {
 
 /* ------------------------------------------------------------------ UART */
 
-#define RX_RING 128u   /* power of two; commands are short lines */
+#define RX_RING 128u   /* power of two; commands are short lines, bulk bytes (W) stream through */
 static volatile uint8_t g_rx[RX_RING];
 static volatile uint32_t g_rx_head, g_rx_tail;   /* head: ISR writes; tail: reader */
 
@@ -183,6 +183,24 @@ void tt_hal_putc(char c) {
 
 void tt_hal_write_str(const char *s) {
     while (*s) tt_hal_putc(*s++);
+}
+
+/* Binary-safe: the ring holds bytes, never lines.  Flow control end to end: when the ring
+ * is full the ISR leaves the byte in the UART's RX register, and QEMU feeds the next host
+ * byte only once that register is read (the host's bytes wait in its pipe), so a transfer
+ * of any length loses nothing however slowly the caller drains it (a semihosting write
+ * between chunks, say). */
+int32_t tt_hal_read_bytes(void *buf, uint32_t n) {
+    uint8_t *p = (uint8_t *)buf;
+    uint32_t i;
+    for (i = 0; i < n; i++) p[i] = (uint8_t)uart_getc();
+    return (int32_t)n;
+}
+
+void tt_hal_write_bytes(const void *buf, uint32_t n) {
+    const uint8_t *p = (const uint8_t *)buf;
+    uint32_t i;
+    for (i = 0; i < n; i++) tt_hal_putc((char)p[i]);
 }
 
 int tt_hal_read_line(char *buf, int max) {

@@ -45,6 +45,15 @@ int tt_hal_read_line(char *buf, int max) {
     return n;
 }
 
+/* stdin/stdout are binary on POSIX; the payload after a command line is read from the same
+ * FILE buffer that tt_hal_read_line left it in. */
+int32_t tt_hal_read_bytes(void *buf, uint32_t n) { return (int32_t)fread(buf, 1, n, stdin); }
+
+void tt_hal_write_bytes(const void *buf, uint32_t n) {
+    fwrite(buf, 1, n, stdout);
+    fflush(stdout);
+}
+
 tt_file tt_hal_open(const char *path, int for_write) {
     int i;
     for (i = 0; i < TT_HOST_FILES; i++) {

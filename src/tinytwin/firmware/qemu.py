@@ -6,6 +6,10 @@ Why this shape (measured facts: ``../shared/reference/qemu-cortex-m.md``):
   socket files, no races; it scales to hundreds of instances.  Control lines go over the UART,
   weights and data through semihosting files in the device's own working directory (each byte
   into QEMU's UART costs the host ~33 µs of CPU; files move ~60-90 MiB/s).
+- ``transport="uart"`` (:meth:`FirmwareDevice.train`) is the "realistic serial cost" mode:
+  round.bin goes to the device over the UART ("W", raw bytes) and update.bin comes back the
+  same way ("U"), each transfer timed; :func:`serial_seconds` gives what the same bytes take on
+  a real UART at a given baud rate (QEMU ignores the baud rate: ~36 KiB/s into the device).
 - ``-icount shift=0``: every guest instruction is 1 ns of virtual time, so the firmware's
   FPGAIO tick deltas ×40 are exact, deterministic instruction counts.
 - A device never hangs its host: every wait has a timeout that kills the process group; the
@@ -33,7 +37,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
@@ -41,8 +45,8 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.firmware.build import FirmwareImage, HostClient
 
 __all__ = ["FirmwareDevice", "FirmwareError", "FirmwareFault", "HostDevice", "MergeResult", "QemuDevice",
-           "SyncDevice", "TrainResult", "batch_order", "data_bytes", "gist_bytes", "mix_bytes", "parse_fields",
-           "qemu_argv", "read_params", "round_bytes"]
+           "SyncDevice", "TrainResult", "UartTransfer", "batch_order", "data_bytes", "gist_bytes", "mix_bytes", "parse_fields",
+           "qemu_argv", "read_params", "round_bytes", "serial_seconds"]
 
 PROTOCOL_VERSION = 1
 QEMU_BINARY = "qemu-system-arm"
@@ -86,6 +90,22 @@ class TrainResult:
     insns: int            # instructions = ticks × 40 under -icount shift=0 (0 on the host)
     arena_used: int
     arena_peak: int
+    transport: str = "files"      # how round.bin / update.bin moved: "files" or "uart"
+    uart_bytes_in: int = 0        # round.bin bytes sent to the device over the UART ("W" payload)
+    uart_bytes_out: int = 0       # update.bin bytes received over the UART ("U" payload)
+    uart_in_seconds: float = 0.0  # wall seconds of the W transfer (command line to "OK W")
+    uart_out_seconds: float = 0.0  # wall seconds of the U transfer (command line to the last byte)
+
+
+@dataclass(frozen=True)
+class UartTransfer:
+    """One bulk transfer over the UART ("W" in, "U" out): the payload bytes (without the
+    command/reply line), the host's wall seconds, and for "W" the device's ticks/insns."""
+
+    nbytes: int
+    seconds: float
+    ticks: int = 0
+    insns: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,10 +179,22 @@ def gist_bytes(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, 
 
 def read_params(path: Path, n_params: int) -> np.ndarray:
     """An output file (update.bin, mixed.bin, merged.bin): ``n_params`` float32."""
-    raw = Path(path).read_bytes()
+    return _params_from(Path(path).read_bytes(), Path(path).name, n_params)
+
+
+def _params_from(raw: bytes, name: str, n_params: int) -> np.ndarray:
     if len(raw) != 4 * n_params:
-        raise FirmwareError(f"{Path(path).name} holds {len(raw)} B, expected {4 * n_params} B")
+        raise FirmwareError(f"{name} holds {len(raw)} B, expected {4 * n_params} B")
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def serial_seconds(nbytes: int, baud: float, bits_per_byte: int = 10) -> float:
+    """Modelled time of ``nbytes`` on a real UART: 8N1 frames are 10 bits a byte (start, 8
+    data, stop), so 2056 B (514 float32) at 9600 baud take 2.14 s.  Pure: no flow-control
+    gaps, no protocol turn-arounds."""
+    if baud <= 0:
+        raise ValueError("baud must be positive")
+    return nbytes * bits_per_byte / baud
 
 
 def batch_order(seed: int, round_: int, device: int, n_samples: int, epochs: int) -> np.ndarray:
@@ -298,23 +330,90 @@ class FirmwareDevice:
         self._n_data = len(y)
 
     async def train(self, params: np.ndarray, sizes: Sequence[int], relu: Sequence[bool], cfg: Any,
-                    order: np.ndarray, timeout: float | None = None) -> TrainResult:
+                    order: np.ndarray, timeout: float | None = None, transport: str = "files") -> TrainResult:
         """One round of local training ("T").  ``cfg`` has epochs, batch_size, lr, momentum and
         weight_decay (:class:`tinytwin.algorithms.local_config.LocalTraining`; SGD only);
-        ``order`` is (epochs, n_samples) positions into data.bin (:func:`batch_order`)."""
+        ``order`` is (epochs, n_samples) positions into data.bin (:func:`batch_order`).
+
+        ``transport``: "files" puts round.bin into the workdir and reads update.bin from it
+        (semihosting, fast); "uart" sends round.bin over the UART ("W") and receives
+        update.bin over it ("U"), timing both (the result's ``uart_*`` fields).  The numbers
+        are the same either way.  ``timeout`` applies to each command."""
+        if transport not in ("files", "uart"):
+            raise ValueError(f"transport must be 'files' or 'uart', got {transport!r}")
         if getattr(cfg, "optimizer", "sgd") != "sgd" or getattr(cfg, "prox_mu", 0.0):
             raise TinyTwinError("the firmware client trains with SGD (momentum, weight decay) only; "
                                 f"got optimizer={getattr(cfg, 'optimizer', 'sgd')} prox_mu={getattr(cfg, 'prox_mu', 0.0)}")
         n_params = _param_count(sizes)
-        (self.workdir / "round.bin").write_bytes(round_bytes(
-            params, sizes, relu, int(cfg.epochs), int(cfg.batch_size), float(cfg.lr), float(cfg.momentum),
-            float(cfg.weight_decay), order))
+        payload = round_bytes(params, sizes, relu, int(cfg.epochs), int(cfg.batch_size), float(cfg.lr),
+                              float(cfg.momentum), float(cfg.weight_decay), order)
+        up = down = None
+        if transport == "uart":
+            up = await self.upload_round(payload, timeout)
+        else:
+            (self.workdir / "round.bin").write_bytes(payload)
         f = await self.command("T", timeout)
-        out = read_params(self.workdir / "update.bin", n_params)
+        if transport == "uart":
+            raw, down = await self.download_update(timeout)
+            out = _params_from(raw, "update.bin (over the UART)", n_params)
+        else:
+            out = read_params(self.workdir / "update.bin", n_params)
         bits = f.get("ce_bits")
         ce = struct.unpack("<d", int(bits, 16).to_bytes(8, "little"))[0] if bits else float(f["ce_sum"])
         return TrainResult(params=out, steps=int(f["steps"]), ce_sum=ce, ticks=int(f["ticks"]), insns=int(f["insns"]),
-                           arena_used=int(f["arena_used"]), arena_peak=int(f["arena_peak"]))
+                           arena_used=int(f["arena_used"]), arena_peak=int(f["arena_peak"]), transport=transport,
+                           uart_bytes_in=up.nbytes if up else 0, uart_bytes_out=down.nbytes if down else 0,
+                           uart_in_seconds=up.seconds if up else 0.0, uart_out_seconds=down.seconds if down else 0.0)
+
+    async def upload_round(self, payload: bytes, timeout: float | None = None) -> UartTransfer:
+        """"W": send ``payload`` as raw bytes over the UART; the device stores it as round.bin.
+        ``seconds``: from writing the command line until the "OK W" reply (the device has
+        consumed and stored every byte by then)."""
+        proc = self._running()
+        limit = self.timeout if timeout is None else timeout
+        t0 = time.perf_counter()
+        try:
+            proc.stdin.write(f"W {len(payload)}\n".encode() + bytes(payload))
+        except (ConnectionError, BrokenPipeError):
+            await self._died("while sending 'W'")
+        # No drain before the reply: the pipe feeds the device as fast as it reads (QEMU holds
+        # bytes back until the guest takes them), and a device that faults mid-transfer is
+        # then reported by its "!FAULT" line rather than as a broken pipe.
+        reply = await self._expect(_is_reply, "'W'", limit)
+        seconds = time.perf_counter() - t0
+        try:
+            await proc.stdin.drain()
+        except (ConnectionError, BrokenPipeError):
+            await self._died("after 'W'")
+        f = self._fields_or_raise("W", reply)
+        if int(f.get("bytes", -1)) != len(payload):
+            raise FirmwareError(f"{self.name}: 'W' stored {f.get('bytes')} B, sent {len(payload)} B")
+        return UartTransfer(len(payload), seconds, int(f.get("ticks", 0)), int(f.get("insns", 0)))
+
+    async def download_update(self, timeout: float | None = None) -> tuple[bytes, UartTransfer]:
+        """"U": the device's update.bin over the UART (the "OK U bytes=<n>" line, then n raw
+        bytes).  ``seconds``: from writing the command line until the last byte arrived."""
+        proc = self._running()
+        limit = self.timeout if timeout is None else timeout
+        t0 = time.perf_counter()
+        try:
+            proc.stdin.write(b"U\n")
+            await proc.stdin.drain()
+        except (ConnectionError, BrokenPipeError):
+            await self._died("while sending 'U'")
+        reply = await self._expect(_is_reply, "'U'", limit)
+        f = self._fields_or_raise("U", reply)
+        n = int(f["bytes"])
+        assert proc.stdout is not None
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readexactly(n), max(limit - (time.perf_counter() - t0), 0.0))
+        except asyncio.TimeoutError:
+            await self.kill()
+            raise FirmwareFault("timeout", f"'U' payload of {n} B not complete within {limit:g} s; killed",
+                                self.returncode, self.name) from None
+        except asyncio.IncompleteReadError as exc:
+            await self._died(f"after {len(exc.partial)} of {n} B of the 'U' payload")
+        return raw, UartTransfer(n, time.perf_counter() - t0)
 
     async def mix(self, weights: Sequence[float], models: Sequence[np.ndarray],
                   timeout: float | None = None) -> MergeResult:
@@ -339,17 +438,24 @@ class FirmwareDevice:
 
     async def command(self, line: str, timeout: float | None = None) -> dict[str, str]:
         """Send one command line and return the fields of its "OK" reply."""
-        if self.proc is None or self.proc.returncode is not None:
-            raise FirmwareError(f"{self.name}: device is not running")
-        assert self.proc.stdin is not None
+        proc = self._running()
         try:
-            self.proc.stdin.write(line.encode() + b"\n")
-            await self.proc.stdin.drain()
+            proc.stdin.write(line.encode() + b"\n")
+            await proc.stdin.drain()
         except (ConnectionError, BrokenPipeError):
             await self._died(f"while sending {line!r}")
         verb = line.split()[0]
-        reply = await self._expect(lambda text: text.startswith(("OK ", "ERR ")) or text in ("OK", "ERR"),
-                                   f"{verb!r}", self.timeout if timeout is None else timeout)
+        reply = await self._expect(_is_reply, f"{verb!r}", self.timeout if timeout is None else timeout)
+        return self._fields_or_raise(line, reply)
+
+    def _running(self) -> Any:
+        """The live process (its stdin and stdout are pipes), or FirmwareError."""
+        if self.proc is None or self.proc.returncode is not None:
+            raise FirmwareError(f"{self.name}: device is not running")
+        assert self.proc.stdin is not None
+        return self.proc
+
+    def _fields_or_raise(self, line: str, reply: str) -> dict[str, str]:
         if reply.startswith("ERR"):
             raise FirmwareError(f"{self.name}: {line!r} refused: {reply[4:]}")
         return parse_fields(reply)
@@ -392,7 +498,7 @@ class FirmwareDevice:
             kind = _kind_from_cfsr(parse_fields(line))
         raise FirmwareFault(kind, parts[2] if len(parts) > 2 else "", self.returncode, self.name)
 
-    async def _died(self, why: str) -> None:
+    async def _died(self, why: str) -> NoReturn:
         assert self.proc is not None
         try:
             await asyncio.wait_for(self.proc.wait(), 5.0)
@@ -422,6 +528,10 @@ class FirmwareDevice:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._stderr_task.cancel()
             self._stderr_task = None
+
+
+def _is_reply(text: str) -> bool:
+    return text.startswith(("OK ", "ERR ")) or text in ("OK", "ERR")
 
 
 def _kind_from_cfsr(fields: dict[str, str]) -> str:
