@@ -46,7 +46,7 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww")
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = (
@@ -169,7 +169,28 @@ def load_dataset(
         return _load_mnist_like(
             "fashion-mnist", root, FASHION_MNIST_CLASSES, test_size, extra_dirs=(FASHION_MNIST_SYSTEM_DIR,)
         )
+    if key == "cifar10-cat-vww":
+        return _load_cifar10_cat_vww(root, test_size)
     return _load_cifar10(root, test_size)
+
+
+def _load_cifar10_cat_vww(root: Path | None, test_size: int | None) -> Dataset:
+    """TinyFedTL's task: balanced CIFAR-10 cat / not-cat as frozen VWW-MobileNet features.
+
+    Shape (N, 256, 1, 1), so the model zoo's ``mlp`` with ``hidden: []`` is the 256 -> 2
+    head. See :mod:`tinytwin.data.frozen_features`.
+    """
+    from tinytwin.data import frozen_features as ff
+
+    cifar = _load_cifar10(root, None)
+    model = ff.find_vww_model(_search_dirs(root, "vww"))
+    xtr, ytr, xte, yte = ff.cat_features(cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, model,
+                                         _user_cache_dir())
+    if test_size is not None and test_size < len(yte):
+        keep = np.sort(np.random.default_rng(0).permutation(len(yte))[:test_size])
+        xte, yte = xte[keep], yte[keep]
+    return Dataset(name="cifar10-cat-vww", x_train=xtr[:, :, None, None], y_train=ytr,
+                   x_test=xte[:, :, None, None], y_test=yte, num_classes=2, class_names=("not cat", "cat"))
 
 
 # --------------------------------------------------------------------------- shared helpers
