@@ -69,15 +69,20 @@ def emulate(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     time_scale: float = typer.Option(0.01, "--time-scale", help="wall seconds per modelled second of link and compute time (0: no pacing)"),
+    netns: bool = typer.Option(False, "--netns", help="one network namespace per device, links shaped by tc (root, Linux)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an emulation whose coordinator was killed (its own options)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
-    from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
+    from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, resume_emulation, start_emulation
+    from tinytwin.emulate.netns import require_netns
     from tinytwin.spec.load import load_spec
 
     if time_scale < 0:
         raise TinyTwinError("--time-scale must be >= 0")
+    if netns:
+        require_netns()
     spec, spec_yaml = load_spec(spec_file, set_ or [])
     check_emulatable(spec)
     with _progress(quiet) as progress:
@@ -88,14 +93,22 @@ def emulate(
             progress.update(task, completed=r,
                             description=f"{spec.name} (emulate)" + (f"  acc {acc:.3f}" if acc is not None else ""))
 
-        run_dir, summary = start_emulation(spec, spec_yaml, out, spec_file.resolve().parent,
-                                           EmulateOptions(time_scale=time_scale), on_round, report=not no_report)
+        if resume is not None:
+            run_dir, summary = resume_emulation(resume, spec, spec_file.resolve().parent, on_round,
+                                                report=not no_report)
+        else:
+            run_dir, summary = start_emulation(spec, spec_yaml, out, spec_file.resolve().parent,
+                                               EmulateOptions(time_scale=time_scale, netns=netns), on_round,
+                                               report=not no_report)
     _print_summary(summary, run_dir)
     e = summary["emulate"]
     console.print(f"device processes: RSS median {e['device_rss_kb']['median'] / 1024:.1f} MiB "
                   f"(max {e['device_rss_kb']['max'] / 1024:.1f}), PSS median {e['device_pss_kb']['median'] / 1024:.1f} MiB; "
                   f"wall per round median {e['wall_per_round_s']['median']:.3f} s; "
                   f"frames rejected {sum(e['frames_rejected'].values())}")
+    if e.get("shaping"):
+        sh = e["shaping"]
+        console.print(f"link shaping: {sh['mode']} (bandwidth: {sh['rate']}; latency and loss: {sh['latency_loss']})")
 
 
 def _progress(quiet: bool) -> Progress:

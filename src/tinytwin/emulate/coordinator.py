@@ -2,11 +2,17 @@
 with one real OS process per device (:mod:`tinytwin.emulate.device`).
 
 Per round it does what :class:`tinytwin.engines.simulate.Simulator` does — same client
-selection, same dropout draws, same aggregators and server optimizer — but the devices
-train in their own processes, every message is an authenticated frame on a TCP
-connection paced by the userspace link shaper, a dropout is a real ``SIGKILL`` of the
-device process during the round, and time is the wall clock. Results go to the same
-SQLite schema (``twin = 'emulate'``) and the same report. See docs/emulation.md.
+selection, same dropout draws, the same cost figures (:mod:`tinytwin.engines.round_costs`:
+times, lost packets, link outages, deadline, energy), same aggregators and server
+optimizer — but the devices train in their own processes, every message is an
+authenticated frame on a TCP connection paced by the link shaper (userspace, or the
+kernel's tbf with ``--netns``: :mod:`tinytwin.emulate.netns`), a dropout is a real
+``SIGKILL`` of the device process during the round, a link outage really drops frames,
+and time is the wall clock. Results go to the same SQLite schema (``twin = 'emulate'``,
+the cost model's figures in ``device_rounds``, measured wall times in
+:mod:`tinytwin.emulate.measured`) and the same report. Every round commits a checkpoint,
+so a killed coordinator resumes (:func:`resume_emulation`) and its devices reconnect.
+See docs/emulation.md.
 """
 
 from __future__ import annotations
@@ -16,13 +22,10 @@ import json
 import logging
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,13 +35,20 @@ import torch
 from tinytwin import __version__
 from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.emulate import mlp_np, shaper
+from tinytwin.emulate import measured, mlp_np, shaper
 from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.netns import NetnsFleet, require_netns
+from tinytwin.emulate.processes import DeviceProcesses, proc_memory_kb
+from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, kill_recorded_devices, read_json, write_json
+from tinytwin.emulate.signals import terminate_raises
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, derive_key
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment, prepare
-from tinytwin.engines.runner import DB_NAME, new_run_dir
-from tinytwin.engines.simulate import select_participants
+from tinytwin.engines.round_costs import RoundCosts, round_costs
+from tinytwin.engines.runner import DB_NAME, new_run_dir, open_resumable
+from tinytwin.engines.simulate import link_events, select_participants
+from tinytwin.engines.state import Checkpointed
+from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
@@ -47,6 +57,9 @@ from tinytwin.store.db import RunStore
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
+
+__all__ = ["Coordinator", "EmulateOptions", "Emulation", "EmuState", "check_emulatable", "proc_memory_kb",
+           "resume_emulation", "start_emulation"]
 
 log = logging.getLogger("tinytwin.emulate")
 ProgressFn = Callable[[int, dict[str, Any]], None]
@@ -64,6 +77,10 @@ class EmulateOptions:
     """Added to the profile's training RAM for numpy temporaries (see docs/emulation.md)."""
     mem_budget_override: dict[int, int] = field(default_factory=dict)
     """device -> bytes above the process's baseline, replacing the computed budget."""
+    netns: bool = False
+    """One network namespace per device, links shaped by the kernel (:mod:`tinytwin.emulate.netns`)."""
+    reconnect_grace_s: float = 60.0
+    """How long a device keeps calling a vanished coordinator before it exits (resume window)."""
 
 
 def _linears(exp: Experiment) -> list[list[Any]]:
@@ -76,24 +93,13 @@ def _linears(exp: Experiment) -> list[list[Any]]:
 
 def check_emulatable(spec: ExperimentSpec) -> None:
     a = spec.algorithm
+    if a.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
+        from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable
+        return check_dfl_emulatable(spec)
     if a.family != "centralized":
         raise TinyTwinError(f"emulate runs centralized FL only for now; algorithm.family is {a.family!r}")
     if a.encoding == "bitmap" or a.downlink_encoding == "bitmap":
         raise TinyTwinError("emulate: the bitmap encoding is not supported for centralized updates")
-
-
-def proc_memory_kb(pid: int) -> dict[str, int]:
-    """Rss and Pss (kB) of a process from /proc/PID/smaps_rollup (empty if it is gone)."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                key = line.split(":")[0]
-                if key in ("Rss", "Pss", "Private_Dirty", "Shared_Clean"):
-                    out[key] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
 
 
 class Coordinator:
@@ -178,11 +184,37 @@ class Coordinator:
             return None
 
 
+@dataclass
+class EmuState(Checkpointed):
+    """What carries an emulation from one round to the next (the round's checkpoint)."""
+
+    round: int
+    global_params: torch.Tensor
+    server_state: dict[str, torch.Tensor]
+    sim_time_s: float                  # wall seconds emulated so far (a killed coordinator's downtime excluded)
+    energy_j: np.ndarray               # modelled, cumulative per device
+    modelled_time_s: float = 0.0       # sum of the cost model's round durations
+    bytes_up: int = 0
+    bytes_down: int = 0
+    accuracies: list[tuple[int, float]] = field(default_factory=list)
+    round_walls: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """The coordinator's side of one device's round start."""
+
+    bytes: int = 0
+    wall_s: float = 0.0
+    mono0: float = 0.0
+    shaped_s: float = 0.0
+
+
 class Emulation:
     """One emulated run: spawns the device processes, serves them, drives the rounds."""
 
     def __init__(self, exp: Experiment, store: RunStore, run_id: str, run_dir: Path,
-                 options: EmulateOptions) -> None:
+                 options: EmulateOptions, resume: bool = False, net: NetnsFleet | None = None) -> None:
         self.exp, self.store, self.run_id, self.run_dir, self.opt = exp, store, run_id, run_dir, options
         a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
@@ -190,10 +222,13 @@ class Emulation:
         (self.edir / "keys").mkdir(parents=True, exist_ok=True)
         (self.edir / "devices").mkdir(exist_ok=True)
         (self.edir / "logs").mkdir(exist_ok=True)
-        self.run_key = secrets.token_bytes(32)
         key_file = self.edir / "run.key"
-        key_file.write_bytes(self.run_key)
-        os.chmod(key_file, 0o600)
+        if resume and key_file.is_file():
+            self.run_key = key_file.read_bytes()
+        else:
+            self.run_key = secrets.token_bytes(32)
+            key_file.write_bytes(self.run_key)
+            os.chmod(key_file, 0o600)
         self.linears_rows = _linears(exp)
         self.linears = mlp_np.linears_from(self.linears_rows)
         self.coord = Coordinator(self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes),
@@ -206,37 +241,64 @@ class Emulation:
                                   int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(self.n_dev)]
         flops = compute_flops(exp.num_samples, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
         self.compute_s = flops / exp.fleet.flops_per_s
+        self.up_bytes, self.down_bytes = exp.uplink_bytes(), exp.downlink_bytes()
         self.x_test = exp.dataset.x_test.reshape(len(exp.dataset.x_test), -1).astype(np.float32)
         self.y_test = exp.dataset.y_test.astype(np.int64)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.net = net
+        self.kernel = net.kernel if net is not None else shaper.KERNEL_NONE
+        self.host = net.bridge_ip if net is not None else "127.0.0.1"
+        self.devices = DeviceProcesses(self.edir, net.exec_prefix if net is not None else None)
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.hello: dict[int, asyncio.Event] = {}
         self.failed: dict[int, str] = {}     # device -> failure kind in the current round
         self.killed: set[int] = set()
+        self.update_at: dict[int, float] = {}  # device -> time.monotonic() its UPDATE was complete
+        self.pending: list[dict[str, Any]] = []  # events that happened between rounds
         self.mem_max: dict[int, dict[str, int]] = {}
-        self.spawns = Counter[int]()
         self.done = asyncio.Event()
         self.port = 0
         self.control_bytes = 0
+        self.reconnects = 0
         self.torch_devices: set[int] = set()
+        self.t_start = time.perf_counter()
+        self.wall_offset = 0.0
+
+    @property
+    def procs(self) -> dict[int, Any]:
+        return self.devices.procs
+
+    @property
+    def spawns(self) -> Counter[int]:
+        return self.devices.spawns
+
+    def _wall(self) -> float:
+        """Wall seconds emulated so far, over every coordinator incarnation of this run."""
+        return self.wall_offset + time.perf_counter() - self.t_start
 
     # ---- device processes ----------------------------------------------------------
-    def _write_device_files(self) -> None:
-        exp, a = self.exp, self.exp.spec.algorithm
+    def _write_shards(self) -> None:
+        exp = self.exp
         ds = exp.dataset
+        for d in range(self.n_dev):
+            np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
+                     y=ds.y_train[exp.parts[d]])
+            kf = self.edir / "keys" / f"d{d}.key"
+            kf.write_bytes(self.coord.keys[d])
+            os.chmod(kf, 0o600)
+
+    def _write_configs(self) -> None:
+        exp, a = self.exp, self.exp.spec.algorithm
         plan_of = {p.group: p for p in exp.memory}
+        max_frame = max(fm.frame_size(enc.encoded_size(exp.model.num_params, a.downlink_encoding,
+                                                       tensor_sizes=exp.model.tensor_sizes)), 4096)
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in g.devices:
                 d = int(d)
-                np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
-                         y=ds.y_train[exp.parts[d]])
-                kf = self.edir / "keys" / f"d{d}.key"
-                kf.write_bytes(self.coord.keys[d])
-                os.chmod(kf, 0o600)
                 budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
                 cfg = {
-                    "device": d, "host": "127.0.0.1", "port": self.port, "key_file": str(kf),
+                    "device": d, "host": self.host, "port": self.port,
+                    "key_file": str(self.edir / "keys" / f"d{d}.key"),
                     "data_file": str(self.edir / "devices" / f"d{d}.npz"), "seed": exp.spec.seed,
                     "linears": self.linears_rows, "num_params": exp.model.num_params,
                     "tensor_sizes": list(exp.model.tensor_sizes),
@@ -244,27 +306,15 @@ class Emulation:
                               "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
                               "prox_mu": a.prox_mu},
                     "encoding": a.encoding, "downlink_encoding": a.downlink_encoding,
-                    "link": self.links[d].__dict__, "time_scale": self.opt.time_scale,
-                    "compute_s": float(self.compute_s[d]), "arena_bytes": int(plan.ram_needed),
-                    "mem_budget_bytes": int(budget),
-                    "max_frame": max(fm.frame_size(enc.encoded_size(exp.model.num_params, a.downlink_encoding,
-                                                                    tensor_sizes=exp.model.tensor_sizes)), 4096),
+                    "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
+                    "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget), "max_frame": max_frame,
+                    "reconnect_grace_s": self.opt.reconnect_grace_s,
                 }
-                (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
+                write_json(self.devices.config_file(d), cfg)
 
     def _spawn(self, d: int) -> None:
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        src = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.hello[d] = asyncio.Event()
-        self.spawns[d] += 1
-        errf = open(self.edir / "logs" / f"d{d}.log", "ab")
-        self.procs[d] = subprocess.Popen(
-            [sys.executable, "-m", "tinytwin.emulate.device", str(self.edir / "devices" / f"d{d}.json")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf, env=env, close_fds=True)
-        errf.close()
+        self.devices.spawn(d)
 
     async def _await_hellos(self, devices: list[int], events: list[dict[str, Any]], r: int) -> None:
         async def one(d: int) -> None:
@@ -277,23 +327,31 @@ class Emulation:
         await asyncio.gather(*(one(d) for d in devices))
 
     def _alive(self, d: int) -> bool:
-        p = self.procs.get(d)
-        return p is not None and p.poll() is None and d in self.writers
+        return self.devices.running(d) and d in self.writers
 
     async def _exit_kind(self, d: int) -> str:
-        p = self.procs.get(d)
-        if p is None:
+        if d not in self.procs:
             return "crash"
         for _ in range(200):
-            if p.poll() is not None:
+            if not self.devices.running(d):
                 break
             await asyncio.sleep(0.01)
-        rc = p.poll()
+        rc = self.devices.returncode(d)
         if d in self.killed:
             return "killed"
         if rc == OOM_EXIT:
             return "oom"
         return "disconnected" if rc is None else f"crash (exit {rc})"
+
+    def _kernel_links(self, reachable: np.ndarray) -> None:
+        """Namespaces: a device's veth is down while its link is down for a whole round
+        (nothing gets through, in either direction); a cut inside a round is the shaper's."""
+        if self.net is None:
+            return
+        for d in range(self.n_dev):
+            if bool(reachable[d]) == (d in self.net.links_down):
+                self.net.set_link(d, bool(reachable[d]))
+                self.net.save(self.edir / NETNS_FILE)
 
     # ---- connections ----------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -327,6 +385,11 @@ class Emulation:
                     device = fr.sender
                     self.writers[device] = writer
                     self.control_bytes += total
+                    if content.get("reconnects"):
+                        self.reconnects += 1
+                        self.pending.append(self._event(self.coord.round, device, "reconnect",
+                                                        f"device {device} (pid {content.get('pid')}) reconnected "
+                                                        f"(connection {int(content['reconnects']) + 1})"))
                     if device in self.hello:
                         self.hello[device].set()
                 elif fr.msg_type == fm.MsgType.METRICS:
@@ -337,6 +400,7 @@ class Emulation:
                 elif fr.msg_type == fm.MsgType.UPDATE:
                     if fr.sender in self.killed:
                         continue
+                    self.update_at[fr.sender] = time.monotonic()
                     self.coord.updates[fr.sender] = content
                     self.coord.update_bytes[fr.sender] = total
                     self._check_done()
@@ -353,38 +417,56 @@ class Emulation:
         if self.coord.expect <= set(self.coord.updates):
             self.done.set()
 
-    async def _send_model(self, d: int, r: int, payload: bytes, victim: bool) -> tuple[int, float, int]:
-        """Shaped send of the global model; returns (frame bytes, down seconds, lost packets)."""
-        t0 = time.perf_counter()
-        data = self.coord.make(fm.MsgType.MODEL, d, r, self.exp.spec.algorithm.downlink_encoding, payload)
-        link = self.links[d]
-        lost = shaper.draw_lost(stream_rng(self.exp.spec.seed, Stream.LINK_LOSS, r, 0, d), len(data), link)
-        link_s, _ = shaper.transfer(len(data), link.down_bps, link, lost)
-        if link_s * self.opt.time_scale > 0:
-            await asyncio.sleep(link_s * self.opt.time_scale)
+    async def _send(self, d: int, data: bytes) -> bool:
         w = self.writers.get(d)
         if w is None:
-            return 0, 0.0, 0
+            return False
         try:
             w.write(data)
             await w.drain()
+            return True
         except ConnectionError:
-            return 0, 0.0, 0
+            return False
+
+    async def _start_device_round(self, i: int, d: int, r: int, payload: bytes, victim: bool,
+                                  plan: RoundCosts) -> _Sent:
+        """Round plan, then the shaped global model, to one selected device (then its SIGKILL, for a victim).
+
+        The plan tells the device how long its uplink takes beyond what the kernel shapes and
+        whether its update is dropped (its link goes down, or the deadline passes, before the
+        upload would be done). A link that goes down during the download drops the model.
+        """
+        t0, mono0 = time.perf_counter(), time.monotonic()
+        link, ts = self.links[d], self.opt.time_scale
+        cut = bool(plan.link_down[i] or plan.straggler[i])
+        if cut and plan.down_s[i] < plan.down.time_s[i]:
+            return _Sent(mono0=mono0)  # the link is gone before the model is through: dropped by the shaper
+        up_wait = shaper.userspace_share(float(plan.up.time_s[i]), self.up_bytes, link.up_bps, link, self.kernel) * ts
+        plan_msg: dict[str, Any] = {"cmd": "round", "round": r, "up_wait_s": up_wait, "drop_update": cut}
+        if cut:  # the device gives up where the model cuts its round (link down / deadline), then drops its update
+            plan_msg["why"] = "link down" if plan.link_down[i] else "deadline"
+            plan_msg["cut_after_s"] = float(plan.cpu_s[i] + plan.up_s[i]) * ts
+        ctrl = self.coord.make(fm.MsgType.CONTROL, d, r, "none", json.dumps(plan_msg).encode())
+        if await self._send(d, ctrl):
+            self.control_bytes += len(ctrl)
+        data = self.coord.make(fm.MsgType.MODEL, d, r, self.exp.spec.algorithm.downlink_encoding, payload)
+        wait = shaper.userspace_share(float(plan.down.time_s[i]), len(data), link.down_bps, link, self.kernel) * ts
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if not await self._send(d, data):
+            return _Sent(mono0=mono0, shaped_s=wait)
         if victim:
             frac = float(stream_rng(self.exp.spec.seed, Stream.FAILURES, r, d).random())
-            delay = frac * float(self.compute_s[d]) * self.opt.time_scale
+            delay = frac * float(self.compute_s[d]) * ts
             if delay > 0:
                 await asyncio.sleep(delay)
             self.killed.add(d)
-            p = self.procs.get(d)
-            if p is not None and p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-        return len(data), time.perf_counter() - t0, lost
+            self.devices.kill(d)
+        return _Sent(len(data), time.perf_counter() - t0, mono0, wait)
 
     # ---- rounds -----------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "device": d, "kind": kind,
-                "detail": detail}
+        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
 
     def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
                    r: int) -> torch.Tensor | None:
@@ -396,47 +478,49 @@ class Emulation:
             return None
 
     def _sample_memory(self) -> None:
-        for d, p in self.procs.items():
-            if p.poll() is None:
-                m = proc_memory_kb(p.pid)
-                if m:
-                    cur = self.mem_max.setdefault(d, {})
-                    for k, v in m.items():
-                        cur[k] = max(cur.get(k, 0), v)
+        self.devices.sample_memory(self.mem_max)
 
-    async def _round(self, r: int, state: dict[str, Any]) -> None:
+    async def _round(self, r: int, state: EmuState) -> EmuState:
         exp, spec = self.exp, self.exp.spec
         a, seed = spec.algorithm, spec.seed
         wall0 = time.perf_counter()
-        events: list[dict[str, Any]] = []
+        events, self.pending = self.pending, []
         self.failed = {}
         for d, kind in exp.timeline.changes(r):
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
+        events += link_events(exp, r, self._wall(), self.opt.time_scale)
         online_ids = np.flatnonzero(exp.timeline.online(r))
-        selected = select_participants(online_ids, self.exp.spec.algorithm.clients_per_round, self.exp.spec.seed, r)
+        reachable = exp.timeline.reachable(r)
+        self._kernel_links(reachable)
+        selected = select_participants(online_ids[reachable[online_ids]], a.clients_per_round, seed, r)
         victim = stream_rng(seed, Stream.DROPOUT, r).random(self.n_dev)[selected] < spec.failures.dropout
-        # Reboot every device that died earlier (killed, out of memory, crashed).
-        restart = [int(d) for d in online_ids if not self._alive(int(d))]
+        # Reboot every reachable device that died earlier (killed, out of memory, crashed).
+        restart = [int(d) for d in online_ids if reachable[d] and not self._alive(int(d))]
         for d in restart:
             self.killed.discard(d)
             self._spawn(d)
             events.append(self._event(r, d, "restart", f"device {d} process restarted"))
         await self._await_hellos(restart, events, r)
         self.killed = set()
+        plan = round_costs(exp, r, online_ids, selected, victim, self.up_bytes, self.down_bytes)
+        for d, t in zip(selected[plan.straggler], plan.total_s[plan.straggler]):
+            events.append(self._event(r, int(d), "straggler", f"needed {t:.3f} s, deadline {a.deadline_s} s"))
         self.coord.round = r
         self.coord.updates, self.coord.update_bytes, self.coord.metrics = {}, {}, {}
-        self.coord.expect = {int(d) for d, v in zip(selected, victim) if not v and int(d) not in self.failed}
+        self.update_at = {}
+        self.coord.expect = {int(d) for d, ok in zip(selected, plan.completed) if ok and int(d) not in self.failed}
         self.done = asyncio.Event()
         self._check_done()
-        g = state["global"]
+        g = state.global_params
         payload = enc.encode(g.numpy(), a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)
-        sends = await asyncio.gather(*(self._send_model(int(d), r, payload, bool(v))
-                                       for d, v in zip(selected, victim)))
+        round_mono = time.monotonic()
+        sends = await asyncio.gather(*(self._start_device_round(i, int(d), r, payload, bool(victim[i]), plan)
+                                       for i, d in enumerate(selected)))
         for d, v in zip(selected, victim):
             if v:
                 events.append(self._event(r, int(d), "killed",
                                           "SIGKILL during the round, after receiving the global model"))
-        timeout = self.opt.round_timeout_s + float(self.compute_s[selected].max(initial=0.0)) * self.opt.time_scale * 2
+        timeout = self.opt.round_timeout_s + float(plan.total_s.max(initial=0.0)) * self.opt.time_scale * 2
         try:
             await asyncio.wait_for(self.done.wait(), timeout)
         except asyncio.TimeoutError:
@@ -451,7 +535,7 @@ class Emulation:
         self.coord.reject_events = []
 
         completed = np.array(sorted(self.coord.updates), dtype=np.int64)
-        new_global, server_state = g, state["server"]
+        new_global, server_state = g, state.server_state
         if completed.size:
             received = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in completed]))
             weights = torch.from_numpy(exp.num_samples[completed]).to(received.dtype)
@@ -467,124 +551,155 @@ class Emulation:
         if r % spec.evaluation.every == 0 or r == spec.rounds:
             acc, loss = mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
         round_s = time.perf_counter() - wall0
+
+        # The cost model's figures, with the failures that really happened (a device that
+        # crashed, ran out of memory or timed out counts like one that dropped out).
+        failed = np.array([plan.completed[i] and int(d) not in self.coord.updates for i, d in enumerate(selected)],
+                          dtype=bool)
+        final = round_costs(exp, r, online_ids, selected, victim | failed, self.up_bytes,
+                            self.down_bytes) if failed.any() else plan
         pos = {int(d): i for i, d in enumerate(selected)}
-        rows, losses = [], []
+        rows, measured_rows, losses = [], [], []
         for d in online_ids:
             d = int(d)
             i = pos.get(d)
             m = self.coord.metrics.get(d, {}) if d in self.coord.updates else {}
             if i is None:
-                status = "idle"
+                status = "idle" if reachable[d] else "link_down"
             elif d in self.coord.updates:
                 status = "ok"
             elif bool(victim[i]):
                 status = "dropped"
+            elif not plan.completed[i]:
+                status = plan.status(i)
             else:
                 status = self.failed.get(d, "failed").split(" ")[0]
             if m.get("train_loss") is not None:
                 losses.append(m["train_loss"])
             rows.append({"round": r, "device": d, "status": status, "num_samples": int(exp.num_samples[d]),
-                         "compute_s": float(m.get("compute_s", 0.0)), "up_s": float(m.get("up_link_s", 0.0)),
-                         "down_s": float(sends[i][1]) if i is not None else 0.0,
+                         "compute_s": float(final.cpu_s[i]) if i is not None else 0.0,
+                         "up_s": float(final.up_s[i]) if i is not None else 0.0,
+                         "down_s": float(final.down_s[i]) if i is not None else 0.0,
                          "bytes_up": int(self.coord.update_bytes.get(d, 0)),
-                         "bytes_down": int(sends[i][0]) if i is not None else 0,
-                         "packets_lost": (int(sends[i][2]) if i is not None else 0) + int(m.get("lost_up", 0)),
-                         "energy_j": 0.0, "train_loss": m.get("train_loss"), "accuracy": None})
+                         "bytes_down": int(sends[i].bytes) if i is not None else 0,
+                         "packets_lost": int(final.down.lost_packets[i] + final.up.lost_packets[i])
+                         if i is not None else 0,
+                         "energy_j": float(final.energy_j[d]), "train_loss": m.get("train_loss"), "accuracy": None})
+            if i is not None:
+                measured_rows.append(self._measured(r, d, sends[i], m, round_mono))
         bytes_up = int(sum(self.coord.update_bytes.values()))
-        bytes_down = int(sum(s[0] for s in sends))
-        state.update(round=r, global_=None)
-        state["global"], state["server"] = new_global, server_state
-        state["bytes_up"] += bytes_up
-        state["bytes_down"] += bytes_down
-        if acc is not None:
-            state["accuracies"].append((r, acc))
-        state["round_walls"].append(round_s)
-        row = {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "duration_s": round_s,
+        bytes_down = int(sum(s.bytes for s in sends))
+        new = EmuState(r, new_global, server_state, self._wall(), state.energy_j + final.energy_j,
+                       state.modelled_time_s + final.round_s, state.bytes_up + bytes_up,
+                       state.bytes_down + bytes_down, state.accuracies + ([(r, acc)] if acc is not None else []),
+                       state.round_walls + [round_s])
+        row = {"round": r, "sim_time_s": new.sim_time_s, "duration_s": round_s,
                "selected": int(selected.size), "completed": int(completed.size), "dropped": int(victim.sum()),
-               "stragglers": 0, "train_loss": float(np.mean(losses)) if losses else None, "test_accuracy": acc,
-               "test_loss": loss, "bytes_up": bytes_up, "bytes_down": bytes_down, "energy_j": 0.0,
-               "wall_time_s": round_s}
-        ck = {"round": r, "global_params": new_global, "server_state": server_state}
-        self.store.write_round(self.run_id, row, rows, events, ck)
+               "stragglers": int(plan.straggler.sum()), "train_loss": float(np.mean(losses)) if losses else None,
+               "test_accuracy": acc, "test_loss": loss, "bytes_up": bytes_up, "bytes_down": bytes_down,
+               "energy_j": float(final.energy_j.sum()), "wall_time_s": round_s}
+        measured.write_round(self.store, self.run_id, measured_rows, row, rows, events, new.to_checkpoint())
+        return new
 
-    async def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+    def _measured(self, r: int, d: int, sent: _Sent, m: dict[str, Any], round_mono: float) -> dict[str, Any]:
+        """Wall-clock times of one device's round (None where the device never got that far)."""
+        got = self.update_at.get(d)
+        model_at, up_at = m.get("model_at"), m.get("up_at")
+        return {"round": r, "device": d,
+                "wall_down_s": model_at - sent.mono0 if model_at is not None and sent.bytes else None,
+                "wall_compute_s": up_at - model_at if up_at is not None and model_at is not None else None,
+                "wall_train_s": m.get("busy_s"),
+                "wall_up_s": got - up_at if got is not None and up_at is not None else None,
+                "wall_total_s": got - round_mono if got is not None else None,
+                "shaped_down_s": sent.shaped_s, "shaped_up_s": m.get("up_wait_s"), "rss_kb": m.get("rss_kb")}
+
+    async def run(self, state: EmuState, progress: ProgressFn | None = None, resume: bool = False) -> EmuState:
+        """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
+        device processes a killed coordinator left running (they reconnect to the same address)."""
         exp = self.exp
-        self.t_start = time.perf_counter()
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._write_device_files()
-        g = exp.initial_params()
-        state: dict[str, Any] = {"round": 0, "global": g, "server": self.server_opt.init(g), "bytes_up": 0,
-                                 "bytes_down": 0, "accuracies": [], "round_walls": []}
+        self.t_start, self.wall_offset = time.perf_counter(), state.sim_time_s
+        self.coord.round = state.round
+        saved = read_json(self.edir / COORDINATOR_FILE) if resume else None
+        want = int(saved["port"]) if saved and saved.get("host") == self.host else 0
+        self.hello = {d: asyncio.Event() for d in range(self.n_dev)}  # before anyone can say HELLO
         try:
+            server = await asyncio.start_server(self._serve, self.host, want)
+        except OSError as exc:
+            if not want:
+                raise
+            self.pending.append(self._event(state.round, None, "address_changed",
+                                            f"{self.host}:{want} is taken ({exc}); device processes restarted"))
+            server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = server.sockets[0].getsockname()[1]
+        same_address = saved is not None and (saved.get("host"), saved.get("port")) == (self.host, self.port)
+        write_json(self.edir / COORDINATOR_FILE, {"host": self.host, "port": self.port,
+                                                  "options": options_to_json(self.opt)})
+        try:
+            if not resume:
+                self._write_shards()
+            if not same_address:
+                self._write_configs()
+            adopted = self.devices.adopt(range(self.n_dev)) if resume else []
+            if resume and not same_address:
+                for d in adopted:  # they keep calling the old address
+                    self.devices.kill(d)
+                adopted = []
             start_events: list[dict[str, Any]] = []
             for d in range(self.n_dev):
-                self._spawn(d)
-            await self._await_hellos(list(range(self.n_dev)), start_events, 0)
+                if d not in adopted:
+                    self._spawn(d)
+            await self._await_hellos(list(range(self.n_dev)), start_events, state.round)
             self.startup_s = time.perf_counter() - self.t_start
             self._sample_memory()
+            if resume:
+                start_events.append(self._event(state.round, None, "devices_resumed",
+                                                f"{len(adopted)} device processes of the killed coordinator "
+                                                f"adopted, {self.n_dev - len(adopted)} started again"))
             if start_events:
                 self.store.add_events(self.run_id, start_events)
-            for r in range(1, exp.spec.rounds + 1):
-                await self._round(r, state)
+            for r in range(state.round + 1, exp.spec.rounds + 1):
+                state = await self._round(r, state)
                 if progress is not None:
-                    acc = state["accuracies"][-1][1] if state["accuracies"] and state["accuracies"][-1][0] == r else None
-                    progress(r, {"accuracy": acc, "sim_time_s": time.perf_counter() - self.t_start})
+                    acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
+                    progress(r, {"accuracy": acc, "sim_time_s": state.sim_time_s})
             await self._stop_devices()
         finally:
-            for p in self.procs.values():
-                if p.poll() is None:
-                    p.kill()
-            for p in self.procs.values():
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
+            self.devices.kill_all()
             server.close()
             await server.wait_closed()
         return state
 
     async def _stop_devices(self) -> None:
-        for d, w in list(self.writers.items()):
-            try:
-                w.write(self.coord.make(fm.MsgType.CONTROL, d, self.coord.round, "none", b'{"cmd": "stop"}'))
-                await w.drain()
-            except ConnectionError:
-                pass
-        for d, p in self.procs.items():
+        for d in list(self.writers):
+            await self._send(d, self.coord.make(fm.MsgType.CONTROL, d, self.coord.round, "none", b'{"cmd": "stop"}'))
+        for d in self.procs:
             for _ in range(300):
-                if p.poll() is not None:
+                if not self.devices.running(d):
                     break
                 await asyncio.sleep(0.01)
 
-    def summary(self, state: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    def initial_state(self) -> EmuState:
+        g = self.exp.initial_params()
+        return EmuState(0, g, self.server_opt.init(g), 0.0, np.zeros(self.n_dev))
+
+    def summary(self, state: EmuState, wall_time_s: float) -> dict[str, Any]:
         exp, spec = self.exp, self.exp.spec
-        accs = [a for _, a in state["accuracies"]]
         rss = [m.get("Rss", 0) for m in self.mem_max.values()]
         pss = [m.get("Pss", 0) for m in self.mem_max.values()]
-        walls = state["round_walls"]
+        walls = state.round_walls
         return {
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            "rounds": state["round"],
-            "sim_time_s": wall_time_s,
-            "bytes_up": state["bytes_up"],
-            "bytes_down": state["bytes_down"],
-            "energy_j_per_device": {"min": 0.0, "median": 0.0, "max": 0.0},
-            "energy_j_total": 0.0,
-            "memory_fits": all(p.fits for p in exp.memory),
-            "memory": [p.as_dict() for p in exp.memory],
-            "wall_time_s": wall_time_s,
+            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
+                             state.energy_j, exp.memory, wall_time_s),
             "num_devices": exp.fleet.num_devices,
             "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
             "dataset": spec.dataset.name,
             "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
-            "uplink_message_bytes": fm.frame_size(enc.encoded_size(exp.model.num_params, spec.algorithm.encoding,
-                                                                   tensor_sizes=exp.model.tensor_sizes)),
-            "downlink_message_bytes": fm.frame_size(enc.encoded_size(
-                exp.model.num_params, spec.algorithm.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)),
+            "uplink_message_bytes": self.up_bytes,
+            "downlink_message_bytes": self.down_bytes,
             "emulate": {
                 "time_scale": self.opt.time_scale,
+                "modelled_time_s": state.modelled_time_s,
+                "shaping": self.shaping(),
                 "startup_s": getattr(self, "startup_s", None),
                 "wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
                                      "max": float(max(walls)) if walls else None},
@@ -593,11 +708,94 @@ class Emulation:
                 "device_pss_kb": {"median": float(np.median(pss)) if pss else None, "max": max(pss, default=None),
                                   "total": int(sum(pss))},
                 "process_starts": int(sum(self.spawns.values())),
+                "reconnects": self.reconnects,
                 "control_bytes": self.control_bytes,
                 "frames_rejected": dict(self.coord.rejected),
                 "devices_with_torch": len(self.torch_devices),
             },
         }
+
+    def shaping(self) -> dict[str, Any]:
+        """Which mechanism shapes which part of every link time in this run."""
+        if self.net is not None:
+            return self.net.shaping()
+        return {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"}
+
+
+def options_to_json(opt: EmulateOptions) -> dict[str, Any]:
+    data = asdict(opt)
+    data["mem_budget_override"] = {str(k): v for k, v in opt.mem_budget_override.items()}
+    return data
+
+
+def options_from_json(data: dict[str, Any]) -> EmulateOptions:
+    known = {f.name for f in fields(EmulateOptions)}
+    data = {k: v for k, v in data.items() if k in known}
+    data["mem_budget_override"] = {int(k): int(v) for k, v in data.get("mem_budget_override", {}).items()}
+    return EmulateOptions(**data)
+
+
+def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bool) -> NetnsFleet | None:
+    """The run's namespaces: a killed run's, if they are all still there, or new ones."""
+    if not options.netns:
+        return None
+    L = exp.fleet.links
+    links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
+                         int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(exp.fleet.num_devices)]
+    path = emu_dir / NETNS_FILE
+    old = NetnsFleet.load(path) if resume and path.is_file() else None
+    if old is not None and old.intact():
+        return old
+    if old is not None:
+        kill_recorded_devices(emu_dir)  # they sit in namespaces that are gone; start them anew
+    net = NetnsFleet.create(exp.fleet.num_devices, links, options.time_scale, prefix=old.prefix if old else None)
+    emu_dir.mkdir(parents=True, exist_ok=True)
+    net.save(path)
+    return net
+
+
+def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, options: EmulateOptions,
+             state: EmuState | None, resume: bool, progress: ProgressFn | None, report: bool) -> dict[str, Any]:
+    """Emulate the rounds after ``state`` (None: from the initial model); namespaces and device
+    processes are removed however this ends, except by SIGKILL (then ``--resume`` adopts them)."""
+    handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    wall0 = time.perf_counter()
+    net = None
+    try:
+        with terminate_raises():
+            try:
+                measured.ensure_table(store)
+                net = _network(run_dir / "emulate", exp, options, resume)
+                emu = Emulation(exp, store, run_id, run_dir, options, resume=resume, net=net)
+                shaping = emu.shaping()
+                log.info("shaping: %s", json.dumps(shaping))
+                state = state or emu.initial_state()
+                store.add_events(run_id, [emu._event(state.round, None, "shaping", net.describe() if net else
+                                                     "userspace link shaper (loopback TCP): bandwidth, latency "
+                                                     "and loss all paced by the sender")])
+                state = asyncio.run(emu.run(state, progress, resume))
+                summary = emu.summary(state, time.perf_counter() - wall0)
+            finally:
+                if net is not None:
+                    net.destroy()
+    except BaseException:
+        store.set_status(run_id, "incomplete")
+        store.close()
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    store.finish_run(run_id, "complete", summary)
+    measured.export_csv(store, run_id, run_dir / "csv")
+    store.close()
+    if report:
+        from tinytwin.report.html import write_report
+
+        write_report(run_dir)
+    return summary
 
 
 def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
@@ -605,7 +803,12 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
                     run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
                     ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
+    if spec.algorithm.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
+        from tinytwin.emulate.dfl_coordinator import start_dfl_emulation
+        return start_dfl_emulation(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
     options = options or EmulateOptions()
+    if options.netns:
+        require_netns()
     check_emulatable(spec)
     exp = prepare(spec, base_dir)
     _linears(exp)
@@ -618,26 +821,38 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
     run_id = uuid.uuid4().hex[:12]
     store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
     store.add_devices(run_id, exp.device_rows())
-    handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
-    wall0 = time.perf_counter()
+    return run_dir, _execute(exp, store, run_id, run_dir, options, None, False, progress, report)
+
+
+def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
+                     progress: ProgressFn | None = None, on_prepared: Any = None, report: bool = True
+                     ) -> tuple[Path, dict[str, Any]]:
+    """Continue a killed emulation from its last committed round, with the options it was
+    started with; device processes still running reconnect, the others start again."""
+    store, info, stored = open_resumable(run_dir, spec, "emulate")
+    saved = read_json(run_dir / "emulate" / COORDINATOR_FILE)
+    if stored.algorithm.family != "centralized" or saved is None:
+        store.close()
+        if stored.algorithm.family != "centralized":
+            raise TinyTwinError(f"{run_dir}: resuming a {stored.algorithm.family} emulation is not supported "
+                                "(its models live only in the device processes); start it again")
+        raise TinyTwinError(f"{run_dir}: emulate/{COORDINATOR_FILE} is missing (the coordinator was killed before "
+                            "it served its devices); start the run again")
+    options = options_from_json(saved["options"])
     try:
-        emu = Emulation(exp, store, run_id, run_dir, options)
-        state = asyncio.run(emu.run(progress))
-        summary = emu.summary(state, time.perf_counter() - wall0)
+        if options.netns:
+            require_netns()
+        exp = prepare(stored, base_dir)
+        _linears(exp)
     except BaseException:
-        store.set_status(run_id, "incomplete")
         store.close()
         raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    store.finish_run(run_id, "complete", summary)
-    store.close()
-    if report:
-        from tinytwin.report.html import write_report
-
-        write_report(run_dir)
-    return run_dir, summary
+    if on_prepared is not None:
+        on_prepared(exp)
+    ck = store.checkpoint(info.run_id)
+    state = EmuState.from_checkpoint(ck[1]) if ck else None
+    done, wall = (state.round, state.sim_time_s) if state else (0, 0.0)
+    store.set_status(info.run_id, "running")
+    store.add_events(info.run_id, [{"round": done, "sim_time_s": wall, "device": None,
+                                    "kind": "resume", "detail": f"resumed after round {done}"}])
+    return run_dir, _execute(exp, store, info.run_id, run_dir, options, state, True, progress, report)

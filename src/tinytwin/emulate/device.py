@@ -4,16 +4,20 @@ Started by the coordinator as ``python -m tinytwin.emulate.device CONFIG.json``.
 loads its data shard, caps its own memory (``RLIMIT_DATA``), connects to the coordinator
 over TCP, says HELLO, and then for every MODEL frame of a new round: decodes the global
 model, trains locally (:mod:`tinytwin.emulate.mlp_np`), waits out the paced compute
-time, waits out its uplink's shaped transfer time, and sends METRICS and its UPDATE
+time, waits out its uplink's shaped transfer time (the round plan, a ``CONTROL
+{"cmd": "round"}`` the coordinator sends before the model, says how long, and whether the
+link is down by then so the shaper drops the update), and sends METRICS and its UPDATE
 (the change of its model, in the spec's encoding). Every frame it receives is
 authenticated and checked by :meth:`DeviceRuntime.accept`; a rejected frame is logged
-with its reason and otherwise ignored. Exit codes: 0 normal, 86 out of memory (the cap),
-3 could not talk to the coordinator.
+with its reason and otherwise ignored. A lost connection is re-established (a resumed
+coordinator listens on the same address) for ``reconnect_grace_s``. Exit codes: 0
+normal, 86 out of memory (the cap), 3 no coordinator (not reachable within the grace).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import resource
@@ -25,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin.emulate import mlp_np, shaper
+from tinytwin.emulate import mlp_np
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, load_wire, read_frame_blocking
-from tinytwin.rng import Stream, stream_rng
 
 OOM_EXIT = 86
 NO_COORDINATOR_EXIT = 3
@@ -99,8 +103,10 @@ class DeviceRuntime:
         if fr.msg_type == fm.MsgType.CONTROL:
             try:
                 cmd = json.loads(fr.payload.decode())
-                if not isinstance(cmd, dict) or cmd.get("cmd") not in ("stop",):
+                if not isinstance(cmd, dict) or cmd.get("cmd") not in ("stop", "round"):
                     raise ValueError(f"unknown command {cmd!r}")
+                if cmd["cmd"] == "round" and not _valid_plan(cmd):
+                    raise ValueError(f"bad round plan {cmd!r}")
             except (ValueError, UnicodeDecodeError) as exc:
                 raise Rejected("bad_payload", str(exc)) from None
             return fr, cmd
@@ -116,6 +122,17 @@ class DeviceRuntime:
             return None
 
 
+def _valid_plan(cmd: dict[str, Any]) -> bool:
+    """A round plan names a round and gives finite, non-negative waits (it is slept on)."""
+    def seconds(key: str) -> bool:
+        v = cmd.get(key, 0.0)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    r = cmd.get("round")
+    return (isinstance(r, int) and not isinstance(r, bool) and r > 0 and seconds("up_wait_s")
+            and seconds("cut_after_s") and isinstance(cmd.get("drop_update", False), bool))
+
+
 def _arena(nbytes: int) -> mmap.mmap | None:
     """Reserve and touch the RAM the memory plan says training needs (private anonymous
     memory, which RLIMIT_DATA counts): exceeding the cap fails here, deterministically."""
@@ -127,15 +144,71 @@ def _arena(nbytes: int) -> mmap.mmap | None:
     return m
 
 
+class CoordinatorLink:
+    """The device's TCP connection to the coordinator, re-established when it breaks.
+
+    A coordinator that is killed and resumed listens on the same address again (the run
+    folder keeps its port), so the device keeps retrying for ``reconnect_grace_s`` and
+    then says HELLO again; if the coordinator stays away longer, the device exits
+    (:data:`NO_COORDINATOR_EXIT`) instead of lingering as an orphan.
+    """
+
+    def __init__(self, cfg: dict[str, Any], rt: DeviceRuntime, hello: dict[str, Any]) -> None:
+        self.addr = (str(cfg["host"]), int(cfg["port"]))
+        self.grace_s = float(cfg.get("reconnect_grace_s", 60.0))
+        self.rt, self.hello = rt, hello
+        self.sock: socket.socket | None = None
+        self.connects = 0
+
+    def connect(self) -> bool:
+        """Connect (retrying within the grace period) and say HELLO; False if nobody answered."""
+        self.close()
+        deadline = time.monotonic() + self.grace_s
+        while True:
+            try:
+                sock = socket.create_connection(self.addr, timeout=5)
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                payload = json.dumps({**self.hello, "reconnects": self.connects}).encode()
+                sock.sendall(self.rt.make(self.rt.frame.MsgType.HELLO, 0, "none", payload))
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    log(f"device {self.rt.id}: no coordinator at {self.addr} for {self.grace_s:g} s ({exc}); exiting")
+                    return False
+                time.sleep(0.2)
+        if self.connects:
+            log(f"device {self.rt.id}: connected to the coordinator again (connection {self.connects + 1})")
+        self.connects += 1
+        self.sock = sock
+        # A new connection may be a resumed coordinator that repeats the round it was killed
+        # in: accept any round on it. Old frames stay refused by the replay guard (nonces).
+        self.rt.round = 0
+        return True
+
+    def send(self, *frames: bytes) -> bool:
+        try:
+            assert self.sock is not None
+            for f in frames:
+                self.sock.sendall(f)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def run(cfg: dict[str, Any]) -> int:
     with open(cfg["key_file"], "rb") as fh:
         key = fh.read()
     shard = np.load(cfg["data_file"])
     x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
     rt = DeviceRuntime(cfg, key)
-    linears = mlp_np.linears_from(cfg["linears"])
-    tc = mlp_np.LocalTraining(**cfg["train"])
-    link = shaper.Link(**cfg["link"])
+    # Numpy or firmware (QEMU) training; started before the cap (QEMU reserves a large buffer).
+    trainer = make_trainer(cfg, x, y)
     ts = float(cfg["time_scale"])
     seed = int(cfg["seed"])
     # The first BLAS call makes OpenBLAS allocate its work buffers (tens of MB of address
@@ -145,63 +218,83 @@ def run(cfg: dict[str, Any]) -> int:
     baseline = proc_status_kb("VmData") * 1024
     cap = baseline + int(cfg["mem_budget_bytes"])
     max_frame = int(cfg["max_frame"])
-    try:
-        sock = socket.create_connection((cfg["host"], int(cfg["port"])), timeout=30)
-    except OSError as exc:
-        log(f"device {rt.id}: cannot connect: {exc}")
+    conn = CoordinatorLink(cfg, rt, {"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap})
+    if not conn.connect():
         return NO_COORDINATOR_EXIT
-    sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    hello = json.dumps({"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap}).encode()
-    sock.sendall(rt.make(rt.frame.MsgType.HELLO, 0, "none", hello))
     # The cap goes on after HELLO, so that a budget too small for training is reported as an
     # out-of-memory failure in the round (the coordinator knows the device), not as silence.
-    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    if trainer.caps_process_memory:
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     log(f"device {rt.id}: pid {os.getpid()} VmData baseline {baseline} B, RLIMIT_DATA {cap} B")
+    plans: dict[int, dict[str, Any]] = {}
     while True:
         try:
-            data = read_frame_blocking(sock, max_frame)
-        except Rejected as exc:  # a bad header: the stream cannot be trusted any more
-            rt.rejected[exc.reason] += 1
-            log(f"device {rt.id}: rejected frame header: {exc}; closing")
-            return NO_COORDINATOR_EXIT
-        except (ConnectionError, OSError):
-            log(f"device {rt.id}: coordinator closed the connection")
-            return 0
+            assert conn.sock is not None
+            data = read_frame_blocking(conn.sock, max_frame)
+        except (Rejected, ConnectionError, OSError) as exc:
+            if isinstance(exc, Rejected):  # a bad header: the stream cannot be trusted any more
+                rt.rejected[exc.reason] += 1
+            log(f"device {rt.id}: connection to the coordinator lost ({exc}); reconnecting")
+            if not conn.connect():
+                return NO_COORDINATOR_EXIT
+            continue
         got = rt.handle(data)
         if got is None:
             continue
         fr, content = got
         if fr.msg_type == rt.frame.MsgType.CONTROL:
+            if content["cmd"] == "round":
+                plans = {k: v for k, v in plans.items() if k > rt.round}
+                plans[int(content["round"])] = content
+                continue
             log(f"device {rt.id}: {content['cmd']}")
             return 0
+        model_at = time.monotonic()
         r = fr.round
         rt.round = r
+        plan = plans.pop(r, {})
         t0 = time.perf_counter()
-        arena = _arena(int(cfg["arena_bytes"]))
-        params, train_loss, steps = mlp_np.train(linears, content, x, y, tc, seed, r, rt.id)
+        arena = _arena(int(cfg["arena_bytes"])) if trainer.caps_process_memory else None
+        try:
+            result = trainer.train(content, r)
+        except DeviceFault as fault:
+            log(f"device {rt.id}: round {r}: firmware fault {fault.kind}: {fault.detail}")
+            trainer.close()
+            return FIRMWARE_FAULT_EXIT
+        params, train_loss, steps = result.params, result.train_loss, result.steps
         if arena is not None:
             arena.close()
         busy = time.perf_counter() - t0
-        pace = float(cfg["compute_s"]) * ts - busy
+        if plan.get("drop_update"):
+            # The link goes down (or the deadline passes) before this upload could be done: the
+            # device works until that instant of the modelled timeline, then the link shaper
+            # drops its frames (no METRICS, no UPDATE).
+            rest = model_at + float(plan.get("cut_after_s", 0.0)) - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
+            log(f"device {rt.id}: round {r}: update dropped by the link shaper ({plan.get('why', 'link down')})")
+            continue
+        pace = result.modelled_compute_s * ts - busy
         if pace > 0:
             time.sleep(pace)
         compute_s = time.perf_counter() - t0
         delta = params - content
         enc = cfg["encoding"]
         payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
-        nbytes = rt.frame.frame_size(len(payload))
-        lost = shaper.draw_lost(stream_rng(seed, Stream.LINK_LOSS, r, 1, rt.id), nbytes, link)
-        link_s, link_bytes = shaper.transfer(nbytes, link.up_bps, link, lost)
+        up_at = time.monotonic()
+        wait = float(plan.get("up_wait_s", 0.0))
         metrics = {"train_loss": train_loss, "steps": steps, "compute_s": compute_s, "busy_s": busy,
-                   "up_link_s": link_s, "up_link_bytes": link_bytes, "lost_up": lost,
+                   "up_wait_s": wait, "model_at": model_at, "up_at": up_at,
                    "rss_kb": proc_status_kb("VmRSS"), "hwm_kb": proc_status_kb("VmHWM"),
-                   "rejected": dict(rt.rejected), "torch_loaded": "torch" in sys.modules}
-        sock.sendall(rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()))
-        update = rt.make(rt.frame.MsgType.UPDATE, r, enc, payload)  # nonces increase in send order
-        if link_s * ts > 0:
-            time.sleep(link_s * ts)
-        sock.sendall(update)
+                   "rejected": dict(rt.rejected), "torch_loaded": "torch" in sys.modules, **result.extra}
+        if wait > 0:
+            time.sleep(wait)
+        frames = (rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()),
+                  rt.make(rt.frame.MsgType.UPDATE, r, enc, payload))  # nonces increase in send order
+        if not conn.send(*frames):
+            log(f"device {rt.id}: connection lost while sending round {r}; reconnecting")
+            if not conn.connect():
+                return NO_COORDINATOR_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,3 +43,25 @@ def transfer(nbytes: int, bps: float, link: Link, lost: int) -> tuple[float, int
     full = min(int(link.mtu_bytes), int(nbytes)) + int(link.header_bytes)
     wire = int(nbytes) + packets * int(link.header_bytes) + lost * full
     return link.latency_s + wire * 8.0 / bps + lost * 2.0 * link.latency_s, wire
+
+
+KERNEL_NONE, KERNEL_RATE, KERNEL_RATE_DELAY = "none", "rate", "rate+delay"
+"""Who else shapes a link: nobody (loopback TCP), the kernel's tbf (``--netns``), or tbf under
+netem (``--netns`` on a kernel with netem)."""
+
+
+def userspace_share(link_s: float, nbytes: int, bps: float, link: Link, kernel: str) -> float:
+    """The seconds of a message's modelled link time ``link_s`` the sender itself must wait.
+
+    ``none``: all of it. ``rate``: the kernel's tbf already spends the lossless
+    serialisation ``(bytes + packets · header) · 8 / bps`` while the frame crosses the veth,
+    so the sender waits for the rest — latency, retransmitted bytes and their round trips.
+    ``rate+delay``: netem adds latency and loss in the kernel too, so the sender waits for
+    nothing.
+    """
+    if kernel == KERNEL_NONE:
+        return link_s
+    if kernel == KERNEL_RATE_DELAY:
+        return 0.0
+    packets = -(-int(nbytes) // int(link.mtu_bytes))
+    return max(0.0, link_s - (int(nbytes) + packets * int(link.header_bytes)) * 8.0 / bps)

@@ -21,7 +21,7 @@ from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.load import validate_spec
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store.db import RunStore
+from tinytwin.store.db import RunInfo, RunStore
 
 DB_NAME = "results.db"
 
@@ -101,17 +101,7 @@ def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None
                progress: ProgressFn | None = None, on_prepared: Any = None,
                report: bool = True) -> RunOutcome:
     """Continue an incomplete run from its last finished round."""
-    db = run_dir / DB_NAME
-    if not db.is_file():
-        raise TinyTwinError(f"{run_dir} is not a tinytwin run folder (no {DB_NAME}); pass the folder a run created")
-    store = RunStore(db)
-    info = store.run_info()
-    stored = validate_spec(yaml.safe_load(info.spec_yaml))
-    if spec is not None and spec.model_dump() != stored.model_dump():
-        raise TinyTwinError(f"the experiment file differs from the one {run_dir} was started with; "
-                            f"resume with the run's own spec ({run_dir / 'spec.yaml'})")
-    if info.status == "complete":
-        raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
+    store, info, stored = open_resumable(run_dir, spec, "simulate")
     exp = prepare(stored, base_dir)
     network = _check_family(exp, base_dir)
     if on_prepared is not None:
@@ -127,6 +117,34 @@ def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None
     store.add_events(info.run_id, [{"round": state.round, "sim_time_s": state.sim_time_s, "device": None,
                                     "kind": "resume", "detail": f"resumed after round {state.round}"}])
     return _drive(sim, store, info.run_id, state, run_dir, progress, report)
+
+
+def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tuple[RunStore, RunInfo, ExperimentSpec]:
+    """Open an incomplete run of ``twin`` for resuming: its store, its ``runs`` row and its own spec.
+
+    Refuses (one line) a folder without a database, a run of another twin, an experiment
+    file other than the run's own, and a run that is already complete.
+    """
+    db = run_dir / DB_NAME
+    if not db.is_file():
+        raise TinyTwinError(f"{run_dir} is not a tinytwin run folder (no {DB_NAME}); pass the folder a run created")
+    store = RunStore(db)
+    try:
+        info = store.run_info()
+        if info.twin != twin:
+            command = {"simulate": "tinytwin run --resume", "emulate": "tinytwin emulate --resume"}.get(info.twin)
+            raise TinyTwinError(f"{run_dir} is a {info.twin} run, not a {twin} run"
+                                + (f"; resume it with `{command}`" if command else ""))
+        stored = validate_spec(yaml.safe_load(info.spec_yaml))
+        if spec is not None and spec.model_dump() != stored.model_dump():
+            raise TinyTwinError(f"the experiment file differs from the one {run_dir} was started with; "
+                                f"resume with the run's own spec ({run_dir / 'spec.yaml'})")
+        if info.status == "complete":
+            raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
+    except BaseException:
+        store.close()
+        raise
+    return store, info, stored
 
 
 def _drive(sim: Any, store: RunStore, run_id: str, state: Any, run_dir: Path,

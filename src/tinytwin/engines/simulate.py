@@ -27,9 +27,7 @@ from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
-from tinytwin.fleet.cost import (
-    LinkArrays, PowerArrays, clip_phases, compute_flops, draw_lost_packets, energy_joules, transfer_cost,
-)
+from tinytwin.engines.round_costs import round_costs
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store.db import RunStore
 from tinytwin.wire.roundtrip import roundtrip_torch
@@ -112,38 +110,25 @@ class Simulator:
 
         for d, kind in exp.timeline.changes(r):
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
+        events += link_events(exp, r, t0)
         online = exp.timeline.online(r)
         online_ids = np.flatnonzero(online)
-        selected = select_participants(online_ids, spec.algorithm.clients_per_round, spec.seed, r)
+        selected = select_participants(online_ids[exp.timeline.reachable(r)[online_ids]],
+                                       spec.algorithm.clients_per_round, spec.seed, r)
         dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
         for d in selected[dropped_mask]:
             events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "dropout",
                            "detail": "dropped out after receiving the global model"})
 
         # Costs of every selected device (arrays aligned with `selected`).
-        links = _take_links(exp.fleet.links, selected)
-        lost_down = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 0), self.down_bytes, links)
-        down = transfer_cost(self.down_bytes, links.down_bps, links, lost_down)
-        n_samples = exp.num_samples[selected]
-        flops = compute_flops(n_samples, a.local_epochs, a.batch_size, self.flops_sample, self.flops_step)
-        compute_s = np.where(dropped_mask, 0.0, flops / exp.fleet.flops_per_s[selected])
-        lost_up = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 1), self.up_bytes, links)
-        lost_up = np.where(dropped_mask, 0, lost_up)
-        up = transfer_cost(self.up_bytes, links.up_bps, links, lost_up)
-        up_s = np.where(dropped_mask, 0.0, up.time_s)
-        total_s = down.time_s + compute_s + up_s
-        straggler = ~dropped_mask & (total_s > a.deadline_s) if a.deadline_s is not None else np.zeros_like(dropped_mask)
-        for d, t in zip(selected[straggler], total_s[straggler]):
+        costs = round_costs(exp, r, online_ids, selected, dropped_mask, self.up_bytes, self.down_bytes)
+        straggler, n_samples = costs.straggler, exp.num_samples[selected]
+        for d, t in zip(selected[straggler], costs.total_s[straggler]):
             events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "straggler",
                            "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s"})
-        completed_mask = ~dropped_mask & ~straggler
+        completed_mask = costs.completed
         completed = selected[completed_mask]
-
-        round_s = float(total_s[completed_mask].max()) if completed.size else 0.0
-        if dropped_mask.any():
-            round_s = max(round_s, float(down.time_s[dropped_mask].max()))
-        if straggler.any():
-            round_s = float(a.deadline_s)
+        round_s = costs.round_s
 
         # Learning: batched local training of the devices that will report back.
         new_global, train_losses = state.global_params, np.full(selected.size, np.nan)
@@ -165,20 +150,9 @@ class Simulator:
             new_global = roundtrip_torch(new_global[None], a.downlink_encoding,
                                          tensor_sizes=exp.model.tensor_sizes)[0]
 
-        # Energy and bytes of every device over the round.
-        d_s, c_s, u_s = clip_phases(down.time_s, compute_s, up_s, a.deadline_s)
-        power = _take_power(exp.fleet.power, selected)
-        horizon = np.where(dropped_mask, d_s, round_s)
-        sel_energy = energy_joules(power, c_s, u_s, d_s, horizon, np.ones(selected.size, dtype=bool))
-        idle_ids = np.setdiff1d(online_ids, selected)
-        idle_energy = exp.fleet.power.idle_w[idle_ids] * round_s
-        energy = np.zeros(n_dev)
-        energy[selected] = sel_energy
-        energy[idle_ids] = idle_energy
-        # A straggler stops sending at the deadline: count the bytes it got onto the link.
-        up_frac = np.divide(u_s, up.time_s, out=np.zeros_like(u_s), where=up.time_s > 0)
-        bytes_up_dev = np.where(dropped_mask, 0, np.round(up.wire_bytes * up_frac)).astype(np.int64)
-        bytes_down_dev = down.wire_bytes
+        energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
+        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
+        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
 
         # Evaluation of the new global model.
         acc = loss = None
@@ -191,10 +165,8 @@ class Simulator:
                     per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
 
         status = np.full(n_dev, "", dtype=object)
-        status[idle_ids] = "idle"
-        status[selected[completed_mask]] = "ok"
-        status[selected[straggler]] = "straggler"
-        status[selected[dropped_mask]] = "dropped"
+        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
+        status[selected] = [costs.status(i) for i in range(selected.size)]
         pos = {int(d): i for i, d in enumerate(selected)}
         device_rows = []
         for d in online_ids:
@@ -266,10 +238,12 @@ def select_participants(online_ids: np.ndarray, clients_per_round: int | float, 
     return np.sort(stream_rng(seed, Stream.SELECT, r).choice(online_ids, size=k, replace=False))
 
 
-def _take_links(links: LinkArrays, ids: np.ndarray) -> LinkArrays:
-    return LinkArrays(*(getattr(links, f)[ids] for f in LinkArrays.__dataclass_fields__))
-
-
-def _take_power(power: PowerArrays, ids: np.ndarray) -> PowerArrays:
-    return PowerArrays(*(getattr(power, f)[ids] for f in PowerArrays.__dataclass_fields__))
-
+def link_events(exp: Experiment, r: int, t0: float, time_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Events of device-server links going down (``failures.link_down``) or coming back in round
+    ``r``, which starts at ``t0``; a modelled second lasts ``time_scale`` of the twin's seconds."""
+    out = []
+    for d, kind, at in exp.timeline.link_changes(r):
+        when = f" {at:g} s into round {r}" if at > 0 else f" at the start of round {r}"
+        out.append({"round": r, "sim_time_s": t0 + at * time_scale, "device": d, "kind": kind,
+                    "detail": f"link of device {d} {kind.split('_')[1]}{when}"})
+    return out

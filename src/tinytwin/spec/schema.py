@@ -21,7 +21,7 @@ class Strict(BaseModel):
 
 
 class DatasetSpec(Strict):
-    name: Literal["digits", "mnist", "fashion-mnist", "cifar10"] = "digits"
+    name: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww"] = "digits"
     data_dir: str | None = Field(default=None, description="folder with the dataset files; default $TINYTWIN_DATA")
     test_size: PositiveInt | None = Field(default=None, description="use a fixed random subset (seed 0) of N test samples")
     split: Literal["shuffled", "last"] = Field(
@@ -69,6 +69,9 @@ class GroupSpec(Strict):
     link: str = Field(default="wifi", description="a link catalog name: wifi, ble, ieee802154, lora, ethernet, uart")
     overrides: dict[str, Any] = Field(default_factory=dict, description="device profile fields to change")
     link_overrides: dict[str, Any] = Field(default_factory=dict, description="link model fields to change")
+    twin: Literal["process", "firmware"] = Field(
+        default="process", description="tinytwin emulate: run these devices as numpy processes or as the C "
+                                       "firmware on emulated Cortex-M boards (QEMU)")
 
 
 class FleetSpec(Strict):
@@ -256,12 +259,24 @@ class DeviceRound(Strict):
     round: PositiveInt
 
 
+class LinkOutage(Strict):
+    """The links of ``devices`` to the server are down from ``after_s`` modelled seconds into round
+    ``round`` until the start of round ``round + rounds`` (several devices: a partition)."""
+
+    devices: Annotated[list[NonNegInt], Field(min_length=1)]
+    round: PositiveInt
+    rounds: PositiveInt = 1
+    after_s: Annotated[float, Field(ge=0.0)] = 0.0
+
+
 class FailureSpec(Strict):
     dropout: Probability = 0.0
     permanent_probability: Probability = 0.0
     leave: list[DeviceRound] = Field(default_factory=list, description="devices that go offline from a round on")
     join: list[DeviceRound] = Field(default_factory=list, description="devices that are offline until a round")
     permanent: list[DeviceRound] = Field(default_factory=list, description="devices that fail for good at a round")
+    link_down: list[LinkOutage] = Field(
+        default_factory=list, description="device-server links down for an interval (fedavg, fedprox)")
 
 
 class LinkEvent(Strict):
@@ -319,6 +334,13 @@ class ExperimentSpec(Strict):
                 if item.device >= n:
                     raise ValueError(f"failures.{key}.{i}.device: {item.device} is not a device; "
                                      f"the fleet has devices 0..{n - 1}")
+        for i, item in enumerate(self.failures.link_down):
+            bad = [d for d in item.devices if d >= n]
+            if bad:
+                raise ValueError(f"failures.link_down.{i}.devices: {bad[0]} is not a device; "
+                                 f"the fleet has devices 0..{n - 1}")
+            if item.round > self.rounds:
+                raise ValueError(f"failures.link_down.{i}.round: {item.round} is after the last round ({self.rounds})")
         c = self.algorithm.clients_per_round
         if isinstance(c, int) and c > n:
             raise ValueError(f"algorithm.clients_per_round: {c} is more than the {n} devices of the fleet")
@@ -334,6 +356,9 @@ class ExperimentSpec(Strict):
                                  "failures.leave / join / permanent or permanent_probability")
             if a.deadline_s is not None:
                 raise ValueError(f"algorithm.deadline_s: round deadlines apply to fedavg and fedprox, not {a.name}")
+            if self.failures.link_down:
+                raise ValueError(f"failures.link_down: takes down device-server links (fedavg, fedprox); {a.name} "
+                                 "has none: use topology.link_events for links between devices")
             if a.clients_per_round != 1.0:
                 raise ValueError(f"algorithm.clients_per_round: every online device takes part in {a.name}; "
                                  "leave it at 1.0")

@@ -1,0 +1,759 @@
+"""The coordinator of a decentralized emulation: bootstrap directory, metrics collector, faults.
+
+Decentralized algorithms (DecFedAvg, server-free FL, gossip) run with one OS process per
+device (:mod:`tinytwin.emulate.peer`, forked by :mod:`tinytwin.emulate.forkserver`), and
+the models travel *device to device* over direct TCP connections. The coordinator never
+relays a model. It
+
+- prepares the experiment exactly like the simulator (data, partition, model, topology,
+  link timeline, memory plans with the algorithm's receive buffers) and writes one data
+  shard, one config and one key file per device (the keys of the device's own links and
+  of its link to the coordinator only);
+- collects HELLOs (pid, listening port) and hands each device the directory of its link
+  partners' ports;
+- starts every round with one CONTROL per device carrying that device's entry of
+  :func:`tinytwin.emulate.dfl_directory.plan_round` (whom to send to, whom to expect,
+  its mixing row, its learning rate from the simulator's per-device schedule);
+- kills the devices whose permanent failure falls in the round (``failures.permanent``,
+  ``permanent_probability``) with ``SIGKILL`` in the middle of the round, and tells their
+  partners (``peer_down``) as soon as it sees their connection close, so the survivors
+  merge over the remaining graph without waiting for a timeout;
+- receives every survivor's METRICS and model, evaluates the models on the shared test set
+  with the simulator's :func:`~tinytwin.engines.evaluate_many.evaluate_many`, computes the
+  consensus distance, and writes the round to the same tables as the simulator
+  (``rounds``, ``device_rounds``, ``events``, ``round_metrics``, ``device_metrics``) with
+  ``twin = 'emulate'``, so ``tinytwin report`` and ``tinytwin compare`` work unchanged.
+
+See docs/emulation.md, "Decentralized runs".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import secrets
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tinytwin import __version__
+from tinytwin.algorithms.lr_schedules import LRSchedule
+from tinytwin.emulate import shaper
+from tinytwin.emulate.coordinator import Coordinator, EmulateOptions, _linears, proc_memory_kb
+from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
+from tinytwin.emulate.wire_np import Rejected
+from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans
+from tinytwin.engines.evaluate_many import evaluate_many
+from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.engines.network import Network
+from tinytwin.engines.runner import DB_NAME, _check_family, new_run_dir
+from tinytwin.engines.summary import common_summary
+from tinytwin.errors import TinyTwinError
+from tinytwin.fleet.cost import compute_flops, energy_joules
+from tinytwin.net.topology import components
+from tinytwin.rng import Stream, stream_rng
+from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.store import dfl as dfl_store
+from tinytwin.store.db import RunStore
+from tinytwin.wire import encoding as enc
+from tinytwin.wire import frame as fm
+
+log = logging.getLogger("tinytwin.emulate.dfl")
+ProgressFn = Callable[[int, dict[str, Any]], None]
+MiB = 2**20
+EMULATED = ("decfedavg", "serverfree", "gossip")
+
+
+@dataclass
+class DflOptions(EmulateOptions):
+    merge_timeout_s: float = 30.0
+    """A device stops waiting for a neighbour's model after this long (wall seconds, on top of
+    pacing) and merges what arrived; normally the coordinator's ``peer_down`` comes first."""
+    memory_sample_every: int = 5
+    """Sample every process's RSS/PSS after round 1, every this many rounds and the last round
+    (reading 200 smaps_rollup files costs the coordinator CPU)."""
+
+
+def check_dfl_emulatable(spec: ExperimentSpec) -> None:
+    """Refuse, in one line, what the decentralized emulation does not run."""
+    a = spec.algorithm
+    if a.name not in EMULATED:
+        raise TinyTwinError(f"emulate runs the decentralized algorithms {', '.join(EMULATED)}; {a.name} is "
+                            "simulation-only for now (tinytwin run)")
+    if a.schedule != "sync":
+        raise TinyTwinError("emulate runs decentralized learning in lock-step rounds only (algorithm.schedule: sync)")
+    if a.name == "gossip" and a.gossip.exchange != "push":
+        raise TinyTwinError("emulate: gossip exchange push_pull merges pair by pair in one global order, which "
+                            "devices cannot reproduce; use exchange: push")
+    if getattr(spec.failures, "link_down", None):
+        raise TinyTwinError("emulate: failures.link_down cuts links to a server; decentralized runs take "
+                            "device-to-device links down with topology.link_events")
+    if any(getattr(g, "twin", "process") != "process" for g in spec.fleet.groups):
+        raise TinyTwinError("emulate: firmware devices take part in centralized runs only for now")
+
+
+# ---------------------------------------------------------------------------------- processes
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat; 0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ForkServer:
+    """The coordinator's side of :mod:`tinytwin.emulate.forkserver`: spawn, pids, exit codes."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pids: dict[int, int] = {}
+        self.exits: dict[int, int] = {}            # device -> exit status
+        self.exited: dict[int, asyncio.Event] = {}
+        self._pid_wait: dict[int, asyncio.Future[int]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, env: dict[str, str], log_path: Path) -> None:
+        with open(log_path, "ab") as errf:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tinytwin.emulate.forkserver", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=errf, env=env)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                break
+            parts = line.decode().split()
+            if parts[0] == "pid":
+                d, pid = int(parts[1]), int(parts[2])
+                self.pids[d] = pid
+                fut = self._pid_wait.pop(d, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(pid)
+            elif parts[0] == "exit":
+                d = int(parts[1])
+                self.exits[d] = int(parts[3])
+                self.exited.setdefault(d, asyncio.Event()).set()
+        for fut in self._pid_wait.values():
+            if not fut.done():
+                fut.set_exception(TinyTwinError("the emulation's fork server ended"))
+
+    async def spawn(self, d: int, cfg: Path, log_path: Path) -> int:
+        assert self.proc is not None and self.proc.stdin is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pid_wait[d] = fut
+        self.exited[d] = asyncio.Event()
+        self.proc.stdin.write(f"spawn {d} {cfg} {log_path}\n".encode())
+        await self.proc.stdin.drain()
+        return await fut
+
+    def alive(self, d: int) -> bool:
+        return d in self.pids and d not in self.exits
+
+    def kill(self, d: int) -> None:
+        if self.alive(d):
+            try:
+                os.kill(self.pids[d], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while any(self.alive(d) for d in self.pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for d in list(self.pids):
+            self.kill(d)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------- the run
+
+class DflEmulation:
+    """One decentralized emulated run: device processes, directory, rounds, results."""
+
+    def __init__(self, exp: Experiment, network: Network, store: RunStore, run_id: str, run_dir: Path,
+                 options: DflOptions) -> None:
+        self.exp, self.net, self.store, self.run_id, self.run_dir, self.opt = exp, network, store, run_id, run_dir, options
+        spec = exp.spec
+        a = spec.algorithm
+        self.a = a
+        self.n = exp.fleet.num_devices
+        self.edir = run_dir / "emulate"
+        for sub in ("keys", "devices", "logs"):
+            (self.edir / sub).mkdir(parents=True, exist_ok=True)
+        self.run_key = secrets.token_bytes(32)
+        key_file = self.edir / "run.key"
+        key_file.write_bytes(self.run_key)
+        os.chmod(key_file, 0o600)
+        self.linears_rows = _linears(exp)
+        p = exp.model.num_params
+        # HELLO / METRICS / model reports on the coordinator links: the centralized twin's checks
+        self.coord = Coordinator(self.n, self.run_key, p, list(exp.model.tensor_sizes), "float32")
+        self.coord.max_frame = max(self.coord.max_frame, fm.frame_size(4 * p) + 1024, 1 << 20)
+        self.partners = link_partners(a, network)
+        self.train_idx = [q[: a.train_samples] if a.train_samples else q for q in exp.parts]
+        self.n_train = np.array([len(q) for q in self.train_idx], dtype=np.int64)
+        flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
+        self.compute_s = flops / exp.fleet.flops_per_s
+        ls = a.lr_schedule
+        self.lr_sched = LRSchedule(ls.name, a.lr, np.full(self.n, spec.rounds, dtype=np.int64),
+                                   tuple(ls.stair_fractions), ls.stair_factor, tuple(ls.patience_fractions),
+                                   ls.loss_factor, ls.min_lr)
+        self.plans = memory_plans(exp)
+        ds = exp.dataset
+        self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+        L = exp.fleet.links
+        self.links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
+                                  int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(self.n)]
+        self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
+            AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0)
+        self.procs = ForkServer()
+        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.hello: dict[int, asyncio.Event] = {d: asyncio.Event() for d in range(self.n)}
+        self.ports: dict[int, int] = {}
+        self.dead: dict[int, str] = {}          # device -> how it ended (killed, crash, oom, ...)
+        self.killed: set[int] = set()
+        self.models: dict[int, np.ndarray] = {}
+        self.reporting: set[int] = set()        # devices whose report the round waits for
+        self.want_models = True                 # evaluation round: devices also send their models
+        self.done = asyncio.Event()
+        self.mem_max: dict[int | str, dict[str, int]] = {}
+        self.total_mem_kb: dict[str, int] = {}
+        self.devices_cpu_s = 0.0
+        self.sampling_s = 0.0
+        self.torch_devices: set[int] = set()
+        self.stopping = False                   # after the last round: connections closing is normal
+        self.control_bytes = 0
+        self.peer_down_sent = 0
+        self.merge_timeouts = 0
+        self.local_rounds = np.zeros(self.n, dtype=np.int64)
+        self.energy = np.zeros(self.n)
+
+    # ---- device files -------------------------------------------------------------------
+    def _write_device_files(self, port: int) -> None:
+        exp, a = self.exp, self.a
+        ds = exp.dataset
+        np.save(self.edir / "devices" / "initial.npy", exp.initial_params().numpy())
+        plan_of = {pl.group: pl for pl in self.plans}
+        p = exp.model.num_params
+        max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
+        L = exp.fleet.links
+        for g in exp.fleet.groups:
+            plan = plan_of[g.name]
+            for d in map(int, g.devices):
+                idx = self.train_idx[d]
+                np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1),
+                         y=ds.y_train[idx])
+                kf = self.edir / "keys" / f"d{d}.json"
+                kf.write_text(json.dumps({
+                    "coordinator": self.coord.keys[d].hex(),
+                    "links": {str(j): link_key(self.run_key, d, j).hex() for j in self.partners[d]}}))
+                os.chmod(kf, 0o600)
+                budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
+                cfg = {
+                    "device": d, "host": "127.0.0.1", "port": port, "key_file": str(kf),
+                    "data_file": str(self.edir / "devices" / f"d{d}.npz"),
+                    "initial_file": str(self.edir / "devices" / "initial.npy"), "seed": exp.spec.seed,
+                    "linears": self.linears_rows, "num_params": p, "tensor_sizes": list(exp.model.tensor_sizes),
+                    "train": {"epochs": a.local_epochs, "batch_size": a.batch_size, "lr": a.lr,
+                              "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
+                              "prox_mu": 0.0},
+                    "algorithm": {"name": a.name, "merge": a.gossip.merge if a.name == "gossip" else None,
+                                  "buffer_size": a.gossip.buffer_size},
+                    "encoding": a.encoding, "link": self.links[d].__dict__,
+                    "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
+                    "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
+                    "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget),
+                    "max_frame": max_frame, "merge_timeout_s": self.opt.merge_timeout_s,
+                }
+                (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = "1"
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    # ---- connections --------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        device: int | None = None
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(fm.HEADER_SIZE)
+                    total = fm.frame_length(header)
+                    if total > self.coord.max_frame:
+                        raise Rejected("oversized", f"frame of {total} bytes > {self.coord.max_frame}")
+                    data = header + await reader.readexactly(total - fm.HEADER_SIZE)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                except (fm.FrameError, Rejected) as exc:
+                    self._coord_reject(device, f"{exc.reason} (header); connection closed", exc.reason)
+                    break
+                got = self.coord.handle(data, device)
+                if got is None:
+                    continue
+                fr, content = got
+                self.control_bytes += total
+                if fr.msg_type == fm.MsgType.HELLO:
+                    device = fr.sender
+                    self.writers[device] = writer
+                    self.ports[device] = int(content.get("port", 0))
+                    self.hello[device].set()
+                elif device in self.killed:
+                    continue                      # a report that left just before the kill
+                elif fr.msg_type == fm.MsgType.METRICS:
+                    self.coord.metrics[fr.sender] = content
+                    if content.get("torch_loaded"):
+                        self.torch_devices.add(fr.sender)
+                    self._check_done()
+                elif fr.msg_type == fm.MsgType.UPDATE:
+                    self.coord.updates[fr.sender] = content
+                    self._check_done()
+        finally:
+            if device is not None and self.writers.get(device) is writer:
+                del self.writers[device]
+                await self._lost(device)
+            writer.close()
+
+    def _coord_reject(self, device: int | None, detail: str, reason: str) -> None:
+        self.coord.rejected[reason] += 1
+        self.coord.reject_events.append((device, detail))
+        log.warning("rejected frame from device %s: %s", device, detail)
+
+    async def _lost(self, d: int) -> None:
+        """A device's coordinator connection closed: it is gone for the rest of the run.
+        Tell its partners at once, so nobody waits for its model until a timeout."""
+        if d in self.dead or self.stopping:
+            return
+        self.dead[d] = "killed" if d in self.killed else "disconnected"
+        await self._notify_down(d)
+        if d not in self.killed:
+            ev = self.procs.exited.get(d)
+            if ev is not None:
+                try:
+                    await asyncio.wait_for(ev.wait(), 2.0)
+                except asyncio.TimeoutError:
+                    pass
+            rc = self.procs.exits.get(d)
+            self.dead[d] = "oom" if rc == OOM_EXIT else ("disconnected" if rc is None else f"crash (exit {rc})")
+        self._check_done()
+
+    async def _notify_down(self, d: int) -> None:
+        msg = json.dumps({"cmd": "peer_down", "device": d}).encode()
+        for j in self.partners[d]:
+            w = self.writers.get(j)
+            if w is None:
+                continue
+            data = self.coord.make(fm.MsgType.CONTROL, j, self.coord.round, "none", msg)
+            try:
+                w.write(data)
+                self.control_bytes += len(data)
+                self.peer_down_sent += 1
+            except ConnectionError:
+                pass
+
+    def _check_done(self) -> None:
+        waiting = self.reporting - set(self.dead) - self.killed
+        if all(d in self.coord.metrics and (d in self.coord.updates or not self.want_models) for d in waiting):
+            self.done.set()
+
+    async def _send_control(self, d: int, r: int, msg: dict[str, Any]) -> None:
+        w = self.writers.get(d)
+        if w is None:
+            return
+        data = self.coord.make(fm.MsgType.CONTROL, d, r, "none", json.dumps(msg).encode())
+        try:
+            w.write(data)
+            self.control_bytes += len(data)
+            await w.drain()
+        except ConnectionError:
+            pass
+
+    # ---- faults -------------------------------------------------------------------------
+    async def _kill(self, d: int, r: int, events: list[dict[str, Any]]) -> None:
+        """SIGKILL during the round: after a random fraction of the device's paced compute time."""
+        frac = float(stream_rng(self.exp.spec.seed, Stream.FAILURES, r, d, 1).random())
+        delay = frac * float(self.compute_s[d]) * self.opt.time_scale
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.killed.add(d)
+        self.procs.kill(d)
+        events.append(self._event(r, d, "killed", f"SIGKILL {delay:.3f} s into round {r} (permanent failure); "
+                                                  "its neighbours merge without it"))
+
+    # ---- rounds -------------------------------------------------------------------------
+    def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
+        return {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "device": d, "kind": kind,
+                "detail": detail}
+
+    def _sample_memory(self) -> None:
+        """Max RSS/PSS per device process, and the largest total over *all* the run's processes
+        (devices, fork server, coordinator) at one sampling instant; device CPU seconds."""
+        total: Counter[str] = Counter()
+        cpu = 0.0
+        for d, pid in self.procs.pids.items():
+            if self.procs.alive(d):
+                m = proc_memory_kb(pid)
+                cur = self.mem_max.setdefault(d, {})
+                for k, v in m.items():
+                    cur[k] = max(cur.get(k, 0), v)
+                total.update(m)
+                cpu += proc_cpu_s(pid)
+        for name, pid in (("coordinator", os.getpid()),
+                          ("forkserver", self.procs.proc.pid if self.procs.proc is not None else -1)):
+            m = proc_memory_kb(pid)
+            cur = self.mem_max.setdefault(name, {})
+            for k, v in m.items():
+                cur[k] = max(cur.get(k, 0), v)
+            total.update(m)
+        for k in ("Rss", "Pss"):
+            self.total_mem_kb[k] = max(self.total_mem_kb.get(k, 0), total.get(k, 0))
+        self.devices_cpu_s = max(self.devices_cpu_s, cpu)
+
+    async def _round(self, r: int, st: dict[str, Any]) -> None:
+        exp, spec, a = self.exp, self.exp.spec, self.a
+        n = self.n
+        wall0 = time.perf_counter()
+        events: list[dict[str, Any]] = []
+        changes = exp.timeline.changes(r)
+        for d, kind in changes:
+            events.append(self._event(r, d, kind, f"device {d} {kind}"))
+        for u, v, kind in self.net.links.changes(r):
+            events.append(self._event(r, None, kind, f"link {u}-{v} {kind[5:]}"))
+        alive = np.array([d not in self.dead for d in range(n)])
+        failing = np.zeros(n, dtype=bool)
+        failing[[d for d, kind in changes if kind == "failure"]] = True
+        # a device whose permanent failure falls in round r starts the round and is killed during it
+        taking = (exp.timeline.online(r) | failing) & alive
+        victims = [int(d) for d in np.flatnonzero(failing & alive)]
+        plan = plan_round(a, spec.seed, self.net, taking, r)
+        self.coord.round = r
+        self.coord.updates, self.coord.metrics = {}, {}
+        self.coord.expect = {int(d) for d in np.flatnonzero(taking)}
+        self.reporting = set(self.coord.expect)
+        self.want_models = r % spec.evaluation.every == 0 or r == spec.rounds
+        self.done = asyncio.Event()
+        self._check_done()
+
+        def control(d: int) -> dict[str, Any]:
+            msg = plan.entries[d].control(r, float(self.lr_sched.lr[d]), plan.steps)
+            msg["report_model"] = self.want_models
+            return msg
+
+        await asyncio.gather(*(self._send_control(d, r, control(d)) for d in range(n) if alive[d]))
+        kills = [asyncio.create_task(self._kill(d, r, events)) for d in victims]
+        paced = float(self.compute_s[taking].max(initial=0.0)) * self.opt.time_scale * 2
+        timeout = self.opt.round_timeout_s + self.opt.merge_timeout_s + paced
+        try:
+            await asyncio.wait_for(asyncio.gather(self.done.wait(), *kills), timeout)
+        except asyncio.TimeoutError:
+            for d in sorted(self.reporting - set(self.dead) - self.killed - set(self.coord.metrics)):
+                events.append(self._event(r, d, "timeout", f"device {d} did not report round {r} in {timeout:.0f} s"))
+        for d in sorted(set(self.dead) - set(st["dead_recorded"])):
+            st["dead_recorded"].add(d)
+            if self.dead[d] != "killed":
+                events.append(self._event(r, d, self.dead[d].split(" ")[0], f"device {d}: {self.dead[d]}"))
+        for dev, detail in self.coord.reject_events:
+            events.append(self._event(r, dev, "frame_rejected", f"coordinator: {detail}"))
+        self.coord.reject_events = []
+        self._record(r, st, plan, taking, victims, events, wall0)
+        if r == 1 or r % max(1, self.opt.memory_sample_every) == 0 or r == spec.rounds:
+            t0 = time.perf_counter()       # after the round's wall time was taken: not part of it
+            self._sample_memory()
+            self.sampling_s += time.perf_counter() - t0
+
+    def _record(self, r: int, st: dict[str, Any], plan: RoundPlan, taking: np.ndarray, victims: list[int],
+                events: list[dict[str, Any]], wall0: float) -> None:
+        exp = self.exp
+        n = self.n
+        reported = np.array(sorted(d for d in self.coord.metrics if d not in self.killed), dtype=np.int64)
+        with_model = np.array([d for d in reported if int(d) in self.coord.updates], dtype=np.int64)
+        met = {int(d): self.coord.metrics[int(d)] for d in reported}
+        losses = np.full(n, np.nan)
+        tx_s, rx_s = np.zeros(n), np.zeros(n)
+        sent_b, recv_b, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        n_sent, n_recv = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        compute_wall = np.zeros(n)
+        for d, m in met.items():
+            losses[d] = m.get("train_loss", np.nan)
+            compute_wall[d] = float(m.get("compute_s", 0.0))
+            self.local_rounds[d] = int(m.get("local_rounds", self.local_rounds[d]))
+            for dst, nbytes, link_s, lost_p, ok in m.get("sent", []):
+                if not ok:
+                    continue
+                tx_s[d] += link_s
+                rx_s[int(dst)] += link_s
+                sent_b[d] += int(nbytes)
+                lost[d] += int(lost_p)
+                n_sent[d] += 1
+            for _, nbytes in m.get("received", []):
+                recv_b[d] += int(nbytes)
+                n_recv[d] += 1
+            self.merge_timeouts += len(m.get("timeouts", []))
+            prev = st["device_rejected"].get(d, {})   # the device reports running totals
+            diff = {k: v - prev.get(k, 0) for k, v in m.get("rejected", {}).items() if v > prev.get(k, 0)}
+            if diff:
+                events.append(self._event(r, d, "frame_rejected", f"device {d} rejected frames: {diff}"))
+            st["device_rejected"][d] = dict(m.get("rejected", {}))
+        if reported.size:
+            self.lr_sched.on_round_end(reported, self.local_rounds[reported], losses[reported])
+        # modelled busy time and energy of the round (cost model: compute + radio, sync round)
+        compute_model = np.where(np.isin(np.arange(n), reported), self.compute_s, 0.0)
+        busy = compute_model + tx_s + rx_s
+        round_model_s = float(busy[taking].max()) if taking.any() else 0.0
+        energy = energy_joules(exp.fleet.power, compute_model, tx_s, rx_s, round_model_s, taking)
+        self.energy += energy
+        # evaluation and consensus of the survivors' models (the simulator's functions); the
+        # models come in evaluation rounds only, so the consensus distance is recorded then
+        acc, tloss, dist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        consensus = None
+        if with_model.size:
+            w = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in with_model]))
+            a_, l_ = evaluate_many(exp.module, exp.layout, w, self.x_test, self.y_test)
+            acc[with_model], tloss[with_model] = a_.numpy(), l_.numpy()
+            w64 = w.to(torch.float64)
+            dd = (w64 - w64.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
+            dist[with_model] = dd
+            consensus = float(dd.mean())
+            for i, d in enumerate(with_model):
+                self.models[int(d)] = w[i].numpy()
+        survivors = np.zeros(n, dtype=bool)
+        survivors[reported] = True
+        e = plan.edges
+        n_comp, _ = components(n, e[survivors[e[:, 0]] & survivors[e[:, 1]]], survivors)
+        round_s = time.perf_counter() - wall0
+        device_rows, metric_rows = [], []
+        for d in map(int, np.flatnonzero(taking)):
+            m = met.get(d)
+            if m is not None:
+                status = "ok"
+            elif d in self.killed:
+                status = "dropped"
+            else:
+                status = self.dead.get(d, "timeout").split(" ")[0]
+            device_rows.append({
+                "round": r, "device": d, "status": status, "num_samples": int(self.n_train[d]),
+                "compute_s": float(compute_wall[d]), "up_s": float(tx_s[d]), "down_s": float(rx_s[d]),
+                "bytes_up": int(sent_b[d]), "bytes_down": int(recv_b[d]), "packets_lost": int(lost[d]),
+                "energy_j": float(energy[d]), "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
+                "accuracy": None})
+            metric_rows.append({
+                "round": r, "device": d, "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
+                "test_loss": None if np.isnan(tloss[d]) else float(tloss[d]),
+                "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]),
+                "lr": float(self.lr_sched.lr[d]), "local_rounds": int(self.local_rounds[d]),
+                "messages_sent": int(n_sent[d]), "messages_received": int(n_recv[d]),
+                "airtime_s": float(tx_s[d] + rx_s[d])})
+        evaluated = acc[~np.isnan(acc)]
+        mean_acc = float(evaluated.mean()) if evaluated.size else None
+        rm = {"round": r, "acc_mean": mean_acc,
+              "acc_min": float(evaluated.min()) if evaluated.size else None,
+              "acc_max": float(evaluated.max()) if evaluated.size else None,
+              "acc_std": float(evaluated.std()) if evaluated.size else None,
+              "loss_mean": float(np.nanmean(tloss)) if evaluated.size else None,
+              "consensus_distance": consensus, "global_accuracy": None, "components": n_comp,
+              "messages": int(n_sent.sum())}
+        finite = losses[~np.isnan(losses)]
+        st["round"] = r
+        st["bytes_up"] += int(sent_b.sum())
+        st["bytes_down"] += int(recv_b.sum())
+        st["messages"] += int(n_sent.sum())
+        st["planned_messages"] += plan.messages
+        if mean_acc is not None:
+            st["accuracies"].append((r, mean_acc))
+        st["round_walls"].append(round_s)
+        st["last_metrics"] = rm
+        row = {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "duration_s": round_s,
+               "selected": int(taking.sum()), "completed": int(reported.size), "dropped": len(victims),
+               "stragglers": 0, "train_loss": float(finite.mean()) if finite.size else None,
+               "test_accuracy": mean_acc, "test_loss": rm["loss_mean"], "bytes_up": int(sent_b.sum()),
+               "bytes_down": int(recv_b.sum()), "energy_j": float(energy.sum()), "wall_time_s": round_s}
+        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, None, rm, metric_rows)
+
+    # ---- the whole run --------------------------------------------------------------------
+    async def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+        spec = self.exp.spec
+        self.t_start = time.perf_counter()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=max(128, 2 * self.n))
+        port = server.sockets[0].getsockname()[1]
+        self._write_device_files(port)
+        st: dict[str, Any] = {"round": 0, "bytes_up": 0, "bytes_down": 0, "messages": 0, "planned_messages": 0,
+                              "accuracies": [], "round_walls": [], "last_metrics": {}, "dead_recorded": set(),
+                              "device_rejected": {}}
+        finished = False
+        try:
+            await self.procs.start(self._env(), self.edir / "logs" / "forkserver.log")
+            for d in range(self.n):
+                await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
+            start_events: list[dict[str, Any]] = []
+
+            async def hello(d: int) -> None:
+                try:
+                    await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
+                except asyncio.TimeoutError:
+                    self.dead[d] = "no_hello"
+                    st["dead_recorded"].add(d)
+                    start_events.append(self._event(0, d, "no_hello", f"device {d} did not say HELLO in "
+                                                                      f"{self.opt.start_timeout_s} s"))
+                    self.procs.kill(d)
+
+            await asyncio.gather(*(hello(d) for d in range(self.n)))
+            await asyncio.gather(*(self._send_control(d, 0, {"cmd": "directory", "ports": {
+                str(j): self.ports[j] for j in self.partners[d] if j in self.ports}}) for d in range(self.n)
+                if d in self.writers))
+            self.startup_s = time.perf_counter() - self.t_start
+            if start_events:
+                self.store.add_events(self.run_id, start_events)
+            for r in range(1, spec.rounds + 1):
+                await self._round(r, st)
+                if progress is not None:
+                    acc = st["accuracies"][-1][1] if st["accuracies"] and st["accuracies"][-1][0] == r else None
+                    progress(r, {"accuracy": acc, "sim_time_s": time.perf_counter() - self.t_start})
+            self.stopping = True
+            await asyncio.gather(*(self._send_control(d, st["round"], {"cmd": "stop"}) for d in list(self.writers)))
+            finished = True
+            # every device's last reported model, for inspection and the twin-fidelity test
+            np.savez(self.edir / "final_models.npz", **{f"d{d}": w for d, w in sorted(self.models.items())})
+        finally:
+            await self.procs.close(wait_s=10.0 if finished else 0.0)
+            server.close()
+            await server.wait_closed()
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        st["coordinator_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        return st
+
+    def summary(self, st: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+        exp, spec, a = self.exp, self.exp.spec, self.a
+        m = st["last_metrics"]
+        devices = [v for k, v in self.mem_max.items() if isinstance(k, int)]
+        rss = [v.get("Rss", 0) for v in devices]
+        pss = [v.get("Pss", 0) for v in devices]
+        walls = st["round_walls"]
+        rejected = Counter(self.coord.rejected)
+        for counts in st["device_rejected"].values():
+            rejected.update(counts)
+        lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
+        return {
+            **common_summary(st["accuracies"], st["round"], wall_time_s, st["bytes_up"], st["bytes_down"],
+                             self.energy, self.plans, wall_time_s),
+            "num_devices": self.n,
+            "algorithm": f"{a.name} (sync{lr_part})",
+            "dataset": spec.dataset.name,
+            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
+            "final_accuracy_across_devices": {k: m.get(f"acc_{k}") for k in ("mean", "min", "max", "std")},
+            "final_consensus_distance": m.get("consensus_distance"),
+            "messages": st["messages"],
+            "topology": self.net.describe(),
+            "message_payload_bytes": self.payload_bytes,
+            "emulate": {
+                "time_scale": self.opt.time_scale,
+                "startup_s": getattr(self, "startup_s", None),
+                "wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
+                                     "max": float(max(walls)) if walls else None},
+                "device_rss_kb": {"median": float(np.median(rss)) if rss else None, "max": max(rss, default=None),
+                                  "total": int(sum(rss))},
+                "device_pss_kb": {"median": float(np.median(pss)) if pss else None, "max": max(pss, default=None),
+                                  "total": int(sum(pss))},
+                "process_starts": len(self.procs.pids),
+                "control_bytes": self.control_bytes,
+                "frames_rejected": dict(rejected),
+                "devices_with_torch": len(self.torch_devices),
+                "coordinator_cpu_s": st.get("coordinator_cpu_s"),
+                "devices_cpu_s": self.devices_cpu_s,
+                "memory_sampling_s": self.sampling_s,
+                "coordinator_kb": self.mem_max.get("coordinator", {}),
+                "forkserver_kb": self.mem_max.get("forkserver", {}),
+                "all_processes_kb": dict(self.total_mem_kb),
+                "messages_planned": st["planned_messages"],
+                "peer_down_sent": self.peer_down_sent,
+                "merge_timeouts": self.merge_timeouts,
+                "devices_lost": {str(d): how for d, how in sorted(self.dead.items())},
+            },
+        }
+
+
+def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
+                        options: EmulateOptions | None = None, progress: ProgressFn | None = None,
+                        run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
+                        ) -> tuple[Path, dict[str, Any]]:
+    """Check everything, create the run folder, emulate every round, write the report."""
+    options = options or DflOptions()
+    if not isinstance(options, DflOptions):
+        options = DflOptions(**vars(options))
+    check_dfl_emulatable(spec)
+    if getattr(options, "netns", False):
+        raise TinyTwinError("emulate --netns shapes links to a server; decentralized runs use the userspace "
+                            "link shaper only for now")
+    exp = prepare(spec, base_dir)
+    _linears(exp)
+    network = _check_family(exp, base_dir)
+    if on_prepared is not None:
+        on_prepared(exp)
+    run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "spec.yaml").write_text(spec_yaml)
+    store = RunStore(run_dir / DB_NAME)
+    run_id = uuid.uuid4().hex[:12]
+    store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
+    dfl_store.ensure_tables(store)
+    a = spec.algorithm
+    n_train = np.array([len(q[: a.train_samples] if a.train_samples else q) for q in exp.parts], dtype=np.int64)
+    store.add_devices(run_id, exp.device_rows(n_train))
+    info = network.describe()
+    store.add_events(run_id, [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "topology",
+                               "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
+                                         f"degree {info['degree_min']}..{info['degree_max']}, "
+                                         f"{info['components']} connected component(s)"}])
+    handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
+    wall0 = time.perf_counter()
+    try:
+        emu = DflEmulation(exp, network, store, run_id, run_dir, options)
+        state = asyncio.run(emu.run(progress))
+        summary = emu.summary(state, time.perf_counter() - wall0)
+    except BaseException:
+        store.set_status(run_id, "incomplete")
+        store.close()
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    store.finish_run(run_id, "complete", summary)
+    store.close()
+    if report:
+        from tinytwin.report.dfl import write_dfl_extras
+
+        write_dfl_extras(run_dir)
+    return run_dir, summary

@@ -1,0 +1,121 @@
+"""The directory of a decentralized emulation: link keys, and who talks to whom in a round.
+
+The coordinator of a decentralized emulation is a bootstrap directory and a metrics
+collector, never a relay: models go device to device. It decides *once*, with the very
+functions the simulator uses, what every device needs to know about a round, and sends
+each device only its own entry (:class:`RoundEntry`):
+
+- the usable links: :meth:`tinytwin.net.topology.Topology.active_edges` of the link
+  timeline's state in round r and the devices taking part (``tinytwin.engines.network``);
+- DecFedAvg: the device's row of :func:`tinytwin.net.topology.metropolis_hastings` over
+  those links; server-free FL: its row of
+  :func:`tinytwin.algorithms.mixing.serverfree_weights`;
+- gossip: the pushes of :func:`tinytwin.algorithms.gossip.choose_peers`, drawn from the
+  ``PEERS`` stream of round r exactly as the simulator draws them, so both twins send the
+  same messages; a device learns whom it pushes to and whom it will hear from.
+
+Keys: the link between devices a < b is authenticated with
+``HMAC-SHA256(run_key, "tinytwin-emulate-link-a-b")`` (:func:`link_key`); a device gets the
+keys of its own links only (graph neighbours; for gossip with ``peer: random``, whose
+overlay is complete, every other device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinytwin.algorithms.gossip import choose_peers
+from tinytwin.algorithms.mixing import serverfree_weights
+from tinytwin.engines.network import Network
+from tinytwin.net.topology import full, metropolis_hastings
+from tinytwin.rng import Stream, stream_rng
+from tinytwin.spec.schema import AlgorithmSpec
+
+
+def link_key(run_key: bytes, a: int, b: int) -> bytes:
+    """The key of the direct link between devices ``a`` and ``b`` (both directions)."""
+    lo, hi = sorted((int(a), int(b)))
+    return hmac.new(run_key, b"tinytwin-emulate-link-%d-%d" % (lo, hi), hashlib.sha256).digest()
+
+
+def link_partners(alg: AlgorithmSpec, network: Network) -> list[list[int]]:
+    """For every device, the devices it may ever exchange frames with (sorted)."""
+    n = network.topology.num_nodes
+    edges = full(n).edges if alg.name == "gossip" and alg.gossip.peer == "random" else network.topology.edges
+    out: list[list[int]] = [[] for _ in range(n)]
+    for u, v in edges.tolist():
+        out[u].append(v)
+        out[v].append(u)
+    return [sorted(p) for p in out]
+
+
+@dataclass
+class RoundEntry:
+    """What one device is told at the start of a round (the ``round`` CONTROL's payload)."""
+
+    online: bool
+    send: list[int] = field(default_factory=list)        # destinations, in send order, per exchange step
+    expect: dict[int, int] = field(default_factory=dict)  # sender -> models per exchange step
+    self_weight: float = 1.0                               # mixing algorithms
+    weights: dict[int, float] = field(default_factory=dict)
+
+    def control(self, round_: int, lr: float, steps: int) -> dict:
+        msg: dict = {"cmd": "round", "round": round_, "online": self.online}
+        if self.online:
+            msg.update(lr=lr, steps=steps, send=self.send, expect={str(k): v for k, v in self.expect.items()})
+            if self.weights or self.self_weight != 1.0:
+                msg.update(self_weight=self.self_weight, weights={str(k): w for k, w in self.weights.items()})
+        return msg
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    online: np.ndarray          # (D,) bool: devices taking part
+    edges: np.ndarray           # usable links
+    entries: dict[int, RoundEntry]
+    steps: int
+
+    @property
+    def messages(self) -> int:
+        return sum(len(e.send) for e in self.entries.values()) * self.steps
+
+
+def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarray, r: int) -> RoundPlan:
+    """The round-``r`` directory entry of every device (offline ones: ``online=False``)."""
+    topo = network.topology
+    n = topo.num_nodes
+    edges = topo.active_edges(network.links.edge_up(r), online)
+    entries = {d: RoundEntry(bool(online[d])) for d in range(n)}
+    steps = 1
+    if alg.name in ("decfedavg", "serverfree"):
+        w = (metropolis_hastings(n, edges, online) if alg.name == "decfedavg"
+             else serverfree_weights(n, edges, online)).tocsr()
+        steps = alg.decfedavg.mixing_steps if alg.name == "decfedavg" else 1
+        for d in np.flatnonzero(online).tolist():
+            lo, hi = w.indptr[d], w.indptr[d + 1]
+            row = {int(j): float(v) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])}
+            e = entries[d]
+            e.self_weight = row.pop(d, 0.0)
+            e.weights = row
+            e.send = sorted(row)
+            e.expect = {j: 1 for j in sorted(row)}
+    elif alg.name == "gossip":
+        g = alg.gossip
+        ids = np.flatnonzero(online)
+        src, dst = choose_peers(stream_rng(seed, Stream.PEERS, r), ids, g.sends, online,
+                                None if g.peer == "random" else topo.neighbours(edges))
+        inbound: dict[int, Counter[int]] = {}
+        for s, t in zip(src.tolist(), dst.tolist()):
+            entries[s].send.append(t)
+            inbound.setdefault(t, Counter())[s] += 1
+        for t, c in inbound.items():
+            entries[t].expect = dict(sorted(c.items()))
+    else:
+        raise ValueError(f"no emulated directory for {alg.name}")
+    return RoundPlan(r, online, edges, entries, steps)

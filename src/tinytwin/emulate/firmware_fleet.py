@@ -1,0 +1,73 @@
+"""Coordinator side of firmware devices: build one image per group and say how to run it.
+
+A fleet group with ``twin: firmware`` (or every group under ``tinytwin emulate --twin
+firmware``) runs the project's C client on an emulated Cortex-M board instead of numpy.
+Here, before any process starts, each such group gets its firmware image: the board and
+CPI from :mod:`tinytwin.firmware.profiles`, the RAM budget = the RAM the memory plan says
+is available for training on that profile, the arena = what the client needs for the
+spec's MLP (:func:`tinytwin.firmware.build.required_arena_bytes`). A model that does not
+fit is refused here, at build time, with the overflow in bytes — the same moment the
+simulator's memory planner refuses it.
+
+Each device then gets a ``firmware`` block in its config (image, work folder for the
+semihosting files, layer sizes, CPI and clock) that
+:class:`tinytwin.emulate.trainers.FirmwareTrainer` reads in the device process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tinytwin.engines.experiment import Experiment
+from tinytwin.errors import TinyTwinError
+
+
+def firmware_groups(exp: Experiment, all_firmware: bool = False) -> set[str]:
+    """Names of the groups whose devices run as firmware."""
+    spec_groups = exp.spec.fleet.groups
+    return {g.name for g, s in zip(exp.fleet.groups, spec_groups) if all_firmware or s.twin == "firmware"}
+
+
+def check_firmware_spec(exp: Experiment) -> None:
+    a = exp.spec.algorithm
+    if a.optimizer != "sgd" or a.prox_mu:
+        raise TinyTwinError(f"firmware devices train with SGD (momentum, weight decay) only; algorithm uses "
+                            f"optimizer={a.optimizer} prox_mu={a.prox_mu}")
+
+
+def mlp_shape(linears_rows: list[list[Any]]) -> tuple[list[int], list[bool]]:
+    """Layer widths and ReLU flags of the MLP from the coordinator's linear-layer rows."""
+    sizes = [int(linears_rows[0][2])] + [int(row[3]) for row in linears_rows]
+    return sizes, [bool(row[4]) for row in linears_rows]
+
+
+def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: Path,
+                     groups: set[str], merges: bool = False, timeout_s: float = 120.0) -> dict[int, dict[str, Any]]:
+    """Per device of a firmware group: the ``twin``/``firmware`` entries of its config."""
+    from tinytwin.firmware.build import build_firmware, image_dict, required_arena_bytes
+    from tinytwin.firmware.profiles import target_for
+
+    if not groups:
+        return {}
+    check_firmware_spec(exp)
+    a = exp.spec.algorithm
+    sizes, relu = mlp_shape(linears_rows)
+    arena = required_arena_bytes(sizes, a.batch_size, momentum=bool(a.momentum), merges=merges)
+    plan_of = {p.group: p for p in exp.memory}
+    out: dict[int, dict[str, Any]] = {}
+    for g in exp.fleet.groups:
+        if g.name not in groups:
+            continue
+        target = target_for(g.profile.name)
+        try:
+            image = build_firmware(target.board, plan_of[g.name].ram_available, arena)
+        except TinyTwinError as exc:
+            raise type(exc)(f"fleet group {g.name!r} ({g.profile.name}): {exc}") from None
+        for d in g.devices:
+            d = int(d)
+            out[d] = {"twin": "firmware", "firmware": {
+                "image": image_dict(image), "board": target.board, "cpi": target.cpi,
+                "clock_hz": float(g.profile.clock_hz), "sizes": sizes, "relu": relu,
+                "workdir": str(workroot / f"d{d}"), "timeout_s": timeout_s}}
+    return out

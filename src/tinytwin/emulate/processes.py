@@ -1,0 +1,106 @@
+"""The device processes of one emulated run: start them (inside their network namespace
+when there is one), adopt the survivors of a killed coordinator, watch and kill them.
+
+Every start is recorded in ``emulate/pids.json`` so that a resumed coordinator — or a
+test cleaning up after a failure — can find processes it did not start itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Union
+
+from tinytwin.emulate.rundir import PIDS_FILE, AdoptedProcess, device_process_alive, read_json, write_json
+
+Process = Union["subprocess.Popen[bytes]", AdoptedProcess]
+
+
+def proc_memory_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss (kB) of a process from /proc/PID/smaps_rollup (empty if it is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key = line.split(":")[0]
+                if key in ("Rss", "Pss", "Private_Dirty", "Shared_Clean"):
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+class DeviceProcesses:
+    """``python -m tinytwin.emulate.device emulate/devices/dN.json`` per device."""
+
+    def __init__(self, edir: Path, exec_prefix: Callable[[int], list[str]] | None = None) -> None:
+        self.edir = edir
+        self.exec_prefix = exec_prefix
+        self.procs: dict[int, Process] = {}
+        self.spawns: Counter[int] = Counter()
+        self.pids: dict[str, int] = read_json(edir / PIDS_FILE, {}) or {}
+
+    def config_file(self, d: int) -> Path:
+        return self.edir / "devices" / f"d{d}.json"
+
+    def spawn(self, d: int) -> None:
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = "1"
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.spawns[d] += 1
+        prefix = self.exec_prefix(d) if self.exec_prefix else []
+        with open(self.edir / "logs" / f"d{d}.log", "ab") as errf:
+            # `ip netns exec` execs the command: the pid is the device's own.
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "tinytwin.emulate.device", str(self.config_file(d))],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf, env=env,
+                                    close_fds=True)
+        self.procs[d] = proc
+        self.pids[str(d)] = proc.pid
+        write_json(self.edir / PIDS_FILE, self.pids)
+
+    def adopt(self, devices: range) -> list[int]:
+        """Take over the recorded device processes that are still running; return their ids."""
+        found = []
+        for d in devices:
+            pid = self.pids.get(str(d))
+            if pid is not None and device_process_alive(int(pid), self.config_file(d)):
+                self.procs[d] = AdoptedProcess(int(pid), self.config_file(d))
+                found.append(d)
+        return found
+
+    def running(self, d: int) -> bool:
+        p = self.procs.get(d)
+        return p is not None and p.poll() is None
+
+    def returncode(self, d: int) -> int | None:
+        p = self.procs.get(d)
+        return None if p is None else p.poll()
+
+    def kill(self, d: int) -> None:
+        p = self.procs.get(d)
+        if p is not None and p.poll() is None:
+            p.kill()
+
+    def kill_all(self, timeout: float = 10.0) -> None:
+        for d in list(self.procs):
+            self.kill(d)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def sample_memory(self, into: dict[int, dict[str, int]]) -> None:
+        """Keep the largest Rss / Pss seen so far of every running device process."""
+        for d, p in self.procs.items():
+            if p.poll() is None:
+                m = proc_memory_kb(p.pid)
+                if m:
+                    cur = into.setdefault(d, {})
+                    for k, v in m.items():
+                        cur[k] = max(cur.get(k, 0), v)

@@ -1,0 +1,130 @@
+"""How a device process trains: in numpy, or by driving its firmware on an emulated board.
+
+The device runtime (:mod:`tinytwin.emulate.device`) does the networking — frames, keys,
+link shaping, reconnects — and asks a *trainer* for one round of local training. Two
+trainers, one interface, so a firmware device is "just another device" to the coordinator
+and its peers (issue #6):
+
+* :class:`NumpyTrainer` — :func:`tinytwin.emulate.mlp_np.train` in the process itself; its
+  compute time is the cost model's (``cfg["compute_s"]``).
+* :class:`FirmwareTrainer` — the project's C client on QEMU (``tinytwin.firmware.qemu``),
+  started before the process caps anything (QEMU reserves a 1 GiB translation buffer); the
+  shard is written once as the board's ``data.bin``, each round's global model and batch
+  order as ``round.bin``. Its compute time is the firmware's own instruction count x the
+  board's CPI / the profile's clock. A firmware fault (``!FAULT``, MPU violation, lock-up,
+  hang) becomes a :class:`DeviceFault` (recorded in the device's ``fault.json``); the runtime
+  exits with :data:`FIRMWARE_FAULT_EXIT`.
+
+Both import numpy only (never torch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinytwin.emulate import mlp_np
+
+FIRMWARE_FAULT_EXIT = 87
+
+
+class DeviceFault(Exception):
+    """The device's own hardware failed (a firmware fault): the process reports it and exits."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+@dataclass
+class RoundResult:
+    params: np.ndarray
+    train_loss: float
+    steps: int
+    modelled_compute_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NumpyTrainer:
+    """Local training in this process (the emulation twin's default device)."""
+
+    caps_process_memory = True
+
+    def __init__(self, cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
+        self.linears = mlp_np.linears_from(cfg["linears"])
+        self.tc = mlp_np.LocalTraining(**cfg["train"])
+        self.seed = int(cfg["seed"])
+        self.device = int(cfg["device"])
+        self.compute_s = float(cfg["compute_s"])
+        self.x, self.y = x, y
+
+    def train(self, start: np.ndarray, round_: int) -> RoundResult:
+        params, loss, steps = mlp_np.train(self.linears, start, self.x, self.y, self.tc, self.seed, round_,
+                                           self.device)
+        return RoundResult(params, loss, steps, self.compute_s)
+
+    def close(self) -> None:
+        pass
+
+
+class FirmwareTrainer:
+    """Local training by the C firmware on an emulated Cortex-M board (one QEMU per device)."""
+
+    caps_process_memory = False  # the board's RAM budget is enforced by the linker and the MPU
+
+    def __init__(self, cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
+        from tinytwin.firmware.build import FirmwareImage
+        from tinytwin.firmware.qemu import QemuDevice, SyncDevice
+
+        fw = cfg["firmware"]
+        image = FirmwareImage(**{**fw["image"], "elf": Path(fw["image"]["elf"])})
+        self.workdir = Path(fw["workdir"])
+        self.fault_file = self.workdir / "fault.json"
+        self.fault_file.unlink(missing_ok=True)
+        self.sizes = [int(s) for s in fw["sizes"]]
+        self.relu = [bool(r) for r in fw["relu"]]
+        self.cpi, self.clock_hz = float(fw["cpi"]), float(fw["clock_hz"])
+        self.timeout = float(fw.get("timeout_s", 120.0))
+        self.tc = mlp_np.LocalTraining(**cfg["train"])
+        self.seed = int(cfg["seed"])
+        self.device = int(cfg["device"])
+        self.cost_model_s = float(cfg["compute_s"])
+        self.n = len(y)
+        self.dev = SyncDevice(QemuDevice(image, self.workdir, timeout=self.timeout, name=f"d{self.device}"))
+        self.dev.__enter__()
+        self.dev.write_data(x.reshape(len(x), -1), y)
+
+    def train(self, start: np.ndarray, round_: int) -> RoundResult:
+        from tinytwin.firmware.qemu import FirmwareFault, batch_order
+
+        order = batch_order(self.seed, round_, self.device, self.n, self.tc.epochs)
+        try:
+            res = self.dev.train(np.asarray(start, np.float32), self.sizes, self.relu, self.tc, order)
+        except FirmwareFault as fault:
+            self.fault_file.write_text(json.dumps({"round": round_, "kind": fault.kind, "detail": fault.detail,
+                                                   "returncode": fault.returncode}))
+            raise DeviceFault(fault.kind, fault.detail) from None
+        device_s = res.insns * self.cpi / self.clock_hz
+        loss = res.ce_sum / max(1, self.tc.epochs * self.n)
+        extra = {"insns": res.insns, "firmware_compute_s": device_s, "cost_model_compute_s": self.cost_model_s,
+                 "arena_peak": res.arena_peak, "qemu_pid": self.dev.pid}
+        return RoundResult(res.params, loss, res.steps, device_s, extra)
+
+    def close(self) -> None:
+        self.dev.close()
+
+
+def make_trainer(cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> NumpyTrainer | FirmwareTrainer:
+    return FirmwareTrainer(cfg, x, y) if cfg.get("twin") == "firmware" else NumpyTrainer(cfg, x, y)
+
+
+def read_fault(workdir: Path) -> dict[str, Any] | None:
+    """The fault a firmware device recorded before it exited (coordinator side)."""
+    try:
+        return json.loads((Path(workdir) / "fault.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,293 @@
+"""Decentralized emulation: device-to-device models match the simulator; kills; frame checks."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli, write_spec
+from dfl_util import run_engine, spec_dict
+from tinytwin.algorithms import gossip as GS
+from tinytwin.algorithms.mixing import mix
+from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
+from tinytwin.emulate.dfl_directory import link_key, plan_round
+from tinytwin.emulate.peer import AGE_HEADER, PeerRuntime
+from tinytwin.emulate.peer_merge import Fifo, merge_age, merge_average, mix_row
+from tinytwin.emulate.peer_net import COORDINATOR_CONN
+from tinytwin.emulate.wire_np import COORDINATOR_ID, derive_key
+from tinytwin.engines.network import build_network
+from tinytwin.engines.experiment import prepare
+from tinytwin.errors import TinyTwinError
+from tinytwin.net.topology import metropolis_hastings, ring
+from tinytwin.spec.load import validate_spec
+from tinytwin.store import dfl as dfl_store
+from tinytwin.store.db import RunStore
+from tinytwin.wire import encoding as enc
+from tinytwin.wire import frame as fm
+
+LOSSLESS = {"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi",
+                        "link_overrides": {"loss": 0.0, "header_bytes": 0}}]}
+
+
+def _emulate(tmp_path: Path, raw: dict, **opts):
+    spec = validate_spec(raw)
+    return start_emulation(spec, yaml.safe_dump(raw), tmp_path / "emu", None,
+                           EmulateOptions(time_scale=0.0, **opts), report=False)
+
+
+def _tables(run_dir: Path):
+    store = RunStore(run_dir / "results.db")
+    try:
+        rid = store.run_info().run_id
+        return (store.run_info(), store.rounds(rid), store.device_rounds(rid), store.events(rid),
+                dfl_store.round_metrics(store, rid), dfl_store.device_metrics(store, rid))
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------- fidelity
+
+@pytest.mark.parametrize("changes", [
+    {"algorithm__name": "decfedavg", "algorithm__decfedavg": {"mixing_steps": 2}},
+    {"algorithm__name": "gossip", "algorithm__gossip": {"merge": "fifo", "sends": 2}},
+    {"algorithm__name": "gossip", "algorithm__gossip": {"merge": "age", "peer": "random", "sends": 2},
+     "topology": {"kind": "small_world", "k": 4, "beta": 0.3}},
+    {"algorithm__name": "decfedavg", "failures": {"leave": [{"device": 2, "round": 2}], "join": [{"device": 5, "round": 3}]},
+     "topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 1], [3, 4]], "state": "down"},
+                                                  {"round": 4, "edges": [[0, 1]], "state": "up"}]}},
+], ids=["decfedavg", "gossip-fifo", "gossip-age-random", "decfedavg-churn-links-down"])
+def test_models_match_the_simulator(tmp_path: Path, changes: dict) -> None:
+    raw = spec_dict(rounds=4, fleet=LOSSLESS, **changes)
+    _, sim_state, sim_store, sim_id = run_engine(tmp_path, raw, name="sim")
+    sim_rounds = sim_store.rounds(sim_id)
+    run_dir, summary = _emulate(tmp_path, raw)
+    info, rounds, dev_rows, _, rm, _ = _tables(run_dir)
+    assert info.twin == "emulate" and info.status == "complete"
+    models = np.load(run_dir / "emulate" / "final_models.npz")
+    sim = sim_state.params.numpy()
+    worst = max(float(np.abs(models[f"d{d}"] - sim[d]).max()) for d in range(sim.shape[0]))
+    assert worst <= 1e-4, worst                      # measured ~1e-7 (float32 summation order)
+    assert abs(summary["final_accuracy"] - sim_state.accuracies[-1][1]) <= 0.01
+    # lossless links without packet headers: the frames are the simulator's bytes exactly
+    assert [r["bytes_up"] for r in rounds] == [r["bytes_up"] for r in sim_rounds]
+    assert [r["bytes_down"] for r in rounds] == [r["bytes_down"] for r in sim_rounds]
+    assert summary["messages"] == sim_state.messages == summary["emulate"]["messages_planned"]
+    assert [r["completed"] for r in rounds] == [r["completed"] for r in sim_rounds]
+    assert len(dev_rows) == sum(r["selected"] for r in sim_rounds)
+    assert all(m["consensus_distance"] is not None for m in rm)
+    e = summary["emulate"]
+    assert e["devices_with_torch"] == 0 and e["frames_rejected"] == {} and e["merge_timeouts"] == 0
+    assert 0 < e["device_rss_kb"]["max"] <= 64 * 1024
+
+
+# ---------------------------------------------------------------------------------- faults
+
+@pytest.mark.parametrize("algorithm", ["gossip", "decfedavg"])
+def test_killed_devices_leave_and_the_rest_keep_merging(tmp_path: Path, algorithm: str) -> None:
+    """20 % of the fleet is SIGKILLed during round 2; every later round runs on the remaining graph."""
+    raw = spec_dict(algorithm__name=algorithm, algorithm__gossip={"sends": 2}, rounds=5,
+                    fleet={"groups": [{"profile": "esp32-s3", "count": 10, "link": "wifi"}]},
+                    topology={"kind": "small_world", "k": 4, "beta": 0.2},
+                    failures={"permanent": [{"device": 3, "round": 2}, {"device": 7, "round": 2}]})
+    run_dir, summary = _emulate(tmp_path, raw, round_timeout_s=60)
+    _, rounds, dev_rows, events, rm, dm = _tables(run_dir)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    kills = [e for e in events if e["kind"] == "killed"]
+    assert {(e["round"], e["device"]) for e in kills} == {(2, 3), (2, 7)}
+    assert [(r["selected"], r["completed"], r["dropped"]) for r in rounds] == \
+        [(10, 10, 0), (10, 8, 2), (8, 8, 0), (8, 8, 0), (8, 8, 0)]
+    survivors = sorted(set(range(10)) - {3, 7})
+    status = {(d["round"], d["device"]): d["status"] for d in dev_rows}
+    assert status[(2, 3)] == status[(2, 7)] == "dropped"
+    assert all(status[(r, d)] == "ok" for r in range(2, 6) for d in survivors)
+    assert not any(d["device"] in (3, 7) for d in dev_rows if d["round"] > 2)
+    for r in range(3, 6):  # lossless links: every model sent on the remaining graph is received and merged
+        rows = [m for m in dm if m["round"] == r]
+        assert sum(m["messages_received"] for m in rows) == sum(m["messages_sent"] for m in rows) > 0
+    assert all(any(m["messages_received"] for m in dm if m["device"] == d and m["round"] >= 2) for d in survivors)
+    # the survivors heard of the deaths from the coordinator, not from a timeout
+    assert summary["emulate"]["merge_timeouts"] == 0 and summary["emulate"]["peer_down_sent"] > 0
+    assert rounds[-1]["test_accuracy"] > rounds[0]["test_accuracy"]
+    assert rm[-1]["components"] >= 1
+
+
+def test_forged_frames_sent_to_a_live_peer_are_rejected_and_counted(tmp_path: Path) -> None:
+    """An intruder connects to device 0's listening port: a frame under a made-up key, a frame
+    posing as a neighbour, and garbage. None is merged; the run goes on; all are counted."""
+    raw = spec_dict(algorithm__name="decfedavg", rounds=3)
+    run_dir = tmp_path / "emu" / "run"
+
+    def intrude(r: int, _info: dict) -> None:
+        if r != 1:
+            return
+        port = int(re.search(r"port (\d+)", (run_dir / "emulate" / "logs" / "d0.log").read_text()).group(1))
+        with socket.create_connection(("127.0.0.1", port)) as s1:
+            s1.sendall(_model(5, 1, rnd=2, key=b"k" * 32, receiver=0)      # non-neighbour 5: no link key
+                       + _model(1, 2, rnd=2, key=b"k" * 32, receiver=0))   # posing as neighbour 1
+        with socket.create_connection(("127.0.0.1", port)) as s2:
+            s2.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(64))             # not a frame at all
+
+    spec = validate_spec(raw)
+    _, summary = start_emulation(spec, yaml.safe_dump(raw), tmp_path, None, EmulateOptions(time_scale=0.0),
+                                 progress=intrude, run_dir=run_dir, report=False)
+    assert summary["emulate"]["frames_rejected"] == {"unknown_sender": 1, "bad_tag": 1, "bad_magic": 1}
+    _, rounds, _, events, _, _ = _tables(run_dir)
+    assert [r["completed"] for r in rounds] == [8, 8, 8]
+    assert any(e["kind"] == "frame_rejected" and e["device"] == 0 for e in events)
+
+
+# ---------------------------------------------------------------------------------- frame checks
+
+P, SIZES = 12, [8, 4]
+RUN_KEY = b"r" * 32
+
+
+def _runtime(with_age: bool = False) -> PeerRuntime:
+    """Device 0 with links to 1 and 2 only; in round 3 it expects one model from 1."""
+    rt = PeerRuntime(0, derive_key(RUN_KEY, 0), {1: link_key(RUN_KEY, 0, 1), 2: link_key(RUN_KEY, 0, 2)}, P,
+                     SIZES, "float32", with_age=with_age)
+    rt.start_round(3, True, {1: 1})
+    return rt
+
+
+def _model(sender: int, nonce: int, rnd: int = 3, values: np.ndarray | None = None, key: bytes | None = None,
+           receiver: int = 0, t: fm.MsgType = fm.MsgType.MODEL) -> bytes:
+    values = np.arange(P, dtype=np.float32) if values is None else values
+    key = link_key(RUN_KEY, 0, sender) if key is None else key
+    return fm.encode_frame(fm.Frame(t, sender, receiver, rnd, "float32", 0, nonce, enc.encode(values, "float32")), key)
+
+
+def test_peer_rejects_forged_foreign_stale_replayed_and_nan_frames() -> None:
+    rt = _runtime()
+    good = _model(1, 10)
+    assert rt.handle(good, 5) is not None                                  # binds connection 5 to device 1
+    bad_tag = bytearray(_model(1, 11))
+    bad_tag[40] ^= 1
+    nan = np.full(P, np.nan, dtype=np.float32)
+    cases = {
+        "bad_tag": [bytes(bad_tag),
+                    _model(1, 12, key=link_key(RUN_KEY, 5, 0))],           # a non-neighbour posing as 1
+        "unknown_sender": [_model(5, 13, key=link_key(RUN_KEY, 0, 5))],    # non-neighbour: no link key
+        "replayed": [good],
+        "wrong_receiver": [_model(1, 14, receiver=2)],
+        "stale_round": [_model(1, 15, rnd=2), _model(1, 16, rnd=9)],
+        "non_finite": [_model(1, 17, values=nan)],
+        "unexpected_type": [_model(1, 18, t=fm.MsgType.CONTROL)],
+        "not_expected": [_model(1, 19)],                                   # a second model from 1
+    }
+    for reason, frames in cases.items():
+        for data in frames:
+            assert rt.handle(data, 5) is None, reason
+        assert rt.rejected[reason] == len(frames), (reason, dict(rt.rejected))
+    assert rt.handle(_model(2, 20), 5) is None and rt.rejected["wrong_sender"] == 1   # 2's frame on 1's connection
+    assert rt.handle(_model(2, 21), 6) is None and rt.rejected["not_expected"] == 2   # 2 does not send in round 3
+    def coord(nonce: int) -> bytes:
+        return fm.encode_frame(fm.Frame(fm.MsgType.CONTROL, COORDINATOR_ID, 0, 4, "none", 0, nonce,
+                                        b'{"cmd": "stop"}'), derive_key(RUN_KEY, 0))
+
+    assert rt.handle(coord(1), 7) is None and rt.rejected["wrong_sender"] == 2        # coordinator off its link
+    assert rt.handle(coord(2), COORDINATOR_CONN) == ("control", {"cmd": "stop"})
+    [msg] = rt.take(1)
+    assert msg.sender == 1 and np.array_equal(msg.values, np.arange(P, dtype=np.float32))
+    assert rt.waiting_for(1) == []
+
+
+def test_peer_keeps_early_models_and_stops_waiting_for_dead_neighbours() -> None:
+    rt = _runtime(with_age=True)
+    early = fm.encode_frame(fm.Frame(fm.MsgType.MODEL, 2, 0, 4, "float32", 0, 5,
+                                     AGE_HEADER.pack(7) + enc.encode(np.ones(P, np.float32), "float32")),
+                            link_key(RUN_KEY, 0, 2))
+    assert rt.handle(early, 1) == ("model", None)                          # round 4 has not started here yet
+    assert rt.waiting_for(1) == [1]
+    rt.peer_gone(1)
+    assert rt.waiting_for(1) == [] and rt.take(1) == []
+    rt.finish_round()
+    rt.start_round(4, True, {2: 1, 1: 1})
+    [msg] = rt.take(1)
+    assert (msg.sender, msg.round, msg.age) == (2, 4, 7)
+
+
+# ---------------------------------------------------------------------------------- one definition
+
+def test_numpy_merges_equal_the_simulators_torch_rules() -> None:
+    g = torch.Generator().manual_seed(0)
+    own, recv = torch.randn(3, 50, generator=g), torch.randn(3, 50, generator=g)
+    ref = GS.merge_average(own[:1], recv.sum(dim=0, keepdim=True), torch.tensor([3]))[0]
+    assert np.allclose(merge_average(own[0].numpy(), list(recv.numpy())), ref.numpy(), atol=1e-6)
+    w, a = own[:1], torch.tensor([2])
+    for i, age in enumerate([0, 5, 1]):
+        w, a = GS.merge_age(w, a, recv[i:i + 1], torch.tensor([age]))
+    got, got_age = merge_age(own[0].numpy(), 2, [(recv[i].numpy(), age) for i, age in enumerate([0, 5, 1])])
+    assert np.allclose(got, w[0].numpy(), atol=1e-6) and got_age == int(a[0])
+    buf = own[:1, None, :].repeat(1, 2, 1).clone()
+    count, head = torch.tensor([2]), torch.tensor([0])
+    GS.fifo_push(buf, count, head, np.zeros(3, dtype=np.int64), recv)
+    fifo = Fifo(own[0].numpy(), 2)
+    for z in recv.numpy():
+        fifo.push(z)
+    assert np.allclose(fifo.mean(), GS.fifo_mean(buf, count, torch.tensor([0]))[0].numpy(), atol=1e-6)
+    x = torch.randn(6, 20, generator=g)
+    wmh = metropolis_hastings(6, ring(6).edges)
+    row = wmh.getrow(2).toarray()[0]
+    mixed = mix_row(x[2].numpy(), row[2], [(row[j], x[j].numpy()) for j in (1, 3)])
+    assert np.allclose(mixed, mix(wmh, x)[2].numpy(), atol=1e-6)
+    # a neighbour that never sent: its weight goes back to the device itself (row still sums to 1)
+    lonely = mix_row(x[2].numpy(), row[2], [(row[1], x[1].numpy())], missing_weight=row[3])
+    assert np.allclose(lonely, (row[2] + row[3]) * x[2].numpy() + row[1] * x[1].numpy(), atol=1e-6)
+
+
+def test_directory_rows_are_the_simulators_mixing_matrix() -> None:
+    spec = validate_spec(spec_dict(algorithm__name="decfedavg", topology={"kind": "small_world", "k": 4, "beta": 0.3}))
+    exp = prepare(spec)
+    net = build_network(spec, exp.fleet)
+    online = np.ones(8, dtype=bool)
+    online[5] = False
+    plan = plan_round(spec.algorithm, spec.seed, net, online, 2)
+    w = metropolis_hastings(8, net.topology.active_edges(net.links.edge_up(2), online), online).toarray()
+    for d in range(8):
+        e = plan.entries[d]
+        assert e.online == (d != 5)
+        if d != 5:
+            assert e.self_weight == pytest.approx(w[d, d])
+            assert e.weights == pytest.approx({j: w[d, j] for j in np.flatnonzero(w[d]) if j != d})
+            assert set(e.expect) == set(e.send) == set(e.weights) and 5 not in e.send
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"algorithm__name": "gist"}, "simulation-only"),
+    ({"algorithm__name": "gossip", "algorithm__schedule": "async"}, "lock-step"),
+    ({"algorithm__name": "gossip", "algorithm__gossip": {"exchange": "push_pull"}}, "push_pull"),
+])
+def test_unsupported_decentralized_runs_are_refused_in_one_line(changes: dict, words: str) -> None:
+    with pytest.raises(TinyTwinError, match=words) as exc:
+        check_emulatable(validate_spec(spec_dict(**changes)))
+    assert "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------- process and CLI
+
+def test_peer_processes_never_import_torch() -> None:
+    code = ("import sys, tinytwin.emulate.forkserver, tinytwin.emulate.peer; "
+            "assert 'torch' not in sys.modules, 'torch in a device process'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_cli_routes_decentralized_specs_to_the_peer_engine(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "dfl.yaml", yaml.safe_dump(spec_dict(algorithm__name="decfedavg", rounds=2)))
+    ok = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"), "--time-scale", "0", "--quiet",
+                 "--no-report")
+    assert ok.returncode == 0, ok.stderr
+    assert "frames rejected 0" in " ".join(ok.stdout.split())
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert run_cli("report", str(run_dir)).returncode == 0 and (run_dir / "plots" / "consensus.png").is_file()
+    gist = write_spec(tmp_path / "gist.yaml", yaml.safe_dump(spec_dict(algorithm__name="gist")))
+    refused = run_cli("emulate", str(gist), "--out", str(tmp_path / "runs"))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
