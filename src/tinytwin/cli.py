@@ -71,6 +71,7 @@ def emulate(
     time_scale: float = typer.Option(0.01, "--time-scale", help="wall seconds per modelled second of link and compute time (0: no pacing)"),
     netns: bool = typer.Option(False, "--netns", help="one network namespace per device, links shaped by tc (root, Linux)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="finish an emulation whose coordinator was killed (its own options)"),
+    twin: Optional[str] = typer.Option(None, "--twin", help="firmware: every device runs the C firmware on an emulated Cortex-M board (QEMU); process: numpy processes; default: each group's `twin`"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
 ) -> None:
@@ -81,9 +82,14 @@ def emulate(
 
     if time_scale < 0:
         raise TinyTwinError("--time-scale must be >= 0")
+    if twin not in (None, "process", "firmware"):
+        raise TinyTwinError(f"--twin must be 'process' or 'firmware', not {twin!r}")
     if netns:
         require_netns()
     spec, spec_yaml = load_spec(spec_file, set_ or [])
+    if twin == "process":  # every group as numpy processes, whatever the spec says
+        spec = spec.model_copy(update={"fleet": spec.fleet.model_copy(update={"groups": [
+            g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]})})
     check_emulatable(spec)
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name} (emulate)", total=spec.rounds)
@@ -98,7 +104,8 @@ def emulate(
                                                 report=not no_report)
         else:
             run_dir, summary = start_emulation(spec, spec_yaml, out, spec_file.resolve().parent,
-                                               EmulateOptions(time_scale=time_scale, netns=netns), on_round,
+                                               EmulateOptions(time_scale=time_scale, netns=netns,
+                                                              firmware_all=twin == "firmware"), on_round,
                                                report=not no_report)
     _print_summary(summary, run_dir)
     e = summary["emulate"]
@@ -109,6 +116,16 @@ def emulate(
     if e.get("shaping"):
         sh = e["shaping"]
         console.print(f"link shaping: {sh['mode']} (bandwidth: {sh['rate']}; latency and loss: {sh['latency_loss']})")
+    if e.get("firmware"):
+        fw = e["firmware"]
+        imgs = ", ".join(f"{i['board']} text {i['text']:,} B, RAM {i['bss']:,} of {i['ram_budget']:,} B"
+                         for i in fw["images"])
+        insns = fw["insns_per_round_median"]
+        console.print(f"firmware devices: {fw['devices']} ({imgs}); QEMU RSS median "
+                      f"{(fw['qemu_rss_kb']['median'] or 0) / 1024:.1f} MiB, PSS total "
+                      f"{fw['qemu_pss_kb']['total'] / 1024:.0f} MiB; instructions per round median "
+                      f"{insns or 0:,.0f} -> {fw['firmware_compute_s_median'] or 0:.3f} s on the device "
+                      f"(cost model {fw['cost_model_compute_s_median'] or 0:.3f} s)")
 
 
 def _progress(quiet: bool) -> Progress:

@@ -37,6 +37,8 @@ from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import measured, mlp_np, shaper
 from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 from tinytwin.emulate.netns import NetnsFleet, require_netns
 from tinytwin.emulate.processes import DeviceProcesses, proc_memory_kb
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, kill_recorded_devices, read_json, write_json
@@ -81,6 +83,10 @@ class EmulateOptions:
     """One network namespace per device, links shaped by the kernel (:mod:`tinytwin.emulate.netns`)."""
     reconnect_grace_s: float = 60.0
     """How long a device keeps calling a vanished coordinator before it exits (resume window)."""
+    firmware_all: bool = False
+    """Every group runs as firmware on emulated boards (``--twin firmware``); else each group's ``twin``."""
+    firmware_arena_override: dict[int, int] = field(default_factory=dict)
+    """device -> arena bytes its firmware image is built with (tests: a run-time arena fault)."""
 
 
 def _linears(exp: Experiment) -> list[list[Any]]:
@@ -231,6 +237,10 @@ class Emulation:
             os.chmod(key_file, 0o600)
         self.linears_rows = _linears(exp)
         self.linears = mlp_np.linears_from(self.linears_rows)
+        # Firmware images are built (and a model too big for a board refused) before any process starts.
+        self.firmware = firmware_configs(exp, self.linears_rows, self.edir / "firmware",
+                                         firmware_groups(exp, options.firmware_all),
+                                         arena_override=options.firmware_arena_override)
         self.coord = Coordinator(self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes),
                                  a.encoding)
         so = a.server_optimizer
@@ -255,6 +265,8 @@ class Emulation:
         self.update_at: dict[int, float] = {}  # device -> time.monotonic() its UPDATE was complete
         self.pending: list[dict[str, Any]] = []  # events that happened between rounds
         self.mem_max: dict[int, dict[str, int]] = {}
+        self.qemu_mem: dict[int, dict[str, int]] = {}
+        self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
         self.done = asyncio.Event()
         self.port = 0
         self.control_bytes = 0
@@ -309,6 +321,7 @@ class Emulation:
                     "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
                     "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget), "max_frame": max_frame,
                     "reconnect_grace_s": self.opt.reconnect_grace_s,
+                    **self.firmware.get(d, {}),
                 }
                 write_json(self.devices.config_file(d), cfg)
 
@@ -341,6 +354,9 @@ class Emulation:
             return "killed"
         if rc == OOM_EXIT:
             return "oom"
+        if rc == FIRMWARE_FAULT_EXIT:
+            fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+            return f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
         return "disconnected" if rc is None else f"crash (exit {rc})"
 
     def _kernel_links(self, reachable: np.ndarray) -> None:
@@ -479,6 +495,13 @@ class Emulation:
 
     def _sample_memory(self) -> None:
         self.devices.sample_memory(self.mem_max)
+        for d, m in self.coord.metrics.items():  # firmware devices report their QEMU's memory
+            if "qemu_rss_kb" in m:
+                cur = self.qemu_mem.setdefault(d, {})
+                for k in ("qemu_rss_kb", "qemu_pss_kb"):
+                    cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
+            if "insns" in m:
+                self.fw_rounds.append((int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"])))
 
     async def _round(self, r: int, state: EmuState) -> EmuState:
         exp, spec = self.exp, self.exp.spec
@@ -611,7 +634,9 @@ class Emulation:
                 "wall_train_s": m.get("busy_s"),
                 "wall_up_s": got - up_at if got is not None and up_at is not None else None,
                 "wall_total_s": got - round_mono if got is not None else None,
-                "shaped_down_s": sent.shaped_s, "shaped_up_s": m.get("up_wait_s"), "rss_kb": m.get("rss_kb")}
+                "shaped_down_s": sent.shaped_s, "shaped_up_s": m.get("up_wait_s"), "rss_kb": m.get("rss_kb"),
+                "insns": m.get("insns"), "firmware_compute_s": m.get("firmware_compute_s"),
+                "qemu_rss_kb": m.get("qemu_rss_kb")}
 
     async def run(self, state: EmuState, progress: ProgressFn | None = None, resume: bool = False) -> EmuState:
         """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
@@ -712,7 +737,26 @@ class Emulation:
                 "control_bytes": self.control_bytes,
                 "frames_rejected": dict(self.coord.rejected),
                 "devices_with_torch": len(self.torch_devices),
+                **({"firmware": self._firmware_summary()} if self.firmware else {}),
             },
+        }
+
+    def _firmware_summary(self) -> dict[str, Any]:
+        """Firmware devices: boards, image sizes, QEMU memory, instruction counts vs the cost model."""
+        images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"] for c in self.firmware.values()}
+        rss = [m["qemu_rss_kb"] for m in self.qemu_mem.values()]
+        pss = [m["qemu_pss_kb"] for m in self.qemu_mem.values() if "qemu_pss_kb" in m]
+        fw = np.array(self.fw_rounds, dtype=float).reshape(-1, 3)
+        return {
+            "devices": len(self.firmware),
+            "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
+                        "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
+                       for f in images.values()],
+            "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
+            "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
+            "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
+            "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
+            "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
         }
 
     def shaping(self) -> dict[str, Any]:
@@ -725,6 +769,7 @@ class Emulation:
 def options_to_json(opt: EmulateOptions) -> dict[str, Any]:
     data = asdict(opt)
     data["mem_budget_override"] = {str(k): v for k, v in opt.mem_budget_override.items()}
+    data["firmware_arena_override"] = {str(k): v for k, v in opt.firmware_arena_override.items()}
     return data
 
 
@@ -732,6 +777,7 @@ def options_from_json(data: dict[str, Any]) -> EmulateOptions:
     known = {f.name for f in fields(EmulateOptions)}
     data = {k: v for k, v in data.items() if k in known}
     data["mem_budget_override"] = {int(k): int(v) for k, v in data.get("mem_budget_override", {}).items()}
+    data["firmware_arena_override"] = {int(k): int(v) for k, v in data.get("firmware_arena_override", {}).items()}
     return EmulateOptions(**data)
 
 

@@ -43,7 +43,8 @@ def mlp_shape(linears_rows: list[list[Any]]) -> tuple[list[int], list[bool]]:
 
 
 def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: Path,
-                     groups: set[str], merges: bool = False, timeout_s: float = 120.0) -> dict[int, dict[str, Any]]:
+                     groups: set[str], merges: bool = False, timeout_s: float = 120.0,
+                     arena_override: dict[int, int] | None = None) -> dict[int, dict[str, Any]]:
     """Per device of a firmware group: the ``twin``/``firmware`` entries of its config."""
     from tinytwin.firmware.build import build_firmware, image_dict, required_arena_bytes
     from tinytwin.firmware.profiles import target_for
@@ -66,8 +67,11 @@ def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: P
             raise type(exc)(f"fleet group {g.name!r} ({g.profile.name}): {exc}") from None
         for d in g.devices:
             d = int(d)
+            own = image
+            if arena_override and d in arena_override:
+                own = build_firmware(target.board, plan_of[g.name].ram_available, arena_override[d])
             out[d] = {"twin": "firmware", "firmware": {
-                "image": image_dict(image), "board": target.board, "cpi": target.cpi,
+                "image": image_dict(own), "board": target.board, "cpi": target.cpi,
                 "clock_hz": float(g.profile.clock_hz), "sizes": sizes, "relu": relu,
                 "workdir": str(workroot / f"d{d}"), "timeout_s": timeout_s}}
     return out

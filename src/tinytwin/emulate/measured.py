@@ -12,6 +12,10 @@ side by side); what the emulation actually took on the wall clock goes to one ex
 - ``wall_total_s``   the round's start → the coordinator has the update
 - ``shaped_down_s`` / ``shaped_up_s``  of which the userspace shaper slept
 - ``rss_kb``         the device process's resident memory after training
+- ``insns``          firmware devices: instructions of the local training counted by the firmware
+                     (QEMU ``-icount``); ``firmware_compute_s`` = insns x CPI / clock, beside
+                     ``device_rounds.compute_s`` (the cost model's FLOP-based time)
+- ``qemu_rss_kb``    firmware devices: the QEMU instance's resident memory
 
 Cross-process intervals use ``time.monotonic()``, one clock for every process on the host
 (network namespaces do not change it). Rows go into the round's own transaction and are
@@ -38,11 +42,14 @@ CREATE TABLE IF NOT EXISTS emulate_device_rounds (
     shaped_down_s REAL,
     shaped_up_s REAL,
     rss_kb INTEGER,
+    insns INTEGER,
+    firmware_compute_s REAL,
+    qemu_rss_kb INTEGER,
     PRIMARY KEY (run_id, round, device)
 );
 """
 COLUMNS = ("round", "device", "wall_down_s", "wall_compute_s", "wall_train_s", "wall_up_s", "wall_total_s",
-           "shaped_down_s", "shaped_up_s", "rss_kb")
+           "shaped_down_s", "shaped_up_s", "rss_kb", "insns", "firmware_compute_s", "qemu_rss_kb")
 
 
 def ensure_table(store: RunStore) -> None:

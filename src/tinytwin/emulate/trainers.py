@@ -111,11 +111,25 @@ class FirmwareTrainer:
         device_s = res.insns * self.cpi / self.clock_hz
         loss = res.ce_sum / max(1, self.tc.epochs * self.n)
         extra = {"insns": res.insns, "firmware_compute_s": device_s, "cost_model_compute_s": self.cost_model_s,
-                 "arena_peak": res.arena_peak, "qemu_pid": self.dev.pid}
+                 "arena_peak": res.arena_peak, **_memory_kb(self.dev.pid)}
         return RoundResult(res.params, loss, res.steps, device_s, extra)
 
     def close(self) -> None:
         self.dev.close()
+
+
+def _memory_kb(pid: int | None) -> dict[str, int]:
+    """Rss and Pss of the QEMU instance (kB), from /proc/PID/smaps_rollup."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key = line.split(":")[0]
+                if key in ("Rss", "Pss"):
+                    out[f"qemu_{key.lower()}_kb"] = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def make_trainer(cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> NumpyTrainer | FirmwareTrainer:
