@@ -57,6 +57,7 @@ def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: P
     arena = required_arena_bytes(sizes, a.batch_size, momentum=bool(a.momentum), merges=merges)
     plan_of = {p.group: p for p in exp.memory}
     out: dict[int, dict[str, Any]] = {}
+    transport = {g.name: s.firmware_transport for g, s in zip(exp.fleet.groups, exp.spec.fleet.groups)}
     for g in exp.fleet.groups:
         if g.name not in groups:
             continue
@@ -73,5 +74,5 @@ def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: P
             out[d] = {"twin": "firmware", "firmware": {
                 "image": image_dict(own), "board": target.board, "cpi": target.cpi,
                 "clock_hz": float(g.profile.clock_hz), "sizes": sizes, "relu": relu,
-                "workdir": str(workroot / f"d{d}"), "timeout_s": timeout_s}}
+                "workdir": str(workroot / f"d{d}"), "timeout_s": timeout_s, "transport": transport[g.name]}}
     return out

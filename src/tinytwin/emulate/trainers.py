@@ -89,6 +89,7 @@ class FirmwareTrainer:
         self.relu = [bool(r) for r in fw["relu"]]
         self.cpi, self.clock_hz = float(fw["cpi"]), float(fw["clock_hz"])
         self.timeout = float(fw.get("timeout_s", 120.0))
+        self.transport = str(fw.get("transport", "files"))
         self.tc = mlp_np.LocalTraining(**cfg["train"])
         self.seed = int(cfg["seed"])
         self.device = int(cfg["device"])
@@ -103,7 +104,8 @@ class FirmwareTrainer:
 
         order = batch_order(self.seed, round_, self.device, self.n, self.tc.epochs)
         try:
-            res = self.dev.train(np.asarray(start, np.float32), self.sizes, self.relu, self.tc, order)
+            res = self.dev.train(np.asarray(start, np.float32), self.sizes, self.relu, self.tc, order,
+                                 transport=self.transport)
         except FirmwareFault as fault:
             self.fault_file.write_text(json.dumps({"round": round_, "kind": fault.kind, "detail": fault.detail,
                                                    "returncode": fault.returncode}))
@@ -112,6 +114,9 @@ class FirmwareTrainer:
         loss = res.ce_sum / max(1, self.tc.epochs * self.n)
         extra = {"insns": res.insns, "firmware_compute_s": device_s, "cost_model_compute_s": self.cost_model_s,
                  "arena_peak": res.arena_peak, **_memory_kb(self.dev.pid)}
+        if self.transport == "uart":
+            extra.update(uart_bytes_in=res.uart_bytes_in, uart_bytes_out=res.uart_bytes_out,
+                         uart_in_s=res.uart_in_seconds, uart_out_s=res.uart_out_seconds)
         return RoundResult(res.params, loss, res.steps, device_s, extra)
 
     def close(self) -> None:

@@ -72,6 +72,9 @@ class GroupSpec(Strict):
     twin: Literal["process", "firmware"] = Field(
         default="process", description="tinytwin emulate: run these devices as numpy processes or as the C "
                                        "firmware on emulated Cortex-M boards (QEMU)")
+    firmware_transport: Literal["files", "uart"] = Field(
+        default="files", description="firmware devices: weights through semihosting files (fast) or through the "
+                                     "emulated UART (realistic serial cost, ~36 KiB/s into the device)")
 
 
 class FleetSpec(Strict):
