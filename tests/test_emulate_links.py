@@ -18,20 +18,13 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.failures import NEVER, build_timeline
 from tinytwin.spec.load import load_spec
 from tinytwin.spec.schema import FailureSpec
-from tinytwin.store.db import RunStore
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "examples" / "quickstart.yaml"
+from emulate_util import QUICK, ROOT, stored_rows
+
 BASE = ["fleet.groups.0.count=5", "rounds=4", "fleet.groups.0.link=ble"]
 
 
-def _rows(run_dir: Path):
-    store = RunStore(run_dir / "results.db")
-    try:
-        info = store.run_info()
-        return store.rounds(info.run_id), store.device_rounds(info.run_id), store.events(info.run_id)
-    finally:
-        store.close()
+_rows = stored_rows
 
 
 def test_timeline_link_outages_and_partitions() -> None:

@@ -16,21 +16,11 @@ from pathlib import Path
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.engines.runner import start_run
 from tinytwin.spec.load import load_spec
-from tinytwin.store.db import RunStore
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "examples" / "quickstart.yaml"
-LOSSLESS = ["fleet.groups.0.count=10", "fleet.groups.0.link_overrides.loss=0",
-            "fleet.groups.0.link_overrides.header_bytes=0"]
+from emulate_util import LOSSLESS, QUICK, ROOT, stored_rows
 
 
-def _rows(run_dir: Path):
-    store = RunStore(run_dir / "results.db")
-    try:
-        info = store.run_info()
-        return store.rounds(info.run_id), store.device_rounds(info.run_id), store.events(info.run_id)
-    finally:
-        store.close()
+
+_rows = stored_rows
 
 
 def _measured(run_dir: Path) -> list[tuple]:

@@ -64,15 +64,7 @@ static void out_u64(uint64_t v) {
     while (n) out_char(tmp[--n]);
 }
 
-static void out_u32(uint32_t v) {
-    char tmp[10];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v);
-    while (n) out_char(tmp[--n]);
-}
+static void out_u32(uint32_t v) { out_u64(v); }
 
 static void out_hex(uint32_t v, int digits) {
     static const char hexd[] = "0123456789abcdef";

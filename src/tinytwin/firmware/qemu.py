@@ -484,14 +484,18 @@ class FirmwareDevice:
                 return text
             self.log.append(text)
 
-    async def _faulted(self, line: str) -> None:
-        """A "!FAULT <kind> <detail>" line: wait for the exit (code 3), then raise."""
+    async def _reap(self) -> None:
+        """Give a dying device a few seconds to exit on its own, then make sure it is gone."""
         assert self.proc is not None
         try:
             await asyncio.wait_for(self.proc.wait(), 5.0)
         except asyncio.TimeoutError:
             pass
         await self.kill()
+
+    async def _faulted(self, line: str) -> None:
+        """A "!FAULT <kind> <detail>" line: wait for the exit (code 3), then raise."""
+        await self._reap()
         parts = line.split(None, 2)
         kind = parts[1] if len(parts) > 1 else "fault"
         if "=" in kind:  # a bare "!FAULT exc=.. cfsr=.." line
@@ -499,12 +503,7 @@ class FirmwareDevice:
         raise FirmwareFault(kind, parts[2] if len(parts) > 2 else "", self.returncode, self.name)
 
     async def _died(self, why: str) -> NoReturn:
-        assert self.proc is not None
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5.0)
-        except asyncio.TimeoutError:
-            pass
-        await self.kill()
+        await self._reap()
         err = self.stderr_text
         if "Lockup" in err:
             first = next((ln for ln in err.splitlines() if "Lockup" in ln), "Lockup")
