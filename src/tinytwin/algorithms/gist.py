@@ -28,27 +28,20 @@ A *segment* is a sparse subset of the flat model, sent as a bitmap plus the pack
 from __future__ import annotations
 
 import math
-import struct
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tinytwin.wire.encoding import decode, encode, encoded_size
+# the wire payload and the band bounds have one definition, torch-free, for device processes
+from tinytwin.algorithms.gist_np import band_bounds, decode_payload, encode_payload, payload_size
 
 __all__ = ["accumulate", "band_bounds", "band_importance", "band_of", "band_order", "decode_payload", "encode_payload",
            "merge", "merge_reference", "payload_size", "random_order", "segment", "segments_of",
            "selection_probabilities"]
 
-_ACC = struct.Struct("<f")
 SELECTIONS = ("proportional", "softmax", "uniform")
-
-
-def band_bounds(num_params: int, segments: int) -> np.ndarray:
-    """Rank boundaries of ``S`` equal-count bands: band i holds ranks ``[ceil(iP/S), ceil((i+1)P/S))``."""
-    s = max(1, min(segments, num_params))
-    return np.array([-(-i * num_params // s) for i in range(s + 1)], dtype=np.int64)
 
 
 def band_order(params: Tensor) -> Tensor:
@@ -122,28 +115,6 @@ def segments_of(params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor,
         idx_out += [t.clone() for t in nz[:, 1].split(counts)]
         val_out += [t.clone() for t in params[r[nz[:, 0]], nz[:, 1]].split(counts)]
     return idx_out, val_out
-
-
-# ---------------------------------------------------------------------------------- payload
-
-def payload_size(num_params: int, nnz: int) -> int:
-    """Bytes of :func:`encode_payload` for a segment of ``nnz`` of ``num_params`` values."""
-    return _ACC.size + encoded_size(num_params, "bitmap", nnz=nnz)
-
-
-def encode_payload(accuracy: float, values: np.ndarray, mask: np.ndarray) -> bytes:
-    """Sender accuracy (float32 LE) + bitmap payload of ``values[mask]``."""
-    return _ACC.pack(float(accuracy)) + encode(np.asarray(values, dtype=np.float32), "bitmap", mask=mask)
-
-
-def decode_payload(payload: bytes, num_params: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """Inverse of :func:`encode_payload`: (accuracy, values with zeros off the mask, mask)."""
-    if len(payload) < _ACC.size:
-        raise ValueError(f"gist payload of {len(payload)} bytes is shorter than its 4-byte header")
-    (acc,) = _ACC.unpack_from(payload)
-    values, mask = decode(payload[_ACC.size:], "bitmap", num_params)
-    assert mask is not None
-    return float(acc), values, mask
 
 
 # ---------------------------------------------------------------------------------- merge

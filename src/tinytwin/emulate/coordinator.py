@@ -35,9 +35,9 @@ import torch
 from tinytwin import __version__
 from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.emulate import measured, mlp_np, shaper
+from tinytwin.emulate import layers_np, measured, mlp_np, shaper
 from tinytwin.emulate.device import OOM_EXIT
-from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
+from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 from tinytwin.emulate.netns import NetnsFleet, require_netns
 from tinytwin.emulate.processes import DeviceProcesses, proc_memory_kb
@@ -92,9 +92,20 @@ class EmulateOptions:
 def _linears(exp: Experiment) -> list[list[Any]]:
     fast = BatchedMLPGrad.for_layers(exp.model.layers)
     if fast is None:
-        raise TinyTwinError(f"emulate supports MLP models only for now (numpy device runtime); "
-                            f"{exp.model.name} has other layers")
+        raise TinyTwinError(f"emulate supports MLP models only for now in this kind of run (centralized runs also "
+                            f"train CNNs); {exp.model.name} has other layers")
     return [[l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after] for l in fast.linears]
+
+
+def _model_rows(exp: Experiment) -> tuple[list[list[Any]] | None, list[dict[str, Any]] | None]:
+    """What a centralized device trains: (MLP rows for ``mlp_np``, None), or for any other zoo
+    model (CNNs) (None, the layer list for ``layers_np``) — issue #5."""
+    if BatchedMLPGrad.for_layers(exp.model.layers) is not None:
+        return _linears(exp), None
+    try:
+        return None, layers_np.describe(exp.model.layers)
+    except ValueError as exc:
+        raise TinyTwinError(f"emulate: model {exp.model.name}: {exc}") from None
 
 
 def check_emulatable(spec: ExperimentSpec) -> None:
@@ -102,92 +113,18 @@ def check_emulatable(spec: ExperimentSpec) -> None:
     if a.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable
         return check_dfl_emulatable(spec)
+    if a.family == "hierarchical":  # local aggregator processes: emulate/hier_coordinator.py
+        from tinytwin.emulate.hier_coordinator import check_hier_emulatable
+        return check_hier_emulatable(spec)
     if a.family != "centralized":
         raise TinyTwinError(f"emulate runs centralized FL only for now; algorithm.family is {a.family!r}")
     if a.encoding == "bitmap" or a.downlink_encoding == "bitmap":
         raise TinyTwinError("emulate: the bitmap encoding is not supported for centralized updates")
 
 
-class Coordinator:
-    """Protocol state and frame checks of the coordinator (usable without sockets)."""
-
-    def __init__(self, num_devices: int, run_key: bytes, num_params: int, tensor_sizes: list[int],
-                 encoding: str) -> None:
-        self.keys = {d: derive_key(run_key, d) for d in range(num_devices)}
-        self.guard = fm.ReplayGuard()
-        self.nonce = time.time_ns()
-        self.n = num_params
-        self.tensor_sizes = tensor_sizes
-        self.encoding = encoding
-        self.round = 0
-        self.expect: set[int] = set()
-        self.updates: dict[int, np.ndarray] = {}
-        self.update_bytes: dict[int, int] = {}
-        self.metrics: dict[int, dict[str, Any]] = {}
-        self.rejected: Counter[str] = Counter()
-        self.reject_events: list[tuple[int | None, str]] = []
-        self.max_frame = max(fm.frame_size(enc.encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)),
-                             64 * 1024)
-
-    def key_for(self, sender: int) -> bytes | None:
-        return self.keys.get(sender)
-
-    def make(self, msg_type: int, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
-        self.nonce += 1
-        return fm.encode_frame(fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce,
-                                        payload), self.keys[receiver])
-
-    def accept(self, data: bytes, conn_device: int | None = None) -> tuple[fm.Frame, Any]:
-        """Check one complete frame; return ``(frame, content)`` or raise :class:`Rejected`.
-
-        Changes no state except the replay guard (and only for authentic frames).
-        """
-        try:
-            fr = fm.decode_frame(data, self.key_for)
-            self.guard.check(fr.sender, fr.nonce)
-        except fm.FrameError as exc:
-            raise Rejected(exc.reason, exc.detail) from None
-        if conn_device is not None and fr.sender != conn_device:
-            raise Rejected("wrong_sender", f"sender {fr.sender} on device {conn_device}'s connection")
-        if fr.receiver != COORDINATOR_ID:
-            raise Rejected("wrong_receiver", f"frame for {fr.receiver}")
-        t = fr.msg_type
-        if conn_device is None and t != fm.MsgType.HELLO:
-            raise Rejected("no_hello", f"{t.name} on a connection that has not said HELLO")
-        if t in (fm.MsgType.HELLO, fm.MsgType.METRICS, fm.MsgType.BYE):
-            try:
-                content = json.loads(fr.payload.decode()) if fr.payload else {}
-                if not isinstance(content, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Rejected("bad_payload", str(exc)) from None
-            if t == fm.MsgType.METRICS and (fr.round != self.round or fr.sender not in self.expect):
-                raise Rejected("stale_round", f"metrics for round {fr.round} from {fr.sender}")
-            return fr, content
-        if t == fm.MsgType.UPDATE:
-            if fr.round != self.round:
-                raise Rejected("stale_round", f"update for round {fr.round}, current {self.round}")
-            if fr.sender not in self.expect or fr.sender in self.updates:
-                raise Rejected("not_expected", f"no update expected from {fr.sender} in round {fr.round}")
-            if fr.encoding != self.encoding:
-                raise Rejected("bad_payload", f"encoding {fr.encoding}, expected {self.encoding}")
-            try:
-                values, _ = enc.decode(fr.payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
-            except ValueError as exc:
-                raise Rejected("bad_payload", str(exc)) from None
-            if not fm.payload_is_finite(values):
-                raise Rejected("non_finite", "update contains NaN or Inf")
-            return fr, values
-        raise Rejected("unexpected_type", f"{t.name} is not sent to the coordinator")
-
-    def handle(self, data: bytes, conn_device: int | None = None) -> tuple[fm.Frame, Any] | None:
-        try:
-            return self.accept(data, conn_device)
-        except Rejected as exc:
-            self.rejected[exc.reason] += 1
-            self.reject_events.append((conn_device, f"{exc.reason}: {exc.detail}"))
-            log.warning("rejected frame (connection of device %s): %s", conn_device, exc)
-            return None
+# The protocol state and frame checks live in a torch-free module (hierarchical runs' local
+# aggregators use them too); re-exported here.
+from tinytwin.emulate.frame_checks import Coordinator  # noqa: E402
 
 
 @dataclass
@@ -235,10 +172,11 @@ class Emulation:
             self.run_key = secrets.token_bytes(32)
             key_file.write_bytes(self.run_key)
             os.chmod(key_file, 0o600)
-        self.linears_rows = _linears(exp)
-        self.linears = mlp_np.linears_from(self.linears_rows)
+        self.linears_rows, self.layer_rows = _model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
+        self.linears = mlp_np.linears_from(self.linears_rows) if self.linears_rows else None
+        self.cnn = layers_np.Net.from_rows(self.layer_rows) if self.layer_rows else None
         # Firmware images are built (and a model too big for a board refused) before any process starts.
-        self.firmware = firmware_configs(exp, self.linears_rows, self.edir / "firmware",
+        self.firmware = firmware_configs(exp, self.linears_rows or [], self.edir / "firmware",
                                          firmware_groups(exp, options.firmware_all),
                                          arena_override=options.firmware_arena_override)
         self.coord = Coordinator(self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes),
@@ -313,6 +251,7 @@ class Emulation:
                     "key_file": str(self.edir / "keys" / f"d{d}.key"),
                     "data_file": str(self.edir / "devices" / f"d{d}.npz"), "seed": exp.spec.seed,
                     "linears": self.linears_rows, "num_params": exp.model.num_params,
+                    "layers": self.layer_rows,  # non-MLP models: trained by layers_np
                     "tensor_sizes": list(exp.model.tensor_sizes),
                     "train": {"epochs": a.local_epochs, "batch_size": a.batch_size, "lr": a.lr,
                               "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
@@ -572,7 +511,9 @@ class Emulation:
                                          tensor_sizes=exp.model.tensor_sizes)[0]
         acc = loss = None
         if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
+            acc, loss = (mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
+                         if self.cnn is None else layers_np.evaluate(self.cnn, new_global.numpy(), self.x_test,
+                                                                     self.y_test))
         round_s = time.perf_counter() - wall0
 
         # The cost model's figures, with the failures that really happened (a device that
@@ -852,12 +793,17 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
     if spec.algorithm.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import start_dfl_emulation
         return start_dfl_emulation(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
+    if spec.algorithm.family == "hierarchical":  # local aggregator processes: emulate/hier_coordinator.py
+        from tinytwin.emulate.hier_coordinator import start_hier_emulation
+        return start_hier_emulation(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
     options = options or EmulateOptions()
     if options.netns:
         require_netns()
     check_emulatable(spec)
     exp = prepare(spec, base_dir)
-    _linears(exp)
+    _model_rows(exp)
+    if firmware_groups(exp, options.firmware_all):
+        check_firmware_spec(exp)  # e.g. a CNN on firmware devices: refused before the run folder exists
     if on_prepared is not None:
         on_prepared(exp)
     run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
@@ -889,7 +835,7 @@ def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path 
         if options.netns:
             require_netns()
         exp = prepare(stored, base_dir)
-        _linears(exp)
+        _model_rows(exp)
     except BaseException:
         store.close()
         raise

@@ -1,14 +1,16 @@
 """The coordinator of a decentralized emulation: bootstrap directory, metrics collector, faults.
 
-Decentralized algorithms (DecFedAvg, server-free FL, gossip) run with one OS process per
-device (:mod:`tinytwin.emulate.peer`, forked by :mod:`tinytwin.emulate.forkserver`), and
-the models travel *device to device* over direct TCP connections. The coordinator never
-relays a model. It
+Decentralized algorithms (DecFedAvg, server-free FL, gossip, Gist, segmented gossip) run with one OS process
+per device (:mod:`tinytwin.emulate.peer`, forked by :mod:`tinytwin.emulate.forkserver`), and
+the models (Gist: segments) travel *device to device* over direct TCP connections. The
+coordinator never relays a model. Devices of firmware groups (``twin: firmware``,
+``--twin firmware``) train and merge with the C client on QEMU; their images are built here
+before any process starts (:func:`tinytwin.emulate.firmware_fleet.firmware_configs`). It
 
 - prepares the experiment exactly like the simulator (data, partition, model, topology,
   link timeline, memory plans with the algorithm's receive buffers) and writes one data
   shard, one config and one key file per device (the keys of the device's own links and
-  of its link to the coordinator only);
+  of its link to the coordinator only), and for Gist the shared validation set;
 - collects HELLOs (pid, listening port) and hands each device the directory of its link
   partners' ports;
 - starts every round with one CONTROL per device carrying that device's entry of
@@ -48,11 +50,15 @@ import numpy as np
 import torch
 
 from tinytwin import __version__
+from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
+from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
 from tinytwin.emulate.coordinator import Coordinator, EmulateOptions, _linears, proc_memory_kb
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
+from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 from tinytwin.emulate.wire_np import Rejected
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -73,7 +79,7 @@ from tinytwin.wire import frame as fm
 log = logging.getLogger("tinytwin.emulate.dfl")
 ProgressFn = Callable[[int, dict[str, Any]], None]
 MiB = 2**20
-EMULATED = ("decfedavg", "serverfree", "gossip")
+EMULATED = ("decfedavg", "serverfree", "gossip", "gist", "segmented_gossip")
 
 
 @dataclass
@@ -97,11 +103,12 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
     if a.name == "gossip" and a.gossip.exchange != "push":
         raise TinyTwinError("emulate: gossip exchange push_pull merges pair by pair in one global order, which "
                             "devices cannot reproduce; use exchange: push")
+    if a.name == "segmented_gossip" and a.encoding == "int8":
+        raise TinyTwinError("emulate: segmented gossip with int8 payloads is simulation-only (the simulator scales "
+                            "a pulled segment with the whole model's per-tensor scales); use float32 or float16")
     if getattr(spec.failures, "link_down", None):
         raise TinyTwinError("emulate: failures.link_down cuts links to a server; decentralized runs take "
                             "device-to-device links down with topology.link_events")
-    if any(getattr(g, "twin", "process") != "process" for g in spec.fleet.groups):
-        raise TinyTwinError("emulate: firmware devices take part in centralized runs only for now")
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -231,8 +238,22 @@ class DflEmulation:
         L = exp.fleet.links
         self.links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
                                   int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(self.n)]
-        self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
-            AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0)
+        if a.name == "gist":   # the largest segment: the simulator's message_payload_estimate
+            self.payload_bytes = gist_np.payload_size(p, -(-p // max(1, a.gist.segments)))
+        elif a.name == "segmented_gossip":
+            self.payload_bytes = 4 * -(-p // a.segments.count)
+        else:
+            self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
+                AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0)
+        # Firmware devices: images built (and a model too big for a board refused) before any
+        # process starts; merges=True sizes the arena for the M / G merge buffers.
+        self.firmware = firmware_configs(exp, self.linears_rows, self.edir / "firmware",
+                                         firmware_groups(exp, options.firmware_all), merges=True,
+                                         arena_override=options.firmware_arena_override)
+        self.qemu_mem: dict[int, dict[str, int]] = {}
+        self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
+        self.fw_merge_insns: list[int] = []
+        self.gist_merges = 0
         self.procs = ForkServer()
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.hello: dict[int, asyncio.Event] = {d: asyncio.Event() for d in range(self.n)}
@@ -260,6 +281,10 @@ class DflEmulation:
         exp, a = self.exp, self.a
         ds = exp.dataset
         np.save(self.edir / "devices" / "initial.npy", exp.initial_params().numpy())
+        if a.name == "gist":   # the shared validation set every device scores itself on (the simulator's)
+            val = gist_np.validation_indices(exp.spec.seed, len(ds.y_test), a.gist.validation_size)
+            np.savez(self.edir / "devices" / "validation.npz", x=ds.x_test[val].reshape(len(val), -1),
+                     y=ds.y_test[val])
         plan_of = {pl.group: pl for pl in self.plans}
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
@@ -285,12 +310,17 @@ class DflEmulation:
                               "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
                               "prox_mu": 0.0},
                     "algorithm": {"name": a.name, "merge": a.gossip.merge if a.name == "gossip" else None,
-                                  "buffer_size": a.gossip.buffer_size},
+                                  "buffer_size": a.gossip.buffer_size,
+                                  **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
+                                  **({"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
+                                     if a.name == "segmented_gossip" else {})},
+                    "validation_file": str(self.edir / "devices" / "validation.npz"),
                     "encoding": a.encoding, "link": self.links[d].__dict__,
                     "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
                     "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
                     "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget),
                     "max_frame": max_frame, "merge_timeout_s": self.opt.merge_timeout_s,
+                    **self.firmware.get(d, {}),
                 }
                 (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
 
@@ -364,7 +394,11 @@ class DflEmulation:
                 except asyncio.TimeoutError:
                     pass
             rc = self.procs.exits.get(d)
-            self.dead[d] = "oom" if rc == OOM_EXIT else ("disconnected" if rc is None else f"crash (exit {rc})")
+            if rc == FIRMWARE_FAULT_EXIT:
+                fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+                self.dead[d] = f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
+            else:
+                self.dead[d] = "oom" if rc == OOM_EXIT else ("disconnected" if rc is None else f"crash (exit {rc})")
         self._check_done()
 
     async def _notify_down(self, d: int) -> None:
@@ -455,7 +489,7 @@ class DflEmulation:
         # a device whose permanent failure falls in round r starts the round and is killed during it
         taking = (exp.timeline.online(r) | failing) & alive
         victims = [int(d) for d in np.flatnonzero(failing & alive)]
-        plan = plan_round(a, spec.seed, self.net, taking, r)
+        plan = plan_round(a, spec.seed, self.net, taking, r, exp.model.num_params, self.n_train)
         self.coord.round = r
         self.coord.updates, self.coord.metrics = {}, {}
         self.coord.expect = {int(d) for d in np.flatnonzero(taking)}
@@ -519,6 +553,16 @@ class DflEmulation:
                 recv_b[d] += int(nbytes)
                 n_recv[d] += 1
             self.merge_timeouts += len(m.get("timeouts", []))
+            self.gist_merges += int(bool(m.get("gist_merged")))
+            if "qemu_rss_kb" in m:      # firmware devices report their QEMU's memory and instructions
+                cur = self.qemu_mem.setdefault(d, {})
+                for k in ("qemu_rss_kb", "qemu_pss_kb"):
+                    cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
+            if "insns" in m:
+                self.fw_rounds.append((int(m["insns"]), float(m["firmware_compute_s"]),
+                                       float(m["cost_model_compute_s"])))
+            if "merge_insns" in m:
+                self.fw_merge_insns.append(int(m["merge_insns"]))
             prev = st["device_rejected"].get(d, {})   # the device reports running totals
             diff = {k: v - prev.get(k, 0) for k, v in m.get("rejected", {}).items() if v > prev.get(k, 0)}
             if diff:
@@ -698,7 +742,30 @@ class DflEmulation:
                 "peer_down_sent": self.peer_down_sent,
                 "merge_timeouts": self.merge_timeouts,
                 "devices_lost": {str(d): how for d, how in sorted(self.dead.items())},
+                **({"gist_merges": self.gist_merges} if a.name == "gist" else {}),
+                **({"firmware": self._firmware_summary()} if self.firmware else {}),
             },
+        }
+
+    def _firmware_summary(self) -> dict[str, Any]:
+        """Firmware devices: boards, image sizes, QEMU memory, instruction counts (training and
+        merging) vs the cost model — the centralized twin's summary plus the merges."""
+        images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"]
+                  for c in self.firmware.values()}
+        rss = [m["qemu_rss_kb"] for m in self.qemu_mem.values()]
+        pss = [m["qemu_pss_kb"] for m in self.qemu_mem.values() if "qemu_pss_kb" in m]
+        fw = np.array(self.fw_rounds, dtype=float).reshape(-1, 3)
+        return {
+            "devices": len(self.firmware),
+            "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
+                        "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
+                       for f in images.values()],
+            "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
+            "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
+            "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
+            "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
+            "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
+            "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns else None,
         }
 
 

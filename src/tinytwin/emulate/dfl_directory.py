@@ -10,14 +10,21 @@ each device only its own entry (:class:`RoundEntry`):
 - DecFedAvg: the device's row of :func:`tinytwin.net.topology.metropolis_hastings` over
   those links; server-free FL: its row of
   :func:`tinytwin.algorithms.mixing.serverfree_weights`;
-- gossip: the pushes of :func:`tinytwin.algorithms.gossip.choose_peers`, drawn from the
-  ``PEERS`` stream of round r exactly as the simulator draws them, so both twins send the
-  same messages; a device learns whom it pushes to and whom it will hear from.
+- gossip and Gist: the pushes of :func:`tinytwin.algorithms.gossip.choose_peers`, drawn
+  from the ``PEERS`` stream of round r exactly as the simulator draws them, so both twins
+  send the same messages; a device learns whom it pushes to and whom it will hear from.
+  Gist also tells a device its row among the round's senders and the position of its
+  first message in the round's message list: with them the device draws, from the
+  simulator's ``BANDS`` streams, exactly the uniforms (and SDFA orders) the simulator
+  draws for it (:mod:`tinytwin.algorithms.gist_np`).
+- segmented gossip: the pulls of :func:`tinytwin.algorithms.segments.choose_replicas` (same
+  ``PEERS`` draws): a device learns which segment it requests from whom (and that peer's
+  data size, its merge weight) and how many requests it must answer from whom.
 
 Keys: the link between devices a < b is authenticated with
 ``HMAC-SHA256(run_key, "tinytwin-emulate-link-a-b")`` (:func:`link_key`); a device gets the
-keys of its own links only (graph neighbours; for gossip with ``peer: random``, whose
-overlay is complete, every other device).
+keys of its own links only (graph neighbours; for gossip and Gist with ``peer: random``,
+whose overlay is complete, every other device).
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ import hashlib
 import hmac
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from tinytwin.algorithms.gossip import choose_peers
 from tinytwin.algorithms.mixing import serverfree_weights
+from tinytwin.algorithms.segments import choose_replicas, contiguous_bounds
 from tinytwin.engines.network import Network
 from tinytwin.net.topology import full, metropolis_hastings
 from tinytwin.rng import Stream, stream_rng
@@ -46,12 +55,18 @@ def link_key(run_key: bytes, a: int, b: int) -> bytes:
 def link_partners(alg: AlgorithmSpec, network: Network) -> list[list[int]]:
     """For every device, the devices it may ever exchange frames with (sorted)."""
     n = network.topology.num_nodes
-    edges = full(n).edges if alg.name == "gossip" and alg.gossip.peer == "random" else network.topology.edges
+    edges = full(n).edges if _random_peers(alg) else network.topology.edges
     out: list[list[int]] = [[] for _ in range(n)]
     for u, v in edges.tolist():
         out[u].append(v)
         out[v].append(u)
     return [sorted(p) for p in out]
+
+
+def _random_peers(alg: AlgorithmSpec) -> bool:
+    """Peers drawn from every online device (a complete overlay), not from graph neighbours."""
+    return ((alg.name == "gossip" and alg.gossip.peer == "random") or (alg.name == "gist" and alg.gist.peer == "random")
+            or (alg.name == "segmented_gossip" and alg.segments.peer == "random"))
 
 
 @dataclass
@@ -63,6 +78,7 @@ class RoundEntry:
     expect: dict[int, int] = field(default_factory=dict)  # sender -> models per exchange step
     self_weight: float = 1.0                               # mixing algorithms
     weights: dict[int, float] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)              # algorithm-specific (Gist: row, offset)
 
     def control(self, round_: int, lr: float, steps: int) -> dict:
         msg: dict = {"cmd": "round", "round": round_, "online": self.online}
@@ -70,6 +86,7 @@ class RoundEntry:
             msg.update(lr=lr, steps=steps, send=self.send, expect={str(k): v for k, v in self.expect.items()})
             if self.weights or self.self_weight != 1.0:
                 msg.update(self_weight=self.self_weight, weights={str(k): w for k, w in self.weights.items()})
+            msg.update(self.extra)
         return msg
 
 
@@ -83,11 +100,17 @@ class RoundPlan:
 
     @property
     def messages(self) -> int:
-        return sum(len(e.send) for e in self.entries.values()) * self.steps
+        """Messages the plan makes devices send (segmented gossip: requests and their responses)."""
+        serve = sum(sum(e.extra.get("requests", {}).values()) for e in self.entries.values())
+        return sum(len(e.send) for e in self.entries.values()) * self.steps + serve
 
 
-def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarray, r: int) -> RoundPlan:
-    """The round-``r`` directory entry of every device (offline ones: ``online=False``)."""
+def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarray, r: int,
+               num_params: int = 0, data_sizes: np.ndarray | None = None) -> RoundPlan:
+    """The round-``r`` directory entry of every device (offline ones: ``online=False``).
+
+    Segmented gossip also needs the model's ``num_params`` (how many segments there are) and
+    every device's ``data_sizes`` (the merge weights of the pulled segments)."""
     topo = network.topology
     n = topo.num_nodes
     edges = topo.active_edges(network.links.edge_up(r), online)
@@ -105,17 +128,50 @@ def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarr
             e.weights = row
             e.send = sorted(row)
             e.expect = {j: 1 for j in sorted(row)}
-    elif alg.name == "gossip":
-        g = alg.gossip
+    elif alg.name in ("gossip", "gist"):
+        g = alg.gossip if alg.name == "gossip" else alg.gist
         ids = np.flatnonzero(online)
         src, dst = choose_peers(stream_rng(seed, Stream.PEERS, r), ids, g.sends, online,
                                 None if g.peer == "random" else topo.neighbours(edges))
         inbound: dict[int, Counter[int]] = {}
-        for s, t in zip(src.tolist(), dst.tolist()):
+        for m, (s, t) in enumerate(zip(src.tolist(), dst.tolist())):
+            if alg.name == "gist" and not entries[s].send:
+                entries[s].extra["offset"] = m          # its first message: where its band draws start
             entries[s].send.append(t)
             inbound.setdefault(t, Counter())[s] += 1
         for t, c in inbound.items():
             entries[t].expect = dict(sorted(c.items()))
+        if alg.name == "gist":
+            # Gist: the device's row among the round's senders (SDFA's random segments) and the
+            # position of its first message in the round's message list (its band draws)
+            for row, d in enumerate(ids.tolist()):
+                entries[d].extra = {"gist": {"row": row, "offset": entries[d].extra.get("offset", 0)}}
+    elif alg.name == "segmented_gossip":
+        # every device pulls each segment from `replicas` peers (choose_replicas, the simulator's
+        # PEERS draws): a request to each, in order (segment, replica); the peer answers each
+        # request with its trained copy of that segment
+        sg = alg.segments
+        ids = np.flatnonzero(online)
+        num_segments = len(contiguous_bounds(int(num_params), sg.count)) - 1
+        peers = choose_replicas(stream_rng(seed, Stream.PEERS, r), ids, num_segments, sg.replicas, online,
+                                None if sg.peer == "random" else topo.neighbours(edges))
+        sizes = np.ones(n) if data_sizes is None else np.asarray(data_sizes, dtype=np.float64)
+        requests: dict[int, Counter[int]] = {}
+        for i, d in enumerate(ids.tolist()):
+            e = entries[d]
+            pulls: list[list[Any]] = []
+            for seg in range(num_segments):
+                for p in peers[i, seg].tolist():
+                    if p < 0:
+                        continue
+                    e.send.append(p)
+                    pulls.append([seg, p, float(sizes[p])])
+                    e.expect[p] = e.expect.get(p, 0) + 1
+                    requests.setdefault(p, Counter())[d] += 1
+            e.extra = {"pulls": pulls, "own_weight": float(sizes[d])}
+        for d in ids.tolist():
+            entries[d].expect = dict(sorted(entries[d].expect.items()))
+            entries[d].extra["requests"] = {str(k): v for k, v in sorted(requests.get(d, Counter()).items())}
     else:
         raise ValueError(f"no emulated directory for {alg.name}")
     return RoundPlan(r, online, edges, entries, steps)

@@ -30,6 +30,10 @@ def firmware_groups(exp: Experiment, all_firmware: bool = False) -> set[str]:
 
 
 def check_firmware_spec(exp: Experiment) -> None:
+    other = sorted({l.kind for l in exp.model.layers} - {"flatten", "linear", "relu"})
+    if other:
+        raise TinyTwinError(f"firmware devices train MLPs only; model {exp.model.name} has {', '.join(other)} "
+                            "layers (run its groups with twin: process)")
     a = exp.spec.algorithm
     if a.optimizer != "sgd" or a.prox_mu:
         raise TinyTwinError(f"firmware devices train with SGD (momentum, weight decay) only; algorithm uses "

@@ -21,17 +21,19 @@ Requires ``OPENBLAS_NUM_THREADS=1`` (no BLAS threads may exist at ``fork``).
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import select
 import sys
 import traceback
+from typing import Callable
 
 import numpy as np
 
 from tinytwin.emulate import peer
 
 
-def _child(cfg_path: str, log_path: str) -> None:
+def _child(cfg_path: str, log_path: str, main: Callable[[list[str]], int] | None = None) -> None:
     code = 1
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -41,7 +43,7 @@ def _child(cfg_path: str, log_path: str) -> None:
         os.dup2(null, 0)
         os.dup2(null, 1)
         os.close(null)
-        code = peer.main([cfg_path])
+        code = (main or peer.main)([cfg_path])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -57,7 +59,8 @@ def _say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def serve() -> int:
+def serve(main: Callable[[list[str]], int] | None = None) -> int:
+    """Fork children that run ``main(["CONFIG"])`` (default: the peer runtime)."""
     _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)   # OpenBLAS buffers, before fork
     # Keep the children's garbage collector off the inherited objects, so that a collection does
     # not write to (and copy) their shared pages (Python docs, gc.freeze; measured: ~1 MB less PSS
@@ -81,7 +84,7 @@ def serve() -> int:
                 device, cfg_path, log_path = int(parts[1]), parts[2], parts[3]
                 pid = os.fork()
                 if pid == 0:
-                    _child(cfg_path, log_path)
+                    _child(cfg_path, log_path, main)
                 children[pid] = device
                 _say(f"pid {device} {pid}")
         while children:
@@ -102,5 +105,11 @@ def serve() -> int:
     return 0
 
 
+def _entry(argv: list[str]) -> Callable[[list[str]], int] | None:
+    """Hook for hierarchical runs: ``python -m tinytwin.emulate.forkserver MODULE`` forks
+    children that run ``MODULE.main`` (imported once here, before any fork)."""
+    return importlib.import_module(argv[0]).main if argv else None
+
+
 if __name__ == "__main__":
-    sys.exit(serve())
+    sys.exit(serve(_entry(sys.argv[1:])))

@@ -5,8 +5,9 @@ link shaping, reconnects — and asks a *trainer* for one round of local trainin
 trainers, one interface, so a firmware device is "just another device" to the coordinator
 and its peers (issue #6):
 
-* :class:`NumpyTrainer` — :func:`tinytwin.emulate.mlp_np.train` in the process itself; its
-  compute time is the cost model's (``cfg["compute_s"]``).
+* :class:`NumpyTrainer` — :func:`tinytwin.emulate.mlp_np.train` (MLPs) or
+  :func:`tinytwin.emulate.layers_np.train` (any other zoo model: CNNs; the config's
+  ``layers``) in the process itself; its compute time is the cost model's (``cfg["compute_s"]``).
 * :class:`FirmwareTrainer` — the project's C client on QEMU (``tinytwin.firmware.qemu``),
   started before the process caps anything (QEMU reserves a 1 GiB translation buffer); the
   shard is written once as the board's ``data.bin``, each round's global model and batch
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin.emulate import mlp_np
+from tinytwin.emulate import layers_np, mlp_np
 
 FIRMWARE_FAULT_EXIT = 87
 
@@ -55,7 +56,9 @@ class NumpyTrainer:
     caps_process_memory = True
 
     def __init__(self, cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
-        self.linears = mlp_np.linears_from(cfg["linears"])
+        layers = cfg.get("layers")
+        self.net = layers_np.Net.from_rows(layers) if layers else None  # CNNs; MLPs: mlp_np (tuned)
+        self.linears = mlp_np.linears_from(cfg["linears"]) if self.net is None else []
         self.tc = mlp_np.LocalTraining(**cfg["train"])
         self.seed = int(cfg["seed"])
         self.device = int(cfg["device"])
@@ -63,6 +66,10 @@ class NumpyTrainer:
         self.x, self.y = x, y
 
     def train(self, start: np.ndarray, round_: int) -> RoundResult:
+        if self.net is not None:
+            params, loss, steps = layers_np.train(self.net, start, self.x, self.y, self.tc, self.seed, round_,
+                                                  self.device)
+            return RoundResult(params, loss, steps, self.compute_s)
         params, loss, steps = mlp_np.train(self.linears, start, self.x, self.y, self.tc, self.seed, round_,
                                            self.device)
         return RoundResult(params, loss, steps, self.compute_s)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from tinytwin.algorithms import gist as G
+from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms import gossip as GS
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
@@ -466,8 +467,7 @@ class DecentralizedSimulator:
         self.y_train = torch.from_numpy(ds.y_train)
         self.x_test = torch.from_numpy(ds.x_test)
         self.y_test = torch.from_numpy(ds.y_test)
-        val_n = min(a.gist.validation_size, len(ds.y_test))
-        val = np.sort(stream_rng(self.seed, Stream.VALIDATION).permutation(len(ds.y_test))[:val_n])
+        val = validation_indices(self.seed, len(ds.y_test), a.gist.validation_size)
         self.x_val, self.y_val = self.x_test[torch.from_numpy(val)], self.y_test[torch.from_numpy(val)]
         self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
         self.train_idx = [p[: a.train_samples] if a.train_samples else p for p in exp.parts]

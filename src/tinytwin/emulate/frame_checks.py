@@ -1,0 +1,109 @@
+"""The coordinator's side of the device protocol: link keys, frames out, checks of frames in.
+
+:class:`Coordinator` holds no sockets and imports no torch, so the same checks serve the
+centralized coordinator (:mod:`tinytwin.emulate.coordinator`), the decentralized one
+(metrics and model reports) and the local aggregators of hierarchical runs
+(:mod:`tinytwin.emulate.aggregator`), which speak the coordinator's side of the protocol
+to their devices and the device's side to the global coordinator. Moved here unchanged
+from ``emulate/coordinator.py``, which re-exports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, derive_key
+from tinytwin.wire import encoding as enc
+from tinytwin.wire import frame as fm
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger("tinytwin.emulate")
+
+
+class Coordinator:
+    """Protocol state and frame checks of the coordinator (usable without sockets)."""
+
+    def __init__(self, num_devices: int, run_key: bytes, num_params: int, tensor_sizes: list[int],
+                 encoding: str) -> None:
+        self.keys = {d: derive_key(run_key, d) for d in range(num_devices)}
+        self.guard = fm.ReplayGuard()
+        self.nonce = time.time_ns()
+        self.n = num_params
+        self.tensor_sizes = tensor_sizes
+        self.encoding = encoding
+        self.round = 0
+        self.expect: set[int] = set()
+        self.updates: dict[int, np.ndarray] = {}
+        self.update_bytes: dict[int, int] = {}
+        self.metrics: dict[int, dict[str, Any]] = {}
+        self.rejected: Counter[str] = Counter()
+        self.reject_events: list[tuple[int | None, str]] = []
+        self.max_frame = max(fm.frame_size(enc.encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)),
+                             64 * 1024)
+
+    def key_for(self, sender: int) -> bytes | None:
+        return self.keys.get(sender)
+
+    def make(self, msg_type: int, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
+        self.nonce += 1
+        return fm.encode_frame(fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce,
+                                        payload), self.keys[receiver])
+
+    def accept(self, data: bytes, conn_device: int | None = None) -> tuple[fm.Frame, Any]:
+        """Check one complete frame; return ``(frame, content)`` or raise :class:`Rejected`.
+
+        Changes no state except the replay guard (and only for authentic frames).
+        """
+        try:
+            fr = fm.decode_frame(data, self.key_for)
+            self.guard.check(fr.sender, fr.nonce)
+        except fm.FrameError as exc:
+            raise Rejected(exc.reason, exc.detail) from None
+        if conn_device is not None and fr.sender != conn_device:
+            raise Rejected("wrong_sender", f"sender {fr.sender} on device {conn_device}'s connection")
+        if fr.receiver != COORDINATOR_ID:
+            raise Rejected("wrong_receiver", f"frame for {fr.receiver}")
+        t = fr.msg_type
+        if conn_device is None and t != fm.MsgType.HELLO:
+            raise Rejected("no_hello", f"{t.name} on a connection that has not said HELLO")
+        if t in (fm.MsgType.HELLO, fm.MsgType.METRICS, fm.MsgType.BYE):
+            try:
+                content = json.loads(fr.payload.decode()) if fr.payload else {}
+                if not isinstance(content, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise Rejected("bad_payload", str(exc)) from None
+            if t == fm.MsgType.METRICS and (fr.round != self.round or fr.sender not in self.expect):
+                raise Rejected("stale_round", f"metrics for round {fr.round} from {fr.sender}")
+            return fr, content
+        if t == fm.MsgType.UPDATE:
+            if fr.round != self.round:
+                raise Rejected("stale_round", f"update for round {fr.round}, current {self.round}")
+            if fr.sender not in self.expect or fr.sender in self.updates:
+                raise Rejected("not_expected", f"no update expected from {fr.sender} in round {fr.round}")
+            if fr.encoding != self.encoding:
+                raise Rejected("bad_payload", f"encoding {fr.encoding}, expected {self.encoding}")
+            try:
+                values, _ = enc.decode(fr.payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
+            except ValueError as exc:
+                raise Rejected("bad_payload", str(exc)) from None
+            if not fm.payload_is_finite(values):
+                raise Rejected("non_finite", "update contains NaN or Inf")
+            return fr, values
+        raise Rejected("unexpected_type", f"{t.name} is not sent to the coordinator")
+
+    def handle(self, data: bytes, conn_device: int | None = None) -> tuple[fm.Frame, Any] | None:
+        try:
+            return self.accept(data, conn_device)
+        except Rejected as exc:
+            self.rejected[exc.reason] += 1
+            self.reject_events.append((conn_device, f"{exc.reason}: {exc.detail}"))
+            log.warning("rejected frame (connection of device %s): %s", conn_device, exc)
+            return None
