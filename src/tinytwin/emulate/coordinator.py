@@ -293,8 +293,8 @@ class Emulation:
             return "killed"
         if rc == OOM_EXIT:
             return "oom"
-        if rc == FIRMWARE_FAULT_EXIT:
-            fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+        fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+        if rc == FIRMWARE_FAULT_EXIT or fault is not None:  # the file is written before the exit
             return f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
         return "disconnected" if rc is None else f"crash (exit {rc})"
 

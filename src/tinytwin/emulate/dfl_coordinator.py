@@ -394,8 +394,10 @@ class DflEmulation:
                 except asyncio.TimeoutError:
                     pass
             rc = self.procs.exits.get(d)
-            if rc == FIRMWARE_FAULT_EXIT:
-                fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+            # The fault file is written before the process exits: it decides even when the exit
+            # status has not been collected yet (a loaded machine).
+            fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
+            if rc == FIRMWARE_FAULT_EXIT or fault is not None:
                 self.dead[d] = f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
             else:
                 self.dead[d] = "oom" if rc == OOM_EXIT else ("disconnected" if rc is None else f"crash (exit {rc})")
