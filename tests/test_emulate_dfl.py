@@ -16,6 +16,7 @@ import yaml
 
 from conftest import run_cli, write_spec
 from dfl_util import distinct_models, engine, run_engine, spec_dict
+from emulate_util import stored_tables
 from tinytwin.algorithms import gist as G
 from tinytwin.algorithms import gist_np as GN
 from tinytwin.algorithms import gossip as GS
@@ -36,8 +37,6 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.net.topology import metropolis_hastings, ring
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.load import validate_spec
-from tinytwin.store import dfl as dfl_store
-from tinytwin.store.db import RunStore
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -52,13 +51,7 @@ def _emulate(tmp_path: Path, raw: dict, **opts):
 
 
 def _tables(run_dir: Path):
-    store = RunStore(run_dir / "results.db")
-    try:
-        rid = store.run_info().run_id
-        return (store.run_info(), store.rounds(rid), store.device_rounds(rid), store.events(rid),
-                dfl_store.round_metrics(store, rid), dfl_store.device_metrics(store, rid))
-    finally:
-        store.close()
+    return stored_tables(run_dir)
 
 
 # ---------------------------------------------------------------------------------- fidelity

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import run_cli, write_spec
 from dfl_util import run_engine, spec_dict
+from emulate_util import stored_tables
 from tinytwin.emulate.aggregator import aggregator_id, aggregator_key
 from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
 from tinytwin.emulate.device import DeviceRuntime
@@ -26,7 +27,6 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.report import compare_runs
 from tinytwin.spec.load import validate_spec
 from tinytwin.store import dfl as dfl_store
-from tinytwin.store.db import RunStore
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -53,13 +53,7 @@ def _emulate(tmp_path: Path, raw: dict, **opts):
 
 
 def _tables(run_dir: Path):
-    store = RunStore(run_dir / "results.db")
-    try:
-        rid = store.run_info().run_id
-        return (store.run_info(), store.rounds(rid), store.device_rounds(rid), store.events(rid),
-                dfl_store.round_metrics(store, rid), dfl_store.device_metrics(store, rid), dfl_store.ledger(store, rid))
-    finally:
-        store.close()
+    return stored_tables(run_dir, ledger=True)
 
 
 # ---------------------------------------------------------------------------------- fidelity

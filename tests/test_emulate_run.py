@@ -6,24 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from emulate_util import LOSSLESS, QUICK, ROOT, stored_rows
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.engines.runner import start_run
 from tinytwin.spec.load import load_spec
-from tinytwin.store.db import RunStore
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "examples" / "quickstart.yaml"
-LOSSLESS = ["fleet.groups.0.count=10", "fleet.groups.0.link_overrides.loss=0",
-            "fleet.groups.0.link_overrides.header_bytes=0"]
-
-
-def _rows(run_dir: Path):
-    store = RunStore(run_dir / "results.db")
-    try:
-        info = store.run_info()
-        return info, store.rounds(info.run_id), store.device_rounds(info.run_id), store.events(info.run_id)
-    finally:
-        store.close()
 
 
 def test_fidelity_accuracy_and_bytes_match_simulator(tmp_path: Path) -> None:
@@ -35,9 +21,9 @@ def test_fidelity_accuracy_and_bytes_match_simulator(tmp_path: Path) -> None:
                                        EmulateOptions(time_scale=0.0), report=True)
     assert (run_dir / "report.html").is_file()
     assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.01
-    info, emu_rounds, emu_dev, _ = _rows(run_dir)
+    info, emu_rounds, emu_dev, _ = stored_rows(run_dir, with_info=True)
     assert info.twin == "emulate" and info.status == "complete"
-    _, sim_rounds, _, _ = _rows(sim.run_dir)
+    sim_rounds, _, _ = stored_rows(sim.run_dir)
     assert [r["bytes_up"] for r in emu_rounds] == [r["bytes_up"] for r in sim_rounds]
     assert [r["bytes_down"] for r in emu_rounds] == [r["bytes_down"] for r in sim_rounds]
     assert all(r["completed"] == 10 for r in emu_rounds)
@@ -54,7 +40,7 @@ def test_kills_mid_round_fedavg_completes_with_survivors(tmp_path: Path) -> None
     spec, spec_yaml = load_spec(QUICK, LOSSLESS + ["rounds=4", "failures.dropout=0.2"])
     run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
                                        EmulateOptions(time_scale=0.0, round_timeout_s=30), report=False)
-    _, rounds, dev_rows, events = _rows(run_dir)
+    rounds, dev_rows, events = stored_rows(run_dir)
     assert len(rounds) == 4 and summary["rounds"] == 4
     kills = [e for e in events if e["kind"] == "killed"]
     assert kills, "dropout 0.2 over 40 device-rounds should kill someone"
@@ -74,7 +60,7 @@ def test_memory_cap_exceeded_is_recorded_as_oom(tmp_path: Path) -> None:
     run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
                                        EmulateOptions(time_scale=0.0, round_timeout_s=30,
                                                       mem_budget_override={2: 0}), report=False)
-    _, rounds, dev_rows, events = _rows(run_dir)
+    rounds, dev_rows, events = stored_rows(run_dir)
     ooms = [e for e in events if e["kind"] == "oom"]
     assert {e["device"] for e in ooms} == {2} and {e["round"] for e in ooms} == {1, 2}
     assert all(r["completed"] == 4 for r in rounds)
@@ -86,9 +72,9 @@ def test_pacing_makes_rounds_take_the_modelled_time(tmp_path: Path, time_scale: 
     spec, spec_yaml = load_spec(QUICK, ["fleet.groups.0.count=5", "rounds=2", "fleet.groups.0.link=ble"])
     run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
                                        EmulateOptions(time_scale=time_scale), report=False)
-    _, rounds, dev_rows, _ = _rows(run_dir)
+    rounds, dev_rows, _ = stored_rows(run_dir)
     sim = start_run(*load_spec(QUICK, ["fleet.groups.0.count=5", "rounds=2", "fleet.groups.0.link=ble"]),
                     tmp_path / "sim", ROOT / "examples", report=False)
-    _, sim_rounds, _, _ = _rows(sim.run_dir)
+    sim_rounds, _, _ = stored_rows(sim.run_dir)
     for emu, ref in zip(rounds, sim_rounds):
         assert emu["duration_s"] >= 0.9 * ref["duration_s"] * time_scale

@@ -46,6 +46,7 @@ import numpy as np
 
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, DeviceRuntime, log, proc_status_kb
 from tinytwin.emulate.frame_checks import Coordinator
+from tinytwin.emulate.serving import accepted_frames, read_frame, send_frame
 from tinytwin.emulate.wire_np import Rejected
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
@@ -63,19 +64,6 @@ def aggregator_id(cluster: int) -> int:
 def aggregator_key(run_key: bytes, cluster: int) -> bytes:
     """The key of the link local aggregator ``cluster`` ↔ global coordinator (both directions)."""
     return hmac.new(run_key, b"tinytwin-emulate-aggregator-%d" % int(cluster), hashlib.sha256).digest()
-
-
-async def read_frame(reader: asyncio.StreamReader, max_frame: int) -> bytes:
-    """One complete frame from a stream; :class:`Rejected` for a bad or oversized header (the
-    stream cannot be resynchronised: the caller closes it), ``IncompleteReadError`` at the end."""
-    header = await reader.readexactly(fm.HEADER_SIZE)
-    try:
-        total = fm.frame_length(header)
-    except fm.FrameError as exc:
-        raise Rejected(exc.reason, exc.detail) from None
-    if total > max_frame:
-        raise Rejected("oversized", f"frame of {total} bytes > {max_frame}")
-    return header + await reader.readexactly(total - fm.HEADER_SIZE)
 
 
 class LocalAggregator:
@@ -112,37 +100,27 @@ class LocalAggregator:
     async def _serve_device(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         device: int | None = None
         try:
-            while True:
-                try:
-                    data = await read_frame(reader, self.down.max_frame)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                except Rejected as exc:
-                    self.down.rejected[exc.reason] += 1
-                    self.down.reject_events.append((device, f"{exc.reason} (header); connection closed"))
-                    log(f"aggregator {self.cluster}: rejected frame header from device {device}: {exc}; closing")
-                    break
-                got = self.down.handle(data, device)
-                if got is None:
-                    continue
-                fr, content = got
+            async for fr, content, size in accepted_frames(
+                    reader, self.down, lambda: device,
+                    on_reject=lambda dev, exc: log(f"aggregator {self.cluster}: rejected frame header from device "
+                                                   f"{dev}: {exc}; closing")):
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
                     self.writers[device] = writer
                     self.pids[device] = int(content.get("pid", 0))
-                    self.control_bytes += len(data)
+                    self.control_bytes += size
                     if content.get("reconnects"):
                         self.reconnects += 1
                     self.connected[device].set()
                 elif fr.msg_type == fm.MsgType.METRICS:
                     self.down.metrics[fr.sender] = content
-                    self.control_bytes += len(data)
+                    self.control_bytes += size
                 elif fr.msg_type == fm.MsgType.UPDATE:
                     if fr.sender in self.killed:
                         continue
                     self.update_at[fr.sender] = time.monotonic()
                     self.down.updates[fr.sender] = content
-                    self.down.update_bytes[fr.sender] = len(data)
+                    self.down.update_bytes[fr.sender] = size
                     self._check_done()
         finally:
             if device is not None and self.writers.get(device) is writer:
@@ -160,15 +138,7 @@ class LocalAggregator:
             self.done.set()
 
     async def _send(self, d: int, data: bytes) -> bool:
-        w = self.writers.get(d)
-        if w is None:
-            return False
-        try:
-            w.write(data)
-            await w.drain()
-            return True
-        except ConnectionError:
-            return False
+        return await send_frame(self.writers.get(d), data)
 
     async def _wait_connected(self, devices: list[int], timeout: float) -> None:
         waiting = [self.connected[d].wait() for d in devices if d not in self.writers]

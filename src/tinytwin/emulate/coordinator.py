@@ -25,9 +25,10 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -38,12 +39,12 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import layers_np, measured, mlp_np, shaper
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
-from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 from tinytwin.emulate.netns import NetnsFleet, require_netns
-from tinytwin.emulate.processes import DeviceProcesses, proc_memory_kb
+from tinytwin.emulate.processes import DeviceProcesses, exit_kind, proc_memory_kb
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, kill_recorded_devices, read_json, write_json
+from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
-from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, derive_key
+from tinytwin.emulate.wire_np import COORDINATOR_ID, derive_key
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.round_costs import RoundCosts, round_costs
@@ -87,6 +88,9 @@ class EmulateOptions:
     """Every group runs as firmware on emulated boards (``--twin firmware``); else each group's ``twin``."""
     firmware_arena_override: dict[int, int] = field(default_factory=dict)
     """device -> arena bytes its firmware image is built with (tests: a run-time arena fault)."""
+
+
+OptionsT = TypeVar("OptionsT", bound=EmulateOptions)
 
 
 def _linears(exp: Experiment) -> list[list[Any]]:
@@ -289,14 +293,10 @@ class Emulation:
                 break
             await asyncio.sleep(0.01)
         rc = self.devices.returncode(d)
-        if d in self.killed:
-            return "killed"
-        if rc == OOM_EXIT:
-            return "oom"
-        fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
-        if rc == FIRMWARE_FAULT_EXIT or fault is not None:  # the file is written before the exit
-            return f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
-        return "disconnected" if rc is None else f"crash (exit {rc})"
+        # here an OOM exit wins over a fault file (one a restarted device's earlier process left)
+        fw = d in self.firmware and rc != OOM_EXIT
+        return exit_kind(rc, killed=d in self.killed,
+                         workdir=Path(self.firmware[d]["firmware"]["workdir"]) if fw else None)
 
     def _kernel_links(self, reachable: np.ndarray) -> None:
         """Namespaces: a device's veth is down while its link is down for a whole round
@@ -312,30 +312,10 @@ class Emulation:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         device: int | None = None
         try:
-            while True:
-                try:
-                    header = await reader.readexactly(fm.HEADER_SIZE)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                try:
-                    total = fm.frame_length(header)
-                    if total > self.coord.max_frame:
-                        raise Rejected("oversized", f"frame of {total} bytes > {self.coord.max_frame}")
-                except (fm.FrameError, Rejected) as exc:
-                    self.coord.rejected[exc.reason] += 1
-                    self.coord.reject_events.append((device, f"{exc.reason} (header); connection closed"))
-                    log.warning("rejected frame header from device %s: %s; closing", device, exc)
-                    break
-                try:
-                    rest = await asyncio.wait_for(reader.readexactly(total - fm.HEADER_SIZE), 60)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-                    self.coord.rejected["truncated"] += 1
-                    self.coord.reject_events.append((device, "truncated: stream ended inside a frame"))
-                    break
-                got = self.coord.handle(header + rest, device)
-                if got is None:
-                    continue
-                fr, content = got
+            async for fr, content, total in accepted_frames(
+                    reader, self.coord, lambda: device, body_timeout=60,
+                    on_reject=lambda dev, exc: log.warning("rejected frame header from device %s: %s; closing",
+                                                           dev, exc)):
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
                     self.writers[device] = writer
@@ -373,15 +353,7 @@ class Emulation:
             self.done.set()
 
     async def _send(self, d: int, data: bytes) -> bool:
-        w = self.writers.get(d)
-        if w is None:
-            return False
-        try:
-            w.write(data)
-            await w.drain()
-            return True
-        except ConnectionError:
-            return False
+        return await send_frame(self.writers.get(d), data)
 
     async def _start_device_round(self, i: int, d: int, r: int, payload: bytes, victim: bool,
                                   plan: RoundCosts) -> _Sent:
@@ -650,8 +622,6 @@ class Emulation:
 
     def summary(self, state: EmuState, wall_time_s: float) -> dict[str, Any]:
         exp, spec = self.exp, self.exp.spec
-        rss = [m.get("Rss", 0) for m in self.mem_max.values()]
-        pss = [m.get("Pss", 0) for m in self.mem_max.values()]
         walls = state.round_walls
         return {
             **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
@@ -667,37 +637,15 @@ class Emulation:
                 "modelled_time_s": state.modelled_time_s,
                 "shaping": self.shaping(),
                 "startup_s": getattr(self, "startup_s", None),
-                "wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
-                                     "max": float(max(walls)) if walls else None},
-                "device_rss_kb": {"median": float(np.median(rss)) if rss else None, "max": max(rss, default=None),
-                                  "total": int(sum(rss))},
-                "device_pss_kb": {"median": float(np.median(pss)) if pss else None, "max": max(pss, default=None),
-                                  "total": int(sum(pss))},
+                **run_stats(walls, list(self.mem_max.values())),
                 "process_starts": int(sum(self.spawns.values())),
                 "reconnects": self.reconnects,
                 "control_bytes": self.control_bytes,
                 "frames_rejected": dict(self.coord.rejected),
                 "devices_with_torch": len(self.torch_devices),
-                **({"firmware": self._firmware_summary()} if self.firmware else {}),
+                **({"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)}
+                   if self.firmware else {}),
             },
-        }
-
-    def _firmware_summary(self) -> dict[str, Any]:
-        """Firmware devices: boards, image sizes, QEMU memory, instruction counts vs the cost model."""
-        images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"] for c in self.firmware.values()}
-        rss = [m["qemu_rss_kb"] for m in self.qemu_mem.values()]
-        pss = [m["qemu_pss_kb"] for m in self.qemu_mem.values() if "qemu_pss_kb" in m]
-        fw = np.array(self.fw_rounds, dtype=float).reshape(-1, 3)
-        return {
-            "devices": len(self.firmware),
-            "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
-                        "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
-                       for f in images.values()],
-            "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
-            "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
-            "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
-            "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
-            "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
         }
 
     def shaping(self) -> dict[str, Any]:
@@ -705,6 +653,40 @@ class Emulation:
         if self.net is not None:
             return self.net.shaping()
         return {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"}
+
+
+def kb_stats(vals: list[int]) -> dict[str, Any]:
+    """Median, max and total of per-process memory figures (kB)."""
+    return {"median": float(np.median(vals)) if vals else None, "max": max(vals, default=None),
+            "total": int(sum(vals))}
+
+
+def run_stats(walls: list[float], devices: list[dict[str, int]]) -> dict[str, Any]:
+    """The summary's wall time per round and the device processes' largest RSS / PSS."""
+    return {"wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
+                                 "max": float(max(walls)) if walls else None},
+            "device_rss_kb": kb_stats([m.get("Rss", 0) for m in devices]),
+            "device_pss_kb": kb_stats([m.get("Pss", 0) for m in devices])}
+
+
+def firmware_summary(firmware: dict[int, dict[str, Any]], qemu_mem: dict[int, dict[str, int]],
+                     fw_rounds: list[tuple[int, float, float]]) -> dict[str, Any]:
+    """Firmware devices: boards, image sizes, QEMU memory, instruction counts vs the cost model."""
+    images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"] for c in firmware.values()}
+    rss = [m["qemu_rss_kb"] for m in qemu_mem.values()]
+    pss = [m["qemu_pss_kb"] for m in qemu_mem.values() if "qemu_pss_kb" in m]
+    fw = np.array(fw_rounds, dtype=float).reshape(-1, 3)
+    return {
+        "devices": len(firmware),
+        "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
+                    "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
+                   for f in images.values()],
+        "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
+        "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
+        "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
+        "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
+        "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
+    }
 
 
 def options_to_json(opt: EmulateOptions) -> dict[str, Any]:
@@ -741,40 +723,68 @@ def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bo
     return net
 
 
-def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, options: EmulateOptions,
-             state: EmuState | None, resume: bool, progress: ProgressFn | None, report: bool) -> dict[str, Any]:
-    """Emulate the rounds after ``state`` (None: from the initial model); namespaces and device
-    processes are removed however this ends, except by SIGKILL (then ``--resume`` adopts them)."""
+def options_as(options: EmulateOptions | None, cls: type[OptionsT]) -> OptionsT:
+    """``options`` as a family's options class ``cls`` (its defaults for None)."""
+    options = options or cls()
+    return options if isinstance(options, cls) else cls(**vars(options))
+
+
+def create_emulation_run(spec: ExperimentSpec, spec_yaml: str, out: Path,
+                         run_dir: Path | None) -> tuple[Path, RunStore, str]:
+    """The run folder (``run_dir``, or a new one under ``out``) with its spec, and its results
+    store with the run registered: ``(run_dir, store, run_id)``."""
+    run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "spec.yaml").write_text(spec_yaml)
+    store = RunStore(run_dir / DB_NAME)
+    run_id = uuid.uuid4().hex[:12]
+    store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
+    return run_dir, store, run_id
+
+
+@contextmanager
+def coordinator_run(store: RunStore, run_id: str, run_dir: Path, *loggers: logging.Logger) -> Iterator[None]:
+    """While a coordinator runs: ``loggers`` also write ``emulate-coordinator.log`` (the first
+    one no longer propagates); if it raises, the run is marked incomplete and the store closed."""
     handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
-    wall0 = time.perf_counter()
-    net = None
+    for lg in loggers:
+        lg.addHandler(handler)
+    loggers[0].propagate = False
     try:
-        with terminate_raises():
-            try:
-                measured.ensure_table(store)
-                net = _network(run_dir / "emulate", exp, options, resume)
-                emu = Emulation(exp, store, run_id, run_dir, options, resume=resume, net=net)
-                shaping = emu.shaping()
-                log.info("shaping: %s", json.dumps(shaping))
-                state = state or emu.initial_state()
-                store.add_events(run_id, [emu._event(state.round, None, "shaping", net.describe() if net else
-                                                     "userspace link shaper (loopback TCP): bandwidth, latency "
-                                                     "and loss all paced by the sender")])
-                state = asyncio.run(emu.run(state, progress, resume))
-                summary = emu.summary(state, time.perf_counter() - wall0)
-            finally:
-                if net is not None:
-                    net.destroy()
+        yield
     except BaseException:
         store.set_status(run_id, "incomplete")
         store.close()
         raise
     finally:
-        log.removeHandler(handler)
+        for lg in loggers:
+            lg.removeHandler(handler)
         handler.close()
+
+
+def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, options: EmulateOptions,
+             state: EmuState | None, resume: bool, progress: ProgressFn | None, report: bool) -> dict[str, Any]:
+    """Emulate the rounds after ``state`` (None: from the initial model); namespaces and device
+    processes are removed however this ends, except by SIGKILL (then ``--resume`` adopts them)."""
+    wall0 = time.perf_counter()
+    net = None
+    with coordinator_run(store, run_id, run_dir, log), terminate_raises():
+        try:
+            measured.ensure_table(store)
+            net = _network(run_dir / "emulate", exp, options, resume)
+            emu = Emulation(exp, store, run_id, run_dir, options, resume=resume, net=net)
+            shaping = emu.shaping()
+            log.info("shaping: %s", json.dumps(shaping))
+            state = state or emu.initial_state()
+            store.add_events(run_id, [emu._event(state.round, None, "shaping", net.describe() if net else
+                                                 "userspace link shaper (loopback TCP): bandwidth, latency "
+                                                 "and loss all paced by the sender")])
+            state = asyncio.run(emu.run(state, progress, resume))
+            summary = emu.summary(state, time.perf_counter() - wall0)
+        finally:
+            if net is not None:
+                net.destroy()
     store.finish_run(run_id, "complete", summary)
     measured.export_csv(store, run_id, run_dir / "csv")
     store.close()
@@ -806,12 +816,7 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
         check_firmware_spec(exp)  # e.g. a CNN on firmware devices: refused before the run folder exists
     if on_prepared is not None:
         on_prepared(exp)
-    run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "spec.yaml").write_text(spec_yaml)
-    store = RunStore(run_dir / DB_NAME)
-    run_id = uuid.uuid4().hex[:12]
-    store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
+    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
     store.add_devices(run_id, exp.device_rows())
     return run_dir, _execute(exp, store, run_id, run_dir, options, None, False, progress, report)
 

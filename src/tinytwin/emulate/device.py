@@ -25,13 +25,13 @@ import socket
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from tinytwin.emulate import mlp_np
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
-from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, load_wire, read_frame_blocking
+from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
 OOM_EXIT = 86
 NO_COORDINATOR_EXIT = 3
@@ -81,11 +81,7 @@ class DeviceRuntime:
         content: the decoded float32 model for MODEL, the command dict for CONTROL.
         """
         fm = self.frame
-        try:
-            fr = fm.decode_frame(data, self.key_for)
-            self.guard.check(fr.sender, fr.nonce)
-        except fm.FrameError as exc:
-            raise Rejected(exc.reason, exc.detail) from None
+        fr = decode_checked(fm, data, self.key_for, self.guard)
         if fr.receiver != self.id:
             raise Rejected("wrong_receiver", f"frame for {fr.receiver}, I am {self.id}")
         if fr.msg_type == fm.MsgType.MODEL:
@@ -297,12 +293,16 @@ def run(cfg: dict[str, Any]) -> int:
                 return NO_COORDINATOR_EXIT
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_main(run_cfg: Callable[[dict[str, Any]], int], argv: list[str] | None,
+             lost_coordinator_exits: bool = False) -> int:
+    """A device process: ``run_cfg`` on the JSON configuration named by ``argv[0]``; out of
+    memory under the cap exits with :data:`OOM_EXIT` at once, and with ``lost_coordinator_exits``
+    a connection error leaves with :data:`NO_COORDINATOR_EXIT`."""
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as fh:
         cfg = json.load(fh)
     try:
-        return run(cfg)
+        return run_cfg(cfg)
     except MemoryError:
         log(f"device {cfg.get('device')}: out of memory (RLIMIT_DATA)")
         os._exit(OOM_EXIT)
@@ -310,7 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno == 12:  # ENOMEM from mmap under the cap
             log(f"device {cfg.get('device')}: out of memory (RLIMIT_DATA): {exc}")
             os._exit(OOM_EXIT)
+        if lost_coordinator_exits and isinstance(exc, ConnectionError):
+            log(f"device {cfg.get('device')}: lost the coordinator: {exc}")
+            return NO_COORDINATOR_EXIT
         raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import secrets
 import signal
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,22 +48,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tinytwin import __version__
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
-from tinytwin.emulate.coordinator import Coordinator, EmulateOptions, _linears, proc_memory_kb
-from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.coordinator import (Coordinator, EmulateOptions, _linears, coordinator_run, create_emulation_run,
+                                          firmware_summary, options_as, run_stats)
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
-from tinytwin.emulate.wire_np import Rejected
+from tinytwin.emulate.processes import child_env, exit_kind, note_memory
+from tinytwin.emulate.serving import accepted_frames
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.network import Network
-from tinytwin.engines.runner import DB_NAME, _check_family, new_run_dir
+from tinytwin.engines.runner import _check_family
 from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops, energy_joules
@@ -324,34 +322,14 @@ class DflEmulation:
                 }
                 (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        src = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
-
     # ---- connections --------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         device: int | None = None
         try:
-            while True:
-                try:
-                    header = await reader.readexactly(fm.HEADER_SIZE)
-                    total = fm.frame_length(header)
-                    if total > self.coord.max_frame:
-                        raise Rejected("oversized", f"frame of {total} bytes > {self.coord.max_frame}")
-                    data = header + await reader.readexactly(total - fm.HEADER_SIZE)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                except (fm.FrameError, Rejected) as exc:
-                    self._coord_reject(device, f"{exc.reason} (header); connection closed", exc.reason)
-                    break
-                got = self.coord.handle(data, device)
-                if got is None:
-                    continue
-                fr, content = got
+            async for fr, content, total in accepted_frames(
+                    reader, self.coord, lambda: device,
+                    on_reject=lambda dev, exc: log.warning("rejected frame from device %s: %s", dev,
+                                                           f"{exc.reason} (header); connection closed")):
                 self.control_bytes += total
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
@@ -374,11 +352,6 @@ class DflEmulation:
                 await self._lost(device)
             writer.close()
 
-    def _coord_reject(self, device: int | None, detail: str, reason: str) -> None:
-        self.coord.rejected[reason] += 1
-        self.coord.reject_events.append((device, detail))
-        log.warning("rejected frame from device %s: %s", device, detail)
-
     async def _lost(self, d: int) -> None:
         """A device's coordinator connection closed: it is gone for the rest of the run.
         Tell its partners at once, so nobody waits for its model until a timeout."""
@@ -393,14 +366,8 @@ class DflEmulation:
                     await asyncio.wait_for(ev.wait(), 2.0)
                 except asyncio.TimeoutError:
                     pass
-            rc = self.procs.exits.get(d)
-            # The fault file is written before the process exits: it decides even when the exit
-            # status has not been collected yet (a loaded machine).
-            fault = read_fault(Path(self.firmware[d]["firmware"]["workdir"])) if d in self.firmware else None
-            if rc == FIRMWARE_FAULT_EXIT or fault is not None:
-                self.dead[d] = f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
-            else:
-                self.dead[d] = "oom" if rc == OOM_EXIT else ("disconnected" if rc is None else f"crash (exit {rc})")
+            self.dead[d] = exit_kind(self.procs.exits.get(d), workdir=Path(self.firmware[d]["firmware"]["workdir"])
+                                     if d in self.firmware else None)
         self._check_done()
 
     async def _notify_down(self, d: int) -> None:
@@ -458,19 +425,11 @@ class DflEmulation:
         cpu = 0.0
         for d, pid in self.procs.pids.items():
             if self.procs.alive(d):
-                m = proc_memory_kb(pid)
-                cur = self.mem_max.setdefault(d, {})
-                for k, v in m.items():
-                    cur[k] = max(cur.get(k, 0), v)
-                total.update(m)
+                note_memory(self.mem_max, total, d, pid)
                 cpu += proc_cpu_s(pid)
         for name, pid in (("coordinator", os.getpid()),
                           ("forkserver", self.procs.proc.pid if self.procs.proc is not None else -1)):
-            m = proc_memory_kb(pid)
-            cur = self.mem_max.setdefault(name, {})
-            for k, v in m.items():
-                cur[k] = max(cur.get(k, 0), v)
-            total.update(m)
+            note_memory(self.mem_max, total, name, pid)
         for k in ("Rss", "Pss"):
             self.total_mem_kb[k] = max(self.total_mem_kb.get(k, 0), total.get(k, 0))
         self.devices_cpu_s = max(self.devices_cpu_s, cpu)
@@ -658,7 +617,7 @@ class DflEmulation:
                               "device_rejected": {}}
         finished = False
         try:
-            await self.procs.start(self._env(), self.edir / "logs" / "forkserver.log")
+            await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
             for d in range(self.n):
                 await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
             start_events: list[dict[str, Any]] = []
@@ -702,8 +661,6 @@ class DflEmulation:
         exp, spec, a = self.exp, self.exp.spec, self.a
         m = st["last_metrics"]
         devices = [v for k, v in self.mem_max.items() if isinstance(k, int)]
-        rss = [v.get("Rss", 0) for v in devices]
-        pss = [v.get("Pss", 0) for v in devices]
         walls = st["round_walls"]
         rejected = Counter(self.coord.rejected)
         for counts in st["device_rejected"].values():
@@ -724,12 +681,7 @@ class DflEmulation:
             "emulate": {
                 "time_scale": self.opt.time_scale,
                 "startup_s": getattr(self, "startup_s", None),
-                "wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
-                                     "max": float(max(walls)) if walls else None},
-                "device_rss_kb": {"median": float(np.median(rss)) if rss else None, "max": max(rss, default=None),
-                                  "total": int(sum(rss))},
-                "device_pss_kb": {"median": float(np.median(pss)) if pss else None, "max": max(pss, default=None),
-                                  "total": int(sum(pss))},
+                **run_stats(walls, devices),
                 "process_starts": len(self.procs.pids),
                 "control_bytes": self.control_bytes,
                 "frames_rejected": dict(rejected),
@@ -750,25 +702,10 @@ class DflEmulation:
         }
 
     def _firmware_summary(self) -> dict[str, Any]:
-        """Firmware devices: boards, image sizes, QEMU memory, instruction counts (training and
-        merging) vs the cost model — the centralized twin's summary plus the merges."""
-        images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"]
-                  for c in self.firmware.values()}
-        rss = [m["qemu_rss_kb"] for m in self.qemu_mem.values()]
-        pss = [m["qemu_pss_kb"] for m in self.qemu_mem.values() if "qemu_pss_kb" in m]
-        fw = np.array(self.fw_rounds, dtype=float).reshape(-1, 3)
-        return {
-            "devices": len(self.firmware),
-            "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
-                        "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
-                       for f in images.values()],
-            "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
-            "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
-            "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
-            "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
-            "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
-            "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns else None,
-        }
+        """The centralized twin's firmware summary plus the merges' instruction counts."""
+        return {**firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds),
+                "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns
+                else None}
 
 
 def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
@@ -776,9 +713,7 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
                         run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
                         ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
-    options = options or DflOptions()
-    if not isinstance(options, DflOptions):
-        options = DflOptions(**vars(options))
+    options = options_as(options, DflOptions)
     check_dfl_emulatable(spec)
     if getattr(options, "netns", False):
         raise TinyTwinError("emulate --netns shapes links to a server; decentralized runs use the userspace "
@@ -788,12 +723,7 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
     network = _check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
-    run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "spec.yaml").write_text(spec_yaml)
-    store = RunStore(run_dir / DB_NAME)
-    run_id = uuid.uuid4().hex[:12]
-    store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
+    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
     dfl_store.ensure_tables(store)
     a = spec.algorithm
     n_train = np.array([len(q[: a.train_samples] if a.train_samples else q) for q in exp.parts], dtype=np.int64)
@@ -803,22 +733,18 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
                                "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
                                          f"degree {info['degree_min']}..{info['degree_max']}, "
                                          f"{info['components']} connected component(s)"}])
-    handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
     wall0 = time.perf_counter()
-    try:
+    with coordinator_run(store, run_id, run_dir, log):
         emu = DflEmulation(exp, network, store, run_id, run_dir, options)
         state = asyncio.run(emu.run(progress))
         summary = emu.summary(state, time.perf_counter() - wall0)
-    except BaseException:
-        store.set_status(run_id, "incomplete")
-        store.close()
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    return finish_dfl_run(store, run_id, run_dir, summary, report)
+
+
+def finish_dfl_run(store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any],
+                   report: bool) -> tuple[Path, dict[str, Any]]:
+    """A decentralized or hierarchical emulation's end: the run complete, its store closed,
+    the report's extras written (``report``)."""
     store.finish_run(run_id, "complete", summary)
     store.close()
     if report:

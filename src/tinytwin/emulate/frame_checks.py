@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, derive_key
+from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, derive_key
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -61,11 +61,7 @@ class Coordinator:
 
         Changes no state except the replay guard (and only for authentic frames).
         """
-        try:
-            fr = fm.decode_frame(data, self.key_for)
-            self.guard.check(fr.sender, fr.nonce)
-        except fm.FrameError as exc:
-            raise Rejected(exc.reason, exc.detail) from None
+        fr = decode_checked(fm, data, self.key_for, self.guard)
         if conn_device is not None and fr.sender != conn_device:
             raise Rejected("wrong_sender", f"sender {fr.sender} on device {conn_device}'s connection")
         if fr.receiver != COORDINATOR_ID:

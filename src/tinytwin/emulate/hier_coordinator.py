@@ -43,7 +43,6 @@ import resource
 import secrets
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,23 +51,23 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tinytwin import __version__
 from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
-from tinytwin.emulate.coordinator import EmulateOptions, _model_rows
-from tinytwin.emulate.device import OOM_EXIT
-from tinytwin.emulate.dfl_coordinator import ForkServer, proc_cpu_s
+from tinytwin.emulate.coordinator import (EmulateOptions, _model_rows, coordinator_run, create_emulation_run,
+                                          kb_stats, options_as, run_stats)
+from tinytwin.emulate.dfl_coordinator import ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
-from tinytwin.emulate.processes import proc_memory_kb
+from tinytwin.emulate.processes import child_env, exit_kind, note_memory
+from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
-from tinytwin.emulate.wire_np import Rejected, derive_key
+from tinytwin.emulate.wire_np import derive_key
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.hierarchical import HierarchicalSimulator, HState
-from tinytwin.engines.runner import DB_NAME, _check_family, new_run_dir
+from tinytwin.engines.runner import _check_family
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import take_links
 from tinytwin.rng import Stream, stream_rng
@@ -211,14 +210,6 @@ class HierEmulation:
         self.t_start = time.perf_counter()
 
     # ---- files -------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        src = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
-
     def _la_config(self, c: int, first: bool) -> Path:
         kf = self.edir / "keys" / f"la{c}.json"
         if first:
@@ -296,34 +287,15 @@ class HierEmulation:
 
     def _exit_kind(self, key: int) -> str:
         rc = self.procs.exits.get(key)
-        if rc is None:
-            return "disconnected"
-        if rc == -9:
-            return "killed"
-        return "oom" if rc == OOM_EXIT else f"crash (exit {rc})"
+        return exit_kind(rc, killed=rc == -9)  # no firmware devices here
 
     # ---- the GA's connections ------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cluster: int | None = None
         wid: int | None = None
         try:
-            while True:
-                try:
-                    header = await reader.readexactly(fm.HEADER_SIZE)
-                    total = fm.frame_length(header)
-                    if total > self.coord.max_frame:
-                        raise Rejected("oversized", f"frame of {total} bytes > {self.coord.max_frame}")
-                    data = header + await reader.readexactly(total - fm.HEADER_SIZE)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                except (fm.FrameError, Rejected) as exc:
-                    self.coord.rejected[exc.reason] += 1
-                    self.coord.reject_events.append((None, f"{exc.reason} (header); connection closed"))
-                    break
-                got = self.coord.handle(data, wid)
-                if got is None:
-                    continue
-                fr, content = got
+            async for fr, content, total in accepted_frames(reader, self.coord, lambda: wid,
+                                                            reject_device=lambda: None):
                 if fr.msg_type == fm.MsgType.HELLO:
                     wid, cluster = fr.sender, fr.sender - AGGREGATOR_BASE
                     self.la_writers[cluster] = writer
@@ -387,15 +359,7 @@ class HierEmulation:
             self.done.set()
 
     async def _send_la(self, c: int, data: bytes) -> bool:
-        w = self.la_writers.get(c)
-        if w is None:
-            return False
-        try:
-            w.write(data)
-            await w.drain()
-            return True
-        except ConnectionError:
-            return False
+        return await send_frame(self.la_writers.get(c), data)
 
     # ---- rounds ---------------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
@@ -681,22 +645,14 @@ class HierEmulation:
             if not self.procs.alive(key):
                 continue
             name = f"la{key - self.n}" if key >= self.n else f"d{key}"
-            m = proc_memory_kb(pid)
-            cur = self.mem_max.setdefault(name, {})
-            for x, v in m.items():
-                cur[x] = max(cur.get(x, 0), v)
-            total.update(m)
+            note_memory(self.mem_max, total, name, pid)
             if key < self.n:
                 cpu += proc_cpu_s(pid)
             if _maps_torch(pid):
                 self.torch_mapped.add(name)
         for name, pid in (("coordinator", os.getpid()),
                           ("forkserver", self.procs.proc.pid if self.procs.proc is not None else -1)):
-            m = proc_memory_kb(pid)
-            cur = self.mem_max.setdefault(name, {})
-            for x, v in m.items():
-                cur[x] = max(cur.get(x, 0), v)
-            total.update(m)
+            note_memory(self.mem_max, total, name, pid)
             if name == "forkserver" and _maps_torch(pid):
                 self.torch_mapped.add(name)
         for x in ("Rss", "Pss"):
@@ -713,7 +669,7 @@ class HierEmulation:
         st = self.sim.initial_state()
         finished = False
         try:
-            await self.procs.start(self._env(), self.edir / "logs" / "forkserver.log")
+            await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
             self.coord.expect = {aggregator_id(c) for c in range(self.k)}     # "ready" reports of round 0
             started = await asyncio.gather(*(self._start_la(c, first=True) for c in range(self.k)))
             if not all(started):
@@ -764,9 +720,7 @@ class HierEmulation:
 
     def summary(self, st: HState, wall_time_s: float) -> dict[str, Any]:
         def stats(names: list[str], key: str) -> dict[str, Any]:
-            vals = [self.mem_max[x].get(key, 0) for x in names if x in self.mem_max]
-            return {"median": float(np.median(vals)) if vals else None, "max": max(vals, default=None),
-                    "total": int(sum(vals))}
+            return kb_stats([self.mem_max[x].get(key, 0) for x in names if x in self.mem_max])
 
         devs = [f"d{d}" for d in range(self.n)]
         las = [f"la{c}" for c in range(self.k)]
@@ -780,9 +734,7 @@ class HierEmulation:
             "modelled_time_s": self.modelled_time_s,
             "shaping": {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"},
             "startup_s": getattr(self, "startup_s", None),
-            "wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
-                                 "max": float(max(walls)) if walls else None},
-            "device_rss_kb": stats(devs, "Rss"), "device_pss_kb": stats(devs, "Pss"),
+            **run_stats(walls, [self.mem_max[x] for x in devs if x in self.mem_max]),
             "aggregator_rss_kb": stats(las, "Rss"), "aggregator_pss_kb": stats(las, "Pss"),
             "coordinator_kb": self.mem_max.get("coordinator", {}), "forkserver_kb": self.mem_max.get("forkserver", {}),
             "all_processes_kb": dict(self.total_mem_kb),
@@ -807,9 +759,7 @@ def start_hier_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_d
                          run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
                          ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
-    options = options or HierOptions()
-    if not isinstance(options, HierOptions):
-        options = HierOptions(**vars(options))
+    options = options_as(options, HierOptions)
     check_hier_emulatable(spec)
     if options.netns:
         raise TinyTwinError("emulate --netns: hierarchical runs use the userspace link shaper only for now")
@@ -823,36 +773,11 @@ def start_hier_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_d
         raise TinyTwinError(f"emulate: kill_devices / kill_aggregators name {bad[0]}, which is not in the run")
     if on_prepared is not None:
         on_prepared(exp)
-    run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "spec.yaml").write_text(spec_yaml)
-    store = RunStore(run_dir / DB_NAME)
-    run_id = uuid.uuid4().hex[:12]
-    store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
-    handler = logging.FileHandler(run_dir / "emulate-coordinator.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for lg in (log, logging.getLogger("tinytwin.emulate")):
-        lg.addHandler(handler)
-    log.propagate = False
+    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
     wall0 = time.perf_counter()
-    try:
-        with terminate_raises():
-            emu = HierEmulation(exp, store, run_id, run_dir, options, base_dir)
-            emu.sim.register()             # devices and the clusters event, as the simulator writes them
-            state = asyncio.run(emu.run(progress))
-            summary = emu.summary(state, time.perf_counter() - wall0)
-    except BaseException:
-        store.set_status(run_id, "incomplete")
-        store.close()
-        raise
-    finally:
-        for lg in (log, logging.getLogger("tinytwin.emulate")):
-            lg.removeHandler(handler)
-        handler.close()
-    store.finish_run(run_id, "complete", summary)
-    store.close()
-    if report:
-        from tinytwin.report.dfl import write_dfl_extras
-
-        write_dfl_extras(run_dir)
-    return run_dir, summary
+    with coordinator_run(store, run_id, run_dir, log, logging.getLogger("tinytwin.emulate")), terminate_raises():
+        emu = HierEmulation(exp, store, run_id, run_dir, options, base_dir)
+        emu.sim.register()             # devices and the clusters event, as the simulator writes them
+        state = asyncio.run(emu.run(progress))
+        summary = emu.summary(state, time.perf_counter() - wall0)
+    return finish_dfl_run(store, run_id, run_dir, summary, report)

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from tinytwin.algorithms.local_config import ADAM_BETAS, ADAM_EPS, LocalTraining
+from tinytwin.models.layers import Layer
 from tinytwin.rng import device_permutations
 
 __all__ = ["KINDS", "LocalTraining", "NpLayer", "Net", "describe", "evaluate", "layers_from", "train"]
@@ -43,28 +44,11 @@ _F32 = np.float32
 
 
 @dataclass(frozen=True)
-class NpLayer:
+class NpLayer(Layer):
     """One layer of :mod:`tinytwin.models.layers` plus where its parameters sit in the flat vector."""
 
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    in_features: int = 0
-    out_features: int = 0
-    kernel: int = 0
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
     w_offset: int = -1
     b_offset: int = -1
-
-    @property
-    def weight_shape(self) -> tuple[int, ...] | None:
-        if self.kind == "linear":
-            return (self.out_features, self.in_features)
-        if self.kind == "conv":
-            return (self.out_features, self.in_features // self.groups, self.kernel, self.kernel)
-        return None
 
 
 def describe(layers: Iterable[Any]) -> list[dict[str, Any]]:

@@ -51,12 +51,12 @@ import numpy as np
 
 from tinytwin.algorithms import gist_np
 from tinytwin.emulate import mlp_np, shaper
-from tinytwin.emulate.device import NO_COORDINATOR_EXIT, OOM_EXIT, _arena, log, proc_status_kb
+from tinytwin.emulate.device import NO_COORDINATOR_EXIT, _arena, log, proc_status_kb, run_main
 from tinytwin.emulate.peer_merge import Fifo
 from tinytwin.emulate.peer_net import COORDINATOR_CONN, PeerNet
 from tinytwin.emulate.peer_trainer import NumpyPeerTrainer, make_peer_trainer
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault
-from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, load_wire
+from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire
 from tinytwin.rng import Stream, stream_rng
 
 MIXING = ("decfedavg", "serverfree")
@@ -145,11 +145,7 @@ class PeerRuntime:
         for the next round) or raises :class:`Rejected`. Changes no state but the replay
         guard, the connection's binding and the round's inbox."""
         fm = self.frame
-        try:
-            fr = fm.decode_frame(data, self.key_for)
-            self.guard.check(fr.sender, fr.nonce)
-        except fm.FrameError as exc:
-            raise Rejected(exc.reason, exc.detail) from None
+        fr = decode_checked(fm, data, self.key_for, self.guard)
         bound = self.conn_sender.get(conn)
         if bound is not None and fr.sender != bound:
             raise Rejected("wrong_sender", f"sender {fr.sender} on the connection of {bound}")
@@ -695,22 +691,7 @@ def run(cfg: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as fh:
-        cfg = json.load(fh)
-    try:
-        return run(cfg)
-    except MemoryError:
-        log(f"device {cfg.get('device')}: out of memory (RLIMIT_DATA)")
-        os._exit(OOM_EXIT)
-    except OSError as exc:
-        if exc.errno == 12:  # ENOMEM from mmap under the cap
-            log(f"device {cfg.get('device')}: out of memory (RLIMIT_DATA): {exc}")
-            os._exit(OOM_EXIT)
-        if isinstance(exc, ConnectionError):
-            log(f"device {cfg.get('device')}: lost the coordinator: {exc}")
-            return NO_COORDINATOR_EXIT
-        raise
+    return run_main(run, argv, lost_coordinator_exits=True)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,51 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
+from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.rundir import PIDS_FILE, AdoptedProcess, device_process_alive, read_json, write_json
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 
 Process = Union["subprocess.Popen[bytes]", AdoptedProcess]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a fork server / device process: one BLAS thread, this source tree first."""
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def exit_kind(rc: int | None, *, killed: bool = False, workdir: Path | None = None) -> str:
+    """Why a process's connection closed: ``killed`` (by the twin), a firmware fault (``workdir``:
+    a firmware device's work folder, whose fault file is written before the exit, so it decides
+    even when the exit status has not been collected yet), ``oom``, ``disconnected`` (no exit
+    status) or ``crash (exit N)``."""
+    if killed:
+        return "killed"
+    fault = read_fault(workdir) if workdir is not None else None
+    if rc == FIRMWARE_FAULT_EXIT or fault is not None:
+        return f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
+    if rc == OOM_EXIT:
+        return "oom"
+    return "disconnected" if rc is None else f"crash (exit {rc})"
+
+
+def keep_max(into: dict[str, int], m: dict[str, int]) -> None:
+    """Raise every counter of ``into`` to the value in ``m`` where that is larger."""
+    for k, v in m.items():
+        into[k] = max(into.get(k, 0), v)
+
+
+def note_memory(mem_max: dict[Any, dict[str, int]], total: Counter[str], name: Any, pid: int) -> None:
+    """One process's memory now: into its largest-so-far (``mem_max[name]``) and this sample's ``total``."""
+    m = proc_memory_kb(pid)
+    keep_max(mem_max.setdefault(name, {}), m)
+    total.update(m)
 
 
 def proc_memory_kb(pid: int) -> dict[str, int]:
@@ -101,6 +141,4 @@ class DeviceProcesses:
             if p.poll() is None:
                 m = proc_memory_kb(p.pid)
                 if m:
-                    cur = into.setdefault(d, {})
-                    for k, v in m.items():
-                        cur[k] = max(cur.get(k, 0), v)
+                    keep_max(into.setdefault(d, {}), m)

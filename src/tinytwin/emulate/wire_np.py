@@ -51,13 +51,31 @@ def read_frame_blocking(sock: Any, max_frame: int) -> bytes:
     """
     frame, _ = load_wire()
     header = _recv_exact(sock, frame.HEADER_SIZE)
+    total = checked_length(frame, header, max_frame)
+    return header + _recv_exact(sock, total - frame.HEADER_SIZE)
+
+
+def decode_checked(frame: Any, data: bytes, key_for: Any, guard: Any) -> Any:
+    """Decode and authenticate one frame (``frame``: the wire frame module) and pass it through
+    the replay ``guard``; :class:`Rejected` for whatever the frame layer refuses."""
+    try:
+        fr = frame.decode_frame(data, key_for)
+        guard.check(fr.sender, fr.nonce)
+    except frame.FrameError as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+    return fr
+
+
+def checked_length(frame: Any, header: bytes, max_frame: int) -> int:
+    """The whole frame's length from its header (``frame``: the wire frame module);
+    :class:`Rejected` for a bad header or a frame longer than ``max_frame``."""
     try:
         total = frame.frame_length(header)
     except frame.FrameError as exc:
         raise Rejected(exc.reason, exc.detail) from None
     if total > max_frame:
         raise Rejected("oversized", f"frame of {total} bytes > {max_frame}")
-    return header + _recv_exact(sock, total - frame.HEADER_SIZE)
+    return total
 
 
 def _recv_exact(sock: Any, n: int) -> bytes:
