@@ -252,3 +252,41 @@ def test_cli_emulates_a_hierarchical_spec_and_compares_it_with_the_simulator(tmp
     sim = start_run(validate_spec(raw), yaml.safe_dump(raw), tmp_path / "sim", None, report=False)
     page = compare_runs([sim.run_dir, emu_dir], tmp_path / "cmp")
     assert Path(page).is_file()
+
+
+# ---------------------------------------------------------------------------------- firmware devices
+
+def test_firmware_devices_under_local_aggregators_match_the_simulator(tmp_path: Path) -> None:
+    """Every device runs the C client on QEMU (``--twin firmware``: HierOptions.firmware_all); the
+    local aggregators and the GA cannot tell: the models are the simulator's to float32 rounding."""
+    raw = _raw(tmp_path, {"num_clusters": 2, "local_rounds": 2}, rounds=3, count=4)
+    _, st, sim_store, sim_id = run_engine(tmp_path, raw, name="sim")
+    run_dir, summary = _emulate(tmp_path, raw, firmware_all=True)
+    worst = float(np.abs(np.load(run_dir / "emulate" / "final_models.npz")["global"] - st.global_params.numpy()).max())
+    assert worst <= 1e-5, worst                                 # the C is numpy's to ~1e-7 per step
+    assert abs(summary["final_accuracy"] - st.accuracies[-1][1]) <= 0.01
+    _, rounds, dev_rows, *_ = _tables(run_dir)
+    assert [r["bytes_up"] for r in rounds] == [r["bytes_up"] for r in sim_store.rounds(sim_id)]
+    assert all(d["status"] == "ok" for d in dev_rows)
+    fw = summary["emulate"]["firmware"]
+    assert fw["devices"] == 4 and fw["images"][0]["board"] == "mps2-an386"
+    assert fw["insns_per_round_median"] > 1e5 and fw["qemu_rss_kb"]["median"] > 0
+    assert summary["emulate"]["devices_with_torch"] == 0 and summary["emulate"]["frames_rejected"] == {}
+
+
+def test_a_firmware_fault_fails_the_device_and_the_clusters_go_on(tmp_path: Path) -> None:
+    """Device 1's image has a 4 KiB arena: it faults at run time in every round (exit 87, its
+    fault.json); recorded as ``firmware_fault``, restarted, and every cluster completes its rounds."""
+    raw = _raw(tmp_path, {"num_clusters": 2, "local_rounds": 2}, rounds=2, count=4)
+    raw["fleet"]["groups"][0]["twin"] = "firmware"
+    run_dir, summary = _emulate(tmp_path, raw, round_timeout_s=60, firmware_arena_override={1: 4096})
+    _, rounds, dev_rows, events, rm, _, _ = _tables(run_dir)
+    faults = [e for e in events if e["kind"] == "firmware_fault"]
+    assert [(e["round"], e["device"]) for e in faults] == [(1, 1), (2, 1)]
+    assert all("arena" in e["detail"] for e in faults)
+    status = {(d["round"], d["device"]): d["status"] for d in dev_rows}
+    assert [status[(r, 1)] for r in (1, 2)] == ["firmware_fault"] * 2
+    assert all(status[(r, d)] == "ok" for r in (1, 2) for d in (0, 2, 3))
+    assert [r["completed"] for r in rounds] == [3, 3] and all(r["test_accuracy"] is not None for r in rounds)
+    assert [m["components"] for m in rm] == [2, 2]
+    assert summary["emulate"]["firmware"]["devices"] == 4

@@ -29,6 +29,8 @@ SETS = ["fleet.groups.0.count=4", "rounds=8", "fleet.groups.0.link=ble"]
 
 
 def _db_rows(run_dir: Path, sql: str) -> list[tuple]:
+    if not (run_dir / "results.db").is_file():   # the run folder exists before its database
+        return []
     con = sqlite3.connect(f"file:{run_dir / 'results.db'}?mode=ro", uri=True, timeout=5)
     try:
         return con.execute(sql).fetchall()

@@ -54,6 +54,8 @@ from tinytwin.wire import frame as fm
 __all__ = ["AGGREGATOR_BASE", "LocalAggregator", "aggregator_id", "aggregator_key", "main", "read_frame"]
 
 AGGREGATOR_BASE = 0xFFFF0000
+FIRMWARE_KEYS = ("insns", "firmware_compute_s", "cost_model_compute_s", "qemu_rss_kb", "qemu_pss_kb")
+"""What a firmware device's METRICS add (its board's figures), passed on to the GA."""
 """Wire id of local aggregator c is ``AGGREGATOR_BASE + c`` (devices are 0..D−1, the GA 0xFFFFFFFF)."""
 
 
@@ -221,7 +223,8 @@ class LocalAggregator:
                 "busy_s": m.get("busy_s"), "compute_s": m.get("compute_s"), "rss_kb": m.get("rss_kb"),
                 "torch_loaded": bool(m.get("torch_loaded", False)), "rejected": m.get("rejected", {}),
                 "wall_down_s": m["model_at"] - sent if sent is not None and m.get("model_at") is not None else None,
-                "wall_up_s": got - m["up_at"] if got is not None and m.get("up_at") is not None else None}
+                "wall_up_s": got - m["up_at"] if got is not None and m.get("up_at") is not None else None,
+                **{x: m[x] for x in FIRMWARE_KEYS if d in completed and x in m}}   # firmware devices
         report = {"kind": "local", "local": l, "key": key, "devices": devices,
                   "rejected": dict(self.down.rejected), "reconnects": self.reconnects}
         return model, completed, report

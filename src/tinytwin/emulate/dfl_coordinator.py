@@ -26,6 +26,12 @@ before any process starts (:func:`tinytwin.emulate.firmware_fleet.firmware_confi
   (``rounds``, ``device_rounds``, ``events``, ``round_metrics``, ``device_metrics``) with
   ``twin = 'emulate'``, so ``tinytwin report`` and ``tinytwin compare`` work unchanged.
 
+Every committed round also stores the coordinator's own state (schedule, energy, totals, who
+is gone) as the round's checkpoint, so a killed coordinator resumes
+(:func:`resume_dfl_emulation`): it binds the same address, adopts the device processes the
+killed one's fork server left running (``emulate/peers.json``), and tells them to roll back to
+the last committed round; their models never leave them.
+
 See docs/emulation.md, "Decentralized runs".
 """
 
@@ -41,7 +47,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,10 +59,11 @@ from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
 from tinytwin.emulate.coordinator import (Coordinator, EmulateOptions, _linears, coordinator_run, create_emulation_run,
-                                          firmware_summary, options_as, run_stats)
+                                          firmware_summary, options_as, options_to_json, run_stats)
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.processes import child_env, exit_kind, note_memory
+from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -78,6 +85,12 @@ log = logging.getLogger("tinytwin.emulate.dfl")
 ProgressFn = Callable[[int, dict[str, Any]], None]
 MiB = 2**20
 EMULATED = ("decfedavg", "serverfree", "gossip", "gist", "segmented_gossip")
+PEERS_FILE = "peers.json"
+"""``emulate/peers.json``: the fork server's pid and every device process's pid (a resumed
+coordinator adopts the ones still running: children of that fork server)."""
+WIRE_STRIDE = 1 << 20
+"""After the k-th resume a round r travels as round ``r + k * WIRE_STRIDE`` (strictly above every
+round number of the abandoned attempt, so its late frames are stale)."""
 
 
 @dataclass
@@ -131,6 +144,7 @@ class ForkServer:
         self.exited: dict[int, asyncio.Event] = {}
         self._pid_wait: dict[int, asyncio.Future[int]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.adopted: dict[int, int] = {}          # device -> its (killed coordinator's) fork server's pid
 
     async def start(self, env: dict[str, str], log_path: Path) -> None:
         with open(log_path, "ab") as errf:
@@ -169,7 +183,24 @@ class ForkServer:
         await self.proc.stdin.drain()
         return await fut
 
+    def adopt(self, d: int, pid: int, parent: int) -> bool:
+        """Take over device ``d``'s process ``pid`` that a killed coordinator's fork server
+        ``parent`` forked, if it still runs (its parent is that fork server: never a reused pid)."""
+        self.adopted[d] = parent
+        self.pids[d] = pid
+        if not self.alive(d):
+            del self.adopted[d], self.pids[d]
+            return False
+        return True
+
     def alive(self, d: int) -> bool:
+        if d in self.adopted:
+            try:
+                with open(f"/proc/{self.pids[d]}/stat") as fh:
+                    f = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return False
+            return f[0] not in ("Z", "X") and int(f[1]) == self.adopted[d]
         return d in self.pids and d not in self.exits
 
     def kill(self, d: int) -> None:
@@ -180,13 +211,15 @@ class ForkServer:
                 pass
 
     async def close(self, wait_s: float = 10.0) -> None:
-        if self.proc is None:
+        if self.proc is None and not self.adopted:
             return
         deadline = time.monotonic() + wait_s
         while any(self.alive(d) for d in self.pids) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for d in list(self.pids):
             self.kill(d)
+        if self.proc is None:
+            return
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
@@ -203,7 +236,7 @@ class DflEmulation:
     """One decentralized emulated run: device processes, directory, rounds, results."""
 
     def __init__(self, exp: Experiment, network: Network, store: RunStore, run_id: str, run_dir: Path,
-                 options: DflOptions) -> None:
+                 options: DflOptions, resume: bool = False) -> None:
         self.exp, self.net, self.store, self.run_id, self.run_dir, self.opt = exp, network, store, run_id, run_dir, options
         spec = exp.spec
         a = spec.algorithm
@@ -212,10 +245,14 @@ class DflEmulation:
         self.edir = run_dir / "emulate"
         for sub in ("keys", "devices", "logs"):
             (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        self.run_key = secrets.token_bytes(32)
         key_file = self.edir / "run.key"
-        key_file.write_bytes(self.run_key)
-        os.chmod(key_file, 0o600)
+        if resume and key_file.is_file():     # the devices of the killed coordinator hold keys from it
+            self.run_key = key_file.read_bytes()
+        else:
+            self.run_key = secrets.token_bytes(32)
+            key_file.write_bytes(self.run_key)
+            os.chmod(key_file, 0o600)
+        self.resume = resume
         self.linears_rows = _linears(exp)
         p = exp.model.num_params
         # HELLO / METRICS / model reports on the coordinator links: the centralized twin's checks
@@ -273,6 +310,16 @@ class DflEmulation:
         self.merge_timeouts = 0
         self.local_rounds = np.zeros(self.n, dtype=np.int64)
         self.energy = np.zeros(self.n)
+        # coordinator resume: wire round offset, wall seconds of earlier coordinators, devices that
+        # did not come back but are killed in the replayed round anyway, reconnects, acks
+        self.offset = 0
+        self.wall_offset = 0.0
+        self.absent: set[int] = set()
+        self.resolving: set[int] = set()       # devices whose connection closed, exit status awaited
+        self.reconnects = 0
+        self.resumed: dict[int, dict[str, Any]] = {}
+        self.resume_done = asyncio.Event()
+        self.t_start = time.perf_counter()
 
     # ---- device files -------------------------------------------------------------------
     def _write_device_files(self, port: int) -> None:
@@ -318,6 +365,7 @@ class DflEmulation:
                     "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
                     "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget),
                     "max_frame": max_frame, "merge_timeout_s": self.opt.merge_timeout_s,
+                    "reconnect_grace_s": self.opt.reconnect_grace_s,
                     **self.firmware.get(d, {}),
                 }
                 (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
@@ -335,9 +383,15 @@ class DflEmulation:
                     device = fr.sender
                     self.writers[device] = writer
                     self.ports[device] = int(content.get("port", 0))
+                    if content.get("reconnects"):
+                        self.reconnects += 1
                     self.hello[device].set()
                 elif device in self.killed:
                     continue                      # a report that left just before the kill
+                elif fr.msg_type == fm.MsgType.METRICS and content.get("kind") == "resumed":
+                    self.resumed[fr.sender] = content
+                    if set(self.resumed) >= self.coord.expect:
+                        self.resume_done.set()
                 elif fr.msg_type == fm.MsgType.METRICS:
                     self.coord.metrics[fr.sender] = content
                     if content.get("torch_loaded"):
@@ -358,6 +412,7 @@ class DflEmulation:
         if d in self.dead or self.stopping:
             return
         self.dead[d] = "killed" if d in self.killed else "disconnected"
+        self.resolving.add(d)       # the round records how it ended once its exit status is known
         await self._notify_down(d)
         if d not in self.killed:
             ev = self.procs.exited.get(d)
@@ -368,6 +423,7 @@ class DflEmulation:
                     pass
             self.dead[d] = exit_kind(self.procs.exits.get(d), workdir=Path(self.firmware[d]["firmware"]["workdir"])
                                      if d in self.firmware else None)
+        self.resolving.discard(d)
         self._check_done()
 
     async def _notify_down(self, d: int) -> None:
@@ -412,11 +468,17 @@ class DflEmulation:
         self.procs.kill(d)
         events.append(self._event(r, d, "killed", f"SIGKILL {delay:.3f} s into round {r} (permanent failure); "
                                                   "its neighbours merge without it"))
+        if d in self.absent:   # already gone (killed in this round before a coordinator resume): tell its partners
+            self.absent.discard(d)
+            await self._lost(d)
 
     # ---- rounds -------------------------------------------------------------------------
+    def _wall(self) -> float:
+        """Wall seconds of the run so far, over every coordinator incarnation."""
+        return self.wall_offset + time.perf_counter() - self.t_start
+
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "device": d, "kind": kind,
-                "detail": detail}
+        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
 
     def _sample_memory(self) -> None:
         """Max RSS/PSS per device process, and the largest total over *all* the run's processes
@@ -451,7 +513,7 @@ class DflEmulation:
         taking = (exp.timeline.online(r) | failing) & alive
         victims = [int(d) for d in np.flatnonzero(failing & alive)]
         plan = plan_round(a, spec.seed, self.net, taking, r, exp.model.num_params, self.n_train)
-        self.coord.round = r
+        self.coord.round = r + self.offset          # the round's number on the wire
         self.coord.updates, self.coord.metrics = {}, {}
         self.coord.expect = {int(d) for d in np.flatnonzero(taking)}
         self.reporting = set(self.coord.expect)
@@ -462,6 +524,8 @@ class DflEmulation:
         def control(d: int) -> dict[str, Any]:
             msg = plan.entries[d].control(r, float(self.lr_sched.lr[d]), plan.steps)
             msg["report_model"] = self.want_models
+            if self.offset:
+                msg["wire"] = r + self.offset
             return msg
 
         await asyncio.gather(*(self._send_control(d, r, control(d)) for d in range(n) if alive[d]))
@@ -473,6 +537,9 @@ class DflEmulation:
         except asyncio.TimeoutError:
             for d in sorted(self.reporting - set(self.dead) - self.killed - set(self.coord.metrics)):
                 events.append(self._event(r, d, "timeout", f"device {d} did not report round {r} in {timeout:.0f} s"))
+        t_end = time.monotonic() + 2.5    # a device that died this round: its exit status (oom, firmware fault)
+        while self.resolving and time.monotonic() < t_end:
+            await asyncio.sleep(0.01)
         for d in sorted(set(self.dead) - set(st["dead_recorded"])):
             st["dead_recorded"].add(d)
             if self.dead[d] != "killed":
@@ -597,53 +664,173 @@ class DflEmulation:
             st["accuracies"].append((r, mean_acc))
         st["round_walls"].append(round_s)
         st["last_metrics"] = rm
-        row = {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "duration_s": round_s,
+        row = {"round": r, "sim_time_s": self._wall(), "duration_s": round_s,
                "selected": int(taking.sum()), "completed": int(reported.size), "dropped": len(victims),
                "stragglers": 0, "train_loss": float(finite.mean()) if finite.size else None,
                "test_accuracy": mean_acc, "test_loss": rm["loss_mean"], "bytes_up": int(sent_b.sum()),
                "bytes_down": int(recv_b.sum()), "energy_j": float(energy.sum()), "wall_time_s": round_s}
-        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, None, rm, metric_rows)
+        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, self._checkpoint(st, row), rm,
+                              metric_rows)
+
+    # ---- coordinator resume ---------------------------------------------------------------
+    def _checkpoint(self, st: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        """What the coordinator holds after a committed round (the devices hold their models):
+        the run's totals, the per-device schedule, energy and local rounds, who is gone (and the
+        last model of those: the others report theirs in the last round)."""
+        return {"st": st, "wall": row["sim_time_s"], "offset": self.offset, "dead": dict(self.dead),
+                "killed": set(self.killed), "local_rounds": self.local_rounds, "energy": self.energy,
+                "lr_sched": dict(vars(self.lr_sched)),
+                "models": {d: w for d, w in self.models.items() if d in self.dead},
+                "counters": {k: getattr(self, k) for k in ("control_bytes", "peer_down_sent", "merge_timeouts",
+                                                           "gist_merges", "fw_rounds", "fw_merge_insns",
+                                                           "qemu_mem", "torch_devices", "reconnects")}}
+
+    def restore(self, ck: dict[str, Any]) -> dict[str, Any]:
+        """The coordinator's state after the checkpoint's round; returns the run's totals (``st``)."""
+        self.wall_offset = float(ck["wall"])
+        self.offset = int(ck["offset"]) + WIRE_STRIDE
+        self.dead, self.killed = dict(ck["dead"]), set(ck["killed"])
+        self.local_rounds, self.energy = np.array(ck["local_rounds"]), np.array(ck["energy"])
+        self.lr_sched.__dict__.update(ck["lr_sched"])
+        self.models = dict(ck["models"])
+        for k, v in ck["counters"].items():
+            setattr(self, k, v)
+        return ck["st"]
+
+    async def _resume_devices(self, st: dict[str, Any]) -> None:
+        """Adopt the device processes of the killed coordinator, wait until they call again
+        (each finishes the round it was in first), tell them to continue after round R (a device
+        that played round R + 1 rolls back to its state after R), and record who did not return."""
+        R = int(st["round"])
+        events: list[dict[str, Any]] = []
+        saved = read_json(self.edir / PEERS_FILE, {}) or {}
+        parent = int(saved.get("forkserver", -1))
+        for d, pid in (saved.get("devices") or {}).items():
+            if int(d) not in self.dead:
+                self.procs.adopt(int(d), int(pid), parent)
+        adopted = sorted(self.procs.adopted)
+        wait = self.opt.start_timeout_s + self.opt.merge_timeout_s
+
+        async def hello(d: int) -> None:
+            try:
+                await asyncio.wait_for(self.hello[d].wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.gather(*(hello(d) for d in adopted))
+        back = [d for d in adopted if d in self.writers]
+        self.coord.round, self.coord.expect, self.coord.metrics = R + self.offset, set(back), {}
+        self.resume_done = asyncio.Event()
+        if not back:
+            self.resume_done.set()
+        await asyncio.gather(*(self._send_control(d, R, {"cmd": "resume", "round": R, "wire": R + self.offset})
+                               for d in back))
+        try:
+            await asyncio.wait_for(self.resume_done.wait(), self.opt.start_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        failing_next = {d for d, kind in self.exp.timeline.changes(R + 1) if kind == "failure"}
+        ok = [d for d in back if self.resumed.get(d, {}).get("ok")]
+        gone = 0
+        for d in range(self.n):
+            if d in self.dead or d in ok:
+                continue
+            self.procs.kill(d)
+            gone += 1
+            if d in failing_next:       # killed in the abandoned attempt of round R + 1: it is again
+                self.absent.add(d)
+                continue
+            why = ("did not call the coordinator again" if d not in back else
+                   "could not roll back to round %d" % R if d in self.resumed else "did not confirm the resume")
+            self.dead[d] = "lost"
+            st["dead_recorded"].add(d)
+            events.append(self._event(R, d, "lost", f"device {d} {why}; out of the run"))
+            await self._notify_down(d)
+        events.append(self._event(R, None, "devices_resumed",
+                                  f"{len(ok)} device processes of the killed coordinator reconnected and continue "
+                                  f"after round {R}; {gone} did not"))
+        self.store.add_events(self.run_id, events)
 
     # ---- the whole run --------------------------------------------------------------------
-    async def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
-        spec = self.exp.spec
+    @staticmethod
+    def initial_st() -> dict[str, Any]:
+        return {"round": 0, "bytes_up": 0, "bytes_down": 0, "messages": 0, "planned_messages": 0,
+                "accuracies": [], "round_walls": [], "last_metrics": {}, "dead_recorded": set(),
+                "device_rejected": {}}
+
+    async def run(self, progress: ProgressFn | None = None, st: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the devices)."""
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=max(128, 2 * self.n))
-        port = server.sockets[0].getsockname()[1]
-        self._write_device_files(port)
-        st: dict[str, Any] = {"round": 0, "bytes_up": 0, "bytes_down": 0, "messages": 0, "planned_messages": 0,
-                              "accuracies": [], "round_walls": [], "last_metrics": {}, "dead_recorded": set(),
-                              "device_rejected": {}}
-        finished = False
+        self.resume_done = asyncio.Event()
+        saved = read_json(self.edir / COORDINATOR_FILE) if self.resume else None
+        want = int(saved["port"]) if saved else 0
         try:
-            await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
-            for d in range(self.n):
-                await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
-            start_events: list[dict[str, Any]] = []
+            server = await asyncio.start_server(self._serve, "127.0.0.1", want, backlog=max(128, 2 * self.n))
+        except OSError as exc:
+            if not want:
+                raise
+            raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
+                                "the devices of a decentralized run hold their models and call only that "
+                                "address: free it and resume again") from None
+        port = server.sockets[0].getsockname()[1]
+        write_json(self.edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": port,
+                                                  "options": options_to_json(self.opt)})
+        resumed = st is not None
+        if not resumed:
+            self._write_device_files(port)
+        st = st if st is not None else self.initial_st()
+        try:
+            if resumed:
+                await self._resume_devices(st)
+            else:
+                await self._start_devices(st)
+        except BaseException:
+            await self.procs.close(wait_s=0.0)
+            server.close()
+            await server.wait_closed()
+            raise
+        return await self._rounds(st, progress, server, cpu0)
 
-            async def hello(d: int) -> None:
-                try:
-                    await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
-                except asyncio.TimeoutError:
-                    self.dead[d] = "no_hello"
-                    st["dead_recorded"].add(d)
-                    start_events.append(self._event(0, d, "no_hello", f"device {d} did not say HELLO in "
-                                                                      f"{self.opt.start_timeout_s} s"))
-                    self.procs.kill(d)
+    async def _start_devices(self, st: dict[str, Any]) -> None:
+        """Fork every device, wait for the HELLOs, hand out the directory."""
+        await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
+        start_events: list[dict[str, Any]] = []
+        for d in range(self.n):
+            await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
+        assert self.procs.proc is not None
+        write_json(self.edir / PEERS_FILE, {"forkserver": self.procs.proc.pid,
+                                            "devices": {str(d): pid for d, pid in self.procs.pids.items()}})
 
-            await asyncio.gather(*(hello(d) for d in range(self.n)))
-            await asyncio.gather(*(self._send_control(d, 0, {"cmd": "directory", "ports": {
-                str(j): self.ports[j] for j in self.partners[d] if j in self.ports}}) for d in range(self.n)
-                if d in self.writers))
-            self.startup_s = time.perf_counter() - self.t_start
-            if start_events:
-                self.store.add_events(self.run_id, start_events)
-            for r in range(1, spec.rounds + 1):
+        async def hello(d: int) -> None:
+            try:
+                await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
+            except asyncio.TimeoutError:
+                self.dead[d] = "no_hello"
+                st["dead_recorded"].add(d)
+                start_events.append(self._event(0, d, "no_hello", f"device {d} did not say HELLO in "
+                                                                  f"{self.opt.start_timeout_s} s"))
+                self.procs.kill(d)
+
+        await asyncio.gather(*(hello(d) for d in range(self.n)))
+        await asyncio.gather(*(self._send_control(d, 0, {"cmd": "directory", "ports": {
+            str(j): self.ports[j] for j in self.partners[d] if j in self.ports}}) for d in range(self.n)
+            if d in self.writers))
+        self.startup_s = time.perf_counter() - self.t_start
+        if start_events:
+            self.store.add_events(self.run_id, start_events)
+
+    async def _rounds(self, st: dict[str, Any], progress: ProgressFn | None, server: asyncio.AbstractServer,
+                      cpu0: Any) -> dict[str, Any]:
+        """Rounds ``st["round"] + 1 ..``, then stop the devices; processes and server closed however this ends."""
+        spec = self.exp.spec
+        finished = False
+        self.startup_s = getattr(self, "startup_s", time.perf_counter() - self.t_start)
+        try:
+            for r in range(int(st["round"]) + 1, spec.rounds + 1):
                 await self._round(r, st)
                 if progress is not None:
                     acc = st["accuracies"][-1][1] if st["accuracies"] and st["accuracies"][-1][0] == r else None
-                    progress(r, {"accuracy": acc, "sim_time_s": time.perf_counter() - self.t_start})
+                    progress(r, {"accuracy": acc, "sim_time_s": self._wall()})
             self.stopping = True
             await asyncio.gather(*(self._send_control(d, st["round"], {"cmd": "stop"}) for d in list(self.writers)))
             finished = True
@@ -667,7 +854,8 @@ class DflEmulation:
             rejected.update(counts)
         lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
         return {
-            **common_summary(st["accuracies"], st["round"], wall_time_s, st["bytes_up"], st["bytes_down"],
+            **common_summary(st["accuracies"], st["round"], self.wall_offset + wall_time_s, st["bytes_up"],
+                             st["bytes_down"],
                              self.energy, self.plans, wall_time_s),
             "num_devices": self.n,
             "algorithm": f"{a.name} (sync{lr_part})",
@@ -696,6 +884,7 @@ class DflEmulation:
                 "peer_down_sent": self.peer_down_sent,
                 "merge_timeouts": self.merge_timeouts,
                 "devices_lost": {str(d): how for d, how in sorted(self.dead.items())},
+                "reconnects": self.reconnects,
                 **({"gist_merges": self.gist_merges} if a.name == "gist" else {}),
                 **({"firmware": self._firmware_summary()} if self.firmware else {}),
             },
@@ -737,6 +926,46 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
     with coordinator_run(store, run_id, run_dir, log):
         emu = DflEmulation(exp, network, store, run_id, run_dir, options)
         state = asyncio.run(emu.run(progress))
+        summary = emu.summary(state, time.perf_counter() - wall0)
+    return finish_dfl_run(store, run_id, run_dir, summary, report)
+
+
+def dfl_options_from_json(data: dict[str, Any]) -> DflOptions:
+    """The options a decentralized emulation was started with (``emulate/coordinator.json``)."""
+    known = {f.name for f in fields(DflOptions)}
+    data = {k: v for k, v in data.items() if k in known}
+    for k in ("mem_budget_override", "firmware_arena_override"):
+        data[k] = {int(d): int(v) for d, v in data.get(k, {}).items()}
+    return DflOptions(**data)
+
+
+def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: ExperimentSpec, saved: dict[str, Any],
+                         base_dir: Path | None, progress: ProgressFn | None = None, on_prepared: Any = None,
+                         report: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Continue a killed decentralized emulation after its last committed round: the device
+    processes (which kept their models and call the coordinator's address again for
+    ``reconnect_grace_s``) reconnect and roll back to that round; see docs/emulation.md."""
+    options = dfl_options_from_json(saved["options"])
+    try:
+        exp = prepare(spec, base_dir)
+        network = _check_family(exp, base_dir)
+    except BaseException:
+        store.close()
+        raise
+    if on_prepared is not None:
+        on_prepared(exp)
+    ck = store.checkpoint(run_id)
+    done = ck[0] if ck else 0
+    store.set_status(run_id, "running")
+    store.add_events(run_id, [{"round": done, "sim_time_s": float(ck[1]["wall"]) if ck else 0.0, "device": None,
+                               "kind": "resume", "detail": f"resumed after round {done}"}])
+    wall0 = time.perf_counter()
+    with coordinator_run(store, run_id, run_dir, log):
+        emu = DflEmulation(exp, network, store, run_id, run_dir, options, resume=True)
+        st = emu.restore(ck[1]) if ck else emu.initial_st()
+        if not ck:
+            emu.offset = WIRE_STRIDE
+        state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
     return finish_dfl_run(store, run_id, run_dir, summary, report)
 

@@ -55,7 +55,9 @@ from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
 from tinytwin.emulate.coordinator import (EmulateOptions, _model_rows, coordinator_run, create_emulation_run,
-                                          kb_stats, options_as, run_stats)
+                                          firmware_summary, kb_stats, options_as, run_stats)
+from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.dfl_coordinator import ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
@@ -102,8 +104,6 @@ def check_hier_emulatable(spec: ExperimentSpec) -> None:
     if a.aggregator.name != "fedavg":
         raise TinyTwinError(f"emulate: local aggregators run FedAvg (numpy); aggregator.name {a.aggregator.name!r} "
                             "is simulation-only for hierarchical runs (tinytwin run)")
-    if any(getattr(g, "twin", "process") != "process" for g in spec.fleet.groups):
-        raise TinyTwinError("emulate: firmware devices take part in centralized runs only for now")
 
 
 class HierForkServer(ForkServer):
@@ -171,6 +171,13 @@ class HierEmulation:
         key_file.write_bytes(self.run_key)
         os.chmod(key_file, 0o600)
         self.linears_rows, self.layer_rows = _model_rows(exp)   # MLP rows, or a CNN's layer list (layers_np)
+        # Firmware images are built (and a model too big for a board refused) before any process starts;
+        # a firmware device under a local aggregator is the centralized twin's firmware device, unchanged.
+        self.firmware = firmware_configs(exp, self.linears_rows or [], self.edir / "firmware",
+                                         firmware_groups(exp, options.firmware_all),
+                                         arena_override=options.firmware_arena_override)
+        self.qemu_mem: dict[int, dict[str, int]] = {}
+        self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
         p = exp.model.num_params
         self.sizes = list(exp.model.tensor_sizes)
         # the LA -> GA report: the cluster update in the spec's encoding (one cluster: the model, float32)
@@ -257,7 +264,7 @@ class HierEmulation:
                "encoding": a.encoding, "downlink_encoding": a.downlink_encoding,
                "time_scale": self.opt.time_scale, "compute_s": float(self.sim.compute_s[d]),
                "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget), "max_frame": max_frame,
-               "reconnect_grace_s": self.opt.reconnect_grace_s}
+               "reconnect_grace_s": self.opt.reconnect_grace_s, **self.firmware.get(d, {})}
         (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
 
     # ---- processes ---------------------------------------------------------------------
@@ -287,7 +294,9 @@ class HierEmulation:
 
     def _exit_kind(self, key: int) -> str:
         rc = self.procs.exits.get(key)
-        return exit_kind(rc, killed=rc == -9)  # no firmware devices here
+        # a firmware device's fault file decides (its trainer removes a stale one at start); an OOM exit wins
+        fw = key in self.firmware and rc != OOM_EXIT
+        return exit_kind(rc, killed=rc == -9, workdir=Path(self.firmware[key]["firmware"]["workdir"]) if fw else None)
 
     # ---- the GA's connections ------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -513,6 +522,13 @@ class HierEmulation:
                         sent[d] += 1
                         if m.get("train_loss") is not None:
                             losses[d] = float(m["train_loss"])
+                        if m.get("insns") is not None:     # a firmware device: its board's figures
+                            self.fw_rounds.append((int(m["insns"]), float(m["firmware_compute_s"]),
+                                                   float(m["cost_model_compute_s"])))
+                        if m.get("qemu_rss_kb") is not None:
+                            cur = self.qemu_mem.setdefault(d, {})
+                            for x in ("qemu_rss_kb", "qemu_pss_kb"):
+                                cur[x] = max(cur.get(x, 0), int(m.get(x) or 0))
                     elif d not in status:
                         status[d] = m["status"]
                     rej = m.get("rejected") or {}
@@ -537,9 +553,10 @@ class HierEmulation:
             elif d not in status:
                 status[d] = "ok"
             elif status[d] in ("disconnected", "failed"):
-                status[d] = self._exit_kind(d)
+                why = self._exit_kind(d)
+                status[d] = why.split(" ")[0]     # oom, crash, firmware_fault (the detail goes to the event)
                 if status[d] != "killed":
-                    events.append(self._event(r, d, status[d].split(" ")[0], f"device {d}: {status[d]}"))
+                    events.append(self._event(r, d, status[d], f"device {d}: {why}"))
             elif status[d] in ("timeout", "no_hello"):
                 events.append(self._event(r, d, status[d], f"device {d}: {status[d]}"))
         for c in rs.clusters:                     # a new aggregator process counts from zero again
@@ -750,6 +767,7 @@ class HierEmulation:
             "coordinator_cpu_s": getattr(self, "coordinator_cpu_s", None),
             "devices_cpu_s": self.devices_cpu_s,
             "memory_sampling_s": self.sampling_s,
+            **({"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)} if self.firmware else {}),
         }
         return s
 
@@ -765,6 +783,8 @@ def start_hier_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_d
         raise TinyTwinError("emulate --netns: hierarchical runs use the userspace link shaper only for now")
     exp = prepare(spec, base_dir)
     _model_rows(exp)                          # MLPs and the zoo's CNNs (numpy devices)
+    if firmware_groups(exp, options.firmware_all):
+        check_firmware_spec(exp)              # e.g. a CNN on firmware devices: refused before the run folder exists
     _check_family(exp, base_dir)             # aggregator_link
     bad = [d for ds in options.kill_devices.values() for d in ds if not 0 <= int(d) < exp.fleet.num_devices]
     bad += [c for cs in options.kill_aggregators.values() for c in cs

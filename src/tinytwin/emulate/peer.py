@@ -29,6 +29,12 @@ has no key: ``unknown_sender``), replay, receiver, the connection's sender, mess
 type, round, whether that sender was expected this round, payload and finiteness. A
 rejected frame is logged, counted (reported in METRICS) and never merged.
 
+A coordinator that vanishes (SIGKILL) does not stop the peer: it finishes its round with its
+neighbours, keeps the report, calls the coordinator's address again for ``reconnect_grace_s``
+and says HELLO again; a resumed coordinator's ``CONTROL {"cmd": "resume", "round": R}`` rolls
+it back to its state after round R (kept before every round) and moves the frames' round
+numbers past the abandoned attempt's (``wire``). See docs/emulation.md.
+
 Exit codes as :mod:`tinytwin.emulate.device`: 0 normal, 86 out of memory (RLIMIT_DATA),
 87 firmware fault (``fault.json`` in the device's firmware folder), 3 could not talk to
 the coordinator.
@@ -36,6 +42,7 @@ the coordinator.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import queue
@@ -60,7 +67,9 @@ from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, l
 from tinytwin.rng import Stream, stream_rng
 
 MIXING = ("decfedavg", "serverfree")
-CONTROL_COMMANDS = ("directory", "round", "peer_down", "stop")
+CONTROL_COMMANDS = ("directory", "round", "peer_down", "stop", "resume")
+SNAPSHOT = ("params", "age", "local_rounds", "fifo", "buffer", "gist_merges", "accuracy")
+"""What a peer rolls back when a resumed coordinator replays a round it had not committed."""
 AGE_HEADER = struct.Struct("<I")
 """gossip ``merge: age``: the model's age (local rounds behind it) before the model (docs/protocol.md)."""
 PULL_REQUEST = struct.Struct("<III")
@@ -163,7 +172,8 @@ class PeerRuntime:
                     raise ValueError(f"unknown command {cmd!r}")
             except (ValueError, UnicodeDecodeError) as exc:
                 raise Rejected("bad_payload", str(exc)) from None
-            if cmd["cmd"] == "round" and int(cmd.get("round", -1)) <= self.round:
+            # a round's wire number (``wire``) differs from its number after a coordinator resume
+            if cmd["cmd"] == "round" and int(cmd.get("wire", cmd.get("round", -1))) <= self.round:
                 raise Rejected("stale_round", f"round start {cmd.get('round')} <= current {self.round}")
             return "control", cmd
         is_request = self.segmented and fr.msg_type == fm.MsgType.CONTROL
@@ -366,6 +376,13 @@ class Peer:
         self.seed = int(cfg["seed"])
         self.deferred: list[dict[str, Any]] = []
         self.stopping = False
+        # coordinator resume (docs/emulation.md): the state before the latest round, the last
+        # round played, the wire number of the current round, whether the coordinator is gone
+        self.done_round = 0
+        self.snapshot: tuple[int, dict[str, Any]] | None = None
+        self.wr = 0
+        self.lost = False
+        self.reconnects = 0
 
     # ---- events from the reader thread ---------------------------------------------------
     def pump(self, timeout: float | None) -> dict[str, Any] | None:
@@ -380,8 +397,8 @@ class Peer:
             if got is not None and got[0] == "control":
                 return got[1]
         elif kind == "eof":
-            if conn == COORDINATOR_CONN:
-                return {"cmd": "stop", "reason": "the coordinator closed the connection"}
+            if conn == COORDINATOR_CONN:   # killed, or done: call its address again (reconnect_grace_s)
+                return {"cmd": "lost"} if not self.stopping else None
             sender = self.rt.conn_sender.get(conn)
             if sender is not None:
                 self.rt.peer_gone(sender)
@@ -396,7 +413,64 @@ class Peer:
             cmd = self.deferred.pop(0) if self.deferred else self.pump(None)
             if cmd is not None:
                 self.command(cmd)
+            if self.lost and not self.stopping and not self.reconnect():
+                return NO_COORDINATOR_EXIT
         return 0
+
+    # ---- coordinator resume ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return copy.deepcopy({k: getattr(self, k) for k in SNAPSHOT if hasattr(self, k)})
+
+    def reconnect(self) -> bool:
+        """The coordinator's connection closed (it was killed): call its address every 0.2 s for
+        ``reconnect_grace_s``, then say HELLO again (``reconnects`` >= 1, the last round played);
+        the model stays here. False: nobody answered in time (the process exits)."""
+        grace = float(self.cfg.get("reconnect_grace_s", 60.0))
+        deadline = time.monotonic() + grace
+        log(f"device {self.id}: lost the coordinator after round {self.done_round}; calling it again for {grace} s")
+        while time.monotonic() < deadline:
+            try:
+                self.net.connect_coordinator(self.cfg["host"], int(self.cfg["port"]), timeout=2.0)
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            log(f"device {self.id}: no coordinator within {grace} s; exiting")
+            return False
+        self.lost = False
+        self.reconnects += 1
+        hello = {"pid": os.getpid(), "port": self.net.port, "reconnects": self.reconnects, "round": self.done_round}
+        try:
+            self.net.send_coordinator(self.rt.make(self.rt.frame.MsgType.HELLO, COORDINATOR_ID, 0, "none",
+                                                   json.dumps(hello).encode()))
+        except OSError:
+            self.lost = True
+            return self.reconnect() if time.monotonic() < deadline else False
+        log(f"device {self.id}: connected to the coordinator again (connection {self.reconnects + 1})")
+        return True
+
+    def resume(self, cmd: dict[str, Any]) -> None:
+        """A resumed coordinator continues after round ``cmd["round"]``: roll back to the state
+        after that round (this device may have played one more round, never committed), take the
+        new wire numbering (frames of the abandoned round are stale from now on), say whether it
+        could."""
+        r = int(cmd["round"])
+        ok = True
+        if self.done_round != r:
+            if self.snapshot is not None and self.snapshot[0] == r:
+                for k, v in self.snapshot[1].items():
+                    setattr(self, k, v)
+                log(f"device {self.id}: rolled back from round {self.done_round} to round {r}")
+                self.done_round = r
+            else:
+                ok = False
+                log(f"device {self.id}: cannot resume after round {r}: last played {self.done_round}")
+        self.snapshot = None
+        rt = self.rt
+        rt.round, rt.active, rt.inbox, rt.pending, rt.requests = int(cmd["wire"]), False, [], [], []
+        self.wr = rt.round
+        self.net.send_coordinator(rt.make(rt.frame.MsgType.METRICS, COORDINATOR_ID, rt.round, "none", json.dumps(
+            {"kind": "resumed", "ok": ok, "round": self.done_round, "local_rounds": self.local_rounds}).encode()))
 
     def command(self, cmd: dict[str, Any]) -> None:
         c = cmd["cmd"]
@@ -409,10 +483,17 @@ class Peer:
             self.rt.peer_gone(int(cmd["device"]))
         elif c == "round":
             self.play_round(cmd)
+        elif c == "resume":
+            self.resume(cmd)
+        elif c == "lost":
+            self.lost = True
 
     # ---- one round ------------------------------------------------------------------------
     def play_round(self, cmd: dict[str, Any]) -> None:
         r = int(cmd["round"])
+        self.wr = int(cmd.get("wire", r))     # the frames' round number (differs from r after a resume)
+        self.snapshot = (self.done_round, self._state())
+        self.done_round = r
         online = bool(cmd.get("online", False))
         steps = int(cmd.get("steps", 1))
         outstanding: dict[int, list[tuple[int, int, int]]] = {}
@@ -420,7 +501,7 @@ class Peer:
         if bounds is not None:
             for seg, peer, _ in cmd.get("pulls", []):
                 outstanding.setdefault(int(peer), []).append((int(seg), bounds[int(seg)], bounds[int(seg) + 1]))
-        self.rt.start_round(r, online, cmd.get("expect", {}), steps, cmd.get("requests"), outstanding)
+        self.rt.start_round(self.wr, online, cmd.get("expect", {}), steps, cmd.get("requests"), outstanding)
         self.serving = None
         if not online:
             return
@@ -479,12 +560,17 @@ class Peer:
             "rejected": dict(self.rt.rejected), "torch_loaded": "torch" in sys.modules, **extra,
         }
         fm = self.rt.frame
-        self.net.send_coordinator(self.rt.make(fm.MsgType.METRICS, COORDINATOR_ID, r, "none",
-                                               json.dumps(metrics).encode()))
-        if cmd.get("report_model", True):   # for evaluation and the consensus distance
-            self.net.send_coordinator(self.rt.make(fm.MsgType.UPDATE, COORDINATOR_ID, r, "float32",
-                                                   self.rt.enc.encode(self.params, "float32")))
         self.rt.finish_round()
+        if self.lost:       # the coordinator is gone: the report goes nowhere (a resume replays the round)
+            return
+        try:
+            self.net.send_coordinator(self.rt.make(fm.MsgType.METRICS, COORDINATOR_ID, self.wr, "none",
+                                                   json.dumps(metrics).encode()))
+            if cmd.get("report_model", True):   # for evaluation and the consensus distance
+                self.net.send_coordinator(self.rt.make(fm.MsgType.UPDATE, COORDINATOR_ID, self.wr, "float32",
+                                                       self.rt.enc.encode(self.params, "float32")))
+        except OSError:
+            self.lost = True
 
     def _payload(self, params: np.ndarray) -> bytes:
         body = self.rt.enc.encode(params, self.rt.encoding, tensor_sizes=self.rt.tensor_sizes)
@@ -520,7 +606,7 @@ class Peer:
               msg_type: Any = None) -> list[Any]:
         """Shaped send of one MODEL (Gist, segmented gossip: SEGMENT; a pull request: CONTROL)
         frame; returns [dst, frame bytes, link s, lost packets, delivered]."""
-        data = self.rt.make(msg_type or self.rt.msg_type, dst, r, encoding or self.rt.encoding, payload)
+        data = self.rt.make(msg_type or self.rt.msg_type, dst, self.wr, encoding or self.rt.encoding, payload)
         link = self.link
         lost = shaper.draw_lost(stream_rng(self.seed, Stream.MSG_LOSS, r, step, self.id, k), len(data), link)
         bps = min(link.up_bps, self.partner_down_bps.get(dst, link.up_bps))
@@ -549,6 +635,8 @@ class Peer:
                 continue
             if cmd["cmd"] == "peer_down":
                 self.rt.peer_gone(int(cmd["device"]))
+            elif cmd["cmd"] == "lost":   # the coordinator is gone: finish the round with the neighbours
+                self.lost = True
             elif cmd["cmd"] == "stop":
                 self.command(cmd)
                 return []
