@@ -26,7 +26,13 @@ timeout, is left out), and aggregates FedAvg exactly as the simulator's engine d
 order — and reports the local round (METRICS). Then, after its uplink's shaped delay, it
 sends a final METRICS and its cluster update ``model − global`` in ``algorithm.encoding``
 (with one cluster: the model itself, float32 — the simulator's flat-FL case).
-Exit codes: 0 normal, 3 the global coordinator is gone.
+
+A global coordinator that is killed and resumed (docs/emulation.md, "Coordinator kill and
+resume (hierarchical)"): the LA finishes the round it is in (its report is lost), keeps its
+devices, calls the GA's address again for ``reconnect_grace_s`` and says HELLO again; the
+resumed GA's plans carry a wire-round ``offset``, added to every local round key on the device
+frames (devices accept only rising rounds) while the plan's ``key`` stays the training key.
+Exit codes: 0 normal, 3 the global coordinator is gone (and did not come back in the grace).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ class LocalAggregator:
         self.done = asyncio.Event()
         self.control_bytes = 0
         self.reconnects = 0
+        self.ga_connects = 0
         self.port = 0
 
     # ---- devices ------------------------------------------------------------------------
@@ -150,17 +157,22 @@ class LocalAggregator:
             except asyncio.TimeoutError:
                 pass
 
-    async def _start_device(self, d: int, key: int, plan: dict[str, Any], payload: bytes,
+    async def _start_device(self, d: int, key: int, wire: int, plan: dict[str, Any], payload: bytes,
                             kill_after_s: float | None) -> None:
-        """Round plan, then the shaped cluster model, to one member (then its SIGKILL, for a victim)."""
-        msg = {"cmd": "round", "round": key, "up_wait_s": float(plan["up_wait_s"]), "drop_update": False}
-        ctrl = self.down.make(fm.MsgType.CONTROL, d, key, "none", json.dumps(msg).encode())
+        """Round plan, then the shaped cluster model, to one member (then its SIGKILL, for a victim).
+
+        ``key`` is the device's training key (the local round key), ``wire`` the frames' round:
+        ``key`` plus the global coordinator's resume offset, so that a device that already played
+        this key before a coordinator resume accepts the replay (its rounds only go up)."""
+        msg = {"cmd": "round", "round": wire, "key": key, "up_wait_s": float(plan["up_wait_s"]),
+               "drop_update": False}
+        ctrl = self.down.make(fm.MsgType.CONTROL, d, wire, "none", json.dumps(msg).encode())
         if await self._send(d, ctrl):
             self.control_bytes += len(ctrl)
         wait = float(plan["down_wait_s"])
         if wait > 0:
             await asyncio.sleep(wait)
-        data = self.down.make(fm.MsgType.MODEL, d, key, self.enc_down, payload)
+        data = self.down.make(fm.MsgType.MODEL, d, wire, self.enc_down, payload)
         self.model_sent_at[d] = time.monotonic()
         if not await self._send(d, data):
             return
@@ -180,15 +192,16 @@ class LocalAggregator:
             log(f"aggregator {self.cluster}: device {d} SIGKILLed {kill_after_s:.3f} s after its model (key {key})")
 
     # ---- one global round ------------------------------------------------------------------
-    async def _local_round(self, l: int, lp: dict[str, Any], model: np.ndarray,
-                           kills: dict[int, float]) -> tuple[np.ndarray, list[int], dict[str, Any]]:
+    async def _local_round(self, l: int, lp: dict[str, Any], model: np.ndarray, kills: dict[int, float],
+                           offset: int = 0) -> tuple[np.ndarray, list[int], dict[str, Any]]:
         key = int(lp["key"])
+        wire = key + offset
         devs = {int(d): v for d, v in lp["devices"].items()}
         planned = sorted(devs)
         # wait for members that are (re)starting; not for those that died earlier in this global round
         await self._wait_connected([d for d in planned if d not in self.killed and d not in self.lost],
                                    float(self.cfg["hello_timeout_s"]))
-        self.down.round = key
+        self.down.round = wire
         self.down.updates, self.down.update_bytes, self.down.metrics = {}, {}, {}
         self.model_bytes, self.model_sent_at, self.update_at = {}, {}, {}
         self.failed = {d: "killed" for d in planned if d in self.killed}
@@ -198,7 +211,7 @@ class LocalAggregator:
         self.done = asyncio.Event()
         self._check_done()
         payload = enc.encode(model, self.enc_down, tensor_sizes=self.sizes)
-        await asyncio.gather(*(self._start_device(d, key, devs[d], payload, kills.get(d) if l == 1 else None)
+        await asyncio.gather(*(self._start_device(d, key, wire, devs[d], payload, kills.get(d) if l == 1 else None)
                                for d in sorted(self.down.expect)))
         timeout = float(self.cfg["round_timeout_s"]) + 2 * float(lp.get("paced_s", 0.0))
         try:
@@ -229,17 +242,26 @@ class LocalAggregator:
                   "rejected": dict(self.down.rejected), "reconnects": self.reconnects}
         return model, completed, report
 
+    async def _to_ga(self, gw: asyncio.StreamWriter, data: bytes) -> None:
+        """Write to the global coordinator; a coordinator that is gone loses the report (the round
+        is abandoned: a resumed coordinator replays it)."""
+        try:
+            gw.write(data)
+            await gw.drain()
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+
     async def _global_round(self, r: int, plan: dict[str, Any], g: np.ndarray, gw: asyncio.StreamWriter) -> None:
         t0 = time.perf_counter()
+        offset = int(plan.get("offset", 0))
         model = np.asarray(g, dtype=np.float32).copy()
         self.killed, self.lost = set(), set()        # a device that died in an earlier round runs again
         kills = {int(d): float(s) for d, s in plan.get("kill", {}).items()}
         contributed: set[int] = set()
         for l, lp in enumerate(plan["local"], 1):
-            model, completed, report = await self._local_round(l, lp, model, kills)
+            model, completed, report = await self._local_round(l, lp, model, kills, offset)
             contributed.update(completed)
-            gw.write(self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(report).encode()))
-            await gw.drain()
+            await self._to_ga(gw, self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(report).encode()))
         wait = float(plan.get("up_wait_s", 0.0))
         if wait > 0:
             await asyncio.sleep(wait)
@@ -252,11 +274,41 @@ class LocalAggregator:
         else:
             payload, encoding = enc.encode(model - np.asarray(g, dtype=np.float32), self.enc_up,
                                            tensor_sizes=self.sizes), self.enc_up
-        gw.write(self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(final).encode())
-                 + self.up.make(fm.MsgType.UPDATE, r, encoding, payload))   # nonces increase in send order
-        await gw.drain()
+        await self._to_ga(gw, self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(final).encode())
+                          + self.up.make(fm.MsgType.UPDATE, r, encoding, payload))   # nonces increase in send order
 
     # ---- the process ----------------------------------------------------------------------
+    async def _connect_ga(self, grace_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Connect to the global coordinator's (stable) address and say HELLO, retrying every 0.2 s
+        for ``grace_s`` (a resumed coordinator binds the same address); None if nobody answered.
+        The devices keep their connections to this process meanwhile."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                greader, gw = await asyncio.open_connection(str(self.cfg["host"]), int(self.cfg["ga_port"]))
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    log(f"aggregator {self.cluster}: no global coordinator ({exc})")
+                    return None
+                await asyncio.sleep(0.2)
+        hello = {"pid": os.getpid(), "port": self.port, "cluster": self.cluster,
+                 "torch_loaded": "torch" in sys.modules, "reconnects": self.ga_connects,
+                 "connected": sorted(self.writers), "device_pids": {str(d): p for d, p in sorted(self.pids.items())
+                                                                    if d in self.writers}}
+        if self.ga_connects:
+            log(f"aggregator {self.cluster}: connected to the global coordinator again "
+                f"(connection {self.ga_connects + 1})")
+            self.up.round = 0           # a resumed coordinator replays the round it was killed in
+        self.ga_connects += 1
+        try:
+            gw.write(self.up.make(fm.MsgType.HELLO, 0, "none", json.dumps(hello).encode()))
+            await gw.drain()
+        except (ConnectionError, OSError):
+            gw.close()
+            return None if time.monotonic() >= deadline else await self._connect_ga(deadline - time.monotonic())
+        return greader, gw
+
     async def _stop_devices(self) -> None:
         stop = b'{"cmd": "stop"}'
         for d in list(self.writers):
@@ -278,14 +330,11 @@ class LocalAggregator:
         self.port = server.sockets[0].getsockname()[1]
         log(f"aggregator {self.cluster}: pid {os.getpid()} listening on port {self.port}, "
             f"{len(self.n_train)} member device(s)")
-        try:
-            greader, gw = await asyncio.open_connection(str(self.cfg["host"]), int(self.cfg["ga_port"]))
-        except OSError as exc:
-            log(f"aggregator {self.cluster}: no global coordinator ({exc})")
+        conn = await self._connect_ga(0.0)
+        if conn is None:
+            server.close()
             return NO_COORDINATOR_EXIT
-        hello = {"pid": os.getpid(), "port": self.port, "cluster": self.cluster, "torch_loaded": "torch" in sys.modules}
-        gw.write(self.up.make(fm.MsgType.HELLO, 0, "none", json.dumps(hello).encode()))
-        await gw.drain()
+        greader, gw = conn
         if self.cfg.get("announce_ready"):          # first start: say when every member is connected
             await self._wait_connected(sorted(self.n_train), float(self.cfg["hello_timeout_s"]))
             ready = {"kind": "ready", "connected": sorted(self.writers)}
@@ -299,9 +348,17 @@ class LocalAggregator:
                 try:
                     data = await read_frame(greader, max_frame)
                 except (asyncio.IncompleteReadError, ConnectionError, Rejected) as exc:
-                    log(f"aggregator {self.cluster}: connection to the global coordinator lost ({exc!r}); exiting")
-                    code = NO_COORDINATOR_EXIT
-                    break
+                    grace = float(self.cfg.get("reconnect_grace_s", 0.0))
+                    log(f"aggregator {self.cluster}: connection to the global coordinator lost ({exc!r}); "
+                        + (f"calling it again for {grace:g} s" if grace > 0 else "exiting"))
+                    gw.close()
+                    conn = await self._connect_ga(grace) if grace > 0 else None
+                    if conn is None:
+                        code = NO_COORDINATOR_EXIT
+                        break
+                    greader, gw = conn
+                    plans = {}
+                    continue
                 got = self.up.handle(data)
                 if got is None:
                     continue

@@ -828,17 +828,18 @@ def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path 
     started with; device processes still running reconnect, the others start again."""
     store, info, stored = open_resumable(run_dir, spec, "emulate")
     saved = read_json(run_dir / "emulate" / COORDINATOR_FILE)
-    if stored.algorithm.family == "hierarchical" or saved is None:
+    if saved is None:
         store.close()
-        if stored.algorithm.family == "hierarchical":
-            raise TinyTwinError(f"{run_dir}: resuming a hierarchical emulation is not supported (its local "
-                                "aggregators are not adopted); start it again")
         raise TinyTwinError(f"{run_dir}: emulate/{COORDINATOR_FILE} is missing (the coordinator was killed before "
                             "it served its devices); start the run again")
     if stored.algorithm.family == "decentralized":   # the devices hold the models: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import resume_dfl_emulation
         return resume_dfl_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared,
                                     report)
+    if stored.algorithm.family == "hierarchical":   # local aggregators and their devices: hier_coordinator.py
+        from tinytwin.emulate.hier_coordinator import resume_hier_emulation
+        return resume_hier_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared,
+                                     report)
     options = options_from_json(saved["options"])
     try:
         if options.netns:

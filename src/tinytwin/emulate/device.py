@@ -6,7 +6,9 @@ over TCP, says HELLO, and then for every MODEL frame of a new round: decodes the
 model, trains locally (:mod:`tinytwin.emulate.mlp_np`), waits out the paced compute
 time, waits out its uplink's shaped transfer time (the round plan, a ``CONTROL
 {"cmd": "round"}`` the coordinator sends before the model, says how long, and whether the
-link is down by then so the shaper drops the update), and sends METRICS and its UPDATE
+link is down by then so the shaper drops the update; its optional ``key`` is the training
+key when it differs from the frame round: a hierarchical replay after a coordinator resume),
+and sends METRICS and its UPDATE
 (the change of its model, in the spec's encoding). Every frame it receives is
 authenticated and checked by :meth:`DeviceRuntime.accept`; a rejected frame is logged
 with its reason and otherwise ignored. A lost connection is re-established (a resumed
@@ -124,8 +126,12 @@ def _valid_plan(cmd: dict[str, Any]) -> bool:
         v = cmd.get(key, 0.0)
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
-    r = cmd.get("round")
-    return (isinstance(r, int) and not isinstance(r, bool) and r > 0 and seconds("up_wait_s")
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    # "key": the training key (the round whose batches and draws the device uses) when it differs
+    # from the frame round (a hierarchical replay after a coordinator resume); default the round
+    return (positive(cmd.get("round")) and positive(cmd.get("key", 1)) and seconds("up_wait_s")
             and seconds("cut_after_s") and isinstance(cmd.get("drop_update", False), bool))
 
 
@@ -252,7 +258,7 @@ def run(cfg: dict[str, Any]) -> int:
         t0 = time.perf_counter()
         arena = _arena(int(cfg["arena_bytes"])) if trainer.caps_process_memory else None
         try:
-            result = trainer.train(content, r)
+            result = trainer.train(content, int(plan.get("key", r)))
         except DeviceFault as fault:
             log(f"device {rt.id}: round {r}: firmware fault {fault.kind}: {fault.detail}")
             trainer.close()

@@ -30,7 +30,11 @@ compute time) for ``failures.permanent`` / ``permanent_probability`` (not restar
 :attr:`HierOptions.kill_aggregators` is SIGKILLed as soon as it has reported its first
 local round: its cluster is recorded as failed for that round (``la_failed``), the round
 completes with the other clusters, and the aggregator is started again (same port; its
-devices reconnect) at the next round. See docs/emulation.md, "Hierarchical runs".
+devices reconnect) at the next round. A killed GA resumes (:func:`resume_hier_emulation`):
+every committed round checkpoints its state, it binds the same address
+(``emulate/coordinator.json``), adopts the LAs and devices still running
+(``emulate/peers.json``) and replays the rounds after the last committed one with a wire-round
+offset. See docs/emulation.md, "Hierarchical runs".
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,13 +59,14 @@ from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
 from tinytwin.emulate.coordinator import (EmulateOptions, _model_rows, coordinator_run, create_emulation_run,
-                                          firmware_summary, kb_stats, options_as, run_stats)
+                                          firmware_summary, kb_stats, options_as, options_to_json, run_stats)
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
-from tinytwin.emulate.dfl_coordinator import ForkServer, finish_dfl_run, proc_cpu_s
+from tinytwin.emulate.dfl_coordinator import PEERS_FILE, WIRE_STRIDE, ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
 from tinytwin.emulate.processes import child_env, exit_kind, note_memory
+from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
 from tinytwin.emulate.wire_np import derive_key
@@ -80,7 +85,7 @@ from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
 
-__all__ = ["HierEmulation", "HierOptions", "check_hier_emulatable", "start_hier_emulation"]
+__all__ = ["HierEmulation", "HierOptions", "check_hier_emulatable", "resume_hier_emulation", "start_hier_emulation"]
 
 log = logging.getLogger("tinytwin.emulate.hier")
 ProgressFn = Callable[[int, dict[str, Any]], None]
@@ -119,9 +124,15 @@ class HierForkServer(ForkServer):
 
     async def spawn(self, d: int, cfg: Path, log_path: Path) -> int:
         self.exits.pop(d, None)
+        self.adopted.pop(d, None)         # a process of a killed coordinator's fork server, replaced
         return await super().spawn(d, cfg, log_path)
 
     async def wait_exit(self, d: int, timeout: float = 2.0) -> None:
+        if d in self.adopted:             # not our child: no exit report, watch /proc until it is gone
+            deadline = time.monotonic() + timeout
+            while self.alive(d) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return
         ev = self.exited.get(d)
         if ev is not None and d in self.pids:
             try:
@@ -156,7 +167,7 @@ class HierEmulation:
     """One hierarchical emulated run: processes, rounds, results."""
 
     def __init__(self, exp: Experiment, store: RunStore, run_id: str, run_dir: Path, options: HierOptions,
-                 base_dir: Path | None) -> None:
+                 base_dir: Path | None, resume: bool = False) -> None:
         self.exp, self.store, self.run_id, self.run_dir, self.opt = exp, store, run_id, run_dir, options
         # the simulator's engine object: assignment, sample counts, compute times, links, optimizer, ledger
         self.sim = HierarchicalSimulator(exp, store, run_id, None, base_dir)
@@ -166,10 +177,14 @@ class HierEmulation:
         self.edir = run_dir / "emulate"
         for sub in ("keys", "devices", "aggregators", "logs"):
             (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        self.run_key = secrets.token_bytes(32)
         key_file = self.edir / "run.key"
-        key_file.write_bytes(self.run_key)
-        os.chmod(key_file, 0o600)
+        self.resume = resume
+        if resume and key_file.is_file():     # the processes of the killed coordinator hold keys from it
+            self.run_key = key_file.read_bytes()
+        else:
+            self.run_key = secrets.token_bytes(32)
+            key_file.write_bytes(self.run_key)
+            os.chmod(key_file, 0o600)
         self.linears_rows, self.layer_rows = _model_rows(exp)   # MLP rows, or a CNN's layer list (layers_np)
         # Firmware images are built (and a model too big for a board refused) before any process starts;
         # a firmware device under a local aggregator is the centralized twin's firmware device, unchanged.
@@ -215,6 +230,12 @@ class HierEmulation:
         self.cluster_failures: list[tuple[int, int, str]] = []
         self.restarts = Counter()
         self.t_start = time.perf_counter()
+        # coordinator resume: the wire-round offset (k-th resume: k * WIRE_STRIDE), the wall seconds of
+        # earlier coordinators, reconnects of local aggregators
+        self.offset = 0
+        self.wall_offset = 0.0
+        self.reconnects = 0
+        self.la_hello_info: dict[int, dict[str, Any]] = {}
 
     # ---- files -------------------------------------------------------------------------
     def _la_config(self, c: int, first: bool) -> Path:
@@ -230,7 +251,7 @@ class HierEmulation:
                "num_params": self.exp.model.num_params, "tensor_sizes": self.sizes,
                "encoding": a.encoding, "downlink_encoding": a.downlink_encoding,
                "hello_timeout_s": self.opt.start_timeout_s, "round_timeout_s": self.opt.round_timeout_s,
-               "announce_ready": first}
+               "reconnect_grace_s": self.opt.reconnect_grace_s, "announce_ready": first}
         path = self.edir / "aggregators" / f"la{c}.json"
         path.write_text(json.dumps(cfg))
         return path
@@ -309,6 +330,7 @@ class HierEmulation:
                     wid, cluster = fr.sender, fr.sender - AGGREGATOR_BASE
                     self.la_writers[cluster] = writer
                     self.la_port[cluster] = int(content.get("port", 0))
+                    self.la_hello_info[cluster] = content
                     if content.get("torch_loaded"):
                         self.la_torch.add(cluster)
                     self.control_bytes += total
@@ -372,7 +394,7 @@ class HierEmulation:
 
     # ---- rounds ---------------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": time.perf_counter() - self.t_start, "device": d, "kind": kind,
+        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind,
                 "detail": detail}
 
     async def _start_cluster(self, c: int, r: int, plan: HierRoundPlan, members: list[int], victims: set[int],
@@ -394,15 +416,16 @@ class HierEmulation:
         j = {int(x): i for i, x in enumerate(plan.present)}.get(c)
         la_up = float(plan.la_up.time_s[j]) * ts if self.k > 1 and j is not None else 0.0
         la_down = float(plan.la_down.time_s[j]) * ts if self.k > 1 and j is not None else 0.0
-        msg = {"cmd": "round", "round": r, "up_wait_s": la_up, "drop_update": False, "local": local, "kill": kill,
-               "report": "update" if self.k > 1 else "model"}
+        wr = r + self.offset                 # the wire round; after a resume above every earlier one
+        msg = {"cmd": "round", "round": wr, "up_wait_s": la_up, "drop_update": False, "local": local, "kill": kill,
+               "report": "update" if self.k > 1 else "model", "offset": self.offset}
         wid = aggregator_id(c)
-        ctrl = self.coord.make(fm.MsgType.CONTROL, wid, r, "none", json.dumps(msg).encode())
+        ctrl = self.coord.make(fm.MsgType.CONTROL, wid, wr, "none", json.dumps(msg).encode())
         if await self._send_la(c, ctrl):
             self.control_bytes += len(ctrl)
         if la_down > 0:
             await asyncio.sleep(la_down)
-        data = self.coord.make(fm.MsgType.MODEL, wid, r, self.a.downlink_encoding, payload)
+        data = self.coord.make(fm.MsgType.MODEL, wid, wr, self.a.downlink_encoding, payload)
         if await self._send_la(c, data) and self.rs is not None:
             self.rs.model_bytes[c] = len(data)
 
@@ -446,7 +469,8 @@ class HierEmulation:
         for d in sorted(failing - set(map(int, ids))):
             lk = take_links(exp.fleet.links, np.array([d]))
             extra_down[d] = float(lossless(sim.down_bytes, lk.down_bps, lk).time_s[0])
-        self.coord.round = r
+        self._write_peers()
+        self.coord.round = r + self.offset
         self.coord.updates, self.coord.update_bytes, self.coord.metrics = {}, {}, {}
         rs = _RoundState(clusters, {c: [] for c in clusters},
                          kill={int(c) for c in self.opt.kill_aggregators.get(r, [])} & set(clusters))
@@ -640,7 +664,7 @@ class HierEmulation:
         round_s = time.perf_counter() - wall0
         self.round_walls.append(round_s)
         self.modelled_time_s += mr.round_s
-        new = HState(r, new_global, server_state, time.perf_counter() - self.t_start, st.energy_j + mr.energy_j,
+        new = HState(r, new_global, server_state, self._wall(), st.energy_j + mr.energy_j,
                      st.bytes_up + bytes_up, st.bytes_down + bytes_down, st.cost_spent + cost,
                      st.accuracies + ([(r, acc)] if acc is not None else []), rm)
         row = {"round": r, "sim_time_s": new.sim_time_s, "duration_s": round_s, "selected": len(taking),
@@ -648,11 +672,97 @@ class HierEmulation:
                "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": acc, "test_loss": loss,
                "bytes_up": bytes_up, "bytes_down": bytes_down, "energy_j": float(mr.energy_j.sum()),
                "wall_time_s": round_s}
-        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, None, rm, metric_rows, ledger)
-        self.rs = None
         self.final_models = {"global": new_global.numpy().copy(),
                              **{f"la{c}": m.numpy().copy() for c, m in cluster_models.items()}}
+        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, self._checkpoint(new), rm,
+                              metric_rows, ledger)
+        self.rs = None
         return new
+
+    # ---- coordinator resume ---------------------------------------------------------------
+    _COUNTERS = ("gone", "local_rounds", "modelled_time_s", "round_walls", "cluster_failures", "restarts",
+                 "control_bytes", "la_ga_bytes", "la_rejected", "device_rejected", "rejected_retired", "mem_max",
+                 "total_mem_kb", "la_torch", "device_torch", "torch_mapped", "fw_rounds", "qemu_mem", "devices_cpu_s",
+                 "sampling_s", "la_port", "reconnects", "final_models")
+
+    def _wall(self) -> float:
+        return self.wall_offset + time.perf_counter() - self.t_start
+
+    def _checkpoint(self, st: HState) -> dict[str, Any]:
+        """What the GA holds after a committed round (the local aggregators start every global round
+        from the global model, the devices from their aggregator's model: they hold nothing to keep)."""
+        return {"st": st.to_checkpoint(), "offset": self.offset, "startup_s": getattr(self, "startup_s", None),
+                "counters": {x: getattr(self, x) for x in self._COUNTERS}}
+
+    def restore(self, ck: dict[str, Any]) -> HState:
+        """The GA's state after the checkpoint's round (the next wire offset); returns the run's state."""
+        st = self.sim.state_from_checkpoint(ck["st"])
+        self.offset = int(ck["offset"]) + WIRE_STRIDE
+        self.wall_offset = float(st.sim_time_s)
+        self.startup_s = ck.get("startup_s")
+        for x, v in ck["counters"].items():
+            setattr(self, x, v)
+        return st
+
+    def _write_peers(self) -> None:
+        """``emulate/peers.json``: the fork server's pid and every LA's and device's (a resumed GA adopts them)."""
+        if self.procs.proc is None:
+            return
+        pids = dict(self.procs.pids)
+        write_json(self.edir / PEERS_FILE, {
+            "forkserver": self.procs.proc.pid,
+            "devices": {str(d): pid for d, pid in pids.items() if d < self.n},
+            "aggregators": {str(key - self.n): pid for key, pid in pids.items() if key >= self.n},
+            # adopted processes are children of an earlier coordinator's fork server
+            "parents": {str(key): parent for key, parent in self.procs.adopted.items()}})
+
+    async def _resume_processes(self, st: HState) -> None:
+        """Adopt the local aggregators and devices the killed GA's fork server left running, wait until
+        the aggregators call again (each finishes the global round it was in first), and record who
+        came back; what did not is started again by the next round."""
+        R = st.round
+        saved = read_json(self.edir / PEERS_FILE, {}) or {}
+        parent = int(saved.get("forkserver", -1))
+        parents = {int(k): int(v) for k, v in (saved.get("parents") or {}).items()}
+        for c, pid in (saved.get("aggregators") or {}).items():
+            key = self._la_key(int(c))
+            self.procs.adopt(key, int(pid), parents.get(key, parent))
+        for d, pid in (saved.get("devices") or {}).items():
+            if int(d) not in self.gone:
+                self.procs.adopt(int(d), int(pid), parents.get(int(d), parent))
+        adopted_las = [c for c in range(self.k) if self._la_key(c) in self.procs.adopted]
+        wait = self.opt.start_timeout_s + (self.L + 1) * self.opt.round_timeout_s
+
+        async def hello(c: int) -> None:
+            try:
+                await asyncio.wait_for(self.la_hello[c].wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        await asyncio.gather(*(hello(c) for c in adopted_las))
+        events: list[dict[str, Any]] = []
+        devices_back = 0
+        for c in range(self.k):
+            info = self.la_hello_info.get(c)
+            if c in self.la_writers and info is not None:
+                self.reconnects += 1
+                connected = [int(d) for d in info.get("connected", [])]
+                back = [d for d in connected if d in self.procs.adopted and self.procs.alive(d)]
+                devices_back += len(back)
+                events.append(self._event(R, None, "reconnect",
+                                          f"local aggregator {c} (pid {info.get('pid')}) reconnected; "
+                                          f"{len(back)} of its {len(self.members[c])} devices still connected to it"))
+                for d in back:
+                    events.append(self._event(R, d, "reconnect", f"device {d} kept its connection to local "
+                                                                 f"aggregator {c}; adopted"))
+            else:
+                self.procs.kill(self._la_key(c))   # started again (same port) by the next round
+        alive = [d for d in range(self.n) if d not in self.gone and self.procs.alive(d)]
+        events.append(self._event(R, None, "devices_resumed",
+                                  f"{sum(1 for c in range(self.k) if c in self.la_writers)} of {self.k} local "
+                                  f"aggregator(s) and {devices_back} of {self.n - len(self.gone)} device process(es) "
+                                  f"of the killed coordinator reconnected; {len(alive)} device process(es) adopted; "
+                                  f"continuing after round {R}"))
+        self.store.add_events(self.run_id, events)
 
     # ---- memory and torch ------------------------------------------------------------------
     def _sample_memory(self) -> None:
@@ -677,37 +787,65 @@ class HierEmulation:
         self.devices_cpu_s = max(self.devices_cpu_s, cpu)
 
     # ---- the whole run -----------------------------------------------------------------------
-    async def run(self, progress: ProgressFn | None = None) -> HState:
+    async def _start_processes(self) -> None:
+        """Fork the local aggregators, then the devices with their ports; wait until every LA is ready."""
+        self.coord.expect = {aggregator_id(c) for c in range(self.k)}     # "ready" reports of round 0
+        started = await asyncio.gather(*(self._start_la(c, first=True) for c in range(self.k)))
+        if not all(started):
+            bad = [c for c, ok in enumerate(started) if not ok]
+            raise TinyTwinError(f"emulate: local aggregator(s) {bad} did not start in {self.opt.start_timeout_s} s; "
+                                f"see {self.edir / 'logs'}")
+        self._write_devices()
+        for d in range(self.n):
+            await self._spawn_device(d)
+        start_events = []
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.la_ready.values())),
+                                   self.opt.start_timeout_s + 5)
+        except asyncio.TimeoutError:
+            late = [c for c, e in self.la_ready.items() if not e.is_set()]
+            start_events.append(self._event(0, None, "no_hello", f"local aggregator(s) {late}: not every "
+                                                                 "device connected in time"))
+        self.startup_s = time.perf_counter() - self.t_start
+        if start_events:
+            self.store.add_events(self.run_id, start_events)
+        self._write_peers()
+
+    async def run(self, progress: ProgressFn | None = None, st: HState | None = None) -> HState:
+        """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the processes)."""
         spec = self.exp.spec
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=max(128, 2 * self.k))
+        saved = read_json(self.edir / COORDINATOR_FILE) if self.resume else None
+        want = int(saved["port"]) if saved else 0
+        try:
+            server = await asyncio.start_server(self._serve, "127.0.0.1", want, backlog=max(128, 2 * self.k))
+        except OSError as exc:
+            if not want:
+                raise
+            raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
+                                "the local aggregators of a hierarchical run call only that address: free it and "
+                                "resume again") from None
         self.port = server.sockets[0].getsockname()[1]
-        st = self.sim.initial_state()
+        write_json(self.edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": self.port,
+                                                  "options": options_to_json(self.opt)})
+        resumed = st is not None
         finished = False
         try:
             await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
-            self.coord.expect = {aggregator_id(c) for c in range(self.k)}     # "ready" reports of round 0
-            started = await asyncio.gather(*(self._start_la(c, first=True) for c in range(self.k)))
-            if not all(started):
-                bad = [c for c, ok in enumerate(started) if not ok]
-                raise TinyTwinError(f"emulate: local aggregator(s) {bad} did not start in {self.opt.start_timeout_s} s; "
-                                    f"see {self.edir / 'logs'}")
-            self._write_devices()
-            for d in range(self.n):
-                await self._spawn_device(d)
-            start_events = []
-            try:
-                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.la_ready.values())),
-                                       self.opt.start_timeout_s + 5)
-            except asyncio.TimeoutError:
-                late = [c for c, e in self.la_ready.items() if not e.is_set()]
-                start_events.append(self._event(0, None, "no_hello", f"local aggregator(s) {late}: not every "
-                                                                     "device connected in time"))
-            self.startup_s = time.perf_counter() - self.t_start
-            if start_events:
-                self.store.add_events(self.run_id, start_events)
-            for r in range(1, spec.rounds + 1):
+            if resumed:
+                await self._resume_processes(st)
+        except BaseException:
+            await self.procs.close(wait_s=0.0)
+            server.close()
+            await server.wait_closed()
+            raise
+        if not resumed:
+            st = self.sim.initial_state()
+        try:
+            if not resumed:
+                await self._start_processes()
+            for r in range(st.round + 1, spec.rounds + 1):
                 st = await self._round(r, st)
                 if r == 1 or r % max(1, self.opt.memory_sample_every) == 0 or r == spec.rounds:
                     t0 = time.perf_counter()
@@ -764,6 +902,7 @@ class HierEmulation:
             "aggregators_with_torch": len(self.la_torch),
             "processes_with_torch_mapped": sorted(self.torch_mapped),
             "cluster_failures": [{"round": r, "cluster": c, "why": why} for r, c, why in self.cluster_failures],
+            "reconnects": self.reconnects,
             "coordinator_cpu_s": getattr(self, "coordinator_cpu_s", None),
             "devices_cpu_s": self.devices_cpu_s,
             "memory_sampling_s": self.sampling_s,
@@ -799,5 +938,48 @@ def start_hier_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_d
         emu = HierEmulation(exp, store, run_id, run_dir, options, base_dir)
         emu.sim.register()             # devices and the clusters event, as the simulator writes them
         state = asyncio.run(emu.run(progress))
+        summary = emu.summary(state, time.perf_counter() - wall0)
+    return finish_dfl_run(store, run_id, run_dir, summary, report)
+
+
+def hier_options_from_json(data: dict[str, Any]) -> HierOptions:
+    """The options a hierarchical emulation was started with (``emulate/coordinator.json``)."""
+    known = {f.name for f in fields(HierOptions)}
+    data = {k: v for k, v in data.items() if k in known}
+    for k in ("mem_budget_override", "firmware_arena_override"):
+        data[k] = {int(d): int(v) for d, v in data.get(k, {}).items()}
+    for k in ("kill_devices", "kill_aggregators"):
+        data[k] = {int(r): [int(x) for x in xs] for r, xs in data.get(k, {}).items()}
+    return HierOptions(**data)
+
+
+def resume_hier_emulation(run_dir: Path, store: RunStore, run_id: str, spec: ExperimentSpec, saved: dict[str, Any],
+                          base_dir: Path | None, progress: ProgressFn | None = None, on_prepared: Any = None,
+                          report: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Continue a killed hierarchical emulation after its last committed round R: the local
+    aggregators (which kept their devices and call the GA's address again for
+    ``reconnect_grace_s``) reconnect and are adopted, and rounds R + 1 .. are replayed with a
+    wire-round offset; see docs/emulation.md."""
+    options = hier_options_from_json(saved["options"])
+    try:
+        exp = prepare(spec, base_dir)
+        _model_rows(exp)
+    except BaseException:
+        store.close()
+        raise
+    if on_prepared is not None:
+        on_prepared(exp)
+    ck = store.checkpoint(run_id)
+    done = ck[0] if ck else 0
+    store.set_status(run_id, "running")
+    wall0 = time.perf_counter()
+    with coordinator_run(store, run_id, run_dir, log, logging.getLogger("tinytwin.emulate")), terminate_raises():
+        emu = HierEmulation(exp, store, run_id, run_dir, options, base_dir, resume=True)
+        st = emu.restore(ck[1]) if ck else emu.sim.initial_state()
+        if not ck:
+            emu.offset = WIRE_STRIDE
+        store.add_events(run_id, [{"round": done, "sim_time_s": emu.wall_offset, "device": None,
+                                   "kind": "resume", "detail": f"resumed after round {done}"}])
+        state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
     return finish_dfl_run(store, run_id, run_dir, summary, report)
