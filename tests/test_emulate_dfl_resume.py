@@ -4,9 +4,7 @@ last committed round and finish the run (issue #5); none is left behind."""
 
 from __future__ import annotations
 
-import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from conftest import run_cli
 from dfl_util import run_engine, spec_dict
+from emulate_util import (assert_no_orphans, db_rows, kill_mid_run, kill_pids, peer_pids, pid_alive,
+                          recorded_peer_pids, resume_after_kill, start_cli, stored_tables, wait_for_round)
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
-from tinytwin.emulate.dfl_coordinator import PEERS_FILE
 from tinytwin.spec.load import validate_spec
-from tinytwin.store import dfl as dfl_store
-from tinytwin.store.db import RunStore
 
 ROUNDS = 8
 
@@ -32,73 +28,26 @@ def _raw() -> dict:
                      algorithm__decfedavg={"mixing_steps": 2}, fleet={"groups": [group]})
 
 
-def _rows(run_dir: Path, sql: str) -> list[tuple]:
-    if not (run_dir / "results.db").is_file():
-        return []
-    con = sqlite3.connect(f"file:{run_dir / 'results.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:   # not created yet
-        return []
-    finally:
-        con.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _pids(run_dir: Path) -> list[int]:
-    saved = json.loads((run_dir / "emulate" / PEERS_FILE).read_text())
-    return [int(saved["forkserver"]), *map(int, saved["devices"].values())]
+    return peer_pids(run_dir, "devices")
 
 
 def test_killed_decentralized_coordinator_resumes_and_peers_reconnect(tmp_path: Path) -> None:
     raw = _raw()
     spec_file = tmp_path / "dflres.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "tinytwin.cli", "emulate", str(spec_file), "--time-scale", "1", "--out",
-           str(tmp_path / "runs"), "--quiet", "--no-report"]
-    coordinator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    coordinator = start_cli("emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"),
+                            "--quiet", "--no-report")
     run_dir = None
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            found = list((tmp_path / "runs").glob("dflres-emulate-*"))
-            if found and _rows(found[0], "SELECT round FROM rounds WHERE round >= 2"):
-                run_dir = found[0]
-                break
-            assert coordinator.poll() is None, coordinator.stderr.read() if coordinator.stderr else ""
-            time.sleep(0.01)
+        run_dir = wait_for_round(coordinator, tmp_path / "runs", "dflres-emulate-*", 2, 90)
         assert run_dir is not None, "the emulation did not reach round 2 in 90 s"
-        coordinator.send_signal(signal.SIGKILL)
-        coordinator.wait(10)
-        before = _rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        before_dev = _rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device")
-        done = len(before)
-        assert 2 <= done < ROUNDS, f"killed after {done} rounds; the test needs a kill mid-run"
-        assert _rows(run_dir, "SELECT status FROM runs")[0][0] == "running"
-        assert all(_alive(p) for p in _pids(run_dir)), "the peers outlive their coordinator (they call it again)"
+        killed = kill_mid_run(coordinator, run_dir, 2, ROUNDS)
+        done = killed.done
+        assert all(pid_alive(p) for p in _pids(run_dir)), "the peers outlive their coordinator (they call it again)"
 
-        res = run_cli("emulate", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report",
-                      timeout=240)
-        assert res.returncode == 0, res.stderr
-        after = _rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        assert [r[1] for r in after] == list(range(1, ROUNDS + 1))
-        assert after[:done] == before                               # the committed rounds are untouched
-        assert [r for r in _rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device")
-                if r[1] <= done] == before_dev
-        store = RunStore(run_dir / "results.db")
-        try:
-            info = store.run_info()
-            events = store.events(info.run_id)
-            rm = dfl_store.round_metrics(store, info.run_id)
-        finally:
-            store.close()
+        after = resume_after_kill(run_dir, killed, ROUNDS, timeout=240)
+        info, _, _, events, rm, _ = stored_tables(run_dir)
         assert info.status == "complete" and info.rounds_done == ROUNDS
         kinds = [e["kind"] for e in events]
         assert kinds.count("resume") == 1 and kinds.count("devices_resumed") == 1 and "lost" not in kinds
@@ -119,15 +68,11 @@ def test_killed_decentralized_coordinator_resumes_and_peers_reconnect(tmp_path: 
         assert worst <= 1e-5, worst
 
         # no orphans: the peers and the killed coordinator's fork server are gone
-        time.sleep(0.5)
-        assert [p for p in _pids(run_dir) if _alive(p)] == []
+        assert_no_orphans(_pids(run_dir))
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
-        if run_dir is not None and (run_dir / "emulate" / PEERS_FILE).is_file():
-            for p in _pids(run_dir):
-                if _alive(p):
-                    subprocess.run(["kill", "-9", str(p)], check=False)
+        kill_pids(recorded_peer_pids(run_dir, "devices"))
 
 
 def test_peers_give_up_after_the_grace_period(tmp_path: Path) -> None:
@@ -146,23 +91,20 @@ def test_peers_give_up_after_the_grace_period(tmp_path: Path) -> None:
     coordinator.stdin.close()
     try:
         deadline = time.time() + 90
-        while time.time() < deadline and not _rows(run_dir, "SELECT round FROM rounds WHERE round >= 1"):
+        while time.time() < deadline and not db_rows(run_dir, "SELECT round FROM rounds WHERE round >= 1"):
             assert coordinator.poll() is None, coordinator.stderr.read() if coordinator.stderr else ""
             time.sleep(0.01)
         coordinator.send_signal(signal.SIGKILL)
         coordinator.wait(10)
         pids = _pids(run_dir)
-        assert any(_alive(p) for p in pids)
+        assert any(pid_alive(p) for p in pids)
         t0 = time.time()
-        while any(_alive(p) for p in pids) and time.time() - t0 < 60:
+        while any(pid_alive(p) for p in pids) and time.time() - t0 < 60:
             time.sleep(0.1)
-        assert [p for p in pids if _alive(p)] == []
+        assert [p for p in pids if pid_alive(p)] == []
         logs = " ".join((run_dir / "emulate" / "logs" / f"d{d}.log").read_text() for d in range(6))
         assert logs.count("no coordinator within 2.0 s") == 6
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
-        if (run_dir / "emulate" / PEERS_FILE).is_file():
-            for p in _pids(run_dir):
-                if _alive(p):
-                    subprocess.run(["kill", "-9", str(p)], check=False)
+        kill_pids(recorded_peer_pids(run_dir, "devices"))

@@ -4,24 +4,17 @@ adopted, and rounds after the last committed one are replayed (issue #5); none i
 
 from __future__ import annotations
 
-import json
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from conftest import run_cli
 from dfl_util import run_engine, spec_dict
+from emulate_util import (assert_no_orphans, kill_mid_run, kill_pids, peer_pids, pid_alive, recorded_peer_pids,
+                          resume_after_kill, start_cli, stored_rows, wait_for_round)
 from tinytwin.emulate.coordinator import start_emulation
-from tinytwin.emulate.dfl_coordinator import PEERS_FILE
 from tinytwin.emulate.hier_coordinator import HierOptions
 from tinytwin.spec.load import validate_spec
-from tinytwin.store.db import RunStore
 
 ROUNDS = 6
 LAN = {"lan": {"base": "ethernet", "header_bytes": 0, "sources": {"header_bytes": "test: no per-packet header"}}}
@@ -37,74 +30,28 @@ def _raw(tmp_path: Path) -> dict:
                      algorithm=algorithm)
 
 
-def _rows(run_dir: Path, sql: str) -> list[tuple]:
-    if not (run_dir / "results.db").is_file():
-        return []
-    con = sqlite3.connect(f"file:{run_dir / 'results.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:   # not created yet
-        return []
-    finally:
-        con.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _pids(run_dir: Path) -> list[int]:
-    saved = json.loads((run_dir / "emulate" / PEERS_FILE).read_text())
-    return [int(saved["forkserver"]), *map(int, saved["aggregators"].values()), *map(int, saved["devices"].values())]
+    return peer_pids(run_dir, "aggregators", "devices")
 
 
 def test_killed_hierarchical_coordinator_resumes_and_aggregators_reconnect(tmp_path: Path) -> None:
     raw = _raw(tmp_path)
     spec_file = tmp_path / "hierres.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "tinytwin.cli", "emulate", str(spec_file), "--time-scale", "1", "--out",
-           str(tmp_path / "runs"), "--quiet", "--no-report"]
-    coordinator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    coordinator = start_cli("emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"),
+                            "--quiet", "--no-report")
     run_dir = None
     old_pids: list[int] = []
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            found = list((tmp_path / "runs").glob("hierres-emulate-*"))
-            if found and _rows(found[0], "SELECT round FROM rounds WHERE round >= 2"):
-                run_dir = found[0]
-                break
-            assert coordinator.poll() is None, coordinator.stderr.read() if coordinator.stderr else ""
-            time.sleep(0.01)
+        run_dir = wait_for_round(coordinator, tmp_path / "runs", "hierres-emulate-*", 2, 60)
         assert run_dir is not None, "the emulation did not reach round 2 in 60 s"
-        coordinator.send_signal(signal.SIGKILL)
-        coordinator.wait(10)
-        before = _rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        before_dev = _rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device")
-        done = len(before)
-        assert 2 <= done < ROUNDS, f"killed after {done} rounds; the test needs a kill mid-run"
-        assert _rows(run_dir, "SELECT status FROM runs")[0][0] == "running"
+        killed = kill_mid_run(coordinator, run_dir, 2, ROUNDS)
+        done = killed.done
         old_pids = _pids(run_dir)
-        assert all(_alive(p) for p in old_pids), "aggregators and devices outlive their coordinator"
+        assert all(pid_alive(p) for p in old_pids), "aggregators and devices outlive their coordinator"
 
-        res = run_cli("emulate", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report",
-                      timeout=120)
-        assert res.returncode == 0, res.stderr
-        after = _rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        assert [r[1] for r in after] == list(range(1, ROUNDS + 1))
-        assert after[:done] == before                               # the committed rounds are untouched
-        assert [r for r in _rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device")
-                if r[1] <= done] == before_dev
-        store = RunStore(run_dir / "results.db")
-        try:
-            info = store.run_info()
-            events = store.events(info.run_id)
-        finally:
-            store.close()
+        after = resume_after_kill(run_dir, killed, ROUNDS, timeout=120)
+        info, _, _, events = stored_rows(run_dir, with_info=True)
         assert info.status == "complete" and info.rounds_done == ROUNDS
         kinds = [e["kind"] for e in events]
         assert kinds.count("resume") == 1 and kinds.count("devices_resumed") == 1
@@ -129,12 +76,8 @@ def test_killed_hierarchical_coordinator_resumes_and_aggregators_reconnect(tmp_p
         assert worst <= 1e-4, worst
 
         # no orphans: the adopted aggregators and devices and the killed coordinator's fork server are gone
-        time.sleep(0.5)
-        assert [p for p in old_pids + _pids(run_dir) if _alive(p)] == []
+        assert_no_orphans(old_pids + _pids(run_dir))
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
-        for p in old_pids + (_pids(run_dir) if run_dir is not None and (run_dir / "emulate" / PEERS_FILE).is_file()
-                             else []):
-            if _alive(p):
-                subprocess.run(["kill", "-9", str(p)], check=False)
+        kill_pids(old_pids + recorded_peer_pids(run_dir, "aggregators", "devices"))

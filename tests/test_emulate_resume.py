@@ -5,39 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from emulate_util import kill_mid_run, resume_after_kill, start_cli, stored_rows, wait_for_round
 from netns_util import require_netns_privileges
 
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.emulate.netns import remove_leftovers
 from tinytwin.emulate.rundir import PIDS_FILE, AdoptedProcess, kill_recorded_devices
 from tinytwin.spec.load import load_spec
-from tinytwin.store.db import RunStore
-
-from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "examples" / "quickstart.yaml"
 SETS = ["fleet.groups.0.count=4", "rounds=8", "fleet.groups.0.link=ble"]
-
-
-def _db_rows(run_dir: Path, sql: str) -> list[tuple]:
-    if not (run_dir / "results.db").is_file():   # the run folder exists before its database
-        return []
-    con = sqlite3.connect(f"file:{run_dir / 'results.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        con.close()
 
 
 def _device_procs(run_dir: Path) -> dict[int, AdoptedProcess]:
@@ -50,42 +34,19 @@ def _device_procs(run_dir: Path) -> dict[int, AdoptedProcess]:
 def test_killed_coordinator_resumes_and_devices_reconnect(tmp_path: Path, netns: bool) -> None:
     if netns:
         require_netns_privileges()
-    cmd = [sys.executable, "-m", "tinytwin.cli", "emulate", str(QUICK), *sum((["--set", s] for s in SETS), []),
-           "--time-scale", "0.2", "--out", str(tmp_path), "--quiet", "--no-report"] + (["--netns"] if netns else [])
-    coordinator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    coordinator = start_cli("emulate", str(QUICK), *sum((["--set", s] for s in SETS), []), "--time-scale", "0.2",
+                            "--out", str(tmp_path), "--quiet", "--no-report", *(["--netns"] if netns else []))
     run_dir = None
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            found = list(tmp_path.glob("quickstart-emulate-*"))
-            if found and _db_rows(found[0], "SELECT round FROM rounds WHERE round >= 3"):
-                run_dir = found[0]
-                break
-            assert coordinator.poll() is None, coordinator.stderr.read() if coordinator.stderr else ""
-            time.sleep(0.02)
+        run_dir = wait_for_round(coordinator, tmp_path, "quickstart-emulate-*", 3, 60, poll_s=0.02)
         assert run_dir is not None, "the emulation did not reach round 3 in 60 s"
-        coordinator.send_signal(signal.SIGKILL)
-        coordinator.wait(10)
-        before = _db_rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        done = len(before)
-        assert 3 <= done < 8, f"killed after {done} rounds; the test needs a kill mid-run"
-        status = _db_rows(run_dir, "SELECT status FROM runs")[0][0]
-        assert status == "running"  # SIGKILL: no chance to mark it
+        killed = kill_mid_run(coordinator, run_dir, 3, 8)   # the run still marked running
+        done = killed.done
         alive = [d for d, p in _device_procs(run_dir).items() if p.poll() is None]
         assert len(alive) == 4, "the device processes outlive their coordinator (they keep calling it)"
 
-        res = run_cli("emulate", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report",
-                      timeout=120)
-        assert res.returncode == 0, res.stderr
-        after = _db_rows(run_dir, "SELECT * FROM rounds ORDER BY round")
-        assert [r[1] for r in after] == list(range(1, 9))
-        assert after[:done] == before  # the committed rounds are untouched
-        store = RunStore(run_dir / "results.db")
-        try:
-            info = store.run_info()
-            events = store.events(info.run_id)
-        finally:
-            store.close()
+        resume_after_kill(run_dir, killed, 8, timeout=120, device_rounds=False)
+        info, _, _, events = stored_rows(run_dir, with_info=True)
         assert info.status == "complete" and info.rounds_done == 8
         kinds = [e["kind"] for e in events]
         assert kinds.count("resume") == 1

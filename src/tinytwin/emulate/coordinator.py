@@ -44,7 +44,6 @@ from tinytwin.emulate.processes import DeviceProcesses, exit_kind, proc_memory_k
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, kill_recorded_devices, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
-from tinytwin.emulate.wire_np import COORDINATOR_ID, derive_key
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.round_costs import RoundCosts, round_costs
@@ -169,13 +168,7 @@ class Emulation:
         (self.edir / "keys").mkdir(parents=True, exist_ok=True)
         (self.edir / "devices").mkdir(exist_ok=True)
         (self.edir / "logs").mkdir(exist_ok=True)
-        key_file = self.edir / "run.key"
-        if resume and key_file.is_file():
-            self.run_key = key_file.read_bytes()
-        else:
-            self.run_key = secrets.token_bytes(32)
-            key_file.write_bytes(self.run_key)
-            os.chmod(key_file, 0o600)
+        self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = _model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
         self.linears = mlp_np.linears_from(self.linears_rows) if self.linears_rows else None
         self.cnn = layers_np.Net.from_rows(self.layer_rows) if self.layer_rows else None
@@ -696,12 +689,75 @@ def options_to_json(opt: EmulateOptions) -> dict[str, Any]:
     return data
 
 
-def options_from_json(data: dict[str, Any]) -> EmulateOptions:
-    known = {f.name for f in fields(EmulateOptions)}
+def options_from_json(data: dict[str, Any], cls: type[OptionsT] = EmulateOptions,  # type: ignore[assignment]
+                      int_lists: tuple[str, ...] = ()) -> OptionsT:
+    """The options (of class ``cls``) an emulation was started with (``emulate/coordinator.json``):
+    the fields ``cls`` knows, JSON's string keys made ints again (``int_lists``: {int: [int]} fields)."""
+    known = {f.name for f in fields(cls)}
     data = {k: v for k, v in data.items() if k in known}
-    data["mem_budget_override"] = {int(k): int(v) for k, v in data.get("mem_budget_override", {}).items()}
-    data["firmware_arena_override"] = {int(k): int(v) for k, v in data.get("firmware_arena_override", {}).items()}
-    return EmulateOptions(**data)
+    for k in ("mem_budget_override", "firmware_arena_override"):
+        data[k] = {int(d): int(v) for d, v in data.get(k, {}).items()}
+    for k in int_lists:
+        data[k] = {int(r): [int(x) for x in xs] for r, xs in data.get(k, {}).items()}
+    return cls(**data)
+
+
+def load_run_key(edir: Path, resume: bool) -> bytes:
+    """The run's key (``emulate/run.key``): a resumed coordinator's is its killed predecessor's (the
+    processes that outlived it hold keys derived from it); else a new one, written (mode 600)."""
+    key_file = edir / "run.key"
+    if resume and key_file.is_file():
+        return key_file.read_bytes()
+    run_key = secrets.token_bytes(32)
+    key_file.write_bytes(run_key)
+    os.chmod(key_file, 0o600)
+    return run_key
+
+
+async def bind_coordinator(edir: Path, serve: Callable[..., Any], backlog: int, resume: bool,
+                           options: EmulateOptions, callers: str) -> tuple[asyncio.AbstractServer, int]:
+    """The coordinator's TCP server on 127.0.0.1 and its ``emulate/coordinator.json``; a resumed
+    one (``resume``) binds the port its killed predecessor recorded, since ``callers`` (the
+    processes that outlived it) call only that address, and refuses to go on when it is taken."""
+    saved = read_json(edir / COORDINATOR_FILE) if resume else None
+    want = int(saved["port"]) if saved else 0
+    try:
+        server = await asyncio.start_server(serve, "127.0.0.1", want, backlog=backlog)
+    except OSError as exc:
+        if not want:
+            raise
+        raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
+                            f"{callers} only that address: free it and resume again") from None
+    port = server.sockets[0].getsockname()[1]
+    write_json(edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": port, "options": options_to_json(options)})
+    return server, port
+
+
+PreparedT = TypeVar("PreparedT")
+
+
+def resume_prepared(store: RunStore, run_id: str, load: Callable[[], PreparedT], on_prepared: Any,
+                    exp_of: Callable[[PreparedT], Experiment] = lambda x: x  # type: ignore[assignment,return-value]
+                    ) -> tuple[PreparedT, tuple[int, dict[str, Any]] | None]:
+    """A resume's preparation: ``load()`` (the experiment, checked; the store closed when it
+    fails), ``on_prepared`` told, the last committed round's checkpoint read (None: none yet) and
+    the run marked running again."""
+    try:
+        prepared = load()
+    except BaseException:
+        store.close()
+        raise
+    if on_prepared is not None:
+        on_prepared(exp_of(prepared))
+    ck = store.checkpoint(run_id)
+    store.set_status(run_id, "running")
+    return prepared, ck
+
+
+def resume_event(done: int, sim_time_s: float) -> dict[str, Any]:
+    """The ``resume`` event of a coordinator continuing after round ``done``."""
+    return {"round": done, "sim_time_s": sim_time_s, "device": None, "kind": "resume",
+            "detail": f"resumed after round {done}"}
 
 
 def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bool) -> NetnsFleet | None:
@@ -841,20 +897,15 @@ def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path 
         return resume_hier_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared,
                                      report)
     options = options_from_json(saved["options"])
-    try:
+
+    def load() -> Experiment:
         if options.netns:
             require_netns()
         exp = prepare(stored, base_dir)
         _model_rows(exp)
-    except BaseException:
-        store.close()
-        raise
-    if on_prepared is not None:
-        on_prepared(exp)
-    ck = store.checkpoint(info.run_id)
+        return exp
+    exp, ck = resume_prepared(store, info.run_id, load, on_prepared)
     state = EmuState.from_checkpoint(ck[1]) if ck else None
     done, wall = (state.round, state.sim_time_s) if state else (0, 0.0)
-    store.set_status(info.run_id, "running")
-    store.add_events(info.run_id, [{"round": done, "sim_time_s": wall, "device": None,
-                                    "kind": "resume", "detail": f"resumed after round {done}"}])
+    store.add_events(info.run_id, [resume_event(done, wall)])
     return run_dir, _execute(exp, store, info.run_id, run_dir, options, state, True, progress, report)

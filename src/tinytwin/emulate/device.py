@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinytwin.emulate import mlp_np
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
@@ -212,7 +211,6 @@ def run(cfg: dict[str, Any]) -> int:
     # Numpy or firmware (QEMU) training; started before the cap (QEMU reserves a large buffer).
     trainer = make_trainer(cfg, x, y)
     ts = float(cfg["time_scale"])
-    seed = int(cfg["seed"])
     # The first BLAS call makes OpenBLAS allocate its work buffers (tens of MB of address
     # space): do it before measuring the baseline, so the cap is on top of the runtime.
     _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)

@@ -42,12 +42,11 @@ import json
 import logging
 import os
 import resource
-import secrets
 import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,14 +57,15 @@ from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
-from tinytwin.emulate.coordinator import (Coordinator, EmulateOptions, _linears, coordinator_run, create_emulation_run,
-                                          firmware_summary, options_as, options_to_json, run_stats)
+from tinytwin.emulate.coordinator import (Coordinator, EmulateOptions, _linears, bind_coordinator, coordinator_run,
+                                          create_emulation_run, firmware_summary, load_run_key, options_as,
+                                          options_from_json, resume_event, resume_prepared, run_stats)
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.processes import child_env, exit_kind, note_memory
-from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json, write_json
+from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
+from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
-from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans
+from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans, round_metric_rows
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.network import Network
@@ -245,13 +245,8 @@ class DflEmulation:
         self.edir = run_dir / "emulate"
         for sub in ("keys", "devices", "logs"):
             (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        key_file = self.edir / "run.key"
-        if resume and key_file.is_file():     # the devices of the killed coordinator hold keys from it
-            self.run_key = key_file.read_bytes()
-        else:
-            self.run_key = secrets.token_bytes(32)
-            key_file.write_bytes(self.run_key)
-            os.chmod(key_file, 0o600)
+        # resumed: the devices of the killed coordinator hold keys from it
+        self.run_key = load_run_key(self.edir, resume)
         self.resume = resume
         self.linears_rows = _linears(exp)
         p = exp.model.num_params
@@ -623,37 +618,17 @@ class DflEmulation:
         e = plan.edges
         n_comp, _ = components(n, e[survivors[e[:, 0]] & survivors[e[:, 1]]], survivors)
         round_s = time.perf_counter() - wall0
-        device_rows, metric_rows = [], []
-        for d in map(int, np.flatnonzero(taking)):
-            m = met.get(d)
-            if m is not None:
-                status = "ok"
-            elif d in self.killed:
-                status = "dropped"
-            else:
-                status = self.dead.get(d, "timeout").split(" ")[0]
-            device_rows.append({
-                "round": r, "device": d, "status": status, "num_samples": int(self.n_train[d]),
-                "compute_s": float(compute_wall[d]), "up_s": float(tx_s[d]), "down_s": float(rx_s[d]),
-                "bytes_up": int(sent_b[d]), "bytes_down": int(recv_b[d]), "packets_lost": int(lost[d]),
-                "energy_j": float(energy[d]), "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
-                "accuracy": None})
-            metric_rows.append({
-                "round": r, "device": d, "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
-                "test_loss": None if np.isnan(tloss[d]) else float(tloss[d]),
-                "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]),
-                "lr": float(self.lr_sched.lr[d]), "local_rounds": int(self.local_rounds[d]),
-                "messages_sent": int(n_sent[d]), "messages_received": int(n_recv[d]),
-                "airtime_s": float(tx_s[d] + rx_s[d])})
-        evaluated = acc[~np.isnan(acc)]
-        mean_acc = float(evaluated.mean()) if evaluated.size else None
-        rm = {"round": r, "acc_mean": mean_acc,
-              "acc_min": float(evaluated.min()) if evaluated.size else None,
-              "acc_max": float(evaluated.max()) if evaluated.size else None,
-              "acc_std": float(evaluated.std()) if evaluated.size else None,
-              "loss_mean": float(np.nanmean(tloss)) if evaluated.size else None,
-              "consensus_distance": consensus, "global_accuracy": None, "components": n_comp,
-              "messages": int(n_sent.sum())}
+
+        def status(d: int) -> str:
+            if met.get(d) is not None:
+                return "ok"
+            return "dropped" if d in self.killed else self.dead.get(d, "timeout").split(" ")[0]
+        device_rows, metric_rows, rm = round_metric_rows(
+            r, map(int, np.flatnonzero(taking)), status, n_train=self.n_train, compute_s=compute_wall, tx_s=tx_s,
+            rx_s=rx_s, sent_b=sent_b, recv_b=recv_b, lost=lost, energy=energy, losses=losses, acc=acc,
+            test_loss=tloss, dist=dist, lr=self.lr_sched.lr, local_rounds=self.local_rounds, n_sent=n_sent,
+            n_recv=n_recv, consensus=consensus, components=n_comp, messages=int(n_sent.sum()))
+        mean_acc = rm["acc_mean"]
         finite = losses[~np.isnan(losses)]
         st["round"] = r
         st["bytes_up"] += int(sent_b.sum())
@@ -703,11 +678,7 @@ class DflEmulation:
         that played round R + 1 rolls back to its state after R), and record who did not return."""
         R = int(st["round"])
         events: list[dict[str, Any]] = []
-        saved = read_json(self.edir / PEERS_FILE, {}) or {}
-        parent = int(saved.get("forkserver", -1))
-        for d, pid in (saved.get("devices") or {}).items():
-            if int(d) not in self.dead:
-                self.procs.adopt(int(d), int(pid), parent)
+        adopt_recorded(self.procs.adopt, self.edir / PEERS_FILE, skip=self.dead)
         adopted = sorted(self.procs.adopted)
         wait = self.opt.start_timeout_s + self.opt.merge_timeout_s
 
@@ -762,19 +733,8 @@ class DflEmulation:
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         self.resume_done = asyncio.Event()
-        saved = read_json(self.edir / COORDINATOR_FILE) if self.resume else None
-        want = int(saved["port"]) if saved else 0
-        try:
-            server = await asyncio.start_server(self._serve, "127.0.0.1", want, backlog=max(128, 2 * self.n))
-        except OSError as exc:
-            if not want:
-                raise
-            raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
-                                "the devices of a decentralized run hold their models and call only that "
-                                "address: free it and resume again") from None
-        port = server.sockets[0].getsockname()[1]
-        write_json(self.edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": port,
-                                                  "options": options_to_json(self.opt)})
+        server, port = await bind_coordinator(self.edir, self._serve, max(128, 2 * self.n), self.resume, self.opt,
+                                              "the devices of a decentralized run hold their models and call")
         resumed = st is not None
         if not resumed:
             self._write_device_files(port)
@@ -932,11 +892,7 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
 
 def dfl_options_from_json(data: dict[str, Any]) -> DflOptions:
     """The options a decentralized emulation was started with (``emulate/coordinator.json``)."""
-    known = {f.name for f in fields(DflOptions)}
-    data = {k: v for k, v in data.items() if k in known}
-    for k in ("mem_budget_override", "firmware_arena_override"):
-        data[k] = {int(d): int(v) for d, v in data.get(k, {}).items()}
-    return DflOptions(**data)
+    return options_from_json(data, DflOptions)
 
 
 def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: ExperimentSpec, saved: dict[str, Any],
@@ -946,19 +902,13 @@ def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: Expe
     processes (which kept their models and call the coordinator's address again for
     ``reconnect_grace_s``) reconnect and roll back to that round; see docs/emulation.md."""
     options = dfl_options_from_json(saved["options"])
-    try:
+
+    def load() -> tuple[Experiment, Network]:
         exp = prepare(spec, base_dir)
-        network = _check_family(exp, base_dir)
-    except BaseException:
-        store.close()
-        raise
-    if on_prepared is not None:
-        on_prepared(exp)
-    ck = store.checkpoint(run_id)
+        return exp, _check_family(exp, base_dir)
+    (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
     done = ck[0] if ck else 0
-    store.set_status(run_id, "running")
-    store.add_events(run_id, [{"round": done, "sim_time_s": float(ck[1]["wall"]) if ck else 0.0, "device": None,
-                               "kind": "resume", "detail": f"resumed after round {done}"}])
+    store.add_events(run_id, [resume_event(done, float(ck[1]["wall"]) if ck else 0.0)])
     wall0 = time.perf_counter()
     with coordinator_run(store, run_id, run_dir, log):
         emu = DflEmulation(exp, network, store, run_id, run_dir, options, resume=True)

@@ -44,11 +44,10 @@ import json
 import logging
 import os
 import resource
-import secrets
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,15 +57,16 @@ import torch
 from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
-from tinytwin.emulate.coordinator import (EmulateOptions, _model_rows, coordinator_run, create_emulation_run,
-                                          firmware_summary, kb_stats, options_as, options_to_json, run_stats)
+from tinytwin.emulate.coordinator import (EmulateOptions, _model_rows, bind_coordinator, coordinator_run,
+                                          create_emulation_run, firmware_summary, kb_stats, load_run_key,
+                                          options_as, options_from_json, resume_event, resume_prepared, run_stats)
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.dfl_coordinator import PEERS_FILE, WIRE_STRIDE, ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
-from tinytwin.emulate.processes import child_env, exit_kind, note_memory
-from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json, write_json
+from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
+from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
 from tinytwin.emulate.wire_np import derive_key
@@ -177,14 +177,9 @@ class HierEmulation:
         self.edir = run_dir / "emulate"
         for sub in ("keys", "devices", "aggregators", "logs"):
             (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        key_file = self.edir / "run.key"
         self.resume = resume
-        if resume and key_file.is_file():     # the processes of the killed coordinator hold keys from it
-            self.run_key = key_file.read_bytes()
-        else:
-            self.run_key = secrets.token_bytes(32)
-            key_file.write_bytes(self.run_key)
-            os.chmod(key_file, 0o600)
+        # resumed: the processes of the killed coordinator hold keys from it
+        self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = _model_rows(exp)   # MLP rows, or a CNN's layer list (layers_np)
         # Firmware images are built (and a model too big for a board refused) before any process starts;
         # a firmware device under a local aggregator is the centralized twin's firmware device, unchanged.
@@ -431,7 +426,7 @@ class HierEmulation:
 
     async def _round(self, r: int, st: HState) -> HState:
         exp, sim, a, spec = self.exp, self.sim, self.a, self.exp.spec
-        n, k, L = self.n, self.k, self.L
+        n, L = self.n, self.L
         wall0 = time.perf_counter()
         events: list[dict[str, Any]] = []
         changes = exp.timeline.changes(r)
@@ -721,15 +716,7 @@ class HierEmulation:
         the aggregators call again (each finishes the global round it was in first), and record who
         came back; what did not is started again by the next round."""
         R = st.round
-        saved = read_json(self.edir / PEERS_FILE, {}) or {}
-        parent = int(saved.get("forkserver", -1))
-        parents = {int(k): int(v) for k, v in (saved.get("parents") or {}).items()}
-        for c, pid in (saved.get("aggregators") or {}).items():
-            key = self._la_key(int(c))
-            self.procs.adopt(key, int(pid), parents.get(key, parent))
-        for d, pid in (saved.get("devices") or {}).items():
-            if int(d) not in self.gone:
-                self.procs.adopt(int(d), int(pid), parents.get(int(d), parent))
+        adopt_recorded(self.procs.adopt, self.edir / PEERS_FILE, skip=self.gone, aggregator_key=self._la_key)
         adopted_las = [c for c in range(self.k) if self._la_key(c) in self.procs.adopted]
         wait = self.opt.start_timeout_s + (self.L + 1) * self.opt.round_timeout_s
 
@@ -816,19 +803,8 @@ class HierEmulation:
         spec = self.exp.spec
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        saved = read_json(self.edir / COORDINATOR_FILE) if self.resume else None
-        want = int(saved["port"]) if saved else 0
-        try:
-            server = await asyncio.start_server(self._serve, "127.0.0.1", want, backlog=max(128, 2 * self.k))
-        except OSError as exc:
-            if not want:
-                raise
-            raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
-                                "the local aggregators of a hierarchical run call only that address: free it and "
-                                "resume again") from None
-        self.port = server.sockets[0].getsockname()[1]
-        write_json(self.edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": self.port,
-                                                  "options": options_to_json(self.opt)})
+        server, self.port = await bind_coordinator(self.edir, self._serve, max(128, 2 * self.k), self.resume,
+                                                   self.opt, "the local aggregators of a hierarchical run call")
         resumed = st is not None
         finished = False
         try:
@@ -944,13 +920,7 @@ def start_hier_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_d
 
 def hier_options_from_json(data: dict[str, Any]) -> HierOptions:
     """The options a hierarchical emulation was started with (``emulate/coordinator.json``)."""
-    known = {f.name for f in fields(HierOptions)}
-    data = {k: v for k, v in data.items() if k in known}
-    for k in ("mem_budget_override", "firmware_arena_override"):
-        data[k] = {int(d): int(v) for d, v in data.get(k, {}).items()}
-    for k in ("kill_devices", "kill_aggregators"):
-        data[k] = {int(r): [int(x) for x in xs] for r, xs in data.get(k, {}).items()}
-    return HierOptions(**data)
+    return options_from_json(data, HierOptions, int_lists=("kill_devices", "kill_aggregators"))
 
 
 def resume_hier_emulation(run_dir: Path, store: RunStore, run_id: str, spec: ExperimentSpec, saved: dict[str, Any],
@@ -961,25 +931,20 @@ def resume_hier_emulation(run_dir: Path, store: RunStore, run_id: str, spec: Exp
     ``reconnect_grace_s``) reconnect and are adopted, and rounds R + 1 .. are replayed with a
     wire-round offset; see docs/emulation.md."""
     options = hier_options_from_json(saved["options"])
-    try:
+
+    def load() -> Experiment:
         exp = prepare(spec, base_dir)
         _model_rows(exp)
-    except BaseException:
-        store.close()
-        raise
-    if on_prepared is not None:
-        on_prepared(exp)
-    ck = store.checkpoint(run_id)
+        return exp
+    exp, ck = resume_prepared(store, run_id, load, on_prepared)
     done = ck[0] if ck else 0
-    store.set_status(run_id, "running")
     wall0 = time.perf_counter()
     with coordinator_run(store, run_id, run_dir, log, logging.getLogger("tinytwin.emulate")), terminate_raises():
         emu = HierEmulation(exp, store, run_id, run_dir, options, base_dir, resume=True)
         st = emu.restore(ck[1]) if ck else emu.sim.initial_state()
         if not ck:
             emu.offset = WIRE_STRIDE
-        store.add_events(run_id, [{"round": done, "sim_time_s": emu.wall_offset, "device": None,
-                                   "kind": "resume", "detail": f"resumed after round {done}"}])
+        store.add_events(run_id, [resume_event(done, emu.wall_offset)])
         state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
     return finish_dfl_run(store, run_id, run_dir, summary, report)

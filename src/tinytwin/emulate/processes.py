@@ -31,6 +31,24 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def adopt_recorded(adopt: Callable[[int, int, int], Any], peers_file: Path, skip: Any = (),
+                   aggregator_key: Callable[[int], int] | None = None) -> None:
+    """Adopt what a killed coordinator's ``peers_file`` (``emulate/peers.json``) records:
+    ``adopt(key, pid, parent)`` for every device not in ``skip`` and, with ``aggregator_key``
+    (an aggregator's process key), every local aggregator; ``parent``: the pid of the fork
+    server that started it (``parents``, else the recorded fork server)."""
+    saved = read_json(peers_file, {}) or {}
+    parent = int(saved.get("forkserver", -1))
+    parents = {int(k): int(v) for k, v in (saved.get("parents") or {}).items()}
+    if aggregator_key is not None:
+        for c, pid in (saved.get("aggregators") or {}).items():
+            key = aggregator_key(int(c))
+            adopt(key, int(pid), parents.get(key, parent))
+    for d, pid in (saved.get("devices") or {}).items():
+        if int(d) not in skip:
+            adopt(int(d), int(pid), parents.get(int(d), parent))
+
+
 def exit_kind(rc: int | None, *, killed: bool = False, workdir: Path | None = None) -> str:
     """Why a process's connection closed: ``killed`` (by the twin), a firmware fault (``workdir``:
     a firmware device's work folder, whose fault file is written before the exit, so it decides

@@ -449,6 +449,42 @@ def memory_plans(exp: Experiment) -> list[MemoryPlan]:
 
 # ---------------------------------------------------------------------------------- engine
 
+def round_metric_rows(r: int, devices: Any, status: Callable[[int], str], *, n_train: np.ndarray,
+                      compute_s: np.ndarray, tx_s: np.ndarray, rx_s: np.ndarray, sent_b: np.ndarray,
+                      recv_b: np.ndarray, lost: np.ndarray, energy: np.ndarray, losses: np.ndarray, acc: np.ndarray,
+                      test_loss: np.ndarray, dist: np.ndarray, lr: Any, local_rounds: Any, n_sent: np.ndarray,
+                      n_recv: np.ndarray, consensus: float | None, components: int, messages: int
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """A decentralized round's stored rows, written alike by the simulator and the emulation twin
+    (emulate/dfl_coordinator.py): ``device_rounds`` and ``dfl_device_metrics`` rows of ``devices``
+    (``status(d)`` each) and the ``dfl_round_metrics`` row (NaN: not evaluated / not trained)."""
+    device_rows, metric_rows = [], []
+    for d in devices:
+        device_rows.append({
+            "round": r, "device": int(d), "status": status(d), "num_samples": int(n_train[d]),
+            "compute_s": float(compute_s[d]), "up_s": float(tx_s[d]), "down_s": float(rx_s[d]),
+            "bytes_up": int(sent_b[d]), "bytes_down": int(recv_b[d]), "packets_lost": int(lost[d]),
+            "energy_j": float(energy[d]),
+            "train_loss": None if np.isnan(losses[d]) else float(losses[d]), "accuracy": None,
+        })
+        metric_rows.append({
+            "round": r, "device": int(d), "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
+            "test_loss": None if np.isnan(test_loss[d]) else float(test_loss[d]),
+            "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]), "lr": float(lr[d]),
+            "local_rounds": int(local_rounds[d]), "messages_sent": int(n_sent[d]),
+            "messages_received": int(n_recv[d]), "airtime_s": float(tx_s[d] + rx_s[d]),
+        })
+    evaluated = acc[~np.isnan(acc)]
+    rm = {"round": r, "acc_mean": float(evaluated.mean()) if evaluated.size else None,
+          "acc_min": float(evaluated.min()) if evaluated.size else None,
+          "acc_max": float(evaluated.max()) if evaluated.size else None,
+          "acc_std": float(evaluated.std()) if evaluated.size else None,
+          "loss_mean": float(np.nanmean(test_loss)) if evaluated.size else None,
+          "consensus_distance": consensus, "global_accuracy": None, "components": components,
+          "messages": messages}
+    return device_rows, metric_rows, rm
+
+
 class DecentralizedSimulator:
     """Runs a decentralized :class:`Experiment` round by round, writing to a :class:`RunStore`."""
 
@@ -602,31 +638,12 @@ class DecentralizedSimulator:
         n_recv = np.bincount(sent.dst, minlength=n)
         lost = per_device(sent.src, sent.lost, n).astype(np.int64)
 
-        device_rows, metric_rows = [], []
-        for d in ids:
-            device_rows.append({
-                "round": r, "device": int(d), "status": "ok" if fires[d] else "idle", "num_samples": int(self.n_train[d]),
-                "compute_s": float(compute_s[d]), "up_s": float(tx_s[d]), "down_s": float(rx_s[d]),
-                "bytes_up": int(sent_b[d]), "bytes_down": int(recv_b[d]), "packets_lost": int(lost[d]),
-                "energy_j": float(energy[d]),
-                "train_loss": None if np.isnan(losses[d]) else float(losses[d]), "accuracy": None,
-            })
-            metric_rows.append({
-                "round": r, "device": int(d), "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
-                "test_loss": None if np.isnan(loss[d]) else float(loss[d]),
-                "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]), "lr": float(self.lr_sched.lr[d]),
-                "local_rounds": int(st.local_rounds[d]), "messages_sent": int(n_sent[d]),
-                "messages_received": int(n_recv[d]), "airtime_s": float(tx_s[d] + rx_s[d]),
-            })
-        evaluated = acc[~np.isnan(acc)]
-        mean_acc = float(evaluated.mean()) if evaluated.size else None
-        rm = {"round": r, "acc_mean": mean_acc,
-              "acc_min": float(evaluated.min()) if evaluated.size else None,
-              "acc_max": float(evaluated.max()) if evaluated.size else None,
-              "acc_std": float(evaluated.std()) if evaluated.size else None,
-              "loss_mean": float(np.nanmean(loss)) if evaluated.size else None,
-              "consensus_distance": consensus, "global_accuracy": None, "components": n_comp,
-              "messages": int(len(sent))}
+        device_rows, metric_rows, rm = round_metric_rows(
+            r, ids, lambda d: "ok" if fires[d] else "idle", n_train=self.n_train, compute_s=compute_s, tx_s=tx_s,
+            rx_s=rx_s, sent_b=sent_b, recv_b=recv_b, lost=lost, energy=energy, losses=losses, acc=acc, test_loss=loss,
+            dist=dist, lr=self.lr_sched.lr, local_rounds=st.local_rounds, n_sent=n_sent, n_recv=n_recv,
+            consensus=consensus, components=n_comp, messages=int(len(sent)))
+        mean_acc = rm["acc_mean"]
         finite = losses[~np.isnan(losses)]
         st.round = r
         st.sim_time_s = t0 + round_s
