@@ -48,9 +48,8 @@ from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.runner import DB_NAME, new_run_dir, open_resumable
-from tinytwin.engines.simulate import link_events, select_participants
+from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
 from tinytwin.engines.state import Checkpointed
-from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
@@ -614,17 +613,9 @@ class Emulation:
         return EmuState(0, g, self.server_opt.init(g), 0.0, np.zeros(self.n_dev))
 
     def summary(self, state: EmuState, wall_time_s: float) -> dict[str, Any]:
-        exp, spec = self.exp, self.exp.spec
         walls = state.round_walls
         return {
-            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
-                             state.energy_j, exp.memory, wall_time_s),
-            "num_devices": exp.fleet.num_devices,
-            "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
-            "dataset": spec.dataset.name,
-            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
-            "uplink_message_bytes": self.up_bytes,
-            "downlink_message_bytes": self.down_bytes,
+            **centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes),
             "emulate": {
                 "time_scale": self.opt.time_scale,
                 "modelled_time_s": state.modelled_time_s,

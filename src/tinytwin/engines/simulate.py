@@ -213,17 +213,7 @@ class Simulator:
 
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
-        exp, spec = self.exp, self.exp.spec
-        return {
-            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
-                             state.energy_j, exp.memory, wall_time_s),
-            "num_devices": exp.fleet.num_devices,
-            "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
-            "dataset": spec.dataset.name,
-            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
-            "uplink_message_bytes": self.up_bytes,
-            "downlink_message_bytes": self.down_bytes,
-        }
+        return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
 
 
 def select_participants(online_ids: np.ndarray, clients_per_round: int | float, seed: int, r: int) -> np.ndarray:
@@ -247,3 +237,20 @@ def link_events(exp: Experiment, r: int, t0: float, time_scale: float = 1.0) -> 
         out.append({"round": r, "sim_time_s": t0 + at * time_scale, "device": d, "kind": kind,
                     "detail": f"link of device {d} {kind.split('_')[1]}{when}"})
     return out
+
+
+def centralized_summary(exp: Experiment, state: Any, wall_time_s: float, up_bytes: int,
+                        down_bytes: int) -> dict[str, Any]:
+    """The run summary of a centralized run, from either twin's state (accuracies, round, time,
+    bytes, energy): one definition, so simulate and emulate summaries compare key for key."""
+    spec = exp.spec
+    return {
+        **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
+                         state.energy_j, exp.memory, wall_time_s),
+        "num_devices": exp.fleet.num_devices,
+        "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
+        "dataset": spec.dataset.name,
+        "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
+        "uplink_message_bytes": up_bytes,
+        "downlink_message_bytes": down_bytes,
+    }
