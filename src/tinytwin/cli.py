@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -47,10 +47,7 @@ def run(
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name}", total=spec.rounds)
 
-        def on_round(r: int, info: dict[str, Any]) -> None:
-            acc = info.get("accuracy")
-            progress.update(task, completed=r,
-                            description=f"{spec.name}" + (f"  acc {acc:.3f}" if acc is not None else ""))
+        on_round = _round_progress(progress, task, spec.name)
 
         def on_prepared(exp: Any) -> None:
             progress.update(task, description=f"{spec.name} ({exp.fleet.num_devices} devices)")
@@ -94,10 +91,7 @@ def emulate(
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name} (emulate)", total=spec.rounds)
 
-        def on_round(r: int, info: dict[str, Any]) -> None:
-            acc = info.get("accuracy")
-            progress.update(task, completed=r,
-                            description=f"{spec.name} (emulate)" + (f"  acc {acc:.3f}" if acc is not None else ""))
+        on_round = _round_progress(progress, task, f"{spec.name} (emulate)")
 
         if resume is not None:
             run_dir, summary = resume_emulation(resume, spec, spec_file.resolve().parent, on_round,
@@ -126,6 +120,14 @@ def emulate(
                       f"{fw['qemu_pss_kb']['total'] / 1024:.0f} MiB; instructions per round median "
                       f"{insns or 0:,.0f} -> {fw['firmware_compute_s_median'] or 0:.3f} s on the device "
                       f"(cost model {fw['cost_model_compute_s_median'] or 0:.3f} s)")
+
+
+def _round_progress(progress: Progress, task: Any, label: str) -> Callable[[int, dict[str, Any]], None]:
+    """The per-round callback of `run` and `emulate`: advance the bar, show the latest accuracy."""
+    def on_round(r: int, info: dict[str, Any]) -> None:
+        acc = info.get("accuracy")
+        progress.update(task, completed=r, description=label + (f"  acc {acc:.3f}" if acc is not None else ""))
+    return on_round
 
 
 def _progress(quiet: bool) -> Progress:
