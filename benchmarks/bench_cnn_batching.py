@@ -35,8 +35,9 @@ def grouped_loss(params: dict[str, torch.Tensor], layers, x: torch.Tensor, y: to
     for i, layer in enumerate(layers):
         if layer.kind == "conv":
             w, bias = params[f"body.{i}.weight"], params[f"body.{i}.bias"]
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1), stride=layer.stride,
-                         padding=layer.padding, groups=d)
+            h = F.conv2d(
+                h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1), stride=layer.stride, padding=layer.padding, groups=d
+            )
         elif layer.kind == "relu":
             h = F.relu(h)
         elif layer.kind == "maxpool":
@@ -87,11 +88,20 @@ def main() -> None:
             for _ in range(args.repeats):
                 fn()
             times[name] = (time.perf_counter() - t0) / args.repeats
-        print(json.dumps({"devices": d, "batch": args.batch, "params": layout.total,
-                          "vmap_ms_per_step": round(times["vmap"] * 1e3, 1),
-                          "grouped_ms_per_step": round(times["grouped"] * 1e3, 1),
-                          "speedup_grouped_over_vmap": round(times["vmap"] / times["grouped"], 2),
-                          "max_abs_grad_diff": diff}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "devices": d,
+                    "batch": args.batch,
+                    "params": layout.total,
+                    "vmap_ms_per_step": round(times["vmap"] * 1e3, 1),
+                    "grouped_ms_per_step": round(times["grouped"] * 1e3, 1),
+                    "speedup_grouped_over_vmap": round(times["vmap"] / times["grouped"], 2),
+                    "max_abs_grad_diff": diff,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ def measure(algorithm: str, devices: int, rounds: int) -> dict:
     from tinytwin.spec.load import load_spec
     from tinytwin.store.db import RunStore
 
-    spec, text = load_spec(SPEC, [f"algorithm.name={algorithm}", f"fleet.groups.0.count={devices}",
-                                  f"rounds={rounds}"])
+    spec, text = load_spec(SPEC, [f"algorithm.name={algorithm}", f"fleet.groups.0.count={devices}", f"rounds={rounds}"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         out = start_run(spec, text, Path(tmp), SPEC.parent, report=False)
@@ -40,7 +39,9 @@ def measure(algorithm: str, devices: int, rounds: int) -> dict:
     per_round = [r["wall_time_s"] for r in rows]
     steady = sorted(per_round[1:] or per_round)
     return {
-        "algorithm": algorithm, "devices": devices, "rounds": rounds,
+        "algorithm": algorithm,
+        "devices": devices,
+        "rounds": rounds,
         "seconds_per_round": [round(t, 3) for t in per_round],
         "steady_seconds_per_round": round(steady[len(steady) // 2], 3),
         "wall_s_incl_setup": round(wall, 1),
@@ -60,8 +61,20 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.devices, args.rounds)))
         return
     for algorithm in args.algorithms:
-        proc = subprocess.run([sys.executable, __file__, "--child", algorithm, "--devices", str(args.devices),
-                               "--rounds", str(args.rounds)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                algorithm,
+                "--devices",
+                str(args.devices),
+                "--rounds",
+                str(args.rounds),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(json.dumps({"algorithm": algorithm, "error": proc.stderr.strip().splitlines()[-3:]}), flush=True)
             continue

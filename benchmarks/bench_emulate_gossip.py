@@ -42,14 +42,19 @@ def main() -> None:
     from tinytwin.spec.load import load_spec
     from tinytwin.store.db import RunStore
 
-    sets = ["algorithm.name=gossip", f"fleet.groups.0.count={args.devices}", f"rounds={args.rounds}",
-            f"evaluation.every={args.every}"]
+    sets = [
+        "algorithm.name=gossip",
+        f"fleet.groups.0.count={args.devices}",
+        f"rounds={args.rounds}",
+        f"evaluation.every={args.every}",
+    ]
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         spec, text = load_spec(SPEC, sets)
         t0 = time.perf_counter()
-        run_dir, s = start_emulation(spec, text, Path(tmp) / "emu", SPEC.parent,
-                                     EmulateOptions(time_scale=args.time_scale), report=False)
+        run_dir, s = start_emulation(
+            spec, text, Path(tmp) / "emu", SPEC.parent, EmulateOptions(time_scale=args.time_scale), report=False
+        )
         wall = time.perf_counter() - t0
         store = RunStore(run_dir / "results.db")
         rows = store.rounds(store.run_info().run_id)
@@ -63,29 +68,41 @@ def main() -> None:
     walls = sorted(r["wall_time_s"] for r in rows)
     mib = 1 / 1024
     out = {
-        "devices": args.devices, "rounds": args.rounds, "time_scale": args.time_scale,
+        "devices": args.devices,
+        "rounds": args.rounds,
+        "time_scale": args.time_scale,
         "model_frame_bytes": s["message_payload_bytes"] + 62,
         "loadavg_1_5_15_before": [round(x, 2) for x in load0],
         "startup_s": round(e["startup_s"], 2),
-        "wall_per_round_s": {"median": round(walls[len(walls) // 2], 3), "mean": round(sum(walls) / len(walls), 3),
-                             "max": round(walls[-1], 3)},
+        "wall_per_round_s": {
+            "median": round(walls[len(walls) // 2], 3),
+            "mean": round(sum(walls) / len(walls), 3),
+            "max": round(walls[-1], 3),
+        },
         "wall_per_round_list_s": per_round,
         "wall_total_s": round(wall, 1),
         "all_processes_mib": {k.lower(): round(v * mib) for k, v in e["all_processes_kb"].items()},
-        "device_rss_mib": {"median": round(e["device_rss_kb"]["median"] * mib, 1),
-                           "max": round(e["device_rss_kb"]["max"] * mib, 1),
-                           "total": round(e["device_rss_kb"]["total"] * mib)},
-        "device_pss_mib": {"median": round(e["device_pss_kb"]["median"] * mib, 1),
-                           "max": round(e["device_pss_kb"]["max"] * mib, 1),
-                           "total": round(e["device_pss_kb"]["total"] * mib)},
+        "device_rss_mib": {
+            "median": round(e["device_rss_kb"]["median"] * mib, 1),
+            "max": round(e["device_rss_kb"]["max"] * mib, 1),
+            "total": round(e["device_rss_kb"]["total"] * mib),
+        },
+        "device_pss_mib": {
+            "median": round(e["device_pss_kb"]["median"] * mib, 1),
+            "max": round(e["device_pss_kb"]["max"] * mib, 1),
+            "total": round(e["device_pss_kb"]["total"] * mib),
+        },
         "coordinator_mib": {k.lower(): round(v * mib) for k, v in e["coordinator_kb"].items() if k in ("Rss", "Pss")},
         "forkserver_mib": {k.lower(): round(v * mib) for k, v in e["forkserver_kb"].items() if k in ("Rss", "Pss")},
         "coordinator_cpu_s": round(e["coordinator_cpu_s"], 2),
         "coordinator_cpu_s_per_round": round(e["coordinator_cpu_s"] / args.rounds, 3),
         "devices_cpu_s": round(e["devices_cpu_s"], 1),
         "memory_sampling_s": round(e["memory_sampling_s"], 2),
-        "messages": s["messages"], "bytes_device_to_device": s["bytes_up"], "control_bytes": e["control_bytes"],
-        "frames_rejected": e["frames_rejected"], "merge_timeouts": e["merge_timeouts"],
+        "messages": s["messages"],
+        "bytes_device_to_device": s["bytes_up"],
+        "control_bytes": e["control_bytes"],
+        "frames_rejected": e["frames_rejected"],
+        "merge_timeouts": e["merge_timeouts"],
         "devices_with_torch": e["devices_with_torch"],
         "final_mean_accuracy_emulate": round(s["final_accuracy"], 4),
         "final_mean_accuracy_simulate": None if sim_acc is None else round(sim_acc, 4),

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from tinytwin.algorithms.local_config import LocalTraining
-from tinytwin.fleet.catalog import load_device_catalog
-from tinytwin.fleet.cost import compute_flops
 from tinytwin.firmware.build import build_firmware, required_arena_bytes
 from tinytwin.firmware.profiles import TARGETS
 from tinytwin.firmware.qemu import QemuDevice, SyncDevice, batch_order
+from tinytwin.fleet.catalog import load_device_catalog
+from tinytwin.fleet.cost import compute_flops
 from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_step_flops
 from tinytwin.models.zoo import make_model
 
@@ -59,8 +59,10 @@ def one_epoch(board: str, sizes: list[int], n: int, batch: int, workdir: Path) -
 
 def main() -> None:
     profiles = load_device_catalog()
-    print(f"{'profile':<10} {'board':<11} {'model':<22} {'insns':>11} {'fw time':>9} {'cost model':>10} "
-          f"{'ratio':>6} {'FLOPs':>10} {'insn/FLOP':>9} {'QEMU wall':>9}")
+    print(
+        f"{'profile':<10} {'board':<11} {'model':<22} {'insns':>11} {'fw time':>9} {'cost model':>10} "
+        f"{'ratio':>6} {'FLOPs':>10} {'insn/FLOP':>9} {'QEMU wall':>9}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name, target in TARGETS.items():
             prof = profiles[name]
@@ -69,8 +71,10 @@ def main() -> None:
                 flops = cost_model_flops(sizes, n, batch)
                 fw_s = insns * target.cpi / prof.clock_hz
                 cm_s = flops / prof.flops_per_s
-                print(f"{name:<10} {target.board:<11} {model:<22} {insns:>11,} {fw_s:>8.3f}s {cm_s:>9.3f}s "
-                      f"{fw_s / cm_s:>6.2f} {flops:>10,} {insns / flops:>9.2f} {wall:>8.3f}s")
+                print(
+                    f"{name:<10} {target.board:<11} {model:<22} {insns:>11,} {fw_s:>8.3f}s {cm_s:>9.3f}s "
+                    f"{fw_s / cm_s:>6.2f} {flops:>10,} {insns / flops:>9.2f} {wall:>8.3f}s"
+                )
 
 
 if __name__ == "__main__":

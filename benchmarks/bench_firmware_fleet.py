@@ -31,8 +31,14 @@ def main() -> None:
     spec, spec_yaml = load_spec(ROOT / "examples" / "quickstart.yaml", sets)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_dir, summary = start_emulation(spec, spec_yaml, Path(tmp), ROOT / "examples",
-                                           EmulateOptions(time_scale=0.0, firmware_all=True), report=False)
+        run_dir, summary = start_emulation(
+            spec,
+            spec_yaml,
+            Path(tmp),
+            ROOT / "examples",
+            EmulateOptions(time_scale=0.0, firmware_all=True),
+            report=False,
+        )
         total = time.perf_counter() - t0
         store = RunStore(run_dir / "results.db")
         rounds = store.rounds(store.run_info().run_id)
@@ -40,17 +46,27 @@ def main() -> None:
     e = summary["emulate"]
     fw = e["firmware"]
     walls = [r["wall_time_s"] for r in rounds]
-    print(f"firmware devices: {fw['devices']} on {fw['images'][0]['board']}, digits MLP "
-          f"({summary['model']}), {args.rounds} FedAvg rounds, weights through semihosting files")
+    print(
+        f"firmware devices: {fw['devices']} on {fw['images'][0]['board']}, digits MLP "
+        f"({summary['model']}), {args.rounds} FedAvg rounds, weights through semihosting files"
+    )
     print(f"wall per round: {', '.join(f'{w:.2f}' for w in walls)} s (median {sorted(walls)[len(walls) // 2]:.2f} s)")
-    print(f"start-up (build + spawn + boot + HELLO): {e.get('startup_s') or float('nan'):.2f} s; whole run {total:.1f} s")
-    print(f"device processes: RSS total {e['device_rss_kb']['total'] / 1024:.0f} MiB, "
-          f"PSS total {e['device_pss_kb']['total'] / 1024:.0f} MiB")
-    print(f"QEMU instances:   RSS total {fw['qemu_rss_kb']['total'] / 1024:.0f} MiB, "
-          f"PSS total {fw['qemu_pss_kb']['total'] / 1024:.0f} MiB (median RSS {fw['qemu_rss_kb']['median'] / 1024:.1f} MiB)")
+    print(
+        f"start-up (build + spawn + boot + HELLO): {e.get('startup_s') or float('nan'):.2f} s; whole run {total:.1f} s"
+    )
+    print(
+        f"device processes: RSS total {e['device_rss_kb']['total'] / 1024:.0f} MiB, "
+        f"PSS total {e['device_pss_kb']['total'] / 1024:.0f} MiB"
+    )
+    print(
+        f"QEMU instances:   RSS total {fw['qemu_rss_kb']['total'] / 1024:.0f} MiB, "
+        f"PSS total {fw['qemu_pss_kb']['total'] / 1024:.0f} MiB (median RSS {fw['qemu_rss_kb']['median'] / 1024:.1f} MiB)"
+    )
     print(f"all device-side processes: PSS {(e['device_pss_kb']['total'] + fw['qemu_pss_kb']['total']) / 1024:.0f} MiB")
-    print(f"instructions per device-round (median) {fw['insns_per_round_median']:,.0f} -> "
-          f"{fw['firmware_compute_s_median']:.3f} s on the device; final accuracy {summary['final_accuracy']:.4f}")
+    print(
+        f"instructions per device-round (median) {fw['insns_per_round_median']:,.0f} -> "
+        f"{fw['firmware_compute_s_median']:.3f} s on the device; final accuracy {summary['final_accuracy']:.4f}"
+    )
 
 
 if __name__ == "__main__":

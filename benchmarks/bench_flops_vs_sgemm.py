@@ -43,13 +43,21 @@ def main() -> None:
     from tinytwin.engines.local_training import LocalTrainer
     from tinytwin.spec.load import load_spec
 
-    spec, _ = load_spec(HERE / "specs" / "mnist_scale.yaml",
-                        [f"fleet.groups.0.count={args.devices}", f"model.hidden={args.hidden}"])
+    spec, _ = load_spec(
+        HERE / "specs" / "mnist_scale.yaml", [f"fleet.groups.0.count={args.devices}", f"model.hidden={args.hidden}"]
+    )
     exp = prepare(spec, HERE / "specs")
     a = spec.algorithm
     cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
-    trainer = LocalTrainer(exp.module, exp.layout, torch.from_numpy(exp.dataset.x_train),
-                           torch.from_numpy(exp.dataset.y_train), cfg, spec.seed, fast_path=not args.vmap)
+    trainer = LocalTrainer(
+        exp.module,
+        exp.layout,
+        torch.from_numpy(exp.dataset.x_train),
+        torch.from_numpy(exp.dataset.y_train),
+        cfg,
+        spec.seed,
+        fast_path=not args.vmap,
+    )
     ids = np.arange(exp.fleet.num_devices)
     start = exp.initial_params()
     trainer.train(start, 1, ids[:64], exp.parts[:64])  # warm-up
@@ -63,13 +71,22 @@ def main() -> None:
     steps = a.local_epochs * np.ceil(n / a.batch_size)
     flops = float(a.local_epochs * n.sum() * exp.flops_per_sample + steps.sum() * exp.flops_per_step)
     peak = sgemm_flops()
-    print(json.dumps({
-        "devices": args.devices, "model": f"mlp 784-{'-'.join(map(str, args.hidden))}-10",
-        "params": exp.model.num_params, "training_flops": flops, "train_seconds_best": round(best, 3),
-        "achieved_gflops": round(flops / best / 1e9, 2), "sgemm_gflops": round(peak / 1e9, 2),
-        "fraction_of_sgemm": round(flops / best / peak, 3), "torch_threads": torch.get_num_threads(),
-        "path": "vmap" if args.vmap else "batched_mlp",
-    }))
+    print(
+        json.dumps(
+            {
+                "devices": args.devices,
+                "model": f"mlp 784-{'-'.join(map(str, args.hidden))}-10",
+                "params": exp.model.num_params,
+                "training_flops": flops,
+                "train_seconds_best": round(best, 3),
+                "achieved_gflops": round(flops / best / 1e9, 2),
+                "sgemm_gflops": round(peak / 1e9, 2),
+                "fraction_of_sgemm": round(flops / best / peak, 3),
+                "torch_threads": torch.get_num_threads(),
+                "path": "vmap" if args.vmap else "batched_mlp",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ def measure(devices: int, rounds: int) -> dict:
         rows = store.rounds(store.run_info().run_id)
     per_round = [r["wall_time_s"] for r in rows]
     return {
-        "devices": devices, "samples_per_device": samples, "rounds": rounds,
+        "devices": devices,
+        "samples_per_device": samples,
+        "rounds": rounds,
         "seconds_per_round": [round(t, 3) for t in per_round],
         "steady_seconds_per_round": round(sorted(per_round[1:] or per_round)[len(per_round[1:] or per_round) // 2], 3),
         "wall_s_incl_setup": round(wall, 1),
@@ -56,8 +58,9 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.rounds)))
         return
     for n in args.sizes:
-        proc = subprocess.run([sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             print(json.dumps({"devices": n, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
             continue

@@ -27,8 +27,10 @@ def measure(devices: int, rounds: int) -> dict:
     from tinytwin.engines.runner import start_run
     from tinytwin.spec.load import load_spec
 
-    spec, text = load_spec(REPO / "examples" / "quickstart.yaml",
-                           [f"fleet.groups.0.count={devices}", f"rounds={rounds}", "partition.min_samples=0"])
+    spec, text = load_spec(
+        REPO / "examples" / "quickstart.yaml",
+        [f"fleet.groups.0.count={devices}", f"rounds={rounds}", "partition.min_samples=0"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         out = start_run(spec, text, Path(tmp), REPO / "examples")
@@ -42,9 +44,13 @@ def measure(devices: int, rounds: int) -> dict:
         steady = sorted(r["wall_time_s"] for r in rows[1:])  # round 1 pays one-off warm-up
         steady_s = steady[len(steady) // 2] if steady else loop
     return {
-        "devices": devices, "rounds": rounds, "client_updates": updates,
-        "loop_s": round(loop, 3), "seconds_per_round": round(loop / rounds, 4),
-        "first_round_s": round(rows[0]["wall_time_s"], 4), "steady_seconds_per_round": round(steady_s, 4),
+        "devices": devices,
+        "rounds": rounds,
+        "client_updates": updates,
+        "loop_s": round(loop, 3),
+        "seconds_per_round": round(loop / rounds, 4),
+        "first_round_s": round(rows[0]["wall_time_s"], 4),
+        "steady_seconds_per_round": round(steady_s, 4),
         "client_updates_per_s": round(updates / loop, 1),
         "steady_client_updates_per_s": round(rows[-1]["completed"] / steady_s, 1),
         "wall_s_incl_setup_and_report": round(wall, 2),
@@ -64,15 +70,23 @@ def main() -> None:
         return
     results = []
     for n in args.sizes:
-        proc = subprocess.run([sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(result)
         print(json.dumps(result), flush=True)
-    print(f"\n{'devices':>8} {'s/round':>9} {'steady s/round':>15} {'updates/s':>10} {'steady updates/s':>17} {'peak RSS MB':>12}")
+    print(
+        f"\n{'devices':>8} {'s/round':>9} {'steady s/round':>15} {'updates/s':>10} {'steady updates/s':>17} {'peak RSS MB':>12}"
+    )
     for r in results:
-        print(f"{r['devices']:>8} {r['seconds_per_round']:>9} {r['steady_seconds_per_round']:>15} "
-              f"{r['client_updates_per_s']:>10} {r['steady_client_updates_per_s']:>17} {r['peak_rss_mb']:>12}")
+        print(
+            f"{r['devices']:>8} {r['seconds_per_round']:>9} {r['steady_seconds_per_round']:>15} "
+            f"{r['client_updates_per_s']:>10} {r['steady_client_updates_per_s']:>17} {r['peak_rss_mb']:>12}"
+        )
 
 
 if __name__ == "__main__":

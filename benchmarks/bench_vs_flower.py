@@ -91,16 +91,27 @@ def export_child(out_dir: Path) -> None:
     ds = load_dataset(spec.dataset.name, digits_split=spec.dataset.split)
     n = spec.fleet.num_devices
     parts = partition(ds.y_train, n, method=spec.partition.method, seed=spec.seed)
-    np.savez(out_dir / "partition.npz", indices=np.concatenate(parts),
-             sizes=np.array([len(p) for p in parts], dtype=np.int64))
+    np.savez(
+        out_dir / "partition.npz",
+        indices=np.concatenate(parts),
+        sizes=np.array([len(p) for p in parts], dtype=np.int64),
+    )
     h = hashlib.sha256()
     for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
         h.update(np.ascontiguousarray(a).tobytes())
     a = spec.algorithm
-    info = {"digest": h.hexdigest(), "devices": n, "seed": spec.seed, "rounds": spec.rounds,
-            "local_epochs": a.local_epochs, "batch_size": a.batch_size, "lr": a.lr,
-            "train_samples": int(len(ds.y_train)), "test_samples": int(len(ds.y_test)),
-            "samples_per_device": sorted({len(p) for p in parts})}
+    info = {
+        "digest": h.hexdigest(),
+        "devices": n,
+        "seed": spec.seed,
+        "rounds": spec.rounds,
+        "local_epochs": a.local_epochs,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "train_samples": int(len(ds.y_train)),
+        "test_samples": int(len(ds.y_test)),
+        "samples_per_device": sorted({len(p) for p in parts}),
+    }
     (out_dir / "export.json").write_text(json.dumps(info))
 
 
@@ -150,7 +161,8 @@ def tinytwin_child(result_path: Path, partition_path: Path, cli_args: list[str])
             with np.load(partition_path) as f:
                 exported = np.split(f["indices"], np.cumsum(f["sizes"])[:-1])
             timing["partition_matches_export"] = len(exported) == len(seen["parts"]) and all(
-                np.array_equal(a, b) for a, b in zip(exported, seen["parts"]))
+                np.array_equal(a, b) for a, b in zip(exported, seen["parts"])
+            )
         result_path.write_text(json.dumps(timing))
     sys.exit(code)
 
@@ -177,7 +189,7 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
             try:
                 with open(f"/proc/{entry.name}/stat") as fh:
                     raw = fh.read()
-                name = raw[raw.index("(") + 1:raw.rindex(")")]
+                name = raw[raw.index("(") + 1 : raw.rindex(")")]
                 st = raw.rsplit(")", 1)[1].split()
                 out[int(entry.name)] = (name, (int(st[11]) + int(st[12])) / CLK_TCK)
             except (OSError, ValueError, IndexError):
@@ -260,8 +272,7 @@ class TreeSampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
-def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.2, window_s: float = 1.0,
-                    windows: int = 5) -> dict:
+def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.2, window_s: float = 1.0, windows: int = 5) -> dict:
     """Wait (at most ``max_wait_s``) until other processes use < ``threshold_cores`` for ``windows`` windows.
 
     The machine has 2 cores: anything else running (a test suite, a pip install) halves
@@ -276,8 +287,7 @@ def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.2, window_s: f
         quiet = quiet + 1 if last < threshold_cores else 0
         waited = time.perf_counter() - t0
         if quiet >= windows or waited >= max_wait_s:
-            return {"waited_s": round(waited, 1), "busy_cores_before": round(last, 2),
-                    "idle": quiet >= windows}
+            return {"waited_s": round(waited, 1), "busy_cores_before": round(last, 2), "idle": quiet >= windows}
 
 
 def measure(cmd: list[str], env: dict[str, str], log_path: Path, idle_wait_s: float, nice: int = 0) -> dict:
@@ -288,15 +298,24 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, idle_wait_s: fl
     """
     gate = wait_until_idle(idle_wait_s)
     if not gate["idle"]:
-        print(f"warning: the machine is still busy ({gate['busy_cores_before']} cores used by other processes) "
-              f"after waiting {gate['waited_s']} s; timings will be slower than on an idle machine",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: the machine is still busy ({gate['busy_cores_before']} cores used by other processes) "
+            f"after waiting {gate['waited_s']} s; timings will be slower than on an idle machine",
+            file=sys.stderr,
+            flush=True,
+        )
     with open(log_path, "w") as log:
         busy0, procs0 = machine_busy_s(), cpu_by_process()
         t0 = time.perf_counter()
         spawn_mono = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
         sampler = TreeSampler(proc.pid)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -313,10 +332,18 @@ def measure(cmd: list[str], env: dict[str, str], log_path: Path, idle_wait_s: fl
     still = [p for p in leftovers if Path(f"/proc/{p}").exists()]
     if proc.returncode != 0:
         sys.stderr.write(log_path.read_text()[-4000:])
-        raise SystemExit(f"{cmd[0]} {' '.join(cmd[1:4])} ... failed with exit status {proc.returncode}; log: {log_path}")
+        raise SystemExit(
+            f"{cmd[0]} {' '.join(cmd[1:4])} ... failed with exit status {proc.returncode}; log: {log_path}"
+        )
     # Who else used the CPU meanwhile (processes alive at the end, outside the measured tree).
-    others = sorted(((cpu - procs0.get(pid, ("", 0.0))[1], f"{name}[{pid}]") for pid, (name, cpu) in procs1.items()
-                     if pid not in sampler.known and pid != os.getpid()), reverse=True)
+    others = sorted(
+        (
+            (cpu - procs0.get(pid, ("", 0.0))[1], f"{name}[{pid}]")
+            for pid, (name, cpu) in procs1.items()
+            if pid not in sampler.known and pid != os.getpid()
+        ),
+        reverse=True,
+    )
     child_cpu = usage.ru_utime + usage.ru_stime
     tree_cpu = max(child_cpu, sum(sampler.cpu_s.values()))
     return {
@@ -346,9 +373,16 @@ def ensure_flower_venv() -> dict:
     du = subprocess.run(["du", "-sm", str(FLOWER_VENV)], capture_output=True, text=True)
     info["size_mb"] = int(du.stdout.split()[0]) if du.returncode == 0 else None
     versions = subprocess.run(
-        [str(FLOWER_PY), "-c", "import importlib.metadata as m, json; "
-         "print(json.dumps({p: m.version(p) for p in ('flwr', 'ray', 'torch', 'numpy', 'scikit-learn')}))"],
-        capture_output=True, text=True, check=True)
+        [
+            str(FLOWER_PY),
+            "-c",
+            "import importlib.metadata as m, json; "
+            "print(json.dumps({p: m.version(p) for p in ('flwr', 'ray', 'torch', 'numpy', 'scikit-learn')}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     info["versions"] = json.loads(versions.stdout)
     return info
 
@@ -357,8 +391,10 @@ def read_rounds(run_dir: Path) -> list[dict]:
     con = sqlite3.connect(run_dir / "results.db")
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute(
-            "SELECT round, completed, test_accuracy, wall_time_s FROM rounds ORDER BY round")]
+        return [
+            dict(r)
+            for r in con.execute("SELECT round, completed, test_accuracy, wall_time_s FROM rounds ORDER BY round")
+        ]
     finally:
         con.close()
 
@@ -371,10 +407,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpus", type=int, default=2, help="CPUs for Ray (one ClientApp actor each)")
     parser.add_argument("--keep", type=Path, help="keep the run folders and logs in this folder")
-    parser.add_argument("--idle-wait", type=float, default=300.0,
-                        help="before each timed run, wait up to this many seconds for other processes to go quiet")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="niceness increment for both timed runs (e.g. -10 as root on a shared machine)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=300.0,
+        help="before each timed run, wait up to this many seconds for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness increment for both timed runs (e.g. -10 as root on a shared machine)",
+    )
     parser.add_argument("--export-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tinytwin-child", nargs=2, type=Path, metavar=("RESULT", "PARTITION"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -395,15 +439,33 @@ def main() -> None:
     # 2. untimed preparation
     subprocess.run([project_py, __file__, "--export-child", str(work)], check=True, env=env, cwd=REPO)
     export = json.loads((work / "export.json").read_text())
-    subprocess.run([str(FLOWER_PY), "-c", "import torch, sklearn, numpy, flwr.simulation, ray"],
-                   check=True, env=env, cwd=REPO)
+    subprocess.run(
+        [str(FLOWER_PY), "-c", "import torch, sklearn, numpy, flwr.simulation, ray"], check=True, env=env, cwd=REPO
+    )
 
     # 3. tinytwin
     tt_out = work / "tinytwin-runs"
     tt_result = work / "tinytwin-timing.json"
-    tt = measure([project_py, __file__, "--tinytwin-child", str(tt_result), str(work / "partition.npz"), "--",
-                  "run", str(SPEC), "--quiet", "--no-report", "--out", str(tt_out)],
-                 env, work / "tinytwin.log", args.idle_wait, args.nice)
+    tt = measure(
+        [
+            project_py,
+            __file__,
+            "--tinytwin-child",
+            str(tt_result),
+            str(work / "partition.npz"),
+            "--",
+            "run",
+            str(SPEC),
+            "--quiet",
+            "--no-report",
+            "--out",
+            str(tt_out),
+        ],
+        env,
+        work / "tinytwin.log",
+        args.idle_wait,
+        args.nice,
+    )
     timing = json.loads(tt_result.read_text())
     (run_dir,) = [p for p in tt_out.iterdir() if p.is_dir()]
     rows = read_rounds(run_dir)
@@ -413,22 +475,38 @@ def main() -> None:
 
     # 4. Flower
     fl_result = work / "flower-result.json"
-    fl_env = dict(env, PYTHONPATH=str(BENCH), FLWR_TELEMETRY_ENABLED="0",
-                  FLOWER_DIGITS_PARTITION=str(work / "partition.npz"), FLOWER_DIGITS_RESULT=str(fl_result),
-                  FLOWER_DIGITS_INIT_CHECK=str(work / "initial_params.npy"),
-                  FLOWER_DIGITS_ROUNDS=str(export["rounds"]), FLOWER_DIGITS_CLIENTS=str(export["devices"]),
-                  FLOWER_DIGITS_SEED=str(export["seed"]), FLOWER_DIGITS_EPOCHS=str(export["local_epochs"]),
-                  FLOWER_DIGITS_BATCH=str(export["batch_size"]), FLOWER_DIGITS_LR=str(export["lr"]))
-    fl = measure([str(FLOWER_PY), "-m", "flower_digits.run", "--cpus", str(args.cpus),
-                  "--check-digest", export["digest"]], fl_env, work / "flower.log", args.idle_wait, args.nice)
+    fl_env = dict(
+        env,
+        PYTHONPATH=str(BENCH),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLOWER_DIGITS_PARTITION=str(work / "partition.npz"),
+        FLOWER_DIGITS_RESULT=str(fl_result),
+        FLOWER_DIGITS_INIT_CHECK=str(work / "initial_params.npy"),
+        FLOWER_DIGITS_ROUNDS=str(export["rounds"]),
+        FLOWER_DIGITS_CLIENTS=str(export["devices"]),
+        FLOWER_DIGITS_SEED=str(export["seed"]),
+        FLOWER_DIGITS_EPOCHS=str(export["local_epochs"]),
+        FLOWER_DIGITS_BATCH=str(export["batch_size"]),
+        FLOWER_DIGITS_LR=str(export["lr"]),
+    )
+    fl = measure(
+        [str(FLOWER_PY), "-m", "flower_digits.run", "--cpus", str(args.cpus), "--check-digest", export["digest"]],
+        fl_env,
+        work / "flower.log",
+        args.idle_wait,
+        args.nice,
+    )
     fr = json.loads(fl_result.read_text())
     fl_loop, fl_acc = fr["loop_s"], fr["final_accuracy"]
 
     def phases(m: dict, loop_start: float | None, loop_end: float | None) -> dict | None:
         if loop_start is None or loop_end is None:
             return None
-        return {"spawn_to_loop_start": _r(loop_start - m["spawn_mono"], 2), "loop": _r(loop_end - loop_start, 3),
-                "loop_end_to_exit": _r(m["spawn_mono"] + m["wall_s"] - loop_end, 2)}
+        return {
+            "spawn_to_loop_start": _r(loop_start - m["spawn_mono"], 2),
+            "loop": _r(loop_end - loop_start, 3),
+            "loop_end_to_exit": _r(m["spawn_mono"] + m["wall_s"] - loop_end, 2),
+        }
 
     loop_ratio = fl_loop / tt_loop
     wall_ratio = fl["wall_s"] / tt["wall_s"]
@@ -437,38 +515,54 @@ def main() -> None:
     steps_expected = n * rounds * export["local_epochs"] * -(-export["samples_per_device"][-1] // export["batch_size"])
     result = {
         "benchmark": "issue #4 benchmark 1: tinytwin vs Flower, digits, 100 IID clients, MLP 64-32-10, "
-                     "FedAvg, 20 rounds x 5 epochs, batch 8, SGD lr 0.1",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray_cpus": args.cpus,
-                    "nice": args.nice},
+        "FedAvg, 20 rounds x 5 epochs, batch 8, SGD lr 0.1",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "ray_cpus": args.cpus,
+            "nice": args.nice,
+        },
         "flower_venv": flower,
         "process_wall_s": {"tinytwin": _r(tt["wall_s"]), "flower": _r(fl["wall_s"])},
         "loop_s": {"tinytwin": _r(tt_loop, 4), "flower": _r(fl_loop)},
         "process_wall_phases_s": {
             "tinytwin": phases(tt, timing.get("loop_start_mono"), timing.get("loop_end_mono")),
-            "flower": phases(fl, fr.get("loop_start_mono"), fr.get("loop_end_mono"))},
+            "flower": phases(fl, fr.get("loop_start_mono"), fr.get("loop_end_mono")),
+        },
         "ratio_flower_over_tinytwin": {"loop": _r(loop_ratio, 1), "process_wall": _r(wall_ratio, 1)},
         "final_accuracy": {"tinytwin": _r(tt_acc, 4), "flower": _r(fl_acc, 4)},
         "accuracy_diff_pp": _r(diff_pp, 2),
-        "peak_rss_mb": {"tinytwin": _r(max(tt["peak_tree_rss_mb"], tt["largest_process_maxrss_mb"]), 1),
-                        "flower": _r(max(fl["peak_tree_rss_mb"], fl["largest_process_maxrss_mb"]), 1)},
+        "peak_rss_mb": {
+            "tinytwin": _r(max(tt["peak_tree_rss_mb"], tt["largest_process_maxrss_mb"]), 1),
+            "flower": _r(max(fl["peak_tree_rss_mb"], fl["largest_process_maxrss_mb"]), 1),
+        },
         "memory_detail_mb": {
-            side: {"largest_process_maxrss": _r(m["largest_process_maxrss_mb"], 1),
-                   "peak_tree_rss": _r(m["peak_tree_rss_mb"], 1), "peak_tree_pss": _r(m["peak_tree_pss_mb"], 1),
-                   "max_processes": m["max_processes"]}
-            for side, m in (("tinytwin", tt), ("flower", fl))},
+            side: {
+                "largest_process_maxrss": _r(m["largest_process_maxrss_mb"], 1),
+                "peak_tree_rss": _r(m["peak_tree_rss_mb"], 1),
+                "peak_tree_pss": _r(m["peak_tree_pss_mb"], 1),
+                "max_processes": m["max_processes"],
+            }
+            for side, m in (("tinytwin", tt), ("flower", fl))
+        },
         "cpu_s": {"tinytwin": _r(tt["tree_cpu_s"], 2), "flower": _r(fl["tree_cpu_s"], 2)},
         "contention": {
-            side: {"other_processes_cores_during_run": _r(m["other_processes_cores"], 2),
-                   "top_other_processes_cpu": m["top_other_processes"], "idle_gate": m["idle_gate"]}
-            for side, m in (("tinytwin", tt), ("flower", fl))},
+            side: {
+                "other_processes_cores_during_run": _r(m["other_processes_cores"], 2),
+                "top_other_processes_cpu": m["top_other_processes"],
+                "idle_gate": m["idle_gate"],
+            }
+            for side, m in (("tinytwin", tt), ("flower", fl))
+        },
         "rounds_detail": {
             "tinytwin_round_wall_sum_s": _r(sum(tt_round_s), 4),
             "tinytwin_round1_s": _r(tt_round_s[0], 4),
             "tinytwin_median_round_s_2_to_last": _r(statistics.median(tt_round_s[1:]), 5),
             "flower_round1_s": _r(fr["round_s"][0]),
             "flower_median_round_s_2_to_last": _r(statistics.median(fr["round_s"][1:]), 4),
-            "steady_state_ratio_median_round": _r(statistics.median(fr["round_s"][1:])
-                                                  / statistics.median(tt_round_s[1:]), 1),
+            "steady_state_ratio_median_round": _r(
+                statistics.median(fr["round_s"][1:]) / statistics.median(tt_round_s[1:]), 1
+            ),
             "flower_loop_excl_round1_s": _r(fl_loop - fr["round_s"][0]),
             "tinytwin_loop_excl_round1_s": _r(tt_loop - tt_round_s[0], 4),
         },
@@ -477,32 +571,51 @@ def main() -> None:
             "tinytwin_partition_matches_export": timing.get("partition_matches_export"),
             "local_steps_expected": steps_expected,
             "local_steps": {"tinytwin": timing.get("steps"), "flower": sum(r["steps"] for r in fr["per_round"])},
-            "client_updates": {"tinytwin": sum(r["completed"] for r in rows),
-                               "flower": sum(r["replies"] - r["errors"] for r in fr["per_round"])},
+            "client_updates": {
+                "tinytwin": sum(r["completed"] for r in rows),
+                "flower": sum(r["replies"] - r["errors"] for r in fr["per_round"]),
+            },
             "train_samples_per_round": {"flower": sorted({r["samples"] for r in fr["per_round"]})},
-            "evaluations_of_global_model": {"tinytwin": sum(r["test_accuracy"] is not None for r in rows),
-                                            "flower": len(fr["accuracy"]) - 1},
+            "evaluations_of_global_model": {
+                "tinytwin": sum(r["test_accuracy"] is not None for r in rows),
+                "flower": len(fr["accuracy"]) - 1,
+            },
             "flower_same_initial_weights_as_tinytwin": fr.get("same_initial_weights"),
             "flower_processes_left_at_exit": fl["processes_left_at_exit"],
             "flower_s_until_they_exited": fl["s_until_all_gone"],
         },
-        "accuracy_curve": {"tinytwin": [_r(r["test_accuracy"], 4) for r in rows],
-                           "flower": [_r(a, 4) for a in fr["accuracy"][1:]]},
+        "accuracy_curve": {
+            "tinytwin": [_r(r["test_accuracy"], 4) for r in rows],
+            "flower": [_r(a, 4) for a in fr["accuracy"][1:]],
+        },
         "targets": {
-            "loop_speedup_ge_100x": {"target": TARGET_LOOP_SPEEDUP, "measured": _r(loop_ratio, 1),
-                                     "pass": loop_ratio >= TARGET_LOOP_SPEEDUP},
-            "process_wall_speedup_ge_20x": {"target": TARGET_WALL_SPEEDUP, "measured": _r(wall_ratio, 1),
-                                            "pass": wall_ratio >= TARGET_WALL_SPEEDUP},
-            "accuracy_within_1pp": {"target": TARGET_ACCURACY_PP, "measured": _r(abs(diff_pp), 2),
-                                    "pass": abs(diff_pp) <= TARGET_ACCURACY_PP},
+            "loop_speedup_ge_100x": {
+                "target": TARGET_LOOP_SPEEDUP,
+                "measured": _r(loop_ratio, 1),
+                "pass": loop_ratio >= TARGET_LOOP_SPEEDUP,
+            },
+            "process_wall_speedup_ge_20x": {
+                "target": TARGET_WALL_SPEEDUP,
+                "measured": _r(wall_ratio, 1),
+                "pass": wall_ratio >= TARGET_WALL_SPEEDUP,
+            },
+            "accuracy_within_1pp": {
+                "target": TARGET_ACCURACY_PP,
+                "measured": _r(abs(diff_pp), 2),
+                "pass": abs(diff_pp) <= TARGET_ACCURACY_PP,
+            },
         },
         "artifacts": str(work) if args.keep else None,
     }
     busy = {side: m["other_processes_cores"] for side, m in (("tinytwin", tt), ("flower", fl))}
     result["contention"]["contended"] = any(v > 0.2 for v in busy.values())
     if result["contention"]["contended"]:
-        print("warning: other processes used > 0.2 cores during a timed run (see 'contention'); "
-              "rerun on a quiet machine for clean timings", file=sys.stderr, flush=True)
+        print(
+            "warning: other processes used > 0.2 cores during a timed run (see 'contention'); "
+            "rerun on a quiet machine for clean timings",
+            file=sys.stderr,
+            flush=True,
+        )
     leftover = tt["processes_still_running"] + fl["processes_still_running"]
     if leftover:
         print(f"warning: processes started by the benchmark still running: {leftover}", file=sys.stderr)

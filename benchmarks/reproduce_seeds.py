@@ -57,9 +57,15 @@ EXPERIMENTS: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
     "seed004-hfl": [
         ("HFL, 2 local aggregators (minCommCost)", "seed004-hierarchical.yaml", []),
-        ("Flat FL, 1 aggregator", "seed004-hierarchical.yaml",
-         ["algorithm.hierarchical.num_clusters=1", f"algorithm.hierarchical.client_costs={FLAT_COSTS}",
-          "algorithm.hierarchical.aggregator_costs=[0]"]),
+        (
+            "Flat FL, 1 aggregator",
+            "seed004-hierarchical.yaml",
+            [
+                "algorithm.hierarchical.num_clusters=1",
+                f"algorithm.hierarchical.client_costs={FLAT_COSTS}",
+                "algorithm.hierarchical.aggregator_costs=[0]",
+            ],
+        ),
     ],
 }
 
@@ -67,6 +73,7 @@ QUICK_ROUNDS = {"zwe3-comparison": 40, "zwe3-scalability": 40, "seed004": 10, "s
 
 
 # ---------------------------------------------------------------------------------- running
+
 
 def run_one(spec_file: str, overrides: list[str], out: Path) -> Path:
     from tinytwin.engines.runner import start_run
@@ -147,6 +154,7 @@ def run_experiments(names: list[str], quick: bool, out: Path) -> dict:
 
 # ---------------------------------------------------------------------------------- numbers
 
+
 def fluctuation(rounds: list[int], acc: list[float], last: int = 50) -> float:
     """Std of the mean accuracy over the last ``last`` rounds around its linear trend (percentage points)."""
     r = np.array(rounds, dtype=float)
@@ -170,102 +178,143 @@ def pct(x: float | None) -> str:
 
 
 def table_zwe3(runs: dict) -> str:
-    head = ("| method | final mean acc. % | mean acc. last 10 rounds % | across devices: min–max % (std) | "
-            "fluctuation (pp) | first round ≥ 80 % | MB sent / device | energy / device (J) | wall (s) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| method | final mean acc. % | mean acc. last 10 rounds % | across devices: min–max % (std) | "
+        "fluctuation (pp) | first round ≥ 80 % | MB sent / device | energy / device (J) | wall (s) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = []
     for label, r in runs.items():
         acc = r["mean_accuracy"]
-        rows.append(f"| {label} | {pct(acc[-1])} | {pct(float(np.mean(acc[-10:])))} | "
-                    f"{pct(r['acc_min'][-1])}–{pct(r['acc_max'][-1])} ({pct(r['acc_std'][-1])}) | "
-                    f"{fluctuation(r['rounds'], acc):.2f} | {first_round_at(r['rounds'], acc, 0.8)} | "
-                    f"{r['mb_sent_per_device']:.1f} | {r['energy_j_median']:.1f} | {r['wall_s']:.0f} |")
+        rows.append(
+            f"| {label} | {pct(acc[-1])} | {pct(float(np.mean(acc[-10:])))} | "
+            f"{pct(r['acc_min'][-1])}–{pct(r['acc_max'][-1])} ({pct(r['acc_std'][-1])}) | "
+            f"{fluctuation(r['rounds'], acc):.2f} | {first_round_at(r['rounds'], acc, 0.8)} | "
+            f"{r['mb_sent_per_device']:.1f} | {r['energy_j_median']:.1f} | {r['wall_s']:.0f} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
 def table_scal(runs: dict) -> str:
-    head = ("| devices | final mean acc. % | mean acc. last 10 evals % | fluctuation of the mean (pp) | "
-            "mean abs. change between evaluations (pp) | across devices std % (final) | wall (s) |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| devices | final mean acc. % | mean acc. last 10 evals % | fluctuation of the mean (pp) | "
+        "mean abs. change between evaluations (pp) | across devices std % (final) | wall (s) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = []
-    for label, r in runs.items():
+    for _label, r in runs.items():
         acc = np.array(r["mean_accuracy"])
         rr = np.array(r["rounds"])
         tail = rr > rr.max() - 50
         step = np.abs(np.diff(100 * acc[tail])).mean() if tail.sum() > 2 else float("nan")
-        rows.append(f"| {r['devices']} | {pct(acc[-1])} | {pct(float(acc[-10:].mean()))} | "
-                    f"{fluctuation(r['rounds'], list(acc)):.2f} | {step:.2f} | {pct(r['acc_std'][-1])} | "
-                    f"{r['wall_s']:.0f} |")
+        rows.append(
+            f"| {r['devices']} | {pct(acc[-1])} | {pct(float(acc[-10:].mean()))} | "
+            f"{fluctuation(r['rounds'], list(acc)):.2f} | {step:.2f} | {pct(r['acc_std'][-1])} | "
+            f"{r['wall_s']:.0f} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
 def table_seed004(runs: dict) -> str:
-    head = ("| setup | final acc. % | best acc. % | across cloudlets min–max % | model MB / cloudlet / epoch | "
-            "graph components | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| setup | final acc. % | best acc. % | across cloudlets min–max % | model MB / cloudlet / epoch | "
+        "graph components | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = []
     for label, r in runs.items():
         acc = r["mean_accuracy"]
-        spread = (f"{pct(r['acc_min'][-1])}–{pct(r['acc_max'][-1])}" if r["acc_min"][-1] is not None
-                  else "one global model")
-        rows.append(f"| {label} | {pct(acc[-1])} | {pct(max(acc))} | {spread} | {r['mb_per_device_per_round']:.3f} | "
-                    f"{r['components'] if r['components'] is not None else '—'} | {r['wall_s']:.0f} |")
+        spread = (
+            f"{pct(r['acc_min'][-1])}–{pct(r['acc_max'][-1])}" if r["acc_min"][-1] is not None else "one global model"
+        )
+        rows.append(
+            f"| {label} | {pct(acc[-1])} | {pct(max(acc))} | {spread} | {r['mb_per_device_per_round']:.3f} | "
+            f"{r['components'] if r['components'] is not None else '—'} | {r['wall_s']:.0f} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
 def table_hfl(runs: dict) -> str:
-    head = ("| configuration | final global acc. % | best % | cost / global round | total cost | "
-            "accuracy points per 1000 cost units | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| configuration | final global acc. % | best % | cost / global round | total cost | "
+        "accuracy points per 1000 cost units | wall (s) |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = []
     for label, r in runs.items():
         acc = r["mean_accuracy"]
         eff = 100 * acc[-1] / r["cost_total"] * 1000 if r["cost_total"] else float("nan")
-        rows.append(f"| {label} | {pct(acc[-1])} | {pct(max(acc))} | {r['cost_per_round']:.2f} | "
-                    f"{r['cost_total']:.1f} | {eff:.1f} | {r['wall_s']:.0f} |")
+        rows.append(
+            f"| {label} | {pct(acc[-1])} | {pct(max(acc))} | {r['cost_per_round']:.2f} | "
+            f"{r['cost_total']:.1f} | {eff:.1f} | {r['wall_s']:.0f} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
-TABLES = {"zwe3-comparison": table_zwe3, "zwe3-scalability": table_scal, "seed004": table_seed004,
-          "seed004-hfl": table_hfl}
+TABLES = {
+    "zwe3-comparison": table_zwe3,
+    "zwe3-scalability": table_scal,
+    "seed004": table_seed004,
+    "seed004-hfl": table_hfl,
+}
 
 
 # ---------------------------------------------------------------------------------- plots
 
+
 def plot(name: str, runs: dict) -> Path:
     from tinytwin.report.plots import PALETTE, new_axes, save
 
-    titles = {"zwe3-comparison": "Zwe³ comparison (10 devices): mean device accuracy",
-              "zwe3-scalability": "Zwe³ scalability, Imp (Gist): mean device accuracy",
-              "seed004": "Seed 004, 7 cloudlets: accuracy by epoch",
-              "seed004-hfl": "Seed 004 HFL: global accuracy against communication cost"}
+    titles = {
+        "zwe3-comparison": "Zwe³ comparison (10 devices): mean device accuracy",
+        "zwe3-scalability": "Zwe³ scalability, Imp (Gist): mean device accuracy",
+        "seed004": "Seed 004, 7 cloudlets: accuracy by epoch",
+        "seed004-hfl": "Seed 004 HFL: global accuracy against communication cost",
+    }
     if name == "seed004-hfl":
         fig, ax = new_axes(titles[name], "Cumulative communication cost (link cost × MB)", "Test accuracy (%)")
         for i, (label, r) in enumerate(runs.items()):
-            ax.plot(np.cumsum(r["cost_by_round"]), 100 * np.array(r["mean_accuracy"]), color=PALETTE[i],
-                    marker="o", markersize=3, label=label)
+            ax.plot(
+                np.cumsum(r["cost_by_round"]),
+                100 * np.array(r["mean_accuracy"]),
+                color=PALETTE[i],
+                marker="o",
+                markersize=3,
+                label=label,
+            )
     else:
         fig, ax = new_axes(titles[name], "Round" if name != "seed004" else "Epoch (round)", "Test accuracy (%)")
         for i, (label, r) in enumerate(runs.items()):
             x = np.array(r["rounds"])
             ax.plot(x, 100 * np.array(r["mean_accuracy"]), color=PALETTE[i], linewidth=1.4, label=label)
             if r["acc_min"] and r["acc_min"][0] is not None and name != "zwe3-scalability":
-                ax.fill_between(x, 100 * np.array(r["acc_min"], dtype=float), 100 * np.array(r["acc_max"], dtype=float),
-                                color=PALETTE[i], alpha=0.12, linewidth=0)
+                ax.fill_between(
+                    x,
+                    100 * np.array(r["acc_min"], dtype=float),
+                    100 * np.array(r["acc_max"], dtype=float),
+                    color=PALETTE[i],
+                    alpha=0.12,
+                    linewidth=0,
+                )
     ax.legend(frameon=False)
     return save(fig, FIG_DIR / f"{name}.png")
 
 
 # ---------------------------------------------------------------------------------- docs
 
+
 def update_markdown(results: dict) -> None:
     text = MD.read_text() if MD.is_file() else "# Reproductions\n"
     for name, res in results.items():
-        block = (f"<!-- BEGIN {name} (generated by benchmarks/reproduce_seeds.py; do not edit) -->\n"
-                 f"Measured {res['when']}{' (quick mode: fewer rounds)' if res['quick'] else ''}; "
-                 f"run folders under runs/reproduce/{name}/.\n\n"
-                 + TABLES[name](res["runs"]) +
-                 f"\n![{name}](reproductions/{name}.png)\n\n"
-                 + "Commands: " + "; ".join(f"`tinytwin run {r['spec']}`" for r in res["runs"].values()) + "\n"
-                 f"<!-- END {name} -->")
+        block = (
+            f"<!-- BEGIN {name} (generated by benchmarks/reproduce_seeds.py; do not edit) -->\n"
+            f"Measured {res['when']}{' (quick mode: fewer rounds)' if res['quick'] else ''}; "
+            f"run folders under runs/reproduce/{name}/.\n\n"
+            + TABLES[name](res["runs"])
+            + f"\n![{name}](reproductions/{name}.png)\n\n"
+            + "Commands: "
+            + "; ".join(f"`tinytwin run {r['spec']}`" for r in res["runs"].values())
+            + "\n"
+            f"<!-- END {name} -->"
+        )
         pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} .*?<!-- END {re.escape(name)} -->", re.S)
         if pattern.search(text):
             text = pattern.sub(lambda _: block, text)

@@ -23,8 +23,9 @@ def shared_data() -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``tinytwin`` in a fresh process, exactly as a user's shell would."""
-    return subprocess.run([sys.executable, "-m", "tinytwin.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tinytwin.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_spec(path: Path, text: str) -> Path:

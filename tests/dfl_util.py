@@ -16,7 +16,9 @@ from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
 
 BASE = {
-    "name": "dfl", "seed": 3, "rounds": 6,
+    "name": "dfl",
+    "seed": 3,
+    "rounds": 6,
     "dataset": {"name": "digits"},
     "partition": {"method": "iid"},
     "model": {"name": "mlp", "hidden": [16]},

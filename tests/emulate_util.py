@@ -9,10 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from conftest import run_cli
 from tinytwin.emulate.dfl_coordinator import PEERS_FILE
@@ -21,8 +22,11 @@ from tinytwin.store.db import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "examples" / "quickstart.yaml"
-LOSSLESS = ["fleet.groups.0.count=10", "fleet.groups.0.link_overrides.loss=0",
-            "fleet.groups.0.link_overrides.header_bytes=0"]
+LOSSLESS = [
+    "fleet.groups.0.count=10",
+    "fleet.groups.0.link_overrides.loss=0",
+    "fleet.groups.0.link_overrides.header_bytes=0",
+]
 
 
 @contextmanager
@@ -46,20 +50,26 @@ def stored_tables(run_dir: Path, ledger: bool = False):
     decentralized or hierarchical run in ``run_dir``."""
     with _opened(run_dir) as (store, info):
         rid = info.run_id
-        tables = (info, store.rounds(rid), store.device_rounds(rid), store.events(rid),
-                  dfl_store.round_metrics(store, rid), dfl_store.device_metrics(store, rid))
+        tables = (
+            info,
+            store.rounds(rid),
+            store.device_rounds(rid),
+            store.events(rid),
+            dfl_store.round_metrics(store, rid),
+            dfl_store.device_metrics(store, rid),
+        )
         return tables + (dfl_store.ledger(store, rid),) if ledger else tables
 
 
 # ---- kill and resume ---------------------------------------------------------------------------
 def db_rows(run_dir: Path, sql: str) -> list[tuple]:
     """``sql`` on the run's results database, read-only; [] while it (or the table) does not exist yet."""
-    if not (run_dir / "results.db").is_file():   # the run folder exists before its database
+    if not (run_dir / "results.db").is_file():  # the run folder exists before its database
         return []
     con = sqlite3.connect(f"file:{run_dir / 'results.db'}?mode=ro", uri=True, timeout=5)
     try:
         return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:   # not created yet
+    except sqlite3.OperationalError:  # not created yet
         return []
     finally:
         con.close()
@@ -67,12 +77,14 @@ def db_rows(run_dir: Path, sql: str) -> list[tuple]:
 
 def start_cli(*args: str) -> subprocess.Popen:
     """``tinytwin *args`` in the background (stderr kept for a failure's message)."""
-    return subprocess.Popen([sys.executable, "-m", "tinytwin.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinytwin.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
-def wait_for_round(coordinator: subprocess.Popen, runs: Path, pattern: str, at: int, timeout_s: float,
-                   poll_s: float = 0.01) -> Path | None:
+def wait_for_round(
+    coordinator: subprocess.Popen, runs: Path, pattern: str, at: int, timeout_s: float, poll_s: float = 0.01
+) -> Path | None:
     """The run folder (``runs/pattern``) once it has committed round ``at``; None after ``timeout_s``.
     The coordinator must not exit before."""
     deadline = time.time() + timeout_s
@@ -88,6 +100,7 @@ def wait_for_round(coordinator: subprocess.Popen, runs: Path, pattern: str, at: 
 @dataclass
 class Killed:
     """What a run killed mid-run had committed: its rounds and device rounds, and how many rounds."""
+
     before: list[tuple]
     before_dev: list[tuple]
     done: int
@@ -106,19 +119,22 @@ def kill_mid_run(coordinator: subprocess.Popen, run_dir: Path, at: int, rounds: 
     return Killed(before, before_dev, done)
 
 
-def resume_after_kill(run_dir: Path, killed: Killed, rounds: int, timeout: float,
-                      device_rounds: bool = True) -> list[tuple]:
+def resume_after_kill(
+    run_dir: Path, killed: Killed, rounds: int, timeout: float, device_rounds: bool = True
+) -> list[tuple]:
     """``tinytwin emulate --resume`` the killed run: it completes every round and leaves the committed
     rounds (and, ``device_rounds``, their device rounds) untouched; returns the rounds' rows."""
-    res = run_cli("emulate", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report",
-                  timeout=timeout)
+    res = run_cli(
+        "emulate", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report", timeout=timeout
+    )
     assert res.returncode == 0, res.stderr
     after = db_rows(run_dir, "SELECT * FROM rounds ORDER BY round")
     assert [r[1] for r in after] == list(range(1, rounds + 1))
-    assert after[:killed.done] == killed.before                 # the committed rounds are untouched
+    assert after[: killed.done] == killed.before  # the committed rounds are untouched
     if device_rounds:
-        assert [r for r in db_rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device")
-                if r[1] <= killed.done] == killed.before_dev
+        assert [
+            r for r in db_rows(run_dir, "SELECT * FROM device_rounds ORDER BY round, device") if r[1] <= killed.done
+        ] == killed.before_dev
     return after
 
 

@@ -20,5 +20,8 @@ def require_netns_privileges() -> None:
         missing.append(f"root (euid is {os.geteuid()})")
     missing += [f"`{t}` (iproute2)" for t in ("ip", "tc") if shutil.which(t) is None]
     if missing:
-        pytest.fail("this test creates network namespaces, veths and tc qdiscs and needs " + ", ".join(missing)
-                    + "; run the suite as root on Linux (CI does)")
+        pytest.fail(
+            "this test creates network namespaces, veths and tc qdiscs and needs "
+            + ", ".join(missing)
+            + "; run the suite as root on Linux (CI does)"
+        )

@@ -159,9 +159,7 @@ def test_registry_uniform_signature() -> None:
     torch.testing.assert_close(AGGREGATORS["fedavg"](u, None), u.mean(dim=0))
     torch.testing.assert_close(AGGREGATORS["median"](u, w), coordinate_median(u))
     torch.testing.assert_close(AGGREGATORS["trimmed_mean"](u, w, beta=0.25), trimmed_mean(u, 0.25))
-    torch.testing.assert_close(
-        AGGREGATORS["krum"](u, w, num_byzantine=2, num_selected=3), krum(u, 2, 3, weights=w)
-    )
+    torch.testing.assert_close(AGGREGATORS["krum"](u, w, num_byzantine=2, num_selected=3), krum(u, 2, 3, weights=w))
     assert get_aggregator("median") is AGGREGATORS["median"]
     with pytest.raises(ValueError, match="known"):
         get_aggregator("fedsgd")

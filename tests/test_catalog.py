@@ -21,14 +21,29 @@ from tinytwin.net.links import LinkModel, load_link_catalog, override_link
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "devices.md"
 
-DEVICE_NUMERIC = ("clock_hz", "ram_bytes", "external_ram_bytes", "reserved_ram_bytes", "flash_bytes",
-                  "reserved_flash_bytes", "flops_per_s")
+DEVICE_NUMERIC = (
+    "clock_hz",
+    "ram_bytes",
+    "external_ram_bytes",
+    "reserved_ram_bytes",
+    "flash_bytes",
+    "reserved_flash_bytes",
+    "flops_per_s",
+)
 OPTIONAL_ZERO = ("external_ram_bytes", "reserved_ram_bytes", "reserved_flash_bytes")
 POWER = ("active_w", "idle_w", "tx_w", "rx_w")
 LINK_NUMERIC = ("latency_s", "jitter_s", "up_bps", "down_bps", "loss", "mtu_bytes", "header_bytes")
 
-REQUIRED_DEVICES = ("esp32-s3", "nrf52840", "stm32h743", "rp2040", "raspberry-pi-4", "jetson-nano-cpu",
-                    "jetson-nano-gpu", "jetson-agx-orin-cpu")
+REQUIRED_DEVICES = (
+    "esp32-s3",
+    "nrf52840",
+    "stm32h743",
+    "rp2040",
+    "raspberry-pi-4",
+    "jetson-nano-cpu",
+    "jetson-nano-gpu",
+    "jetson-agx-orin-cpu",
+)
 REQUIRED_LINKS = ("wifi", "ble", "ieee802154", "lora", "ethernet", "uart")
 
 KiB = 1024
@@ -103,9 +118,18 @@ def test_ram_and_flash_arithmetic(devices):
     assert esp.model_flash_bytes == esp.flash_bytes - esp.reserved_flash_bytes
 
     p = DeviceProfile(
-        name="t", description="d", cpu="c", clock_hz=1e6, ram_bytes=1000, external_ram_bytes=500,
-        reserved_ram_bytes=300, flash_bytes=4000, reserved_flash_bytes=1000, flops_per_s=1e5,
-        power=PowerProfile(active_w=1, idle_w=0.5, tx_w=2, rx_w=1.5), radios=("uart",),
+        name="t",
+        description="d",
+        cpu="c",
+        clock_hz=1e6,
+        ram_bytes=1000,
+        external_ram_bytes=500,
+        reserved_ram_bytes=300,
+        flash_bytes=4000,
+        reserved_flash_bytes=1000,
+        flops_per_s=1e5,
+        power=PowerProfile(active_w=1, idle_w=0.5, tx_w=2, rx_w=1.5),
+        radios=("uart",),
         sources={k: "estimate: test" for k in (*DEVICE_NUMERIC, "power")},
     )
     assert p.training_ram_bytes == 1200
@@ -203,19 +227,32 @@ def test_check_radios_names_the_unknown_link(devices, links):
 
 
 def test_base_override_changes_one_field_and_keeps_the_rest(tmp_path, devices):
-    f = _write(tmp_path, "extra.yaml", """
+    f = _write(
+        tmp_path,
+        "extra.yaml",
+        """
 my-esp:
   base: esp32-s3
   flops_per_s: 4.5e7
   sources:
     flops_per_s: "measured: firmware twin"
-""")
+""",
+    )
     cat = load_device_catalog([f])
     new, old = cat["my-esp"], devices["esp32-s3"]
     assert new.name == "my-esp" and new.flops_per_s == 4.5e7
     assert new.sources["flops_per_s"] == "measured: firmware twin"
-    for field in ("ram_bytes", "external_ram_bytes", "reserved_ram_bytes", "flash_bytes", "clock_hz",
-                  "power", "radios", "cpu", "description"):
+    for field in (
+        "ram_bytes",
+        "external_ram_bytes",
+        "reserved_ram_bytes",
+        "flash_bytes",
+        "clock_hz",
+        "power",
+        "radios",
+        "cpu",
+        "description",
+    ):
         assert getattr(new, field) == getattr(old, field), field
     assert new.sources["ram_bytes"] == old.sources["ram_bytes"]
     assert cat["esp32-s3"] == old  # the base is untouched
@@ -223,12 +260,16 @@ my-esp:
 
 
 def test_base_override_merges_power_and_replaces_in_place(tmp_path, devices):
-    f = _write(tmp_path, "extra.yaml", """
+    f = _write(
+        tmp_path,
+        "extra.yaml",
+        """
 esp32-s3:
   base: esp32-s3
   power: {active_w: 0.3}
   sources: {power.active_w: "measured: INA219"}
-""")
+""",
+    )
     p = load_device_catalog([f])["esp32-s3"]
     old = devices["esp32-s3"]
     assert p.power.active_w == 0.3
@@ -246,7 +287,10 @@ def test_base_override_without_new_citation_is_refused(tmp_path):
 
 
 def test_list_form_new_profile_and_later_files_win(tmp_path):
-    first = _write(tmp_path, "a.yaml", """
+    first = _write(
+        tmp_path,
+        "a.yaml",
+        """
 - name: tiny
   description: a test board
   cpu: Cortex-M4F
@@ -264,13 +308,18 @@ def test_list_form_new_profile_and_later_files_win(tmp_path):
     flash_bytes: "datasheet"
     flops_per_s: "estimate: 48 MHz x 0.25"
     power: "estimate: test"
-""")
-    second = _write(tmp_path, "b.yaml", """
+""",
+    )
+    second = _write(
+        tmp_path,
+        "b.yaml",
+        """
 tiny:
   base: tiny
   ram_bytes: 262144
   sources: {ram_bytes: "datasheet rev B"}
-""")
+""",
+    )
     cat = load_device_catalog([first, second])
     assert cat["tiny"].ram_bytes == 262144
     assert cat["tiny"].training_ram_bytes == 262144 - 16384
@@ -284,14 +333,18 @@ def test_empty_extra_file_adds_nothing(tmp_path, devices):
 
 
 def test_extra_link_file_with_base(tmp_path, links):
-    f = _write(tmp_path, "links.yaml", """
+    f = _write(
+        tmp_path,
+        "links.yaml",
+        """
 uart-115200:
   base: uart
   description: UART 115200 8N1
   up_bps: 92160
   down_bps: 92160
   sources: {up_bps: "115200 baud 8N1", down_bps: "115200 baud 8N1"}
-""")
+""",
+    )
     cat = load_link_catalog([f])
     assert cat["uart-115200"].up_bps == 92160
     assert cat["uart-115200"].mtu_bytes == links["uart"].mtu_bytes
@@ -303,19 +356,22 @@ uart-115200:
 
 BAD_DEVICE_FILES = {
     "unknown field": ("x:\n  base: esp32-s3\n  ram_kb: 12\n", "ram_kb", "allowed fields"),
-    "negative RAM": ("x:\n  base: esp32-s3\n  ram_bytes: -5\n  sources: {ram_bytes: datasheet}\n",
-                     "ram_bytes", "> 0"),
+    "negative RAM": ("x:\n  base: esp32-s3\n  ram_bytes: -5\n  sources: {ram_bytes: datasheet}\n", "ram_bytes", "> 0"),
     "unknown base": ("x:\n  base: esp99\n", "base", "esp99"),
     "unknown power field": ("x:\n  base: esp32-s3\n  power: {sleep_w: 1}\n", "power.sleep_w", "active_w"),
-    "zero power": ("x:\n  base: esp32-s3\n  power: {idle_w: 0}\n  sources: {power.idle_w: m}\n",
-                   "power.idle_w", "> 0"),
-    "reserved too big": ("x:\n  base: nrf52840\n  reserved_ram_bytes: 300000\n"
-                         "  sources: {reserved_ram_bytes: 'estimate: all'}\n", "reserved_ram_bytes", "smaller"),
+    "zero power": ("x:\n  base: esp32-s3\n  power: {idle_w: 0}\n  sources: {power.idle_w: m}\n", "power.idle_w", "> 0"),
+    "reserved too big": (
+        "x:\n  base: nrf52840\n  reserved_ram_bytes: 300000\n  sources: {reserved_ram_bytes: 'estimate: all'}\n",
+        "reserved_ram_bytes",
+        "smaller",
+    ),
     "radios not a list of names": ("x:\n  base: rp2040\n  radios: []\n", "radios", "at least 1"),
     "missing sources on a new profile": (
         "x:\n  description: d\n  cpu: c\n  clock_hz: 1\n  ram_bytes: 1\n  flash_bytes: 1\n  flops_per_s: 1\n"
         "  power: {active_w: 1, idle_w: 1, tx_w: 1, rx_w: 1}\n  radios: [uart]\n  sources: {clock_hz: ds}\n",
-        "sources", "ram_bytes"),
+        "sources",
+        "ram_bytes",
+    ),
     "unknown source key": ("x:\n  base: rp2040\n  sources: {clock: ds}\n", "sources", "clock"),
     "missing required field": ("x:\n  description: d\n", "cpu", "missing"),
     "not a mapping": ("x: 12\n", "'x'", "mapping"),
@@ -387,17 +443,21 @@ def test_override_profile_merges_power_and_cites_the_override(devices):
 
 
 def test_override_profile_keeps_given_citation(devices):
-    new = override_profile(devices["nrf52840"], {"flops_per_s": 2e7, "sources": {"flops_per_s": "measured: x"}},
-                           "fleet.groups.1.overrides")
+    new = override_profile(
+        devices["nrf52840"], {"flops_per_s": 2e7, "sources": {"flops_per_s": "measured: x"}}, "fleet.groups.1.overrides"
+    )
     assert new.sources["flops_per_s"] == "measured: x"
 
 
-@pytest.mark.parametrize("changes, path", [
-    ({"ram_bytes": -1}, "fleet.groups.0.overrides.ram_bytes"),
-    ({"ram_kb": 1}, "fleet.groups.0.overrides.ram_kb"),
-    ({"power": {"tx_w": 0}}, "fleet.groups.0.overrides.power.tx_w"),
-    ({"base": "rp2040"}, "fleet.groups.0.overrides.base"),
-])
+@pytest.mark.parametrize(
+    "changes, path",
+    [
+        ({"ram_bytes": -1}, "fleet.groups.0.overrides.ram_bytes"),
+        ({"ram_kb": 1}, "fleet.groups.0.overrides.ram_kb"),
+        ({"power": {"tx_w": 0}}, "fleet.groups.0.overrides.power.tx_w"),
+        ({"base": "rp2040"}, "fleet.groups.0.overrides.base"),
+    ],
+)
 def test_override_profile_errors_are_spec_errors(devices, changes, path):
     with pytest.raises(SpecError) as info:
         override_profile(devices["esp32-s3"], changes, "fleet.groups.0.overrides")
@@ -432,12 +492,28 @@ def test_models_are_frozen_and_strict(devices, links):
 
 
 def test_link_model_rejects_bad_values():
-    base = dict(name="l", description="d", latency_s=0.0, up_bps=1.0, down_bps=1.0, loss=0.0, mtu_bytes=10,
-                header_bytes=0, sources={k: "x" for k in ("latency_s", "up_bps", "down_bps", "loss",
-                                                            "mtu_bytes", "header_bytes")})
+    base = dict(
+        name="l",
+        description="d",
+        latency_s=0.0,
+        up_bps=1.0,
+        down_bps=1.0,
+        loss=0.0,
+        mtu_bytes=10,
+        header_bytes=0,
+        sources={k: "x" for k in ("latency_s", "up_bps", "down_bps", "loss", "mtu_bytes", "header_bytes")},
+    )
     LinkModel(**base)
-    for field, value in [("loss", 1.0), ("loss", -0.01), ("latency_s", -1.0), ("up_bps", 0.0),
-                         ("mtu_bytes", 0), ("header_bytes", -1), ("jitter_s", -0.1), ("up_bps", float("inf"))]:
+    for field, value in [
+        ("loss", 1.0),
+        ("loss", -0.01),
+        ("latency_s", -1.0),
+        ("up_bps", 0.0),
+        ("mtu_bytes", 0),
+        ("header_bytes", -1),
+        ("jitter_s", -0.1),
+        ("up_bps", float("inf")),
+    ]:
         with pytest.raises(ValidationError):
             LinkModel(**{**base, field: value, "sources": {**base["sources"], "jitter_s": "x"}})
 
@@ -466,8 +542,11 @@ def test_docs_list_every_profile_and_their_examples_load(tmp_path, devices, link
 
 
 def test_exponent_notation_for_sizes(tmp_path):
-    f = _write(tmp_path, "e.yaml", "x:\n  base: rp2040\n  ram_bytes: 2.62144e5\n  flash_bytes: 4e6\n"
-                                   "  sources: {ram_bytes: ds, flash_bytes: ds}\n")
+    f = _write(
+        tmp_path,
+        "e.yaml",
+        "x:\n  base: rp2040\n  ram_bytes: 2.62144e5\n  flash_bytes: 4e6\n  sources: {ram_bytes: ds, flash_bytes: ds}\n",
+    )
     p = load_device_catalog([f])["x"]
     assert p.ram_bytes == 262144 and isinstance(p.ram_bytes, int)
     assert p.flash_bytes == 4_000_000

@@ -25,10 +25,15 @@ CASES = [
     ("unknown-profile", GOOD.replace("esp32-s3", "esp99"), [], "fleet.groups.0.profile: unknown device 'esp99'"),
     ("unknown-link", GOOD.replace("link: wifi", "link: carrier-pigeon"), [], "fleet.groups.0.link"),
     ("bad-model", GOOD.replace("name: mlp", "name: resnet50"), [], "model.name"),
-    ("fits-no-device", GOOD.replace("esp32-s3", "nrf52840").replace("link: wifi", "link: ble")
-     .replace("hidden: [16]", "hidden: [512, 512]"), [], "does not fit"),
-    ("missing-data", GOOD.replace("{name: digits}", "{name: mnist, data_dir: /nonexistent/folder}"), [],
-     "mnist"),
+    (
+        "fits-no-device",
+        GOOD.replace("esp32-s3", "nrf52840")
+        .replace("link: wifi", "link: ble")
+        .replace("hidden: [16]", "hidden: [512, 512]"),
+        [],
+        "does not fit",
+    ),
+    ("missing-data", GOOD.replace("{name: digits}", "{name: mnist, data_dir: /nonexistent/folder}"), [], "mnist"),
     ("bad-yaml", "name: [unclosed\n", [], "not valid YAML"),
     ("bad-set", GOOD, ["--set", "algorithm.lr=-1"], "algorithm.lr"),
     ("bad-set-syntax", GOOD, ["--set", "algorithm.lr"], "key.path=value"),
@@ -57,15 +62,21 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_missing_data_message_names_files_and_fix(tmp_path):
-    spec = write_spec(tmp_path / "spec.yaml", GOOD.replace("{name: digits}", "{name: mnist, data_dir: " + str(tmp_path) + "}"))
+    spec = write_spec(
+        tmp_path / "spec.yaml", GOOD.replace("{name: digits}", "{name: mnist, data_dir: " + str(tmp_path) + "}")
+    )
     proc = run_cli("run", str(spec), "--out", str(tmp_path / "runs"), "--quiet")
     assert proc.returncode == 2
     assert "mnist.npz" in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
 
 
 def test_plan_reports_unfit_group_with_numbers(tmp_path):
-    spec = write_spec(tmp_path / "spec.yaml", GOOD.replace("esp32-s3", "nrf52840").replace("link: wifi", "link: ble")
-                      .replace("hidden: [16]", "hidden: [512, 512]"))
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        GOOD.replace("esp32-s3", "nrf52840")
+        .replace("link: wifi", "link: ble")
+        .replace("hidden: [16]", "hidden: [512, 512]"),
+    )
     proc = run_cli("plan", str(spec))
     assert proc.returncode == 1
     assert "NO" in proc.stdout and "RAM total" in proc.stdout

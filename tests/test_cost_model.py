@@ -13,8 +13,9 @@ from tinytwin.wire.frame import FRAME_OVERHEAD
 
 
 def one_link(loss=0.0):
-    return LinkArrays(np.array([0.01]), np.array([1e5]), np.array([2e5]), np.array([loss]),
-                      np.array([1000]), np.array([20]))
+    return LinkArrays(
+        np.array([0.01]), np.array([1e5]), np.array([2e5]), np.array([loss]), np.array([1000]), np.array([20])
+    )
 
 
 def test_transfer_by_hand():
@@ -37,16 +38,36 @@ def test_energy_by_hand():
 
 
 SPEC = {
-    "name": "handcalc", "seed": 1, "rounds": 1,
+    "name": "handcalc",
+    "seed": 1,
+    "rounds": 1,
     "dataset": {"name": "digits"},
     "partition": {"method": "iid"},
     "model": {"name": "mlp", "hidden": [32]},
     "fleet": {
-        "profiles": {"bench": {"base": "esp32-s3", "flops_per_s": 1.0e6,
-                               "power": {"active_w": 0.5, "idle_w": 0.1, "tx_w": 1.0, "rx_w": 0.8}}},
-        "groups": [{"name": "solo", "profile": "bench", "count": 1, "link": "wifi",
-                    "link_overrides": {"latency_s": 0.01, "up_bps": 1.0e5, "down_bps": 2.0e5, "loss": 0.0,
-                                       "mtu_bytes": 1000, "header_bytes": 20}}],
+        "profiles": {
+            "bench": {
+                "base": "esp32-s3",
+                "flops_per_s": 1.0e6,
+                "power": {"active_w": 0.5, "idle_w": 0.1, "tx_w": 1.0, "rx_w": 0.8},
+            }
+        },
+        "groups": [
+            {
+                "name": "solo",
+                "profile": "bench",
+                "count": 1,
+                "link": "wifi",
+                "link_overrides": {
+                    "latency_s": 0.01,
+                    "up_bps": 1.0e5,
+                    "down_bps": 2.0e5,
+                    "loss": 0.0,
+                    "mtu_bytes": 1000,
+                    "header_bytes": 20,
+                },
+            }
+        ],
     },
     "algorithm": {"local_epochs": 1, "batch_size": 8, "lr": 0.1},
 }

@@ -326,7 +326,10 @@ def small_cifar_items() -> dict[str, np.ndarray]:
 
 def _decode_reference(items: dict[str, np.ndarray]) -> np.ndarray:
     jb, off = items["jpeg_bytes"], items["offsets"]
-    imgs = [np.asarray(Image.open(io.BytesIO(jb[off[i] : off[i + 1]].tobytes())).convert("RGB")) for i in range(len(off) - 1)]
+    imgs = [
+        np.asarray(Image.open(io.BytesIO(jb[off[i] : off[i + 1]].tobytes())).convert("RGB"))
+        for i in range(len(off) - 1)
+    ]
     return np.stack(imgs).transpose(0, 3, 1, 2)
 
 
@@ -483,7 +486,9 @@ def test_cifar10_restricted_unpickler_refuses_code(tmp_path: Path) -> None:
     _write_batches(folder, 2, py2=True)
     marker = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps({"data": _Evil(marker)}, protocol=4))
-    with pytest.raises(DataError, match=r"test_batch: cannot read CIFAR-10 batch .*refusing to load (builtins|io)\.open"):
+    with pytest.raises(
+        DataError, match=r"test_batch: cannot read CIFAR-10 batch .*refusing to load (builtins|io)\.open"
+    ):
         load_dataset("cifar10", tmp_path)
     assert not marker.exists()
 

@@ -58,11 +58,10 @@ def _engine(tmp_path: Path, raw: dict):
 def _train_one_by_one(sim, ref: torch.Tensor, r: int) -> torch.Tensor:
     """Round r's local training, each device alone through the autograd reference."""
     lr = float(sim.exp.spec.algorithm.lr)
-    assert np.allclose(sim.lr_sched.lr, lr)                      # no lr schedule: the engine uses spec lr
+    assert np.allclose(sim.lr_sched.lr, lr)  # no lr schedule: the engine uses spec lr
     out = torch.empty_like(ref)
     for d in range(sim.n):
-        res = sim.trainer.train_reference(ref[d].clone(), r, np.array([d]), [sim.train_idx[d]],
-                                          lr=np.array([lr]))
+        res = sim.trainer.train_reference(ref[d].clone(), r, np.array([d]), [sim.train_idx[d]], lr=np.array([lr]))
         out[d] = res.params[0]
     return out
 
@@ -75,10 +74,12 @@ def _online_all(sim, r: int) -> np.ndarray:
 
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_decfedavg_batched_engine_equals_per_device_reference(tmp_path, momentum):
-    raw = spec_dict(rounds=ROUNDS, fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi"}]},
-                    topology={"kind": "small_world", "k": 4, "beta": 0.3},
-                    algorithm={"name": "decfedavg", "local_epochs": 1, "batch_size": 8, "lr": 0.1,
-                               "momentum": momentum})
+    raw = spec_dict(
+        rounds=ROUNDS,
+        fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi"}]},
+        topology={"kind": "small_world", "k": 4, "beta": 0.3},
+        algorithm={"name": "decfedavg", "local_epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": momentum},
+    )
     sim, st = _engine(tmp_path, raw)
     n = sim.n
     ref = sim.exp.initial_params().expand(n, -1).clone()
@@ -126,9 +127,12 @@ def _val_accuracy(sim, w: torch.Tensor) -> float:
 @pytest.mark.parametrize("merge", ["success", "vanilla"])
 def test_gist_batched_engine_equals_per_device_reference(tmp_path, merge):
     g_cfg = {"segments": 4, "sends": 4, "min_received": 5, "buffer_size": 6, "merge": merge}
-    raw = spec_dict(rounds=ROUNDS, fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi"}]},
-                    topology={"kind": "small_world", "k": 4, "beta": 0.3},
-                    algorithm={"name": "gist", "local_epochs": 1, "batch_size": 8, "lr": 0.1, "gist": g_cfg})
+    raw = spec_dict(
+        rounds=ROUNDS,
+        fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi"}]},
+        topology={"kind": "small_world", "k": 4, "beta": 0.3},
+        algorithm={"name": "gist", "local_epochs": 1, "batch_size": 8, "lr": 0.1, "gist": g_cfg},
+    )
     sim, st = _engine(tmp_path, raw)
     n, p = sim.n, sim.num_params
     gc = sim.exp.spec.algorithm.gist
@@ -159,7 +163,7 @@ def test_gist_batched_engine_equals_per_device_reference(tmp_path, merge):
         acc = [_val_accuracy(sim, z[d]) for d in range(n)]
         # the engine's selection must be one importance band of the reference sender's model
         for d in range(n):
-            order = G.band_order(z[d:d + 1])[0]
+            order = G.band_order(z[d : d + 1])[0]
             bands = {tuple(G.segment(order, bounds, b).tolist()) for b in range(len(bounds) - 1)}
             for m in np.flatnonzero(msgs.src == d):
                 assert tuple(msgs.data["idx"][m].tolist()) in bands
@@ -172,7 +176,7 @@ def test_gist_batched_engine_equals_per_device_reference(tmp_path, merge):
             values = np.zeros(p, dtype=np.float64)
             values[idx] = z[s].numpy()[idx]
             buffers[d].append((acc[s] if merge == "success" else 1.0, values, mask))
-            del buffers[d][:-gc.buffer_size]                    # a full buffer drops its oldest segment
+            del buffers[d][: -gc.buffer_size]  # a full buffer drops its oldest segment
         new = z.clone()
         for d in sorted(set(msgs.dst.tolist())):
             if len(buffers[d]) >= gc.min_received:
@@ -182,7 +186,7 @@ def test_gist_batched_engine_equals_per_device_reference(tmp_path, merge):
                 merges += 1
         ref = new
 
-    assert merges >= n                                           # the merge really ran, several times
+    assert merges >= n  # the merge really ran, several times
     assert [len(b) for b in buffers] == [len(b) for b in st.proto["buffer"]]
     diff = float((st.params - ref).abs().max())
     assert diff <= TOL, diff

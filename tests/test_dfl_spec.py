@@ -19,30 +19,65 @@ CASES = [
     ("unknown-algorithm", {"algorithm": {"name": "gosip"}}, "algorithm.name"),
     ("unknown-topology", {"topology": {"kind": "mesh"}}, "topology.kind"),
     ("unknown-topology-key", {"topology": {"kind": "ring", "radius": 3}}, "topology.radius: unknown key"),
-    ("async-decfedavg", {"algorithm": {"name": "decfedavg", "schedule": "async"}},
-     "algorithm.schedule: async runs gossip and gist"),
-    ("gist-buffer", {"algorithm": {"name": "gist", "gist": {"buffer_size": 3, "min_received": 5}}},
-     "algorithm.gist.min_received: 5 is more than buffer_size 3"),
+    (
+        "async-decfedavg",
+        {"algorithm": {"name": "decfedavg", "schedule": "async"}},
+        "algorithm.schedule: async runs gossip and gist",
+    ),
+    (
+        "gist-buffer",
+        {"algorithm": {"name": "gist", "gist": {"buffer_size": 3, "min_received": 5}}},
+        "algorithm.gist.min_received: 5 is more than buffer_size 3",
+    ),
     ("gossip-merge", {"algorithm": {"name": "gossip", "gossip": {"merge": "median"}}}, "algorithm.gossip.merge"),
-    ("pushpull-fifo", {"algorithm": {"name": "gossip", "gossip": {"merge": "fifo", "exchange": "push_pull"}}},
-     "algorithm.gossip.exchange"),
-    ("lr-schedule-fedavg", {"algorithm": {"name": "fedavg", "lr_schedule": {"name": "adastair"}}},
-     "algorithm.lr_schedule: per-device schedules are for decentralized"),
-    ("lr-schedule-name", {"algorithm": {"name": "gist", "lr_schedule": {"name": "adastairs"}}}, "algorithm.lr_schedule.name"),
-    ("stair-factor", {"algorithm": {"name": "gist", "lr_schedule": {"name": "adastair", "stair_factor": 1}}},
-     "algorithm.lr_schedule.stair_factor"),
+    (
+        "pushpull-fifo",
+        {"algorithm": {"name": "gossip", "gossip": {"merge": "fifo", "exchange": "push_pull"}}},
+        "algorithm.gossip.exchange",
+    ),
+    (
+        "lr-schedule-fedavg",
+        {"algorithm": {"name": "fedavg", "lr_schedule": {"name": "adastair"}}},
+        "algorithm.lr_schedule: per-device schedules are for decentralized",
+    ),
+    (
+        "lr-schedule-name",
+        {"algorithm": {"name": "gist", "lr_schedule": {"name": "adastairs"}}},
+        "algorithm.lr_schedule.name",
+    ),
+    (
+        "stair-factor",
+        {"algorithm": {"name": "gist", "lr_schedule": {"name": "adastair", "stair_factor": 1}}},
+        "algorithm.lr_schedule.stair_factor",
+    ),
     ("hub", {"topology": {"kind": "star", "hub": 8}}, "topology.hub: 8 is not a device"),
-    ("link-event", {"topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 9]], "state": "down"}]}},
-     "topology.link_events.0.edges.0"),
-    ("link-event-state", {"topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 1]], "state": "off"}]}},
-     "topology.link_events.0.state"),
+    (
+        "link-event",
+        {"topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 9]], "state": "down"}]}},
+        "topology.link_events.0.edges.0",
+    ),
+    (
+        "link-event-state",
+        {"topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 1]], "state": "off"}]}},
+        "topology.link_events.0.state",
+    ),
     ("file-missing", {"topology": {"kind": "file"}}, "topology.file: topology kind 'file' needs"),
     ("dropout", {"failures": {"dropout": 0.1}}, "failures.dropout: gossip has no server round"),
-    ("lr-schedule-hierarchical", {"algorithm": {"name": "hierarchical", "lr_schedule": {"name": "adaloss"}}},
-     "algorithm.lr_schedule: per-device schedules are for decentralized algorithms"),
-    ("server-optimizer-gossip", {"algorithm": {"name": "gossip", "server_optimizer": {"name": "fedadam"}}},
-     "algorithm.server_optimizer.name: gossip has no server"),
-    ("robust-aggregator", {"algorithm": {"name": "gist", "aggregator": {"name": "median"}}}, "algorithm.aggregator.name"),
+    (
+        "lr-schedule-hierarchical",
+        {"algorithm": {"name": "hierarchical", "lr_schedule": {"name": "adaloss"}}},
+        "algorithm.lr_schedule: per-device schedules are for decentralized algorithms",
+    ),
+    (
+        "server-optimizer-gossip",
+        {"algorithm": {"name": "gossip", "server_optimizer": {"name": "fedadam"}}},
+        "algorithm.server_optimizer.name: gossip has no server",
+    ),
+    (
+        "robust-aggregator",
+        {"algorithm": {"name": "gist", "aggregator": {"name": "median"}}},
+        "algorithm.aggregator.name",
+    ),
 ]
 
 
@@ -69,15 +104,19 @@ def test_network_errors_are_spec_errors(tmp_path):
     spec = validate_spec(spec_dict(topology={"kind": "torus", "rows": 3}))
     with pytest.raises(SpecError, match="topology.rows"):
         build_network(spec, prepare(spec).fleet)
-    spec = validate_spec(spec_dict(topology={"kind": "geometric"},
-                                   fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "ethernet"}]}))
+    spec = validate_spec(
+        spec_dict(
+            topology={"kind": "geometric"}, fleet={"groups": [{"profile": "esp32-s3", "count": 8, "link": "ethernet"}]}
+        )
+    )
     with pytest.raises(SpecError, match="topology.radius_m: group 'esp32-s3-0' uses link 'ethernet'"):
         build_network(spec, prepare(spec).fleet)
     spec = validate_spec(spec_dict(topology={"kind": "file", "file": str(tmp_path / "none.csv")}))
     with pytest.raises(SpecError, match="topology.file: file .* not found"):
         build_network(spec, prepare(spec).fleet)
-    spec = validate_spec(spec_dict(topology={"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 4]],
-                                                                              "state": "down"}]}))
+    spec = validate_spec(
+        spec_dict(topology={"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 4]], "state": "down"}]})
+    )
     with pytest.raises(SpecError, match="topology.link_events: 0-4 is not a link of the ring topology"):
         build_network(spec, prepare(spec).fleet)
 

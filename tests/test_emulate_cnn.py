@@ -33,15 +33,24 @@ QUICK = ROOT / "examples" / "quickstart.yaml"
 
 STACKS = {  # every layer kind and option of models/layers.py
     "conv-stride2-pad1-maxpool": ((3, 9, 9), lambda s: s.conv(4, 3, stride=2, padding=1).relu().maxpool(2).linear(5)),
-    "depthwise-pointwise-avgpool": ((4, 7, 7), lambda s: s.conv(4, 3, padding=1, groups=4).relu().conv(6, 1)
-                                    .global_avgpool().linear(3)),
-    "depthwise-stride2-maxpool": ((4, 9, 9), lambda s: s.conv(4, 3, stride=2, padding=1, groups=4).relu().conv(6, 1)
-                                  .maxpool(2).linear(3)),
+    "depthwise-pointwise-avgpool": (
+        (4, 7, 7),
+        lambda s: s.conv(4, 3, padding=1, groups=4).relu().conv(6, 1).global_avgpool().linear(3),
+    ),
+    "depthwise-stride2-maxpool": (
+        (4, 9, 9),
+        lambda s: s.conv(4, 3, stride=2, padding=1, groups=4).relu().conv(6, 1).maxpool(2).linear(3),
+    ),
     "grouped-conv-flatten": ((4, 8, 8), lambda s: s.conv(6, 3, stride=2, groups=2).relu().flatten().linear(3)),
     "maxpool3-odd-size": ((2, 8, 8), lambda s: s.conv(4, 3).relu().maxpool(3).linear(3)),
 }
-ZOO = {"lenet5-28": ("lenet5", (1, 28, 28)), "lenet5-8": ("lenet5", (1, 8, 8)),
-       "dscnn-32": ("dscnn", (3, 32, 32)), "dscnn-28": ("dscnn", (1, 28, 28)), "mlp": ("mlp", (1, 8, 8))}
+ZOO = {
+    "lenet5-28": ("lenet5", (1, 28, 28)),
+    "lenet5-8": ("lenet5", (1, 8, 8)),
+    "dscnn-32": ("dscnn", (3, 32, 32)),
+    "dscnn-28": ("dscnn", (1, 28, 28)),
+    "mlp": ("mlp", (1, 8, 8)),
+}
 
 
 @pytest.mark.parametrize("case", list(STACKS) + list(ZOO))
@@ -87,8 +96,9 @@ def test_maxpool_ties_route_to_the_first_maximum_like_torch() -> None:
 
 def _one_epoch(exp, devices, cfg: LocalTraining, round_: int = 2) -> tuple[float, float]:
     ds = exp.dataset
-    trainer = LocalTrainer(exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train),
-                           cfg, exp.spec.seed)
+    trainer = LocalTrainer(
+        exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), cfg, exp.spec.seed
+    )
     start = exp.initial_params()
     parts = [exp.parts[d] for d in devices]
     batched = trainer.train(start, round_, np.asarray(devices), parts)
@@ -99,8 +109,9 @@ def _one_epoch(exp, devices, cfg: LocalTraining, round_: int = 2) -> tuple[float
     worst_batched = worst_ref = 0.0
     for i, d in enumerate(devices):
         x = ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1)
-        w, loss, steps = layers_np.train(net, start.numpy(), x, ds.y_train[exp.parts[d]], cfg, exp.spec.seed,
-                                         round_, int(d))
+        w, loss, steps = layers_np.train(
+            net, start.numpy(), x, ds.y_train[exp.parts[d]], cfg, exp.spec.seed, round_, int(d)
+        )
         assert steps == batched.steps[i]
         assert abs(loss - batched.train_loss[i]) < 1e-4
         worst_batched = max(worst_batched, float(np.abs(w - batched.params[i].numpy()).max()))
@@ -109,12 +120,18 @@ def _one_epoch(exp, devices, cfg: LocalTraining, round_: int = 2) -> tuple[float
 
 
 def _exp(shared_data: Path, dataset: str, model: str, batch: int):
-    spec = validate_spec({
-        "name": "cnn", "seed": 3, "rounds": 1,
-        "dataset": {"name": dataset, "data_dir": str(shared_data), "test_size": 200},
-        "partition": {"method": "iid"}, "model": {"name": model},
-        "fleet": {"groups": [{"profile": "esp32-s3", "count": 100, "link": "wifi"}]},
-        "algorithm": {"local_epochs": 1, "batch_size": batch, "lr": 0.05}})
+    spec = validate_spec(
+        {
+            "name": "cnn",
+            "seed": 3,
+            "rounds": 1,
+            "dataset": {"name": dataset, "data_dir": str(shared_data), "test_size": 200},
+            "partition": {"method": "iid"},
+            "model": {"name": model},
+            "fleet": {"groups": [{"profile": "esp32-s3", "count": 100, "link": "wifi"}]},
+            "algorithm": {"local_epochs": 1, "batch_size": batch, "lr": 0.05},
+        }
+    )
     return prepare(spec)
 
 
@@ -148,21 +165,31 @@ def test_firmware_devices_refuse_cnns_in_one_line(tmp_path: Path) -> None:
 
 
 def test_cnn_runtime_does_not_import_torch() -> None:
-    code = ("import sys; import tinytwin.emulate.device, tinytwin.emulate.layers_np; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    code = "import sys; import tinytwin.emulate.device, tinytwin.emulate.layers_np; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.split() == ["False"], out.stdout + out.stderr
 
 
 def test_lenet5_emulation_matches_the_simulator(tmp_path: Path) -> None:
-    sets = ["model.name=lenet5", "fleet.groups.0.count=5", "fleet.groups.0.link_overrides.loss=0",
-            "fleet.groups.0.link_overrides.header_bytes=0", "rounds=2"]
+    sets = [
+        "model.name=lenet5",
+        "fleet.groups.0.count=5",
+        "fleet.groups.0.link_overrides.loss=0",
+        "fleet.groups.0.link_overrides.header_bytes=0",
+        "rounds=2",
+    ]
     spec, spec_yaml = load_spec(QUICK, sets)
     sim = start_run(spec, spec_yaml, tmp_path / "sim", ROOT / "examples", report=False)
     spec, spec_yaml = load_spec(QUICK, sets)
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "emu", ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0), report=False)
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", ROOT / "examples", EmulateOptions(time_scale=0.0), report=False
+    )
     rows = {}
     for name, folder in (("sim", sim.run_dir), ("emu", run_dir)):
         store = RunStore(folder / "results.db")
@@ -171,7 +198,10 @@ def test_lenet5_emulation_matches_the_simulator(tmp_path: Path) -> None:
         finally:
             store.close()
     assert len(rows["emu"]) == 2 and all(r["completed"] == 5 for r in rows["emu"])
-    print([(r["test_accuracy"], r["test_loss"]) for r in rows["sim"]], [(r["test_accuracy"], r["test_loss"]) for r in rows["emu"]])
+    print(
+        [(r["test_accuracy"], r["test_loss"]) for r in rows["sim"]],
+        [(r["test_accuracy"], r["test_loss"]) for r in rows["emu"]],
+    )
     for s, e in zip(rows["sim"], rows["emu"]):
         assert abs(s["test_accuracy"] - e["test_accuracy"]) <= 0.01
         assert abs(s["test_loss"] - e["test_loss"]) <= 1e-3

@@ -23,16 +23,15 @@ from tinytwin.algorithms import gossip as GS
 from tinytwin.algorithms.mixing import mix
 from tinytwin.algorithms.segments import contiguous_bounds, segment_pull
 from tinytwin.emulate import mlp_np
-from tinytwin.emulate.coordinator import _linears
-from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
+from tinytwin.emulate.coordinator import EmulateOptions, _linears, check_emulatable, start_emulation
 from tinytwin.emulate.dfl_directory import link_key, plan_round
 from tinytwin.emulate.peer import AGE_HEADER, PULL_REQUEST, PeerRuntime
 from tinytwin.emulate.peer_merge import Fifo, merge_age, merge_average, mix_row
-from tinytwin.emulate.peer_trainer import NumpyPeerTrainer
 from tinytwin.emulate.peer_net import COORDINATOR_CONN
+from tinytwin.emulate.peer_trainer import NumpyPeerTrainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, derive_key
-from tinytwin.engines.network import build_network
 from tinytwin.engines.experiment import prepare
+from tinytwin.engines.network import build_network
 from tinytwin.errors import TinyTwinError
 from tinytwin.net.topology import metropolis_hastings, ring
 from tinytwin.rng import Stream, stream_rng
@@ -40,14 +39,16 @@ from tinytwin.spec.load import validate_spec
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
-LOSSLESS = {"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi",
-                        "link_overrides": {"loss": 0.0, "header_bytes": 0}}]}
+LOSSLESS = {
+    "groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi", "link_overrides": {"loss": 0.0, "header_bytes": 0}}]
+}
 
 
 def _emulate(tmp_path: Path, raw: dict, **opts):
     spec = validate_spec(raw)
-    return start_emulation(spec, yaml.safe_dump(raw), tmp_path / "emu", None,
-                           EmulateOptions(time_scale=0.0, **opts), report=False)
+    return start_emulation(
+        spec, yaml.safe_dump(raw), tmp_path / "emu", None, EmulateOptions(time_scale=0.0, **opts), report=False
+    )
 
 
 def _tables(run_dir: Path):
@@ -56,23 +57,60 @@ def _tables(run_dir: Path):
 
 # ---------------------------------------------------------------------------------- fidelity
 
-@pytest.mark.parametrize("changes", [
-    {"algorithm__name": "decfedavg", "algorithm__decfedavg": {"mixing_steps": 2}},
-    {"algorithm__name": "gossip", "algorithm__gossip": {"merge": "fifo", "sends": 2}},
-    {"algorithm__name": "gossip", "algorithm__gossip": {"merge": "age", "peer": "random", "sends": 2},
-     "topology": {"kind": "small_world", "k": 4, "beta": 0.3}},
-    {"algorithm__name": "decfedavg", "failures": {"leave": [{"device": 2, "round": 2}], "join": [{"device": 5, "round": 3}]},
-     "topology": {"kind": "ring", "link_events": [{"round": 2, "edges": [[0, 1], [3, 4]], "state": "down"},
-                                                  {"round": 4, "edges": [[0, 1]], "state": "up"}]}},
-    {"algorithm__name": "gist", "algorithm__gist": {"sends": 3}, "algorithm__lr_schedule": {"name": "adastair"}},
-    {"algorithm__name": "gist", "topology": {"kind": "small_world", "k": 4, "beta": 0.3},
-     "algorithm__gist": {"sends": 2, "peer": "random", "segmentation": "random", "selection": "softmax",
-                         "drop_lowest": True, "merge": "vanilla", "min_received": 2, "buffer_size": 3},
-     "failures": {"leave": [{"device": 2, "round": 3}], "join": [{"device": 5, "round": 2}]}},
-    {"algorithm__name": "segmented_gossip", "algorithm__segments": {"count": 3, "replicas": 2},
-     "failures": {"leave": [{"device": 6, "round": 2}]}},
-], ids=["decfedavg", "gossip-fifo", "gossip-age-random", "decfedavg-churn-links-down", "gist-adastair",
-        "gist-sdfa-random-peers-churn", "segmented-gossip"])
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"algorithm__name": "decfedavg", "algorithm__decfedavg": {"mixing_steps": 2}},
+        {"algorithm__name": "gossip", "algorithm__gossip": {"merge": "fifo", "sends": 2}},
+        {
+            "algorithm__name": "gossip",
+            "algorithm__gossip": {"merge": "age", "peer": "random", "sends": 2},
+            "topology": {"kind": "small_world", "k": 4, "beta": 0.3},
+        },
+        {
+            "algorithm__name": "decfedavg",
+            "failures": {"leave": [{"device": 2, "round": 2}], "join": [{"device": 5, "round": 3}]},
+            "topology": {
+                "kind": "ring",
+                "link_events": [
+                    {"round": 2, "edges": [[0, 1], [3, 4]], "state": "down"},
+                    {"round": 4, "edges": [[0, 1]], "state": "up"},
+                ],
+            },
+        },
+        {"algorithm__name": "gist", "algorithm__gist": {"sends": 3}, "algorithm__lr_schedule": {"name": "adastair"}},
+        {
+            "algorithm__name": "gist",
+            "topology": {"kind": "small_world", "k": 4, "beta": 0.3},
+            "algorithm__gist": {
+                "sends": 2,
+                "peer": "random",
+                "segmentation": "random",
+                "selection": "softmax",
+                "drop_lowest": True,
+                "merge": "vanilla",
+                "min_received": 2,
+                "buffer_size": 3,
+            },
+            "failures": {"leave": [{"device": 2, "round": 3}], "join": [{"device": 5, "round": 2}]},
+        },
+        {
+            "algorithm__name": "segmented_gossip",
+            "algorithm__segments": {"count": 3, "replicas": 2},
+            "failures": {"leave": [{"device": 6, "round": 2}]},
+        },
+    ],
+    ids=[
+        "decfedavg",
+        "gossip-fifo",
+        "gossip-age-random",
+        "decfedavg-churn-links-down",
+        "gist-adastair",
+        "gist-sdfa-random-peers-churn",
+        "segmented-gossip",
+    ],
+)
 def test_models_match_the_simulator(tmp_path: Path, changes: dict) -> None:
     raw = spec_dict(rounds=4, fleet=LOSSLESS, **changes)
     _, sim_state, sim_store, sim_id = run_engine(tmp_path, raw, name="sim")
@@ -83,7 +121,7 @@ def test_models_match_the_simulator(tmp_path: Path, changes: dict) -> None:
     models = np.load(run_dir / "emulate" / "final_models.npz")
     sim = sim_state.params.numpy()
     worst = max(float(np.abs(models[f"d{d}"] - sim[d]).max()) for d in range(sim.shape[0]))
-    assert worst <= 1e-4, worst                      # measured ~1e-7 (float32 summation order)
+    assert worst <= 1e-4, worst  # measured ~1e-7 (float32 summation order)
     assert abs(summary["final_accuracy"] - sim_state.accuracies[-1][1]) <= 0.01
     # lossless links without packet headers: the frames are the simulator's bytes exactly
     assert [r["bytes_up"] for r in rounds] == [r["bytes_up"] for r in sim_rounds]
@@ -99,20 +137,30 @@ def test_models_match_the_simulator(tmp_path: Path, changes: dict) -> None:
 
 # ---------------------------------------------------------------------------------- faults
 
+
 @pytest.mark.parametrize("algorithm", ["gossip", "decfedavg", "gist", "segmented_gossip"])
 def test_killed_devices_leave_and_the_rest_keep_merging(tmp_path: Path, algorithm: str) -> None:
     """20 % of the fleet is SIGKILLed during round 2; every later round runs on the remaining graph."""
-    raw = spec_dict(algorithm__name=algorithm, algorithm__gossip={"sends": 2}, rounds=5,
-                    fleet={"groups": [{"profile": "esp32-s3", "count": 10, "link": "wifi"}]},
-                    topology={"kind": "small_world", "k": 4, "beta": 0.2},
-                    failures={"permanent": [{"device": 3, "round": 2}, {"device": 7, "round": 2}]})
+    raw = spec_dict(
+        algorithm__name=algorithm,
+        algorithm__gossip={"sends": 2},
+        rounds=5,
+        fleet={"groups": [{"profile": "esp32-s3", "count": 10, "link": "wifi"}]},
+        topology={"kind": "small_world", "k": 4, "beta": 0.2},
+        failures={"permanent": [{"device": 3, "round": 2}, {"device": 7, "round": 2}]},
+    )
     run_dir, summary = _emulate(tmp_path, raw, round_timeout_s=60)
     _, rounds, dev_rows, events, rm, dm = _tables(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     kills = [e for e in events if e["kind"] == "killed"]
     assert {(e["round"], e["device"]) for e in kills} == {(2, 3), (2, 7)}
-    assert [(r["selected"], r["completed"], r["dropped"]) for r in rounds] == \
-        [(10, 10, 0), (10, 8, 2), (8, 8, 0), (8, 8, 0), (8, 8, 0)]
+    assert [(r["selected"], r["completed"], r["dropped"]) for r in rounds] == [
+        (10, 10, 0),
+        (10, 8, 2),
+        (8, 8, 0),
+        (8, 8, 0),
+        (8, 8, 0),
+    ]
     survivors = sorted(set(range(10)) - {3, 7})
     status = {(d["round"], d["device"]): d["status"] for d in dev_rows}
     assert status[(2, 3)] == status[(2, 7)] == "dropped"
@@ -139,14 +187,24 @@ def test_forged_frames_sent_to_a_live_peer_are_rejected_and_counted(tmp_path: Pa
             return
         port = int(re.search(r"port (\d+)", (run_dir / "emulate" / "logs" / "d0.log").read_text()).group(1))
         with socket.create_connection(("127.0.0.1", port)) as s1:
-            s1.sendall(_model(5, 1, rnd=2, key=b"k" * 32, receiver=0)      # non-neighbour 5: no link key
-                       + _model(1, 2, rnd=2, key=b"k" * 32, receiver=0))   # posing as neighbour 1
+            s1.sendall(
+                _model(5, 1, rnd=2, key=b"k" * 32, receiver=0)  # non-neighbour 5: no link key
+                + _model(1, 2, rnd=2, key=b"k" * 32, receiver=0)
+            )  # posing as neighbour 1
         with socket.create_connection(("127.0.0.1", port)) as s2:
-            s2.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(64))             # not a frame at all
+            s2.sendall(b"GET / HTTP/1.0\r\n\r\n" + bytes(64))  # not a frame at all
 
     spec = validate_spec(raw)
-    _, summary = start_emulation(spec, yaml.safe_dump(raw), tmp_path, None, EmulateOptions(time_scale=0.0),
-                                 progress=intrude, run_dir=run_dir, report=False)
+    _, summary = start_emulation(
+        spec,
+        yaml.safe_dump(raw),
+        tmp_path,
+        None,
+        EmulateOptions(time_scale=0.0),
+        progress=intrude,
+        run_dir=run_dir,
+        report=False,
+    )
     assert summary["emulate"]["frames_rejected"] == {"unknown_sender": 1, "bad_tag": 1, "bad_magic": 1}
     _, rounds, _, events, _, _ = _tables(run_dir)
     assert [r["completed"] for r in rounds] == [8, 8, 8]
@@ -161,14 +219,28 @@ RUN_KEY = b"r" * 32
 
 def _runtime(with_age: bool = False) -> PeerRuntime:
     """Device 0 with links to 1 and 2 only; in round 3 it expects one model from 1."""
-    rt = PeerRuntime(0, derive_key(RUN_KEY, 0), {1: link_key(RUN_KEY, 0, 1), 2: link_key(RUN_KEY, 0, 2)}, P,
-                     SIZES, "float32", with_age=with_age)
+    rt = PeerRuntime(
+        0,
+        derive_key(RUN_KEY, 0),
+        {1: link_key(RUN_KEY, 0, 1), 2: link_key(RUN_KEY, 0, 2)},
+        P,
+        SIZES,
+        "float32",
+        with_age=with_age,
+    )
     rt.start_round(3, True, {1: 1})
     return rt
 
 
-def _model(sender: int, nonce: int, rnd: int = 3, values: np.ndarray | None = None, key: bytes | None = None,
-           receiver: int = 0, t: fm.MsgType = fm.MsgType.MODEL) -> bytes:
+def _model(
+    sender: int,
+    nonce: int,
+    rnd: int = 3,
+    values: np.ndarray | None = None,
+    key: bytes | None = None,
+    receiver: int = 0,
+    t: fm.MsgType = fm.MsgType.MODEL,
+) -> bytes:
     values = np.arange(P, dtype=np.float32) if values is None else values
     key = link_key(RUN_KEY, 0, sender) if key is None else key
     return fm.encode_frame(fm.Frame(t, sender, receiver, rnd, "float32", 0, nonce, enc.encode(values, "float32")), key)
@@ -177,32 +249,34 @@ def _model(sender: int, nonce: int, rnd: int = 3, values: np.ndarray | None = No
 def test_peer_rejects_forged_foreign_stale_replayed_and_nan_frames() -> None:
     rt = _runtime()
     good = _model(1, 10)
-    assert rt.handle(good, 5) is not None                                  # binds connection 5 to device 1
+    assert rt.handle(good, 5) is not None  # binds connection 5 to device 1
     bad_tag = bytearray(_model(1, 11))
     bad_tag[40] ^= 1
     nan = np.full(P, np.nan, dtype=np.float32)
     cases = {
-        "bad_tag": [bytes(bad_tag),
-                    _model(1, 12, key=link_key(RUN_KEY, 5, 0))],           # a non-neighbour posing as 1
-        "unknown_sender": [_model(5, 13, key=link_key(RUN_KEY, 0, 5))],    # non-neighbour: no link key
+        "bad_tag": [bytes(bad_tag), _model(1, 12, key=link_key(RUN_KEY, 5, 0))],  # a non-neighbour posing as 1
+        "unknown_sender": [_model(5, 13, key=link_key(RUN_KEY, 0, 5))],  # non-neighbour: no link key
         "replayed": [good],
         "wrong_receiver": [_model(1, 14, receiver=2)],
         "stale_round": [_model(1, 15, rnd=2), _model(1, 16, rnd=9)],
         "non_finite": [_model(1, 17, values=nan)],
         "unexpected_type": [_model(1, 18, t=fm.MsgType.CONTROL)],
-        "not_expected": [_model(1, 19)],                                   # a second model from 1
+        "not_expected": [_model(1, 19)],  # a second model from 1
     }
     for reason, frames in cases.items():
         for data in frames:
             assert rt.handle(data, 5) is None, reason
         assert rt.rejected[reason] == len(frames), (reason, dict(rt.rejected))
-    assert rt.handle(_model(2, 20), 5) is None and rt.rejected["wrong_sender"] == 1   # 2's frame on 1's connection
-    assert rt.handle(_model(2, 21), 6) is None and rt.rejected["not_expected"] == 2   # 2 does not send in round 3
-    def coord(nonce: int) -> bytes:
-        return fm.encode_frame(fm.Frame(fm.MsgType.CONTROL, COORDINATOR_ID, 0, 4, "none", 0, nonce,
-                                        b'{"cmd": "stop"}'), derive_key(RUN_KEY, 0))
+    assert rt.handle(_model(2, 20), 5) is None and rt.rejected["wrong_sender"] == 1  # 2's frame on 1's connection
+    assert rt.handle(_model(2, 21), 6) is None and rt.rejected["not_expected"] == 2  # 2 does not send in round 3
 
-    assert rt.handle(coord(1), 7) is None and rt.rejected["wrong_sender"] == 2        # coordinator off its link
+    def coord(nonce: int) -> bytes:
+        return fm.encode_frame(
+            fm.Frame(fm.MsgType.CONTROL, COORDINATOR_ID, 0, 4, "none", 0, nonce, b'{"cmd": "stop"}'),
+            derive_key(RUN_KEY, 0),
+        )
+
+    assert rt.handle(coord(1), 7) is None and rt.rejected["wrong_sender"] == 2  # coordinator off its link
     assert rt.handle(coord(2), COORDINATOR_CONN) == ("control", {"cmd": "stop"})
     [msg] = rt.take(1)
     assert msg.sender == 1 and np.array_equal(msg.values, np.arange(P, dtype=np.float32))
@@ -211,10 +285,20 @@ def test_peer_rejects_forged_foreign_stale_replayed_and_nan_frames() -> None:
 
 def test_peer_keeps_early_models_and_stops_waiting_for_dead_neighbours() -> None:
     rt = _runtime(with_age=True)
-    early = fm.encode_frame(fm.Frame(fm.MsgType.MODEL, 2, 0, 4, "float32", 0, 5,
-                                     AGE_HEADER.pack(7) + enc.encode(np.ones(P, np.float32), "float32")),
-                            link_key(RUN_KEY, 0, 2))
-    assert rt.handle(early, 1) == ("model", None)                          # round 4 has not started here yet
+    early = fm.encode_frame(
+        fm.Frame(
+            fm.MsgType.MODEL,
+            2,
+            0,
+            4,
+            "float32",
+            0,
+            5,
+            AGE_HEADER.pack(7) + enc.encode(np.ones(P, np.float32), "float32"),
+        ),
+        link_key(RUN_KEY, 0, 2),
+    )
+    assert rt.handle(early, 1) == ("model", None)  # round 4 has not started here yet
     assert rt.waiting_for(1) == [1]
     rt.peer_gone(1)
     assert rt.waiting_for(1) == [] and rt.take(1) == []
@@ -226,6 +310,7 @@ def test_peer_keeps_early_models_and_stops_waiting_for_dead_neighbours() -> None
 
 # ---------------------------------------------------------------------------------- one definition
 
+
 def test_numpy_merges_equal_the_simulators_torch_rules() -> None:
     g = torch.Generator().manual_seed(0)
     own, recv = torch.randn(3, 50, generator=g), torch.randn(3, 50, generator=g)
@@ -233,7 +318,7 @@ def test_numpy_merges_equal_the_simulators_torch_rules() -> None:
     assert np.allclose(merge_average(own[0].numpy(), list(recv.numpy())), ref.numpy(), atol=1e-6)
     w, a = own[:1], torch.tensor([2])
     for i, age in enumerate([0, 5, 1]):
-        w, a = GS.merge_age(w, a, recv[i:i + 1], torch.tensor([age]))
+        w, a = GS.merge_age(w, a, recv[i : i + 1], torch.tensor([age]))
     got, got_age = merge_age(own[0].numpy(), 2, [(recv[i].numpy(), age) for i, age in enumerate([0, 5, 1])])
     assert np.allclose(got, w[0].numpy(), atol=1e-6) and got_age == int(a[0])
     buf = own[:1, None, :].repeat(1, 2, 1).clone()
@@ -270,11 +355,14 @@ def test_directory_rows_are_the_simulators_mixing_matrix() -> None:
             assert set(e.expect) == set(e.send) == set(e.weights) and 5 not in e.send
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"algorithm__name": "segmented_gossip", "algorithm__encoding": "int8"}, "simulation-only"),
-    ({"algorithm__name": "gossip", "algorithm__schedule": "async"}, "lock-step"),
-    ({"algorithm__name": "gossip", "algorithm__gossip": {"exchange": "push_pull"}}, "push_pull"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"algorithm__name": "segmented_gossip", "algorithm__encoding": "int8"}, "simulation-only"),
+        ({"algorithm__name": "gossip", "algorithm__schedule": "async"}, "lock-step"),
+        ({"algorithm__name": "gossip", "algorithm__gossip": {"exchange": "push_pull"}}, "push_pull"),
+    ],
+)
 def test_unsupported_decentralized_runs_are_refused_in_one_line(changes: dict, words: str) -> None:
     with pytest.raises(TinyTwinError, match=words) as exc:
         check_emulatable(validate_spec(spec_dict(**changes)))
@@ -283,16 +371,18 @@ def test_unsupported_decentralized_runs_are_refused_in_one_line(changes: dict, w
 
 # ---------------------------------------------------------------------------------- process and CLI
 
+
 def test_peer_processes_never_import_torch() -> None:
-    code = ("import sys, tinytwin.emulate.forkserver, tinytwin.emulate.peer; "
-            "assert 'torch' not in sys.modules, 'torch in a device process'")
+    code = (
+        "import sys, tinytwin.emulate.forkserver, tinytwin.emulate.peer; "
+        "assert 'torch' not in sys.modules, 'torch in a device process'"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
 
 
 def test_cli_routes_decentralized_specs_to_the_peer_engine(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "dfl.yaml", yaml.safe_dump(spec_dict(algorithm__name="decfedavg", rounds=2)))
-    ok = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"), "--time-scale", "0", "--quiet",
-                 "--no-report")
+    ok = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"), "--time-scale", "0", "--quiet", "--no-report")
     assert ok.returncode == 0, ok.stderr
     assert "frames rejected 0" in " ".join(ok.stdout.split())
     [run_dir] = (tmp_path / "runs").iterdir()
@@ -304,11 +394,16 @@ def test_cli_routes_decentralized_specs_to_the_peer_engine(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------------------------- Gist, segmented gossip
 
-@pytest.mark.parametrize("gist", [
-    {"sends": 3},
-    {"sends": 2, "segmentation": "random", "selection": "uniform", "merge": "vanilla"},
-    {"sends": 3, "peer": "random", "selection": "softmax", "drop_lowest": True, "segments": 4},
-], ids=["importance", "sdfa", "softmax-random-peers"])
+
+@pytest.mark.parametrize(
+    "gist",
+    [
+        {"sends": 3},
+        {"sends": 2, "segmentation": "random", "selection": "uniform", "merge": "vanilla"},
+        {"sends": 3, "peer": "random", "selection": "softmax", "drop_lowest": True, "segments": 4},
+    ],
+    ids=["importance", "sdfa", "softmax-random-peers"],
+)
 def test_a_devices_gist_choices_are_the_simulators(tmp_path: Path, gist: dict) -> None:
     """Per device, in numpy, with its directory entry (row, first message): the same validation
     accuracy, bands, band draws and segment values as the simulator's Gist.after_train."""
@@ -318,7 +413,7 @@ def test_a_devices_gist_choices_are_the_simulators(tmp_path: Path, gist: dict) -
     spec = validate_spec(raw)
     g = spec.algorithm.gist
     online = np.ones(sim.n, dtype=bool)
-    online[3] = False                                   # a gap: rows and message offsets shift
+    online[3] = False  # a gap: rows and message offsets shift
     ids, r = np.flatnonzero(online), 2
     msgs = sim.proto.after_train(st, ids, sim._ctx(r, r, online, 0.0))
     plan = plan_round(spec.algorithm, spec.seed, sim.net, online, r)
@@ -348,7 +443,7 @@ def test_a_devices_gist_choices_are_the_simulators(tmp_path: Path, gist: dict) -
 def test_numpy_gist_and_segment_pull_equal_the_torch_definitions() -> None:
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(4, 203, generator=gen)
-    w[0, :10] = 0.5                                      # ties in |w|: broken by index in both
+    w[0, :10] = 0.5  # ties in |w|: broken by index in both
     bounds = G.band_bounds(203, 5)
     order_t = G.band_order(w)
     imp_t = G.band_importance(w, order_t, bounds)
@@ -371,7 +466,7 @@ def test_numpy_gist_and_segment_pull_equal_the_torch_definitions() -> None:
     segs = [(float(a), rng.standard_normal(40).astype(np.float32), rng.random(40) < 0.3) for a in (0.8, 0.0, 0.55)]
     for local in (0.6, 0.0):
         got = GN.merge(own, local, [(a, m, v[m]) for a, v, m in segs])
-        assert np.allclose(got, G.merge_reference(own, local, segs), rtol=0, atol=1e-6)   # it sums partly in float32
+        assert np.allclose(got, G.merge_reference(own, local, segs), rtol=0, atol=1e-6)  # it sums partly in float32
         rows = torch.cat([torch.zeros(int(m.sum()), dtype=torch.int64) for _, _, m in segs])
         idx = torch.cat([torch.from_numpy(np.flatnonzero(m)) for _, _, m in segs])
         values = torch.cat([torch.from_numpy(v[m]) for _, v, m in segs])
@@ -379,7 +474,7 @@ def test_numpy_gist_and_segment_pull_equal_the_torch_definitions() -> None:
         r_, phi = G.accumulate(1, 40, rows, idx, values, wt, dtype=torch.float64)
         own64 = torch.from_numpy(own).to(torch.float64)[None]
         sim = G.merge(own64, torch.tensor([local], dtype=torch.float64), r_, phi)
-        assert np.allclose(got, sim[0].numpy(), rtol=0, atol=1e-12)                        # the simulator's, float64
+        assert np.allclose(got, sim[0].numpy(), rtol=0, atol=1e-12)  # the simulator's, float64
     assert G.encode_payload is GN.encode_payload and G.band_bounds is GN.band_bounds
     # segmented gossip: one segment's weighted mean == segment_pull of the simulator
     x = torch.randn(3, 17, generator=gen)
@@ -394,8 +489,9 @@ def test_numpy_gist_and_segment_pull_equal_the_torch_definitions() -> None:
         assert np.allclose(trainer.pull_merge(x[0, lo:hi].numpy(), 5.0, pulled), ref[lo:hi], atol=1e-6)
 
 
-def _seg(sender: int, nonce: int, payload: bytes, encoding: str = "bitmap", rnd: int = 3,
-         t: fm.MsgType = fm.MsgType.SEGMENT) -> bytes:
+def _seg(
+    sender: int, nonce: int, payload: bytes, encoding: str = "bitmap", rnd: int = 3, t: fm.MsgType = fm.MsgType.SEGMENT
+) -> bytes:
     return fm.encode_frame(fm.Frame(t, sender, 0, rnd, encoding, 0, nonce, payload), link_key(RUN_KEY, 0, sender))
 
 
@@ -411,12 +507,16 @@ def test_peer_checks_gist_segments_and_pull_requests() -> None:
     nan_vals = vals.copy()
     nan_vals[5] = np.nan
     cases = {
-        "unexpected_type": [_model(1, 11)],                                          # a whole model
-        "bad_payload": [_seg(1, 12, GN.encode_payload(0.75, vals, mask), encoding="float32"),
-                        _seg(1, 13, GN.encode_payload(1.5, vals, mask)),            # accuracy > 1
-                        _seg(1, 14, GN.encode_payload(0.75, vals, mask)[:-2])],     # truncated
-        "non_finite": [_seg(1, 15, GN.encode_payload(float("nan"), vals, mask)),
-                       _seg(1, 16, GN.encode_payload(0.5, nan_vals, mask))],
+        "unexpected_type": [_model(1, 11)],  # a whole model
+        "bad_payload": [
+            _seg(1, 12, GN.encode_payload(0.75, vals, mask), encoding="float32"),
+            _seg(1, 13, GN.encode_payload(1.5, vals, mask)),  # accuracy > 1
+            _seg(1, 14, GN.encode_payload(0.75, vals, mask)[:-2]),
+        ],  # truncated
+        "non_finite": [
+            _seg(1, 15, GN.encode_payload(float("nan"), vals, mask)),
+            _seg(1, 16, GN.encode_payload(0.5, nan_vals, mask)),
+        ],
     }
     for reason, frames in cases.items():
         for data in frames:
@@ -432,13 +532,13 @@ def test_peer_checks_gist_segments_and_pull_requests() -> None:
     request = fm.MsgType.CONTROL
     # a range that is not segment 0's
     assert rt.handle(_seg(2, 20, PULL_REQUEST.pack(0, 0, 7), encoding="none", t=request), 6) is None
-    assert rt.handle(_seg(2, 21, PULL_REQUEST.pack(1, 5, 12), encoding="none"), 6) is None     # a SEGMENT is an answer
+    assert rt.handle(_seg(2, 21, PULL_REQUEST.pack(1, 5, 12), encoding="none"), 6) is None  # a SEGMENT is an answer
     assert rt.rejected["bad_payload"] == 2
     assert rt.handle(_seg(2, 22, PULL_REQUEST.pack(1, 5, 12), encoding="none", t=request), 6) is not None
     assert rt.handle(_seg(2, 23, PULL_REQUEST.pack(1, 5, 12), encoding="none", t=request), 6) is None
     assert rt.rejected["not_expected"] == 1 and [m.request for m in rt.requests] == [(1, 5, 12)]
-    assert rt.handle(_seg(1, 23, enc.encode(vals[:3], "float32"), encoding="float32"), 7) is None   # 3 values, asked 7
-    assert rt.handle(_seg(1, 24, enc.encode(vals[:7], "float16"), encoding="float16"), 7) is None   # wrong encoding
+    assert rt.handle(_seg(1, 23, enc.encode(vals[:3], "float32"), encoding="float32"), 7) is None  # 3 values, asked 7
+    assert rt.handle(_seg(1, 24, enc.encode(vals[:7], "float16"), encoding="float16"), 7) is None  # wrong encoding
     assert rt.rejected["bad_payload"] == 4
     assert rt.handle(_seg(1, 25, enc.encode(vals[5:12], "float32"), encoding="float32"), 7) is not None
     assert rt.waiting_for(1) == [] and np.array_equal(rt.take(1)[0].values, vals[5:12])
@@ -446,9 +546,15 @@ def test_peer_checks_gist_segments_and_pull_requests() -> None:
 
 # ---------------------------------------------------------------------------------- firmware peers
 
+
 def _fw_fleet(count: int, firmware: bool = True) -> dict:
-    return {"profile": "esp32-s3", "count": count, "link": "wifi", "link_overrides": {"loss": 0.0, "header_bytes": 0},
-            **({"twin": "firmware"} if firmware else {})}
+    return {
+        "profile": "esp32-s3",
+        "count": count,
+        "link": "wifi",
+        "link_overrides": {"loss": 0.0, "header_bytes": 0},
+        **({"twin": "firmware"} if firmware else {}),
+    }
 
 
 def _match(tmp_path: Path, raw: dict, **opts):
@@ -459,7 +565,7 @@ def _match(tmp_path: Path, raw: dict, **opts):
     sim = sim_state.params.numpy()
     models = np.load(run_dir / "emulate" / "final_models.npz")
     worst = max(float(np.abs(models[f"d{d}"] - sim[d]).max()) for d in range(sim.shape[0]))
-    assert worst <= 1e-5, worst                                     # measured ~2e-7 (C == numpy to ~1e-7)
+    assert worst <= 1e-5, worst  # measured ~2e-7 (C == numpy to ~1e-7)
     assert abs(summary["final_accuracy"] - sim_state.accuracies[-1][1]) <= 0.01
     sim_rounds = sim_store.rounds(sim_id)
     assert [r["bytes_up"] for r in rounds] == [r["bytes_up"] for r in sim_rounds]
@@ -474,11 +580,13 @@ class _HostBoard:
     def mix(self, weights, models):
         from tinytwin.firmware import hostlib
         from tinytwin.firmware.qemu import MergeResult
+
         return MergeResult(hostlib.mix(models, weights), 0, 10)
 
     def gist(self, own, a_local, segments):
         from tinytwin.firmware import hostlib
         from tinytwin.firmware.qemu import MergeResult
+
         full = []
         for a, vals, mask in segments:
             v = np.zeros(mask.size, np.float32)
@@ -491,6 +599,7 @@ def test_a_firmware_peers_merges_are_the_numpy_peers(tmp_path: Path) -> None:
     """The firmware peer's weights for M and G give the numpy peer's merges: mixing rows and
     age-weighted pairs bit for bit (same float32 operations), means and Gist to float32 rounding."""
     from types import SimpleNamespace
+
     from tinytwin.emulate.peer_trainer import FirmwarePeerTrainer
 
     board = FirmwarePeerTrainer.__new__(FirmwarePeerTrainer)
@@ -507,8 +616,11 @@ def test_a_firmware_peers_merges_are_the_numpy_peers(tmp_path: Path) -> None:
     assert np.array_equal(wb, wh) and tb == th == 5
     assert np.allclose(board.average(own, zs), host.average(own, zs), atol=1e-6)
     assert np.allclose(board.fifo_mean(np.stack(zs)), host.fifo_mean(np.stack(zs)), atol=1e-6)
-    assert np.allclose(board.pull_merge(own[:40], 5.0, [(7.0, zs[0][:40]), (9.0, zs[1][:40])]),
-                       host.pull_merge(own[:40], 5.0, [(7.0, zs[0][:40]), (9.0, zs[1][:40])]), atol=1e-6)
+    assert np.allclose(
+        board.pull_merge(own[:40], 5.0, [(7.0, zs[0][:40]), (9.0, zs[1][:40])]),
+        host.pull_merge(own[:40], 5.0, [(7.0, zs[0][:40]), (9.0, zs[1][:40])]),
+        atol=1e-6,
+    )
     masks = [rng.random(300) < 0.3 for _ in zs]
     segs = [(a, m, z[m]) for a, m, z in zip([0.9, 0.0, 0.4], masks, zs)]
     assert np.allclose(board.gist(own, 0.7, segs), host.gist(own, 0.7, segs), atol=1e-6)
@@ -518,8 +630,12 @@ def test_a_firmware_peers_merges_are_the_numpy_peers(tmp_path: Path) -> None:
 def test_firmware_peers_match_the_simulator(tmp_path: Path) -> None:
     """DecFedAvg (2 mixing steps) on a ring of 6 firmware devices: the C client trains (T) and
     mixes (M) on QEMU; --twin firmware."""
-    raw = spec_dict(algorithm__name="decfedavg", algorithm__decfedavg={"mixing_steps": 2}, rounds=4,
-                    fleet={"groups": [_fw_fleet(6, firmware=False)]})
+    raw = spec_dict(
+        algorithm__name="decfedavg",
+        algorithm__decfedavg={"mixing_steps": 2},
+        rounds=4,
+        fleet={"groups": [_fw_fleet(6, firmware=False)]},
+    )
     summary, _ = _match(tmp_path, raw, firmware_all=True)
     fw = summary["emulate"]["firmware"]
     assert fw["devices"] == 6 and fw["insns_per_round_median"] > 1e6 and fw["merge_insns_per_round_median"] > 0
@@ -528,8 +644,12 @@ def test_firmware_peers_match_the_simulator(tmp_path: Path) -> None:
 def test_gist_on_a_mixed_fleet_of_firmware_and_numpy_peers(tmp_path: Path) -> None:
     """Three firmware devices (merging with G on the board) and three numpy devices gossip Gist
     segments with each other and compute the simulator's models."""
-    raw = spec_dict(algorithm__name="gist", algorithm__gist={"sends": 3}, rounds=3,
-                    fleet={"groups": [_fw_fleet(3), _fw_fleet(3, firmware=False)]})
+    raw = spec_dict(
+        algorithm__name="gist",
+        algorithm__gist={"sends": 3},
+        rounds=3,
+        fleet={"groups": [_fw_fleet(3), _fw_fleet(3, firmware=False)]},
+    )
     summary, sim_state = _match(tmp_path, raw)
     assert summary["emulate"]["firmware"]["devices"] == 3
     assert summary["emulate"]["firmware"]["merge_insns_per_round_median"] > 0

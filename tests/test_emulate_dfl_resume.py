@@ -14,8 +14,19 @@ import numpy as np
 import yaml
 
 from dfl_util import run_engine, spec_dict
-from emulate_util import (assert_no_orphans, db_rows, kill_mid_run, kill_pids, peer_pids, pid_alive,
-                          recorded_peer_pids, resume_after_kill, start_cli, stored_tables, wait_for_round)
+from emulate_util import (
+    assert_no_orphans,
+    db_rows,
+    kill_mid_run,
+    kill_pids,
+    peer_pids,
+    pid_alive,
+    recorded_peer_pids,
+    resume_after_kill,
+    start_cli,
+    stored_tables,
+    wait_for_round,
+)
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.spec.load import validate_spec
 
@@ -24,8 +35,13 @@ ROUNDS = 8
 
 def _raw() -> dict:
     group = {"profile": "esp32-s3", "count": 6, "link": "ble", "link_overrides": {"loss": 0.0, "header_bytes": 0}}
-    return spec_dict(name="dflres", rounds=ROUNDS, algorithm__name="decfedavg",
-                     algorithm__decfedavg={"mixing_steps": 2}, fleet={"groups": [group]})
+    return spec_dict(
+        name="dflres",
+        rounds=ROUNDS,
+        algorithm__name="decfedavg",
+        algorithm__decfedavg={"mixing_steps": 2},
+        fleet={"groups": [group]},
+    )
 
 
 def _pids(run_dir: Path) -> list[int]:
@@ -36,8 +52,9 @@ def test_killed_decentralized_coordinator_resumes_and_peers_reconnect(tmp_path: 
     raw = _raw()
     spec_file = tmp_path / "dflres.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    coordinator = start_cli("emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"),
-                            "--quiet", "--no-report")
+    coordinator = start_cli(
+        "emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"), "--quiet", "--no-report"
+    )
     run_dir = None
     try:
         run_dir = wait_for_round(coordinator, tmp_path / "runs", "dflres-emulate-*", 2, 90)
@@ -51,7 +68,7 @@ def test_killed_decentralized_coordinator_resumes_and_peers_reconnect(tmp_path: 
         assert info.status == "complete" and info.rounds_done == ROUNDS
         kinds = [e["kind"] for e in events]
         assert kinds.count("resume") == 1 and kinds.count("devices_resumed") == 1 and "lost" not in kinds
-        assert all(r[5] == 6 for r in after)                        # completed: every device, every round
+        assert all(r[5] == 6 for r in after)  # completed: every device, every round
         e = info.summary["emulate"]
         assert e["reconnects"] == 6 and e["devices_lost"] == {}
 
@@ -60,10 +77,18 @@ def test_killed_decentralized_coordinator_resumes_and_peers_reconnect(tmp_path: 
         models = np.load(run_dir / "emulate" / "final_models.npz")
         worst = max(float(np.abs(models[f"d{d}"] - sim_state.params[d].numpy()).max()) for d in range(6))
         # same final mean accuracy as an uninterrupted emulation
-        _, straight = start_emulation(validate_spec(raw), yaml.safe_dump(raw), tmp_path / "straight", None,
-                                      EmulateOptions(time_scale=0.0), report=False)
-        print(f"killed after round {done}; resumed mean accuracy {rm[-1]['acc_mean']:.4f}, uninterrupted "
-              f"{straight['final_accuracy']:.4f}; largest difference from the simulator's models {worst:.2e}")
+        _, straight = start_emulation(
+            validate_spec(raw),
+            yaml.safe_dump(raw),
+            tmp_path / "straight",
+            None,
+            EmulateOptions(time_scale=0.0),
+            report=False,
+        )
+        print(
+            f"killed after round {done}; resumed mean accuracy {rm[-1]['acc_mean']:.4f}, uninterrupted "
+            f"{straight['final_accuracy']:.4f}; largest difference from the simulator's models {worst:.2e}"
+        )
         assert abs(rm[-1]["acc_mean"] - straight["final_accuracy"]) <= 0.01
         assert worst <= 1e-5, worst
 
@@ -79,14 +104,21 @@ def test_peers_give_up_after_the_grace_period(tmp_path: Path) -> None:
     """Nobody resumes the killed coordinator: every peer calls its address for reconnect_grace_s,
     then exits (status 3), and the old fork server with them — no orphans."""
     raw = _raw()
-    code = ("import sys, yaml; from pathlib import Path; from tinytwin.spec.load import validate_spec; "
-            "from tinytwin.emulate.dfl_coordinator import DflOptions; "
-            "from tinytwin.emulate.coordinator import start_emulation; raw = yaml.safe_load(sys.stdin); "
-            f"start_emulation(validate_spec(raw), yaml.safe_dump(raw), Path({str(tmp_path)!r}), None, "
-            "DflOptions(time_scale=1.0, reconnect_grace_s=2.0), run_dir=Path(sys.argv[1]), report=False)")
+    code = (
+        "import sys, yaml; from pathlib import Path; from tinytwin.spec.load import validate_spec; "
+        "from tinytwin.emulate.dfl_coordinator import DflOptions; "
+        "from tinytwin.emulate.coordinator import start_emulation; raw = yaml.safe_load(sys.stdin); "
+        f"start_emulation(validate_spec(raw), yaml.safe_dump(raw), Path({str(tmp_path)!r}), None, "
+        "DflOptions(time_scale=1.0, reconnect_grace_s=2.0), run_dir=Path(sys.argv[1]), report=False)"
+    )
     run_dir = tmp_path / "run"
-    coordinator = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     coordinator.stdin.write(yaml.safe_dump(raw))
     coordinator.stdin.close()
     try:

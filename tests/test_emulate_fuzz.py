@@ -39,7 +39,8 @@ def _mutations(valid: list[bytes], rng: np.random.Generator, count: int):
             base += rng.bytes(int(rng.integers(1, 40)))
         elif kind == 3:  # rewrite one header field (length, version, type, encoding, sender, round)
             off, fmt = [(26, "<I"), (2, "<B"), (3, "<B"), (16, "<B"), (4, "<I"), (12, "<I"), (17, "<B")][
-                int(rng.integers(7))]
+                int(rng.integers(7))
+            ]
             struct.pack_into(fmt, base, off, int(rng.integers(0, 2 ** (8 * struct.calcsize(fmt)))))
         elif kind == 4:
             base = bytearray(rng.bytes(int(rng.integers(0, 200))))
@@ -50,8 +51,9 @@ def _mutations(valid: list[bytes], rng: np.random.Generator, count: int):
         yield bytes(base)
 
 
-def _signed(sender: int, receiver: int, rnd: int, t: fm.MsgType, encoding: str, payload: bytes, nonce: int,
-            key: bytes) -> bytes:
+def _signed(
+    sender: int, receiver: int, rnd: int, t: fm.MsgType, encoding: str, payload: bytes, nonce: int, key: bytes
+) -> bytes:
     return fm.encode_frame(fm.Frame(t, sender, receiver, rnd, encoding, 0, nonce, payload), key)
 
 
@@ -83,8 +85,15 @@ def test_fuzz_coordinator_and_device_handlers_reject_everything() -> None:
         res = coord.handle(data, 1 if data[4] != 3 else 3)
         assert res is None
     reasons = dict(coord.rejected)
-    assert {"non_finite", "bad_payload", "stale_round", "wrong_receiver", "unexpected_type", "not_expected",
-            "unknown_sender"} <= set(reasons), reasons
+    assert {
+        "non_finite",
+        "bad_payload",
+        "stale_round",
+        "wrong_receiver",
+        "unexpected_type",
+        "not_expected",
+        "unknown_sender",
+    } <= set(reasons), reasons
     before = (dict(coord.guard._last), dict(coord.updates), coord.round, set(coord.expect))
     total = 0
     for data in _mutations(valid, rng, 60_000):
@@ -95,20 +104,23 @@ def test_fuzz_coordinator_and_device_handlers_reject_everything() -> None:
     assert coord.rejected["replayed"] > 0 and coord.rejected["bad_tag"] > 0 and coord.rejected["truncated"] > 0
 
     # The device's handler.
-    dev = DeviceRuntime({"device": 2, "num_params": N, "tensor_sizes": SIZES, "downlink_encoding": "float32"},
-                        derive_key(KEY, 2))
+    dev = DeviceRuntime(
+        {"device": 2, "num_params": N, "tensor_sizes": SIZES, "downlink_encoding": "float32"}, derive_key(KEY, 2)
+    )
     k2 = derive_key(KEY, 2)
     model = enc.encode(rng.standard_normal(N).astype(np.float32), "float32")
     mvalid = [_signed(COORDINATOR_ID, 2, 5 + i, fm.MsgType.MODEL, "float32", model, 50 + i, k2) for i in range(3)]
     for v in mvalid:
         assert dev.accept(v)[0].msg_type == fm.MsgType.MODEL
     dev.round = 7
-    bad = [_signed(COORDINATOR_ID, 2, 9, fm.MsgType.MODEL, "float32", enc.encode(nan, "float32"), 60, k2),
-           _signed(COORDINATOR_ID, 2, 9, fm.MsgType.MODEL, "int8", good, 61, k2),
-           _signed(COORDINATOR_ID, 2, 9, fm.MsgType.CONTROL, "none", b'{"cmd": "rm -rf"}', 62, k2),
-           _signed(COORDINATOR_ID, 3, 9, fm.MsgType.MODEL, "float32", model, 63, k2),
-           _signed(COORDINATOR_ID, 2, 6, fm.MsgType.MODEL, "float32", model, 64, k2),
-           _signed(1, 2, 9, fm.MsgType.MODEL, "float32", model, 65, derive_key(KEY, 1))]
+    bad = [
+        _signed(COORDINATOR_ID, 2, 9, fm.MsgType.MODEL, "float32", enc.encode(nan, "float32"), 60, k2),
+        _signed(COORDINATOR_ID, 2, 9, fm.MsgType.MODEL, "int8", good, 61, k2),
+        _signed(COORDINATOR_ID, 2, 9, fm.MsgType.CONTROL, "none", b'{"cmd": "rm -rf"}', 62, k2),
+        _signed(COORDINATOR_ID, 3, 9, fm.MsgType.MODEL, "float32", model, 63, k2),
+        _signed(COORDINATOR_ID, 2, 6, fm.MsgType.MODEL, "float32", model, 64, k2),
+        _signed(1, 2, 9, fm.MsgType.MODEL, "float32", model, 65, derive_key(KEY, 1)),
+    ]
     for data in bad:
         assert dev.handle(data) is None
     dstate = (dict(dev.guard._last), dev.round)
@@ -134,8 +146,9 @@ def test_fuzz_over_real_socket(tmp_path: Path) -> None:
         port = server.sockets[0].getsockname()[1]
         rng = np.random.default_rng(1)
         k0 = emu.coord.keys[0]
-        upd = enc.encode(np.zeros(exp.model.num_params, np.float32), spec.algorithm.encoding,
-                         tensor_sizes=exp.model.tensor_sizes)
+        upd = enc.encode(
+            np.zeros(exp.model.num_params, np.float32), spec.algorithm.encoding, tensor_sizes=exp.model.tensor_sizes
+        )
         valid = [_signed(0, COORDINATOR_ID, 1, fm.MsgType.UPDATE, spec.algorithm.encoding, upd, 5, k0)]
         frames = list(_mutations(valid, rng, 300))
         frames.append(struct.pack("<2sBBIIIBBQI", b"TT", 1, 3, 0, COORDINATOR_ID, 1, 1, 0, 9, 2**24))  # too large
@@ -158,8 +171,16 @@ def test_fuzz_over_real_socket(tmp_path: Path) -> None:
         assert emu.coord.updates == {}
         assert sum(emu.coord.rejected.values()) == len(frames)
         assert emu.coord.rejected["no_hello"] > 0
-        hello = _signed(1, COORDINATOR_ID, 0, fm.MsgType.HELLO, "none", json.dumps({"pid": 1}).encode(),
-                        time.time_ns(), emu.coord.keys[1])
+        hello = _signed(
+            1,
+            COORDINATOR_ID,
+            0,
+            fm.MsgType.HELLO,
+            "none",
+            json.dumps({"pid": 1}).encode(),
+            time.time_ns(),
+            emu.coord.keys[1],
+        )
         emu.hello[1] = asyncio.Event()
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(hello)

@@ -10,8 +10,18 @@ import numpy as np
 import yaml
 
 from dfl_util import run_engine, spec_dict
-from emulate_util import (assert_no_orphans, kill_mid_run, kill_pids, peer_pids, pid_alive, recorded_peer_pids,
-                          resume_after_kill, start_cli, stored_rows, wait_for_round)
+from emulate_util import (
+    assert_no_orphans,
+    kill_mid_run,
+    kill_pids,
+    peer_pids,
+    pid_alive,
+    recorded_peer_pids,
+    resume_after_kill,
+    start_cli,
+    stored_rows,
+    wait_for_round,
+)
 from tinytwin.emulate.coordinator import start_emulation
 from tinytwin.emulate.hier_coordinator import HierOptions
 from tinytwin.spec.load import validate_spec
@@ -24,10 +34,15 @@ def _raw(tmp_path: Path) -> dict:
     links = tmp_path / "links.yaml"
     links.write_text(yaml.safe_dump(LAN))
     group = {"profile": "esp32-s3", "count": 6, "link": "wifi", "link_overrides": {"loss": 0.0, "header_bytes": 0}}
-    algorithm = {"name": "hierarchical", "batch_size": 8, "lr": 0.1,
-                 "hierarchical": {"aggregator_link": "lan", "num_clusters": 2, "local_rounds": 2}}
-    return spec_dict(name="hierres", rounds=ROUNDS, fleet={"groups": [group], "links_file": str(links)},
-                     algorithm=algorithm)
+    algorithm = {
+        "name": "hierarchical",
+        "batch_size": 8,
+        "lr": 0.1,
+        "hierarchical": {"aggregator_link": "lan", "num_clusters": 2, "local_rounds": 2},
+    }
+    return spec_dict(
+        name="hierres", rounds=ROUNDS, fleet={"groups": [group], "links_file": str(links)}, algorithm=algorithm
+    )
 
 
 def _pids(run_dir: Path) -> list[int]:
@@ -38,8 +53,9 @@ def test_killed_hierarchical_coordinator_resumes_and_aggregators_reconnect(tmp_p
     raw = _raw(tmp_path)
     spec_file = tmp_path / "hierres.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    coordinator = start_cli("emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"),
-                            "--quiet", "--no-report")
+    coordinator = start_cli(
+        "emulate", str(spec_file), "--time-scale", "1", "--out", str(tmp_path / "runs"), "--quiet", "--no-report"
+    )
     run_dir = None
     old_pids: list[int] = []
     try:
@@ -59,19 +75,27 @@ def test_killed_hierarchical_coordinator_resumes_and_aggregators_reconnect(tmp_p
         dev_back = [e for e in events if e["kind"] == "reconnect" and e["device"] is not None]
         assert len(la_back) == 2 and len(dev_back) == 6, [e["detail"] for e in events if e["kind"] == "reconnect"]
         assert "restart" not in kinds and "cluster_failed" not in kinds
-        assert all(r[5] == 6 for r in after)                        # completed: every device, every round
+        assert all(r[5] == 6 for r in after)  # completed: every device, every round
         e = info.summary["emulate"]
         assert e["reconnects"] == 2
-        assert e["process_starts"] == {"devices": 6, "aggregators": 2}   # adopted, none started again
+        assert e["process_starts"] == {"devices": 6, "aggregators": 2}  # adopted, none started again
 
         # the simulator's global model, and an uninterrupted emulation's accuracy
         _, sim_state, _, _ = run_engine(tmp_path, raw, name="sim")
         models = np.load(run_dir / "emulate" / "final_models.npz")
         worst = float(np.abs(models["global"] - sim_state.global_params.numpy()).max())
-        _, straight = start_emulation(validate_spec(raw), yaml.safe_dump(raw), tmp_path / "straight", None,
-                                      HierOptions(time_scale=0.0), report=False)
-        print(f"killed after round {done}; resumed accuracy {info.summary['final_accuracy']:.4f}, uninterrupted "
-              f"{straight['final_accuracy']:.4f}; largest difference from the simulator's global model {worst:.2e}")
+        _, straight = start_emulation(
+            validate_spec(raw),
+            yaml.safe_dump(raw),
+            tmp_path / "straight",
+            None,
+            HierOptions(time_scale=0.0),
+            report=False,
+        )
+        print(
+            f"killed after round {done}; resumed accuracy {info.summary['final_accuracy']:.4f}, uninterrupted "
+            f"{straight['final_accuracy']:.4f}; largest difference from the simulator's global model {worst:.2e}"
+        )
         assert abs(info.summary["final_accuracy"] - straight["final_accuracy"]) <= 0.01
         assert worst <= 1e-4, worst
 

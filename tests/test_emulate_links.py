@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emulate_util import QUICK, ROOT, stored_rows
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.engines.experiment import prepare
 from tinytwin.engines.round_costs import round_costs
@@ -19,8 +20,6 @@ from tinytwin.fleet.failures import NEVER, build_timeline
 from tinytwin.spec.load import load_spec
 from tinytwin.spec.schema import FailureSpec
 
-from emulate_util import QUICK, ROOT, stored_rows
-
 BASE = ["fleet.groups.0.count=5", "rounds=4", "fleet.groups.0.link=ble"]
 
 
@@ -28,8 +27,9 @@ _rows = stored_rows
 
 
 def test_timeline_link_outages_and_partitions() -> None:
-    spec = FailureSpec(link_down=[{"devices": [1, 2], "round": 2, "rounds": 2, "after_s": 0.5},
-                                  {"devices": [0], "round": 3}])
+    spec = FailureSpec(
+        link_down=[{"devices": [1, 2], "round": 2, "rounds": 2, "after_s": 0.5}, {"devices": [0], "round": 3}]
+    )
     t = build_timeline(spec, 4, 6, 0)
     assert list(t.cut_s(2)) == [NEVER, 0.5, 0.5, NEVER]
     assert list(t.cut_s(3)) == [0.0, 0.0, 0.0, NEVER]
@@ -60,11 +60,18 @@ def test_links_partitions_and_deadline_agree_between_twins(tmp_path: Path) -> No
     c1 = round_costs(exp, 1, every, every, np.zeros(5, bool), exp.uplink_bytes(), exp.downlink_bytes())
     totals = np.sort(c1.total_s)
     deadline = float(totals[-1] + totals[-2]) / 2  # the slowest device of round 1 misses it
-    sets = BASE + [f"failures.link_down=[{{devices: [1], round: 2, after_s: {after}}}, {{devices: [2, 3], round: 3}}]",
-                   f"algorithm.deadline_s={deadline}"]
+    sets = BASE + [
+        f"failures.link_down=[{{devices: [1], round: 2, after_s: {after}}}, {{devices: [2, 3], round: 3}}]",
+        f"algorithm.deadline_s={deadline}",
+    ]
     sim = start_run(*load_spec(QUICK, sets), tmp_path / "sim", ROOT / "examples", report=False)
-    emu_dir, summary = start_emulation(*load_spec(QUICK, sets), tmp_path / "emu", ROOT / "examples",
-                                       EmulateOptions(time_scale=0.05, round_timeout_s=30), report=False)
+    emu_dir, summary = start_emulation(
+        *load_spec(QUICK, sets),
+        tmp_path / "emu",
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.05, round_timeout_s=30),
+        report=False,
+    )
     s_rounds, s_dev, s_ev = _rows(sim.run_dir)
     e_rounds, e_dev, e_ev = _rows(emu_dir)
 
@@ -84,13 +91,20 @@ def test_links_partitions_and_deadline_agree_between_twins(tmp_path: Path) -> No
     def link_events(events):
         return sorted((e["round"], e["device"], e["kind"]) for e in events if e["kind"].startswith("link_"))
 
-    expected = [(2, 1, "link_down"), (3, 1, "link_up"), (3, 2, "link_down"), (3, 3, "link_down"),
-                (4, 2, "link_up"), (4, 3, "link_up")]
+    expected = [
+        (2, 1, "link_down"),
+        (3, 1, "link_up"),
+        (3, 2, "link_down"),
+        (3, 3, "link_down"),
+        (4, 2, "link_up"),
+        (4, 3, "link_up"),
+    ]
     assert link_events(s_ev) == link_events(e_ev) == expected
     # The emulator really dropped device 1's round-2 update at its shaper, and did not wait for it.
     log1 = (emu_dir / "emulate" / "logs" / "d1.log").read_text()
     assert "round 2: update dropped by the link shaper (link down)" in log1
     assert "update dropped by the link shaper (deadline)" in "".join(
-        p.read_text() for p in (emu_dir / "emulate" / "logs").glob("d*.log"))
+        p.read_text() for p in (emu_dir / "emulate" / "logs").glob("d*.log")
+    )
     assert max(r["duration_s"] for r in e_rounds) < 10
     assert summary["emulate"]["frames_rejected"] == {}

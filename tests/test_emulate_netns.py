@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from netns_util import require_netns_privileges
 
+from netns_util import require_netns_privileges
 from tinytwin.emulate.netns import ETH_FRAME, NetnsFleet, remove_leftovers, tbf
 from tinytwin.emulate.shaper import Link
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 100_000.0  # bit/s
-PARAMS = 3000     # float32 model: 12 000-byte payload, a 12 062-byte frame -> ~1 s at 100 kbit/s
+PARAMS = 3000  # float32 model: 12 000-byte payload, a 12 062-byte frame -> ~1 s at 100 kbit/s
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,20 @@ def _transfer(net: NetnsFleet, src: int, dst: int, nbytes: int) -> tuple[float, 
     """Send one model frame from device ``src``'s namespace to device ``dst``'s; (seconds, bytes)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     port = 9000 + src
-    recv = subprocess.Popen([*net.exec_prefix(dst), sys.executable, "-c", RECEIVER, net.device_ip(dst), str(port),
-                             str(nbytes)], stdout=subprocess.PIPE, text=True, env=env)
+    recv = subprocess.Popen(
+        [*net.exec_prefix(dst), sys.executable, "-c", RECEIVER, net.device_ip(dst), str(port), str(nbytes)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
-        send = subprocess.run([*net.exec_prefix(src), sys.executable, "-c", SENDER, net.device_ip(dst), str(port),
-                               str(PARAMS)], capture_output=True, text=True, env=env, timeout=30)
+        send = subprocess.run(
+            [*net.exec_prefix(src), sys.executable, "-c", SENDER, net.device_ip(dst), str(port), str(PARAMS)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert send.returncode == 0, send.stderr
         out, _ = recv.communicate(timeout=30)
     finally:
@@ -90,8 +99,9 @@ def _transfer(net: NetnsFleet, src: int, dst: int, nbytes: int) -> tuple[float, 
 
 
 def _tcp_header_bytes(net: NetnsFleet) -> int:
-    ts = subprocess.run([*net.exec_prefix(0), "cat", "/proc/sys/net/ipv4/tcp_timestamps"], capture_output=True,
-                        text=True).stdout.strip()
+    ts = subprocess.run(
+        [*net.exec_prefix(0), "cat", "/proc/sys/net/ipv4/tcp_timestamps"], capture_output=True, text=True
+    ).stdout.strip()
     return 20 + (12 if ts != "0" else 0)
 
 
@@ -113,9 +123,11 @@ def test_two_namespaces_exchange_a_model_at_the_tbf_rate(netns_ok: None) -> None
         for src, dst in ((0, 1), (1, 0)):  # an exchange: each device sends its model to the other
             seconds, _ = _transfer(net, src, dst, nbytes)
             err = abs(seconds - expected) / expected
-            print(f"netns tbf {RATE / 1000:g} kbit/s: {nbytes} B frame = {wire} B on the wire in {segments} "
-                  f"segments, device {src} -> {dst}: expected {expected:.3f} s (payload only "
-                  f"{nbytes * 8 / RATE:.3f} s), measured {seconds:.3f} s, error {err * 100:.1f} %")
+            print(
+                f"netns tbf {RATE / 1000:g} kbit/s: {nbytes} B frame = {wire} B on the wire in {segments} "
+                f"segments, device {src} -> {dst}: expected {expected:.3f} s (payload only "
+                f"{nbytes * 8 / RATE:.3f} s), measured {seconds:.3f} s, error {err * 100:.1f} %"
+            )
             assert err <= 0.20, (seconds, expected)
     finally:
         net.destroy()
@@ -143,8 +155,21 @@ def test_emulate_netns_end_to_end_records_its_shaping_path(netns_ok: None, tmp_p
     from tinytwin.emulate import measured
     from tinytwin.store.db import RunStore
 
-    res = run_cli("emulate", str(QUICK), *SMALL, "--set", "rounds=2", "--netns", "--time-scale", "1",
-                  "--out", str(tmp_path), "--quiet", "--no-report", timeout=120)
+    res = run_cli(
+        "emulate",
+        str(QUICK),
+        *SMALL,
+        "--set",
+        "rounds=2",
+        "--netns",
+        "--time-scale",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--no-report",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "link shaping: netns (bandwidth: kernel tbf" in res.stdout
     run_dir = _run_dir(tmp_path)
@@ -178,9 +203,28 @@ def test_sigterm_removes_namespaces_and_device_processes(netns_ok: None, tmp_pat
     import sqlite3
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "tinytwin.cli", "emulate", str(QUICK), *SMALL, "--set", "rounds=40",
-                             "--netns", "--time-scale", "1", "--out", str(tmp_path), "--quiet", "--no-report"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tinytwin.cli",
+            "emulate",
+            str(QUICK),
+            *SMALL,
+            "--set",
+            "rounds=40",
+            "--netns",
+            "--time-scale",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--no-report",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run_dir = None
     try:
         deadline = time.time() + 60
@@ -199,8 +243,10 @@ def test_sigterm_removes_namespaces_and_device_processes(netns_ok: None, tmp_pat
             time.sleep(0.05)
         assert run_dir is not None, "no round finished in 60 s"
         prefix = json.loads((run_dir / "emulate" / "netns.json").read_text())["prefix"]
-        assert any(n.startswith(prefix + "-") for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                                       text=True).stdout.split())
+        assert any(
+            n.startswith(prefix + "-")
+            for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         assert proc.returncode == 143
@@ -216,8 +262,9 @@ def test_sigterm_removes_namespaces_and_device_processes(netns_ok: None, tmp_pat
             _no_device_left(run_dir)
 
 
-def test_netns_without_root_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-                                                   tmp_path: Path) -> None:
+def test_netns_without_root_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     """Runs everywhere: a non-root user asking for --netns gets one error line, status 2, no run folder."""
     from tinytwin import cli
 

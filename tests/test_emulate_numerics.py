@@ -30,8 +30,9 @@ def test_numpy_training_matches_local_trainer_after_one_epoch() -> None:
     a = exp.spec.algorithm
     cfg = LocalTraining(1, a.batch_size, a.lr)
     ds = exp.dataset
-    trainer = LocalTrainer(exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train),
-                           cfg, exp.spec.seed)
+    trainer = LocalTrainer(
+        exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), cfg, exp.spec.seed
+    )
     start = exp.initial_params()
     ids = np.arange(10)
     result = trainer.train(start, 3, ids, [exp.parts[d] for d in ids])
@@ -48,13 +49,17 @@ def test_numpy_training_matches_local_trainer_after_one_epoch() -> None:
 
 
 def test_numpy_training_with_momentum_and_prox_matches() -> None:
-    exp = _exp("algorithm.local_epochs=1", "algorithm.momentum=0.9", "algorithm.weight_decay=0.001",
-               )
+    exp = _exp(
+        "algorithm.local_epochs=1",
+        "algorithm.momentum=0.9",
+        "algorithm.weight_decay=0.001",
+    )
     a = exp.spec.algorithm
     cfg = LocalTraining(1, a.batch_size, a.lr, "sgd", 0.9, 0.001, 0.01)
     ds = exp.dataset
-    trainer = LocalTrainer(exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train),
-                           cfg, exp.spec.seed)
+    trainer = LocalTrainer(
+        exp.module, exp.layout, torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train), cfg, exp.spec.seed
+    )
     start = exp.initial_params()
     ids = np.arange(4)
     result = trainer.train(start, 1, ids, [exp.parts[d] for d in ids])
@@ -77,10 +82,17 @@ def test_shaper_matches_cost_model() -> None:
 
 
 def test_device_runtime_does_not_import_torch() -> None:
-    code = ("import sys; import tinytwin.emulate.device as d; f, e = d.load_wire(); "
-            "import numpy as np; from tinytwin.wire.encoding import encode; "
-            "assert encode(np.ones(3), 'int8') == bytes.fromhex('0402013c7f7f7f'), encode(np.ones(3), 'int8').hex(); "
-            "print('torch' in sys.modules, e.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; import tinytwin.emulate.device as d; f, e = d.load_wire(); "
+        "import numpy as np; from tinytwin.wire.encoding import encode; "
+        "assert encode(np.ones(3), 'int8') == bytes.fromhex('0402013c7f7f7f'), encode(np.ones(3), 'int8').hex(); "
+        "print('torch' in sys.modules, e.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.split() == ["False", "tinytwin.wire.encoding"], out.stdout + out.stderr

@@ -17,8 +17,9 @@ def test_fidelity_accuracy_and_bytes_match_simulator(tmp_path: Path) -> None:
     spec, spec_yaml = load_spec(QUICK, sets)
     sim = start_run(spec, spec_yaml, tmp_path / "sim", ROOT / "examples", report=False)
     spec, spec_yaml = load_spec(QUICK, sets)
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "emu", ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0), report=True)
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", ROOT / "examples", EmulateOptions(time_scale=0.0), report=True
+    )
     assert (run_dir / "report.html").is_file()
     assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.01
     info, emu_rounds, emu_dev, _ = stored_rows(run_dir, with_info=True)
@@ -38,8 +39,9 @@ def test_fidelity_accuracy_and_bytes_match_simulator(tmp_path: Path) -> None:
 
 def test_kills_mid_round_fedavg_completes_with_survivors(tmp_path: Path) -> None:
     spec, spec_yaml = load_spec(QUICK, LOSSLESS + ["rounds=4", "failures.dropout=0.2"])
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0, round_timeout_s=30), report=False)
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path, ROOT / "examples", EmulateOptions(time_scale=0.0, round_timeout_s=30), report=False
+    )
     rounds, dev_rows, events = stored_rows(run_dir)
     assert len(rounds) == 4 and summary["rounds"] == 4
     kills = [e for e in events if e["kind"] == "killed"]
@@ -57,9 +59,14 @@ def test_kills_mid_round_fedavg_completes_with_survivors(tmp_path: Path) -> None
 
 def test_memory_cap_exceeded_is_recorded_as_oom(tmp_path: Path) -> None:
     spec, spec_yaml = load_spec(QUICK, LOSSLESS[1:] + ["fleet.groups.0.count=5", "rounds=2"])
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0, round_timeout_s=30,
-                                                      mem_budget_override={2: 0}), report=False)
+    run_dir, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path,
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.0, round_timeout_s=30, mem_budget_override={2: 0}),
+        report=False,
+    )
     rounds, dev_rows, events = stored_rows(run_dir)
     ooms = [e for e in events if e["kind"] == "oom"]
     assert {e["device"] for e in ooms} == {2} and {e["round"] for e in ooms} == {1, 2}
@@ -70,11 +77,16 @@ def test_memory_cap_exceeded_is_recorded_as_oom(tmp_path: Path) -> None:
 @pytest.mark.parametrize("time_scale", [0.05])
 def test_pacing_makes_rounds_take_the_modelled_time(tmp_path: Path, time_scale: float) -> None:
     spec, spec_yaml = load_spec(QUICK, ["fleet.groups.0.count=5", "rounds=2", "fleet.groups.0.link=ble"])
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
-                                       EmulateOptions(time_scale=time_scale), report=False)
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path, ROOT / "examples", EmulateOptions(time_scale=time_scale), report=False
+    )
     rounds, dev_rows, _ = stored_rows(run_dir)
-    sim = start_run(*load_spec(QUICK, ["fleet.groups.0.count=5", "rounds=2", "fleet.groups.0.link=ble"]),
-                    tmp_path / "sim", ROOT / "examples", report=False)
+    sim = start_run(
+        *load_spec(QUICK, ["fleet.groups.0.count=5", "rounds=2", "fleet.groups.0.link=ble"]),
+        tmp_path / "sim",
+        ROOT / "examples",
+        report=False,
+    )
     sim_rounds, _, _ = stored_rows(sim.run_dir)
     for emu, ref in zip(rounds, sim_rounds):
         assert emu["duration_s"] >= 0.9 * ref["duration_s"] * time_scale

@@ -15,28 +15,34 @@ from pathlib import Path
 
 import pytest
 
+from emulate_util import LOSSLESS, QUICK, ROOT, stored_rows
 from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.engines.runner import start_run
 from tinytwin.spec.load import load_spec
-from emulate_util import LOSSLESS, QUICK, ROOT, stored_rows
-
-
 
 _rows = stored_rows
 
 
 def _measured(run_dir: Path) -> list[tuple]:
     with sqlite3.connect(run_dir / "results.db") as conn:
-        return conn.execute("SELECT round, device, insns, firmware_compute_s, qemu_rss_kb "
-                            "FROM emulate_device_rounds ORDER BY round, device").fetchall()
+        return conn.execute(
+            "SELECT round, device, insns, firmware_compute_s, qemu_rss_kb "
+            "FROM emulate_device_rounds ORDER BY round, device"
+        ).fetchall()
 
 
 def test_firmware_fleet_matches_the_simulator(tmp_path: Path) -> None:
     sets = LOSSLESS + ["rounds=10"]
     sim = start_run(*load_spec(QUICK, sets), tmp_path / "sim", ROOT / "examples", report=False)
     spec, spec_yaml = load_spec(QUICK, sets)
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "fw", ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0, firmware_all=True), report=False)
+    run_dir, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path / "fw",
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.0, firmware_all=True),
+        report=False,
+    )
     assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.01
     rounds, _, events = _rows(run_dir)
     sim_rounds, _, _ = _rows(sim.run_dir)
@@ -54,9 +60,14 @@ def test_firmware_fleet_matches_the_simulator(tmp_path: Path) -> None:
 
 def test_runtime_arena_overflow_is_a_recorded_failure(tmp_path: Path) -> None:
     spec, spec_yaml = load_spec(QUICK, LOSSLESS[1:] + ["fleet.groups.0.count=4", "rounds=2"])
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path, ROOT / "examples",
-                                       EmulateOptions(time_scale=0.0, round_timeout_s=60, firmware_all=True,
-                                                      firmware_arena_override={1: 4096}), report=False)
+    run_dir, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path,
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.0, round_timeout_s=60, firmware_all=True, firmware_arena_override={1: 4096}),
+        report=False,
+    )
     rounds, dev_rows, events = _rows(run_dir)
     faults = [e for e in events if e["kind"] == "firmware_fault"]
     assert {e["device"] for e in faults} == {1} and {e["round"] for e in faults} == {1, 2}
@@ -67,13 +78,17 @@ def test_runtime_arena_overflow_is_a_recorded_failure(tmp_path: Path) -> None:
 
 def test_mixed_fleet_of_firmware_and_numpy_devices(tmp_path: Path) -> None:
     spec_file = tmp_path / "mixed.yaml"
-    spec_file.write_text(QUICK.read_text().replace(
-        "      link: wifi\n",
-        "      link: wifi\n"
-        "    - name: nano\n      profile: nrf52840\n      count: 3\n      link: ble\n      twin: firmware\n"))
+    spec_file.write_text(
+        QUICK.read_text().replace(
+            "      link: wifi\n",
+            "      link: wifi\n"
+            "    - name: nano\n      profile: nrf52840\n      count: 3\n      link: ble\n      twin: firmware\n",
+        )
+    )
     spec, spec_yaml = load_spec(spec_file, ["fleet.groups.0.count=3", "rounds=3"])
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "runs", tmp_path,
-                                       EmulateOptions(time_scale=0.0), report=False)
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "runs", tmp_path, EmulateOptions(time_scale=0.0), report=False
+    )
     rounds, _, _ = _rows(run_dir)
     assert all(r["completed"] == 6 for r in rounds)
     with_insns = {d for _, d, insns, _, _ in _measured(run_dir) if insns is not None}
@@ -82,8 +97,11 @@ def test_mixed_fleet_of_firmware_and_numpy_devices(tmp_path: Path) -> None:
 
 
 def test_cli_twin_option_is_checked(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tinytwin.cli", "emulate", str(QUICK), "--twin", "fpga",
-                           "--out", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytwin.cli", "emulate", str(QUICK), "--twin", "fpga", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "--twin must be 'process' or 'firmware'" in proc.stderr + proc.stdout
     assert not any(tmp_path.iterdir())
@@ -93,12 +111,17 @@ def test_tinyfedtl_scenario_on_firmware_equals_the_simulator(tmp_path: Path, sha
     """The seed-003 scenario (examples/tinyfedtl.yaml, shortened): the 256->2 head trained with
     batch 1 on nRF52840 firmware learns exactly what the simulator's devices learn."""
     spec_file = ROOT / "examples" / "tinyfedtl.yaml"
-    sets = ["rounds=2", "fleet.groups.0.count=3", "partition.samples_per_device=200",
-            f"dataset.data_dir={shared_data}"]
+    sets = ["rounds=2", "fleet.groups.0.count=3", "partition.samples_per_device=200", f"dataset.data_dir={shared_data}"]
     sim = start_run(*load_spec(spec_file, sets), tmp_path / "sim", spec_file.parent, report=False)
     spec, spec_yaml = load_spec(spec_file, sets)
-    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "fw", spec_file.parent,
-                                       EmulateOptions(time_scale=0.0, firmware_all=True), report=False)
+    run_dir, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path / "fw",
+        spec_file.parent,
+        EmulateOptions(time_scale=0.0, firmware_all=True),
+        report=False,
+    )
     rounds, _, _ = _rows(run_dir)
     sim_rounds, _, _ = _rows(sim.run_dir)
     # Same correct-prediction counts (the simulator stores float32 accuracies).

@@ -49,31 +49,31 @@ class Case:
     model: ModelDef
     module: LayerModule
     batch: int
-    x: np.ndarray   # (N, features) float32, N a multiple of batch
-    y: np.ndarray   # (N,) int64
+    x: np.ndarray  # (N, features) float32, N a multiple of batch
+    y: np.ndarray  # (N,) int64
 
 
 def _case(name: str, quickstart, rng: np.random.Generator) -> Case:
     ds = quickstart.dataset
     digits_x = ds.x_train.reshape(len(ds.x_train), -1).astype(np.float32)
     digits_y = ds.y_train.astype(np.int64)
-    if name == "quickstart":   # the model of examples/quickstart.yaml, as the simulator builds it
+    if name == "quickstart":  # the model of examples/quickstart.yaml, as the simulator builds it
         bs = quickstart.spec.algorithm.batch_size
-        return Case(name, quickstart.model, quickstart.module, bs, digits_x[:6 * bs], digits_y[:6 * bs])
+        return Case(name, quickstart.model, quickstart.module, bs, digits_x[: 6 * bs], digits_y[: 6 * bs])
     if name == "digits-64-32-10":
         model = make_model("mlp", (1, 8, 8), 10, hidden=(32,))
         return Case(name, model, model.build(3), 16, digits_x[:96], digits_y[:96])
     if name == "digits-3-hidden":
         model = make_model("mlp", (1, 8, 8), 10, hidden=(48, 32, 16))
         return Case(name, model, model.build(4), 10, digits_x[200:260], digits_y[200:260])
-    if name == "mnist-784-16-10":   # MNIST-sized inputs: pixels in [0, 1]
+    if name == "mnist-784-16-10":  # MNIST-sized inputs: pixels in [0, 1]
         model = make_model("mlp", (1, 28, 28), 10, hidden=(16,))
-        return Case(name, model, model.build(5), 32, rng.random((192, 784), dtype=np.float32),
-                    rng.integers(0, 10, 192))
-    if name == "tinyfedtl-head-256-2":   # seed 003: a dense 256 -> 2 head on frozen (post-ReLU) features
+        return Case(name, model, model.build(5), 32, rng.random((192, 784), dtype=np.float32), rng.integers(0, 10, 192))
+    if name == "tinyfedtl-head-256-2":  # seed 003: a dense 256 -> 2 head on frozen (post-ReLU) features
         model = make_model("mlp", (256,), 2, hidden=())
-        return Case(name, model, model.build(6), 1, (rng.random((6, 256), dtype=np.float32) * 2.0),
-                    rng.integers(0, 2, 6))
+        return Case(
+            name, model, model.build(6), 1, (rng.random((6, 256), dtype=np.float32) * 2.0), rng.integers(0, 2, 6)
+        )
     raise AssertionError(name)
 
 
@@ -119,12 +119,12 @@ def test_forward_loss_and_gradients_equal_pytorch(name: str, quickstart) -> None
     case = _case(name, quickstart, np.random.default_rng(11))
     net, _ = _host(case)
     for lo in range(0, 3 * case.batch, case.batch):
-        x, y = case.x[lo:lo + case.batch], case.y[lo:lo + case.batch]
+        x, y = case.x[lo : lo + case.batch], case.y[lo : lo + case.batch]
         logits, ce_sum, grads = _torch_grads(case, x, y)
         assert _maxdiff(net.forward(x), logits) <= TOL
         ce = net.loss_backward(x, y)
         assert abs(ce - ce_sum) <= TOL * max(1.0, abs(ce_sum)), (ce, ce_sum)
-        assert np.abs(grads).max() > 1e-4          # a real gradient, not a vacuous comparison
+        assert np.abs(grads).max() > 1e-4  # a real gradient, not a vacuous comparison
         assert _maxdiff(net.grads, grads) <= TOL
         assert net.correct(x, y) == int((logits.argmax(axis=1) == y).sum())
 
@@ -139,16 +139,17 @@ def test_sgd_steps_equal_torch_optim_sgd(name: str, momentum: float, quickstart)
     net.reset_optimizer()
     steps = len(case.x) // case.batch
     for step in range(steps):
-        x, y = case.x[step * case.batch:(step + 1) * case.batch], case.y[step * case.batch:(step + 1) * case.batch]
+        x, y = case.x[step * case.batch : (step + 1) * case.batch], case.y[step * case.batch : (step + 1) * case.batch]
         opt.zero_grad()
-        F.cross_entropy(case.module(torch.from_numpy(x).reshape(len(x), *case.model.input_shape)),
-                        torch.from_numpy(y)).backward()
+        F.cross_entropy(
+            case.module(torch.from_numpy(x).reshape(len(x), *case.model.input_shape)), torch.from_numpy(y)
+        ).backward()
         opt.step()
         net.loss_backward(x, y)
         net.sgd_step(LR, momentum, WD)
         expected = layout.flatten(case.module).numpy()
         assert _maxdiff(net.params, expected) <= TOL, f"step {step + 1}"
-    assert steps >= 5 and _maxdiff(net.params, start) > 1e-3   # training moved the weights
+    assert steps >= 5 and _maxdiff(net.params, start) > 1e-3  # training moved the weights
 
 
 def test_batch_in_the_input_buffer_needs_no_copy(quickstart) -> None:
@@ -161,7 +162,7 @@ def test_batch_in_the_input_buffer_needs_no_copy(quickstart) -> None:
     net.input_buffer[:] = -1.0
     net.input_buffer[:7] = x
     assert net.loss_backward(7, y) == ce and np.array_equal(net.grads, grads)
-    assert np.array_equal(net.input_buffer[:7], x)      # backprop works in place but keeps the input
+    assert np.array_equal(net.input_buffer[:7], x)  # backprop works in place but keeps the input
     assert np.array_equal(net.forward(7), net.forward(x))
 
 
@@ -169,9 +170,9 @@ def test_batch_larger_than_batch_max_is_refused_in_c(quickstart) -> None:
     """The C guard itself (HostMLP checks first): no overrun, and no stale gradients for SGD."""
     case = _case("digits-64-32-10", quickstart, np.random.default_rng(1))
     net, _ = _host(case)
-    net.loss_backward(case.x[:case.batch], case.y[:case.batch])
-    x = np.ascontiguousarray(case.x[:case.batch + 1])
-    y = np.ascontiguousarray(case.y[:case.batch + 1], dtype=np.int32)
+    net.loss_backward(case.x[: case.batch], case.y[: case.batch])
+    x = np.ascontiguousarray(case.x[: case.batch + 1])
+    y = np.ascontiguousarray(case.y[: case.batch + 1], dtype=np.int32)
     ptr, yptr = x.ctypes.data_as(hostlib._F32P), y.ctypes.data_as(hostlib._I32P)
     assert not net._lib.tt_mlp_forward(ctypes.byref(net._m), ptr, case.batch + 1)
     assert net._lib.tt_mlp_loss_backward(ctypes.byref(net._m), ptr, yptr, case.batch + 1) == 0.0
@@ -181,7 +182,7 @@ def test_batch_larger_than_batch_max_is_refused_in_c(quickstart) -> None:
 def test_correct_counts_the_first_maximum(quickstart) -> None:
     case = _case("digits-64-32-10", quickstart, np.random.default_rng(1))
     net, _ = _host(case)
-    net.set_params(np.zeros(net.n_params, np.float32))   # every logit 0: torch.argmax says class 0
+    net.set_params(np.zeros(net.n_params, np.float32))  # every logit 0: torch.argmax says class 0
     y = np.array([0, 1, 0, 9, 0, 2, 3, 4, 5, 6, 7, 8, 0, 0, 1, 2])
     assert net.correct(case.x[:16], y) == int((y == 0).sum()) == 5
 
@@ -190,7 +191,7 @@ def test_reset_optimizer_restarts_momentum(quickstart) -> None:
     """After a reset the first step uses buf = g' again (the simulator's fresh state every round)."""
     case = _case("digits-64-32-10", quickstart, np.random.default_rng(1))
     net, start = _host(case)
-    x, y = case.x[:case.batch], case.y[:case.batch]
+    x, y = case.x[: case.batch], case.y[: case.batch]
     net.loss_backward(x, y)
     net.sgd_step(LR, MOMENTUM, WD)
     net.set_params(start)
@@ -202,8 +203,9 @@ def test_reset_optimizer_restarts_momentum(quickstart) -> None:
     assert _maxdiff(net.params, start - np.float32(LR) * g) <= 1e-7
 
 
-def _c_local_epoch(net: hostlib.HostMLP, x: np.ndarray, y: np.ndarray, cfg: LocalTraining, seed: int,
-                   round_: int, device: int) -> tuple[float, int]:
+def _c_local_epoch(
+    net: hostlib.HostMLP, x: np.ndarray, y: np.ndarray, cfg: LocalTraining, seed: int, round_: int, device: int
+) -> tuple[float, int]:
     """What the firmware client does for one round: the simulator's batch order, fresh momentum."""
     n = len(y)
     net.reset_optimizer()
@@ -211,7 +213,7 @@ def _c_local_epoch(net: hostlib.HostMLP, x: np.ndarray, y: np.ndarray, cfg: Loca
     for epoch in range(cfg.epochs):
         order = device_permutations(seed, round_, epoch, np.array([device]), np.array([n]))[0]
         for lo in range(0, n, cfg.batch_size):
-            idx = order[lo:lo + cfg.batch_size]
+            idx = order[lo : lo + cfg.batch_size]
             ce += net.loss_backward(x[idx], y[idx])
             net.sgd_step(cfg.lr, cfg.momentum, cfg.weight_decay)
             steps += 1
@@ -225,8 +227,12 @@ def test_local_epoch_equals_numpy_device_runtime(momentum: float, quickstart) ->
     cfg = LocalTraining(1, a.batch_size, a.lr, "sgd", momentum, WD)
     ds = exp.dataset
     sizes, relu = _shape(exp.model)
-    linears = mlp_np.linears_from([[l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after]
-                                   for l in BatchedMLPGrad.for_layers(exp.model.layers).linears])
+    linears = mlp_np.linears_from(
+        [
+            [l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after]
+            for l in BatchedMLPGrad.for_layers(exp.model.layers).linears
+        ]
+    )
     start = exp.initial_params().numpy()
     for device in (0, 3, 7):
         part = exp.parts[device]
@@ -243,6 +249,7 @@ def test_local_epoch_equals_numpy_device_runtime(momentum: float, quickstart) ->
 
 # ---------------------------------------------------------------------------------- merges
 
+
 def test_mix_is_the_weighted_sum() -> None:
     rng = np.random.default_rng(2)
     models = [rng.standard_normal(1003).astype(np.float32) for _ in range(4)]
@@ -257,14 +264,14 @@ def test_bitmap_packing_is_the_wire_encoding() -> None:
     mask = np.random.default_rng(3).random(1001) < 0.3
     values = np.arange(1001, dtype=np.float32)
     wire = encode(values, "bitmap", mask=mask)
-    assert bytes(hostlib.pack_bitmap(mask)) == wire[:(1001 + 7) // 8]
+    assert bytes(hostlib.pack_bitmap(mask)) == wire[: (1001 + 7) // 8]
 
 
 def test_gist_merge_equals_merge_reference() -> None:
     rng = np.random.default_rng(4)
-    n = 1001   # not a multiple of 8: the last bitmap byte is partial
+    n = 1001  # not a multiple of 8: the last bitmap byte is partial
     own = rng.standard_normal(n).astype(np.float32)
-    masks = [rng.random(n) < p for p in (0.5, 0.4, 0.3)]   # overlapping, with uncovered positions
+    masks = [rng.random(n) < p for p in (0.5, 0.4, 0.3)]  # overlapping, with uncovered positions
     assert (masks[0] & masks[1] & masks[2]).any() and not (masks[0] | masks[1] | masks[2]).all()
     segments = [(a, rng.standard_normal(n).astype(np.float32), m) for a, m in zip((0.9, 0.6, 0.75), masks)]
     for a_local in (0.8, 1.0, 0.0):
@@ -279,15 +286,24 @@ def test_gist_merge_equals_merge_reference() -> None:
 
 # ---------------------------------------------------------------------------------- arena and math
 
-@pytest.mark.parametrize("sizes,batch,momentum", [([64, 32, 10], 8, True), ([784, 16, 10], 32, True),
-                                                   ([256, 2], 1, False), ([5, 3, 7, 2], 3, True),
-                                                   ([9, 1, 3], 5, False)])
+
+@pytest.mark.parametrize(
+    "sizes,batch,momentum",
+    [
+        ([64, 32, 10], 8, True),
+        ([784, 16, 10], 32, True),
+        ([256, 2], 1, False),
+        ([5, 3, 7, 2], 3, True),
+        ([9, 1, 3], 5, False),
+    ],
+)
 def test_arena_accounting_is_exact(sizes: list[int], batch: int, momentum: bool) -> None:
     need = hostlib.arena_bytes(sizes, batch, momentum)
     p = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
 
     def r8(v: int) -> int:
         return -(-v // 8) * 8
+
     # the documented formula (tt_nn.h), which the build uses to size the arena
     assert need == r8(4 * p * (3 if momentum else 2)) + sum(r8(4 * batch * s) for s in sizes)
     relu = [True] * (len(sizes) - 2) + [False]
@@ -297,21 +313,21 @@ def test_arena_accounting_is_exact(sizes: list[int], batch: int, momentum: bool)
 
 def test_init_refuses_bad_shapes() -> None:
     assert hostlib.arena_bytes([64, 0, 10], 8) == 0
-    assert hostlib.init_status([64, 32, 10], [True, True], 8, True, 1 << 20)[0] == -1   # ReLU on the logits
-    assert hostlib.init_status([4] * 10, None, 8, True, 1 << 20)[0] == -1             # 9 > TT_MAX_LAYERS layers
+    assert hostlib.init_status([64, 32, 10], [True, True], 8, True, 1 << 20)[0] == -1  # ReLU on the logits
+    assert hostlib.init_status([4] * 10, None, 8, True, 1 << 20)[0] == -1  # 9 > TT_MAX_LAYERS layers
 
 
 def test_arena_allocator_alignment_exhaustion_and_peak() -> None:
     lib = hostlib.load()
     buf = np.zeros(128, dtype=np.uint8)
-    base = buf.ctypes.data + (-buf.ctypes.data) % 8 + 4     # misaligned on purpose
+    base = buf.ctypes.data + (-buf.ctypes.data) % 8 + 4  # misaligned on purpose
     with hostlib._ARENA_LOCK:
         lib.tt_arena_init(base, 100)
-        assert lib.tt_arena_size() == 96                     # 4 bytes to align, rounded down to 8
+        assert lib.tt_arena_size() == 96  # 4 bytes to align, rounded down to 8
         a = lib.tt_arena_alloc(5)
         b = lib.tt_arena_alloc(16)
         assert a % 8 == 0 and b == a + 8 and lib.tt_arena_used() == 24
-        assert lib.tt_arena_alloc(73) is None and lib.tt_arena_used() == 24   # no partial allocation
+        assert lib.tt_arena_alloc(73) is None and lib.tt_arena_used() == 24  # no partial allocation
         assert lib.tt_arena_alloc(72) is not None and lib.tt_arena_used() == 96
         lib.tt_arena_reset()
         assert lib.tt_arena_used() == 0 and lib.tt_arena_peak() == 96
@@ -322,16 +338,19 @@ def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     def key(v: np.ndarray) -> np.ndarray:
         i = v.astype(np.float32).view(np.int32).astype(np.int64)
         return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
     return np.abs(key(a) - key(b))
 
 
 def test_expf_and_logf_within_one_ulp() -> None:
     rng = np.random.default_rng(5)
-    x = np.concatenate([rng.uniform(-103.9, 88.7, 20000), rng.uniform(-20, 0, 20000),
-                        [0.0, -0.0, 1.0, -1.0, 1e-8, -87.3, 88.72]]).astype(np.float32)
+    x = np.concatenate(
+        [rng.uniform(-103.9, 88.7, 20000), rng.uniform(-20, 0, 20000), [0.0, -0.0, 1.0, -1.0, 1e-8, -87.3, 88.72]]
+    ).astype(np.float32)
     assert _ulps(hostlib.expf(x), np.exp(x.astype(np.float64)).astype(np.float32)).max() <= 1
-    v = np.concatenate([np.exp(rng.uniform(-103, 88, 20000)), rng.uniform(0.5, 16, 20000),
-                        [1e-45, 1e-40, 1.0, 2.0, 3.4e38]]).astype(np.float32)
+    v = np.concatenate(
+        [np.exp(rng.uniform(-103, 88, 20000)), rng.uniform(0.5, 16, 20000), [1e-45, 1e-40, 1.0, 2.0, 3.4e38]]
+    ).astype(np.float32)
     assert _ulps(hostlib.logf(v), np.log(v.astype(np.float64)).astype(np.float32)).max() <= 1
     special = hostlib.expf(np.array([np.inf, -np.inf, 89.0, -104.0], np.float32))
     assert special.tolist() == [np.inf, 0.0, np.inf, 0.0] and np.isnan(hostlib.expf(np.array([np.nan]))[0])
@@ -340,6 +359,7 @@ def test_expf_and_logf_within_one_ulp() -> None:
 
 
 # ---------------------------------------------------------------------------------- build
+
 
 def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", "no-such-cc")
@@ -365,9 +385,30 @@ def test_library_builds_for_cortex_m4_without_libc(tmp_path: Path) -> None:
     undefined: set[str] = set()
     for src in sources:
         obj = tmp_path / (src.stem + ".o")
-        subprocess.run([gcc, "-std=c99", "-pedantic", "-O2", "-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16",
-                        "-mfloat-abi=hard", "-ffreestanding", "-Wall", "-Wextra", "-Werror", f"-I{fw / 'include'}",
-                        "-c", str(src), "-o", str(obj)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                gcc,
+                "-std=c99",
+                "-pedantic",
+                "-O2",
+                "-mcpu=cortex-m4",
+                "-mthumb",
+                "-mfpu=fpv4-sp-d16",
+                "-mfloat-abi=hard",
+                "-ffreestanding",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                f"-I{fw / 'include'}",
+                "-c",
+                str(src),
+                "-o",
+                str(obj),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         syms = subprocess.run([nm, str(obj)], check=True, capture_output=True, text=True).stdout.split("\n")
         for line in syms:
             parts = line.split()

@@ -26,10 +26,25 @@ from tinytwin.algorithms.gist import merge_reference
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate import mlp_np
 from tinytwin.firmware import hostlib
-from tinytwin.firmware.build import (FirmwareBuildError, FirmwareRamOverflow, build_firmware, build_host_client,
-                                     client_arena_bytes, mpu_ram_budget, required_arena_bytes, size_report)
-from tinytwin.firmware.qemu import (FirmwareError, FirmwareFault, HostDevice, QemuDevice, SyncDevice, batch_order,
-                                    serial_seconds)
+from tinytwin.firmware.build import (
+    FirmwareBuildError,
+    FirmwareRamOverflow,
+    build_firmware,
+    build_host_client,
+    client_arena_bytes,
+    mpu_ram_budget,
+    required_arena_bytes,
+    size_report,
+)
+from tinytwin.firmware.qemu import (
+    FirmwareError,
+    FirmwareFault,
+    HostDevice,
+    QemuDevice,
+    SyncDevice,
+    batch_order,
+    serial_seconds,
+)
 
 # No skip: the README's test command installs QEMU and the cross compiler
 # (scripts/install_system_packages.sh); without them these tests fail with the message below.
@@ -74,8 +89,11 @@ def run(coro):
 
 async def train_once(image_or_client, workdir: Path, shard, cfg: LocalTraining = CFG, timeout: float = 60.0):
     x, y, p0 = shard
-    dev = (QemuDevice(image_or_client, workdir, timeout=timeout) if hasattr(image_or_client, "elf")
-           else HostDevice(image_or_client, workdir, timeout=timeout))
+    dev = (
+        QemuDevice(image_or_client, workdir, timeout=timeout)
+        if hasattr(image_or_client, "elf")
+        else HostDevice(image_or_client, workdir, timeout=timeout)
+    )
     async with dev:
         await dev.write_data(x, y)
         result = await dev.train(p0, SIZES, RELU, cfg, batch_order(SEED, ROUND, DEVICE, len(y), cfg.epochs))
@@ -92,13 +110,14 @@ def hostlib_round(shard, cfg: LocalTraining = CFG) -> tuple[np.ndarray, float]:
     ce = 0.0
     for order in batch_order(SEED, ROUND, DEVICE, len(y), cfg.epochs):
         for lo in range(0, len(y), cfg.batch_size):
-            idx = order[lo:lo + cfg.batch_size]
+            idx = order[lo : lo + cfg.batch_size]
             ce += m.loss_backward(x[idx], y[idx])
             m.sgd_step(cfg.lr, cfg.momentum, cfg.weight_decay)
     return m.params.copy(), ce
 
 
 # ---------------------------------------------------------------------------------- (a) numerics
+
 
 def test_round_on_m4_equals_numpy_and_host_library(tmp_path, shard, m4, arena):
     result, dev = run(train_once(m4, tmp_path, shard))
@@ -108,7 +127,7 @@ def test_round_on_m4_equals_numpy_and_host_library(tmp_path, shard, m4, arena):
     assert np.abs(result.params - ref).max() <= 1e-5
     assert result.ce_sum == pytest.approx(mean_ce * len(y), rel=1e-5)
     lib_params, lib_ce = hostlib_round(shard)
-    np.testing.assert_array_equal(result.params, lib_params)   # same C, no FMA contraction: bit for bit
+    np.testing.assert_array_equal(result.params, lib_params)  # same C, no FMA contraction: bit for bit
     assert result.ce_sum == lib_ce
     assert result.insns == 40 * result.ticks and result.insns > 1_000_000
     assert result.arena_used == client_arena_bytes(SIZES, BATCH, True) <= arena
@@ -118,11 +137,14 @@ def test_round_on_m4_equals_numpy_and_host_library(tmp_path, shard, m4, arena):
 
 # ---------------------------------------------------------------------------------- (b) determinism
 
+
 def test_instruction_counts_identical_across_processes(tmp_path, shard, m4):
     cfg = LocalTraining(epochs=2, batch_size=BATCH, lr=0.05)
 
     async def both():
-        return await asyncio.gather(train_once(m4, tmp_path / "a", shard, cfg), train_once(m4, tmp_path / "b", shard, cfg))
+        return await asyncio.gather(
+            train_once(m4, tmp_path / "a", shard, cfg), train_once(m4, tmp_path / "b", shard, cfg)
+        )
 
     (a, dev_a), (b, dev_b) = run(both())
     assert dev_a.pid != dev_b.pid
@@ -131,6 +153,7 @@ def test_instruction_counts_identical_across_processes(tmp_path, shard, m4):
 
 
 # ---------------------------------------------------------------------------------- (c) memory
+
 
 def test_ram_budget_too_small_is_refused_at_link_time():
     with pytest.raises(FirmwareRamOverflow) as info:
@@ -151,7 +174,7 @@ def test_arena_too_small_for_model_faults_at_run_time(tmp_path, shard):
     assert int(fault.fields["have"]) == 4096
 
 
-@pytest.mark.parametrize("ram", [64 * 1024, 192 * 1024, 100_000])   # one, two and six MPU regions
+@pytest.mark.parametrize("ram", [64 * 1024, 192 * 1024, 100_000])  # one, two and six MPU regions
 def test_poke_past_ram_budget_is_a_memmanage_fault(tmp_path, ram, arena):
     image = build_firmware("mps2-an386", ram, arena)
     assert image.ram_bytes == ram
@@ -159,14 +182,15 @@ def test_poke_past_ram_budget_is_a_memmanage_fault(tmp_path, ram, arena):
 
     async def scenario():
         async with QemuDevice(image, tmp_path) as dev:
-            await dev.poke(end - 16)           # unused RAM inside the budget: allowed
-            await dev.poke(end)                # first byte past the budget
+            await dev.poke(end - 16)  # unused RAM inside the budget: allowed
+            await dev.poke(end)  # first byte past the budget
+
     with pytest.raises(FirmwareFault) as info:
         run(scenario())
     fault = info.value
     cfsr = int(fault.fields["cfsr"], 16)
     assert fault.kind == "memmanage" and fault.returncode == 3
-    assert cfsr & 0x02 and cfsr & 0x80            # DACCVIOL, MMARVALID
+    assert cfsr & 0x02 and cfsr & 0x80  # DACCVIOL, MMARVALID
     assert int(fault.fields["mmfar"], 16) == end
 
 
@@ -180,8 +204,8 @@ def test_missing_cross_compiler_names_the_packages(monkeypatch):
 
 def test_mpu_ram_budget_rounding():
     assert mpu_ram_budget(192 * 1024) == 192 * 1024 and mpu_ram_budget(1 << 20) == 1 << 20
-    assert mpu_ram_budget(100_000) == 100_000         # 3125 units of 32 B: six set bits, six regions
-    assert mpu_ram_budget(127 * 1024 + 5) == 126 * 1024   # seven set bits: the lowest is dropped
+    assert mpu_ram_budget(100_000) == 100_000  # 3125 units of 32 B: six set bits, six regions
+    assert mpu_ram_budget(127 * 1024 + 5) == 126 * 1024  # seven set bits: the lowest is dropped
 
 
 def test_size_report(m4, arena):
@@ -193,6 +217,7 @@ def test_size_report(m4, arena):
 
 # ---------------------------------------------------------------------------------- (d) host executable
 
+
 def test_host_executable_speaks_the_same_protocol(tmp_path, shard, m4, arena):
     client = build_host_client(arena)
     host, dev = run(train_once(client, tmp_path / "host", shard))
@@ -201,7 +226,7 @@ def test_host_executable_speaks_the_same_protocol(tmp_path, shard, m4, arena):
     assert np.abs(host.params - qemu.params).max() <= 1e-5
     assert host.steps == qemu.steps and host.ce_sum == pytest.approx(qemu.ce_sum, rel=1e-6)
     assert host.ticks == host.insns == 0 and host.arena_used == qemu.arena_used
-    with pytest.raises(FirmwareFault) as info:   # the host port faults like the device
+    with pytest.raises(FirmwareFault) as info:  # the host port faults like the device
         run(train_once(build_host_client(4096), tmp_path / "small", shard))
     assert info.value.kind == "arena" and info.value.returncode == 3
 
@@ -210,14 +235,15 @@ def test_bad_command_or_file_is_an_err_and_the_device_goes_on(tmp_path, m4, aren
     async def scenario():
         async with QemuDevice(m4, tmp_path) as dev:
             with pytest.raises(FirmwareError, match="round.bin"):
-                await dev.command("T")                       # no round.bin yet
+                await dev.command("T")  # no round.bin yet
             with pytest.raises(FirmwareError, match="unknown command"):
                 await dev.command("X")
-            (tmp_path / "mix.bin").write_bytes(b"TTM1")      # truncated header
+            (tmp_path / "mix.bin").write_bytes(b"TTM1")  # truncated header
             with pytest.raises(FirmwareError, match="mix.bin"):
                 await dev.command("M")
-            await dev.poke(0x20000000 + RAM - 4)            # still alive
+            await dev.poke(0x20000000 + RAM - 4)  # still alive
             return await dev.stop(7)
+
     assert run(scenario()) == 7
 
 
@@ -232,20 +258,21 @@ def test_sync_wrapper_on_the_host_client(tmp_path, arena):
 
 # ---------------------------------------------------------------------------------- (e) merges
 
+
 def test_mix_and_gist_equal_their_definitions(tmp_path, m4):
     rng = np.random.default_rng(1)
     models = [rng.standard_normal(N_PARAMS).astype(np.float32) for _ in range(3)]
     weights = [0.5, 0.3, 0.2]
     own = models[0]
     segments = []
-    for a, density in ((0.7, 0.3), (1.2, 0.6), (0.4, 0.0)):   # the last segment is empty
+    for a, density in ((0.7, 0.3), (1.2, 0.6), (0.4, 0.0)):  # the last segment is empty
         mask = rng.random(N_PARAMS) < density
         segments.append((a, rng.standard_normal(N_PARAMS).astype(np.float32), mask))
 
     async def scenario():
         async with QemuDevice(m4, tmp_path) as dev:
             mixed = await dev.mix(weights, models)
-            merged = await dev.gist(own, 0.0, segments)     # a_local 0: untouched positions keep w
+            merged = await dev.gist(own, 0.0, segments)  # a_local 0: untouched positions keep w
             merged_local = await dev.gist(own, 0.5, segments)
             return mixed, merged, merged_local
 
@@ -262,6 +289,7 @@ def test_mix_and_gist_equal_their_definitions(tmp_path, m4):
 
 # ---------------------------------------------------------------------------------- (f) hangs
 
+
 def _qemu_children_of(pid: int) -> list[int]:
     """qemu-system-arm processes whose parent is ``pid`` (a /proc scan, no psutil)."""
     found = []
@@ -272,8 +300,8 @@ def _qemu_children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         if ppid == pid and comm.startswith("qemu-system"):
             found.append(int(entry.name))
     return found
@@ -281,7 +309,7 @@ def _qemu_children_of(pid: int) -> list[int]:
 
 def test_hung_device_is_killed_and_reported(tmp_path, shard):
     slow = build_firmware("mps2-an385", RAM, required_arena_bytes(SIZES, BATCH, momentum=True))
-    cfg = LocalTraining(epochs=50, batch_size=BATCH, lr=0.05, momentum=0.9)   # ~3 G insns: seconds
+    cfg = LocalTraining(epochs=50, batch_size=BATCH, lr=0.05, momentum=0.9)  # ~3 G insns: seconds
     t0 = time.perf_counter()
     with pytest.raises(FirmwareFault) as info:
         run(train_once(slow, tmp_path, shard, cfg, timeout=0.3))
@@ -303,7 +331,8 @@ def test_qemu_dies_with_its_host_process(tmp_path, m4):
         "    await dev.start()\n"
         "    print(dev.pid, flush=True)\n"
         "    os._exit(0)\n"
-        "asyncio.run(main())\n")
+        "asyncio.run(main())\n"
+    )
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
     pid = int(out.stdout.split()[0])
     for _ in range(100):
@@ -319,6 +348,7 @@ def test_qemu_dies_with_its_host_process(tmp_path, m4):
 
 # ---------------------------------------------------------------------------------- (g) other cores
 
+
 def test_m3_and_m7_train_and_count_instructions(tmp_path, shard, m4, arena):
     cfg = LocalTraining(epochs=1, batch_size=BATCH, lr=0.05)
     results = {}
@@ -327,16 +357,16 @@ def test_m3_and_m7_train_and_count_instructions(tmp_path, shard, m4, arena):
         results[board], dev = run(train_once(image, tmp_path / board, shard, cfg))
         assert dev.banner["board"] == board
     m3, m4r, m7 = results["mps2-an385"], results["mps2-an386"], results["mps2-an500"]
-    for r in (m3, m7):   # IEEE float32 everywhere (soft-float too), same order of operations
+    for r in (m3, m7):  # IEEE float32 everywhere (soft-float too), same order of operations
         np.testing.assert_array_equal(r.params, m4r.params)
         assert r.steps == 18 and r.insns > 0
-    assert m3.insns > 5 * m4r.insns          # soft-float on the M3
+    assert m3.insns > 5 * m4r.insns  # soft-float on the M3
     assert 0.5 * m4r.insns < m7.insns < 2 * m4r.insns
 
 
 # ---------------------------------------------------------------------------------- (h) weights over the UART
 
-HEAD_SIZES, HEAD_RELU = [256, 2], [False]     # TinyFedTL's head: 514 float32 = 2056 B
+HEAD_SIZES, HEAD_RELU = [256, 2], [False]  # TinyFedTL's head: 514 float32 = 2056 B
 HEAD_CFG = LocalTraining(epochs=1, batch_size=1, lr=0.01)
 
 
@@ -359,13 +389,16 @@ def _all_byte_values(n: int, seed: int) -> bytes:
 
 async def _train_both(make_dev, tmp_path: Path, x, y, p0, sizes, relu, cfg):
     """The same round with transport="files" and "uart", each on a fresh device and workdir."""
+
     async def one(transport: str):
         async with make_dev(tmp_path / transport) as dev:
             await dev.write_data(x, y)
-            r = await dev.train(p0, sizes, relu, cfg, batch_order(SEED, ROUND, DEVICE, len(y), cfg.epochs),
-                                transport=transport)
+            r = await dev.train(
+                p0, sizes, relu, cfg, batch_order(SEED, ROUND, DEVICE, len(y), cfg.epochs), transport=transport
+            )
             assert await dev.stop() == 0
         return r
+
     return await asyncio.gather(one("files"), one("uart"))
 
 
@@ -384,8 +417,9 @@ def test_train_over_uart_equals_files_on_m4(tmp_path, shard, head_shard, m4):
     _check_uart_equals_files(files, uart, N_PARAMS, len(y), 2)
     hx, hy, hp = head_shard
     head = build_firmware("mps2-an386", RAM, required_arena_bytes(HEAD_SIZES, 1))
-    files, uart = run(_train_both(lambda d: QemuDevice(head, d), tmp_path / "head", hx, hy, hp, HEAD_SIZES,
-                                  HEAD_RELU, HEAD_CFG))
+    files, uart = run(
+        _train_both(lambda d: QemuDevice(head, d), tmp_path / "head", hx, hy, hp, HEAD_SIZES, HEAD_RELU, HEAD_CFG)
+    )
     _check_uart_equals_files(files, uart, 514, len(hy), 1)
     assert uart.steps == 32 and uart.uart_bytes_out == 2056 and uart.uart_bytes_in == 2056 + 44 + 4 * 32
 
@@ -397,7 +431,7 @@ async def _binary_roundtrip(dev, workdir: Path) -> None:
     up = await dev.upload_round(payload)
     assert up.nbytes == 65536 and (workdir / "round.bin").read_bytes() == payload
     with pytest.raises(FirmwareError, match="update.bin"):
-        await dev.download_update()                       # no update.bin yet
+        await dev.download_update()  # no update.bin yet
     out = _all_byte_values(4096, 12)
     (workdir / "update.bin").write_bytes(out)
     raw, down = await dev.download_update()
@@ -405,7 +439,7 @@ async def _binary_roundtrip(dev, workdir: Path) -> None:
     with pytest.raises(FirmwareError, match="usage: W"):
         await dev.command("W x")
     assert (await dev.upload_round(b"")).nbytes == 0 and (workdir / "round.bin").read_bytes() == b""
-    assert (await dev.download_update())[0] == out       # the line after a payload is still a command
+    assert (await dev.download_update())[0] == out  # the line after a payload is still a command
     assert await dev.stop(0) == 0
 
 
@@ -413,6 +447,7 @@ def test_64k_binary_transfer_over_uart_on_m4(tmp_path, m4):
     async def scenario():
         async with QemuDevice(m4, tmp_path) as dev:
             await _binary_roundtrip(dev, tmp_path)
+
     run(scenario())
 
 
@@ -422,6 +457,7 @@ def test_host_executable_moves_bytes_and_trains_over_stdio(tmp_path, shard, aren
     async def scenario():
         async with HostDevice(client, tmp_path / "bytes") as dev:
             await _binary_roundtrip(dev, tmp_path / "bytes")
+
     run(scenario())
     x, y, p0 = shard
     files, uart = run(_train_both(lambda d: HostDevice(client, d), tmp_path, x, y, p0, SIZES, RELU, CFG))
@@ -429,7 +465,7 @@ def test_host_executable_moves_bytes_and_trains_over_stdio(tmp_path, shard, aren
 
 
 def test_serial_seconds_models_an_8n1_uart():
-    assert serial_seconds(2056, 9600) == pytest.approx(2.141667, rel=1e-6)   # 514 float32 at 9600 baud
+    assert serial_seconds(2056, 9600) == pytest.approx(2.141667, rel=1e-6)  # 514 float32 at 9600 baud
     assert serial_seconds(960, 9600) == 1.0 and serial_seconds(1000, 115200, bits_per_byte=8) == 8000 / 115200
     with pytest.raises(ValueError):
         serial_seconds(1, 0)

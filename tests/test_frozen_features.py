@@ -17,21 +17,33 @@ from tinytwin.errors import DataError
 # --------------------------------------------------------------------------- helpers
 
 
-def _write_keras_h5(path: Path, layers: list[tuple[str, str, dict, list[str], dict[str, np.ndarray]]],
-                    output: str) -> Path:
+def _write_keras_h5(
+    path: Path, layers: list[tuple[str, str, dict, list[str], dict[str, np.ndarray]]], output: str
+) -> Path:
     """A minimal Keras 2 functional-model HDF5 file: (class, name, config, inbound, weights) per layer."""
     cfg_layers = []
     with h5py.File(path, "w") as fh:
         mw = fh.create_group("model_weights")
         for kind, name, cfg, inbound, weights in layers:
-            cfg_layers.append({"class_name": kind, "config": {"name": name, **cfg},
-                               "inbound_nodes": [[[n, 0, 0, {}] for n in inbound]] if inbound else []})
+            cfg_layers.append(
+                {
+                    "class_name": kind,
+                    "config": {"name": name, **cfg},
+                    "inbound_nodes": [[[n, 0, 0, {}] for n in inbound]] if inbound else [],
+                }
+            )
             g = mw.create_group(f"{name}/{name}")
             for key, arr in weights.items():
                 g.create_dataset(f"{key}:0", data=arr.astype(np.float32))
-        config = {"class_name": "Functional", "config": {
-            "name": "model", "layers": cfg_layers, "input_layers": [[layers[0][1], 0, 0]],
-            "output_layers": [[output, 0, 0]]}}
+        config = {
+            "class_name": "Functional",
+            "config": {
+                "name": "model",
+                "layers": cfg_layers,
+                "input_layers": [[layers[0][1], 0, 0]],
+                "output_layers": [[output, 0, 0]],
+            },
+        }
         fh.attrs["model_config"] = json.dumps(config)
     return path
 
@@ -53,7 +65,7 @@ def _conv_ref(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, s: int) -> np
     out = np.zeros((x.shape[0], oh, ow, kernel.shape[3]))
     for i in range(oh):
         for j in range(ow):
-            patch = xp[:, i * s:i * s + kh, j * s:j * s + kh, :]
+            patch = xp[:, i * s : i * s + kh, j * s : j * s + kh, :]
             out[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, kernel)
     return out + bias
 
@@ -66,7 +78,7 @@ def _depthwise_ref(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, s: int) 
     out = np.zeros((x.shape[0], oh, ow, cin * dm))
     for i in range(oh):
         for j in range(ow):
-            patch = xp[:, i * s:i * s + kh, j * s:j * s + kh, :]
+            patch = xp[:, i * s : i * s + kh, j * s : j * s + kh, :]
             for c in range(cin):
                 for m in range(dm):
                     out[:, i, j, c * dm + m] = np.einsum("nhw,hw->n", patch[..., c], kernel[:, :, c, m])
@@ -76,16 +88,19 @@ def _depthwise_ref(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, s: int) 
 # --------------------------------------------------------------------------- the interpreter
 
 
-@pytest.mark.parametrize("size,kernel,stride,dilation,expected", [
-    (96, 3, 2, 1, (0, 1)),   # the VWW stem: TF pads only after, PyTorch's padding=1 would shift the grid
-    (32, 3, 2, 1, (0, 1)),   # ResNet-8's strided 3x3
-    (32, 1, 2, 1, (0, 0)),   # 1x1 shortcut
-    (32, 3, 1, 1, (1, 1)),
-    (7, 3, 2, 1, (1, 1)),
-    (4, 2, 1, 1, (0, 1)),    # even kernel: the extra pixel goes after
-    (10, 3, 1, 2, (2, 2)),   # dilation 2: effective kernel 5
-    (5, 7, 3, 1, (2, 3)),
-])
+@pytest.mark.parametrize(
+    "size,kernel,stride,dilation,expected",
+    [
+        (96, 3, 2, 1, (0, 1)),  # the VWW stem: TF pads only after, PyTorch's padding=1 would shift the grid
+        (32, 3, 2, 1, (0, 1)),  # ResNet-8's strided 3x3
+        (32, 1, 2, 1, (0, 0)),  # 1x1 shortcut
+        (32, 3, 1, 1, (1, 1)),
+        (7, 3, 2, 1, (1, 1)),
+        (4, 2, 1, 1, (0, 1)),  # even kernel: the extra pixel goes after
+        (10, 3, 1, 2, (2, 2)),  # dilation 2: effective kernel 5
+        (5, 7, 3, 1, (2, 3)),
+    ],
+)
 def test_same_padding_is_tensorflows(size, kernel, stride, dilation, expected):
     assert ff.same_padding(size, kernel, stride, dilation) == expected
     before, after = expected
@@ -95,16 +110,31 @@ def test_same_padding_is_tensorflows(size, kernel, stride, dilation, expected):
 
 def test_depthwise_matches_tensorflow_documentation_example(tmp_path):
     # tf.nn.depthwise_conv2d's docstring: x (1, 3, 2, 1), kernel [[1, 2], [3, 4]] as (2, 1, 1, 2), VALID.
-    x = np.array([[1., 2.], [3., 4.], [5., 6.]], np.float32).reshape(1, 3, 2, 1)
-    kernel = np.array([[1., 2.], [3., 4.]], np.float32).reshape(2, 1, 1, 2)
-    path = _write_keras_h5(tmp_path / "dw.h5", [
-        ("InputLayer", "in", {}, [], {}),
-        ("DepthwiseConv2D", "dw", {"kernel_size": [2, 1], "strides": [1, 1], "padding": "valid",
-                                   "depth_multiplier": 2, "use_bias": False, "activation": "linear"}, ["in"],
-         {"depthwise_kernel": kernel}),
-    ], "dw")
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32).reshape(1, 3, 2, 1)
+    kernel = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32).reshape(2, 1, 1, 2)
+    path = _write_keras_h5(
+        tmp_path / "dw.h5",
+        [
+            ("InputLayer", "in", {}, [], {}),
+            (
+                "DepthwiseConv2D",
+                "dw",
+                {
+                    "kernel_size": [2, 1],
+                    "strides": [1, 1],
+                    "padding": "valid",
+                    "depth_multiplier": 2,
+                    "use_bias": False,
+                    "activation": "linear",
+                },
+                ["in"],
+                {"depthwise_kernel": kernel},
+            ),
+        ],
+        "dw",
+    )
     out = ff.KerasModel(path)(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(out, [[[[10., 14.], [14., 20.]], [[18., 26.], [22., 32.]]]])
+    np.testing.assert_array_equal(out, [[[[10.0, 14.0], [14.0, 20.0]], [[18.0, 26.0], [22.0, 32.0]]]])
 
 
 def test_graph_with_branches_matches_a_numpy_reference(tmp_path):
@@ -118,20 +148,34 @@ def test_graph_with_branches_matches_a_numpy_reference(tmp_path):
         "fc": {"kernel": r(8, 3), "bias": r(3)},
     }
     conv = {"padding": "same", "activation": "linear", "use_bias": True}
-    path = _write_keras_h5(tmp_path / "net.h5", [
-        ("InputLayer", "in", {}, [], {}),
-        ("DepthwiseConv2D", "dw", {"kernel_size": [3, 3], "strides": [2, 2], "depth_multiplier": 2, **conv},
-         ["in"], w["dw"]),
-        ("Conv2D", "pw", {"kernel_size": [1, 1], "strides": [1, 1], **conv}, ["dw"], w["pw"]),
-        ("Conv2D", "short", {"kernel_size": [3, 3], "strides": [2, 2], **conv, "activation": "relu"}, ["in"],
-         w["short"]),
-        ("Add", "add", {}, ["pw", "short"], {}),
-        ("BatchNormalization", "bn", {"axis": [3], "epsilon": 0.001}, ["add"], w["bn"]),
-        ("Activation", "relu", {"activation": "relu"}, ["bn"], {}),
-        ("AveragePooling2D", "pool", {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}, ["relu"], {}),
-        ("Flatten", "flat", {}, ["pool"], {}),
-        ("Dense", "fc", {"units": 3, "activation": "softmax", "use_bias": True}, ["flat"], w["fc"]),
-    ], "fc")
+    path = _write_keras_h5(
+        tmp_path / "net.h5",
+        [
+            ("InputLayer", "in", {}, [], {}),
+            (
+                "DepthwiseConv2D",
+                "dw",
+                {"kernel_size": [3, 3], "strides": [2, 2], "depth_multiplier": 2, **conv},
+                ["in"],
+                w["dw"],
+            ),
+            ("Conv2D", "pw", {"kernel_size": [1, 1], "strides": [1, 1], **conv}, ["dw"], w["pw"]),
+            (
+                "Conv2D",
+                "short",
+                {"kernel_size": [3, 3], "strides": [2, 2], **conv, "activation": "relu"},
+                ["in"],
+                w["short"],
+            ),
+            ("Add", "add", {}, ["pw", "short"], {}),
+            ("BatchNormalization", "bn", {"axis": [3], "epsilon": 0.001}, ["add"], w["bn"]),
+            ("Activation", "relu", {"activation": "relu"}, ["bn"], {}),
+            ("AveragePooling2D", "pool", {"pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}, ["relu"], {}),
+            ("Flatten", "flat", {}, ["pool"], {}),
+            ("Dense", "fc", {"units": 3, "activation": "softmax", "use_bias": True}, ["flat"], w["fc"]),
+        ],
+        "fc",
+    )
     x = rng.uniform(0, 1, (5, 7, 6, 3))  # odd, non-square: asymmetric "same" padding on both axes
 
     dw = _depthwise_ref(x, w["dw"]["depthwise_kernel"], w["dw"]["bias"], 2)
@@ -152,8 +196,9 @@ def test_graph_with_branches_matches_a_numpy_reference(tmp_path):
 
 
 def test_unsupported_layer_and_unknown_output_are_data_errors(tmp_path):
-    path = _write_keras_h5(tmp_path / "lstm.h5", [("InputLayer", "in", {}, [], {}),
-                                                  ("LSTM", "lstm", {"units": 4}, ["in"], {})], "lstm")
+    path = _write_keras_h5(
+        tmp_path / "lstm.h5", [("InputLayer", "in", {}, [], {}), ("LSTM", "lstm", {"units": 4}, ["in"], {})], "lstm"
+    )
     model = ff.KerasModel(path)
     with pytest.raises(DataError, match="unsupported layer LSTM"):
         model(torch.zeros(1, 3, 4, 4))
@@ -188,7 +233,7 @@ def test_resnet8_rebuild_reaches_the_published_accuracy(shared_data):
     model = ff.KerasModel(shared_data / "pretrainedResnet.h5")
     x, y = ds.x_test[::5], ds.y_test[::5]
     assert np.bincount(y).tolist() == [200] * 10
-    probs = torch.cat([model(torch.from_numpy(x[i:i + 500] * 255.0)) for i in range(0, len(x), 500)]).numpy()
+    probs = torch.cat([model(torch.from_numpy(x[i : i + 500] * 255.0)) for i in range(0, len(x), 500)]).numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert abs((probs.argmax(1) == y).mean() - 0.755) < 0.03
 
@@ -213,8 +258,9 @@ def test_cached_features_match_a_fresh_extraction(shared_data):
 
     cifar = load_dataset("cifar10", shared_data)
     vww = shared_data / ff.VWW_FILE
-    f_tr, y_tr, _, _ = ff.cat_features(cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, vww,
-                                       _user_cache_dir(), standardized=False)
+    f_tr, y_tr, _, _ = ff.cat_features(
+        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, vww, _user_cache_dir(), standardized=False
+    )
     idx = ff._balanced_cat_subset(cifar.y_train, seed=0)
     assert (y_tr == (cifar.y_train[idx] == ff.CAT_CLASS)).all()
     pick = [0, 1, 4999, 9999]

@@ -30,7 +30,7 @@ def test_payload_encodes_and_decodes_exactly_and_its_size_is_counted():
         key = b"k" * 32
         frame = Frame(MsgType.SEGMENT, 3, 4, 7, "bitmap", 1, 99, payload)
         wire = encode_frame(frame, key)
-        assert len(wire) == frame_size(len(payload))                    # the bytes the simulator counts
+        assert len(wire) == frame_size(len(payload))  # the bytes the simulator counts
         assert decode_frame(wire, lambda s: key).payload == payload
 
 
@@ -40,12 +40,15 @@ def test_merge_equals_the_formula_on_a_hand_made_example():
     s1 = (0.8, np.array([10.0, 20.0, 0, 0, 0]), np.array([1, 1, 0, 0, 0], dtype=bool))
     s2 = (0.4, np.array([0, 6.0, 7.0, 0, 0]), np.array([0, 1, 1, 0, 0], dtype=bool))
     s3 = (0.2, np.array([5.0, 0, 9.0, 0, 0]), np.array([1, 0, 1, 0, 0], dtype=bool))
-    expected = np.array([
-        (0.8 * 10 + 0.2 * 5 + 0.5 * 1) / (0.8 + 0.2 + 0.5),          # j=0: senders 1 and 3
-        (0.8 * 20 + 0.4 * 6 + 0.5 * 2) / (0.8 + 0.4 + 0.5),          # j=1: senders 1 and 2
-        (0.4 * 7 + 0.2 * 9 + 0.5 * 3) / (0.4 + 0.2 + 0.5),           # j=2: senders 2 and 3
-        4.0, 5.0,                                                    # nobody sent: unchanged
-    ])
+    expected = np.array(
+        [
+            (0.8 * 10 + 0.2 * 5 + 0.5 * 1) / (0.8 + 0.2 + 0.5),  # j=0: senders 1 and 3
+            (0.8 * 20 + 0.4 * 6 + 0.5 * 2) / (0.8 + 0.4 + 0.5),  # j=1: senders 1 and 2
+            (0.4 * 7 + 0.2 * 9 + 0.5 * 3) / (0.4 + 0.2 + 0.5),  # j=2: senders 2 and 3
+            4.0,
+            5.0,  # nobody sent: unchanged
+        ]
+    )
     vanilla = np.array([(10 + 5 + 1) / 3, (20 + 6 + 2) / 3, (7 + 9 + 3) / 3, 4.0, 5.0])
     segs = [s1, s2, s3]
     assert np.allclose(G.merge_reference(own, 0.5, segs), expected)
@@ -61,11 +64,12 @@ def test_merge_equals_the_formula_on_a_hand_made_example():
         wts.append(torch.full((i.numel(),), acc, dtype=torch.float64))
     r, phi = G.accumulate(1, 5, torch.cat(rows), torch.cat(idx), torch.cat(vals), torch.cat(wts), dtype=torch.float64)
     got = G.merge(torch.from_numpy(own)[None], torch.tensor([0.5], dtype=torch.float64), r, phi)[0]
-    assert np.allclose(got.numpy(), expected, atol=1e-6)               # float32 accuracies on the wire
+    assert np.allclose(got.numpy(), expected, atol=1e-6)  # float32 accuracies on the wire
     ones = torch.cat(wts).clone().fill_(1.0)
     r1, phi1 = G.accumulate(1, 5, torch.cat(rows), torch.cat(idx), torch.cat(vals), ones, dtype=torch.float64)
-    assert np.allclose(G.merge(torch.from_numpy(own)[None], torch.ones(1, dtype=torch.float64), r1, phi1)[0].numpy(),
-                       vanilla)
+    assert np.allclose(
+        G.merge(torch.from_numpy(own)[None], torch.ones(1, dtype=torch.float64), r1, phi1)[0].numpy(), vanilla
+    )
     # all weights zero: the local value is kept (the authors' fallback)
     z = G.merge(torch.from_numpy(own)[None], torch.zeros(1, dtype=torch.float64), r * 0, phi * 0)[0]
     assert np.array_equal(z.numpy(), own)
@@ -77,8 +81,8 @@ def test_bands_are_equal_count_magnitude_bands_covering_every_parameter():
     bounds = G.band_bounds(10, 3)
     assert bounds.tolist() == [0, 4, 7, 10]
     bands = [G.segment(order[0], bounds, b).tolist() for b in range(3)]
-    assert sorted(sum(bands, [])) == list(range(10))                    # a partition of all parameters
-    assert bands == [[2, 4, 6, 8], [0, 5, 9], [1, 3, 7]]                # |w| low .. high
+    assert sorted(sum(bands, [])) == list(range(10))  # a partition of all parameters
+    assert bands == [[2, 4, 6, 8], [0, 5, 9], [1, 3, 7]]  # |w| low .. high
     imp = G.band_importance(w, order, bounds)[0]
     assert torch.allclose(imp, torch.tensor([(0.1 + 0.2 + 0 + 0.3) / 4, (0.5 + 1.0 + 0.7) / 3, (3 + 2 + 4) / 3]))
 
@@ -96,8 +100,10 @@ def test_band_choice_prefers_important_bands_but_sends_every_band():
 
 
 def test_gist_engine_sends_importance_segments_and_merges_on_the_threshold(tmp_path):
-    raw = spec_dict(topology={"kind": "full"}, algorithm={"name": "gist", "batch_size": 32,
-                                                          "gist": {"segments": 4, "sends": 3, "min_received": 3}})
+    raw = spec_dict(
+        topology={"kind": "full"},
+        algorithm={"name": "gist", "batch_size": 32, "gist": {"segments": 4, "sends": 3, "min_received": 3}},
+    )
     sim, st = engine(tmp_path, raw)
     st.params = torch.randn_like(st.params)
     ids = np.arange(sim.n)
@@ -117,17 +123,29 @@ def test_gist_engine_sends_importance_segments_and_merges_on_the_threshold(tmp_p
     for d in range(sim.n):
         buffered = len(st.proto["buffer"][d])
         if counts[d] >= 3:
-            assert buffered == 0 and not torch.equal(st.params[d], before[d])      # merged and cleared
+            assert buffered == 0 and not torch.equal(st.params[d], before[d])  # merged and cleared
         else:
             assert buffered == counts[d] and torch.equal(st.params[d], before[d])  # still waiting
 
 
-@pytest.mark.parametrize("variant", [
-    {"merge": "vanilla"}, {"segmentation": "random", "selection": "uniform", "merge": "vanilla"},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"merge": "vanilla"},
+        {"segmentation": "random", "selection": "uniform", "merge": "vanilla"},
+    ],
+)
 def test_gist_variants_run(tmp_path, variant):
-    raw = spec_dict(rounds=3, algorithm={"name": "gist", "batch_size": 16, "lr": 0.3, "local_epochs": 2,
-                                         "gist": {"sends": 4, "min_received": 2, **variant}})
+    raw = spec_dict(
+        rounds=3,
+        algorithm={
+            "name": "gist",
+            "batch_size": 16,
+            "lr": 0.3,
+            "local_epochs": 2,
+            "gist": {"sends": 4, "min_received": 2, **variant},
+        },
+    )
     sim, st, store, run_id = run_engine(tmp_path, raw)
     rm = round_metrics(store, run_id)
     assert rm[-1]["acc_mean"] > rm[0]["acc_mean"] and rm[-1]["acc_mean"] > 0.4

@@ -8,23 +8,47 @@ import torch
 
 from dfl_util import run_engine, spec_dict
 from tinytwin.algorithms import hierarchical as H
-from tinytwin.spec.load import validate_spec
 from tinytwin.errors import SpecError
+from tinytwin.spec.load import validate_spec
 from tinytwin.store.dfl import ledger, round_metrics
 
-COLUMNS = ("round", "sim_time_s", "duration_s", "train_loss", "test_accuracy", "test_loss", "bytes_up", "bytes_down",
-           "energy_j", "completed")
+COLUMNS = (
+    "round",
+    "sim_time_s",
+    "duration_s",
+    "train_loss",
+    "test_accuracy",
+    "test_loss",
+    "bytes_up",
+    "bytes_down",
+    "energy_j",
+    "completed",
+)
 
 
 def test_one_cluster_one_local_round_equals_fedavg_on_the_same_seed(tmp_path):
-    common = dict(rounds=4, partition={"method": "dirichlet", "alpha": 0.5}, topology={"kind": "full"},
-                  fleet={"groups": [{"profile": "esp32-s3", "count": 6, "link": "wifi"},
-                                    {"profile": "nrf52840", "count": 4, "link": "ble"}]})
+    common = dict(
+        rounds=4,
+        partition={"method": "dirichlet", "alpha": 0.5},
+        topology={"kind": "full"},
+        fleet={
+            "groups": [
+                {"profile": "esp32-s3", "count": 6, "link": "wifi"},
+                {"profile": "nrf52840", "count": 4, "link": "ble"},
+            ]
+        },
+    )
     train = {"local_epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.5}
     _, fa, fstore, fid = run_engine(tmp_path, spec_dict(**common, algorithm={"name": "fedavg", **train}), "fedavg")
-    _, hi, hstore, hid = run_engine(tmp_path, spec_dict(**common, algorithm={
-        "name": "hierarchical", **train, "hierarchical": {"num_clusters": 1, "local_rounds": 1}}), "hier")
-    assert torch.equal(fa.global_params, hi.global_params)                       # bit for bit
+    _, hi, hstore, hid = run_engine(
+        tmp_path,
+        spec_dict(
+            **common,
+            algorithm={"name": "hierarchical", **train, "hierarchical": {"num_clusters": 1, "local_rounds": 1}},
+        ),
+        "hier",
+    )
+    assert torch.equal(fa.global_params, hi.global_params)  # bit for bit
     a = [{k: r[k] for k in COLUMNS} for r in fstore.rounds(fid)]
     b = [{k: r[k] for k in COLUMNS} for r in hstore.rounds(hid)]
     assert a == b
@@ -51,24 +75,36 @@ def test_round_cost_ledger_and_change_cost_formulas():
     m = 0.5  # MB
     # C_round = (10 + 20)*M + L*(1 + 1 + 3 + 1)*M with L = 3
     assert np.isclose(H.round_cost(assign, cc, ac, m, 3), 30 * m + 3 * 6 * m)
-    assert np.isclose(H.round_cost(assign, cc, ac, m, 0), 30 * m + 6 * m)              # L = 0 counts as 1
+    assert np.isclose(H.round_cost(assign, cc, ac, m, 0), 30 * m + 6 * m)  # L = 0 counts as 1
     rows = H.round_ledger(assign, cc, ac, m, 3)
     assert [r["level"] for r in rows] == ["client-la"] * 4 + ["la-ga"] * 2
     assert rows[2]["dst"] == "la 1" and np.isclose(rows[2]["cost"], 3 * 3.0 * m)
     flat = H.round_ledger(np.zeros(4, dtype=int), cc[:, :1], ac[:1], m, 1)
-    assert [r["level"] for r in flat] == ["client-ga"] * 4                          # flat FL: no LA term
+    assert [r["level"] for r in flat] == ["client-ga"] * 4  # flat FL: no LA term
     new = np.array([0, 0, 1, 0])
-    assert np.isclose(H.change_cost(assign, new, cc, m), 2.0 / 2 * m)               # only client 1 moved
+    assert np.isclose(H.change_cost(assign, new, cc, m), 2.0 / 2 * m)  # only client 1 moved
     assert np.isclose(H.change_cost(None, new, cc, m), (1 + 2 + 3 + 1) / 2 * m)
 
 
 def test_hierarchical_run_clusters_by_cost_and_keeps_the_ledger(tmp_path):
     n, k = 6, 2
     cc = [[1.0, 9.0], [9.0, 1.0], [1.0, 9.0], [9.0, 1.0], [1.0, 9.0], [9.0, 1.0]]
-    raw = spec_dict(rounds=3, fleet={"groups": [{"profile": "esp32-s3", "count": n, "link": "wifi"}]},
-                    algorithm={"name": "hierarchical", "batch_size": 16, "lr": 0.2,
-                               "hierarchical": {"num_clusters": k, "local_rounds": 2, "assignment": "min_comm_cost",
-                                                "client_costs": cc, "aggregator_costs": [5.0, 7.0]}})
+    raw = spec_dict(
+        rounds=3,
+        fleet={"groups": [{"profile": "esp32-s3", "count": n, "link": "wifi"}]},
+        algorithm={
+            "name": "hierarchical",
+            "batch_size": 16,
+            "lr": 0.2,
+            "hierarchical": {
+                "num_clusters": k,
+                "local_rounds": 2,
+                "assignment": "min_comm_cost",
+                "client_costs": cc,
+                "aggregator_costs": [5.0, 7.0],
+            },
+        },
+    )
     sim, st, store, run_id = run_engine(tmp_path, raw)
     summary = sim.summary(st, 0.0)
     assert summary["clusters"] == [[0, 2, 4], [1, 3, 5]]
@@ -87,13 +123,16 @@ def test_hierarchical_run_clusters_by_cost_and_keeps_the_ledger(tmp_path):
     assert all(len(v) == 3 and v[0]["bytes_up"] >= 2 * sim.up_bytes for v in per_device.values())
 
 
-@pytest.mark.parametrize("change,expected", [
-    ({"assignment": "given"}, "algorithm.hierarchical.clusters: assignment 'given' needs"),
-    ({"assignment": "given", "clusters": [[0, 1, 2], [2, 3, 4, 5, 6, 7]]}, "device 2 is in two clusters"),
-    ({"num_clusters": 2, "client_costs": [[1.0, 2.0]] * 7}, "must be 8 rows"),
-    ({"num_clusters": 2, "aggregator_costs": [1.0]}, "must list 2 costs"),
-    ({"num_clusters": 9}, "9 clusters for 8 devices"),
-])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"assignment": "given"}, "algorithm.hierarchical.clusters: assignment 'given' needs"),
+        ({"assignment": "given", "clusters": [[0, 1, 2], [2, 3, 4, 5, 6, 7]]}, "device 2 is in two clusters"),
+        ({"num_clusters": 2, "client_costs": [[1.0, 2.0]] * 7}, "must be 8 rows"),
+        ({"num_clusters": 2, "aggregator_costs": [1.0]}, "must list 2 costs"),
+        ({"num_clusters": 9}, "9 clusters for 8 devices"),
+    ],
+)
 def test_bad_hierarchical_specs_name_the_key(change, expected):
     with pytest.raises(SpecError, match=expected.replace("(", r"\(")):
         validate_spec(spec_dict(algorithm={"name": "hierarchical", "hierarchical": change}))

@@ -19,15 +19,15 @@ def test_adastair_lowers_the_rate_exactly_at_the_stair_rounds():
         changed = s.on_round_end(ids, np.full(ids.size, r), np.ones(ids.size))
         history.append((r, s.lr[0], bool(changed[0])))
     drops = [r for r, _, c in history if c]
-    assert drops == [40, 65, 75]                                  # device 0: T = 100
+    assert drops == [40, 65, 75]  # device 0: T = 100
     lr0 = {r: lr for r, lr, _ in history}
     assert lr0[39] == 0.1 and lr0[40] == 0.1 / 8 and lr0[64] == 0.1 / 8 and lr0[65] == 0.1 / 64
     assert lr0[75] == 0.1 / 512 and lr0[100] == 0.1 / 512
-    assert np.isclose(s.lr[1], 0.1 / 512)                         # device 1: T = 20 -> stairs 8, 13, 15
+    assert np.isclose(s.lr[1], 0.1 / 512)  # device 1: T = 20 -> stairs 8, 13, 15
     floor = LRSchedule("adastair", 1e-4, np.array([10]))
     for r in range(1, 11):
         floor.on_round_end(np.array([0]), np.array([r]), np.array([1.0]))
-    assert floor.lr[0] == 1e-5                                    # never below min_lr
+    assert floor.lr[0] == 1e-5  # never below min_lr
 
 
 def test_adaloss_halves_the_rate_after_patience_rounds_without_improvement():
@@ -47,13 +47,15 @@ def test_adaloss_halves_the_rate_after_patience_rounds_without_improvement():
 def test_both_applies_the_stairs_then_the_loss_rule():
     s = LRSchedule("both", 0.8, np.array([10]))
     for r in range(1, 11):
-        s.on_round_end(np.array([0]), np.array([r]), np.array([1.0 + r]))   # loss keeps rising
-    stairs_only = 0.8 / 8 ** 3
-    assert s.lr[0] < stairs_only                                  # AdaLoss halved on top of the stairs
+        s.on_round_end(np.array([0]), np.array([r]), np.array([1.0 + r]))  # loss keeps rising
+    stairs_only = 0.8 / 8**3
+    assert s.lr[0] < stairs_only  # AdaLoss halved on top of the stairs
 
 
 def test_engine_applies_adastair_per_device_round_and_records_it(tmp_path):
-    raw = spec_dict(rounds=10, algorithm={"name": "gossip", "batch_size": 64, "lr": 0.4, "lr_schedule": {"name": "adastair"}})
+    raw = spec_dict(
+        rounds=10, algorithm={"name": "gossip", "batch_size": 64, "lr": 0.4, "lr_schedule": {"name": "adastair"}}
+    )
     sim, st, store, run_id = run_engine(tmp_path, raw)
     by_round = {}
     for row in device_metrics(store, run_id):

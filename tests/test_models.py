@@ -57,8 +57,7 @@ def test_flops_of_mlp_by_hand():
 
 def test_training_memory_components():
     layers = make_model("mlp", (1, 8, 8), 10, hidden=(32,)).layers
-    mem = training_memory(layers, 8, optimizer="sgd", momentum=0.9, prox_mu=0.01,
-                          receive_bytes=100, send_bytes=50)
+    mem = training_memory(layers, 8, optimizer="sgd", momentum=0.9, prox_mu=0.01, receive_bytes=100, send_bytes=50)
     p = 2410
     assert mem.weights == mem.gradients == 4 * p
     assert mem.optimizer_state == 4 * 2 * p  # momentum + FedProx anchor

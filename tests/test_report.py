@@ -24,58 +24,130 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPEC = "name: quickstart\nnote: a<b & c\nrounds: 6\n"
 
 
-def make_run(run_dir: Path, *, name: str = "quickstart", twin: str = "simulate", rounds_done: int = 6,
-             rounds_planned: int = 6, finish: bool = True, num_devices: int = 8, num_classes: int = 10,
-             seed: int = 0) -> dict[str, Any]:
+def make_run(
+    run_dir: Path,
+    *,
+    name: str = "quickstart",
+    twin: str = "simulate",
+    rounds_done: int = 6,
+    rounds_planned: int = 6,
+    finish: bool = True,
+    num_devices: int = 8,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write a small run into ``run_dir/results.db``; return what a test needs to check against."""
     run_dir.mkdir(parents=True, exist_ok=True)
     store = RunStore(run_dir / "results.db")
     run_id = f"{name}-{twin}-{seed}"
     store.create_run(run_id, name, twin, seed, SPEC, rounds_planned, "0.1.0")
     groups = ["nrf52840", "esp32s3"]
-    store.add_devices(run_id, [
-        {"device": d, "group": groups[d % 2], "profile": groups[d % 2], "link": "ble" if d % 2 == 0 else "wifi",
-         "num_samples": 60 + d, "class_hist": [(d * 7 + c * 3) % 13 for c in range(num_classes)]}
-        for d in range(num_devices)
-    ])
+    store.add_devices(
+        run_id,
+        [
+            {
+                "device": d,
+                "group": groups[d % 2],
+                "profile": groups[d % 2],
+                "link": "ble" if d % 2 == 0 else "wifi",
+                "num_samples": 60 + d,
+                "class_hist": [(d * 7 + c * 3) % 13 for c in range(num_classes)],
+            }
+            for d in range(num_devices)
+        ],
+    )
     sim_time, accuracies = 0.0, []
     for rnd in range(1, rounds_done + 1):
-        acc = None if rnd == 3 else 0.9 - 0.6 * 0.7 ** rnd - 0.02 * seed  # round 3 is not evaluated
+        acc = None if rnd == 3 else 0.9 - 0.6 * 0.7**rnd - 0.02 * seed  # round 3 is not evaluated
         accuracies.append(acc)
         duration = 40.0 + rnd
         sim_time += duration
         statuses = ["ok"] * (num_devices - 2) + ["straggler", "dropped"]
         dev_rows = [
-            {"round": rnd, "device": d, "status": statuses[d], "num_samples": 60 + d, "compute_s": 2.0 + d * 0.1,
-             "up_s": 0.5, "down_s": 0.4, "bytes_up": 4_000 + d, "bytes_down": 4_200, "packets_lost": d % 3,
-             "energy_j": 0.05 * (1 + d), "train_loss": 1.5 / rnd, "accuracy": acc}
+            {
+                "round": rnd,
+                "device": d,
+                "status": statuses[d],
+                "num_samples": 60 + d,
+                "compute_s": 2.0 + d * 0.1,
+                "up_s": 0.5,
+                "down_s": 0.4,
+                "bytes_up": 4_000 + d,
+                "bytes_down": 4_200,
+                "packets_lost": d % 3,
+                "energy_j": 0.05 * (1 + d),
+                "train_loss": 1.5 / rnd,
+                "accuracy": acc,
+            }
             for d in range(num_devices)
         ]
-        store.write_round(run_id, {
-            "round": rnd, "sim_time_s": sim_time, "duration_s": duration, "selected": num_devices,
-            "completed": num_devices - 2, "dropped": 1, "stragglers": 1, "train_loss": 1.5 / rnd,
-            "test_accuracy": acc, "test_loss": None if acc is None else 1.2 / rnd,
-            "bytes_up": sum(r["bytes_up"] for r in dev_rows), "bytes_down": sum(r["bytes_down"] for r in dev_rows),
-            "energy_j": sum(r["energy_j"] for r in dev_rows), "wall_time_s": 0.2,
-        }, dev_rows, [{"round": rnd, "sim_time_s": sim_time, "device": num_devices - 1, "kind": "dropout",
-                       "detail": "battery <5% & link down"}], None)
-    store.add_events(run_id, [{"round": rounds_done, "sim_time_s": sim_time, "device": None, "kind": "note",
-                               "detail": "end"}])
+        store.write_round(
+            run_id,
+            {
+                "round": rnd,
+                "sim_time_s": sim_time,
+                "duration_s": duration,
+                "selected": num_devices,
+                "completed": num_devices - 2,
+                "dropped": 1,
+                "stragglers": 1,
+                "train_loss": 1.5 / rnd,
+                "test_accuracy": acc,
+                "test_loss": None if acc is None else 1.2 / rnd,
+                "bytes_up": sum(r["bytes_up"] for r in dev_rows),
+                "bytes_down": sum(r["bytes_down"] for r in dev_rows),
+                "energy_j": sum(r["energy_j"] for r in dev_rows),
+                "wall_time_s": 0.2,
+            },
+            dev_rows,
+            [
+                {
+                    "round": rnd,
+                    "sim_time_s": sim_time,
+                    "device": num_devices - 1,
+                    "kind": "dropout",
+                    "detail": "battery <5% & link down",
+                }
+            ],
+            None,
+        )
+    store.add_events(
+        run_id, [{"round": rounds_done, "sim_time_s": sim_time, "device": None, "kind": "note", "detail": "end"}]
+    )
     final = [a for a in accuracies if a is not None][-1]
     if finish:
-        store.finish_run(run_id, "complete", {
-            "final_accuracy": final, "best_accuracy": final, "rounds": rounds_done, "sim_time_s": sim_time,
-            "bytes_up": 123_456, "bytes_down": 234_567,
-            "energy_j_per_device": {"min": 0.3, "median": 1.2, "max": 2.4},
-            "memory_fits": True,
-            "memory": [{"group": "nrf52840", "profile": "nrf52840", "needed_bytes": 120_000,
-                        "available_bytes": 256_000, "flash_needed_bytes": 300_000,
-                        "flash_available_bytes": 1_000_000, "fits": True,
-                        "components": {"weights": 40_000, "activations": 60_000}}],
-            "wall_time_s": 1.7, "num_devices": num_devices, "algorithm": "fedavg", "dataset": "mnist",
-            "model": {"name": "lenet", "params": 61_706},
-            "custom_metric": {"nested": [1, 2, 3]},
-        })
+        store.finish_run(
+            run_id,
+            "complete",
+            {
+                "final_accuracy": final,
+                "best_accuracy": final,
+                "rounds": rounds_done,
+                "sim_time_s": sim_time,
+                "bytes_up": 123_456,
+                "bytes_down": 234_567,
+                "energy_j_per_device": {"min": 0.3, "median": 1.2, "max": 2.4},
+                "memory_fits": True,
+                "memory": [
+                    {
+                        "group": "nrf52840",
+                        "profile": "nrf52840",
+                        "needed_bytes": 120_000,
+                        "available_bytes": 256_000,
+                        "flash_needed_bytes": 300_000,
+                        "flash_available_bytes": 1_000_000,
+                        "fits": True,
+                        "components": {"weights": 40_000, "activations": 60_000},
+                    }
+                ],
+                "wall_time_s": 1.7,
+                "num_devices": num_devices,
+                "algorithm": "fedavg",
+                "dataset": "mnist",
+                "model": {"name": "lenet", "params": 61_706},
+                "custom_metric": {"nested": [1, 2, 3]},
+            },
+        )
     store.close()
     return {"run_id": run_id, "final_accuracy": final, "name": name}
 
@@ -111,8 +183,12 @@ def test_write_report_is_self_contained_and_matches_db(tmp_path: Path) -> None:
 
     store = RunStore(run_dir / "results.db")
     rid = meta["run_id"]
-    expected = {"rounds.csv": store.rounds(rid), "device_rounds.csv": store.device_rounds(rid),
-                "devices.csv": store.devices(rid), "events.csv": store.events(rid)}
+    expected = {
+        "rounds.csv": store.rounds(rid),
+        "device_rounds.csv": store.device_rounds(rid),
+        "devices.csv": store.devices(rid),
+        "events.csv": store.events(rid),
+    }
     for name, db_rows in expected.items():
         assert len(_csv_rows(run_dir / "csv" / name)) == len(db_rows) > 0, name
     devices = _csv_rows(run_dir / "csv" / "devices.csv")
@@ -183,23 +259,26 @@ def test_compare_rejects_folders_that_are_not_runs(tmp_path: Path) -> None:
         write_report(tmp_path / "garbage")
 
 
-@pytest.mark.parametrize(("func", "value", "expected"), [
-    (format_bytes, 532, "532 B"),
-    (format_bytes, 12_345, "12.3 kB"),
-    (format_bytes, 4_500_000, "4.5 MB"),
-    (format_bytes, 999_960, "1.0 MB"),
-    (format_bytes, 2_100_000_000, "2.1 GB"),
-    (format_seconds, 0.25, "250 ms"),
-    (format_seconds, 1.23, "1.2 s"),
-    (format_seconds, 184, "3 min 4 s"),
-    (format_seconds, 7560, "2.1 h"),
-    (format_seconds, 0, "0 s"),
-    (format_energy, 0.0123, "12.3 mJ"),
-    (format_energy, 4.5, "4.50 J"),
-    (format_energy, 2100, "2.1 kJ"),
-    (format_accuracy, 0.8765, "87.65 %"),
-    (format_bytes, None, "—"),
-    (format_seconds, float("nan"), "—"),
-])
+@pytest.mark.parametrize(
+    ("func", "value", "expected"),
+    [
+        (format_bytes, 532, "532 B"),
+        (format_bytes, 12_345, "12.3 kB"),
+        (format_bytes, 4_500_000, "4.5 MB"),
+        (format_bytes, 999_960, "1.0 MB"),
+        (format_bytes, 2_100_000_000, "2.1 GB"),
+        (format_seconds, 0.25, "250 ms"),
+        (format_seconds, 1.23, "1.2 s"),
+        (format_seconds, 184, "3 min 4 s"),
+        (format_seconds, 7560, "2.1 h"),
+        (format_seconds, 0, "0 s"),
+        (format_energy, 0.0123, "12.3 mJ"),
+        (format_energy, 4.5, "4.50 J"),
+        (format_energy, 2100, "2.1 kJ"),
+        (format_accuracy, 0.8765, "87.65 %"),
+        (format_bytes, None, "—"),
+        (format_seconds, float("nan"), "—"),
+    ],
+)
 def test_format_helpers(func: Any, value: Any, expected: str) -> None:
     assert func(value) == expected

@@ -23,7 +23,9 @@ from tinytwin.store.db import RunStore
 
 def spec_dict(**changes):
     base = {
-        "name": "t", "seed": 3, "rounds": 5,
+        "name": "t",
+        "seed": 3,
+        "rounds": 5,
         "dataset": {"name": "digits"},
         "partition": {"method": "iid"},
         "model": {"name": "mlp", "hidden": [32]},
@@ -52,12 +54,14 @@ def simulate(tmp_path: Path, **changes):
 def test_same_spec_and_seed_give_identical_metrics(tmp_path):
     a, sa, ra = simulate(tmp_path / "a", partition={"method": "dirichlet", "alpha": 0.5})
     b, sb, rb = simulate(tmp_path / "b", partition={"method": "dirichlet", "alpha": 0.5})
-    assert sa.rounds(ra) and [
-        {k: v for k, v in r.items() if k != "wall_time_s"} for r in sa.rounds(ra)
-    ] == [{k: v for k, v in r.items() if k != "wall_time_s"} for r in sb.rounds(rb)]
+    assert sa.rounds(ra) and [{k: v for k, v in r.items() if k != "wall_time_s"} for r in sa.rounds(ra)] == [
+        {k: v for k, v in r.items() if k != "wall_time_s"} for r in sb.rounds(rb)
+    ]
     assert a.summary["final_accuracy"] == b.summary["final_accuracy"]
     c, sc, rc = simulate(tmp_path / "c", seed=4, partition={"method": "dirichlet", "alpha": 0.5})
-    assert c.summary["final_accuracy"] != a.summary["final_accuracy"] or c.summary["sim_time_s"] != a.summary["sim_time_s"]
+    assert (
+        c.summary["final_accuracy"] != a.summary["final_accuracy"] or c.summary["sim_time_s"] != a.summary["sim_time_s"]
+    )
 
 
 def test_digits_iid_fedavg_reaches_093_within_30_rounds(tmp_path):
@@ -70,7 +74,9 @@ def test_digits_iid_fedavg_reaches_093_within_30_rounds(tmp_path):
 @pytest.mark.slow
 def test_mnist_50_devices_zfl_mlp_reaches_085_within_20_rounds(tmp_path, shared_data):
     out, store, run_id = simulate(
-        tmp_path, rounds=20, dataset={"name": "mnist", "data_dir": str(shared_data)},
+        tmp_path,
+        rounds=20,
+        dataset={"name": "mnist", "data_dir": str(shared_data)},
         model={"name": "mlp", "hidden": [16]},
         fleet={"groups": [{"profile": "raspberry-pi-4", "count": 50, "link": "wifi"}]},
         algorithm={"local_epochs": 1, "batch_size": 32, "lr": 0.1},
@@ -89,15 +95,25 @@ def test_dirichlet_01_is_skewed_and_fedavg_fedprox_both_learn(tmp_path):
     iid = prepare(validate_spec(spec_dict())).class_hist
     assert (iid.max(axis=1) / iid.sum(axis=1)).mean() < 0.25
     for name in ("fedavg", "fedprox"):
-        out, store, run_id = simulate(tmp_path / name, rounds=8, partition={"method": "dirichlet", "alpha": 0.1},
-                                      algorithm={"name": name, "mu": 0.01, "local_epochs": 1, "batch_size": 8, "lr": 0.1})
+        out, store, run_id = simulate(
+            tmp_path / name,
+            rounds=8,
+            partition={"method": "dirichlet", "alpha": 0.1},
+            algorithm={"name": name, "mu": 0.01, "local_epochs": 1, "batch_size": 8, "lr": 0.1},
+        )
         assert out.summary["final_accuracy"] > 0.3, (name, out.summary["final_accuracy"])
         stored = store.devices(run_id)
         assert [d["class_hist"] for d in stored] == hist.tolist()
 
 
-@pytest.mark.parametrize("aggregator", [{"name": "median"}, {"name": "trimmed_mean", "beta": 0.2},
-                                        {"name": "krum", "num_byzantine": 1, "num_selected": 3}])
+@pytest.mark.parametrize(
+    "aggregator",
+    [
+        {"name": "median"},
+        {"name": "trimmed_mean", "beta": 0.2},
+        {"name": "krum", "num_byzantine": 1, "num_selected": 3},
+    ],
+)
 def test_robust_aggregators_train(tmp_path, aggregator):
     out, _, _ = simulate(tmp_path, rounds=6, algorithm={**FAST, "aggregator": aggregator})
     assert out.summary["final_accuracy"] > 0.85
@@ -123,10 +139,13 @@ def test_int8_and_float16_encodings_count_fewer_bytes_and_still_learn(tmp_path):
 
 
 def test_deadline_drops_stragglers_and_dropout_is_recorded(tmp_path):
-    groups = [{"name": "fast", "profile": "raspberry-pi-4", "count": 5, "link": "wifi"},
-              {"name": "slow", "profile": "rp2040", "count": 5, "link": "uart"}]
-    out, store, run_id = simulate(tmp_path, rounds=3, fleet={"groups": groups},
-                                  algorithm={"deadline_s": 5.0}, failures={"dropout": 0.2})
+    groups = [
+        {"name": "fast", "profile": "raspberry-pi-4", "count": 5, "link": "wifi"},
+        {"name": "slow", "profile": "rp2040", "count": 5, "link": "uart"},
+    ]
+    out, store, run_id = simulate(
+        tmp_path, rounds=3, fleet={"groups": groups}, algorithm={"deadline_s": 5.0}, failures={"dropout": 0.2}
+    )
     rows = store.device_rounds(run_id)
     slow = [r for r in rows if r["device"] >= 5 and r["status"] != "dropped"]
     assert slow and all(r["status"] == "straggler" for r in slow)
@@ -139,9 +158,15 @@ def test_deadline_drops_stragglers_and_dropout_is_recorded(tmp_path):
 
 
 def test_leave_join_and_permanent_failures(tmp_path):
-    out, store, run_id = simulate(tmp_path, rounds=4, failures={
-        "leave": [{"device": 1, "round": 2}], "join": [{"device": 2, "round": 3}],
-        "permanent": [{"device": 3, "round": 2}]})
+    out, store, run_id = simulate(
+        tmp_path,
+        rounds=4,
+        failures={
+            "leave": [{"device": 1, "round": 2}],
+            "join": [{"device": 2, "round": 3}],
+            "permanent": [{"device": 3, "round": 2}],
+        },
+    )
     by_round = {}
     for r in store.device_rounds(run_id):
         by_round.setdefault(r["round"], set()).add(r["device"])
@@ -153,8 +178,12 @@ def test_leave_join_and_permanent_failures(tmp_path):
 
 
 def test_batched_engine_equals_per_device_reference(tmp_path):
-    spec = validate_spec(spec_dict(partition={"method": "dirichlet", "alpha": 0.5},
-                                   algorithm={"local_epochs": 2, "batch_size": 8, "momentum": 0.5}))
+    spec = validate_spec(
+        spec_dict(
+            partition={"method": "dirichlet", "alpha": 0.5},
+            algorithm={"local_epochs": 2, "batch_size": 8, "momentum": 0.5},
+        )
+    )
     exp = prepare(spec)
     from tinytwin.engines.simulate import Simulator
 
@@ -183,8 +212,11 @@ algorithm: {local_epochs: 1, batch_size: 8, lr: 0.05, server_optimizer: {name: f
 failures: {dropout: 0.1}
 """
     spec = write_spec(tmp_path / "spec.yaml", text)
-    proc = subprocess.Popen([sys.executable, "-m", "tinytwin.cli", "run", str(spec), "--out",
-                             str(tmp_path / "killed"), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytwin.cli", "run", str(spec), "--out", str(tmp_path / "killed"), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     db = None
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -213,7 +245,11 @@ failures: {dropout: 0.1}
         store = RunStore(path)
         info = store.run_info()
         rows = store.rounds(info.run_id)
-        return info.status, [(r["round"], r["test_accuracy"], r["sim_time_s"], r["bytes_up"], r["energy_j"]) for r in rows], info.summary
+        return (
+            info.status,
+            [(r["round"], r["test_accuracy"], r["sim_time_s"], r["bytes_up"], r["energy_j"]) for r in rows],
+            info.summary,
+        )
 
     s1, rows1, sum1 = final(db)
     s2, rows2, sum2 = final(next((tmp_path / "full").glob("*/results.db")))
@@ -224,8 +260,9 @@ failures: {dropout: 0.1}
 
 
 def test_quickstart_cli_prints_summary_and_writes_report(tmp_path):
-    proc = run_cli("run", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path), "--quiet",
-                   "--set", "rounds=3")
+    proc = run_cli(
+        "run", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path), "--quiet", "--set", "rounds=3"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "final accuracy" in proc.stdout and "energy per device" in proc.stdout
     (run_dir,) = list(tmp_path.iterdir())
@@ -234,21 +271,31 @@ def test_quickstart_cli_prints_summary_and_writes_report(tmp_path):
     assert len(list((run_dir / "plots").glob("*.png"))) >= 6
 
 
-PROX_MOMENTUM = {"name": "fedprox", "mu": 0.05, "local_epochs": 2, "batch_size": 8, "momentum": 0.5,
-                 "weight_decay": 1e-3}
+PROX_MOMENTUM = {
+    "name": "fedprox",
+    "mu": 0.05,
+    "local_epochs": 2,
+    "batch_size": 8,
+    "momentum": 0.5,
+    "weight_decay": 1e-3,
+}
 PLAIN_SGD = {"local_epochs": 2, "batch_size": 8, "lr": 0.2}
 
 
-@pytest.mark.parametrize("model,algorithm", [({"name": "mlp", "hidden": [32]}, PROX_MOMENTUM),
-                                             ({"name": "mlp", "hidden": [24, 16]}, PROX_MOMENTUM),
-                                             ({"name": "mlp", "hidden": [32]}, PLAIN_SGD),
-                                             ({"name": "mlp", "hidden": [24, 16]}, PLAIN_SGD),
-                                             ({"name": "lenet5"}, PROX_MOMENTUM)])
+@pytest.mark.parametrize(
+    "model,algorithm",
+    [
+        ({"name": "mlp", "hidden": [32]}, PROX_MOMENTUM),
+        ({"name": "mlp", "hidden": [24, 16]}, PROX_MOMENTUM),
+        ({"name": "mlp", "hidden": [32]}, PLAIN_SGD),
+        ({"name": "mlp", "hidden": [24, 16]}, PLAIN_SGD),
+        ({"name": "lenet5"}, PROX_MOMENTUM),
+    ],
+)
 def test_fast_mlp_gradients_equal_the_autograd_definition(tmp_path, model, algorithm):
     """The hand-written batched MLP paths (general and fused plain SGD), the vmap path and
     the per-device loop agree."""
-    spec = validate_spec(spec_dict(model=model, partition={"method": "dirichlet", "alpha": 0.5},
-                                   algorithm=algorithm))
+    spec = validate_spec(spec_dict(model=model, partition={"method": "dirichlet", "alpha": 0.5}, algorithm=algorithm))
     exp = prepare(spec)
     from tinytwin.algorithms.local_update import LocalTraining
     from tinytwin.engines.local_training import LocalTrainer
@@ -281,8 +328,19 @@ def test_evaluation_every_k_rounds_and_per_device(tmp_path):
 def test_report_compare_and_devices_commands(tmp_path):
     runs = []
     for enc in ("float32", "int8"):
-        proc = run_cli("run", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path / enc), "--quiet",
-                       "--set", "rounds=2", "--set", f"algorithm.encoding={enc}", "--set", f"name=qs-{enc}")
+        proc = run_cli(
+            "run",
+            str(REPO / "examples" / "quickstart.yaml"),
+            "--out",
+            str(tmp_path / enc),
+            "--quiet",
+            "--set",
+            "rounds=2",
+            "--set",
+            f"algorithm.encoding={enc}",
+            "--set",
+            f"name=qs-{enc}",
+        )
         assert proc.returncode == 0, proc.stderr
         runs.append(next((tmp_path / enc).iterdir()))
     (runs[0] / "report.html").unlink()

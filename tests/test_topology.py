@@ -10,7 +10,14 @@ from tinytwin.algorithms.mixing import serverfree_weights
 from tinytwin.engines.experiment import prepare
 from tinytwin.engines.network import build_network
 from tinytwin.net.topology import (
-    KINDS, build_link_timeline, components, geometric, make_topology, metropolis_hastings, read_edge_file, ring,
+    KINDS,
+    build_link_timeline,
+    components,
+    geometric,
+    make_topology,
+    metropolis_hastings,
+    read_edge_file,
+    ring,
 )
 from tinytwin.rng import stream_rng
 from tinytwin.spec.load import validate_spec
@@ -40,7 +47,7 @@ def _topology(kind, tmp_path, n=N):
 def test_mixing_matrix_symmetric_doubly_stochastic_on_every_generator(kind, tmp_path):
     topo = _topology(kind, tmp_path)
     assert topo.num_edges > 0
-    for active in (None, np.arange(N) % 4 != 1):     # all devices, and some offline
+    for active in (None, np.arange(N) % 4 != 1):  # all devices, and some offline
         w = metropolis_hastings(N, topo.edges, active).toarray()
         assert np.allclose(w, w.T, atol=0)
         assert np.allclose(w.sum(axis=0), 1.0, atol=1e-12) and np.allclose(w.sum(axis=1), 1.0, atol=1e-12)
@@ -48,11 +55,11 @@ def test_mixing_matrix_symmetric_doubly_stochastic_on_every_generator(kind, tmp_
         allowed = np.eye(N, dtype=bool)
         e = topo.edges if active is None else topo.edges[active[topo.edges[:, 0]] & active[topo.edges[:, 1]]]
         allowed[e[:, 0], e[:, 1]] = allowed[e[:, 1], e[:, 0]] = True
-        assert not (w[~allowed] != 0).any()                          # weight only on links
+        assert not (w[~allowed] != 0).any()  # weight only on links
         assert (w[allowed & ~np.eye(N, dtype=bool)] > 0).all()
         if active is not None:
             off = ~active
-            assert np.allclose(w[off][:, off], np.eye(off.sum()))     # offline devices keep their model
+            assert np.allclose(w[off][:, off], np.eye(off.sum()))  # offline devices keep their model
         sf = serverfree_weights(N, topo.edges, active).toarray()
         assert np.allclose(sf.sum(axis=1), 1.0) and not (sf[~allowed] != 0).any()
 
@@ -67,7 +74,7 @@ def test_generators_have_the_expected_shape(tmp_path):
     assert (deg(torus) == 4).all() and torus.num_edges == 2 * N
     grid = make_topology("grid", 12, np.random.default_rng(0), rows=3)
     assert grid.num_edges == 3 * 3 + 2 * 4 and deg(grid).max() == 4 and deg(grid).min() == 2
-    partial = make_topology("grid", 7, np.random.default_rng(0), rows=2)   # 2 x 4 with a partial last row
+    partial = make_topology("grid", 7, np.random.default_rng(0), rows=2)  # 2 x 4 with a partial last row
     assert partial.num_edges == 3 + 2 + 3 and components(7, partial.edges)[0] == 1
     sw = make_topology("small_world", 20, np.random.default_rng(0), k=4, beta=0.2)
     assert sw.num_edges == 20 * 4 // 2
@@ -80,23 +87,28 @@ def test_generators_have_the_expected_shape(tmp_path):
 def test_geometric_links_exactly_the_pairs_within_range():
     pos = np.array([[0.0, 0.0], [30.0, 0.0], [0.0, 100.0], [0.0, 129.0], [500.0, 500.0]])
     topo = geometric(pos, np.array([50.0, 50.0, 30.0, 30.0, 1e4]))
-    assert topo.edges.tolist() == [[0, 1], [2, 3]]                # range is the smaller of the two ends
+    assert topo.edges.tolist() == [[0, 1], [2, 3]]  # range is the smaller of the two ends
     assert components(5, topo.edges)[0] == 3
 
 
 def test_range_comes_from_the_group_link_and_radius_overrides_it():
     groups = [{"profile": "nrf52840", "count": 20, "link": "ble"}, {"profile": "esp32-s3", "count": 20, "link": "lora"}]
-    base = {"fleet": {"groups": groups}, "dataset": {"name": "digits"}, "model": {"hidden": [8]},
-            "topology": {"kind": "geometric", "area_m": [2000.0, 2000.0]}, "algorithm": {"name": "gossip"}}
+    base = {
+        "fleet": {"groups": groups},
+        "dataset": {"name": "digits"},
+        "model": {"hidden": [8]},
+        "topology": {"kind": "geometric", "area_m": [2000.0, 2000.0]},
+        "algorithm": {"name": "gossip"},
+    }
     spec = validate_spec(base)
     exp = prepare(spec)
     net = build_network(spec, exp.fleet)
     assert net.ranges_m[:20].tolist() == [30.0] * 20 and net.ranges_m[20:].tolist() == [5000.0] * 20
     e = net.topology.edges
     lora = (e >= 20).all(axis=1)
-    assert lora.sum() == 20 * 19 // 2                             # 5 km covers the whole 2 km square
+    assert lora.sum() == 20 * 19 // 2  # 5 km covers the whole 2 km square
     d = np.hypot(*(net.topology.positions[e[~lora, 0]] - net.topology.positions[e[~lora, 1]]).T)
-    assert (d <= 30.0).all()                                      # any BLE end limits the link to 30 m
+    assert (d <= 30.0).all()  # any BLE end limits the link to 30 m
     spec = validate_spec({**base, "topology": {"kind": "geometric", "radius_m": 8000.0}})
     assert build_network(spec, exp.fleet).topology.num_edges == 40 * 39 // 2
 
@@ -127,7 +139,9 @@ def test_edge_file_with_costs_and_bad_rows(tmp_path):
 
 def test_disconnected_graph_is_allowed_and_reported(tmp_path):
     edges = write_spec(tmp_path / "edges.csv", "0,1\n1,2\n3,4\n4,5\n")
-    spec = write_spec(tmp_path / "spec.yaml", f"""
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        f"""
 name: split
 rounds: 2
 dataset: {{name: digits}}
@@ -135,7 +149,8 @@ model: {{name: mlp, hidden: [8]}}
 fleet: {{groups: [{{profile: esp32-s3, count: 6, link: wifi}}]}}
 topology: {{kind: file, file: {edges.name}, link_events: [{{round: 2, edges: [[0, 1]], state: down}}]}}
 algorithm: {{name: decfedavg, local_epochs: 1, batch_size: 8}}
-""")
+""",
+    )
     proc = run_cli("run", str(spec), "--out", str(tmp_path / "runs"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -145,7 +160,7 @@ algorithm: {{name: decfedavg, local_epochs: 1, batch_size: 8}}
     assert "disconnected" in kinds and "[3, 3]" in kinds["disconnected"]
     assert "link_down" in kinds
     comps = [r["components"] for r in round_metrics(store, run_id)]
-    assert comps == [2, 3]                                         # the link going down splits 0 off
+    assert comps == [2, 3]  # the link going down splits 0 off
     assert store.run_info().summary["topology"]["components"] == 2
     assert (run_dir / "plots" / "accuracy_spread.png").is_file()
     assert (run_dir / "csv" / "device_metrics.csv").read_text().count("\n") == 1 + 2 * 6

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from tinytwin.wire.encoding import ENCODINGS, decode, encode, encoded_size
-from tinytwin.wire.roundtrip import roundtrip_torch
 from tinytwin.wire.frame import (
     ENCODING_CODES,
     FRAME_OVERHEAD,
@@ -29,6 +28,7 @@ from tinytwin.wire.frame import (
     frame_size,
     payload_is_finite,
 )
+from tinytwin.wire.roundtrip import roundtrip_torch
 
 KEYS = {7: b"key-of-device-7", 0: b"key-of-server-0"}
 
@@ -212,8 +212,16 @@ def test_roundtrip_torch_1d_float64_and_bitmap() -> None:
 
 
 def make_frame(**changes: object) -> Frame:
-    base = Frame(MsgType.UPDATE, sender=7, receiver=0, round=3, encoding="int8", flags=0, nonce=42,
-                 payload=encode(f32([0.5, -1.0, 0.25]), "int8", tensor_sizes=[2, 1]))
+    base = Frame(
+        MsgType.UPDATE,
+        sender=7,
+        receiver=0,
+        round=3,
+        encoding="int8",
+        flags=0,
+        nonce=42,
+        payload=encode(f32([0.5, -1.0, 0.25]), "int8", tensor_sizes=[2, 1]),
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -225,7 +233,16 @@ def test_golden_frame_matches_protocol_doc() -> None:
     """The worked example of docs/protocol.md; C firmware is tested against the same bytes."""
     data = encode_frame(make_frame(), KEYS[7])
     assert data.hex() == (
-        "5454" "01" "03" "07000000" "00000000" "03000000" "03" "00" "2a00000000000000" "0b000000"
+        "5454"
+        "01"
+        "03"
+        "07000000"
+        "00000000"
+        "03000000"
+        "03"
+        "00"
+        "2a00000000000000"
+        "0b000000"
         "0402013c0402013b40817f"
         "6bf29fa5d13d4bf259ce72533e77adfb802bb678549ab899558a7daa8d59f642"
     )

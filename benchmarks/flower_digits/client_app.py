@@ -22,5 +22,4 @@ def train_fn(msg: Message, context: Context) -> Message:
     loader = client_loader(pid, int(cfg["batch-size"]), seed=int(cfg["seed"]) * 1_000_003 + rnd * 1_000 + pid)
     loss, steps = train(model, loader, int(cfg["local-epochs"]), float(cfg["lr"]))
     metrics = MetricRecord({"train_loss": loss, "steps": steps, "num-examples": len(loader.dataset)})
-    return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
-                   reply_to=msg)
+    return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)

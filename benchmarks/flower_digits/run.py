@@ -46,8 +46,7 @@ def main() -> None:
         server_app=server_app,
         client_app=client_app,
         num_supernodes=args.clients,
-        backend_config={"init_args": {"num_cpus": args.cpus},
-                        "client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+        backend_config={"init_args": {"num_cpus": args.cpus}, "client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
@@ -40,11 +40,15 @@ class CountingFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
-        self.per_round.append({
-            "round": server_round, "replies": len(replies), "errors": len(replies) - len(ok),
-            "steps": int(sum(m.content["metrics"]["steps"] for m in ok)),
-            "samples": int(sum(m.content["metrics"]["num-examples"] for m in ok)),
-        })
+        self.per_round.append(
+            {
+                "round": server_round,
+                "replies": len(replies),
+                "errors": len(replies) - len(ok),
+                "steps": int(sum(m.content["metrics"]["steps"] for m in ok)),
+                "samples": int(sum(m.content["metrics"]["num-examples"] for m in ok)),
+            }
+        )
         return super().aggregate_train(server_round, replies)
 
 
@@ -76,18 +80,32 @@ def main(grid: Grid, context: Context) -> None:
 
     # Every client trains every round; no federated (client-side) evaluation, as in the
     # tinytwin spec, whose evaluation is of the global model on the test set.
-    strategy = CountingFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
-                              min_available_nodes=clients)
-    train_config = ConfigRecord({"lr": float(_env("LR", "0.1")), "local-epochs": int(_env("EPOCHS", "5")),
-                                 "batch-size": int(_env("BATCH", "8")), "seed": seed})
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
-                   train_config=train_config, evaluate_fn=evaluate)
+    strategy = CountingFedAvg(
+        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients
+    )
+    train_config = ConfigRecord(
+        {
+            "lr": float(_env("LR", "0.1")),
+            "local-epochs": int(_env("EPOCHS", "5")),
+            "batch-size": int(_env("BATCH", "8")),
+            "seed": seed,
+        }
+    )
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=rounds,
+        train_config=train_config,
+        evaluate_fn=evaluate,
+    )
     t_done = time.monotonic()
     round_s = [b - a for a, b in zip(stamps, stamps[1:])]
     result = {
-        "rounds": rounds, "clients": clients,
+        "rounds": rounds,
+        "clients": clients,
         "loop_s": stamps[-1] - stamps[0],
-        "loop_start_mono": stamps[0], "loop_end_mono": stamps[-1],  # CLOCK_MONOTONIC, machine-wide
+        "loop_start_mono": stamps[0],
+        "loop_end_mono": stamps[-1],  # CLOCK_MONOTONIC, machine-wide
         "round_s": round_s,
         "server_main_s": t_done - t_main,
         "final_accuracy": accuracy[rounds],

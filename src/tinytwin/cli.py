@@ -7,8 +7,9 @@ exit status 2; nothing a user can cause ends in a traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -17,8 +18,11 @@ from rich.table import Table
 
 from tinytwin.errors import TinyTwinError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Digital twins for federated and decentralized learning on tiny devices.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Digital twins for federated and decentralized learning on tiny devices.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -32,11 +36,13 @@ def _fmt():
 @app.command()
 def run(
     spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an incomplete run folder"),
+    resume: Path | None = typer.Option(None, "--resume", help="finish an incomplete run folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-    no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"),
+    no_report: bool = typer.Option(
+        False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"
+    ),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
@@ -55,20 +61,29 @@ def run(
         if resume is not None:
             outcome = resume_run(resume, spec, base_dir, on_round, on_prepared, report=not no_report)
         else:
-            outcome = start_run(spec, spec_yaml, out, base_dir, on_round, on_prepared=on_prepared,
-                                report=not no_report)
+            outcome = start_run(spec, spec_yaml, out, base_dir, on_round, on_prepared=on_prepared, report=not no_report)
     _print_summary(outcome.summary, outcome.run_dir)
 
 
 @app.command()
 def emulate(
     spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
-    time_scale: float = typer.Option(0.01, "--time-scale", help="wall seconds per modelled second of link and compute time (0: no pacing)"),
-    netns: bool = typer.Option(False, "--netns", help="one network namespace per device, links shaped by tc (root, Linux)"),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="finish an emulation whose coordinator was killed (its own options)"),
-    twin: Optional[str] = typer.Option(None, "--twin", help="firmware: every device runs the C firmware on an emulated Cortex-M board (QEMU); process: numpy processes; default: each group's `twin`"),
+    time_scale: float = typer.Option(
+        0.01, "--time-scale", help="wall seconds per modelled second of link and compute time (0: no pacing)"
+    ),
+    netns: bool = typer.Option(
+        False, "--netns", help="one network namespace per device, links shaped by tc (root, Linux)"
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="finish an emulation whose coordinator was killed (its own options)"
+    ),
+    twin: str | None = typer.Option(
+        None,
+        "--twin",
+        help="firmware: every device runs the C firmware on an emulated Cortex-M board (QEMU); process: numpy processes; default: each group's `twin`",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
 ) -> None:
@@ -85,8 +100,13 @@ def emulate(
         require_netns()
     spec, spec_yaml = load_spec(spec_file, set_ or [])
     if twin == "process":  # every group as numpy processes, whatever the spec says
-        spec = spec.model_copy(update={"fleet": spec.fleet.model_copy(update={"groups": [
-            g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]})})
+        spec = spec.model_copy(
+            update={
+                "fleet": spec.fleet.model_copy(
+                    update={"groups": [g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]}
+                )
+            }
+        )
     check_emulatable(spec)
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name} (emulate)", total=spec.rounds)
@@ -94,45 +114,66 @@ def emulate(
         on_round = _round_progress(progress, task, f"{spec.name} (emulate)")
 
         if resume is not None:
-            run_dir, summary = resume_emulation(resume, spec, spec_file.resolve().parent, on_round,
-                                                report=not no_report)
+            run_dir, summary = resume_emulation(
+                resume, spec, spec_file.resolve().parent, on_round, report=not no_report
+            )
         else:
-            run_dir, summary = start_emulation(spec, spec_yaml, out, spec_file.resolve().parent,
-                                               EmulateOptions(time_scale=time_scale, netns=netns,
-                                                              firmware_all=twin == "firmware"), on_round,
-                                               report=not no_report)
+            run_dir, summary = start_emulation(
+                spec,
+                spec_yaml,
+                out,
+                spec_file.resolve().parent,
+                EmulateOptions(time_scale=time_scale, netns=netns, firmware_all=twin == "firmware"),
+                on_round,
+                report=not no_report,
+            )
     _print_summary(summary, run_dir)
     e = summary["emulate"]
-    console.print(f"device processes: RSS median {e['device_rss_kb']['median'] / 1024:.1f} MiB "
-                  f"(max {e['device_rss_kb']['max'] / 1024:.1f}), PSS median {e['device_pss_kb']['median'] / 1024:.1f} MiB; "
-                  f"wall per round median {e['wall_per_round_s']['median']:.3f} s; "
-                  f"frames rejected {sum(e['frames_rejected'].values())}")
+    console.print(
+        f"device processes: RSS median {e['device_rss_kb']['median'] / 1024:.1f} MiB "
+        f"(max {e['device_rss_kb']['max'] / 1024:.1f}), PSS median {e['device_pss_kb']['median'] / 1024:.1f} MiB; "
+        f"wall per round median {e['wall_per_round_s']['median']:.3f} s; "
+        f"frames rejected {sum(e['frames_rejected'].values())}"
+    )
     if e.get("shaping"):
         sh = e["shaping"]
         console.print(f"link shaping: {sh['mode']} (bandwidth: {sh['rate']}; latency and loss: {sh['latency_loss']})")
     if e.get("firmware"):
         fw = e["firmware"]
-        imgs = ", ".join(f"{i['board']} text {i['text']:,} B, RAM {i['bss']:,} of {i['ram_budget']:,} B"
-                         for i in fw["images"])
+        imgs = ", ".join(
+            f"{i['board']} text {i['text']:,} B, RAM {i['bss']:,} of {i['ram_budget']:,} B" for i in fw["images"]
+        )
         insns = fw["insns_per_round_median"]
-        console.print(f"firmware devices: {fw['devices']} ({imgs}); QEMU RSS median "
-                      f"{(fw['qemu_rss_kb']['median'] or 0) / 1024:.1f} MiB, PSS total "
-                      f"{fw['qemu_pss_kb']['total'] / 1024:.0f} MiB; instructions per round median "
-                      f"{insns or 0:,.0f} -> {fw['firmware_compute_s_median'] or 0:.3f} s on the device "
-                      f"(cost model {fw['cost_model_compute_s_median'] or 0:.3f} s)")
+        console.print(
+            f"firmware devices: {fw['devices']} ({imgs}); QEMU RSS median "
+            f"{(fw['qemu_rss_kb']['median'] or 0) / 1024:.1f} MiB, PSS total "
+            f"{fw['qemu_pss_kb']['total'] / 1024:.0f} MiB; instructions per round median "
+            f"{insns or 0:,.0f} -> {fw['firmware_compute_s_median'] or 0:.3f} s on the device "
+            f"(cost model {fw['cost_model_compute_s_median'] or 0:.3f} s)"
+        )
 
 
 def _round_progress(progress: Progress, task: Any, label: str) -> Callable[[int, dict[str, Any]], None]:
     """The per-round callback of `run` and `emulate`: advance the bar, show the latest accuracy."""
+
     def on_round(r: int, info: dict[str, Any]) -> None:
         acc = info.get("accuracy")
         progress.update(task, completed=r, description=label + (f"  acc {acc:.3f}" if acc is not None else ""))
+
     return on_round
 
 
 def _progress(quiet: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("rounds"), TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
 
 
 def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
@@ -146,13 +187,17 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
     table.add_row("rounds", str(s["rounds"]))
     table.add_row("simulated time", fmt.format_seconds(s["sim_time_s"]))
     table.add_row("bytes up / down", f"{fmt.format_bytes(s['bytes_up'])} / {fmt.format_bytes(s['bytes_down'])}")
-    table.add_row("energy per device min / median / max",
-                  f"{fmt.format_energy(e['min'])} / {fmt.format_energy(e['median'])} / {fmt.format_energy(e['max'])}")
+    table.add_row(
+        "energy per device min / median / max",
+        f"{fmt.format_energy(e['min'])} / {fmt.format_energy(e['median'])} / {fmt.format_energy(e['max'])}",
+    )
     for m in s["memory"]:
         verdict = "fits" if m["fits"] else "DOES NOT FIT"
-        table.add_row(f"memory: {m['group']} ({m['profile']})",
-                      f"{verdict}: RAM {fmt.format_bytes(m['needed_bytes'])} of {fmt.format_bytes(m['available_bytes'])}, "
-                      f"flash {fmt.format_bytes(m['flash_needed_bytes'])} of {fmt.format_bytes(m['flash_available_bytes'])}")
+        table.add_row(
+            f"memory: {m['group']} ({m['profile']})",
+            f"{verdict}: RAM {fmt.format_bytes(m['needed_bytes'])} of {fmt.format_bytes(m['available_bytes'])}, "
+            f"flash {fmt.format_bytes(m['flash_needed_bytes'])} of {fmt.format_bytes(m['flash_available_bytes'])}",
+        )
     table.add_row("wall time", fmt.format_seconds(s["wall_time_s"]))
     console.print(table)
     console.print(f"run folder: {run_dir}")
@@ -163,7 +208,7 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
 @app.command()
 def plan(
     spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a key"),
 ) -> None:
     """Per device group, without training: model size, memory vs RAM/flash, time, energy and bytes per round."""
     from tinytwin.engines.experiment import prepare
@@ -173,28 +218,43 @@ def plan(
     spec, _ = load_spec(spec_file, set_ or [])
     exp = prepare(spec, spec_file.resolve().parent, check_memory=False)
     fmt = _fmt()
-    console.print(f"[bold]{spec.name}[/]: {exp.model.name}, {exp.model.num_params:,} parameters, "
-                  f"{exp.flops_per_sample:,} training FLOPs per sample, "
-                  f"{exp.fleet.num_devices} devices")
+    console.print(
+        f"[bold]{spec.name}[/]: {exp.model.name}, {exp.model.num_params:,} parameters, "
+        f"{exp.flops_per_sample:,} training FLOPs per sample, "
+        f"{exp.fleet.num_devices} devices"
+    )
     for row in plan_groups(exp):
         m = row["memory"]
-        table = Table(title=f"group {m.group} — {m.profile} on {row['link']} ({row['count']} devices)",
-                      show_header=True)
+        table = Table(
+            title=f"group {m.group} — {m.profile} on {row['link']} ({row['count']} devices)", show_header=True
+        )
         table.add_column("item")
         table.add_column("needed", justify="right")
         table.add_column("available", justify="right")
         for name, value in m.training.as_dict().items():
             table.add_row(f"RAM: {name}", fmt.format_bytes(value), "")
-        table.add_row("[bold]RAM total", fmt.format_bytes(m.ram_needed), fmt.format_bytes(m.ram_available),
-                      style=None if m.fits_ram else "red")
+        table.add_row(
+            "[bold]RAM total",
+            fmt.format_bytes(m.ram_needed),
+            fmt.format_bytes(m.ram_available),
+            style=None if m.fits_ram else "red",
+        )
         for name, value in m.flash_components.items():
             table.add_row(f"flash: {name}", fmt.format_bytes(value), "")
-        table.add_row("[bold]flash total", fmt.format_bytes(m.flash_needed), fmt.format_bytes(m.flash_available),
-                      style=None if m.fits_flash else "red")
+        table.add_row(
+            "[bold]flash total",
+            fmt.format_bytes(m.flash_needed),
+            fmt.format_bytes(m.flash_available),
+            style=None if m.fits_flash else "red",
+        )
         table.add_row("fits", "yes" if m.fits else "[red]NO", "")
         table.add_row("compute time / round", fmt.format_seconds(row["compute_s"]), "")
-        table.add_row("airtime up / down", f"{fmt.format_seconds(row['up_s'])} / {fmt.format_seconds(row['down_s'])}", "")
-        table.add_row("bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", "")
+        table.add_row(
+            "airtime up / down", f"{fmt.format_seconds(row['up_s'])} / {fmt.format_seconds(row['down_s'])}", ""
+        )
+        table.add_row(
+            "bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", ""
+        )
         table.add_row("energy / round (no idle)", fmt.format_energy(row["energy_j"]), "")
         console.print(table)
     if not all(p.fits for p in exp.memory):
@@ -203,8 +263,8 @@ def plan(
 
 @app.command()
 def devices(
-    name: Optional[str] = typer.Argument(None, help="show only this device (or link, with --links)"),
-    profiles_file: Optional[Path] = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
+    name: str | None = typer.Argument(None, help="show only this device (or link, with --links)"),
+    profiles_file: Path | None = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
     links: bool = typer.Option(False, "--links", help="list the link models instead"),
 ) -> None:
     """The device catalog (or link catalog): every figure with its source."""
@@ -217,20 +277,41 @@ def devices(
         for col in ("name", "latency", "up", "down", "loss", "MTU", "header/packet"):
             overview.add_column(col)
         for l in entries.values():
-            overview.add_row(l.name, fmt.format_seconds(l.latency_s), f"{l.up_bps / 1e3:,.1f} kbit/s",
-                             f"{l.down_bps / 1e3:,.1f} kbit/s", f"{l.loss:g}", f"{l.mtu_bytes} B", f"{l.header_bytes} B")
+            overview.add_row(
+                l.name,
+                fmt.format_seconds(l.latency_s),
+                f"{l.up_bps / 1e3:,.1f} kbit/s",
+                f"{l.down_bps / 1e3:,.1f} kbit/s",
+                f"{l.loss:g}",
+                f"{l.mtu_bytes} B",
+                f"{l.header_bytes} B",
+            )
     else:
         from tinytwin.fleet.catalog import load_device_catalog
 
         entries = load_device_catalog([profiles_file] if profiles_file else [])
         overview = Table(title="Device catalog")
-        for col in ("name", "clock", "RAM for training", "flash for model+data", "FLOP/s", "active/idle/tx/rx W", "radios"):
+        for col in (
+            "name",
+            "clock",
+            "RAM for training",
+            "flash for model+data",
+            "FLOP/s",
+            "active/idle/tx/rx W",
+            "radios",
+        ):
             overview.add_column(col)
         for p in entries.values():
             pw = p.power
-            overview.add_row(p.name, f"{p.clock_hz / 1e6:g} MHz", fmt.format_bytes(p.training_ram_bytes),
-                             fmt.format_bytes(p.model_flash_bytes), f"{p.flops_per_s:.3g}",
-                             f"{pw.active_w:g} / {pw.idle_w:g} / {pw.tx_w:g} / {pw.rx_w:g}", ", ".join(p.radios))
+            overview.add_row(
+                p.name,
+                f"{p.clock_hz / 1e6:g} MHz",
+                fmt.format_bytes(p.training_ram_bytes),
+                fmt.format_bytes(p.model_flash_bytes),
+                f"{p.flops_per_s:.3g}",
+                f"{pw.active_w:g} / {pw.idle_w:g} / {pw.tx_w:g} / {pw.rx_w:g}",
+                ", ".join(p.radios),
+            )
     if name is not None:
         if name not in entries:
             raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
@@ -255,10 +336,17 @@ def _print_sources(entry: Any) -> None:
             continue
         if isinstance(value, dict):
             for sub, v in value.items():
-                table.add_row(f"{key}.{sub}", f"{v:g}" if isinstance(v, float) else str(v),
-                              entry.sources.get(f"{key}.{sub}", entry.sources.get(key, "")))
+                table.add_row(
+                    f"{key}.{sub}",
+                    f"{v:g}" if isinstance(v, float) else str(v),
+                    entry.sources.get(f"{key}.{sub}", entry.sources.get(key, "")),
+                )
         else:
-            shown = ", ".join(value) if isinstance(value, (list, tuple)) else (f"{value:g}" if isinstance(value, float) else str(value))
+            shown = (
+                ", ".join(value)
+                if isinstance(value, (list, tuple))
+                else (f"{value:g}" if isinstance(value, float) else str(value))
+            )
             table.add_row(key, shown, entry.sources.get(key, ""))
     console.print(table)
 

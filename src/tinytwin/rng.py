@@ -25,12 +25,12 @@ class Stream(IntEnum):
     FAILURES = 6
     PARTITION = 7
     # decentralized and hierarchical learning
-    TOPOLOGY = 101       # random graphs and device placement
-    LINK_OUTAGE = 102    # per-round random link outages
-    PEERS = 103          # whom a device pushes to / pulls from
-    BANDS = 104          # which Gist band a send carries; SDFA's random segments
-    MSG_LOSS = 105       # lost packets of device-to-device messages
-    VALIDATION = 106     # the shared validation subset (Gist)
+    TOPOLOGY = 101  # random graphs and device placement
+    LINK_OUTAGE = 102  # per-round random link outages
+    PEERS = 103  # whom a device pushes to / pulls from
+    BANDS = 104  # which Gist band a send carries; SDFA's random segments
+    MSG_LOSS = 105  # lost packets of device-to-device messages
+    VALIDATION = 106  # the shared validation subset (Gist)
 
 
 def stream_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
@@ -55,13 +55,11 @@ def hash_keys(*parts: np.ndarray | int) -> np.ndarray:
     with np.errstate(over="ignore"):
         acc = np.uint64(0x243F6A8885A308D3)
         for part in parts:
-            acc = _mix64(np.asarray(acc, dtype=np.uint64) + np.asarray(part).astype(np.uint64) * _GOLDEN
-                         + _GOLDEN)
+            acc = _mix64(np.asarray(acc, dtype=np.uint64) + np.asarray(part).astype(np.uint64) * _GOLDEN + _GOLDEN)
     return np.asarray(acc)
 
 
-def device_permutations(seed: int, round_: int, epoch: int, device_ids: np.ndarray,
-                        sizes: np.ndarray) -> np.ndarray:
+def device_permutations(seed: int, round_: int, epoch: int, device_ids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per-device random orders of ``range(sizes[d])``, padded with -1 to the largest size.
 
     Vectorised over devices: each device's order is the argsort of hashed keys of
@@ -70,8 +68,9 @@ def device_permutations(seed: int, round_: int, epoch: int, device_ids: np.ndarr
     sizes = np.asarray(sizes, dtype=np.int64)
     width = int(sizes.max()) if sizes.size else 0
     pos = np.arange(width, dtype=np.int64)[None, :]
-    keys = hash_keys(int(seed), int(Stream.SHUFFLE), int(round_), int(epoch),
-                     np.asarray(device_ids, dtype=np.int64)[:, None], pos)
+    keys = hash_keys(
+        int(seed), int(Stream.SHUFFLE), int(round_), int(epoch), np.asarray(device_ids, dtype=np.int64)[:, None], pos
+    )
     valid = pos < sizes[:, None]
     keys = np.where(valid, keys >> np.uint64(1), np.uint64(2**63))  # padding sorts last
     order = np.argsort(keys, axis=1, kind="stable")

@@ -24,7 +24,8 @@ Rules (cf. Flower's FedAvg, FedMedian, FedTrimmedAvg and Krum strategies):
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -262,9 +263,7 @@ def _trimmed_mean(updates: Tensor, weights: Tensor | None, *, beta: float) -> Te
     return trimmed_mean(updates, beta)
 
 
-def _krum(
-    updates: Tensor, weights: Tensor | None, *, num_byzantine: int, num_selected: int = 1
-) -> Tensor:
+def _krum(updates: Tensor, weights: Tensor | None, *, num_byzantine: int, num_selected: int = 1) -> Tensor:
     return krum(updates, num_byzantine, num_selected, weights)
 
 

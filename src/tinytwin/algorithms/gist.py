@@ -28,7 +28,7 @@ A *segment* is a sparse subset of the flat model, sent as a bitmap plus the pack
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -37,9 +37,22 @@ from torch import Tensor
 # the wire payload and the band bounds have one definition, torch-free, for device processes
 from tinytwin.algorithms.gist_np import band_bounds, decode_payload, encode_payload, payload_size
 
-__all__ = ["accumulate", "band_bounds", "band_importance", "band_of", "band_order", "decode_payload", "encode_payload",
-           "merge", "merge_reference", "payload_size", "random_order", "segment", "segments_of",
-           "selection_probabilities"]
+__all__ = [
+    "accumulate",
+    "band_bounds",
+    "band_importance",
+    "band_of",
+    "band_order",
+    "decode_payload",
+    "encode_payload",
+    "merge",
+    "merge_reference",
+    "payload_size",
+    "random_order",
+    "segment",
+    "segments_of",
+    "selection_probabilities",
+]
 
 SELECTIONS = ("proportional", "softmax", "uniform")
 
@@ -64,8 +77,9 @@ def band_importance(params: Tensor, order: Tensor, bounds: np.ndarray) -> Tensor
     return (sums / (b[1:] - b[:-1]).clamp_min(1).to(torch.float64)).to(params.dtype)
 
 
-def selection_probabilities(importance: Tensor, mode: str = "proportional", base: float = math.e,
-                            drop_lowest: bool = False) -> Tensor:
+def selection_probabilities(
+    importance: Tensor, mode: str = "proportional", base: float = math.e, drop_lowest: bool = False
+) -> Tensor:
     """(D, S) probability of sending each band."""
     imp = importance.to(torch.float64)
     if mode == "uniform":
@@ -85,7 +99,7 @@ def selection_probabilities(importance: Tensor, mode: str = "proportional", base
 
 def segment(order_row: Tensor, bounds: np.ndarray, band: int) -> Tensor:
     """Sorted parameter indices of one band of one device."""
-    return torch.sort(order_row[int(bounds[band]):int(bounds[band + 1])]).values
+    return torch.sort(order_row[int(bounds[band]) : int(bounds[band + 1])]).values
 
 
 def band_of(order: Tensor, bounds: np.ndarray) -> Tensor:
@@ -97,8 +111,9 @@ def band_of(order: Tensor, bounds: np.ndarray) -> Tensor:
     return out
 
 
-def segments_of(params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor,
-                max_elements: int = 8_000_000) -> tuple[list[Tensor], list[Tensor]]:
+def segments_of(
+    params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor, max_elements: int = 8_000_000
+) -> tuple[list[Tensor], list[Tensor]]:
     """Sorted indices and values of band ``chosen[m]`` of device row ``rows[m]`` for every message m.
 
     ``bands`` is :func:`band_of`; vectorised over messages (in chunks of ``max_elements``)."""
@@ -107,7 +122,7 @@ def segments_of(params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor,
     p = params.shape[1]
     step = max(1, max_elements // max(p, 1))
     for lo in range(0, len(rows), step):
-        r, b = rows[lo:lo + step], chosen[lo:lo + step]
+        r, b = rows[lo : lo + step], chosen[lo : lo + step]
         mask = bands[r] == b.to(bands.dtype)[:, None]
         nz = mask.nonzero()
         counts = mask.sum(dim=1).tolist()
@@ -119,8 +134,16 @@ def segments_of(params: Tensor, bands: Tensor, rows: Tensor, chosen: Tensor,
 
 # ---------------------------------------------------------------------------------- merge
 
-def accumulate(num_rows: int, num_params: int, rows: Tensor, idx: Tensor, values: Tensor, weight: Tensor,
-               dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+
+def accumulate(
+    num_rows: int,
+    num_params: int,
+    rows: Tensor,
+    idx: Tensor,
+    values: Tensor,
+    weight: Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
     """Weighted sums ``r`` and coverage ``φ`` (both (R, P)) of received segments.
 
     Entry m of the flat arrays says: receiver row ``rows[m]`` got value ``values[m]`` for
@@ -140,8 +163,9 @@ def merge(own: Tensor, local_weight: Tensor, r: Tensor, phi: Tensor) -> Tensor:
     return torch.where(den > 0, (r + a * own) / torch.where(den > 0, den, torch.ones_like(den)), own)
 
 
-def merge_reference(own: np.ndarray, local_weight: float,
-                    segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
+def merge_reference(
+    own: np.ndarray, local_weight: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]
+) -> np.ndarray:
     """One receiver, plain loops over segments: the executable definition :func:`merge` must equal.
 
     ``segments`` holds (sender weight, values, mask) per received segment."""

@@ -24,16 +24,28 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.wire.encoding import decode, encode, encoded_size
 
-__all__ = ["band_bounds", "band_importance", "band_order", "choose_bands", "decode_payload", "encode_payload",
-           "merge", "payload_size", "random_order", "segment_mask", "selection_probabilities", "send_uniforms",
-           "validation_indices"]
+__all__ = [
+    "band_bounds",
+    "band_importance",
+    "band_order",
+    "choose_bands",
+    "decode_payload",
+    "encode_payload",
+    "merge",
+    "payload_size",
+    "random_order",
+    "segment_mask",
+    "selection_probabilities",
+    "send_uniforms",
+    "validation_indices",
+]
 
 _ACC = struct.Struct("<f")
 SELECTIONS = ("proportional", "softmax", "uniform")
@@ -52,6 +64,7 @@ def validation_indices(seed: int, num_test: int, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- bands
+
 
 def band_order(params: np.ndarray) -> np.ndarray:
     """Parameter indices sorted by increasing ``|w|``, ties by index (``torch.sort(stable=True)``)."""
@@ -74,8 +87,9 @@ def band_importance(params: np.ndarray, order: np.ndarray, bounds: np.ndarray) -
     return (sums / counts).astype(np.float32)
 
 
-def selection_probabilities(importance: np.ndarray, mode: str = "proportional", base: float = math.e,
-                            drop_lowest: bool = False) -> np.ndarray:
+def selection_probabilities(
+    importance: np.ndarray, mode: str = "proportional", base: float = math.e, drop_lowest: bool = False
+) -> np.ndarray:
     """(S,) probability of sending each band (float64)."""
     imp = np.asarray(importance).astype(np.float64)
     if mode == "uniform":
@@ -109,11 +123,12 @@ def choose_bands(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
 def segment_mask(order: np.ndarray, bounds: np.ndarray, band: int) -> np.ndarray:
     """Boolean mask of the parameters in ``band``."""
     mask = np.zeros(len(order), dtype=bool)
-    mask[order[int(bounds[band]):int(bounds[band + 1])]] = True
+    mask[order[int(bounds[band]) : int(bounds[band + 1])]] = True
     return mask
 
 
 # ---------------------------------------------------------------------------------- payload
+
 
 def payload_size(num_params: int, nnz: int) -> int:
     """Bytes of :func:`encode_payload` for a segment of ``nnz`` of ``num_params`` values."""
@@ -130,15 +145,15 @@ def decode_payload(payload: bytes, num_params: int) -> tuple[float, np.ndarray, 
     if len(payload) < _ACC.size:
         raise ValueError(f"gist payload of {len(payload)} bytes is shorter than its 4-byte header")
     (acc,) = _ACC.unpack_from(payload)
-    values, mask = decode(payload[_ACC.size:], "bitmap", num_params)
+    values, mask = decode(payload[_ACC.size :], "bitmap", num_params)
     assert mask is not None
     return float(acc), values, mask
 
 
 # ---------------------------------------------------------------------------------- merge
 
-def merge(own: np.ndarray, local_weight: float,
-          segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
+
+def merge(own: np.ndarray, local_weight: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
     """``(r + a·w) / (φ + a)`` over received segments (float64; the local value where the
     denominator is 0 or nobody sent the coordinate). ``segments`` holds (sender weight,
     mask, values of the set positions in index order) — :func:`merge_reference` of

@@ -40,8 +40,13 @@ PEER_MODES = ("random", "neighbour")
 MERGE_MODES = ("average", "fifo", "age")
 
 
-def choose_peers(rng: np.random.Generator, senders: np.ndarray, sends: int, online: np.ndarray,
-                 neighbours: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+def choose_peers(
+    rng: np.random.Generator,
+    senders: np.ndarray,
+    sends: int,
+    online: np.ndarray,
+    neighbours: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(src, dst)`` of every push: ``sends`` uniform draws with replacement per sender.
 
     ``neighbours`` is the CSR adjacency ``(indptr, indices)`` of the usable links (peer
@@ -57,7 +62,7 @@ def choose_peers(rng: np.random.Generator, senders: np.ndarray, sends: int, onli
         pos = np.searchsorted(pool, src)
         has = pool.size - 1
         k = np.floor(u * max(has, 0)).astype(np.int64)
-        k = k + (k >= pos)                      # skip the sender's own slot
+        k = k + (k >= pos)  # skip the sender's own slot
         ok = np.full(src.size, has > 0)
         dst = pool[np.minimum(k, pool.size - 1)] if pool.size else np.zeros(src.size, dtype=np.int64)
     else:
@@ -122,8 +127,9 @@ def message_rank(dst: np.ndarray) -> np.ndarray:
     return rank
 
 
-def pairwise_merge(params: Tensor, age: Tensor, src: np.ndarray, dst: np.ndarray, mode: str,
-                   received: Tensor | None = None) -> None:
+def pairwise_merge(
+    params: Tensor, age: Tensor, src: np.ndarray, dst: np.ndarray, mode: str, received: Tensor | None = None
+) -> None:
     """Push-pull exchanges in message order (in place): both ends of each pair merge.
 
     ``average``: both take ``(w_s + w_d) / 2``; ``age``: both take the age-weighted mean and
@@ -135,8 +141,8 @@ def pairwise_merge(params: Tensor, age: Tensor, src: np.ndarray, dst: np.ndarray
         rs = ws if received is None else received[s_]
         rd = wd if received is None else received[d_]
         if mode == "age":
-            m_d, a = merge_age(wd[None], age[d_:d_ + 1], rs[None], age[s_:s_ + 1])
-            m_s, _ = merge_age(ws[None], age[s_:s_ + 1], rd[None], age[d_:d_ + 1])
+            m_d, a = merge_age(wd[None], age[d_ : d_ + 1], rs[None], age[s_ : s_ + 1])
+            m_s, _ = merge_age(ws[None], age[s_ : s_ + 1], rd[None], age[d_ : d_ + 1])
             params[d_], params[s_] = m_d[0], m_s[0]
             age[s_] = age[d_] = a[0]
         else:

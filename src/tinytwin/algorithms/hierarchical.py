@@ -23,13 +23,21 @@ message size in MB (10⁶ bytes).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["balanced_assignment", "balanced_sizes", "change_cost", "min_comm_cost", "min_comm_cost_exhaustive",
-           "objective", "round_cost", "round_ledger"]
+__all__ = [
+    "balanced_assignment",
+    "balanced_sizes",
+    "change_cost",
+    "min_comm_cost",
+    "min_comm_cost_exhaustive",
+    "objective",
+    "round_cost",
+    "round_ledger",
+]
 
 MB = 1e6
 
@@ -45,7 +53,9 @@ def balanced_assignment(num_clients: int, num_clusters: int) -> np.ndarray:
     return np.repeat(np.arange(num_clusters), balanced_sizes(num_clients, num_clusters))
 
 
-def objective(assign: np.ndarray, client_costs: np.ndarray, aggregator_costs: np.ndarray, model_mb: float = 1.0) -> float:
+def objective(
+    assign: np.ndarray, client_costs: np.ndarray, aggregator_costs: np.ndarray, model_mb: float = 1.0
+) -> float:
     """minCommCost's objective ``Σ_LA c(LA, GA)·M + Σ_clients c(client, LA)·M`` (LAs with clients)."""
     used = np.unique(assign)
     return float(model_mb * (aggregator_costs[used].sum() + client_costs[np.arange(assign.size), assign].sum()))
@@ -91,21 +101,28 @@ def min_comm_cost(client_costs: np.ndarray, aggregator_costs: np.ndarray) -> np.
     n, k = c.shape
     if k <= 1:
         return np.zeros(n, dtype=np.int64)
-    slot_of = np.repeat(np.arange(k), balanced_sizes(n, k))     # one column per slot
+    slot_of = np.repeat(np.arange(k), balanced_sizes(n, k))  # one column per slot
     rows, cols = linear_sum_assignment(c[:, slot_of])
     assign = np.empty(n, dtype=np.int64)
     assign[rows] = slot_of[cols]
     return assign
 
 
-def round_cost(assign: np.ndarray, client_costs: np.ndarray, aggregator_costs: np.ndarray, model_mb: float,
-               local_rounds: int) -> float:
+def round_cost(
+    assign: np.ndarray, client_costs: np.ndarray, aggregator_costs: np.ndarray, model_mb: float, local_rounds: int
+) -> float:
     """``C_round`` of one global round (flat FL when there is one aggregator)."""
     return float(sum(r["cost"] for r in round_ledger(assign, client_costs, aggregator_costs, model_mb, local_rounds)))
 
 
-def round_ledger(assign: np.ndarray, client_costs: np.ndarray, aggregator_costs: np.ndarray, model_mb: float,
-                 local_rounds: int, clients: np.ndarray | None = None) -> list[dict]:
+def round_ledger(
+    assign: np.ndarray,
+    client_costs: np.ndarray,
+    aggregator_costs: np.ndarray,
+    model_mb: float,
+    local_rounds: int,
+    clients: np.ndarray | None = None,
+) -> list[dict]:
     """The ledger rows of one global round: one per client link and one per LA link.
 
     ``clients`` restricts the client rows to the devices that took part (default: all)."""
@@ -116,18 +133,36 @@ def round_ledger(assign: np.ndarray, client_costs: np.ndarray, aggregator_costs:
     rows = []
     for d in ids:
         c = int(assign[d])
-        rows.append({"level": "client-ga" if flat else "client-la", "src": f"device {int(d)}",
-                     "dst": "ga" if flat else f"la {c}", "mb": L * model_mb,
-                     "cost": L * float(client_costs[d][c]) * model_mb})
+        rows.append(
+            {
+                "level": "client-ga" if flat else "client-la",
+                "src": f"device {int(d)}",
+                "dst": "ga" if flat else f"la {c}",
+                "mb": L * model_mb,
+                "cost": L * float(client_costs[d][c]) * model_mb,
+            }
+        )
     if not flat:
         for c in np.unique(assign[ids]):
-            rows.append({"level": "la-ga", "src": f"la {int(c)}", "dst": "ga", "mb": model_mb,
-                         "cost": float(aggregator_costs[c]) * model_mb})
+            rows.append(
+                {
+                    "level": "la-ga",
+                    "src": f"la {int(c)}",
+                    "dst": "ga",
+                    "mb": model_mb,
+                    "cost": float(aggregator_costs[c]) * model_mb,
+                }
+            )
     return rows
 
 
-def change_cost(old: np.ndarray | None, new: np.ndarray, client_costs: np.ndarray, model_mb: float,
-                present_before: np.ndarray | None = None) -> float:
+def change_cost(
+    old: np.ndarray | None,
+    new: np.ndarray,
+    client_costs: np.ndarray,
+    model_mb: float,
+    present_before: np.ndarray | None = None,
+) -> float:
     """``Σ c(client, new parent)/2 · M`` over clients that are new or changed parent."""
     new = np.asarray(new)
     changed = np.ones(new.size, dtype=bool) if old is None else (np.asarray(old) != new)

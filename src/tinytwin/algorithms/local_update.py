@@ -27,9 +27,17 @@ from tinytwin.models.params import ParamLayout
 
 __all__ = ["ADAM_BETAS", "ADAM_EPS", "LocalTraining", "batch_loss", "init_optimizer_state", "optimizer_step"]
 
-def batch_loss(module: nn.Module, layout: ParamLayout, flat: torch.Tensor, x: torch.Tensor,
-               y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor,
-               prox_mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+
+def batch_loss(
+    module: nn.Module,
+    layout: ParamLayout,
+    flat: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    anchor: torch.Tensor,
+    prox_mu: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one device on one batch, and the summed cross-entropy of its real samples.
 
     ``mask`` marks real samples (1) versus padding (0); the loss is normalised by the real
@@ -48,16 +56,24 @@ def init_optimizer_state(params: torch.Tensor, cfg: LocalTraining) -> dict[str, 
     """Fresh optimizer state for ``params`` of shape (..., P)."""
     if cfg.optimizer == "adam":
         lead = params.shape[:-1]
-        return {"m": torch.zeros_like(params), "v": torch.zeros_like(params),
-                "t": torch.zeros(lead + (1,), dtype=params.dtype)}
+        return {
+            "m": torch.zeros_like(params),
+            "v": torch.zeros_like(params),
+            "t": torch.zeros(lead + (1,), dtype=params.dtype),
+        }
     if cfg.momentum:
         return {"m": torch.zeros_like(params)}
     return {}
 
 
-def optimizer_step(params: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
-                   lr: torch.Tensor, active: torch.Tensor, cfg: LocalTraining
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def optimizer_step(
+    params: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    lr: torch.Tensor,
+    active: torch.Tensor,
+    cfg: LocalTraining,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step; ``lr`` and ``active`` broadcast against params (shape (..., 1)).
 
     Devices with ``active == 0`` keep their parameters and state unchanged.
@@ -71,8 +87,8 @@ def optimizer_step(params: torch.Tensor, grad: torch.Tensor, state: dict[str, to
         m = torch.where(active > 0, b1 * state["m"] + (1 - b1) * grad, state["m"])
         v = torch.where(active > 0, b2 * state["v"] + (1 - b2) * grad * grad, state["v"])
         t_safe = t.clamp_min(1.0)
-        m_hat = m / (1 - b1 ** t_safe)
-        v_hat = v / (1 - b2 ** t_safe)
+        m_hat = m / (1 - b1**t_safe)
+        v_hat = v / (1 - b2**t_safe)
         direction = m_hat / (v_hat.sqrt() + ADAM_EPS)
         new_state.update(m=m, v=v, t=t)
     elif cfg.momentum:

@@ -24,8 +24,9 @@ the state is plain numpy arrays so it checkpoints with the run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,16 +51,16 @@ class LRSchedule:
 
     name: str
     lr0: float
-    total_rounds: np.ndarray                       # (D,) T_d
+    total_rounds: np.ndarray  # (D,) T_d
     stair_fractions: tuple[float, ...] = (0.40, 0.65, 0.75)
     stair_factor: float = 8.0
     patience_fractions: tuple[float, ...] = (0.30, 0.20, 0.20, 0.10)
     loss_factor: float = 2.0
     min_lr: float = 1e-5
     lr: np.ndarray = field(init=False)
-    stairs_done: np.ndarray = field(init=False)    # (D, S) bool
-    loss_mean: np.ndarray = field(init=False)      # (D,) μ (NaN before the first call)
-    counter: np.ndarray = field(init=False)        # (D,) c
+    stairs_done: np.ndarray = field(init=False)  # (D, S) bool
+    loss_mean: np.ndarray = field(init=False)  # (D,) μ (NaN before the first call)
+    counter: np.ndarray = field(init=False)  # (D,) c
     patience_index: np.ndarray = field(init=False)  # (D,) k
 
     def __post_init__(self) -> None:
@@ -101,7 +102,7 @@ class LRSchedule:
             hit = (self.stair_rounds()[ids] == r[:, None]) & ~self.stairs_done[ids]
             n_hit = hit.sum(axis=1)
             self.stairs_done[ids] |= hit
-            new = self.lr[ids] / self.stair_factor ** n_hit
+            new = self.lr[ids] / self.stair_factor**n_hit
             self.lr[ids] = np.where(n_hit > 0, np.maximum(new, self.min_lr), self.lr[ids])
         if self.uses_loss:
             loss = np.asarray(train_loss, dtype=np.float64)
@@ -124,9 +125,14 @@ class LRSchedule:
 
     # ---- checkpointing --------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"lr": self.lr.copy(), "stairs_done": self.stairs_done.copy(), "loss_mean": self.loss_mean.copy(),
-                "counter": self.counter.copy(), "patience_index": self.patience_index.copy(),
-                "total_rounds": self.total_rounds.copy()}
+        return {
+            "lr": self.lr.copy(),
+            "stairs_done": self.stairs_done.copy(),
+            "loss_mean": self.loss_mean.copy(),
+            "counter": self.counter.copy(),
+            "patience_index": self.patience_index.copy(),
+            "total_rounds": self.total_rounds.copy(),
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

@@ -32,8 +32,9 @@ def to_torch_sparse(w: sp.spmatrix, dtype: torch.dtype = torch.float32) -> Tenso
     """A scipy sparse matrix as a (coalesced) torch sparse COO tensor."""
     c = sp.coo_matrix(w)
     idx = torch.from_numpy(np.stack([c.row, c.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(c.data).to(dtype), size=c.shape,
-                                   check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, torch.from_numpy(c.data).to(dtype), size=c.shape, check_invariants=True
+    ).coalesce()
 
 
 def mix(w: sp.spmatrix, x: Tensor, steps: int = 1) -> Tensor:

@@ -34,8 +34,14 @@ def contiguous_bounds(num_params: int, segments: int) -> np.ndarray:
     return np.r_[0, np.cumsum(sizes)].astype(np.int64)
 
 
-def choose_replicas(rng: np.random.Generator, pullers: np.ndarray, segments: int, replicas: int,
-                    online: np.ndarray, neighbours: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+def choose_replicas(
+    rng: np.random.Generator,
+    pullers: np.ndarray,
+    segments: int,
+    replicas: int,
+    online: np.ndarray,
+    neighbours: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
     """``(len(pullers), S, R)`` peer ids (−1: none), drawn uniformly with replacement."""
     from tinytwin.algorithms.gossip import choose_peers
 
@@ -49,8 +55,14 @@ def choose_replicas(rng: np.random.Generator, pullers: np.ndarray, segments: int
     return out
 
 
-def segment_pull(params: Tensor, weights: Tensor, pullers: np.ndarray, peers: np.ndarray,
-                 bounds: np.ndarray, received: Tensor | None = None) -> Tensor:
+def segment_pull(
+    params: Tensor,
+    weights: Tensor,
+    pullers: np.ndarray,
+    peers: np.ndarray,
+    bounds: np.ndarray,
+    received: Tensor | None = None,
+) -> Tensor:
     """New models of ``pullers`` after pulling every segment from their ``peers``.
 
     ``params`` (D, P) are the models after local training; ``weights`` (D,) the local
@@ -65,10 +77,10 @@ def segment_pull(params: Tensor, weights: Tensor, pullers: np.ndarray, peers: np
     own_w = w[rows][:, None]
     for s in range(len(bounds) - 1):
         lo, hi = int(bounds[s]), int(bounds[s + 1])
-        p = torch.from_numpy(peers[:, s, :])               # (R_pull, R)
+        p = torch.from_numpy(peers[:, s, :])  # (R_pull, R)
         valid = (p >= 0).to(params.dtype)
-        pw = w[p.clamp_min(0)] * valid                     # (R_pull, R)
-        pulled = src[p.clamp_min(0), lo:hi]                # (R_pull, R, L)
+        pw = w[p.clamp_min(0)] * valid  # (R_pull, R)
+        pulled = src[p.clamp_min(0), lo:hi]  # (R_pull, R, L)
         num = own_w * out[:, lo:hi] + (pw[:, :, None] * pulled).sum(dim=1)
         out[:, lo:hi] = num / (own_w + pw.sum(dim=1, keepdim=True))
     return out

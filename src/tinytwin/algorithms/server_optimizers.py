@@ -28,8 +28,8 @@ The state is a plain ``dict[str, Tensor]`` so it can be checkpointed with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

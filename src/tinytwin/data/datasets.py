@@ -29,9 +29,10 @@ import pickle
 import stat
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,10 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, *, test_size: int | None = None,
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    test_size: int | None = None,
     digits_split: str = "shuffled",
 ) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASET_NAMES`).
@@ -184,13 +188,21 @@ def _load_cifar10_cat_vww(root: Path | None, test_size: int | None) -> Dataset:
 
     cifar = _load_cifar10(root, None)
     model = ff.find_vww_model(_search_dirs(root, "vww"))
-    xtr, ytr, xte, yte = ff.cat_features(cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, model,
-                                         _user_cache_dir())
+    xtr, ytr, xte, yte = ff.cat_features(
+        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, model, _user_cache_dir()
+    )
     if test_size is not None and test_size < len(yte):
         keep = np.sort(np.random.default_rng(0).permutation(len(yte))[:test_size])
         xte, yte = xte[keep], yte[keep]
-    return Dataset(name="cifar10-cat-vww", x_train=xtr[:, :, None, None], y_train=ytr,
-                   x_test=xte[:, :, None, None], y_test=yte, num_classes=2, class_names=("not cat", "cat"))
+    return Dataset(
+        name="cifar10-cat-vww",
+        x_train=xtr[:, :, None, None],
+        y_train=ytr,
+        x_test=xte[:, :, None, None],
+        y_test=yte,
+        num_classes=2,
+        class_names=("not cat", "cat"),
+    )
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -234,8 +246,7 @@ def _finish(
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(
-            f"{source}: train images are {arrays['x_train'].shape[1:]} but test images are "
-            f"{arrays['x_test'].shape[1:]}"
+            f"{source}: train images are {arrays['x_train'].shape[1:]} but test images are {arrays['x_test'].shape[1:]}"
         )
     if test_size is not None and test_size < len(arrays["y_test"]):
         # A fixed random subset (seed 0), kept in file order: test files such as CIFAR-10's
@@ -319,8 +330,10 @@ def _read_digits_table() -> np.ndarray:
 
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the digits dataset comes with scikit-learn, which is not installed; "
-                        "install it with `pip install scikit-learn` (the quick start does)")
+        raise DataError(
+            "the digits dataset comes with scikit-learn, which is not installed; "
+            "install it with `pip install scikit-learn` (the quick start does)"
+        )
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.float64)
@@ -352,7 +365,14 @@ def _load_digits(test_size: int | None, split_kind: str = "shuffled") -> Dataset
         x, y = x[order], y[order]
     split = len(x) - _DIGITS_TEST_SIZE
     return _finish(
-        "digits", x[:split], y[:split], x[split:], y[split:], DIGIT_CLASSES, "scikit-learn digits", test_size,
+        "digits",
+        x[:split],
+        y[:split],
+        x[split:],
+        y[split:],
+        DIGIT_CLASSES,
+        "scikit-learn digits",
+        test_size,
         scale=16.0,
     )
 
@@ -664,7 +684,9 @@ def _load_cifar_npz(npz: Path, test_size: int | None) -> Dataset:
     if is_test.dtype != np.bool_:
         raise DataError(f"{npz}: is_test has dtype {is_test.dtype}; expected bool")
     if classes.ndim != 1 or classes.dtype.kind != "U" or len(classes) == 0:
-        raise DataError(f"{npz}: classes must be a 1-D unicode array of class names, got {classes.dtype} {classes.shape}")
+        raise DataError(
+            f"{npz}: classes must be a 1-D unicode array of class names, got {classes.dtype} {classes.shape}"
+        )
     images = _decoded_cifar_images(npz, offsets.astype(np.int64))
     return _finish(
         "cifar10",

@@ -43,6 +43,7 @@ scale. On a board the same two 256-vectors would be constants applied before the
 Raw features are computed once and cached (keyed on the model file's path, size and
 mtime, the extractor, and a fingerprint of the images).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -132,7 +133,7 @@ class KerasModel:
         last = max(self.names.index(n) for n in names)
         values: dict[str, Any] = {}
         with torch.inference_mode():
-            for layer in self.layers[:last + 1]:
+            for layer in self.layers[: last + 1]:
                 values[layer["name"]] = _apply(layer, [values[n] for n in layer["inbound"]], x)
         return {n: values[n] for n in names}
 
@@ -166,15 +167,25 @@ def _read_keras_h5(path: Path) -> tuple[list[dict[str, Any]], str]:
                     inbound = [ref[0] for ref in nodes[0]] if nodes else ["__input__"]
                 arrays: dict[str, np.ndarray] = {}
                 if name in weights:
+
                     def grab(key: str, obj: Any, out: dict[str, np.ndarray] = arrays) -> None:
                         if isinstance(obj, h5py.Dataset):
                             out[key.split("/")[-1].split(":")[0]] = np.asarray(obj[()], dtype=np.float32)
+
                     weights[name].visititems(grab)
                 if kind == "Sequential" and i == 0 and lc["class_name"] != "InputLayer":
-                    layers.append({"name": "__input__", "kind": "InputLayer", "config": {}, "weights": {},
-                                   "inbound": []})
-                layers.append({"name": name, "kind": lc["class_name"], "config": lc["config"], "weights": arrays,
-                               "inbound": inbound if lc["class_name"] != "InputLayer" else []})
+                    layers.append(
+                        {"name": "__input__", "kind": "InputLayer", "config": {}, "weights": {}, "inbound": []}
+                    )
+                layers.append(
+                    {
+                        "name": name,
+                        "kind": lc["class_name"],
+                        "config": lc["config"],
+                        "weights": arrays,
+                        "inbound": inbound if lc["class_name"] != "InputLayer" else [],
+                    }
+                )
             if kind == "Sequential":
                 output = layers[-1]["name"]
             else:
@@ -204,8 +215,9 @@ def _need(layer: dict[str, Any], key: str) -> Any:
         raise DataError(f"Keras model: layer {layer['name']} has no weight {key!r}") from None
 
 
-def _spatial_pad(x: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1),
-                 value: float = 0.0) -> Any:
+def _spatial_pad(
+    x: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1), value: float = 0.0
+) -> Any:
     import torch.nn.functional as F
 
     top, bottom = same_padding(x.shape[2], kernel[0], stride[0], dilation[0])
@@ -224,8 +236,9 @@ def _apply(layer: dict[str, Any], ins: list[Any], x_in: Any) -> Any:
         return x_in
     x = ins[0] if ins else x_in
     if cfg.get("data_format", "channels_last") != "channels_last":
-        raise DataError(f"Keras model: layer {layer['name']} uses data_format {cfg['data_format']}; "
-                        "only channels_last is supported")
+        raise DataError(
+            f"Keras model: layer {layer['name']} uses data_format {cfg['data_format']}; only channels_last is supported"
+        )
     if kind in ("Conv2D", "DepthwiseConv2D"):
         k, s = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
         d = _pair(cfg.get("dilation_rate", 1))
@@ -289,7 +302,7 @@ def _apply(layer: dict[str, Any], ins: list[Any], x_in: Any) -> Any:
         pad = cfg["padding"]
         if isinstance(pad, int):
             pad = [pad, pad]
-        (t, b), (l, r) = (pad if isinstance(pad[0], (list, tuple)) else [[pad[0]] * 2, [pad[1]] * 2])
+        (t, b), (l, r) = pad if isinstance(pad[0], (list, tuple)) else [[pad[0]] * 2, [pad[1]] * 2]
         return F.pad(x, (l, r, t, b))
     if kind == "Flatten":
         return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x).reshape(len(x), -1)
@@ -351,15 +364,17 @@ def extract(images: np.ndarray, net: KerasModel, tap: Tap, batch: int = 250) -> 
 
     out = np.empty((len(images), FEATURE_WIDTH), np.float32)
     for lo in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + batch], dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch], dtype=np.float32))
         x = F.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
         y = net(x, until=tap.layer)
         if tuple(y.shape[1:]) != tap.shape:
-            raise DataError(f"{net.path}: layer {tap.layer} gives shape {tuple(y.shape[1:])}, expected {tap.shape}; "
-                            "not the MLPerf Tiny VWW MobileNet")
+            raise DataError(
+                f"{net.path}: layer {tap.layer} gives shape {tuple(y.shape[1:])}, expected {tap.shape}; "
+                "not the MLPerf Tiny VWW MobileNet"
+            )
         if y.dim() == 4:
             y = F.adaptive_avg_pool2d(y, tap.grid).permute(0, 2, 3, 1).reshape(len(x), -1)
-        out[lo:lo + batch] = y.numpy()
+        out[lo : lo + batch] = y.numpy()
     return out
 
 
@@ -377,8 +392,10 @@ def find_vww_model(dirs: list[Path]) -> Path:
     for d in dirs:
         if (d / VWW_FILE).is_file():
             return d / VWW_FILE
-    raise DataError(f"cifar10-cat-vww needs {VWW_FILE} (the MLPerf Tiny VWW model); not found in "
-                    f"{', '.join(str(d) for d in dirs) or 'no data folder'}; set dataset.data_dir / $TINYTWIN_DATA")
+    raise DataError(
+        f"cifar10-cat-vww needs {VWW_FILE} (the MLPerf Tiny VWW model); not found in "
+        f"{', '.join(str(d) for d in dirs) or 'no data folder'}; set dataset.data_dir / $TINYTWIN_DATA"
+    )
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -389,9 +406,17 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((a - mu) / sd).astype(np.float32) for a in (train, *others)]
 
 
-def cat_features(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                 model_path: Path, cache_dir: Path, *, extractor: str = DEFAULT_EXTRACTOR,
-                 standardized: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cat_features(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    model_path: Path,
+    cache_dir: Path,
+    *,
+    extractor: str = DEFAULT_EXTRACTOR,
+    standardized: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Balanced cat / not-cat features (N, 256) and 0/1 labels (1 = cat) of both splits.
 
     Raw features are cached in ``cache_dir``; ``standardized`` then scales them with the
@@ -425,7 +450,7 @@ def cat_features(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
                     old.unlink(missing_ok=True)
         except OSError:
             pass
-    f_tr, f_te = feats[:len(tr)], feats[len(tr):]
+    f_tr, f_te = feats[: len(tr)], feats[len(tr) :]
     if standardized:
         f_tr, f_te = standardize(f_tr, f_te)
     labels = lambda y, idx: (y[idx] == CAT_CLASS).astype(np.int64)  # noqa: E731

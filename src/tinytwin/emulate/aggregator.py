@@ -84,8 +84,10 @@ class LocalAggregator:
         self.p, self.sizes = p, sizes
         self.enc_up, self.enc_down = str(cfg["encoding"]), str(cfg["downlink_encoding"])
         # towards the global coordinator this process is a device (the device runtime's checks)
-        self.up = DeviceRuntime({"device": self.wire_id, "num_params": p, "tensor_sizes": sizes,
-                                 "downlink_encoding": self.enc_down}, bytes.fromhex(keys["coordinator"]))
+        self.up = DeviceRuntime(
+            {"device": self.wire_id, "num_params": p, "tensor_sizes": sizes, "downlink_encoding": self.enc_down},
+            bytes.fromhex(keys["coordinator"]),
+        )
         # towards its devices it is the coordinator (the coordinator's checks, its members' keys only)
         self.down = Coordinator(0, b"", p, sizes, self.enc_up)
         self.down.keys = {int(d): bytes.fromhex(k) for d, k in keys["devices"].items()}
@@ -94,7 +96,7 @@ class LocalAggregator:
         self.pids: dict[int, int] = {}
         self.connected: dict[int, asyncio.Event] = {d: asyncio.Event() for d in self.n_train}
         self.killed: set[int] = set()
-        self.lost: set[int] = set()             # connections closed during the current global round
+        self.lost: set[int] = set()  # connections closed during the current global round
         self.failed: dict[int, str] = {}
         self.model_bytes: dict[int, int] = {}
         self.model_sent_at: dict[int, float] = {}
@@ -110,9 +112,13 @@ class LocalAggregator:
         device: int | None = None
         try:
             async for fr, content, size in accepted_frames(
-                    reader, self.down, lambda: device,
-                    on_reject=lambda dev, exc: log(f"aggregator {self.cluster}: rejected frame header from device "
-                                                   f"{dev}: {exc}; closing")):
+                reader,
+                self.down,
+                lambda: device,
+                on_reject=lambda dev, exc: log(
+                    f"aggregator {self.cluster}: rejected frame header from device {dev}: {exc}; closing"
+                ),
+            ):
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
                     self.writers[device] = writer
@@ -154,18 +160,18 @@ class LocalAggregator:
         if waiting:
             try:
                 await asyncio.wait_for(asyncio.gather(*waiting), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
-    async def _start_device(self, d: int, key: int, wire: int, plan: dict[str, Any], payload: bytes,
-                            kill_after_s: float | None) -> None:
+    async def _start_device(
+        self, d: int, key: int, wire: int, plan: dict[str, Any], payload: bytes, kill_after_s: float | None
+    ) -> None:
         """Round plan, then the shaped cluster model, to one member (then its SIGKILL, for a victim).
 
         ``key`` is the device's training key (the local round key), ``wire`` the frames' round:
         ``key`` plus the global coordinator's resume offset, so that a device that already played
         this key before a coordinator resume accepts the replay (its rounds only go up)."""
-        msg = {"cmd": "round", "round": wire, "key": key, "up_wait_s": float(plan["up_wait_s"]),
-               "drop_update": False}
+        msg = {"cmd": "round", "round": wire, "key": key, "up_wait_s": float(plan["up_wait_s"]), "drop_update": False}
         ctrl = self.down.make(fm.MsgType.CONTROL, d, wire, "none", json.dumps(msg).encode())
         if await self._send(d, ctrl):
             self.control_bytes += len(ctrl)
@@ -180,7 +186,7 @@ class LocalAggregator:
         if kill_after_s is not None:
             if kill_after_s > 0:
                 await asyncio.sleep(kill_after_s)
-            self.killed.add(d)                       # whatever it sends from now on is discarded
+            self.killed.add(d)  # whatever it sends from now on is discarded
             self.down.updates.pop(d, None)
             self.down.update_bytes.pop(d, None)
             pid = self.pids.get(d)
@@ -192,54 +198,76 @@ class LocalAggregator:
             log(f"aggregator {self.cluster}: device {d} SIGKILLed {kill_after_s:.3f} s after its model (key {key})")
 
     # ---- one global round ------------------------------------------------------------------
-    async def _local_round(self, l: int, lp: dict[str, Any], model: np.ndarray, kills: dict[int, float],
-                           offset: int = 0) -> tuple[np.ndarray, list[int], dict[str, Any]]:
+    async def _local_round(
+        self, l: int, lp: dict[str, Any], model: np.ndarray, kills: dict[int, float], offset: int = 0
+    ) -> tuple[np.ndarray, list[int], dict[str, Any]]:
         key = int(lp["key"])
         wire = key + offset
         devs = {int(d): v for d, v in lp["devices"].items()}
         planned = sorted(devs)
         # wait for members that are (re)starting; not for those that died earlier in this global round
-        await self._wait_connected([d for d in planned if d not in self.killed and d not in self.lost],
-                                   float(self.cfg["hello_timeout_s"]))
+        await self._wait_connected(
+            [d for d in planned if d not in self.killed and d not in self.lost], float(self.cfg["hello_timeout_s"])
+        )
         self.down.round = wire
         self.down.updates, self.down.update_bytes, self.down.metrics = {}, {}, {}
         self.model_bytes, self.model_sent_at, self.update_at = {}, {}, {}
         self.failed = {d: "killed" for d in planned if d in self.killed}
-        self.failed.update({d: "disconnected" if d in self.lost else "no_hello" for d in planned
-                            if d not in self.failed and d not in self.writers})
+        self.failed.update(
+            {
+                d: "disconnected" if d in self.lost else "no_hello"
+                for d in planned
+                if d not in self.failed and d not in self.writers
+            }
+        )
         self.down.expect = {d for d in planned if d not in self.failed}
         self.done = asyncio.Event()
         self._check_done()
         payload = enc.encode(model, self.enc_down, tensor_sizes=self.sizes)
-        await asyncio.gather(*(self._start_device(d, key, wire, devs[d], payload, kills.get(d) if l == 1 else None)
-                               for d in sorted(self.down.expect)))
+        await asyncio.gather(
+            *(
+                self._start_device(d, key, wire, devs[d], payload, kills.get(d) if l == 1 else None)
+                for d in sorted(self.down.expect)
+            )
+        )
         timeout = float(self.cfg["round_timeout_s"]) + 2 * float(lp.get("paced_s", 0.0))
         try:
             await asyncio.wait_for(self.done.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for d in sorted(self.down.expect - set(self.down.updates)):
                 self.failed[d] = "timeout"
         completed = sorted(d for d in self.down.updates if d not in self.killed)
         if completed:
             received = np.stack([self.down.updates[d] for d in completed]).astype(np.float32, copy=False)
             w = np.array([self.n_train[d] for d in completed], dtype=np.float32)
-            model = model + (w / w.sum()) @ received        # FedAvg, as the engine's weighted_mean
+            model = model + (w / w.sum()) @ received  # FedAvg, as the engine's weighted_mean
         devices = {}
         for d in planned:
             m = self.down.metrics.get(d, {})
             sent, got = self.model_sent_at.get(d), self.update_at.get(d)
             devices[str(d)] = {
                 "status": "ok" if d in completed else self.failed.get(d, "failed"),
-                "got_model": d in self.model_bytes, "bytes_down": self.model_bytes.get(d, 0),
+                "got_model": d in self.model_bytes,
+                "bytes_down": self.model_bytes.get(d, 0),
                 "bytes_up": self.down.update_bytes.get(d, 0) if d in completed else 0,
                 "train_loss": m.get("train_loss") if d in completed else None,
-                "busy_s": m.get("busy_s"), "compute_s": m.get("compute_s"), "rss_kb": m.get("rss_kb"),
-                "torch_loaded": bool(m.get("torch_loaded", False)), "rejected": m.get("rejected", {}),
+                "busy_s": m.get("busy_s"),
+                "compute_s": m.get("compute_s"),
+                "rss_kb": m.get("rss_kb"),
+                "torch_loaded": bool(m.get("torch_loaded", False)),
+                "rejected": m.get("rejected", {}),
                 "wall_down_s": m["model_at"] - sent if sent is not None and m.get("model_at") is not None else None,
                 "wall_up_s": got - m["up_at"] if got is not None and m.get("up_at") is not None else None,
-                **{x: m[x] for x in FIRMWARE_KEYS if d in completed and x in m}}   # firmware devices
-        report = {"kind": "local", "local": l, "key": key, "devices": devices,
-                  "rejected": dict(self.down.rejected), "reconnects": self.reconnects}
+                **{x: m[x] for x in FIRMWARE_KEYS if d in completed and x in m},
+            }  # firmware devices
+        report = {
+            "kind": "local",
+            "local": l,
+            "key": key,
+            "devices": devices,
+            "rejected": dict(self.down.rejected),
+            "reconnects": self.reconnects,
+        }
         return model, completed, report
 
     async def _to_ga(self, gw: asyncio.StreamWriter, data: bytes) -> None:
@@ -255,7 +283,7 @@ class LocalAggregator:
         t0 = time.perf_counter()
         offset = int(plan.get("offset", 0))
         model = np.asarray(g, dtype=np.float32).copy()
-        self.killed, self.lost = set(), set()        # a device that died in an earlier round runs again
+        self.killed, self.lost = set(), set()  # a device that died in an earlier round runs again
         kills = {int(d): float(s) for d, s in plan.get("kill", {}).items()}
         contributed: set[int] = set()
         for l, lp in enumerate(plan["local"], 1):
@@ -265,17 +293,28 @@ class LocalAggregator:
         wait = float(plan.get("up_wait_s", 0.0))
         if wait > 0:
             await asyncio.sleep(wait)
-        final = {"kind": "final", "contributed": sorted(contributed), "wall_s": time.perf_counter() - t0,
-                 "rss_kb": proc_status_kb("VmRSS"), "hwm_kb": proc_status_kb("VmHWM"),
-                 "torch_loaded": "torch" in sys.modules, "rejected_up": dict(self.up.rejected),
-                 "control_bytes": self.control_bytes}
-        if plan.get("report") == "model":                         # one cluster: flat FL, the model itself
+        final = {
+            "kind": "final",
+            "contributed": sorted(contributed),
+            "wall_s": time.perf_counter() - t0,
+            "rss_kb": proc_status_kb("VmRSS"),
+            "hwm_kb": proc_status_kb("VmHWM"),
+            "torch_loaded": "torch" in sys.modules,
+            "rejected_up": dict(self.up.rejected),
+            "control_bytes": self.control_bytes,
+        }
+        if plan.get("report") == "model":  # one cluster: flat FL, the model itself
             payload, encoding = enc.encode(model, "float32"), "float32"
         else:
-            payload, encoding = enc.encode(model - np.asarray(g, dtype=np.float32), self.enc_up,
-                                           tensor_sizes=self.sizes), self.enc_up
-        await self._to_ga(gw, self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(final).encode())
-                          + self.up.make(fm.MsgType.UPDATE, r, encoding, payload))   # nonces increase in send order
+            payload, encoding = (
+                enc.encode(model - np.asarray(g, dtype=np.float32), self.enc_up, tensor_sizes=self.sizes),
+                self.enc_up,
+            )
+        await self._to_ga(
+            gw,
+            self.up.make(fm.MsgType.METRICS, r, "none", json.dumps(final).encode())
+            + self.up.make(fm.MsgType.UPDATE, r, encoding, payload),
+        )  # nonces increase in send order
 
     # ---- the process ----------------------------------------------------------------------
     async def _connect_ga(self, grace_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
@@ -292,14 +331,21 @@ class LocalAggregator:
                     log(f"aggregator {self.cluster}: no global coordinator ({exc})")
                     return None
                 await asyncio.sleep(0.2)
-        hello = {"pid": os.getpid(), "port": self.port, "cluster": self.cluster,
-                 "torch_loaded": "torch" in sys.modules, "reconnects": self.ga_connects,
-                 "connected": sorted(self.writers), "device_pids": {str(d): p for d, p in sorted(self.pids.items())
-                                                                    if d in self.writers}}
+        hello = {
+            "pid": os.getpid(),
+            "port": self.port,
+            "cluster": self.cluster,
+            "torch_loaded": "torch" in sys.modules,
+            "reconnects": self.ga_connects,
+            "connected": sorted(self.writers),
+            "device_pids": {str(d): p for d, p in sorted(self.pids.items()) if d in self.writers},
+        }
         if self.ga_connects:
-            log(f"aggregator {self.cluster}: connected to the global coordinator again "
-                f"(connection {self.ga_connects + 1})")
-            self.up.round = 0           # a resumed coordinator replays the round it was killed in
+            log(
+                f"aggregator {self.cluster}: connected to the global coordinator again "
+                f"(connection {self.ga_connects + 1})"
+            )
+            self.up.round = 0  # a resumed coordinator replays the round it was killed in
         self.ga_connects += 1
         try:
             gw.write(self.up.make(fm.MsgType.HELLO, 0, "none", json.dumps(hello).encode()))
@@ -328,14 +374,16 @@ class LocalAggregator:
             log(f"aggregator {self.cluster}: port {want} is taken ({exc}); listening on another")
             server = await asyncio.start_server(self._serve_device, "127.0.0.1", 0)
         self.port = server.sockets[0].getsockname()[1]
-        log(f"aggregator {self.cluster}: pid {os.getpid()} listening on port {self.port}, "
-            f"{len(self.n_train)} member device(s)")
+        log(
+            f"aggregator {self.cluster}: pid {os.getpid()} listening on port {self.port}, "
+            f"{len(self.n_train)} member device(s)"
+        )
         conn = await self._connect_ga(0.0)
         if conn is None:
             server.close()
             return NO_COORDINATOR_EXIT
         greader, gw = conn
-        if self.cfg.get("announce_ready"):          # first start: say when every member is connected
+        if self.cfg.get("announce_ready"):  # first start: say when every member is connected
             await self._wait_connected(sorted(self.n_train), float(self.cfg["hello_timeout_s"]))
             ready = {"kind": "ready", "connected": sorted(self.writers)}
             gw.write(self.up.make(fm.MsgType.METRICS, 0, "none", json.dumps(ready).encode()))
@@ -349,8 +397,10 @@ class LocalAggregator:
                     data = await read_frame(greader, max_frame)
                 except (asyncio.IncompleteReadError, ConnectionError, Rejected) as exc:
                     grace = float(self.cfg.get("reconnect_grace_s", 0.0))
-                    log(f"aggregator {self.cluster}: connection to the global coordinator lost ({exc!r}); "
-                        + (f"calling it again for {grace:g} s" if grace > 0 else "exiting"))
+                    log(
+                        f"aggregator {self.cluster}: connection to the global coordinator lost ({exc!r}); "
+                        + (f"calling it again for {grace:g} s" if grace > 0 else "exiting")
+                    )
                     gw.close()
                     conn = await self._connect_ga(grace) if grace > 0 else None
                     if conn is None:

@@ -25,10 +25,11 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -59,8 +60,16 @@ from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
 
-__all__ = ["Coordinator", "EmulateOptions", "Emulation", "EmuState", "check_emulatable", "proc_memory_kb",
-           "resume_emulation", "start_emulation"]
+__all__ = [
+    "Coordinator",
+    "EmulateOptions",
+    "Emulation",
+    "EmuState",
+    "check_emulatable",
+    "proc_memory_kb",
+    "resume_emulation",
+    "start_emulation",
+]
 
 log = logging.getLogger("tinytwin.emulate")
 ProgressFn = Callable[[int, dict[str, Any]], None]
@@ -94,8 +103,10 @@ OptionsT = TypeVar("OptionsT", bound=EmulateOptions)
 def _linears(exp: Experiment) -> list[list[Any]]:
     fast = BatchedMLPGrad.for_layers(exp.model.layers)
     if fast is None:
-        raise TinyTwinError(f"emulate supports MLP models only for now in this kind of run (centralized runs also "
-                            f"train CNNs); {exp.model.name} has other layers")
+        raise TinyTwinError(
+            f"emulate supports MLP models only for now in this kind of run (centralized runs also "
+            f"train CNNs); {exp.model.name} has other layers"
+        )
     return [[l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after] for l in fast.linears]
 
 
@@ -114,9 +125,11 @@ def check_emulatable(spec: ExperimentSpec) -> None:
     a = spec.algorithm
     if a.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable
+
         return check_dfl_emulatable(spec)
     if a.family == "hierarchical":  # local aggregator processes: emulate/hier_coordinator.py
         from tinytwin.emulate.hier_coordinator import check_hier_emulatable
+
         return check_hier_emulatable(spec)
     if a.family != "centralized":
         raise TinyTwinError(f"emulate runs centralized FL only for now; algorithm.family is {a.family!r}")
@@ -136,9 +149,9 @@ class EmuState(Checkpointed):
     round: int
     global_params: torch.Tensor
     server_state: dict[str, torch.Tensor]
-    sim_time_s: float                  # wall seconds emulated so far (a killed coordinator's downtime excluded)
-    energy_j: np.ndarray               # modelled, cumulative per device
-    modelled_time_s: float = 0.0       # sum of the cost model's round durations
+    sim_time_s: float  # wall seconds emulated so far (a killed coordinator's downtime excluded)
+    energy_j: np.ndarray  # modelled, cumulative per device
+    modelled_time_s: float = 0.0  # sum of the cost model's round durations
     bytes_up: int = 0
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
@@ -158,8 +171,16 @@ class _Sent:
 class Emulation:
     """One emulated run: spawns the device processes, serves them, drives the rounds."""
 
-    def __init__(self, exp: Experiment, store: RunStore, run_id: str, run_dir: Path,
-                 options: EmulateOptions, resume: bool = False, net: NetnsFleet | None = None) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        store: RunStore,
+        run_id: str,
+        run_dir: Path,
+        options: EmulateOptions,
+        resume: bool = False,
+        net: NetnsFleet | None = None,
+    ) -> None:
         self.exp, self.store, self.run_id, self.run_dir, self.opt = exp, store, run_id, run_dir, options
         a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
@@ -172,17 +193,32 @@ class Emulation:
         self.linears = mlp_np.linears_from(self.linears_rows) if self.linears_rows else None
         self.cnn = layers_np.Net.from_rows(self.layer_rows) if self.layer_rows else None
         # Firmware images are built (and a model too big for a board refused) before any process starts.
-        self.firmware = firmware_configs(exp, self.linears_rows or [], self.edir / "firmware",
-                                         firmware_groups(exp, options.firmware_all),
-                                         arena_override=options.firmware_arena_override)
-        self.coord = Coordinator(self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes),
-                                 a.encoding)
+        self.firmware = firmware_configs(
+            exp,
+            self.linears_rows or [],
+            self.edir / "firmware",
+            firmware_groups(exp, options.firmware_all),
+            arena_override=options.firmware_arena_override,
+        )
+        self.coord = Coordinator(
+            self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes), a.encoding
+        )
         so = a.server_optimizer
-        self.server_opt = make_server_optimizer(so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1,
-                                                beta2=so.beta2, tau=so.tau)
+        self.server_opt = make_server_optimizer(
+            so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
+        )
         L = exp.fleet.links
-        self.links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
-                                  int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(self.n_dev)]
+        self.links = [
+            shaper.Link(
+                float(L.latency_s[d]),
+                float(L.up_bps[d]),
+                float(L.down_bps[d]),
+                float(L.loss[d]),
+                int(L.mtu_bytes[d]),
+                int(L.header_bytes[d]),
+            )
+            for d in range(self.n_dev)
+        ]
         flops = compute_flops(exp.num_samples, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
         self.compute_s = flops / exp.fleet.flops_per_s
         self.up_bytes, self.down_bytes = exp.uplink_bytes(), exp.downlink_bytes()
@@ -194,7 +230,7 @@ class Emulation:
         self.devices = DeviceProcesses(self.edir, net.exec_prefix if net is not None else None)
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.hello: dict[int, asyncio.Event] = {}
-        self.failed: dict[int, str] = {}     # device -> failure kind in the current round
+        self.failed: dict[int, str] = {}  # device -> failure kind in the current round
         self.killed: set[int] = set()
         self.update_at: dict[int, float] = {}  # device -> time.monotonic() its UPDATE was complete
         self.pending: list[dict[str, Any]] = []  # events that happened between rounds
@@ -226,8 +262,11 @@ class Emulation:
         exp = self.exp
         ds = exp.dataset
         for d in range(self.n_dev):
-            np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
-                     y=ds.y_train[exp.parts[d]])
+            np.savez(
+                self.edir / "devices" / f"d{d}.npz",
+                x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
+                y=ds.y_train[exp.parts[d]],
+            )
             kf = self.edir / "keys" / f"d{d}.key"
             kf.write_bytes(self.coord.keys[d])
             os.chmod(kf, 0o600)
@@ -235,26 +274,44 @@ class Emulation:
     def _write_configs(self) -> None:
         exp, a = self.exp, self.exp.spec.algorithm
         plan_of = {p.group: p for p in exp.memory}
-        max_frame = max(fm.frame_size(enc.encoded_size(exp.model.num_params, a.downlink_encoding,
-                                                       tensor_sizes=exp.model.tensor_sizes)), 4096)
+        max_frame = max(
+            fm.frame_size(
+                enc.encoded_size(exp.model.num_params, a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)
+            ),
+            4096,
+        )
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in g.devices:
                 d = int(d)
                 budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
                 cfg = {
-                    "device": d, "host": self.host, "port": self.port,
+                    "device": d,
+                    "host": self.host,
+                    "port": self.port,
                     "key_file": str(self.edir / "keys" / f"d{d}.key"),
-                    "data_file": str(self.edir / "devices" / f"d{d}.npz"), "seed": exp.spec.seed,
-                    "linears": self.linears_rows, "num_params": exp.model.num_params,
+                    "data_file": str(self.edir / "devices" / f"d{d}.npz"),
+                    "seed": exp.spec.seed,
+                    "linears": self.linears_rows,
+                    "num_params": exp.model.num_params,
                     "layers": self.layer_rows,  # non-MLP models: trained by layers_np
                     "tensor_sizes": list(exp.model.tensor_sizes),
-                    "train": {"epochs": a.local_epochs, "batch_size": a.batch_size, "lr": a.lr,
-                              "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
-                              "prox_mu": a.prox_mu},
-                    "encoding": a.encoding, "downlink_encoding": a.downlink_encoding,
-                    "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
-                    "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget), "max_frame": max_frame,
+                    "train": {
+                        "epochs": a.local_epochs,
+                        "batch_size": a.batch_size,
+                        "lr": a.lr,
+                        "optimizer": a.optimizer,
+                        "momentum": a.momentum,
+                        "weight_decay": a.weight_decay,
+                        "prox_mu": a.prox_mu,
+                    },
+                    "encoding": a.encoding,
+                    "downlink_encoding": a.downlink_encoding,
+                    "time_scale": self.opt.time_scale,
+                    "compute_s": float(self.compute_s[d]),
+                    "arena_bytes": int(plan.ram_needed),
+                    "mem_budget_bytes": int(budget),
+                    "max_frame": max_frame,
                     "reconnect_grace_s": self.opt.reconnect_grace_s,
                     **self.firmware.get(d, {}),
                 }
@@ -268,10 +325,12 @@ class Emulation:
         async def one(d: int) -> None:
             try:
                 await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.failed[d] = "no_hello"
-                events.append(self._event(r, d, "no_hello", f"device {d} did not say HELLO in "
-                                                            f"{self.opt.start_timeout_s} s"))
+                events.append(
+                    self._event(r, d, "no_hello", f"device {d} did not say HELLO in {self.opt.start_timeout_s} s")
+                )
+
         await asyncio.gather(*(one(d) for d in devices))
 
     def _alive(self, d: int) -> bool:
@@ -287,8 +346,9 @@ class Emulation:
         rc = self.devices.returncode(d)
         # here an OOM exit wins over a fault file (one a restarted device's earlier process left)
         fw = d in self.firmware and rc != OOM_EXIT
-        return exit_kind(rc, killed=d in self.killed,
-                         workdir=Path(self.firmware[d]["firmware"]["workdir"]) if fw else None)
+        return exit_kind(
+            rc, killed=d in self.killed, workdir=Path(self.firmware[d]["firmware"]["workdir"]) if fw else None
+        )
 
     def _kernel_links(self, reachable: np.ndarray) -> None:
         """Namespaces: a device's veth is down while its link is down for a whole round
@@ -305,18 +365,27 @@ class Emulation:
         device: int | None = None
         try:
             async for fr, content, total in accepted_frames(
-                    reader, self.coord, lambda: device, body_timeout=60,
-                    on_reject=lambda dev, exc: log.warning("rejected frame header from device %s: %s; closing",
-                                                           dev, exc)):
+                reader,
+                self.coord,
+                lambda: device,
+                body_timeout=60,
+                on_reject=lambda dev, exc: log.warning("rejected frame header from device %s: %s; closing", dev, exc),
+            ):
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
                     self.writers[device] = writer
                     self.control_bytes += total
                     if content.get("reconnects"):
                         self.reconnects += 1
-                        self.pending.append(self._event(self.coord.round, device, "reconnect",
-                                                        f"device {device} (pid {content.get('pid')}) reconnected "
-                                                        f"(connection {int(content['reconnects']) + 1})"))
+                        self.pending.append(
+                            self._event(
+                                self.coord.round,
+                                device,
+                                "reconnect",
+                                f"device {device} (pid {content.get('pid')}) reconnected "
+                                f"(connection {int(content['reconnects']) + 1})",
+                            )
+                        )
                     if device in self.hello:
                         self.hello[device].set()
                 elif fr.msg_type == fm.MsgType.METRICS:
@@ -347,8 +416,9 @@ class Emulation:
     async def _send(self, d: int, data: bytes) -> bool:
         return await send_frame(self.writers.get(d), data)
 
-    async def _start_device_round(self, i: int, d: int, r: int, payload: bytes, victim: bool,
-                                  plan: RoundCosts) -> _Sent:
+    async def _start_device_round(
+        self, i: int, d: int, r: int, payload: bytes, victim: bool, plan: RoundCosts
+    ) -> _Sent:
         """Round plan, then the shaped global model, to one selected device (then its SIGKILL, for a victim).
 
         The plan tells the device how long its uplink takes beyond what the kernel shapes and
@@ -387,8 +457,9 @@ class Emulation:
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
         return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
 
-    def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
-                   r: int) -> torch.Tensor | None:
+    def _aggregate(
+        self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int
+    ) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
         try:
             return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
@@ -404,7 +475,9 @@ class Emulation:
                 for k in ("qemu_rss_kb", "qemu_pss_kb"):
                     cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
             if "insns" in m:
-                self.fw_rounds.append((int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"])))
+                self.fw_rounds.append(
+                    (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
+                )
 
     async def _round(self, r: int, state: EmuState) -> EmuState:
         exp, spec = self.exp, self.exp.spec
@@ -440,16 +513,18 @@ class Emulation:
         g = state.global_params
         payload = enc.encode(g.numpy(), a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)
         round_mono = time.monotonic()
-        sends = await asyncio.gather(*(self._start_device_round(i, int(d), r, payload, bool(victim[i]), plan)
-                                       for i, d in enumerate(selected)))
+        sends = await asyncio.gather(
+            *(self._start_device_round(i, int(d), r, payload, bool(victim[i]), plan) for i, d in enumerate(selected))
+        )
         for d, v in zip(selected, victim):
             if v:
-                events.append(self._event(r, int(d), "killed",
-                                          "SIGKILL during the round, after receiving the global model"))
+                events.append(
+                    self._event(r, int(d), "killed", "SIGKILL during the round, after receiving the global model")
+                )
         timeout = self.opt.round_timeout_s + float(plan.total_s.max(initial=0.0)) * self.opt.time_scale * 2
         try:
             await asyncio.wait_for(self.done.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for d in sorted(self.coord.expect - set(self.coord.updates)):
                 self.failed[d] = "timeout"
         self._sample_memory()
@@ -471,21 +546,26 @@ class Emulation:
         else:
             events.append(self._event(r, None, "empty_round", "no device completed the round"))
         if a.downlink_encoding != "float32":
-            new_global = roundtrip_torch(new_global[None], a.downlink_encoding,
-                                         tensor_sizes=exp.model.tensor_sizes)[0]
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
         acc = loss = None
         if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = (mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
-                         if self.cnn is None else layers_np.evaluate(self.cnn, new_global.numpy(), self.x_test,
-                                                                     self.y_test))
+            acc, loss = (
+                mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
+                if self.cnn is None
+                else layers_np.evaluate(self.cnn, new_global.numpy(), self.x_test, self.y_test)
+            )
         round_s = time.perf_counter() - wall0
 
         # The cost model's figures, with the failures that really happened (a device that
         # crashed, ran out of memory or timed out counts like one that dropped out).
-        failed = np.array([plan.completed[i] and int(d) not in self.coord.updates for i, d in enumerate(selected)],
-                          dtype=bool)
-        final = round_costs(exp, r, online_ids, selected, victim | failed, self.up_bytes,
-                            self.down_bytes) if failed.any() else plan
+        failed = np.array(
+            [plan.completed[i] and int(d) not in self.coord.updates for i, d in enumerate(selected)], dtype=bool
+        )
+        final = (
+            round_costs(exp, r, online_ids, selected, victim | failed, self.up_bytes, self.down_bytes)
+            if failed.any()
+            else plan
+        )
         pos = {int(d): i for i, d in enumerate(selected)}
         rows, measured_rows, losses = [], [], []
         for d in online_ids:
@@ -504,28 +584,55 @@ class Emulation:
                 status = self.failed.get(d, "failed").split(" ")[0]
             if m.get("train_loss") is not None:
                 losses.append(m["train_loss"])
-            rows.append({"round": r, "device": d, "status": status, "num_samples": int(exp.num_samples[d]),
-                         "compute_s": float(final.cpu_s[i]) if i is not None else 0.0,
-                         "up_s": float(final.up_s[i]) if i is not None else 0.0,
-                         "down_s": float(final.down_s[i]) if i is not None else 0.0,
-                         "bytes_up": int(self.coord.update_bytes.get(d, 0)),
-                         "bytes_down": int(sends[i].bytes) if i is not None else 0,
-                         "packets_lost": int(final.down.lost_packets[i] + final.up.lost_packets[i])
-                         if i is not None else 0,
-                         "energy_j": float(final.energy_j[d]), "train_loss": m.get("train_loss"), "accuracy": None})
+            rows.append(
+                {
+                    "round": r,
+                    "device": d,
+                    "status": status,
+                    "num_samples": int(exp.num_samples[d]),
+                    "compute_s": float(final.cpu_s[i]) if i is not None else 0.0,
+                    "up_s": float(final.up_s[i]) if i is not None else 0.0,
+                    "down_s": float(final.down_s[i]) if i is not None else 0.0,
+                    "bytes_up": int(self.coord.update_bytes.get(d, 0)),
+                    "bytes_down": int(sends[i].bytes) if i is not None else 0,
+                    "packets_lost": int(final.down.lost_packets[i] + final.up.lost_packets[i]) if i is not None else 0,
+                    "energy_j": float(final.energy_j[d]),
+                    "train_loss": m.get("train_loss"),
+                    "accuracy": None,
+                }
+            )
             if i is not None:
                 measured_rows.append(self._measured(r, d, sends[i], m, round_mono))
         bytes_up = int(sum(self.coord.update_bytes.values()))
         bytes_down = int(sum(s.bytes for s in sends))
-        new = EmuState(r, new_global, server_state, self._wall(), state.energy_j + final.energy_j,
-                       state.modelled_time_s + final.round_s, state.bytes_up + bytes_up,
-                       state.bytes_down + bytes_down, state.accuracies + ([(r, acc)] if acc is not None else []),
-                       state.round_walls + [round_s])
-        row = {"round": r, "sim_time_s": new.sim_time_s, "duration_s": round_s,
-               "selected": int(selected.size), "completed": int(completed.size), "dropped": int(victim.sum()),
-               "stragglers": int(plan.straggler.sum()), "train_loss": float(np.mean(losses)) if losses else None,
-               "test_accuracy": acc, "test_loss": loss, "bytes_up": bytes_up, "bytes_down": bytes_down,
-               "energy_j": float(final.energy_j.sum()), "wall_time_s": round_s}
+        new = EmuState(
+            r,
+            new_global,
+            server_state,
+            self._wall(),
+            state.energy_j + final.energy_j,
+            state.modelled_time_s + final.round_s,
+            state.bytes_up + bytes_up,
+            state.bytes_down + bytes_down,
+            state.accuracies + ([(r, acc)] if acc is not None else []),
+            state.round_walls + [round_s],
+        )
+        row = {
+            "round": r,
+            "sim_time_s": new.sim_time_s,
+            "duration_s": round_s,
+            "selected": int(selected.size),
+            "completed": int(completed.size),
+            "dropped": int(victim.sum()),
+            "stragglers": int(plan.straggler.sum()),
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "energy_j": float(final.energy_j.sum()),
+            "wall_time_s": round_s,
+        }
         measured.write_round(self.store, self.run_id, measured_rows, row, rows, events, new.to_checkpoint())
         return new
 
@@ -533,15 +640,21 @@ class Emulation:
         """Wall-clock times of one device's round (None where the device never got that far)."""
         got = self.update_at.get(d)
         model_at, up_at = m.get("model_at"), m.get("up_at")
-        return {"round": r, "device": d,
-                "wall_down_s": model_at - sent.mono0 if model_at is not None and sent.bytes else None,
-                "wall_compute_s": up_at - model_at if up_at is not None and model_at is not None else None,
-                "wall_train_s": m.get("busy_s"),
-                "wall_up_s": got - up_at if got is not None and up_at is not None else None,
-                "wall_total_s": got - round_mono if got is not None else None,
-                "shaped_down_s": sent.shaped_s, "shaped_up_s": m.get("up_wait_s"), "rss_kb": m.get("rss_kb"),
-                "insns": m.get("insns"), "firmware_compute_s": m.get("firmware_compute_s"),
-                "qemu_rss_kb": m.get("qemu_rss_kb")}
+        return {
+            "round": r,
+            "device": d,
+            "wall_down_s": model_at - sent.mono0 if model_at is not None and sent.bytes else None,
+            "wall_compute_s": up_at - model_at if up_at is not None and model_at is not None else None,
+            "wall_train_s": m.get("busy_s"),
+            "wall_up_s": got - up_at if got is not None and up_at is not None else None,
+            "wall_total_s": got - round_mono if got is not None else None,
+            "shaped_down_s": sent.shaped_s,
+            "shaped_up_s": m.get("up_wait_s"),
+            "rss_kb": m.get("rss_kb"),
+            "insns": m.get("insns"),
+            "firmware_compute_s": m.get("firmware_compute_s"),
+            "qemu_rss_kb": m.get("qemu_rss_kb"),
+        }
 
     async def run(self, state: EmuState, progress: ProgressFn | None = None, resume: bool = False) -> EmuState:
         """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
@@ -557,13 +670,20 @@ class Emulation:
         except OSError as exc:
             if not want:
                 raise
-            self.pending.append(self._event(state.round, None, "address_changed",
-                                            f"{self.host}:{want} is taken ({exc}); device processes restarted"))
+            self.pending.append(
+                self._event(
+                    state.round,
+                    None,
+                    "address_changed",
+                    f"{self.host}:{want} is taken ({exc}); device processes restarted",
+                )
+            )
             server = await asyncio.start_server(self._serve, self.host, 0)
         self.port = server.sockets[0].getsockname()[1]
         same_address = saved is not None and (saved.get("host"), saved.get("port")) == (self.host, self.port)
-        write_json(self.edir / COORDINATOR_FILE, {"host": self.host, "port": self.port,
-                                                  "options": options_to_json(self.opt)})
+        write_json(
+            self.edir / COORDINATOR_FILE, {"host": self.host, "port": self.port, "options": options_to_json(self.opt)}
+        )
         try:
             if not resume:
                 self._write_shards()
@@ -582,9 +702,15 @@ class Emulation:
             self.startup_s = time.perf_counter() - self.t_start
             self._sample_memory()
             if resume:
-                start_events.append(self._event(state.round, None, "devices_resumed",
-                                                f"{len(adopted)} device processes of the killed coordinator "
-                                                f"adopted, {self.n_dev - len(adopted)} started again"))
+                start_events.append(
+                    self._event(
+                        state.round,
+                        None,
+                        "devices_resumed",
+                        f"{len(adopted)} device processes of the killed coordinator "
+                        f"adopted, {self.n_dev - len(adopted)} started again",
+                    )
+                )
             if start_events:
                 self.store.add_events(self.run_id, start_events)
             for r in range(state.round + 1, exp.spec.rounds + 1):
@@ -627,8 +753,11 @@ class Emulation:
                 "control_bytes": self.control_bytes,
                 "frames_rejected": dict(self.coord.rejected),
                 "devices_with_torch": len(self.torch_devices),
-                **({"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)}
-                   if self.firmware else {}),
+                **(
+                    {"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)}
+                    if self.firmware
+                    else {}
+                ),
             },
         }
 
@@ -641,20 +770,24 @@ class Emulation:
 
 def kb_stats(vals: list[int]) -> dict[str, Any]:
     """Median, max and total of per-process memory figures (kB)."""
-    return {"median": float(np.median(vals)) if vals else None, "max": max(vals, default=None),
-            "total": int(sum(vals))}
+    return {"median": float(np.median(vals)) if vals else None, "max": max(vals, default=None), "total": int(sum(vals))}
 
 
 def run_stats(walls: list[float], devices: list[dict[str, int]]) -> dict[str, Any]:
     """The summary's wall time per round and the device processes' largest RSS / PSS."""
-    return {"wall_per_round_s": {"median": float(np.median(walls)) if walls else None,
-                                 "max": float(max(walls)) if walls else None},
-            "device_rss_kb": kb_stats([m.get("Rss", 0) for m in devices]),
-            "device_pss_kb": kb_stats([m.get("Pss", 0) for m in devices])}
+    return {
+        "wall_per_round_s": {
+            "median": float(np.median(walls)) if walls else None,
+            "max": float(max(walls)) if walls else None,
+        },
+        "device_rss_kb": kb_stats([m.get("Rss", 0) for m in devices]),
+        "device_pss_kb": kb_stats([m.get("Pss", 0) for m in devices]),
+    }
 
 
-def firmware_summary(firmware: dict[int, dict[str, Any]], qemu_mem: dict[int, dict[str, int]],
-                     fw_rounds: list[tuple[int, float, float]]) -> dict[str, Any]:
+def firmware_summary(
+    firmware: dict[int, dict[str, Any]], qemu_mem: dict[int, dict[str, int]], fw_rounds: list[tuple[int, float, float]]
+) -> dict[str, Any]:
     """Firmware devices: boards, image sizes, QEMU memory, instruction counts vs the cost model."""
     images = {(c["firmware"]["board"], c["firmware"]["image"]["elf"]): c["firmware"] for c in firmware.values()}
     rss = [m["qemu_rss_kb"] for m in qemu_mem.values()]
@@ -662,9 +795,17 @@ def firmware_summary(firmware: dict[int, dict[str, Any]], qemu_mem: dict[int, di
     fw = np.array(fw_rounds, dtype=float).reshape(-1, 3)
     return {
         "devices": len(firmware),
-        "images": [{"board": f["board"], "cpi": f["cpi"], "text": f["image"]["text"], "bss": f["image"]["bss"],
-                    "ram_budget": f["image"]["ram_bytes"], "arena": f["image"]["arena_bytes"]}
-                   for f in images.values()],
+        "images": [
+            {
+                "board": f["board"],
+                "cpi": f["cpi"],
+                "text": f["image"]["text"],
+                "bss": f["image"]["bss"],
+                "ram_budget": f["image"]["ram_bytes"],
+                "arena": f["image"]["arena_bytes"],
+            }
+            for f in images.values()
+        ],
         "qemu_rss_kb": {"median": float(np.median(rss)) if rss else None, "total": int(sum(rss))},
         "qemu_pss_kb": {"median": float(np.median(pss)) if pss else None, "total": int(sum(pss))},
         "insns_per_round_median": float(np.median(fw[:, 0])) if len(fw) else None,
@@ -680,8 +821,11 @@ def options_to_json(opt: EmulateOptions) -> dict[str, Any]:
     return data
 
 
-def options_from_json(data: dict[str, Any], cls: type[OptionsT] = EmulateOptions,  # type: ignore[assignment]
-                      int_lists: tuple[str, ...] = ()) -> OptionsT:
+def options_from_json(
+    data: dict[str, Any],
+    cls: type[OptionsT] = EmulateOptions,  # type: ignore[assignment]
+    int_lists: tuple[str, ...] = (),
+) -> OptionsT:
     """The options (of class ``cls``) an emulation was started with (``emulate/coordinator.json``):
     the fields ``cls`` knows, JSON's string keys made ints again (``int_lists``: {int: [int]} fields)."""
     known = {f.name for f in fields(cls)}
@@ -705,8 +849,9 @@ def load_run_key(edir: Path, resume: bool) -> bytes:
     return run_key
 
 
-async def bind_coordinator(edir: Path, serve: Callable[..., Any], backlog: int, resume: bool,
-                           options: EmulateOptions, callers: str) -> tuple[asyncio.AbstractServer, int]:
+async def bind_coordinator(
+    edir: Path, serve: Callable[..., Any], backlog: int, resume: bool, options: EmulateOptions, callers: str
+) -> tuple[asyncio.AbstractServer, int]:
     """The coordinator's TCP server on 127.0.0.1 and its ``emulate/coordinator.json``; a resumed
     one (``resume``) binds the port its killed predecessor recorded, since ``callers`` (the
     processes that outlived it) call only that address, and refuses to go on when it is taken."""
@@ -717,8 +862,10 @@ async def bind_coordinator(edir: Path, serve: Callable[..., Any], backlog: int, 
     except OSError as exc:
         if not want:
             raise
-        raise TinyTwinError(f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
-                            f"{callers} only that address: free it and resume again") from None
+        raise TinyTwinError(
+            f"emulate --resume: the coordinator's address 127.0.0.1:{want} is taken ({exc}); "
+            f"{callers} only that address: free it and resume again"
+        ) from None
     port = server.sockets[0].getsockname()[1]
     write_json(edir / COORDINATOR_FILE, {"host": "127.0.0.1", "port": port, "options": options_to_json(options)})
     return server, port
@@ -727,9 +874,13 @@ async def bind_coordinator(edir: Path, serve: Callable[..., Any], backlog: int, 
 PreparedT = TypeVar("PreparedT")
 
 
-def resume_prepared(store: RunStore, run_id: str, load: Callable[[], PreparedT], on_prepared: Any,
-                    exp_of: Callable[[PreparedT], Experiment] = lambda x: x  # type: ignore[assignment,return-value]
-                    ) -> tuple[PreparedT, tuple[int, dict[str, Any]] | None]:
+def resume_prepared(
+    store: RunStore,
+    run_id: str,
+    load: Callable[[], PreparedT],
+    on_prepared: Any,
+    exp_of: Callable[[PreparedT], Experiment] = lambda x: x,  # type: ignore[assignment,return-value]
+) -> tuple[PreparedT, tuple[int, dict[str, Any]] | None]:
     """A resume's preparation: ``load()`` (the experiment, checked; the store closed when it
     fails), ``on_prepared`` told, the last committed round's checkpoint read (None: none yet) and
     the run marked running again."""
@@ -747,8 +898,13 @@ def resume_prepared(store: RunStore, run_id: str, load: Callable[[], PreparedT],
 
 def resume_event(done: int, sim_time_s: float) -> dict[str, Any]:
     """The ``resume`` event of a coordinator continuing after round ``done``."""
-    return {"round": done, "sim_time_s": sim_time_s, "device": None, "kind": "resume",
-            "detail": f"resumed after round {done}"}
+    return {
+        "round": done,
+        "sim_time_s": sim_time_s,
+        "device": None,
+        "kind": "resume",
+        "detail": f"resumed after round {done}",
+    }
 
 
 def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bool) -> NetnsFleet | None:
@@ -756,8 +912,17 @@ def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bo
     if not options.netns:
         return None
     L = exp.fleet.links
-    links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
-                         int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(exp.fleet.num_devices)]
+    links = [
+        shaper.Link(
+            float(L.latency_s[d]),
+            float(L.up_bps[d]),
+            float(L.down_bps[d]),
+            float(L.loss[d]),
+            int(L.mtu_bytes[d]),
+            int(L.header_bytes[d]),
+        )
+        for d in range(exp.fleet.num_devices)
+    ]
     path = emu_dir / NETNS_FILE
     old = NetnsFleet.load(path) if resume and path.is_file() else None
     if old is not None and old.intact():
@@ -776,8 +941,9 @@ def options_as(options: EmulateOptions | None, cls: type[OptionsT]) -> OptionsT:
     return options if isinstance(options, cls) else cls(**vars(options))
 
 
-def create_emulation_run(spec: ExperimentSpec, spec_yaml: str, out: Path,
-                         run_dir: Path | None) -> tuple[Path, RunStore, str]:
+def create_emulation_run(
+    spec: ExperimentSpec, spec_yaml: str, out: Path, run_dir: Path | None
+) -> tuple[Path, RunStore, str]:
     """The run folder (``run_dir``, or a new one under ``out``) with its spec, and its results
     store with the run registered: ``(run_dir, store, run_id)``."""
     run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
@@ -810,8 +976,17 @@ def coordinator_run(store: RunStore, run_id: str, run_dir: Path, *loggers: loggi
         handler.close()
 
 
-def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, options: EmulateOptions,
-             state: EmuState | None, resume: bool, progress: ProgressFn | None, report: bool) -> dict[str, Any]:
+def _execute(
+    exp: Experiment,
+    store: RunStore,
+    run_id: str,
+    run_dir: Path,
+    options: EmulateOptions,
+    state: EmuState | None,
+    resume: bool,
+    progress: ProgressFn | None,
+    report: bool,
+) -> dict[str, Any]:
     """Emulate the rounds after ``state`` (None: from the initial model); namespaces and device
     processes are removed however this ends, except by SIGKILL (then ``--resume`` adopts them)."""
     wall0 = time.perf_counter()
@@ -824,9 +999,20 @@ def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, optio
             shaping = emu.shaping()
             log.info("shaping: %s", json.dumps(shaping))
             state = state or emu.initial_state()
-            store.add_events(run_id, [emu._event(state.round, None, "shaping", net.describe() if net else
-                                                 "userspace link shaper (loopback TCP): bandwidth, latency "
-                                                 "and loss all paced by the sender")])
+            store.add_events(
+                run_id,
+                [
+                    emu._event(
+                        state.round,
+                        None,
+                        "shaping",
+                        net.describe()
+                        if net
+                        else "userspace link shaper (loopback TCP): bandwidth, latency "
+                        "and loss all paced by the sender",
+                    )
+                ],
+            )
             state = asyncio.run(emu.run(state, progress, resume))
             summary = emu.summary(state, time.perf_counter() - wall0)
         finally:
@@ -842,16 +1028,25 @@ def _execute(exp: Experiment, store: RunStore, run_id: str, run_dir: Path, optio
     return summary
 
 
-def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
-                    options: EmulateOptions | None = None, progress: ProgressFn | None = None,
-                    run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
-                    ) -> tuple[Path, dict[str, Any]]:
+def start_emulation(
+    spec: ExperimentSpec,
+    spec_yaml: str,
+    out: Path,
+    base_dir: Path | None,
+    options: EmulateOptions | None = None,
+    progress: ProgressFn | None = None,
+    run_dir: Path | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
     if spec.algorithm.family == "decentralized":  # device-to-device runs: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import start_dfl_emulation
+
         return start_dfl_emulation(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
     if spec.algorithm.family == "hierarchical":  # local aggregator processes: emulate/hier_coordinator.py
         from tinytwin.emulate.hier_coordinator import start_hier_emulation
+
         return start_hier_emulation(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
     options = options or EmulateOptions()
     if options.netns:
@@ -868,25 +1063,34 @@ def start_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: P
     return run_dir, _execute(exp, store, run_id, run_dir, options, None, False, progress, report)
 
 
-def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
-                     progress: ProgressFn | None = None, on_prepared: Any = None, report: bool = True
-                     ) -> tuple[Path, dict[str, Any]]:
+def resume_emulation(
+    run_dir: Path,
+    spec: ExperimentSpec | None,
+    base_dir: Path | None,
+    progress: ProgressFn | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Continue a killed emulation from its last committed round, with the options it was
     started with; device processes still running reconnect, the others start again."""
     store, info, stored = open_resumable(run_dir, spec, "emulate")
     saved = read_json(run_dir / "emulate" / COORDINATOR_FILE)
     if saved is None:
         store.close()
-        raise TinyTwinError(f"{run_dir}: emulate/{COORDINATOR_FILE} is missing (the coordinator was killed before "
-                            "it served its devices); start the run again")
-    if stored.algorithm.family == "decentralized":   # the devices hold the models: emulate/dfl_coordinator.py
+        raise TinyTwinError(
+            f"{run_dir}: emulate/{COORDINATOR_FILE} is missing (the coordinator was killed before "
+            "it served its devices); start the run again"
+        )
+    if stored.algorithm.family == "decentralized":  # the devices hold the models: emulate/dfl_coordinator.py
         from tinytwin.emulate.dfl_coordinator import resume_dfl_emulation
-        return resume_dfl_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared,
-                                    report)
-    if stored.algorithm.family == "hierarchical":   # local aggregators and their devices: hier_coordinator.py
+
+        return resume_dfl_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared, report)
+    if stored.algorithm.family == "hierarchical":  # local aggregators and their devices: hier_coordinator.py
         from tinytwin.emulate.hier_coordinator import resume_hier_emulation
-        return resume_hier_emulation(run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared,
-                                     report)
+
+        return resume_hier_emulation(
+            run_dir, store, info.run_id, stored, saved, base_dir, progress, on_prepared, report
+        )
     options = options_from_json(saved["options"])
 
     def load() -> Experiment:
@@ -895,6 +1099,7 @@ def resume_emulation(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path 
         exp = prepare(stored, base_dir)
         _model_rows(exp)
         return exp
+
     exp, ck = resume_prepared(store, info.run_id, load, on_prepared)
     state = EmuState.from_checkpoint(ck[1]) if ck else None
     done, wall = (state.round, state.sim_time_s) if state else (0, 0.0)

@@ -27,7 +27,8 @@ import socket
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class DeviceRuntime:
         self.key = key
         self.guard = self.frame.ReplayGuard()
         self.nonce = time.time_ns()  # strictly increasing across restarts of this device
-        self.round = 0               # last round whose MODEL was accepted
+        self.round = 0  # last round whose MODEL was accepted
         self.n = int(cfg["num_params"])
         self.tensor_sizes = list(cfg["tensor_sizes"])
         self.rejected: Counter[str] = Counter()
@@ -121,6 +122,7 @@ class DeviceRuntime:
 
 def _valid_plan(cmd: dict[str, Any]) -> bool:
     """A round plan names a round and gives finite, non-negative waits (it is slept on)."""
+
     def seconds(key: str) -> bool:
         v = cmd.get(key, 0.0)
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
@@ -130,8 +132,13 @@ def _valid_plan(cmd: dict[str, Any]) -> bool:
 
     # "key": the training key (the round whose batches and draws the device uses) when it differs
     # from the frame round (a hierarchical replay after a coordinator resume); default the round
-    return (positive(cmd.get("round")) and positive(cmd.get("key", 1)) and seconds("up_wait_s")
-            and seconds("cut_after_s") and isinstance(cmd.get("drop_update", False), bool))
+    return (
+        positive(cmd.get("round"))
+        and positive(cmd.get("key", 1))
+        and seconds("up_wait_s")
+        and seconds("cut_after_s")
+        and isinstance(cmd.get("drop_update", False), bool)
+    )
 
 
 def _arena(nbytes: int) -> mmap.mmap | None:
@@ -283,22 +290,35 @@ def run(cfg: dict[str, Any]) -> int:
         payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
         up_at = time.monotonic()
         wait = float(plan.get("up_wait_s", 0.0))
-        metrics = {"train_loss": train_loss, "steps": steps, "compute_s": compute_s, "busy_s": busy,
-                   "up_wait_s": wait, "model_at": model_at, "up_at": up_at,
-                   "rss_kb": proc_status_kb("VmRSS"), "hwm_kb": proc_status_kb("VmHWM"),
-                   "rejected": dict(rt.rejected), "torch_loaded": "torch" in sys.modules, **result.extra}
+        metrics = {
+            "train_loss": train_loss,
+            "steps": steps,
+            "compute_s": compute_s,
+            "busy_s": busy,
+            "up_wait_s": wait,
+            "model_at": model_at,
+            "up_at": up_at,
+            "rss_kb": proc_status_kb("VmRSS"),
+            "hwm_kb": proc_status_kb("VmHWM"),
+            "rejected": dict(rt.rejected),
+            "torch_loaded": "torch" in sys.modules,
+            **result.extra,
+        }
         if wait > 0:
             time.sleep(wait)
-        frames = (rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()),
-                  rt.make(rt.frame.MsgType.UPDATE, r, enc, payload))  # nonces increase in send order
+        frames = (
+            rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()),
+            rt.make(rt.frame.MsgType.UPDATE, r, enc, payload),
+        )  # nonces increase in send order
         if not conn.send(*frames):
             log(f"device {rt.id}: connection lost while sending round {r}; reconnecting")
             if not conn.connect():
                 return NO_COORDINATOR_EXIT
 
 
-def run_main(run_cfg: Callable[[dict[str, Any]], int], argv: list[str] | None,
-             lost_coordinator_exits: bool = False) -> int:
+def run_main(
+    run_cfg: Callable[[dict[str, Any]], int], argv: list[str] | None, lost_coordinator_exits: bool = False
+) -> int:
     """A device process: ``run_cfg`` on the JSON configuration named by ``argv[0]``; out of
     memory under the cap exits with :data:`OOM_EXIT` at once, and with ``lost_coordinator_exits``
     a connection error leaves with :data:`NO_COORDINATOR_EXIT`."""

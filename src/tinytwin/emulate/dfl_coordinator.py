@@ -46,9 +46,10 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +58,21 @@ from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
-from tinytwin.emulate.coordinator import (Coordinator, EmulateOptions, _linears, bind_coordinator, coordinator_run,
-                                          create_emulation_run, firmware_summary, load_run_key, options_as,
-                                          options_from_json, resume_event, resume_prepared, run_stats)
+from tinytwin.emulate.coordinator import (
+    Coordinator,
+    EmulateOptions,
+    _linears,
+    bind_coordinator,
+    coordinator_run,
+    create_emulation_run,
+    firmware_summary,
+    load_run_key,
+    options_as,
+    options_from_json,
+    resume_event,
+    resume_prepared,
+    run_stats,
+)
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
@@ -107,22 +120,31 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, in one line, what the decentralized emulation does not run."""
     a = spec.algorithm
     if a.name not in EMULATED:
-        raise TinyTwinError(f"emulate runs the decentralized algorithms {', '.join(EMULATED)}; {a.name} is "
-                            "simulation-only for now (tinytwin run)")
+        raise TinyTwinError(
+            f"emulate runs the decentralized algorithms {', '.join(EMULATED)}; {a.name} is "
+            "simulation-only for now (tinytwin run)"
+        )
     if a.schedule != "sync":
         raise TinyTwinError("emulate runs decentralized learning in lock-step rounds only (algorithm.schedule: sync)")
     if a.name == "gossip" and a.gossip.exchange != "push":
-        raise TinyTwinError("emulate: gossip exchange push_pull merges pair by pair in one global order, which "
-                            "devices cannot reproduce; use exchange: push")
+        raise TinyTwinError(
+            "emulate: gossip exchange push_pull merges pair by pair in one global order, which "
+            "devices cannot reproduce; use exchange: push"
+        )
     if a.name == "segmented_gossip" and a.encoding == "int8":
-        raise TinyTwinError("emulate: segmented gossip with int8 payloads is simulation-only (the simulator scales "
-                            "a pulled segment with the whole model's per-tensor scales); use float32 or float16")
+        raise TinyTwinError(
+            "emulate: segmented gossip with int8 payloads is simulation-only (the simulator scales "
+            "a pulled segment with the whole model's per-tensor scales); use float32 or float16"
+        )
     if getattr(spec.failures, "link_down", None):
-        raise TinyTwinError("emulate: failures.link_down cuts links to a server; decentralized runs take "
-                            "device-to-device links down with topology.link_events")
+        raise TinyTwinError(
+            "emulate: failures.link_down cuts links to a server; decentralized runs take "
+            "device-to-device links down with topology.link_events"
+        )
 
 
 # ---------------------------------------------------------------------------------- processes
+
 
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (/proc/PID/stat; 0 if it is gone)."""
@@ -140,17 +162,23 @@ class ForkServer:
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.pids: dict[int, int] = {}
-        self.exits: dict[int, int] = {}            # device -> exit status
+        self.exits: dict[int, int] = {}  # device -> exit status
         self.exited: dict[int, asyncio.Event] = {}
         self._pid_wait: dict[int, asyncio.Future[int]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self.adopted: dict[int, int] = {}          # device -> its (killed coordinator's) fork server's pid
+        self.adopted: dict[int, int] = {}  # device -> its (killed coordinator's) fork server's pid
 
     async def start(self, env: dict[str, str], log_path: Path) -> None:
         with open(log_path, "ab") as errf:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tinytwin.emulate.forkserver", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=errf, env=env)
+                sys.executable,
+                "-m",
+                "tinytwin.emulate.forkserver",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errf,
+                env=env,
+            )
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -224,7 +252,7 @@ class ForkServer:
             self.proc.stdin.close()
         try:
             await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -232,12 +260,28 @@ class ForkServer:
 
 # ---------------------------------------------------------------------------------- the run
 
+
 class DflEmulation:
     """One decentralized emulated run: device processes, directory, rounds, results."""
 
-    def __init__(self, exp: Experiment, network: Network, store: RunStore, run_id: str, run_dir: Path,
-                 options: DflOptions, resume: bool = False) -> None:
-        self.exp, self.net, self.store, self.run_id, self.run_dir, self.opt = exp, network, store, run_id, run_dir, options
+    def __init__(
+        self,
+        exp: Experiment,
+        network: Network,
+        store: RunStore,
+        run_id: str,
+        run_dir: Path,
+        options: DflOptions,
+        resume: bool = False,
+    ) -> None:
+        self.exp, self.net, self.store, self.run_id, self.run_dir, self.opt = (
+            exp,
+            network,
+            store,
+            run_id,
+            run_dir,
+            options,
+        )
         spec = exp.spec
         a = spec.algorithm
         self.a = a
@@ -259,27 +303,49 @@ class DflEmulation:
         flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
         self.compute_s = flops / exp.fleet.flops_per_s
         ls = a.lr_schedule
-        self.lr_sched = LRSchedule(ls.name, a.lr, np.full(self.n, spec.rounds, dtype=np.int64),
-                                   tuple(ls.stair_fractions), ls.stair_factor, tuple(ls.patience_fractions),
-                                   ls.loss_factor, ls.min_lr)
+        self.lr_sched = LRSchedule(
+            ls.name,
+            a.lr,
+            np.full(self.n, spec.rounds, dtype=np.int64),
+            tuple(ls.stair_fractions),
+            ls.stair_factor,
+            tuple(ls.patience_fractions),
+            ls.loss_factor,
+            ls.min_lr,
+        )
         self.plans = memory_plans(exp)
         ds = exp.dataset
         self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
         L = exp.fleet.links
-        self.links = [shaper.Link(float(L.latency_s[d]), float(L.up_bps[d]), float(L.down_bps[d]), float(L.loss[d]),
-                                  int(L.mtu_bytes[d]), int(L.header_bytes[d])) for d in range(self.n)]
-        if a.name == "gist":   # the largest segment: the simulator's message_payload_estimate
+        self.links = [
+            shaper.Link(
+                float(L.latency_s[d]),
+                float(L.up_bps[d]),
+                float(L.down_bps[d]),
+                float(L.loss[d]),
+                int(L.mtu_bytes[d]),
+                int(L.header_bytes[d]),
+            )
+            for d in range(self.n)
+        ]
+        if a.name == "gist":  # the largest segment: the simulator's message_payload_estimate
             self.payload_bytes = gist_np.payload_size(p, -(-p // max(1, a.gist.segments)))
         elif a.name == "segmented_gossip":
             self.payload_bytes = 4 * -(-p // a.segments.count)
         else:
             self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
-                AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0)
+                AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0
+            )
         # Firmware devices: images built (and a model too big for a board refused) before any
         # process starts; merges=True sizes the arena for the M / G merge buffers.
-        self.firmware = firmware_configs(exp, self.linears_rows, self.edir / "firmware",
-                                         firmware_groups(exp, options.firmware_all), merges=True,
-                                         arena_override=options.firmware_arena_override)
+        self.firmware = firmware_configs(
+            exp,
+            self.linears_rows,
+            self.edir / "firmware",
+            firmware_groups(exp, options.firmware_all),
+            merges=True,
+            arena_override=options.firmware_arena_override,
+        )
         self.qemu_mem: dict[int, dict[str, int]] = {}
         self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
         self.fw_merge_insns: list[int] = []
@@ -288,18 +354,18 @@ class DflEmulation:
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.hello: dict[int, asyncio.Event] = {d: asyncio.Event() for d in range(self.n)}
         self.ports: dict[int, int] = {}
-        self.dead: dict[int, str] = {}          # device -> how it ended (killed, crash, oom, ...)
+        self.dead: dict[int, str] = {}  # device -> how it ended (killed, crash, oom, ...)
         self.killed: set[int] = set()
         self.models: dict[int, np.ndarray] = {}
-        self.reporting: set[int] = set()        # devices whose report the round waits for
-        self.want_models = True                 # evaluation round: devices also send their models
+        self.reporting: set[int] = set()  # devices whose report the round waits for
+        self.want_models = True  # evaluation round: devices also send their models
         self.done = asyncio.Event()
         self.mem_max: dict[int | str, dict[str, int]] = {}
         self.total_mem_kb: dict[str, int] = {}
         self.devices_cpu_s = 0.0
         self.sampling_s = 0.0
         self.torch_devices: set[int] = set()
-        self.stopping = False                   # after the last round: connections closing is normal
+        self.stopping = False  # after the last round: connections closing is normal
         self.control_bytes = 0
         self.peer_down_sent = 0
         self.merge_timeouts = 0
@@ -310,7 +376,7 @@ class DflEmulation:
         self.offset = 0
         self.wall_offset = 0.0
         self.absent: set[int] = set()
-        self.resolving: set[int] = set()       # devices whose connection closed, exit status awaited
+        self.resolving: set[int] = set()  # devices whose connection closed, exit status awaited
         self.reconnects = 0
         self.resumed: dict[int, dict[str, Any]] = {}
         self.resume_done = asyncio.Event()
@@ -321,10 +387,9 @@ class DflEmulation:
         exp, a = self.exp, self.a
         ds = exp.dataset
         np.save(self.edir / "devices" / "initial.npy", exp.initial_params().numpy())
-        if a.name == "gist":   # the shared validation set every device scores itself on (the simulator's)
+        if a.name == "gist":  # the shared validation set every device scores itself on (the simulator's)
             val = gist_np.validation_indices(exp.spec.seed, len(ds.y_test), a.gist.validation_size)
-            np.savez(self.edir / "devices" / "validation.npz", x=ds.x_test[val].reshape(len(val), -1),
-                     y=ds.y_test[val])
+            np.savez(self.edir / "devices" / "validation.npz", x=ds.x_test[val].reshape(len(val), -1), y=ds.y_test[val])
         plan_of = {pl.group: pl for pl in self.plans}
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
@@ -333,33 +398,61 @@ class DflEmulation:
             plan = plan_of[g.name]
             for d in map(int, g.devices):
                 idx = self.train_idx[d]
-                np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1),
-                         y=ds.y_train[idx])
+                np.savez(
+                    self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1), y=ds.y_train[idx]
+                )
                 kf = self.edir / "keys" / f"d{d}.json"
-                kf.write_text(json.dumps({
-                    "coordinator": self.coord.keys[d].hex(),
-                    "links": {str(j): link_key(self.run_key, d, j).hex() for j in self.partners[d]}}))
+                kf.write_text(
+                    json.dumps(
+                        {
+                            "coordinator": self.coord.keys[d].hex(),
+                            "links": {str(j): link_key(self.run_key, d, j).hex() for j in self.partners[d]},
+                        }
+                    )
+                )
                 os.chmod(kf, 0o600)
                 budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
                 cfg = {
-                    "device": d, "host": "127.0.0.1", "port": port, "key_file": str(kf),
+                    "device": d,
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "key_file": str(kf),
                     "data_file": str(self.edir / "devices" / f"d{d}.npz"),
-                    "initial_file": str(self.edir / "devices" / "initial.npy"), "seed": exp.spec.seed,
-                    "linears": self.linears_rows, "num_params": p, "tensor_sizes": list(exp.model.tensor_sizes),
-                    "train": {"epochs": a.local_epochs, "batch_size": a.batch_size, "lr": a.lr,
-                              "optimizer": a.optimizer, "momentum": a.momentum, "weight_decay": a.weight_decay,
-                              "prox_mu": 0.0},
-                    "algorithm": {"name": a.name, "merge": a.gossip.merge if a.name == "gossip" else None,
-                                  "buffer_size": a.gossip.buffer_size,
-                                  **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
-                                  **({"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
-                                     if a.name == "segmented_gossip" else {})},
+                    "initial_file": str(self.edir / "devices" / "initial.npy"),
+                    "seed": exp.spec.seed,
+                    "linears": self.linears_rows,
+                    "num_params": p,
+                    "tensor_sizes": list(exp.model.tensor_sizes),
+                    "train": {
+                        "epochs": a.local_epochs,
+                        "batch_size": a.batch_size,
+                        "lr": a.lr,
+                        "optimizer": a.optimizer,
+                        "momentum": a.momentum,
+                        "weight_decay": a.weight_decay,
+                        "prox_mu": 0.0,
+                    },
+                    "algorithm": {
+                        "name": a.name,
+                        "merge": a.gossip.merge if a.name == "gossip" else None,
+                        "buffer_size": a.gossip.buffer_size,
+                        **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
+                        **(
+                            {"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
+                            if a.name == "segmented_gossip"
+                            else {}
+                        ),
+                    },
                     "validation_file": str(self.edir / "devices" / "validation.npz"),
-                    "encoding": a.encoding, "link": self.links[d].__dict__,
+                    "encoding": a.encoding,
+                    "link": self.links[d].__dict__,
                     "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
-                    "time_scale": self.opt.time_scale, "compute_s": float(self.compute_s[d]),
-                    "arena_bytes": int(plan.ram_needed), "mem_budget_bytes": int(budget),
-                    "max_frame": max_frame, "merge_timeout_s": self.opt.merge_timeout_s,
+                    "time_scale": self.opt.time_scale,
+                    "compute_s": float(self.compute_s[d]),
+                    "arena_bytes": int(plan.ram_needed),
+                    "mem_budget_bytes": int(budget),
+                    "max_frame": max_frame,
+                    "merge_timeout_s": self.opt.merge_timeout_s,
                     "reconnect_grace_s": self.opt.reconnect_grace_s,
                     **self.firmware.get(d, {}),
                 }
@@ -370,9 +463,13 @@ class DflEmulation:
         device: int | None = None
         try:
             async for fr, content, total in accepted_frames(
-                    reader, self.coord, lambda: device,
-                    on_reject=lambda dev, exc: log.warning("rejected frame from device %s: %s", dev,
-                                                           f"{exc.reason} (header); connection closed")):
+                reader,
+                self.coord,
+                lambda: device,
+                on_reject=lambda dev, exc: log.warning(
+                    "rejected frame from device %s: %s", dev, f"{exc.reason} (header); connection closed"
+                ),
+            ):
                 self.control_bytes += total
                 if fr.msg_type == fm.MsgType.HELLO:
                     device = fr.sender
@@ -382,7 +479,7 @@ class DflEmulation:
                         self.reconnects += 1
                     self.hello[device].set()
                 elif device in self.killed:
-                    continue                      # a report that left just before the kill
+                    continue  # a report that left just before the kill
                 elif fr.msg_type == fm.MsgType.METRICS and content.get("kind") == "resumed":
                     self.resumed[fr.sender] = content
                     if set(self.resumed) >= self.coord.expect:
@@ -407,17 +504,19 @@ class DflEmulation:
         if d in self.dead or self.stopping:
             return
         self.dead[d] = "killed" if d in self.killed else "disconnected"
-        self.resolving.add(d)       # the round records how it ended once its exit status is known
+        self.resolving.add(d)  # the round records how it ended once its exit status is known
         await self._notify_down(d)
         if d not in self.killed:
             ev = self.procs.exited.get(d)
             if ev is not None:
                 try:
                     await asyncio.wait_for(ev.wait(), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
-            self.dead[d] = exit_kind(self.procs.exits.get(d), workdir=Path(self.firmware[d]["firmware"]["workdir"])
-                                     if d in self.firmware else None)
+            self.dead[d] = exit_kind(
+                self.procs.exits.get(d),
+                workdir=Path(self.firmware[d]["firmware"]["workdir"]) if d in self.firmware else None,
+            )
         self.resolving.discard(d)
         self._check_done()
 
@@ -461,9 +560,15 @@ class DflEmulation:
             await asyncio.sleep(delay)
         self.killed.add(d)
         self.procs.kill(d)
-        events.append(self._event(r, d, "killed", f"SIGKILL {delay:.3f} s into round {r} (permanent failure); "
-                                                  "its neighbours merge without it"))
-        if d in self.absent:   # already gone (killed in this round before a coordinator resume): tell its partners
+        events.append(
+            self._event(
+                r,
+                d,
+                "killed",
+                f"SIGKILL {delay:.3f} s into round {r} (permanent failure); its neighbours merge without it",
+            )
+        )
+        if d in self.absent:  # already gone (killed in this round before a coordinator resume): tell its partners
             self.absent.discard(d)
             await self._lost(d)
 
@@ -484,8 +589,10 @@ class DflEmulation:
             if self.procs.alive(d):
                 note_memory(self.mem_max, total, d, pid)
                 cpu += proc_cpu_s(pid)
-        for name, pid in (("coordinator", os.getpid()),
-                          ("forkserver", self.procs.proc.pid if self.procs.proc is not None else -1)):
+        for name, pid in (
+            ("coordinator", os.getpid()),
+            ("forkserver", self.procs.proc.pid if self.procs.proc is not None else -1),
+        ):
             note_memory(self.mem_max, total, name, pid)
         for k in ("Rss", "Pss"):
             self.total_mem_kb[k] = max(self.total_mem_kb.get(k, 0), total.get(k, 0))
@@ -508,7 +615,7 @@ class DflEmulation:
         taking = (exp.timeline.online(r) | failing) & alive
         victims = [int(d) for d in np.flatnonzero(failing & alive)]
         plan = plan_round(a, spec.seed, self.net, taking, r, exp.model.num_params, self.n_train)
-        self.coord.round = r + self.offset          # the round's number on the wire
+        self.coord.round = r + self.offset  # the round's number on the wire
         self.coord.updates, self.coord.metrics = {}, {}
         self.coord.expect = {int(d) for d in np.flatnonzero(taking)}
         self.reporting = set(self.coord.expect)
@@ -529,10 +636,10 @@ class DflEmulation:
         timeout = self.opt.round_timeout_s + self.opt.merge_timeout_s + paced
         try:
             await asyncio.wait_for(asyncio.gather(self.done.wait(), *kills), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for d in sorted(self.reporting - set(self.dead) - self.killed - set(self.coord.metrics)):
                 events.append(self._event(r, d, "timeout", f"device {d} did not report round {r} in {timeout:.0f} s"))
-        t_end = time.monotonic() + 2.5    # a device that died this round: its exit status (oom, firmware fault)
+        t_end = time.monotonic() + 2.5  # a device that died this round: its exit status (oom, firmware fault)
         while self.resolving and time.monotonic() < t_end:
             await asyncio.sleep(0.01)
         for d in sorted(set(self.dead) - set(st["dead_recorded"])):
@@ -544,12 +651,20 @@ class DflEmulation:
         self.coord.reject_events = []
         self._record(r, st, plan, taking, victims, events, wall0)
         if r == 1 or r % max(1, self.opt.memory_sample_every) == 0 or r == spec.rounds:
-            t0 = time.perf_counter()       # after the round's wall time was taken: not part of it
+            t0 = time.perf_counter()  # after the round's wall time was taken: not part of it
             self._sample_memory()
             self.sampling_s += time.perf_counter() - t0
 
-    def _record(self, r: int, st: dict[str, Any], plan: RoundPlan, taking: np.ndarray, victims: list[int],
-                events: list[dict[str, Any]], wall0: float) -> None:
+    def _record(
+        self,
+        r: int,
+        st: dict[str, Any],
+        plan: RoundPlan,
+        taking: np.ndarray,
+        victims: list[int],
+        events: list[dict[str, Any]],
+        wall0: float,
+    ) -> None:
         exp = self.exp
         n = self.n
         reported = np.array(sorted(d for d in self.coord.metrics if d not in self.killed), dtype=np.int64)
@@ -577,16 +692,17 @@ class DflEmulation:
                 n_recv[d] += 1
             self.merge_timeouts += len(m.get("timeouts", []))
             self.gist_merges += int(bool(m.get("gist_merged")))
-            if "qemu_rss_kb" in m:      # firmware devices report their QEMU's memory and instructions
+            if "qemu_rss_kb" in m:  # firmware devices report their QEMU's memory and instructions
                 cur = self.qemu_mem.setdefault(d, {})
                 for k in ("qemu_rss_kb", "qemu_pss_kb"):
                     cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
             if "insns" in m:
-                self.fw_rounds.append((int(m["insns"]), float(m["firmware_compute_s"]),
-                                       float(m["cost_model_compute_s"])))
+                self.fw_rounds.append(
+                    (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
+                )
             if "merge_insns" in m:
                 self.fw_merge_insns.append(int(m["merge_insns"]))
-            prev = st["device_rejected"].get(d, {})   # the device reports running totals
+            prev = st["device_rejected"].get(d, {})  # the device reports running totals
             diff = {k: v - prev.get(k, 0) for k, v in m.get("rejected", {}).items() if v > prev.get(k, 0)}
             if diff:
                 events.append(self._event(r, d, "frame_rejected", f"device {d} rejected frames: {diff}"))
@@ -623,11 +739,31 @@ class DflEmulation:
             if met.get(d) is not None:
                 return "ok"
             return "dropped" if d in self.killed else self.dead.get(d, "timeout").split(" ")[0]
+
         device_rows, metric_rows, rm = round_metric_rows(
-            r, map(int, np.flatnonzero(taking)), status, n_train=self.n_train, compute_s=compute_wall, tx_s=tx_s,
-            rx_s=rx_s, sent_b=sent_b, recv_b=recv_b, lost=lost, energy=energy, losses=losses, acc=acc,
-            test_loss=tloss, dist=dist, lr=self.lr_sched.lr, local_rounds=self.local_rounds, n_sent=n_sent,
-            n_recv=n_recv, consensus=consensus, components=n_comp, messages=int(n_sent.sum()))
+            r,
+            map(int, np.flatnonzero(taking)),
+            status,
+            n_train=self.n_train,
+            compute_s=compute_wall,
+            tx_s=tx_s,
+            rx_s=rx_s,
+            sent_b=sent_b,
+            recv_b=recv_b,
+            lost=lost,
+            energy=energy,
+            losses=losses,
+            acc=acc,
+            test_loss=tloss,
+            dist=dist,
+            lr=self.lr_sched.lr,
+            local_rounds=self.local_rounds,
+            n_sent=n_sent,
+            n_recv=n_recv,
+            consensus=consensus,
+            components=n_comp,
+            messages=int(n_sent.sum()),
+        )
         mean_acc = rm["acc_mean"]
         finite = losses[~np.isnan(losses)]
         st["round"] = r
@@ -639,26 +775,56 @@ class DflEmulation:
             st["accuracies"].append((r, mean_acc))
         st["round_walls"].append(round_s)
         st["last_metrics"] = rm
-        row = {"round": r, "sim_time_s": self._wall(), "duration_s": round_s,
-               "selected": int(taking.sum()), "completed": int(reported.size), "dropped": len(victims),
-               "stragglers": 0, "train_loss": float(finite.mean()) if finite.size else None,
-               "test_accuracy": mean_acc, "test_loss": rm["loss_mean"], "bytes_up": int(sent_b.sum()),
-               "bytes_down": int(recv_b.sum()), "energy_j": float(energy.sum()), "wall_time_s": round_s}
-        dfl_store.write_round(self.store, self.run_id, row, device_rows, events, self._checkpoint(st, row), rm,
-                              metric_rows)
+        row = {
+            "round": r,
+            "sim_time_s": self._wall(),
+            "duration_s": round_s,
+            "selected": int(taking.sum()),
+            "completed": int(reported.size),
+            "dropped": len(victims),
+            "stragglers": 0,
+            "train_loss": float(finite.mean()) if finite.size else None,
+            "test_accuracy": mean_acc,
+            "test_loss": rm["loss_mean"],
+            "bytes_up": int(sent_b.sum()),
+            "bytes_down": int(recv_b.sum()),
+            "energy_j": float(energy.sum()),
+            "wall_time_s": round_s,
+        }
+        dfl_store.write_round(
+            self.store, self.run_id, row, device_rows, events, self._checkpoint(st, row), rm, metric_rows
+        )
 
     # ---- coordinator resume ---------------------------------------------------------------
     def _checkpoint(self, st: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         """What the coordinator holds after a committed round (the devices hold their models):
         the run's totals, the per-device schedule, energy and local rounds, who is gone (and the
         last model of those: the others report theirs in the last round)."""
-        return {"st": st, "wall": row["sim_time_s"], "offset": self.offset, "dead": dict(self.dead),
-                "killed": set(self.killed), "local_rounds": self.local_rounds, "energy": self.energy,
-                "lr_sched": dict(vars(self.lr_sched)),
-                "models": {d: w for d, w in self.models.items() if d in self.dead},
-                "counters": {k: getattr(self, k) for k in ("control_bytes", "peer_down_sent", "merge_timeouts",
-                                                           "gist_merges", "fw_rounds", "fw_merge_insns",
-                                                           "qemu_mem", "torch_devices", "reconnects")}}
+        return {
+            "st": st,
+            "wall": row["sim_time_s"],
+            "offset": self.offset,
+            "dead": dict(self.dead),
+            "killed": set(self.killed),
+            "local_rounds": self.local_rounds,
+            "energy": self.energy,
+            "lr_sched": dict(vars(self.lr_sched)),
+            "models": {d: w for d, w in self.models.items() if d in self.dead},
+            "counters": {
+                k: getattr(self, k)
+                for k in (
+                    "control_bytes",
+                    "peer_down_sent",
+                    "merge_timeouts",
+                    "gist_merges",
+                    "fw_rounds",
+                    "fw_merge_insns",
+                    "qemu_mem",
+                    "torch_devices",
+                    "reconnects",
+                )
+            },
+        }
 
     def restore(self, ck: dict[str, Any]) -> dict[str, Any]:
         """The coordinator's state after the checkpoint's round; returns the run's totals (``st``)."""
@@ -685,19 +851,21 @@ class DflEmulation:
         async def hello(d: int) -> None:
             try:
                 await asyncio.wait_for(self.hello[d].wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
+
         await asyncio.gather(*(hello(d) for d in adopted))
         back = [d for d in adopted if d in self.writers]
         self.coord.round, self.coord.expect, self.coord.metrics = R + self.offset, set(back), {}
         self.resume_done = asyncio.Event()
         if not back:
             self.resume_done.set()
-        await asyncio.gather(*(self._send_control(d, R, {"cmd": "resume", "round": R, "wire": R + self.offset})
-                               for d in back))
+        await asyncio.gather(
+            *(self._send_control(d, R, {"cmd": "resume", "round": R, "wire": R + self.offset}) for d in back)
+        )
         try:
             await asyncio.wait_for(self.resume_done.wait(), self.opt.start_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         failing_next = {d for d, kind in self.exp.timeline.changes(R + 1) if kind == "failure"}
         ok = [d for d in back if self.resumed.get(d, {}).get("ok")]
@@ -707,34 +875,60 @@ class DflEmulation:
                 continue
             self.procs.kill(d)
             gone += 1
-            if d in failing_next:       # killed in the abandoned attempt of round R + 1: it is again
+            if d in failing_next:  # killed in the abandoned attempt of round R + 1: it is again
                 self.absent.add(d)
                 continue
-            why = ("did not call the coordinator again" if d not in back else
-                   "could not roll back to round %d" % R if d in self.resumed else "did not confirm the resume")
+            why = (
+                "did not call the coordinator again"
+                if d not in back
+                else "could not roll back to round %d" % R
+                if d in self.resumed
+                else "did not confirm the resume"
+            )
             self.dead[d] = "lost"
             st["dead_recorded"].add(d)
             events.append(self._event(R, d, "lost", f"device {d} {why}; out of the run"))
             await self._notify_down(d)
-        events.append(self._event(R, None, "devices_resumed",
-                                  f"{len(ok)} device processes of the killed coordinator reconnected and continue "
-                                  f"after round {R}; {gone} did not"))
+        events.append(
+            self._event(
+                R,
+                None,
+                "devices_resumed",
+                f"{len(ok)} device processes of the killed coordinator reconnected and continue "
+                f"after round {R}; {gone} did not",
+            )
+        )
         self.store.add_events(self.run_id, events)
 
     # ---- the whole run --------------------------------------------------------------------
     @staticmethod
     def initial_st() -> dict[str, Any]:
-        return {"round": 0, "bytes_up": 0, "bytes_down": 0, "messages": 0, "planned_messages": 0,
-                "accuracies": [], "round_walls": [], "last_metrics": {}, "dead_recorded": set(),
-                "device_rejected": {}}
+        return {
+            "round": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "messages": 0,
+            "planned_messages": 0,
+            "accuracies": [],
+            "round_walls": [],
+            "last_metrics": {},
+            "dead_recorded": set(),
+            "device_rejected": {},
+        }
 
     async def run(self, progress: ProgressFn | None = None, st: dict[str, Any] | None = None) -> dict[str, Any]:
         """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the devices)."""
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         self.resume_done = asyncio.Event()
-        server, port = await bind_coordinator(self.edir, self._serve, max(128, 2 * self.n), self.resume, self.opt,
-                                              "the devices of a decentralized run hold their models and call")
+        server, port = await bind_coordinator(
+            self.edir,
+            self._serve,
+            max(128, 2 * self.n),
+            self.resume,
+            self.opt,
+            "the devices of a decentralized run hold their models and call",
+        )
         resumed = st is not None
         if not resumed:
             self._write_device_files(port)
@@ -758,29 +952,41 @@ class DflEmulation:
         for d in range(self.n):
             await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
         assert self.procs.proc is not None
-        write_json(self.edir / PEERS_FILE, {"forkserver": self.procs.proc.pid,
-                                            "devices": {str(d): pid for d, pid in self.procs.pids.items()}})
+        write_json(
+            self.edir / PEERS_FILE,
+            {"forkserver": self.procs.proc.pid, "devices": {str(d): pid for d, pid in self.procs.pids.items()}},
+        )
 
         async def hello(d: int) -> None:
             try:
                 await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.dead[d] = "no_hello"
                 st["dead_recorded"].add(d)
-                start_events.append(self._event(0, d, "no_hello", f"device {d} did not say HELLO in "
-                                                                  f"{self.opt.start_timeout_s} s"))
+                start_events.append(
+                    self._event(0, d, "no_hello", f"device {d} did not say HELLO in {self.opt.start_timeout_s} s")
+                )
                 self.procs.kill(d)
 
         await asyncio.gather(*(hello(d) for d in range(self.n)))
-        await asyncio.gather(*(self._send_control(d, 0, {"cmd": "directory", "ports": {
-            str(j): self.ports[j] for j in self.partners[d] if j in self.ports}}) for d in range(self.n)
-            if d in self.writers))
+        await asyncio.gather(
+            *(
+                self._send_control(
+                    d,
+                    0,
+                    {"cmd": "directory", "ports": {str(j): self.ports[j] for j in self.partners[d] if j in self.ports}},
+                )
+                for d in range(self.n)
+                if d in self.writers
+            )
+        )
         self.startup_s = time.perf_counter() - self.t_start
         if start_events:
             self.store.add_events(self.run_id, start_events)
 
-    async def _rounds(self, st: dict[str, Any], progress: ProgressFn | None, server: asyncio.AbstractServer,
-                      cpu0: Any) -> dict[str, Any]:
+    async def _rounds(
+        self, st: dict[str, Any], progress: ProgressFn | None, server: asyncio.AbstractServer, cpu0: Any
+    ) -> dict[str, Any]:
         """Rounds ``st["round"] + 1 ..``, then stop the devices; processes and server closed however this ends."""
         spec = self.exp.spec
         finished = False
@@ -814,9 +1020,16 @@ class DflEmulation:
             rejected.update(counts)
         lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
         return {
-            **common_summary(st["accuracies"], st["round"], self.wall_offset + wall_time_s, st["bytes_up"],
-                             st["bytes_down"],
-                             self.energy, self.plans, wall_time_s),
+            **common_summary(
+                st["accuracies"],
+                st["round"],
+                self.wall_offset + wall_time_s,
+                st["bytes_up"],
+                st["bytes_down"],
+                self.energy,
+                self.plans,
+                wall_time_s,
+            ),
             "num_devices": self.n,
             "algorithm": f"{a.name} (sync{lr_part})",
             "dataset": spec.dataset.name,
@@ -852,21 +1065,30 @@ class DflEmulation:
 
     def _firmware_summary(self) -> dict[str, Any]:
         """The centralized twin's firmware summary plus the merges' instruction counts."""
-        return {**firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds),
-                "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns
-                else None}
+        return {
+            **firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds),
+            "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns else None,
+        }
 
 
-def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
-                        options: EmulateOptions | None = None, progress: ProgressFn | None = None,
-                        run_dir: Path | None = None, on_prepared: Any = None, report: bool = True
-                        ) -> tuple[Path, dict[str, Any]]:
+def start_dfl_emulation(
+    spec: ExperimentSpec,
+    spec_yaml: str,
+    out: Path,
+    base_dir: Path | None,
+    options: EmulateOptions | None = None,
+    progress: ProgressFn | None = None,
+    run_dir: Path | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
     options = options_as(options, DflOptions)
     check_dfl_emulatable(spec)
     if getattr(options, "netns", False):
-        raise TinyTwinError("emulate --netns shapes links to a server; decentralized runs use the userspace "
-                            "link shaper only for now")
+        raise TinyTwinError(
+            "emulate --netns shapes links to a server; decentralized runs use the userspace link shaper only for now"
+        )
     exp = prepare(spec, base_dir)
     _linears(exp)
     network = _check_family(exp, base_dir)
@@ -878,10 +1100,20 @@ def start_dfl_emulation(spec: ExperimentSpec, spec_yaml: str, out: Path, base_di
     n_train = np.array([len(q[: a.train_samples] if a.train_samples else q) for q in exp.parts], dtype=np.int64)
     store.add_devices(run_id, exp.device_rows(n_train))
     info = network.describe()
-    store.add_events(run_id, [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "topology",
-                               "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
-                                         f"degree {info['degree_min']}..{info['degree_max']}, "
-                                         f"{info['components']} connected component(s)"}])
+    store.add_events(
+        run_id,
+        [
+            {
+                "round": 0,
+                "sim_time_s": 0.0,
+                "device": None,
+                "kind": "topology",
+                "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
+                f"degree {info['degree_min']}..{info['degree_max']}, "
+                f"{info['components']} connected component(s)",
+            }
+        ],
+    )
     wall0 = time.perf_counter()
     with coordinator_run(store, run_id, run_dir, log):
         emu = DflEmulation(exp, network, store, run_id, run_dir, options)
@@ -895,9 +1127,17 @@ def dfl_options_from_json(data: dict[str, Any]) -> DflOptions:
     return options_from_json(data, DflOptions)
 
 
-def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: ExperimentSpec, saved: dict[str, Any],
-                         base_dir: Path | None, progress: ProgressFn | None = None, on_prepared: Any = None,
-                         report: bool = True) -> tuple[Path, dict[str, Any]]:
+def resume_dfl_emulation(
+    run_dir: Path,
+    store: RunStore,
+    run_id: str,
+    spec: ExperimentSpec,
+    saved: dict[str, Any],
+    base_dir: Path | None,
+    progress: ProgressFn | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Continue a killed decentralized emulation after its last committed round: the device
     processes (which kept their models and call the coordinator's address again for
     ``reconnect_grace_s``) reconnect and roll back to that round; see docs/emulation.md."""
@@ -906,6 +1146,7 @@ def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: Expe
     def load() -> tuple[Experiment, Network]:
         exp = prepare(spec, base_dir)
         return exp, _check_family(exp, base_dir)
+
     (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
     done = ck[0] if ck else 0
     store.add_events(run_id, [resume_event(done, float(ck[1]["wall"]) if ck else 0.0)])
@@ -920,8 +1161,9 @@ def resume_dfl_emulation(run_dir: Path, store: RunStore, run_id: str, spec: Expe
     return finish_dfl_run(store, run_id, run_dir, summary, report)
 
 
-def finish_dfl_run(store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any],
-                   report: bool) -> tuple[Path, dict[str, Any]]:
+def finish_dfl_run(
+    store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any], report: bool
+) -> tuple[Path, dict[str, Any]]:
     """A decentralized or hierarchical emulation's end: the run complete, its store closed,
     the report's extras written (``report``)."""
     store.finish_run(run_id, "complete", summary)

@@ -65,8 +65,11 @@ def link_partners(alg: AlgorithmSpec, network: Network) -> list[list[int]]:
 
 def _random_peers(alg: AlgorithmSpec) -> bool:
     """Peers drawn from every online device (a complete overlay), not from graph neighbours."""
-    return ((alg.name == "gossip" and alg.gossip.peer == "random") or (alg.name == "gist" and alg.gist.peer == "random")
-            or (alg.name == "segmented_gossip" and alg.segments.peer == "random"))
+    return (
+        (alg.name == "gossip" and alg.gossip.peer == "random")
+        or (alg.name == "gist" and alg.gist.peer == "random")
+        or (alg.name == "segmented_gossip" and alg.segments.peer == "random")
+    )
 
 
 @dataclass
@@ -74,11 +77,11 @@ class RoundEntry:
     """What one device is told at the start of a round (the ``round`` CONTROL's payload)."""
 
     online: bool
-    send: list[int] = field(default_factory=list)        # destinations, in send order, per exchange step
+    send: list[int] = field(default_factory=list)  # destinations, in send order, per exchange step
     expect: dict[int, int] = field(default_factory=dict)  # sender -> models per exchange step
-    self_weight: float = 1.0                               # mixing algorithms
+    self_weight: float = 1.0  # mixing algorithms
     weights: dict[int, float] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)              # algorithm-specific (Gist: row, offset)
+    extra: dict = field(default_factory=dict)  # algorithm-specific (Gist: row, offset)
 
     def control(self, round_: int, lr: float, steps: int) -> dict:
         msg: dict = {"cmd": "round", "round": round_, "online": self.online}
@@ -93,8 +96,8 @@ class RoundEntry:
 @dataclass
 class RoundPlan:
     round: int
-    online: np.ndarray          # (D,) bool: devices taking part
-    edges: np.ndarray           # usable links
+    online: np.ndarray  # (D,) bool: devices taking part
+    edges: np.ndarray  # usable links
     entries: dict[int, RoundEntry]
     steps: int
 
@@ -105,8 +108,15 @@ class RoundPlan:
         return sum(len(e.send) for e in self.entries.values()) * self.steps + serve
 
 
-def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarray, r: int,
-               num_params: int = 0, data_sizes: np.ndarray | None = None) -> RoundPlan:
+def plan_round(
+    alg: AlgorithmSpec,
+    seed: int,
+    network: Network,
+    online: np.ndarray,
+    r: int,
+    num_params: int = 0,
+    data_sizes: np.ndarray | None = None,
+) -> RoundPlan:
     """The round-``r`` directory entry of every device (offline ones: ``online=False``).
 
     Segmented gossip also needs the model's ``num_params`` (how many segments there are) and
@@ -117,8 +127,9 @@ def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarr
     entries = {d: RoundEntry(bool(online[d])) for d in range(n)}
     steps = 1
     if alg.name in ("decfedavg", "serverfree"):
-        w = (metropolis_hastings(n, edges, online) if alg.name == "decfedavg"
-             else serverfree_weights(n, edges, online)).tocsr()
+        w = (
+            metropolis_hastings(n, edges, online) if alg.name == "decfedavg" else serverfree_weights(n, edges, online)
+        ).tocsr()
         steps = alg.decfedavg.mixing_steps if alg.name == "decfedavg" else 1
         for d in np.flatnonzero(online).tolist():
             lo, hi = w.indptr[d], w.indptr[d + 1]
@@ -131,12 +142,17 @@ def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarr
     elif alg.name in ("gossip", "gist"):
         g = alg.gossip if alg.name == "gossip" else alg.gist
         ids = np.flatnonzero(online)
-        src, dst = choose_peers(stream_rng(seed, Stream.PEERS, r), ids, g.sends, online,
-                                None if g.peer == "random" else topo.neighbours(edges))
+        src, dst = choose_peers(
+            stream_rng(seed, Stream.PEERS, r),
+            ids,
+            g.sends,
+            online,
+            None if g.peer == "random" else topo.neighbours(edges),
+        )
         inbound: dict[int, Counter[int]] = {}
         for m, (s, t) in enumerate(zip(src.tolist(), dst.tolist())):
             if alg.name == "gist" and not entries[s].send:
-                entries[s].extra["offset"] = m          # its first message: where its band draws start
+                entries[s].extra["offset"] = m  # its first message: where its band draws start
             entries[s].send.append(t)
             inbound.setdefault(t, Counter())[s] += 1
         for t, c in inbound.items():
@@ -153,8 +169,14 @@ def plan_round(alg: AlgorithmSpec, seed: int, network: Network, online: np.ndarr
         sg = alg.segments
         ids = np.flatnonzero(online)
         num_segments = len(contiguous_bounds(int(num_params), sg.count)) - 1
-        peers = choose_replicas(stream_rng(seed, Stream.PEERS, r), ids, num_segments, sg.replicas, online,
-                                None if sg.peer == "random" else topo.neighbours(edges))
+        peers = choose_replicas(
+            stream_rng(seed, Stream.PEERS, r),
+            ids,
+            num_segments,
+            sg.replicas,
+            online,
+            None if sg.peer == "random" else topo.neighbours(edges),
+        )
         sizes = np.ones(n) if data_sizes is None else np.asarray(data_sizes, dtype=np.float64)
         requests: dict[int, Counter[int]] = {}
         for i, d in enumerate(ids.tolist()):

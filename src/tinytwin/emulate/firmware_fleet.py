@@ -32,12 +32,16 @@ def firmware_groups(exp: Experiment, all_firmware: bool = False) -> set[str]:
 def check_firmware_spec(exp: Experiment) -> None:
     other = sorted({l.kind for l in exp.model.layers} - {"flatten", "linear", "relu"})
     if other:
-        raise TinyTwinError(f"firmware devices train MLPs only; model {exp.model.name} has {', '.join(other)} "
-                            "layers (run its groups with twin: process)")
+        raise TinyTwinError(
+            f"firmware devices train MLPs only; model {exp.model.name} has {', '.join(other)} "
+            "layers (run its groups with twin: process)"
+        )
     a = exp.spec.algorithm
     if a.optimizer != "sgd" or a.prox_mu:
-        raise TinyTwinError(f"firmware devices train with SGD (momentum, weight decay) only; algorithm uses "
-                            f"optimizer={a.optimizer} prox_mu={a.prox_mu}")
+        raise TinyTwinError(
+            f"firmware devices train with SGD (momentum, weight decay) only; algorithm uses "
+            f"optimizer={a.optimizer} prox_mu={a.prox_mu}"
+        )
 
 
 def mlp_shape(linears_rows: list[list[Any]]) -> tuple[list[int], list[bool]]:
@@ -46,9 +50,15 @@ def mlp_shape(linears_rows: list[list[Any]]) -> tuple[list[int], list[bool]]:
     return sizes, [bool(row[4]) for row in linears_rows]
 
 
-def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: Path,
-                     groups: set[str], merges: bool = False, timeout_s: float = 120.0,
-                     arena_override: dict[int, int] | None = None) -> dict[int, dict[str, Any]]:
+def firmware_configs(
+    exp: Experiment,
+    linears_rows: list[list[Any]],
+    workroot: Path,
+    groups: set[str],
+    merges: bool = False,
+    timeout_s: float = 120.0,
+    arena_override: dict[int, int] | None = None,
+) -> dict[int, dict[str, Any]]:
     """Per device of a firmware group: the ``twin``/``firmware`` entries of its config."""
     from tinytwin.firmware.build import build_firmware, image_dict, required_arena_bytes
     from tinytwin.firmware.profiles import target_for
@@ -75,8 +85,18 @@ def firmware_configs(exp: Experiment, linears_rows: list[list[Any]], workroot: P
             own = image
             if arena_override and d in arena_override:
                 own = build_firmware(target.board, plan_of[g.name].ram_available, arena_override[d])
-            out[d] = {"twin": "firmware", "firmware": {
-                "image": image_dict(own), "board": target.board, "cpi": target.cpi,
-                "clock_hz": float(g.profile.clock_hz), "sizes": sizes, "relu": relu,
-                "workdir": str(workroot / f"d{d}"), "timeout_s": timeout_s, "transport": transport[g.name]}}
+            out[d] = {
+                "twin": "firmware",
+                "firmware": {
+                    "image": image_dict(own),
+                    "board": target.board,
+                    "cpi": target.cpi,
+                    "clock_hz": float(g.profile.clock_hz),
+                    "sizes": sizes,
+                    "relu": relu,
+                    "workdir": str(workroot / f"d{d}"),
+                    "timeout_s": timeout_s,
+                    "transport": transport[g.name],
+                },
+            }
     return out

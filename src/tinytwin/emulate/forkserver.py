@@ -26,7 +26,7 @@ import os
 import select
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,12 +61,12 @@ def _say(line: str) -> None:
 
 def serve(main: Callable[[list[str]], int] | None = None) -> int:
     """Fork children that run ``main(["CONFIG"])`` (default: the peer runtime)."""
-    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)   # OpenBLAS buffers, before fork
+    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)  # OpenBLAS buffers, before fork
     # Keep the children's garbage collector off the inherited objects, so that a collection does
     # not write to (and copy) their shared pages (Python docs, gc.freeze; measured: ~1 MB less PSS
     # per device — most of a device's ~10 MB PSS is its own heap, data and BLAS buffers).
     gc.freeze()
-    children: dict[int, int] = {}                                    # pid -> device
+    children: dict[int, int] = {}  # pid -> device
     buf = b""
     open_in = True
     while open_in or children:

@@ -30,8 +30,9 @@ log = logging.getLogger("tinytwin.emulate")
 class Coordinator:
     """Protocol state and frame checks of the coordinator (usable without sockets)."""
 
-    def __init__(self, num_devices: int, run_key: bytes, num_params: int, tensor_sizes: list[int],
-                 encoding: str) -> None:
+    def __init__(
+        self, num_devices: int, run_key: bytes, num_params: int, tensor_sizes: list[int], encoding: str
+    ) -> None:
         self.keys = {d: derive_key(run_key, d) for d in range(num_devices)}
         self.guard = fm.ReplayGuard()
         self.nonce = time.time_ns()
@@ -45,16 +46,18 @@ class Coordinator:
         self.metrics: dict[int, dict[str, Any]] = {}
         self.rejected: Counter[str] = Counter()
         self.reject_events: list[tuple[int | None, str]] = []
-        self.max_frame = max(fm.frame_size(enc.encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)),
-                             64 * 1024)
+        self.max_frame = max(
+            fm.frame_size(enc.encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)), 64 * 1024
+        )
 
     def key_for(self, sender: int) -> bytes | None:
         return self.keys.get(sender)
 
     def make(self, msg_type: int, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
         self.nonce += 1
-        return fm.encode_frame(fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce,
-                                        payload), self.keys[receiver])
+        return fm.encode_frame(
+            fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce, payload), self.keys[receiver]
+        )
 
     def accept(self, data: bytes, conn_device: int | None = None) -> tuple[fm.Frame, Any]:
         """Check one complete frame; return ``(frame, content)`` or raise :class:`Rejected`.

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytwin.fleet.cost import (LinkArrays, PowerArrays, Transfer, draw_lost_packets, energy_joules, take_links,
-                                 transfer_cost)
+from tinytwin.fleet.cost import (
+    LinkArrays,
+    PowerArrays,
+    Transfer,
+    draw_lost_packets,
+    energy_joules,
+    take_links,
+    transfer_cost,
+)
 from tinytwin.rng import Stream, stream_rng
 
 __all__ = ["HierRoundPlan", "LocalPlan", "ModelledRound", "modelled_costs", "plan_round"]
@@ -33,26 +40,35 @@ __all__ = ["HierRoundPlan", "LocalPlan", "ModelledRound", "modelled_costs", "pla
 
 @dataclass(frozen=True)
 class LocalPlan:
-    key: int                 # training key and frame round of this local round
-    down: Transfer           # over ``HierRoundPlan.ids``
+    key: int  # training key and frame round of this local round
+    down: Transfer  # over ``HierRoundPlan.ids``
     up: Transfer
 
 
 @dataclass(frozen=True)
 class HierRoundPlan:
     round: int
-    ids: np.ndarray          # online devices, in the simulator's draw order
+    ids: np.ndarray  # online devices, in the simulator's draw order
     local: list[LocalPlan]
-    present: np.ndarray      # clusters with an online device
-    la_up: Transfer          # over ``present``
+    present: np.ndarray  # clusters with an online device
+    la_up: Transfer  # over ``present``
     la_down: Transfer
 
     def index(self) -> dict[int, int]:
         return {int(d): i for i, d in enumerate(self.ids)}
 
 
-def plan_round(fleet_links: LinkArrays, la_links: LinkArrays, assign: np.ndarray, seed: int, r: int,
-               local_rounds: int, ids: np.ndarray, up_bytes: int, down_bytes: int) -> HierRoundPlan:
+def plan_round(
+    fleet_links: LinkArrays,
+    la_links: LinkArrays,
+    assign: np.ndarray,
+    seed: int,
+    r: int,
+    local_rounds: int,
+    ids: np.ndarray,
+    up_bytes: int,
+    down_bytes: int,
+) -> HierRoundPlan:
     """The link figures of global round ``r`` for the online devices ``ids`` (the engine's draws)."""
     ids = np.asarray(ids, dtype=np.int64)
     links = take_links(fleet_links, ids)
@@ -66,10 +82,12 @@ def plan_round(fleet_links: LinkArrays, la_links: LinkArrays, assign: np.ndarray
         local.append(LocalPlan(key, down, up))
     present = np.unique(assign[ids])
     la_l = take_links(la_links, present)
-    la_up = transfer_cost(up_bytes, la_l.up_bps, la_l,
-                          draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 2), up_bytes, la_l))
-    la_down = transfer_cost(down_bytes, la_l.down_bps, la_l,
-                            draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 3), down_bytes, la_l))
+    la_up = transfer_cost(
+        up_bytes, la_l.up_bps, la_l, draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 2), up_bytes, la_l)
+    )
+    la_down = transfer_cost(
+        down_bytes, la_l.down_bps, la_l, draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 3), down_bytes, la_l)
+    )
     return HierRoundPlan(r, ids, local, present, la_up, la_down)
 
 
@@ -80,7 +98,7 @@ def lossless(nbytes: int, bps: np.ndarray, links: LinkArrays) -> Transfer:
 
 @dataclass
 class ModelledRound:
-    compute_s: np.ndarray    # per device (length D), summed over local rounds
+    compute_s: np.ndarray  # per device (length D), summed over local rounds
     up_s: np.ndarray
     down_s: np.ndarray
     lost: np.ndarray
@@ -89,9 +107,19 @@ class ModelledRound:
     cluster_s: dict[int, float]
 
 
-def modelled_costs(plan: HierRoundPlan, n: int, assign: np.ndarray, compute_s: np.ndarray, power: PowerArrays,
-                   got_model: list[set[int]], done: list[set[int]], reporting: set[int], k: int,
-                   taking: np.ndarray, extra_down: dict[int, float] | None = None) -> ModelledRound:
+def modelled_costs(
+    plan: HierRoundPlan,
+    n: int,
+    assign: np.ndarray,
+    compute_s: np.ndarray,
+    power: PowerArrays,
+    got_model: list[set[int]],
+    done: list[set[int]],
+    reporting: set[int],
+    k: int,
+    taking: np.ndarray,
+    extra_down: dict[int, float] | None = None,
+) -> ModelledRound:
     """What the cost model charges for the round as it happened.
 
     ``got_model[l]`` / ``done[l]``: devices that received the model / whose update was
@@ -118,7 +146,7 @@ def modelled_costs(plan: HierRoundPlan, n: int, assign: np.ndarray, compute_s: n
                 comp[d] += float(compute_s[d])
                 up_s[d] += float(lp.up.time_s[i])
                 lost[d] += int(lp.up.lost_packets[i])
-                total = down + float(compute_s[d]) + float(lp.up.time_s[i])   # the engine's order
+                total = down + float(compute_s[d]) + float(lp.up.time_s[i])  # the engine's order
             c = int(assign[d])
             per_cluster[c] = max(per_cluster.get(c, 0.0), total)
         for c, t in per_cluster.items():

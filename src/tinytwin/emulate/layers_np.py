@@ -26,9 +26,10 @@ keeps :mod:`tinytwin.emulate.mlp_np` for them (fewer copies).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -59,13 +60,28 @@ def describe(layers: Iterable[Any]) -> list[dict[str, Any]]:
     for layer in layers:
         if layer.kind not in KINDS:
             raise ValueError(f"the numpy runtime has no {layer.kind!r} layer")
-        row = {"kind": layer.kind, "in_shape": list(layer.in_shape), "out_shape": list(layer.out_shape),
-               "in_features": int(layer.in_features), "out_features": int(layer.out_features),
-               "kernel": int(layer.kernel), "stride": int(layer.stride), "padding": int(layer.padding),
-               "groups": int(layer.groups)}
-        shape = NpLayer(layer.kind, tuple(layer.in_shape), tuple(layer.out_shape), int(layer.in_features),
-                        int(layer.out_features), int(layer.kernel), int(layer.stride), int(layer.padding),
-                        int(layer.groups)).weight_shape
+        row = {
+            "kind": layer.kind,
+            "in_shape": list(layer.in_shape),
+            "out_shape": list(layer.out_shape),
+            "in_features": int(layer.in_features),
+            "out_features": int(layer.out_features),
+            "kernel": int(layer.kernel),
+            "stride": int(layer.stride),
+            "padding": int(layer.padding),
+            "groups": int(layer.groups),
+        }
+        shape = NpLayer(
+            layer.kind,
+            tuple(layer.in_shape),
+            tuple(layer.out_shape),
+            int(layer.in_features),
+            int(layer.out_features),
+            int(layer.kernel),
+            int(layer.stride),
+            int(layer.padding),
+            int(layer.groups),
+        ).weight_shape
         if shape is not None:
             row["w_offset"] = offset
             row["b_offset"] = offset + prod(shape)
@@ -75,10 +91,22 @@ def describe(layers: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def layers_from(rows: Sequence[dict[str, Any]]) -> list[NpLayer]:
-    return [NpLayer(str(r["kind"]), tuple(int(v) for v in r["in_shape"]), tuple(int(v) for v in r["out_shape"]),
-                    int(r.get("in_features", 0)), int(r.get("out_features", 0)), int(r.get("kernel", 0)),
-                    int(r.get("stride", 1)), int(r.get("padding", 0)), int(r.get("groups", 1)),
-                    int(r.get("w_offset", -1)), int(r.get("b_offset", -1))) for r in rows]
+    return [
+        NpLayer(
+            str(r["kind"]),
+            tuple(int(v) for v in r["in_shape"]),
+            tuple(int(v) for v in r["out_shape"]),
+            int(r.get("in_features", 0)),
+            int(r.get("out_features", 0)),
+            int(r.get("kernel", 0)),
+            int(r.get("stride", 1)),
+            int(r.get("padding", 0)),
+            int(r.get("groups", 1)),
+            int(r.get("w_offset", -1)),
+            int(r.get("b_offset", -1)),
+        )
+        for r in rows
+    ]
 
 
 # ---- convolution helpers (channel-major C, B, H, W) ----------------------------------------
@@ -87,7 +115,7 @@ def _pad(x: np.ndarray, p: int) -> np.ndarray:
         return x
     c, b, h, w = x.shape
     out = np.zeros((c, b, h + 2 * p, w + 2 * p), dtype=x.dtype)
-    out[:, :, p:p + h, p:p + w] = x
+    out[:, :, p : p + h, p : p + w] = x
     return out
 
 
@@ -117,7 +145,7 @@ def _col2im(dcols: np.ndarray, padded_shape: tuple[int, ...], k: int, s: int, ho
 def _crop(dxp: np.ndarray, p: int) -> np.ndarray:
     if not p:
         return dxp
-    return dxp[:, :, p:dxp.shape[2] - p, p:dxp.shape[3] - p]
+    return dxp[:, :, p : dxp.shape[2] - p, p : dxp.shape[3] - p]
 
 
 class Net:
@@ -130,14 +158,15 @@ class Net:
                 raise ValueError(f"the numpy runtime has no {layer.kind!r} layer")
         self.input_shape = self.layers[0].in_shape
         self.params = [i for i, l in enumerate(self.layers) if l.weight_shape is not None]
-        self.num_params = sum(prod(self.layers[i].weight_shape or ()) + self.layers[i].out_features
-                              for i in self.params)
+        self.num_params = sum(
+            prod(self.layers[i].weight_shape or ()) + self.layers[i].out_features for i in self.params
+        )
         first = self.params[0] if self.params else len(self.layers)
         # The input gradient of layers before the first parameterised one is never needed.
         self._need_dx = [i > first for i in range(len(self.layers))]
 
     @classmethod
-    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> "Net":
+    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> Net:
         return cls(layers_from(rows))
 
     # ---- parameters ----------------------------------------------------------------
@@ -149,8 +178,8 @@ class Net:
             l = self.layers[i]
             shape = l.weight_shape
             assert shape is not None
-            out.append(flat[l.w_offset:l.b_offset].reshape(shape).copy())
-            out.append(flat[l.b_offset:l.b_offset + l.out_features].copy())
+            out.append(flat[l.w_offset : l.b_offset].reshape(shape).copy())
+            out.append(flat[l.b_offset : l.b_offset + l.out_features].copy())
         return out
 
     @staticmethod
@@ -164,8 +193,7 @@ class Net:
             x = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (B, C, H, W) -> (C, B, H, W)
         return x
 
-    def forward(self, tensors: Sequence[np.ndarray], x: np.ndarray, keep: bool = True
-                ) -> tuple[np.ndarray, list[Any]]:
+    def forward(self, tensors: Sequence[np.ndarray], x: np.ndarray, keep: bool = True) -> tuple[np.ndarray, list[Any]]:
         """Logits (B, classes) of the batch ``x`` (B, prod(input_shape)) and the caches for backward."""
         h = self._input(x)
         caches: list[Any] = []
@@ -179,8 +207,7 @@ class Net:
             caches.append(cache)
         return h, caches
 
-    def grads(self, tensors: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray
-              ) -> tuple[list[np.ndarray], float]:
+    def grads(self, tensors: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], float]:
         """Gradients of the mean cross-entropy over the batch, and the summed cross-entropy."""
         logits, caches = self.forward(tensors, x)
         log_p = log_softmax(logits)
@@ -259,7 +286,7 @@ class Net:
     def _pool_views(l: NpLayer, h: np.ndarray) -> list[np.ndarray]:
         k = l.kernel
         _, ho, wo = l.out_shape
-        return [h[:, :, i:i + k * ho:k, j:j + k * wo:k] for i in range(k) for j in range(k)]
+        return [h[:, :, i : i + k * ho : k, j : j + k * wo : k] for i in range(k) for j in range(k)]
 
     @staticmethod
     def _f_maxpool(l: NpLayer, h: np.ndarray, w: Any, b: Any, keep: bool) -> tuple[np.ndarray, Any]:
@@ -275,7 +302,7 @@ class Net:
             return None, None, None
         h, out = cache
         dx = np.zeros(h.shape, dtype=_F32)
-        free = np.ones(out.shape, dtype=bool)   # windows whose maximum is not yet routed
+        free = np.ones(out.shape, dtype=bool)  # windows whose maximum is not yet routed
         for v, d in zip(Net._pool_views(l, h), Net._pool_views(l, dx)):
             hit = v == out
             hit &= free
@@ -312,8 +339,10 @@ class Net:
         out = np.empty((c_out, bsz * ho * wo), dtype=_F32)
         cols_g = []
         for gi in range(groups):
-            cols = _im2col(xp[gi * ci:(gi + 1) * ci], k, s, ho, wo)
-            out[gi * co:(gi + 1) * co] = w[gi * co:(gi + 1) * co].reshape(co, -1) @ cols + b[gi * co:(gi + 1) * co, None]
+            cols = _im2col(xp[gi * ci : (gi + 1) * ci], k, s, ho, wo)
+            out[gi * co : (gi + 1) * co] = (
+                w[gi * co : (gi + 1) * co].reshape(co, -1) @ cols + b[gi * co : (gi + 1) * co, None]
+            )
             cols_g.append(cols)
         return out.reshape(c_out, bsz, ho, wo), ((cols_g, xp.shape) if keep else None)
 
@@ -349,11 +378,12 @@ class Net:
         dw = np.empty_like(w)
         dcols = np.empty((c_in, k, k) + g.shape[1:], dtype=_F32) if need_dx else None
         for gi in range(groups):
-            gg = g2[gi * co:(gi + 1) * co]
-            dw[gi * co:(gi + 1) * co] = (gg @ cols[gi].T).reshape(co, ci, k, k)
+            gg = g2[gi * co : (gi + 1) * co]
+            dw[gi * co : (gi + 1) * co] = (gg @ cols[gi].T).reshape(co, ci, k, k)
             if dcols is not None:
-                dcols[gi * ci:(gi + 1) * ci] = (w[gi * co:(gi + 1) * co].reshape(co, -1).T @ gg).reshape(
-                    ci, k, k, *g.shape[1:])
+                dcols[gi * ci : (gi + 1) * ci] = (w[gi * co : (gi + 1) * co].reshape(co, -1).T @ gg).reshape(
+                    ci, k, k, *g.shape[1:]
+                )
         if dcols is None:
             return None, dw, db
         return _crop(_col2im(dcols, padded_shape, k, s, ho, wo), pad), dw, db
@@ -365,8 +395,17 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
 
 
-def train(net: Net, start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: LocalTraining,
-          seed: int, round_: int, device: int, lr: float | None = None) -> tuple[np.ndarray, float, int]:
+def train(
+    net: Net,
+    start: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: LocalTraining,
+    seed: int,
+    round_: int,
+    device: int,
+    lr: float | None = None,
+) -> tuple[np.ndarray, float, int]:
     """One round of local training of one device; returns (params, mean train CE, steps).
 
     ``x`` (N, prod(input_shape)), ``y`` are the device's samples in partition order.
@@ -381,7 +420,7 @@ def train(net: Net, start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: LocalT
     for epoch in range(cfg.epochs):
         order = device_permutations(seed, round_, epoch, np.array([device]), np.array([n]))[0]
         for lo in range(0, n, cfg.batch_size):
-            idx = order[lo:lo + cfg.batch_size]
+            idx = order[lo : lo + cfg.batch_size]
             g, ce = net.grads(tensors, x[idx], y[idx])
             steps += 1
             ce_total += ce
@@ -396,8 +435,8 @@ def train(net: Net, start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: LocalT
                     b1, b2 = ADAM_BETAS
                     m[k] = _F32(b1) * m[k] + _F32(1 - b1) * gk
                     v[k] = _F32(b2) * v[k] + _F32(1 - b2) * gk * gk
-                    m_hat = m[k] / _F32(1 - b1 ** steps)
-                    v_hat = v[k] / _F32(1 - b2 ** steps)
+                    m_hat = m[k] / _F32(1 - b1**steps)
+                    v_hat = v[k] / _F32(1 - b2**steps)
                     direction = m_hat / (np.sqrt(v_hat) + _F32(ADAM_EPS))
                 elif cfg.momentum:
                     assert m is not None
@@ -414,8 +453,8 @@ def evaluate(net: Net, flat: np.ndarray, x: np.ndarray, y: np.ndarray, chunk: in
     tensors = net.split(np.asarray(flat, dtype=_F32))
     correct, loss = 0, 0.0
     for lo in range(0, len(y), chunk):
-        logits, _ = net.forward(tensors, x[lo:lo + chunk], keep=False)
-        yy = y[lo:lo + chunk]
+        logits, _ = net.forward(tensors, x[lo : lo + chunk], keep=False)
+        yy = y[lo : lo + chunk]
         correct += int((logits.argmax(axis=1) == yy).sum())
         loss += float(-log_softmax(logits)[np.arange(len(yy)), yy].astype(np.float64).sum())
     return correct / max(len(y), 1), loss / max(len(y), 1)

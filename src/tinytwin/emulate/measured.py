@@ -24,8 +24,9 @@ exported to ``csv/emulate_device_rounds.csv``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tinytwin.store.db import RunStore
 
@@ -48,8 +49,21 @@ CREATE TABLE IF NOT EXISTS emulate_device_rounds (
     PRIMARY KEY (run_id, round, device)
 );
 """
-COLUMNS = ("round", "device", "wall_down_s", "wall_compute_s", "wall_train_s", "wall_up_s", "wall_total_s",
-           "shaped_down_s", "shaped_up_s", "rss_kb", "insns", "firmware_compute_s", "qemu_rss_kb")
+COLUMNS = (
+    "round",
+    "device",
+    "wall_down_s",
+    "wall_compute_s",
+    "wall_train_s",
+    "wall_up_s",
+    "wall_total_s",
+    "shaped_down_s",
+    "shaped_up_s",
+    "rss_kb",
+    "insns",
+    "firmware_compute_s",
+    "qemu_rss_kb",
+)
 
 
 def ensure_table(store: RunStore) -> None:
@@ -57,14 +71,23 @@ def ensure_table(store: RunStore) -> None:
     store.conn.commit()
 
 
-def write_round(store: RunStore, run_id: str, measured: Sequence[Mapping[str, Any]], round_row: Mapping[str, Any],
-                device_rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
-                checkpoint: Mapping[str, Any] | None) -> None:
+def write_round(
+    store: RunStore,
+    run_id: str,
+    measured: Sequence[Mapping[str, Any]],
+    round_row: Mapping[str, Any],
+    device_rows: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    checkpoint: Mapping[str, Any] | None,
+) -> None:
     """Commit the measured rows together with the round (one transaction, as :mod:`tinytwin.store.dfl` does)."""
     conn = store.conn
     try:
-        conn.executemany(f"INSERT OR REPLACE INTO emulate_device_rounds (run_id, {', '.join(COLUMNS)}) "
-                         f"VALUES (?{', ?' * len(COLUMNS)})", [(run_id, *[m.get(c) for c in COLUMNS]) for m in measured])
+        conn.executemany(
+            f"INSERT OR REPLACE INTO emulate_device_rounds (run_id, {', '.join(COLUMNS)}) "
+            f"VALUES (?{', ?' * len(COLUMNS)})",
+            [(run_id, *[m.get(c) for c in COLUMNS]) for m in measured],
+        )
     except BaseException:
         conn.rollback()
         raise
@@ -72,8 +95,9 @@ def write_round(store: RunStore, run_id: str, measured: Sequence[Mapping[str, An
 
 
 def rows(store: RunStore, run_id: str) -> list[dict[str, Any]]:
-    cur = store.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM emulate_device_rounds WHERE run_id = ? "
-                             "ORDER BY round, device", (run_id,))
+    cur = store.conn.execute(
+        f"SELECT {', '.join(COLUMNS)} FROM emulate_device_rounds WHERE run_id = ? ORDER BY round, device", (run_id,)
+    )
     return [dict(zip(COLUMNS, r)) for r in cur.fetchall()]
 
 

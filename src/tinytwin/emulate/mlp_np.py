@@ -11,13 +11,14 @@ positions, a short last batch). Everything is float32 like the simulator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from tinytwin.algorithms.local_config import ADAM_BETAS, ADAM_EPS, LocalTraining
 from tinytwin.rng import device_permutations
+
 
 @dataclass(frozen=True)
 class Linear:
@@ -36,8 +37,8 @@ def split(linears: Sequence[Linear], flat: np.ndarray) -> list[np.ndarray]:
     """Flat vector -> [W0 (out, in), b0, W1, b1, ...] (copies, float32)."""
     out = []
     for lin in linears:
-        out.append(flat[lin.w_offset:lin.b_offset].reshape(lin.n_out, lin.n_in).astype(np.float32, copy=True))
-        out.append(flat[lin.b_offset:lin.b_offset + lin.n_out].astype(np.float32, copy=True))
+        out.append(flat[lin.w_offset : lin.b_offset].reshape(lin.n_out, lin.n_in).astype(np.float32, copy=True))
+        out.append(flat[lin.b_offset : lin.b_offset + lin.n_out].astype(np.float32, copy=True))
     return out
 
 
@@ -45,8 +46,9 @@ def join(tensors: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([t.reshape(-1) for t in tensors]).astype(np.float32, copy=False)
 
 
-def forward(linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarray
-            ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+def forward(
+    linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Layer inputs, pre-activations and the logits of a batch ``x`` (B, in)."""
     h = x.reshape(len(x), -1).astype(np.float32, copy=False)
     inputs, pre = [], []
@@ -64,8 +66,9 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
 
 
-def grads(linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray
-          ) -> tuple[list[np.ndarray], float]:
+def grads(
+    linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[list[np.ndarray], float]:
     """Gradients of the mean cross-entropy over the batch, and the summed cross-entropy."""
     inputs, pre, logits = forward(linears, tensors, x)
     log_p = log_softmax(logits)
@@ -85,8 +88,16 @@ def grads(linears: Sequence[Linear], tensors: Sequence[np.ndarray], x: np.ndarra
     return out, ce_sum
 
 
-def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.ndarray, cfg: LocalTraining,
-          seed: int, round_: int, device: int) -> tuple[np.ndarray, float, int]:
+def train(
+    linears: Sequence[Linear],
+    start: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: LocalTraining,
+    seed: int,
+    round_: int,
+    device: int,
+) -> tuple[np.ndarray, float, int]:
     """One round of local training of one device; returns (params, mean train CE, steps).
 
     ``x``, ``y`` are the device's samples in partition order (position p = its p-th index).
@@ -101,7 +112,7 @@ def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.nda
     for epoch in range(cfg.epochs):
         order = device_permutations(seed, round_, epoch, np.array([device]), np.array([n]))[0]
         for lo in range(0, n, cfg.batch_size):
-            idx = order[lo:lo + cfg.batch_size]
+            idx = order[lo : lo + cfg.batch_size]
             g, ce = grads(linears, tensors, x[idx], y[idx])
             steps += 1
             ce_total += ce
@@ -116,8 +127,8 @@ def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.nda
                     b1, b2 = ADAM_BETAS
                     m[k] = np.float32(b1) * m[k] + np.float32(1 - b1) * gk
                     v[k] = np.float32(b2) * v[k] + np.float32(1 - b2) * gk * gk
-                    m_hat = m[k] / np.float32(1 - b1 ** steps)
-                    v_hat = v[k] / np.float32(1 - b2 ** steps)
+                    m_hat = m[k] / np.float32(1 - b1**steps)
+                    v_hat = v[k] / np.float32(1 - b2**steps)
                     direction = m_hat / (np.sqrt(v_hat) + np.float32(ADAM_EPS))
                 elif cfg.momentum:
                     assert m is not None
@@ -129,14 +140,15 @@ def train(linears: Sequence[Linear], start: np.ndarray, x: np.ndarray, y: np.nda
     return join(tensors), ce_total / max(1, cfg.epochs * n), steps
 
 
-def evaluate(linears: Sequence[Linear], flat: np.ndarray, x: np.ndarray, y: np.ndarray,
-             chunk: int = 8192) -> tuple[float, float]:
+def evaluate(
+    linears: Sequence[Linear], flat: np.ndarray, x: np.ndarray, y: np.ndarray, chunk: int = 8192
+) -> tuple[float, float]:
     """Test accuracy and mean cross-entropy of the flat model on (x, y)."""
     tensors = split(linears, np.asarray(flat, dtype=np.float32))
     correct, loss = 0, 0.0
     for lo in range(0, len(y), chunk):
-        _, _, logits = forward(linears, tensors, x[lo:lo + chunk])
-        yy = y[lo:lo + chunk]
+        _, _, logits = forward(linears, tensors, x[lo : lo + chunk])
+        yy = y[lo : lo + chunk]
         correct += int((logits.argmax(axis=1) == yy).sum())
         loss += float(-log_softmax(logits)[np.arange(len(yy)), yy].astype(np.float64).sum())
     return correct / max(len(y), 1), loss / max(len(y), 1)

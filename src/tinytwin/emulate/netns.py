@@ -32,9 +32,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tinytwin.emulate.shaper import KERNEL_NONE, KERNEL_RATE, KERNEL_RATE_DELAY, Link
 from tinytwin.errors import TinyTwinError
@@ -48,8 +48,10 @@ def require_netns() -> None:
     if not sys.platform.startswith("linux"):
         raise TinyTwinError("--netns needs Linux network namespaces; this is " + sys.platform)
     if os.geteuid() != 0:
-        raise TinyTwinError("--netns needs root (creating namespaces, veth pairs and tc qdiscs); "
-                            "run as root or leave out --netns (userspace link shaper)")
+        raise TinyTwinError(
+            "--netns needs root (creating namespaces, veth pairs and tc qdiscs); "
+            "run as root or leave out --netns (userspace link shaper)"
+        )
     missing = [t for t in ("ip", "tc") if shutil.which(t) is None]
     if missing:
         raise TinyTwinError(f"--netns needs iproute2; not found: {', '.join(missing)}")
@@ -75,8 +77,11 @@ def remove_leftovers(prefix: str) -> list[str]:
         name = line.split(":", 2)[1].strip().split("@")[0] if ":" in line else ""
         if name.startswith(prefix):
             links.append(name)
-    spaces = [ln.split()[0] for ln in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
-              if ln.split() and ln.split()[0].startswith(prefix + "-")]
+    spaces = [
+        ln.split()[0]
+        for ln in _run(["ip", "netns", "list"], check=False).stdout.splitlines()
+        if ln.split() and ln.split()[0].startswith(prefix + "-")
+    ]
     # Host veth ends first (deleting one end deletes the pair at once; a namespace's own
     # interfaces only go when the kernel frees it, asynchronously), then namespaces, bridge.
     order = sorted(links, key=lambda n: n.endswith("br"))
@@ -88,8 +93,10 @@ def remove_leftovers(prefix: str) -> list[str]:
 
 def _free_subnet(prefix: str) -> ipaddress.IPv4Network:
     """A 10.X.0.0/16 that no interface or route of this host uses (start from the prefix's hash)."""
-    used = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout + \
-        _run(["ip", "-4", "route", "show", "table", "all"], check=False).stdout
+    used = (
+        _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+        + _run(["ip", "-4", "route", "show", "table", "all"], check=False).stdout
+    )
     start = int(hashlib.sha256(prefix.encode()).hexdigest(), 16) % 128
     for i in range(128):
         x = 64 + (start + i) % 128
@@ -161,8 +168,9 @@ class NetnsFleet:
 
     # ---- lifecycle ------------------------------------------------------------------
     @classmethod
-    def create(cls, num_devices: int, links: Sequence[Link], time_scale: float = 1.0,
-               prefix: str | None = None) -> "NetnsFleet":
+    def create(
+        cls, num_devices: int, links: Sequence[Link], time_scale: float = 1.0, prefix: str | None = None
+    ) -> NetnsFleet:
         """Build the bridge and one namespace per device, detect netem, shape every link."""
         require_netns()
         if num_devices > 65000:
@@ -181,19 +189,27 @@ class NetnsFleet:
 
     def _build(self) -> None:
         plen = self._net.prefixlen
-        root = [f"link add {self.bridge} type bridge", f"link set {self.bridge} addrgenmode none",
-                f"addr add {self.bridge_ip}/{plen} dev {self.bridge}", f"link set {self.bridge} up"]
+        root = [
+            f"link add {self.bridge} type bridge",
+            f"link set {self.bridge} addrgenmode none",
+            f"addr add {self.bridge_ip}/{plen} dev {self.bridge}",
+            f"link set {self.bridge} up",
+        ]
         for d in range(self.num_devices):
-            root += [f"netns add {self.ns(d)}",
-                     f"link add {self.host_if(d)} type veth peer name {self.dev_if(d)} netns {self.ns(d)}",
-                     f"link set {self.host_if(d)} addrgenmode none",
-                     f"link set {self.host_if(d)} master {self.bridge} up"]
+            root += [
+                f"netns add {self.ns(d)}",
+                f"link add {self.host_if(d)} type veth peer name {self.dev_if(d)} netns {self.ns(d)}",
+                f"link set {self.host_if(d)} addrgenmode none",
+                f"link set {self.host_if(d)} master {self.bridge} up",
+            ]
         _run(["ip", "-batch", "-"], "\n".join(root) + "\n")
         for d in range(self.num_devices):
-            _run(["ip", "-n", self.ns(d), "-batch", "-"],
-                 f"link set {self.dev_if(d)} addrgenmode none\n"
-                 f"addr add {self.device_ip(d)}/{plen} dev {self.dev_if(d)}\n"
-                 f"link set {self.dev_if(d)} up\nlink set lo up\n")
+            _run(
+                ["ip", "-n", self.ns(d), "-batch", "-"],
+                f"link set {self.dev_if(d)} addrgenmode none\n"
+                f"addr add {self.device_ip(d)}/{plen} dev {self.dev_if(d)}\n"
+                f"link set {self.dev_if(d)} up\nlink set lo up\n",
+            )
 
     def _detect_netem(self) -> None:
         """Try a netem qdisc on a real veth: the only reliable test (modules may load on demand)."""
@@ -252,10 +268,16 @@ class NetnsFleet:
     def shaping(self) -> dict[str, object]:
         """What shapes which part of a link time (for the summary and the events)."""
         none = self.kernel == KERNEL_NONE
-        return {"mode": "netns", "rate": "none (time_scale 0)" if none else "kernel tbf",
-                "latency_loss": "kernel netem" if self.kernel == KERNEL_RATE_DELAY else "userspace",
-                "netem_available": self.netem, "netem_error": self.netem_error, "prefix": self.prefix,
-                "subnet": self.subnet, "bridge_ip": self.bridge_ip}
+        return {
+            "mode": "netns",
+            "rate": "none (time_scale 0)" if none else "kernel tbf",
+            "latency_loss": "kernel netem" if self.kernel == KERNEL_RATE_DELAY else "userspace",
+            "netem_available": self.netem,
+            "netem_error": self.netem_error,
+            "prefix": self.prefix,
+            "subnet": self.subnet,
+            "bridge_ip": self.bridge_ip,
+        }
 
     def describe(self) -> str:
         where = f"network namespaces {self.prefix}-d0..{self.num_devices - 1} on bridge {self.bridge} ({self.subnet})"
@@ -264,12 +286,13 @@ class NetnsFleet:
         head = where + "; bandwidth: kernel tbf on both directions; "
         if self.netem:
             return head + "latency and loss: kernel netem"
-        return head + (f"latency and loss: userspace shaper (this kernel has no netem: "
-                       f"{self.netem_error or 'tc refused it'})")
+        return head + (
+            f"latency and loss: userspace shaper (this kernel has no netem: {self.netem_error or 'tc refused it'})"
+        )
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, path: Path) -> "NetnsFleet":
+    def load(cls, path: Path) -> NetnsFleet:
         return cls(**json.loads(path.read_text()))

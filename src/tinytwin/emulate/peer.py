@@ -83,12 +83,12 @@ class Received:
 
     sender: int
     round: int
-    values: np.ndarray                 # Gist: the values of the set positions only, in index order
+    values: np.ndarray  # Gist: the values of the set positions only, in index order
     age: int
     nbytes: int
-    accuracy: float = 0.0              # Gist: the sender's validation accuracy (payload header)
-    mask: np.ndarray | None = None     # Gist: which parameters the segment carries
-    request: tuple[int, int, int] | None = None   # segmented gossip: a pull request (segment, lo, hi)
+    accuracy: float = 0.0  # Gist: the sender's validation accuracy (payload header)
+    mask: np.ndarray | None = None  # Gist: which parameters the segment carries
+    request: tuple[int, int, int] | None = None  # segmented gossip: a pull request (segment, lo, hi)
 
 
 class PeerRuntime:
@@ -102,15 +102,24 @@ class PeerRuntime:
     segment (SEGMENT frames in ``encoding``).
     """
 
-    def __init__(self, device: int, coordinator_key: bytes, link_keys: dict[int, bytes], num_params: int,
-                 tensor_sizes: list[int], encoding: str, with_age: bool = False, gist: bool = False,
-                 segment_bounds: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        device: int,
+        coordinator_key: bytes,
+        link_keys: dict[int, bytes],
+        num_params: int,
+        tensor_sizes: list[int],
+        encoding: str,
+        with_age: bool = False,
+        gist: bool = False,
+        segment_bounds: list[int] | None = None,
+    ) -> None:
         self.frame, self.enc = load_wire()
         self.id = device
         self.keys: dict[int, bytes] = {int(k): v for k, v in link_keys.items()}
         self.keys[COORDINATOR_ID] = coordinator_key
         self.guard = self.frame.ReplayGuard()
-        self.nonce = time.time_ns()           # strictly increasing, also across restarts
+        self.nonce = time.time_ns()  # strictly increasing, also across restarts
         self.n = num_params
         self.tensor_sizes = list(tensor_sizes)
         self.gist = gist
@@ -121,15 +130,15 @@ class PeerRuntime:
         self.with_age = with_age
         self.conn_sender: dict[int, int] = {COORDINATOR_CONN: COORDINATOR_ID}
         self.rejected: Counter[str] = Counter()
-        self.dead: set[int] = set()           # peers known to be gone for good
+        self.dead: set[int] = set()  # peers known to be gone for good
         # the current round
-        self.round = 0                        # the latest round the coordinator announced
-        self.active = False                   # taking part in self.round and not merged yet
-        self.per_step: dict[int, int] = {}    # sender -> messages expected per exchange step
+        self.round = 0  # the latest round the coordinator announced
+        self.active = False  # taking part in self.round and not merged yet
+        self.per_step: dict[int, int] = {}  # sender -> messages expected per exchange step
         self.steps = 1
         self.got: Counter[int] = Counter()
         self.inbox: list[Received] = []
-        self.pending: list[Received] = []     # arrived early: round self.round + 1
+        self.pending: list[Received] = []  # arrived early: round self.round + 1
         self.taken_steps = 0
         # segmented gossip: pull requests expected from / received from each peer, and the
         # requests this device sent to each peer (responses come back in that order)
@@ -160,7 +169,7 @@ class PeerRuntime:
             raise Rejected("wrong_sender", f"sender {fr.sender} on the connection of {bound}")
         if bound is None and fr.sender == COORDINATOR_ID:
             raise Rejected("wrong_sender", "coordinator frame on a peer connection")
-        self.conn_sender[conn] = fr.sender    # authentic: the connection is that sender's from now on
+        self.conn_sender[conn] = fr.sender  # authentic: the connection is that sender's from now on
         if fr.receiver != self.id:
             raise Rejected("wrong_receiver", f"frame for {fr.receiver}, I am {self.id}")
         if fr.sender == COORDINATOR_ID:
@@ -180,8 +189,11 @@ class PeerRuntime:
         if fr.msg_type != self.msg_type and not is_request:
             raise Rejected("unexpected_type", f"{fr.msg_type.name} from peer {fr.sender}")
         if not (fr.round == self.round and self.active) and fr.round != self.round + 1:
-            raise Rejected("stale_round", f"model of round {fr.round} from {fr.sender}; current round "
-                                          f"{self.round}{'' if self.active else ' (merged)'}")
+            raise Rejected(
+                "stale_round",
+                f"model of round {fr.round} from {fr.sender}; current round "
+                f"{self.round}{'' if self.active else ' (merged)'}",
+            )
         if is_request:
             if fr.encoding != "none":
                 raise Rejected("bad_payload", f"pull request in encoding {fr.encoding}")
@@ -194,7 +206,7 @@ class PeerRuntime:
             msg = self._gist_segment(fr, len(data))
         else:
             msg = self._model(fr, len(data))
-        if fr.round == self.round + 1:   # a fast neighbour's round start reached it first
+        if fr.round == self.round + 1:  # a fast neighbour's round start reached it first
             self.pending.append(msg)
             return "model", None
         self._admit(msg)
@@ -207,7 +219,7 @@ class PeerRuntime:
             if len(payload) < AGE_HEADER.size:
                 raise Rejected("bad_payload", "no age header")
             (age,) = AGE_HEADER.unpack_from(payload)
-            payload = payload[AGE_HEADER.size:]
+            payload = payload[AGE_HEADER.size :]
         try:
             values, _ = self.enc.decode(payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
         except ValueError as exc:
@@ -252,17 +264,20 @@ class PeerRuntime:
     def _admit(self, msg: Received) -> None:
         if msg.request is not None:
             if self.req_got[msg.sender] >= self.req_expect.get(msg.sender, 0):
-                raise Rejected("not_expected", f"no (more) pull request expected from {msg.sender} "
-                                               f"in round {msg.round}")
+                raise Rejected(
+                    "not_expected", f"no (more) pull request expected from {msg.sender} in round {msg.round}"
+                )
             self.req_got[msg.sender] += 1
             self.requests.append(msg)
             return
-        if self.segmented:   # the k-th answer of a peer is to the k-th request this device sent it
+        if self.segmented:  # the k-th answer of a peer is to the k-th request this device sent it
             asked = self.outstanding.get(msg.sender, [])
             k = self.got[msg.sender]
             if k < len(asked) and msg.values.size != asked[k][2] - asked[k][1]:
-                raise Rejected("bad_payload", f"segment of {msg.values.size} values from {msg.sender}; "
-                                              f"requested [{asked[k][1]}, {asked[k][2]})")
+                raise Rejected(
+                    "bad_payload",
+                    f"segment of {msg.values.size} values from {msg.sender}; requested [{asked[k][1]}, {asked[k][2]})",
+                )
         limit = self.per_step.get(msg.sender, 0) * self.steps
         if self.got[msg.sender] >= limit:
             raise Rejected("not_expected", f"no (more) model expected from {msg.sender} in round {msg.round}")
@@ -282,9 +297,15 @@ class PeerRuntime:
             return None
 
     # ---- rounds -------------------------------------------------------------------------
-    def start_round(self, round_: int, online: bool, per_step: dict[int, int], steps: int = 1,
-                    requests: dict[int, int] | None = None,
-                    outstanding: dict[int, list[tuple[int, int, int]]] | None = None) -> None:
+    def start_round(
+        self,
+        round_: int,
+        online: bool,
+        per_step: dict[int, int],
+        steps: int = 1,
+        requests: dict[int, int] | None = None,
+        outstanding: dict[int, list[tuple[int, int, int]]] | None = None,
+    ) -> None:
         """Enter ``round_``: who is expected to send how many models per exchange step (segmented
         gossip: how many pull requests, and which segments this device asks each peer for);
         the models that arrived early are admitted (or rejected) now."""
@@ -319,8 +340,9 @@ class PeerRuntime:
         """Live senders whose models for exchange ``step`` (1-based) — or pull requests — have
         not all arrived."""
         out = [s for s, c in self.per_step.items() if s not in self.dead and self.got[s] < c * step]
-        return out + [s for s, c in self.req_expect.items()
-                      if s not in self.dead and self.req_got[s] < c and s not in out]
+        return out + [
+            s for s, c in self.req_expect.items() if s not in self.dead and self.req_got[s] < c and s not in out
+        ]
 
     def take(self, step: int) -> list[Received]:
         """The models of exchange ``step``, in the simulator's message order (sender id, then
@@ -347,16 +369,27 @@ class Peer:
     ``trainer`` trains and merges (:mod:`tinytwin.emulate.peer_trainer`: numpy here, or the
     device's firmware on QEMU); everything else — frames, links, waiting — is done here."""
 
-    def __init__(self, cfg: dict[str, Any], rt: PeerRuntime, net: PeerNet, x: np.ndarray, y: np.ndarray,
-                 initial: np.ndarray, trainer: NumpyPeerTrainer | None = None) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        rt: PeerRuntime,
+        net: PeerNet,
+        x: np.ndarray,
+        y: np.ndarray,
+        initial: np.ndarray,
+        trainer: NumpyPeerTrainer | None = None,
+    ) -> None:
         self.cfg, self.rt, self.net, self.x, self.y = cfg, rt, net, x, y
         self.id = rt.id
         self.alg = cfg["algorithm"]
         self.params = np.asarray(initial, dtype=np.float32).copy()
         self.age = 0
         self.local_rounds = 0
-        self.fifo = Fifo(self.params, int(self.alg["buffer_size"])) if self.alg.get("merge") == "fifo" \
-            and self.alg["name"] == "gossip" else None
+        self.fifo = (
+            Fifo(self.params, int(self.alg["buffer_size"]))
+            if self.alg.get("merge") == "fifo" and self.alg["name"] == "gossip"
+            else None
+        )
         self.linears = mlp_np.linears_from(cfg["linears"])
         self.trainer = trainer if trainer is not None else NumpyPeerTrainer(cfg, x, y)
         self.gist: dict[str, Any] | None = self.alg.get("gist") if self.alg["name"] == "gist" else None
@@ -368,7 +401,7 @@ class Peer:
             self.buffer: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(self.gist["buffer_size"]))
             self.gist_merges = 0
             self.accuracy = 0.0
-        self.serving: tuple[np.ndarray, int, list[list[Any]]] | None = None   # segmented gossip
+        self.serving: tuple[np.ndarray, int, list[list[Any]]] | None = None  # segmented gossip
         self.answered = 0
         self.link = shaper.Link(**cfg["link"])
         self.partner_down_bps = {int(k): float(v) for k, v in cfg["partners"].items()}
@@ -397,7 +430,7 @@ class Peer:
             if got is not None and got[0] == "control":
                 return got[1]
         elif kind == "eof":
-            if conn == COORDINATOR_CONN:   # killed, or done: call its address again (reconnect_grace_s)
+            if conn == COORDINATOR_CONN:  # killed, or done: call its address again (reconnect_grace_s)
                 return {"cmd": "lost"} if not self.stopping else None
             sender = self.rt.conn_sender.get(conn)
             if sender is not None:
@@ -441,8 +474,9 @@ class Peer:
         self.reconnects += 1
         hello = {"pid": os.getpid(), "port": self.net.port, "reconnects": self.reconnects, "round": self.done_round}
         try:
-            self.net.send_coordinator(self.rt.make(self.rt.frame.MsgType.HELLO, COORDINATOR_ID, 0, "none",
-                                                   json.dumps(hello).encode()))
+            self.net.send_coordinator(
+                self.rt.make(self.rt.frame.MsgType.HELLO, COORDINATOR_ID, 0, "none", json.dumps(hello).encode())
+            )
         except OSError:
             self.lost = True
             return self.reconnect() if time.monotonic() < deadline else False
@@ -469,8 +503,17 @@ class Peer:
         rt = self.rt
         rt.round, rt.active, rt.inbox, rt.pending, rt.requests = int(cmd["wire"]), False, [], [], []
         self.wr = rt.round
-        self.net.send_coordinator(rt.make(rt.frame.MsgType.METRICS, COORDINATOR_ID, rt.round, "none", json.dumps(
-            {"kind": "resumed", "ok": ok, "round": self.done_round, "local_rounds": self.local_rounds}).encode()))
+        self.net.send_coordinator(
+            rt.make(
+                rt.frame.MsgType.METRICS,
+                COORDINATOR_ID,
+                rt.round,
+                "none",
+                json.dumps(
+                    {"kind": "resumed", "ok": ok, "round": self.done_round, "local_rounds": self.local_rounds}
+                ).encode(),
+            )
+        )
 
     def command(self, cmd: dict[str, Any]) -> None:
         c = cmd["cmd"]
@@ -491,7 +534,7 @@ class Peer:
     # ---- one round ------------------------------------------------------------------------
     def play_round(self, cmd: dict[str, Any]) -> None:
         r = int(cmd["round"])
-        self.wr = int(cmd.get("wire", r))     # the frames' round number (differs from r after a resume)
+        self.wr = int(cmd.get("wire", r))  # the frames' round number (differs from r after a resume)
         self.snapshot = (self.done_round, self._state())
         self.done_round = r
         online = bool(cmd.get("online", False))
@@ -515,7 +558,7 @@ class Peer:
         if arena is not None:
             arena.close()
         busy = time.perf_counter() - t0
-        pace = res.modelled_compute_s * self.ts - busy   # a firmware device: its instruction count's time
+        pace = res.modelled_compute_s * self.ts - busy  # a firmware device: its instruction count's time
         if pace > 0:
             time.sleep(pace)
         compute_s = time.perf_counter() - t0
@@ -531,9 +574,11 @@ class Peer:
             encoding, msg_type = self.rt.encoding, self.rt.msg_type
             if self.gist is not None:
                 payloads, extra["val_accuracy"] = self._gist_payloads(params, cmd)
-            elif bounds is not None:   # segmented gossip: pull requests; answer others' with this model
-                payloads = [PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
-                            for seg, _, _ in cmd.get("pulls", [])]
+            elif bounds is not None:  # segmented gossip: pull requests; answer others' with this model
+                payloads = [
+                    PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
+                    for seg, _, _ in cmd.get("pulls", [])
+                ]
                 encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
                 self.serving, self.answered = (params, r, sent), 0
             else:
@@ -549,26 +594,45 @@ class Peer:
             if self.stopping:
                 return
         self.params = params
-        received += self.rt.requests          # segmented gossip: the pull requests answered
+        received += self.rt.requests  # segmented gossip: the pull requests answered
         if tr.merge_insns > merge_insns0:
             extra["merge_insns"] = tr.merge_insns - merge_insns0
         metrics = {
-            "train_loss": loss, "steps": nsteps, "compute_s": compute_s, "busy_s": busy, "wait_s": wait_s,
-            "sent": sent, "received": [[m.sender, m.nbytes] for m in received], "timeouts": timeouts,
-            "gone": sorted(self.rt.dead), "local_rounds": self.local_rounds, "age": self.age,
-            "rss_kb": proc_status_kb("VmRSS"), "hwm_kb": proc_status_kb("VmHWM"),
-            "rejected": dict(self.rt.rejected), "torch_loaded": "torch" in sys.modules, **extra,
+            "train_loss": loss,
+            "steps": nsteps,
+            "compute_s": compute_s,
+            "busy_s": busy,
+            "wait_s": wait_s,
+            "sent": sent,
+            "received": [[m.sender, m.nbytes] for m in received],
+            "timeouts": timeouts,
+            "gone": sorted(self.rt.dead),
+            "local_rounds": self.local_rounds,
+            "age": self.age,
+            "rss_kb": proc_status_kb("VmRSS"),
+            "hwm_kb": proc_status_kb("VmHWM"),
+            "rejected": dict(self.rt.rejected),
+            "torch_loaded": "torch" in sys.modules,
+            **extra,
         }
         fm = self.rt.frame
         self.rt.finish_round()
-        if self.lost:       # the coordinator is gone: the report goes nowhere (a resume replays the round)
+        if self.lost:  # the coordinator is gone: the report goes nowhere (a resume replays the round)
             return
         try:
-            self.net.send_coordinator(self.rt.make(fm.MsgType.METRICS, COORDINATOR_ID, self.wr, "none",
-                                                   json.dumps(metrics).encode()))
-            if cmd.get("report_model", True):   # for evaluation and the consensus distance
-                self.net.send_coordinator(self.rt.make(fm.MsgType.UPDATE, COORDINATOR_ID, self.wr, "float32",
-                                                       self.rt.enc.encode(self.params, "float32")))
+            self.net.send_coordinator(
+                self.rt.make(fm.MsgType.METRICS, COORDINATOR_ID, self.wr, "none", json.dumps(metrics).encode())
+            )
+            if cmd.get("report_model", True):  # for evaluation and the consensus distance
+                self.net.send_coordinator(
+                    self.rt.make(
+                        fm.MsgType.UPDATE,
+                        COORDINATOR_ID,
+                        self.wr,
+                        "float32",
+                        self.rt.enc.encode(self.params, "float32"),
+                    )
+                )
         except OSError:
             self.lost = True
 
@@ -594,16 +658,20 @@ class Peer:
         else:
             order = gist_np.random_order(self.seed, key, int(where.get("row", 0)), self.rt.n)
         importance = gist_np.band_importance(params, order, self.band_bounds)
-        probs = gist_np.selection_probabilities(importance, g["selection"], float(g["exp_base"]),
-                                                bool(g["drop_lowest"]))
+        probs = gist_np.selection_probabilities(
+            importance, g["selection"], float(g["exp_base"]), bool(g["drop_lowest"])
+        )
         u = gist_np.send_uniforms(self.seed, key, int(where.get("offset", 0)), len(send))
         bands = gist_np.choose_bands(probs, u)
-        out = [gist_np.encode_payload(self.accuracy, params, gist_np.segment_mask(order, self.band_bounds, int(b)))
-               for b in bands]
+        out = [
+            gist_np.encode_payload(self.accuracy, params, gist_np.segment_mask(order, self.band_bounds, int(b)))
+            for b in bands
+        ]
         return out, self.accuracy
 
-    def _send(self, dst: int, r: int, payload: bytes, step: int, k: int, encoding: str | None = None,
-              msg_type: Any = None) -> list[Any]:
+    def _send(
+        self, dst: int, r: int, payload: bytes, step: int, k: int, encoding: str | None = None, msg_type: Any = None
+    ) -> list[Any]:
         """Shaped send of one MODEL (Gist, segmented gossip: SEGMENT; a pull request: CONTROL)
         frame; returns [dst, frame bytes, link s, lost packets, delivered]."""
         data = self.rt.make(msg_type or self.rt.msg_type, dst, self.wr, encoding or self.rt.encoding, payload)
@@ -627,15 +695,17 @@ class Peer:
             left = deadline - time.monotonic()
             if left <= 0:
                 late = self.rt.waiting_for(step)
-                log(f"device {self.id}: round {self.rt.round}: no model from {late} within "
-                    f"{self.cfg['merge_timeout_s']} s; merging what arrived")
+                log(
+                    f"device {self.id}: round {self.rt.round}: no model from {late} within "
+                    f"{self.cfg['merge_timeout_s']} s; merging what arrived"
+                )
                 return late
             cmd = self.pump(left)
             if cmd is None:
                 continue
             if cmd["cmd"] == "peer_down":
                 self.rt.peer_gone(int(cmd["device"]))
-            elif cmd["cmd"] == "lost":   # the coordinator is gone: finish the round with the neighbours
+            elif cmd["cmd"] == "lost":  # the coordinator is gone: finish the round with the neighbours
                 self.lost = True
             elif cmd["cmd"] == "stop":
                 self.command(cmd)
@@ -668,7 +738,7 @@ class Peer:
         assert bounds is not None
         answers: dict[tuple[int, int], np.ndarray] = {}
         seen: Counter[int] = Counter()
-        for m in msgs:          # take() gives each peer's answers in the order of the requests
+        for m in msgs:  # take() gives each peer's answers in the order of the requests
             answers[(m.sender, seen[m.sender])] = m.values
             seen[m.sender] += 1
         asked: Counter[int] = Counter()
@@ -685,14 +755,15 @@ class Peer:
             out[lo:hi] = self.trainer.pull_merge(params[lo:hi], own_w, pulled)
         return out
 
-    def _merge(self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any],
-               extra: dict[str, Any]) -> np.ndarray:
+    def _merge(
+        self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any], extra: dict[str, Any]
+    ) -> np.ndarray:
         name = self.alg["name"]
         tr = self.trainer
         if self.rt.segmented:
             return self._pull_merge(params, msgs, cmd)
         if name in MIXING:
-            weights = {int(k): float(v) for k, v in cmd.get("weights", {}).items()}   # none: isolated
+            weights = {int(k): float(v) for k, v in cmd.get("weights", {}).items()}  # none: isolated
             got = [(weights[m.sender], m.values) for m in msgs]
             missing = sum(weights.values()) - sum(w for w, _ in got)
             return tr.mix(params, float(cmd.get("self_weight", 1.0)), got, max(missing, 0.0))
@@ -741,9 +812,17 @@ def run(cfg: dict[str, Any]) -> int:
     x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
     initial = np.load(cfg["initial_file"])
     alg = cfg["algorithm"]
-    rt = PeerRuntime(int(cfg["device"]), ckey, links, int(cfg["num_params"]), list(cfg["tensor_sizes"]),
-                     cfg["encoding"], with_age=alg["name"] == "gossip" and alg.get("merge") == "age",
-                     gist=alg["name"] == "gist", segment_bounds=alg.get("segment_bounds"))
+    rt = PeerRuntime(
+        int(cfg["device"]),
+        ckey,
+        links,
+        int(cfg["num_params"]),
+        list(cfg["tensor_sizes"]),
+        cfg["encoding"],
+        with_age=alg["name"] == "gossip" and alg.get("merge") == "age",
+        gist=alg["name"] == "gist",
+        segment_bounds=alg.get("segment_bounds"),
+    )
     # Numpy or firmware (QEMU) training and merging; QEMU is started before any cap (it
     # reserves a large translation buffer) and before the reader thread exists.
     try:
@@ -766,8 +845,10 @@ def run(cfg: dict[str, Any]) -> int:
     net.send_coordinator(rt.make(rt.frame.MsgType.HELLO, COORDINATOR_ID, 0, "none", json.dumps(hello).encode()))
     if trainer.caps_process_memory:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
-    log(f"device {rt.id}: pid {os.getpid()} port {net.port}, {len(links)} link keys, {trainer.kind} trainer, "
-        f"VmData baseline {baseline} B, RLIMIT_DATA {cap if trainer.caps_process_memory else 'none'} B")
+    log(
+        f"device {rt.id}: pid {os.getpid()} port {net.port}, {len(links)} link keys, {trainer.kind} trainer, "
+        f"VmData baseline {baseline} B, RLIMIT_DATA {cap if trainer.caps_process_memory else 'none'} B"
+    )
     try:
         return Peer(cfg, rt, net, x, y, initial, trainer).run()
     except DeviceFault as fault:

@@ -21,13 +21,14 @@ against its torch original (tests/test_emulate_dfl.py).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def mix_row(own: np.ndarray, self_weight: float, received: Sequence[tuple[float, np.ndarray]],
-            missing_weight: float = 0.0) -> np.ndarray:
+def mix_row(
+    own: np.ndarray, self_weight: float, received: Sequence[tuple[float, np.ndarray]], missing_weight: float = 0.0
+) -> np.ndarray:
     """One row of ``W · X``: own model weighted ``self_weight + missing_weight``, plus ``Σ w·z``.
 
     float32 in and out, like the simulator's float32 sparse product (the summation order
@@ -43,7 +44,7 @@ def merge_average(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray
     if not received:
         return own
     total = np.zeros_like(own, dtype=np.float32)
-    for z in received:          # the simulator sums the received models first (index_add_)
+    for z in received:  # the simulator sums the received models first (index_add_)
         total += z
     return (own + total) / np.float32(1 + len(received))
 

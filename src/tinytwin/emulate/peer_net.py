@@ -52,7 +52,7 @@ class PeerNet:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         self.coordinator: socket.socket | None = None
-        self.ports: dict[int, int] = {}          # peer -> listening port (the directory)
+        self.ports: dict[int, int] = {}  # peer -> listening port (the directory)
         self.out: dict[int, socket.socket] = {}  # peer -> our connection to it
         self._buf: dict[int, bytearray] = {}
         self._next_conn = 1

@@ -28,8 +28,9 @@ only when a firmware device is created.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,12 +56,18 @@ class NumpyPeerTrainer:
         self.merge_insns = 0
 
     def train(self, start: np.ndarray, round_: int, lr: float) -> RoundResult:
-        params, loss, steps = mlp_np.train(self.linears, start, self.x, self.y, replace(self.tc, lr=float(lr)),
-                                           self.seed, round_, self.device)
+        params, loss, steps = mlp_np.train(
+            self.linears, start, self.x, self.y, replace(self.tc, lr=float(lr)), self.seed, round_, self.device
+        )
         return RoundResult(params, loss, steps, self.compute_s)
 
-    def mix(self, own: np.ndarray, self_weight: float, received: Sequence[tuple[float, np.ndarray]],
-            missing_weight: float = 0.0) -> np.ndarray:
+    def mix(
+        self,
+        own: np.ndarray,
+        self_weight: float,
+        received: Sequence[tuple[float, np.ndarray]],
+        missing_weight: float = 0.0,
+    ) -> np.ndarray:
         return mix_row(own, self_weight, received, missing_weight)
 
     def average(self, own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray:
@@ -72,8 +79,9 @@ class NumpyPeerTrainer:
     def fifo_mean(self, slots: np.ndarray) -> np.ndarray:
         return (slots.sum(axis=0) / np.float32(max(len(slots), 1))).astype(np.float32)
 
-    def gist(self, own: np.ndarray, local_weight: float,
-             segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
+    def gist(
+        self, own: np.ndarray, local_weight: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
         """``segments``: (sender weight, mask, values of the set positions)."""
         return gist_np.merge(own, local_weight, segments).astype(np.float32)
 
@@ -102,7 +110,7 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
         from tinytwin.emulate.trainers import FirmwareTrainer
 
         super().__init__(cfg, x, y)
-        self.fw = FirmwareTrainer(cfg, x, y)   # boots QEMU, writes data.bin
+        self.fw = FirmwareTrainer(cfg, x, y)  # boots QEMU, writes data.bin
         self.merge_commands = 0
 
     def train(self, start: np.ndarray, round_: int, lr: float) -> RoundResult:
@@ -116,8 +124,11 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
         try:
             res = call()
         except FirmwareFault as fault:
-            self.fw.fault_file.write_text(json.dumps({"round": round_note, "kind": fault.kind, "detail": fault.detail,
-                                                      "returncode": fault.returncode}))
+            self.fw.fault_file.write_text(
+                json.dumps(
+                    {"round": round_note, "kind": fault.kind, "detail": fault.detail, "returncode": fault.returncode}
+                )
+            )
             raise DeviceFault(fault.kind, fault.detail) from None
         self.merge_insns += int(res.insns)
         self.merge_commands += 1
@@ -127,8 +138,13 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
         w = [float(np.float32(x)) for x in weights]
         return self._merge("merge (M)", lambda: self.fw.dev.mix(w, [np.asarray(m, np.float32) for m in models]))
 
-    def mix(self, own: np.ndarray, self_weight: float, received: Sequence[tuple[float, np.ndarray]],
-            missing_weight: float = 0.0) -> np.ndarray:
+    def mix(
+        self,
+        own: np.ndarray,
+        self_weight: float,
+        received: Sequence[tuple[float, np.ndarray]],
+        missing_weight: float = 0.0,
+    ) -> np.ndarray:
         # mix_row's float32 order: (W_ii + missing)·x first, then each neighbour in message order
         weights = [np.float32(self_weight + missing_weight)] + [np.float32(w) for w, _ in received]
         return self._mix(weights, [own] + [z for _, z in received])
@@ -141,7 +157,7 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
 
     def age(self, own: np.ndarray, own_age: int, received: Sequence[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
         w, t = np.asarray(own, np.float32), int(own_age)
-        for z, tm in received:     # merge_age's pairwise rule, each pair one M on the board
+        for z, tm in received:  # merge_age's pairwise rule, each pair one M on the board
             total = np.float32(t + tm)
             wa = np.float32(t) / total if total > 0 else np.float32(0.5)
             w = self._mix([wa, np.float32(1.0) - wa], [w, z])
@@ -152,18 +168,20 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
         k = np.float32(1.0) / np.float32(max(len(slots), 1))
         return self._mix([k] * len(slots), list(slots))
 
-    def gist(self, own: np.ndarray, local_weight: float,
-             segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
+    def gist(
+        self, own: np.ndarray, local_weight: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
         segs = [(float(a), np.asarray(vals, np.float32), mask) for a, mask, vals in segments]
-        return self._merge("merge (G)", lambda: self.fw.dev.gist(np.asarray(own, np.float32), float(local_weight),
-                                                                   segs))
+        return self._merge(
+            "merge (G)", lambda: self.fw.dev.gist(np.asarray(own, np.float32), float(local_weight), segs)
+        )
 
     def pull_merge(self, own: np.ndarray, own_weight: float, pulled: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
         if not pulled:
             return own
         den = np.float32(own_weight) + np.float32(sum(np.float32(w) for w, _ in pulled))
         weights = [np.float32(own_weight) / den] + [np.float32(w) / den for w, _ in pulled]
-        return self._mix(weights, [own] + [z for _, z in pulled])   # one M over the segment's values
+        return self._mix(weights, [own] + [z for _, z in pulled])  # one M over the segment's values
 
     def close(self) -> None:
         self.fw.close()

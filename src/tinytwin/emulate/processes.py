@@ -11,8 +11,9 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.rundir import PIDS_FILE, AdoptedProcess, device_process_alive, read_json, write_json
@@ -31,8 +32,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def adopt_recorded(adopt: Callable[[int, int, int], Any], peers_file: Path, skip: Any = (),
-                   aggregator_key: Callable[[int], int] | None = None) -> None:
+def adopt_recorded(
+    adopt: Callable[[int, int, int], Any],
+    peers_file: Path,
+    skip: Any = (),
+    aggregator_key: Callable[[int], int] | None = None,
+) -> None:
     """Adopt what a killed coordinator's ``peers_file`` (``emulate/peers.json``) records:
     ``adopt(key, pid, parent)`` for every device not in ``skip`` and, with ``aggregator_key``
     (an aggregator's process key), every local aggregator; ``parent``: the pid of the fork
@@ -114,9 +119,14 @@ class DeviceProcesses:
         prefix = self.exec_prefix(d) if self.exec_prefix else []
         with open(self.edir / "logs" / f"d{d}.log", "ab") as errf:
             # `ip netns exec` execs the command: the pid is the device's own.
-            proc = subprocess.Popen([*prefix, sys.executable, "-m", "tinytwin.emulate.device", str(self.config_file(d))],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf, env=env,
-                                    close_fds=True)
+            proc = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "tinytwin.emulate.device", str(self.config_file(d))],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errf,
+                env=env,
+                close_fds=True,
+            )
         self.procs[d] = proc
         self.pids[str(d)] = proc.pid
         write_json(self.edir / PIDS_FILE, self.pids)

@@ -9,7 +9,8 @@ coordinator (:mod:`tinytwin.emulate.hier_coordinator`) and the local aggregators
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from tinytwin.emulate.wire_np import Rejected, checked_length
 from tinytwin.wire import frame as fm
@@ -39,14 +40,19 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int, body_timeout:
         return header + await reader.readexactly(total - fm.HEADER_SIZE)
     try:
         return header + await asyncio.wait_for(reader.readexactly(total - fm.HEADER_SIZE), body_timeout)
-    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         raise Truncated() from None
 
 
-async def accepted_frames(reader: asyncio.StreamReader, coord: Coordinator, sender: Callable[[], int | None], *,
-                          on_reject: Callable[[int | None, Rejected], None] | None = None,
-                          reject_device: Callable[[], int | None] | None = None,
-                          body_timeout: float | None = None) -> AsyncIterator[tuple[Any, Any, int]]:
+async def accepted_frames(
+    reader: asyncio.StreamReader,
+    coord: Coordinator,
+    sender: Callable[[], int | None],
+    *,
+    on_reject: Callable[[int | None, Rejected], None] | None = None,
+    reject_device: Callable[[], int | None] | None = None,
+    body_timeout: float | None = None,
+) -> AsyncIterator[tuple[Any, Any, int]]:
     """``(frame, content, size)`` of every frame of one connection that ``coord``'s checks accept.
 
     ``sender()`` is the connection's device so far (None before its HELLO). A frame the checks
@@ -61,8 +67,14 @@ async def accepted_frames(reader: asyncio.StreamReader, coord: Coordinator, send
         except Rejected as exc:
             truncated = isinstance(exc, Truncated)
             coord.rejected[exc.reason] += 1
-            coord.reject_events.append(((reject_device or sender)(), "truncated: stream ended inside a frame"
-                                        if truncated else f"{exc.reason} (header); connection closed"))
+            coord.reject_events.append(
+                (
+                    (reject_device or sender)(),
+                    "truncated: stream ended inside a frame"
+                    if truncated
+                    else f"{exc.reason} (header); connection closed",
+                )
+            )
             if on_reject is not None and not truncated:
                 on_reject(sender(), exc)
             return

@@ -67,11 +67,11 @@ class NumpyTrainer:
 
     def train(self, start: np.ndarray, round_: int) -> RoundResult:
         if self.net is not None:
-            params, loss, steps = layers_np.train(self.net, start, self.x, self.y, self.tc, self.seed, round_,
-                                                  self.device)
+            params, loss, steps = layers_np.train(
+                self.net, start, self.x, self.y, self.tc, self.seed, round_, self.device
+            )
             return RoundResult(params, loss, steps, self.compute_s)
-        params, loss, steps = mlp_np.train(self.linears, start, self.x, self.y, self.tc, self.seed, round_,
-                                           self.device)
+        params, loss, steps = mlp_np.train(self.linears, start, self.x, self.y, self.tc, self.seed, round_, self.device)
         return RoundResult(params, loss, steps, self.compute_s)
 
     def close(self) -> None:
@@ -111,19 +111,32 @@ class FirmwareTrainer:
 
         order = batch_order(self.seed, round_, self.device, self.n, self.tc.epochs)
         try:
-            res = self.dev.train(np.asarray(start, np.float32), self.sizes, self.relu, self.tc, order,
-                                 transport=self.transport)
+            res = self.dev.train(
+                np.asarray(start, np.float32), self.sizes, self.relu, self.tc, order, transport=self.transport
+            )
         except FirmwareFault as fault:
-            self.fault_file.write_text(json.dumps({"round": round_, "kind": fault.kind, "detail": fault.detail,
-                                                   "returncode": fault.returncode}))
+            self.fault_file.write_text(
+                json.dumps(
+                    {"round": round_, "kind": fault.kind, "detail": fault.detail, "returncode": fault.returncode}
+                )
+            )
             raise DeviceFault(fault.kind, fault.detail) from None
         device_s = res.insns * self.cpi / self.clock_hz
         loss = res.ce_sum / max(1, self.tc.epochs * self.n)
-        extra = {"insns": res.insns, "firmware_compute_s": device_s, "cost_model_compute_s": self.cost_model_s,
-                 "arena_peak": res.arena_peak, **_memory_kb(self.dev.pid)}
+        extra = {
+            "insns": res.insns,
+            "firmware_compute_s": device_s,
+            "cost_model_compute_s": self.cost_model_s,
+            "arena_peak": res.arena_peak,
+            **_memory_kb(self.dev.pid),
+        }
         if self.transport == "uart":
-            extra.update(uart_bytes_in=res.uart_bytes_in, uart_bytes_out=res.uart_bytes_out,
-                         uart_in_s=res.uart_in_seconds, uart_out_s=res.uart_out_seconds)
+            extra.update(
+                uart_bytes_in=res.uart_bytes_in,
+                uart_bytes_out=res.uart_bytes_out,
+                uart_in_s=res.uart_in_seconds,
+                uart_out_s=res.uart_out_seconds,
+            )
         return RoundResult(res.params, loss, res.steps, device_s, extra)
 
     def close(self) -> None:

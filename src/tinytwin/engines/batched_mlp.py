@@ -11,8 +11,8 @@ backward pass written out. A test holds it equal to the autograd definition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ class BatchedMLPGrad:
         self.num_params = num_params
 
     @classmethod
-    def for_layers(cls, layers: Sequence[Layer]) -> "BatchedMLPGrad | None":
+    def for_layers(cls, layers: Sequence[Layer]) -> BatchedMLPGrad | None:
         """The fast path for a layer list made only of flatten/linear/relu, else ``None``."""
         if any(layer.kind not in ("flatten", "linear", "relu") for layer in layers):
             return None
@@ -60,8 +60,8 @@ class BatchedMLPGrad:
         n = params.shape[0]
         out: list[torch.Tensor] = []
         for lin in self.linears:
-            out.append(params[:, lin.w_offset:lin.b_offset].reshape(n, lin.n_out, lin.n_in).clone())
-            out.append(params[:, lin.b_offset:lin.b_offset + lin.n_out].clone())
+            out.append(params[:, lin.w_offset : lin.b_offset].reshape(n, lin.n_out, lin.n_in).clone())
+            out.append(params[:, lin.b_offset : lin.b_offset + lin.n_out].clone())
         return out
 
     def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -76,12 +76,17 @@ class BatchedMLPGrad:
         offset = 0
         for t in tensors:
             size = t[0].numel()
-            out[:, offset:offset + size] = t.reshape(d, size)
+            out[:, offset : offset + size] = t.reshape(d, size)
             offset += size
 
-    def _forward(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 scale: torch.Tensor | None = None
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    def _forward(
+        self,
+        tensors: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Forward pass; returns layer inputs, pre-activations, the output signal and the CE sums.
 
         The output signal is d loss / d logits = (softmax − onehot) · mask / count per device,
@@ -106,8 +111,15 @@ class BatchedMLPGrad:
         g.mul_((mask * per_device[:, None]).unsqueeze(2))
         return inputs, pre, g, ce.sum(dim=1)
 
-    def grads(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-              anchors: list[torch.Tensor] | None, prox_mu: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def grads(
+        self,
+        tensors: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        anchors: list[torch.Tensor] | None,
+        prox_mu: float,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-layer gradients (same layout as ``tensors``) and summed cross-entropy of real samples (D,)."""
         inputs, pre, g, ce = self._forward(tensors, x, y, mask)
         grads: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
@@ -123,8 +135,9 @@ class BatchedMLPGrad:
                 grads[k] = grads[k].add_(t - a, alpha=prox_mu)
         return grads, ce
 
-    def sgd_step_(self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                  scale: torch.Tensor) -> torch.Tensor:
+    def sgd_step_(
+        self, tensors: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
         """One plain-SGD step in place, ``w += scale_d · grad_d`` with ``scale = −lr·active``.
 
         For SGD without momentum, weight decay or a proximal term the gradient is never
@@ -143,8 +156,15 @@ class BatchedMLPGrad:
                 g = g_in
         return ce
 
-    def __call__(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 anchor: torch.Tensor, prox_mu: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        anchor: torch.Tensor,
+        prox_mu: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients (D, P) and summed cross-entropy of real samples (D,), on flat parameters."""
         grads, ce = self.grads(self.split(params), x, y, mask, self.split(anchor) if prox_mu else None, prox_mu)
         return self.join(grads), ce

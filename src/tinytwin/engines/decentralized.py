@@ -30,26 +30,27 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from tinytwin.algorithms import gist as G
-from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms import gossip as GS
+from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.mixing import mix, mix_received, serverfree_weights
 from tinytwin.algorithms.segments import REQUEST_PAYLOAD_BYTES, choose_replicas, contiguous_bounds, segment_pull
-from tinytwin.engines.summary import common_summary
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
-from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.network import Network
+from tinytwin.engines.state import Checkpointed
+from tinytwin.engines.summary import common_summary
 from tinytwin.fleet.cost import compute_flops, energy_joules, peer_transfer_cost, per_device
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.models.accounting import training_memory
@@ -58,8 +59,8 @@ from tinytwin.rng import Stream, stream_rng
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
 from tinytwin.wire.encoding import encoded_size
-from tinytwin.wire.roundtrip import roundtrip_torch
 from tinytwin.wire.frame import frame_size
+from tinytwin.wire.roundtrip import roundtrip_torch
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
 
@@ -69,19 +70,20 @@ AGE_HEADER_BYTES = 4
 
 # ---------------------------------------------------------------------------------- messages
 
+
 @dataclass
 class Messages:
     """A batch of device-to-device messages (M of them), what they carry and what they cost."""
 
     src: np.ndarray
     dst: np.ndarray
-    payload: np.ndarray                      # payload bytes (the frame adds its header)
+    payload: np.ndarray  # payload bytes (the frame adds its header)
     sent_at: np.ndarray
-    data: dict[str, Any] = field(default_factory=dict)   # tensors (M, ...) or lists of length M
+    data: dict[str, Any] = field(default_factory=dict)  # tensors (M, ...) or lists of length M
     arrive_at: np.ndarray | None = None
-    wire: np.ndarray | None = None           # bytes on the link, retransmissions included
-    lost: np.ndarray | None = None           # packets lost and resent
-    airtime: np.ndarray | None = None        # seconds the sender sends and the receiver listens
+    wire: np.ndarray | None = None  # bytes on the link, retransmissions included
+    lost: np.ndarray | None = None  # packets lost and resent
+    airtime: np.ndarray | None = None  # seconds the sender sends and the receiver listens
 
     ARRAYS = ("src", "dst", "payload", "sent_at", "arrive_at", "wire", "lost", "airtime")
 
@@ -89,20 +91,21 @@ class Messages:
         return int(self.src.size)
 
     @classmethod
-    def empty(cls) -> "Messages":
+    def empty(cls) -> Messages:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z.copy(), z.copy(), np.zeros(0), {}, np.zeros(0), z.copy(), z.copy(), np.zeros(0))
 
-    def take(self, sel: np.ndarray) -> "Messages":
+    def take(self, sel: np.ndarray) -> Messages:
         """The messages at ``sel`` (a boolean mask or an index array, in that order)."""
         sel = np.flatnonzero(sel) if np.asarray(sel).dtype == bool else np.asarray(sel, dtype=np.int64)
-        data = {k: v[torch.from_numpy(sel)] if isinstance(v, Tensor) else [v[i] for i in sel]
-                for k, v in self.data.items()}
+        data = {
+            k: v[torch.from_numpy(sel)] if isinstance(v, Tensor) else [v[i] for i in sel] for k, v in self.data.items()
+        }
         arrays = {k: None if getattr(self, k) is None else getattr(self, k)[sel] for k in self.ARRAYS}
         return Messages(data=data, **arrays)
 
     @staticmethod
-    def concat(parts: list["Messages"]) -> "Messages":
+    def concat(parts: list[Messages]) -> Messages:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Messages.empty()
@@ -112,8 +115,10 @@ class Messages:
         for k in parts[0].data:
             vals = [p.data[k] for p in parts]
             data[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else [x for v in vals for x in v]
-        arrays = {k: None if any(getattr(p, k) is None for p in parts) else np.concatenate([getattr(p, k) for p in parts])
-                  for k in Messages.ARRAYS}
+        arrays = {
+            k: None if any(getattr(p, k) is None for p in parts) else np.concatenate([getattr(p, k) for p in parts])
+            for k in Messages.ARRAYS
+        }
         return Messages(data=data, **arrays)
 
 
@@ -121,14 +126,15 @@ class Messages:
 class Ctx:
     """What the algorithm may look at in one round (or tick)."""
 
-    key: int                                 # round (sync) or tick index (async): keys the random streams
-    online: np.ndarray                       # (D,) bool
-    edges: np.ndarray                        # usable links now
+    key: int  # round (sync) or tick index (async): keys the random streams
+    online: np.ndarray  # (D,) bool
+    edges: np.ndarray  # usable links now
     neighbours: tuple[np.ndarray, np.ndarray]
-    now: float                               # virtual time of the sends
+    now: float  # virtual time of the sends
 
 
 # ---------------------------------------------------------------------------------- state
+
 
 @dataclass
 class DState(Checkpointed):
@@ -149,8 +155,8 @@ class DState(Checkpointed):
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-
 # ---------------------------------------------------------------------------------- protocols
+
 
 class Protocol:
     """One decentralized algorithm, wired to the engine. Subclasses implement the hooks."""
@@ -158,7 +164,7 @@ class Protocol:
     name = ""
     is_async_capable = False
 
-    def __init__(self, eng: "DecentralizedSimulator") -> None:
+    def __init__(self, eng: DecentralizedSimulator) -> None:
         self.eng = eng
         self.a = eng.exp.spec.algorithm
 
@@ -255,16 +261,26 @@ class Gossip(Protocol):
         rng = stream_rng(self.eng.seed, Stream.PEERS, ctx.key)
         src, dst = GS.choose_peers(rng, ids, g.sends, ctx.online, None if g.peer == "random" else ctx.neighbours)
         rows = torch.from_numpy(src)
-        data = {"model": self.decoded(st.params[rows]), "age": st.proto["age"][rows].clone(),
-                "reply": torch.zeros(src.size, dtype=torch.bool)}
+        data = {
+            "model": self.decoded(st.params[rows]),
+            "age": st.proto["age"][rows].clone(),
+            "reply": torch.zeros(src.size, dtype=torch.bool),
+        }
         size = self.message_payload_estimate()
         msgs = Messages(src, dst, np.full(src.size, size, dtype=np.int64), np.full(src.size, ctx.now), data)
         if g.exchange == "push_pull":  # the receiver's answer: costs bytes, merged with the push
             back = torch.from_numpy(dst)
-            replies = Messages(dst.copy(), src.copy(), np.full(src.size, size, dtype=np.int64),
-                               np.full(src.size, ctx.now),
-                               {"model": self.decoded(st.params[back]), "age": st.proto["age"][back].clone(),
-                                "reply": torch.ones(src.size, dtype=torch.bool)})
+            replies = Messages(
+                dst.copy(),
+                src.copy(),
+                np.full(src.size, size, dtype=np.int64),
+                np.full(src.size, ctx.now),
+                {
+                    "model": self.decoded(st.params[back]),
+                    "age": st.proto["age"][back].clone(),
+                    "reply": torch.ones(src.size, dtype=torch.bool),
+                },
+            )
             msgs = Messages.concat([msgs, replies])
         return msgs
 
@@ -297,8 +313,9 @@ class Gossip(Protocol):
                 sel = np.flatnonzero(rank == k)
                 rows = torch.from_numpy(dst[sel])
                 s = torch.from_numpy(sel)
-                merged, age = GS.merge_age(st.params[rows], st.proto["age"][rows], msgs.data["model"][s],
-                                           msgs.data["age"][s])
+                merged, age = GS.merge_age(
+                    st.params[rows], st.proto["age"][rows], msgs.data["model"][s], msgs.data["age"][s]
+                )
                 st.params[rows], st.proto["age"][rows] = merged, age
 
 
@@ -321,9 +338,12 @@ class SegmentedGossip(Protocol):
         ok = peer >= 0
         puller, seg, peer = puller[ok], seg[ok], peer[ok]
         seg_len = np.diff(bounds)[seg]
-        resp = np.array([encoded_size(int(n), self.a.encoding) for n in seg_len], dtype=np.int64) \
-            if self.a.encoding == "int8" else seg_len * (4 if self.a.encoding == "float32" else 2)
-        src = np.concatenate([puller, peer])                # request, then response
+        resp = (
+            np.array([encoded_size(int(n), self.a.encoding) for n in seg_len], dtype=np.int64)
+            if self.a.encoding == "int8"
+            else seg_len * (4 if self.a.encoding == "float32" else 2)
+        )
+        src = np.concatenate([puller, peer])  # request, then response
         dst = np.concatenate([peer, puller])
         payload = np.concatenate([np.full(puller.size, REQUEST_PAYLOAD_BYTES), resp]).astype(np.int64)
         return Messages(src, dst, payload, np.full(src.size, ctx.now))
@@ -340,8 +360,11 @@ class Gist(Protocol):
     is_async_capable = True
 
     def init_state(self, params: Tensor) -> dict[str, Any]:
-        return {"buffer": [deque(maxlen=self.a.gist.buffer_size) for _ in range(self.eng.n)],
-                "acc": torch.zeros(self.eng.n, dtype=torch.float64), "merges": np.zeros(self.eng.n, dtype=np.int64)}
+        return {
+            "buffer": [deque(maxlen=self.a.gist.buffer_size) for _ in range(self.eng.n)],
+            "acc": torch.zeros(self.eng.n, dtype=torch.float64),
+            "merges": np.zeros(self.eng.n, dtype=np.int64),
+        }
 
     def sends_per_round(self) -> int:
         return self.a.gist.sends
@@ -372,8 +395,11 @@ class Gist(Protocol):
         idx, vals = G.segments_of(w, G.band_of(order, bounds), torch.from_numpy(row_of), torch.from_numpy(band))
         nnz = np.array([i.numel() for i in idx], dtype=np.int64)
         payload = np.array([G.payload_size(eng.num_params, int(k)) for k in nnz], dtype=np.int64)
-        data = {"acc": acc[torch.from_numpy(row_of)].clone() if src.size else torch.zeros(0, dtype=torch.float64),
-                "idx": idx, "vals": vals}
+        data = {
+            "acc": acc[torch.from_numpy(row_of)].clone() if src.size else torch.zeros(0, dtype=torch.float64),
+            "idx": idx,
+            "vals": vals,
+        }
         return Messages(src, dst, payload, np.full(src.size, ctx.now), data)
 
     def deliver(self, st: DState, msgs: Messages) -> None:
@@ -396,8 +422,9 @@ class Gist(Protocol):
             buf[d].clear()
         p = self.eng.num_params
         rows = torch.from_numpy(np.array(ready, dtype=np.int64))
-        r_sum, phi = G.accumulate(len(ready), p, torch.cat(rows_l), torch.cat(idx_l), torch.cat(val_l),
-                                  torch.cat(wt_l), dtype=torch.float64)
+        r_sum, phi = G.accumulate(
+            len(ready), p, torch.cat(rows_l), torch.cat(idx_l), torch.cat(val_l), torch.cat(wt_l), dtype=torch.float64
+        )
         local = st.proto["acc"][rows] if g.merge == "success" else torch.ones(len(ready), dtype=torch.float64)
         merged = G.merge(st.params[rows].to(torch.float64), local, r_sum, phi)
         st.params[rows] = merged.to(st.params.dtype)
@@ -405,12 +432,16 @@ class Gist(Protocol):
 
 
 PROTOCOLS: dict[str, type[Protocol]] = {
-    "decfedavg": DecFedAvg, "serverfree": ServerFree, "gossip": Gossip, "segmented_gossip": SegmentedGossip,
+    "decfedavg": DecFedAvg,
+    "serverfree": ServerFree,
+    "gossip": Gossip,
+    "segmented_gossip": SegmentedGossip,
     "gist": Gist,
 }
 
 
 # ---------------------------------------------------------------------------------- memory
+
 
 def receive_buffer_bytes(exp: Experiment) -> int:
     """RAM a device needs to receive and merge under the run's algorithm (beyond training)."""
@@ -418,7 +449,7 @@ def receive_buffer_bytes(exp: Experiment) -> int:
     p = exp.model.num_params
     model_frame = frame_size(encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes))
     if a.name in ("decfedavg", "serverfree"):
-        return model_frame + 4 * p                       # one frame + the running weighted sum
+        return model_frame + 4 * p  # one frame + the running weighted sum
     if a.name == "gossip":
         if a.gossip.merge == "fifo":
             return model_frame + 4 * p * a.gossip.buffer_size
@@ -427,7 +458,7 @@ def receive_buffer_bytes(exp: Experiment) -> int:
         return frame_size(4 * -(-p // a.segments.count)) + 4 * p
     if a.name == "gist":
         nnz = -(-p // a.gist.segments)
-        return frame_size(G.payload_size(p, nnz)) + 2 * 4 * p   # one frame + the r and φ accumulators
+        return frame_size(G.payload_size(p, nnz)) + 2 * 4 * p  # one frame + the r and φ accumulators
     return model_frame
 
 
@@ -437,51 +468,108 @@ def memory_plans(exp: Experiment) -> list[MemoryPlan]:
     plans = []
     for g in exp.fleet.groups:
         max_samples = max(len(exp.parts[d]) for d in g.devices)
-        base = plan_memory(g.name, g.profile, exp.model, batch_size=a.batch_size, optimizer=a.optimizer,
-                           momentum=a.momentum, prox_mu=0.0, uplink_encoding=a.encoding,
-                           downlink_encoding=a.encoding, max_samples=max_samples)
+        base = plan_memory(
+            g.name,
+            g.profile,
+            exp.model,
+            batch_size=a.batch_size,
+            optimizer=a.optimizer,
+            momentum=a.momentum,
+            prox_mu=0.0,
+            uplink_encoding=a.encoding,
+            downlink_encoding=a.encoding,
+            max_samples=max_samples,
+        )
         send = frame_size(encoded_size(exp.model.num_params, a.encoding, tensor_sizes=exp.model.tensor_sizes))
-        training = training_memory(exp.model.layers, a.batch_size, optimizer=a.optimizer, momentum=a.momentum,
-                                   receive_bytes=receive_buffer_bytes(exp), send_bytes=send)
+        training = training_memory(
+            exp.model.layers,
+            a.batch_size,
+            optimizer=a.optimizer,
+            momentum=a.momentum,
+            receive_bytes=receive_buffer_bytes(exp),
+            send_bytes=send,
+        )
         plans.append(replace(base, training=training))
     return plans
 
 
 # ---------------------------------------------------------------------------------- engine
 
-def round_metric_rows(r: int, devices: Any, status: Callable[[int], str], *, n_train: np.ndarray,
-                      compute_s: np.ndarray, tx_s: np.ndarray, rx_s: np.ndarray, sent_b: np.ndarray,
-                      recv_b: np.ndarray, lost: np.ndarray, energy: np.ndarray, losses: np.ndarray, acc: np.ndarray,
-                      test_loss: np.ndarray, dist: np.ndarray, lr: Any, local_rounds: Any, n_sent: np.ndarray,
-                      n_recv: np.ndarray, consensus: float | None, components: int, messages: int
-                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+
+def round_metric_rows(
+    r: int,
+    devices: Any,
+    status: Callable[[int], str],
+    *,
+    n_train: np.ndarray,
+    compute_s: np.ndarray,
+    tx_s: np.ndarray,
+    rx_s: np.ndarray,
+    sent_b: np.ndarray,
+    recv_b: np.ndarray,
+    lost: np.ndarray,
+    energy: np.ndarray,
+    losses: np.ndarray,
+    acc: np.ndarray,
+    test_loss: np.ndarray,
+    dist: np.ndarray,
+    lr: Any,
+    local_rounds: Any,
+    n_sent: np.ndarray,
+    n_recv: np.ndarray,
+    consensus: float | None,
+    components: int,
+    messages: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """A decentralized round's stored rows, written alike by the simulator and the emulation twin
     (emulate/dfl_coordinator.py): ``device_rounds`` and ``dfl_device_metrics`` rows of ``devices``
     (``status(d)`` each) and the ``dfl_round_metrics`` row (NaN: not evaluated / not trained)."""
     device_rows, metric_rows = [], []
     for d in devices:
-        device_rows.append({
-            "round": r, "device": int(d), "status": status(d), "num_samples": int(n_train[d]),
-            "compute_s": float(compute_s[d]), "up_s": float(tx_s[d]), "down_s": float(rx_s[d]),
-            "bytes_up": int(sent_b[d]), "bytes_down": int(recv_b[d]), "packets_lost": int(lost[d]),
-            "energy_j": float(energy[d]),
-            "train_loss": None if np.isnan(losses[d]) else float(losses[d]), "accuracy": None,
-        })
-        metric_rows.append({
-            "round": r, "device": int(d), "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
-            "test_loss": None if np.isnan(test_loss[d]) else float(test_loss[d]),
-            "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]), "lr": float(lr[d]),
-            "local_rounds": int(local_rounds[d]), "messages_sent": int(n_sent[d]),
-            "messages_received": int(n_recv[d]), "airtime_s": float(tx_s[d] + rx_s[d]),
-        })
+        device_rows.append(
+            {
+                "round": r,
+                "device": int(d),
+                "status": status(d),
+                "num_samples": int(n_train[d]),
+                "compute_s": float(compute_s[d]),
+                "up_s": float(tx_s[d]),
+                "down_s": float(rx_s[d]),
+                "bytes_up": int(sent_b[d]),
+                "bytes_down": int(recv_b[d]),
+                "packets_lost": int(lost[d]),
+                "energy_j": float(energy[d]),
+                "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
+                "accuracy": None,
+            }
+        )
+        metric_rows.append(
+            {
+                "round": r,
+                "device": int(d),
+                "test_accuracy": None if np.isnan(acc[d]) else float(acc[d]),
+                "test_loss": None if np.isnan(test_loss[d]) else float(test_loss[d]),
+                "distance_to_mean": None if np.isnan(dist[d]) else float(dist[d]),
+                "lr": float(lr[d]),
+                "local_rounds": int(local_rounds[d]),
+                "messages_sent": int(n_sent[d]),
+                "messages_received": int(n_recv[d]),
+                "airtime_s": float(tx_s[d] + rx_s[d]),
+            }
+        )
     evaluated = acc[~np.isnan(acc)]
-    rm = {"round": r, "acc_mean": float(evaluated.mean()) if evaluated.size else None,
-          "acc_min": float(evaluated.min()) if evaluated.size else None,
-          "acc_max": float(evaluated.max()) if evaluated.size else None,
-          "acc_std": float(evaluated.std()) if evaluated.size else None,
-          "loss_mean": float(np.nanmean(test_loss)) if evaluated.size else None,
-          "consensus_distance": consensus, "global_accuracy": None, "components": components,
-          "messages": messages}
+    rm = {
+        "round": r,
+        "acc_mean": float(evaluated.mean()) if evaluated.size else None,
+        "acc_min": float(evaluated.min()) if evaluated.size else None,
+        "acc_max": float(evaluated.max()) if evaluated.size else None,
+        "acc_std": float(evaluated.std()) if evaluated.size else None,
+        "loss_mean": float(np.nanmean(test_loss)) if evaluated.size else None,
+        "consensus_distance": consensus,
+        "global_accuracy": None,
+        "components": components,
+        "messages": messages,
+    }
     return device_rows, metric_rows, rm
 
 
@@ -528,8 +616,16 @@ class DecentralizedSimulator:
             self.round_s = self.tick_s = 0.0
             total = np.full(self.n, spec.rounds, dtype=np.int64)
         ls = a.lr_schedule
-        self.lr_sched = LRSchedule(ls.name, a.lr, np.maximum(total, 1), tuple(ls.stair_fractions), ls.stair_factor,
-                                   tuple(ls.patience_fractions), ls.loss_factor, ls.min_lr)
+        self.lr_sched = LRSchedule(
+            ls.name,
+            a.lr,
+            np.maximum(total, 1),
+            tuple(ls.stair_fractions),
+            ls.stair_factor,
+            tuple(ls.patience_fractions),
+            ls.loss_factor,
+            ls.min_lr,
+        )
 
     # ---- lifecycle ----------------------------------------------------------------
     def initial_state(self) -> DState:
@@ -537,8 +633,16 @@ class DecentralizedSimulator:
         clock: dict[str, Any] = {}
         if self.is_async:
             clock = {"next_fire": self.period_s.copy(), "tick": 0, "inflight": Messages.empty()}
-        return DState(0, params, 0.0, np.zeros(self.n), np.zeros(self.n, dtype=np.int64), self.lr_sched.state(),
-                      self.proto.init_state(params), clock)
+        return DState(
+            0,
+            params,
+            0.0,
+            np.zeros(self.n),
+            np.zeros(self.n, dtype=np.int64),
+            self.lr_sched.state(),
+            self.proto.init_state(params),
+            clock,
+        )
 
     def state_from_checkpoint(self, ck: dict[str, Any]) -> DState:
         return DState.from_checkpoint(ck)
@@ -548,13 +652,22 @@ class DecentralizedSimulator:
         dfl_store.ensure_tables(self.store)
         self.store.add_devices(self.run_id, exp.device_rows(self.n_train))
         info = self.net.describe()
-        detail = (f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, degree "
-                  f"{info['degree_min']}..{info['degree_max']}, {info['components']} connected component(s)")
+        detail = (
+            f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, degree "
+            f"{info['degree_min']}..{info['degree_max']}, {info['components']} connected component(s)"
+        )
         events = [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "topology", "detail": detail}]
         if info["components"] > 1:
-            events.append({"round": 0, "sim_time_s": 0.0, "device": None, "kind": "disconnected",
-                           "detail": f"the graph is disconnected: component sizes {info['component_sizes']}; "
-                                     "models in different components never mix"})
+            events.append(
+                {
+                    "round": 0,
+                    "sim_time_s": 0.0,
+                    "device": None,
+                    "kind": "disconnected",
+                    "detail": f"the graph is disconnected: component sizes {info['component_sizes']}; "
+                    "models in different components never mix",
+                }
+            )
         self.store.add_events(self.run_id, events)
 
     def run(self, state: DState, progress: ProgressFn | None = None) -> DState:
@@ -590,7 +703,9 @@ class DecentralizedSimulator:
         for d, kind in exp.timeline.changes(r):
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
         for u, v, kind in self.net.links.changes(r):
-            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": kind, "detail": f"link {u}-{v} {kind[5:]}"})
+            events.append(
+                {"round": r, "sim_time_s": t0, "device": None, "kind": kind, "detail": f"link {u}-{v} {kind[5:]}"}
+            )
         online = exp.timeline.online(r)
         losses = np.full(n, np.nan)
         compute_s = np.zeros(n)
@@ -639,10 +754,29 @@ class DecentralizedSimulator:
         lost = per_device(sent.src, sent.lost, n).astype(np.int64)
 
         device_rows, metric_rows, rm = round_metric_rows(
-            r, ids, lambda d: "ok" if fires[d] else "idle", n_train=self.n_train, compute_s=compute_s, tx_s=tx_s,
-            rx_s=rx_s, sent_b=sent_b, recv_b=recv_b, lost=lost, energy=energy, losses=losses, acc=acc, test_loss=loss,
-            dist=dist, lr=self.lr_sched.lr, local_rounds=st.local_rounds, n_sent=n_sent, n_recv=n_recv,
-            consensus=consensus, components=n_comp, messages=int(len(sent)))
+            r,
+            ids,
+            lambda d: "ok" if fires[d] else "idle",
+            n_train=self.n_train,
+            compute_s=compute_s,
+            tx_s=tx_s,
+            rx_s=rx_s,
+            sent_b=sent_b,
+            recv_b=recv_b,
+            lost=lost,
+            energy=energy,
+            losses=losses,
+            acc=acc,
+            test_loss=loss,
+            dist=dist,
+            lr=self.lr_sched.lr,
+            local_rounds=st.local_rounds,
+            n_sent=n_sent,
+            n_recv=n_recv,
+            consensus=consensus,
+            components=n_comp,
+            messages=int(len(sent)),
+        )
         mean_acc = rm["acc_mean"]
         finite = losses[~np.isnan(losses)]
         st.round = r
@@ -656,14 +790,24 @@ class DecentralizedSimulator:
         st.lr_state = self.lr_sched.state()
         st.last_metrics = rm
         round_row = {
-            "round": r, "sim_time_s": st.sim_time_s, "duration_s": round_s, "selected": int(ids.size),
-            "completed": int(fires.sum()), "dropped": 0, "stragglers": 0,
-            "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": mean_acc,
-            "test_loss": rm["loss_mean"], "bytes_up": int(sent_b.sum()), "bytes_down": int(recv_b.sum()),
-            "energy_j": float(energy.sum()), "wall_time_s": time.perf_counter() - wall0,
+            "round": r,
+            "sim_time_s": st.sim_time_s,
+            "duration_s": round_s,
+            "selected": int(ids.size),
+            "completed": int(fires.sum()),
+            "dropped": 0,
+            "stragglers": 0,
+            "train_loss": float(finite.mean()) if finite.size else None,
+            "test_accuracy": mean_acc,
+            "test_loss": rm["loss_mean"],
+            "bytes_up": int(sent_b.sum()),
+            "bytes_down": int(recv_b.sum()),
+            "energy_j": float(energy.sum()),
+            "wall_time_s": time.perf_counter() - wall0,
         }
-        dfl_store.write_round(self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(),
-                              rm, metric_rows)
+        dfl_store.write_round(
+            self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm, metric_rows
+        )
         return st
 
     def _price(self, msgs: Messages, *key: int) -> Messages:
@@ -676,8 +820,9 @@ class DecentralizedSimulator:
         return msgs
 
     # ---- asynchronous schedule ------------------------------------------------------
-    def _async_window(self, st: DState, r: int, online: np.ndarray, losses: np.ndarray, compute_s: np.ndarray,
-                      fires: np.ndarray) -> Messages:
+    def _async_window(
+        self, st: DState, r: int, online: np.ndarray, losses: np.ndarray, compute_s: np.ndarray, fires: np.ndarray
+    ) -> Messages:
         """Advance every device's own clock through round r's window; return the messages sent in it."""
         start = st.sim_time_s
         end = start + self.round_s
@@ -736,8 +881,16 @@ class DecentralizedSimulator:
         m = state.last_metrics
         lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
         return {
-            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
-                             state.energy_j, memory_plans(exp), wall_time_s),
+            **common_summary(
+                state.accuracies,
+                state.round,
+                state.sim_time_s,
+                state.bytes_up,
+                state.bytes_down,
+                state.energy_j,
+                memory_plans(exp),
+                wall_time_s,
+            ),
             "num_devices": self.n,
             "algorithm": f"{a.name} ({a.schedule}{lr_part})",
             "dataset": spec.dataset.name,
@@ -748,4 +901,3 @@ class DecentralizedSimulator:
             "topology": self.net.describe(),
             "message_payload_bytes": self.proto.message_payload_estimate(),
         }
-

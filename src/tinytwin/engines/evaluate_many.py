@@ -11,9 +11,15 @@ from tinytwin.models.params import ParamLayout
 
 
 @torch.no_grad()
-def evaluate_many(module: nn.Module, layout: ParamLayout, params: torch.Tensor, x: torch.Tensor,
-                  y: torch.Tensor, device_chunk: int = 32, sample_chunk: int = 2048
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_many(
+    module: nn.Module,
+    layout: ParamLayout,
+    params: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device_chunk: int = 32,
+    sample_chunk: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean cross-entropy of each row of ``params`` (D, P) on ``(x, y)``: two (D,) tensors."""
     d = params.shape[0]
     if d == 0 or len(x) == 0:
@@ -26,11 +32,11 @@ def evaluate_many(module: nn.Module, layout: ParamLayout, params: torch.Tensor, 
     correct = torch.zeros(d, dtype=torch.float64)
     loss = torch.zeros(d, dtype=torch.float64)
     for lo in range(0, d, device_chunk):
-        p = params[lo:lo + device_chunk]
+        p = params[lo : lo + device_chunk]
         for s in range(0, len(x), sample_chunk):
-            xb, yb = x[s:s + sample_chunk], y[s:s + sample_chunk]
-            out = batched(p, xb)                                  # (d, n, C)
-            correct[lo:lo + len(p)] += (out.argmax(dim=2) == yb[None, :]).sum(dim=1).to(torch.float64)
+            xb, yb = x[s : s + sample_chunk], y[s : s + sample_chunk]
+            out = batched(p, xb)  # (d, n, C)
+            correct[lo : lo + len(p)] += (out.argmax(dim=2) == yb[None, :]).sum(dim=1).to(torch.float64)
             ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.repeat(len(p)), reduction="none")
-            loss[lo:lo + len(p)] += ce.reshape(len(p), -1).sum(dim=1).to(torch.float64)
+            loss[lo : lo + len(p)] += ce.reshape(len(p), -1).sum(dim=1).to(torch.float64)
     return correct / len(x), loss / len(x)

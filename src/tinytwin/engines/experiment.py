@@ -47,7 +47,8 @@ class Experiment:
     def flops_per_sample(self) -> int:
         """Forward + backward FLOPs of one training sample."""
         return forward_flops(self.model.layers, self.model.num_classes) + backward_flops(
-            self.model.layers, self.model.num_classes)
+            self.model.layers, self.model.num_classes
+        )
 
     @property
     def flops_per_step(self) -> int:
@@ -59,9 +60,18 @@ class Experiment:
 
         ``num_samples`` overrides the partition's counts (decentralized runs train on a subset)."""
         counts = self.num_samples if num_samples is None else num_samples
-        return [{"device": int(d), "group": g.name, "profile": g.profile.name, "link": g.link.name,
-                 "num_samples": int(counts[d]), "class_hist": self.class_hist[d]}
-                for g in self.fleet.groups for d in g.devices]
+        return [
+            {
+                "device": int(d),
+                "group": g.name,
+                "profile": g.profile.name,
+                "link": g.link.name,
+                "num_samples": int(counts[d]),
+                "class_hist": self.class_hist[d],
+            }
+            for g in self.fleet.groups
+            for d in g.devices
+        ]
 
     def uplink_bytes(self) -> int:
         return message_bytes(self.model.num_params, self.spec.algorithm.encoding, self.model.tensor_sizes)
@@ -77,20 +87,37 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
     """Build and check everything; raises before any result is written."""
     fleet = build_fleet(spec, base_dir)
     data_dir = spec.dataset.data_dir
-    if data_dir is not None and base_dir is not None and not Path(data_dir).is_absolute() \
-            and not Path(data_dir).exists() and (base_dir / data_dir).exists():
+    if (
+        data_dir is not None
+        and base_dir is not None
+        and not Path(data_dir).is_absolute()
+        and not Path(data_dir).exists()
+        and (base_dir / data_dir).exists()
+    ):
         data_dir = str(base_dir / data_dir)
-    dataset = load_dataset(spec.dataset.name, data_dir, test_size=spec.dataset.test_size,
-                           digits_split=spec.dataset.split)
+    dataset = load_dataset(
+        spec.dataset.name, data_dir, test_size=spec.dataset.test_size, digits_split=spec.dataset.split
+    )
     p = spec.partition
     n = fleet.num_devices
     if n > len(dataset.y_train) and not p.overlap:
-        raise SpecError("fleet", f"{n} devices but {spec.dataset.name} has only {len(dataset.y_train)} "
-                        "training samples; use fewer devices")
+        raise SpecError(
+            "fleet",
+            f"{n} devices but {spec.dataset.name} has only {len(dataset.y_train)} training samples; use fewer devices",
+        )
     try:
-        parts = partition(dataset.y_train, n, method=p.method, seed=spec.seed, alpha=p.alpha,
-                          shards_per_device=p.shards_per_device, sigma=p.sigma, min_samples=p.min_samples,
-                          samples_per_device=p.samples_per_device, overlap=p.overlap)
+        parts = partition(
+            dataset.y_train,
+            n,
+            method=p.method,
+            seed=spec.seed,
+            alpha=p.alpha,
+            shards_per_device=p.shards_per_device,
+            sigma=p.sigma,
+            min_samples=p.min_samples,
+            samples_per_device=p.samples_per_device,
+            overlap=p.overlap,
+        )
     except ValueError as exc:
         raise SpecError("partition", str(exc)) from None
     model = _make_model(spec, dataset)
@@ -100,8 +127,18 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
     if check_memory:
         refuse_if_unfit(memory)
     timeline = build_timeline(spec.failures, n, spec.rounds, spec.seed)
-    return Experiment(spec, dataset, parts, class_histogram(dataset.y_train, parts, dataset.num_classes),
-                      model, module, layout, fleet, memory, timeline)
+    return Experiment(
+        spec,
+        dataset,
+        parts,
+        class_histogram(dataset.y_train, parts, dataset.num_classes),
+        model,
+        module,
+        layout,
+        fleet,
+        memory,
+        timeline,
+    )
 
 
 def _make_model(spec: ExperimentSpec, dataset: Dataset) -> ModelDef:
@@ -116,9 +153,20 @@ def _plan(spec: ExperimentSpec, model: ModelDef, fleet: Fleet, parts: list[np.nd
     plans = []
     for g in fleet.groups:
         max_samples = max(len(parts[d]) for d in g.devices)
-        plans.append(plan_memory(g.name, g.profile, model, batch_size=a.batch_size, optimizer=a.optimizer,
-                                 momentum=a.momentum, prox_mu=a.prox_mu, uplink_encoding=a.encoding,
-                                 downlink_encoding=a.downlink_encoding, max_samples=max_samples))
+        plans.append(
+            plan_memory(
+                g.name,
+                g.profile,
+                model,
+                batch_size=a.batch_size,
+                optimizer=a.optimizer,
+                momentum=a.momentum,
+                prox_mu=a.prox_mu,
+                uplink_encoding=a.encoding,
+                downlink_encoding=a.downlink_encoding,
+                max_samples=max_samples,
+            )
+        )
     return plans
 
 
@@ -127,8 +175,10 @@ def refuse_if_unfit(plans: list[MemoryPlan]) -> None:
     bad = [p for p in plans if not p.fits]
     if bad:
         msg = "; ".join(f"group {p.group!r}: {p.explain()}" for p in bad)
-        raise MemoryPlanError(f"local training does not fit: {msg}. Use a smaller model or batch size, "
-                              "or a device with more memory (see `tinytwin plan`).")
+        raise MemoryPlanError(
+            f"local training does not fit: {msg}. Use a smaller model or batch size, "
+            "or a device with more memory (see `tinytwin plan`)."
+        )
 
 
 __all__ = ["Experiment", "prepare", "refuse_if_unfit", "TinyTwinError"]

@@ -21,9 +21,10 @@ transfers over ``aggregator_link``. Costs: the RVA cost ledger of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +33,13 @@ from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import aggregate, weighted_mean
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.engines.summary import common_summary
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
-from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.network import Network
+from tinytwin.engines.state import Checkpointed
+from tinytwin.engines.summary import common_summary
 from tinytwin.errors import SpecError
 from tinytwin.fleet.build import _extra
 from tinytwin.fleet.cost import LinkArrays, compute_flops, draw_lost_packets, energy_joules, take_links, transfer_cost
@@ -55,8 +56,9 @@ def aggregator_link(exp: Experiment, base_dir: Path | None = None) -> LinkModel:
     name = exp.spec.algorithm.hierarchical.aggregator_link
     links = load_link_catalog(_extra(exp.spec.fleet.links_file, "fleet.links_file", base_dir))
     if name not in links:
-        raise SpecError("algorithm.hierarchical.aggregator_link",
-                        f"unknown link {name!r}; known links: {', '.join(sorted(links))}")
+        raise SpecError(
+            "algorithm.hierarchical.aggregator_link", f"unknown link {name!r}; known links: {', '.join(sorted(links))}"
+        )
     return links[name]
 
 
@@ -96,18 +98,22 @@ class HState(Checkpointed):
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-
 class HierarchicalSimulator:
-    def __init__(self, exp: Experiment, store: RunStore, run_id: str, network: Network | None = None,
-                 base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        store: RunStore,
+        run_id: str,
+        network: Network | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
         self.exp, self.store, self.run_id, self.net = exp, store, run_id, network
         spec = exp.spec
         a = spec.algorithm
         self.h = a.hierarchical
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay,
-                                 a.prox_mu)
+        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
         ds = exp.dataset
         self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
         self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
@@ -115,8 +121,9 @@ class HierarchicalSimulator:
         self.train_idx = [p[: a.train_samples] if a.train_samples else p for p in exp.parts]
         self.n_train = np.array([len(p) for p in self.train_idx], dtype=np.int64)
         so = a.server_optimizer
-        self.server_opt = make_server_optimizer(so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1,
-                                                beta2=so.beta2, tau=so.tau)
+        self.server_opt = make_server_optimizer(
+            so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
+        )
         self.assign, self.client_costs, self.agg_costs = cluster_assignment(exp)
         self.k = self.client_costs.shape[1]
         self.up_bytes = exp.uplink_bytes()
@@ -125,8 +132,12 @@ class HierarchicalSimulator:
         flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
         self.compute_s = flops / exp.fleet.flops_per_s
         la = aggregator_link(exp, base_dir)
-        self.la_links = LinkArrays(*(np.full(self.k, getattr(la, f), dtype=np.int64 if f in ("mtu_bytes", "header_bytes")
-                                             else np.float64) for f in LinkArrays.__dataclass_fields__))
+        self.la_links = LinkArrays(
+            *(
+                np.full(self.k, getattr(la, f), dtype=np.int64 if f in ("mtu_bytes", "header_bytes") else np.float64)
+                for f in LinkArrays.__dataclass_fields__
+            )
+        )
 
     # ---- lifecycle ----------------------------------------------------------------
     def initial_state(self) -> HState:
@@ -141,10 +152,13 @@ class HierarchicalSimulator:
         dfl_store.ensure_tables(self.store)
         self.store.add_devices(self.run_id, exp.device_rows(self.n_train))
         sizes = np.bincount(self.assign, minlength=self.k)
-        detail = (f"{self.k} cluster(s) ({self.h.assignment}), sizes {sizes.tolist()}; "
-                  f"C_round = {H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds):.4g}")
-        self.store.add_events(self.run_id, [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "clusters",
-                                             "detail": detail}])
+        detail = (
+            f"{self.k} cluster(s) ({self.h.assignment}), sizes {sizes.tolist()}; "
+            f"C_round = {H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds):.4g}"
+        )
+        self.store.add_events(
+            self.run_id, [{"round": 0, "sim_time_s": 0.0, "device": None, "kind": "clusters", "detail": detail}]
+        )
 
     def run(self, state: HState, progress: ProgressFn | None = None) -> HState:
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
@@ -174,7 +188,11 @@ class HierarchicalSimulator:
         la_models = st.global_params.expand(k, -1).clone()
         losses = np.full(n, np.nan)
         compute_s, up_s, down_s = np.zeros(n), np.zeros(n), np.zeros(n)
-        bytes_up, bytes_down, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        bytes_up, bytes_down, lost = (
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+        )
         cluster_time = np.zeros(k)
         cl = self.assign[ids]
         for l in range(1, L + 1):
@@ -205,23 +223,42 @@ class HierarchicalSimulator:
         present = np.unique(cl)
         # LA -> GA and GA -> LA transfers over the aggregator link
         la_l = take_links(self.la_links, present)
-        la_up = transfer_cost(self.up_bytes, la_l.up_bps, la_l,
-                              draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 2), self.up_bytes, la_l))
-        la_down = transfer_cost(self.down_bytes, la_l.down_bps, la_l,
-                                draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 3), self.down_bytes, la_l))
+        la_up = transfer_cost(
+            self.up_bytes,
+            la_l.up_bps,
+            la_l,
+            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 2), self.up_bytes, la_l),
+        )
+        la_down = transfer_cost(
+            self.down_bytes,
+            la_l.down_bps,
+            la_l,
+            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 3), self.down_bytes, la_l),
+        )
         if present.size == 1 and k == 1:
             proposal = la_models[0]
         elif present.size:
             cw = torch.tensor([float(self.n_train[ids[cl == c]].sum()) for c in present], dtype=la_models.dtype)
-            deltas = roundtrip_torch(la_models[torch.from_numpy(present)] - st.global_params, a.encoding,
-                                     tensor_sizes=exp.model.tensor_sizes)
+            deltas = roundtrip_torch(
+                la_models[torch.from_numpy(present)] - st.global_params, a.encoding, tensor_sizes=exp.model.tensor_sizes
+            )
             proposal = st.global_params + weighted_mean(deltas, cw)
         else:
             proposal = st.global_params
-            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round",
-                           "detail": "no client online; the global model is unchanged"})
-        new_global, server_state = (self.server_opt.step(st.global_params, proposal, st.server_state)
-                                    if present.size else (st.global_params, st.server_state))
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": t0,
+                    "device": None,
+                    "kind": "empty_round",
+                    "detail": "no client online; the global model is unchanged",
+                }
+            )
+        new_global, server_state = (
+            self.server_opt.step(st.global_params, proposal, st.server_state)
+            if present.size
+            else (st.global_params, st.server_state)
+        )
         if a.downlink_encoding != "float32":
             new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
         per_cluster = cluster_time[present] + (la_up.time_s + la_down.time_s if k > 1 else 0.0)
@@ -236,7 +273,9 @@ class HierarchicalSimulator:
             acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
             gacc = acc
             if k > 1 and present.size:
-                ca, _ = evaluate_many(exp.module, exp.layout, la_models[torch.from_numpy(present)], self.x_test, self.y_test)
+                ca, _ = evaluate_many(
+                    exp.module, exp.layout, la_models[torch.from_numpy(present)], self.x_test, self.y_test
+                )
                 by_c = dict(zip(present.tolist(), ca.numpy().tolist()))
                 dev_acc[ids] = [by_c[int(c)] for c in cl]
             else:
@@ -249,37 +288,83 @@ class HierarchicalSimulator:
             row["round"] = r
             row["bytes"] = int(round(row.pop("mb") * H.MB))
         cost = float(sum(row["cost"] for row in ledger))
-        rm = {"round": r, "acc_mean": float(ev.mean()) if ev.size else None,
-              "acc_min": float(ev.min()) if ev.size else None, "acc_max": float(ev.max()) if ev.size else None,
-              "acc_std": float(ev.std()) if ev.size else None, "loss_mean": loss, "consensus_distance": consensus,
-              "global_accuracy": gacc, "components": int(present.size), "messages": int(2 * L * ids.size + 2 * present.size)}
+        rm = {
+            "round": r,
+            "acc_mean": float(ev.mean()) if ev.size else None,
+            "acc_min": float(ev.min()) if ev.size else None,
+            "acc_max": float(ev.max()) if ev.size else None,
+            "acc_std": float(ev.std()) if ev.size else None,
+            "loss_mean": loss,
+            "consensus_distance": consensus,
+            "global_accuracy": gacc,
+            "components": int(present.size),
+            "messages": int(2 * L * ids.size + 2 * present.size),
+        }
         device_rows, metric_rows = [], []
         for d in ids:
-            device_rows.append({
-                "round": r, "device": int(d), "status": "ok", "num_samples": int(self.n_train[d]),
-                "compute_s": float(compute_s[d]), "up_s": float(up_s[d]), "down_s": float(down_s[d]),
-                "bytes_up": int(bytes_up[d]), "bytes_down": int(bytes_down[d]), "packets_lost": int(lost[d]),
-                "energy_j": float(energy[d]), "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
-                "accuracy": None})
-            metric_rows.append({
-                "round": r, "device": int(d), "test_accuracy": None if np.isnan(dev_acc[d]) else float(dev_acc[d]),
-                "test_loss": None, "distance_to_mean": None, "lr": float(a.lr), "local_rounds": int(r * L),
-                "messages_sent": L, "messages_received": L, "airtime_s": float(up_s[d] + down_s[d])})
+            device_rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "status": "ok",
+                    "num_samples": int(self.n_train[d]),
+                    "compute_s": float(compute_s[d]),
+                    "up_s": float(up_s[d]),
+                    "down_s": float(down_s[d]),
+                    "bytes_up": int(bytes_up[d]),
+                    "bytes_down": int(bytes_down[d]),
+                    "packets_lost": int(lost[d]),
+                    "energy_j": float(energy[d]),
+                    "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
+                    "accuracy": None,
+                }
+            )
+            metric_rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "test_accuracy": None if np.isnan(dev_acc[d]) else float(dev_acc[d]),
+                    "test_loss": None,
+                    "distance_to_mean": None,
+                    "lr": float(a.lr),
+                    "local_rounds": int(r * L),
+                    "messages_sent": L,
+                    "messages_received": L,
+                    "airtime_s": float(up_s[d] + down_s[d]),
+                }
+            )
         finite = losses[~np.isnan(losses)]
-        st = HState(r, new_global, server_state, t0 + round_s, st.energy_j + energy,
-                    st.bytes_up + int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
-                    st.bytes_down + int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
-                    st.cost_spent + cost, st.accuracies + ([(r, acc)] if acc is not None else []), rm)
+        st = HState(
+            r,
+            new_global,
+            server_state,
+            t0 + round_s,
+            st.energy_j + energy,
+            st.bytes_up + int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
+            st.bytes_down + int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
+            st.cost_spent + cost,
+            st.accuracies + ([(r, acc)] if acc is not None else []),
+            rm,
+        )
         round_row = {
-            "round": r, "sim_time_s": st.sim_time_s, "duration_s": round_s, "selected": int(ids.size),
-            "completed": int(ids.size), "dropped": 0, "stragglers": 0,
-            "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": acc, "test_loss": loss,
+            "round": r,
+            "sim_time_s": st.sim_time_s,
+            "duration_s": round_s,
+            "selected": int(ids.size),
+            "completed": int(ids.size),
+            "dropped": 0,
+            "stragglers": 0,
+            "train_loss": float(finite.mean()) if finite.size else None,
+            "test_accuracy": acc,
+            "test_loss": loss,
             "bytes_up": int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
             "bytes_down": int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
-            "energy_j": float(energy.sum()), "wall_time_s": time.perf_counter() - wall0,
+            "energy_j": float(energy.sum()),
+            "wall_time_s": time.perf_counter() - wall0,
         }
-        dfl_store.write_round(self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm,
-                              metric_rows, ledger)
+        dfl_store.write_round(
+            self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm, metric_rows, ledger
+        )
         return st
 
     # ---- summary ------------------------------------------------------------------
@@ -287,18 +372,29 @@ class HierarchicalSimulator:
         exp, spec = self.exp, self.exp.spec
         a = spec.algorithm
         return {
-            **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
-                             state.energy_j, exp.memory, wall_time_s),
+            **common_summary(
+                state.accuracies,
+                state.round,
+                state.sim_time_s,
+                state.bytes_up,
+                state.bytes_down,
+                state.energy_j,
+                exp.memory,
+                wall_time_s,
+            ),
             "num_devices": self.n,
             "algorithm": f"hierarchical ({self.k} clusters, {self.h.local_rounds} local rounds, "
-                         f"{a.aggregator.name}, server {a.server_optimizer.name})",
+            f"{a.aggregator.name}, server {a.server_optimizer.name})",
             "dataset": spec.dataset.name,
             "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
             "clusters": [np.flatnonzero(self.assign == c).tolist() for c in range(self.k)],
-            "cost_per_round": H.round_cost(self.assign, self.client_costs, self.agg_costs, self.model_mb,
-                                           self.h.local_rounds),
+            "cost_per_round": H.round_cost(
+                self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds
+            ),
             "cost_total": state.cost_spent,
-            "final_accuracy_across_devices": {kk: state.last_metrics.get(f"acc_{kk}") for kk in ("mean", "min", "max", "std")},
+            "final_accuracy_across_devices": {
+                kk: state.last_metrics.get(f"acc_{kk}") for kk in ("mean", "min", "max", "std")
+            },
             "uplink_message_bytes": self.up_bytes,
             "downlink_message_bytes": self.down_bytes,
         }

@@ -25,17 +25,25 @@ from tinytwin.rng import device_permutations
 
 @dataclass(frozen=True)
 class LocalResult:
-    params: torch.Tensor        # (D, P) trained parameters
-    train_loss: np.ndarray      # (D,) mean cross-entropy over all samples seen this round
-    steps: np.ndarray           # (D,) optimizer steps taken
+    params: torch.Tensor  # (D, P) trained parameters
+    train_loss: np.ndarray  # (D,) mean cross-entropy over all samples seen this round
+    steps: np.ndarray  # (D,) optimizer steps taken
 
 
 class LocalTrainer:
     """Trains devices' models on their local data for one round."""
 
-    def __init__(self, module: nn.Module, layout: ParamLayout, x_train: torch.Tensor,
-                 y_train: torch.Tensor, cfg: LocalTraining, seed: int, chunk_size: int = 2048,
-                 fast_path: bool = True) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        layout: ParamLayout,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        cfg: LocalTraining,
+        seed: int,
+        chunk_size: int = 2048,
+        fast_path: bool = True,
+    ) -> None:
         self.module = module
         self.layout = layout
         self.x = x_train
@@ -44,8 +52,9 @@ class LocalTrainer:
         self.seed = seed
         self.chunk_size = chunk_size
 
-        def loss(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def loss(
+            flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             return batch_loss(module, layout, flat, x, y, mask, anchor, cfg.prox_mu)
 
         self._loss = loss
@@ -56,8 +65,7 @@ class LocalTrainer:
         # MLPs get hand-written batched gradients (same math, 5-10x less overhead than vmap).
         specs = getattr(module, "layer_specs", None)
         self._mlp_grad = BatchedMLPGrad.for_layers(specs) if fast_path and specs else None
-        self._plain_sgd = (cfg.optimizer == "sgd" and not cfg.momentum and not cfg.weight_decay
-                           and not cfg.prox_mu)
+        self._plain_sgd = cfg.optimizer == "sgd" and not cfg.momentum and not cfg.weight_decay and not cfg.prox_mu
 
     # ---- schedule -----------------------------------------------------------------
     def schedule(self, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
@@ -82,8 +90,14 @@ class LocalTrainer:
         return np.concatenate(slots, axis=1)
 
     # ---- batched ------------------------------------------------------------------
-    def train(self, start: torch.Tensor, round_: int, device_ids: np.ndarray,
-              indices: list[np.ndarray], lr: np.ndarray | None = None) -> LocalResult:
+    def train(
+        self,
+        start: torch.Tensor,
+        round_: int,
+        device_ids: np.ndarray,
+        indices: list[np.ndarray],
+        lr: np.ndarray | None = None,
+    ) -> LocalResult:
         """Train every listed device from ``start`` ((P,) shared or (D, P) per device)."""
         d = len(indices)
         out = torch.empty((d, start.shape[-1]), dtype=start.dtype)
@@ -94,12 +108,20 @@ class LocalTrainer:
             for lo in range(0, d, self.chunk_size):
                 hi = min(lo + self.chunk_size, d)
                 chunk_start = start if start.dim() == 1 else start[lo:hi]
-                losses[lo:hi], steps[lo:hi] = self._train_chunk(chunk_start, out[lo:hi], round_,
-                                                                device_ids[lo:hi], indices[lo:hi], lrs[lo:hi])
+                losses[lo:hi], steps[lo:hi] = self._train_chunk(
+                    chunk_start, out[lo:hi], round_, device_ids[lo:hi], indices[lo:hi], lrs[lo:hi]
+                )
         return LocalResult(out, losses, steps)
 
-    def _train_chunk(self, start: torch.Tensor, out: torch.Tensor, round_: int, device_ids: np.ndarray,
-                     indices: list[np.ndarray], lrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _train_chunk(
+        self,
+        start: torch.Tensor,
+        out: torch.Tensor,
+        round_: int,
+        device_ids: np.ndarray,
+        indices: list[np.ndarray],
+        lrs: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Train one chunk of devices from ``start`` ((P,) or (n, P)), writing the models into ``out``.
 
         MLPs train on per-layer tensors (no flat copies per step)."""
@@ -124,7 +146,7 @@ class LocalTrainer:
         x_buf = torch.empty((len(indices) * b, self._x_rows.shape[1]), dtype=self._x_rows.dtype)
         y_buf = torch.empty(len(indices) * b, dtype=self.y.dtype)
         for s in range(sched.shape[1] // b):
-            idx = sched[:, s * b:(s + 1) * b]
+            idx = sched[:, s * b : (s + 1) * b]
             mask = (idx >= 0).to(params.dtype)
             has_data = mask.sum(dim=1) > 0
             if not bool(has_data.any()):
@@ -142,13 +164,16 @@ class LocalTrainer:
             if fast is not None:
                 grads, ce_sum = fast.grads(tensors, x, y, mask, anchors, cfg.prox_mu)
             else:
-                flat_grad, ce_sum = self._batched_grad(params, x, y, mask, tensors[0] if anchors is None else anchors[0])
+                flat_grad, ce_sum = self._batched_grad(
+                    params, x, y, mask, tensors[0] if anchors is None else anchors[0]
+                )
                 grads = [flat_grad]
             active = has_data.to(params.dtype)
             for k, t in enumerate(tensors):
                 view = (-1,) + (1,) * (t.dim() - 1)
-                tensors[k], states[k] = optimizer_step(t, grads[k], states[k], lr_col.view(view),
-                                                       active.view(view), cfg)
+                tensors[k], states[k] = optimizer_step(
+                    t, grads[k], states[k], lr_col.view(view), active.view(view), cfg
+                )
             params = tensors[0]
             ce_total += ce_sum.to(torch.float64)
             seen += mask.sum(dim=1).to(torch.float64)
@@ -161,8 +186,14 @@ class LocalTrainer:
         return loss, steps.numpy()
 
     # ---- reference ----------------------------------------------------------------
-    def train_reference(self, start: torch.Tensor, round_: int, device_ids: np.ndarray,
-                        indices: list[np.ndarray], lr: np.ndarray | None = None) -> LocalResult:
+    def train_reference(
+        self,
+        start: torch.Tensor,
+        round_: int,
+        device_ids: np.ndarray,
+        indices: list[np.ndarray],
+        lr: np.ndarray | None = None,
+    ) -> LocalResult:
         """The executable definition: each device trained alone with plain autograd."""
         cfg = self.cfg
         sched = self.schedule(round_, device_ids, indices)
@@ -175,12 +206,13 @@ class LocalTrainer:
             order = sched[d][sched[d] >= 0]
             ce_total, n_steps = 0.0, 0
             for e in range(cfg.epochs):
-                epoch_ix = order[e * len(indices[d]):(e + 1) * len(indices[d])]
+                epoch_ix = order[e * len(indices[d]) : (e + 1) * len(indices[d])]
                 for lo in range(0, len(epoch_ix), cfg.batch_size):
-                    batch = torch.from_numpy(epoch_ix[lo:lo + cfg.batch_size])
+                    batch = torch.from_numpy(epoch_ix[lo : lo + cfg.batch_size])
                     w_req = w.detach().requires_grad_(True)
-                    loss, ce_sum = self._loss(w_req, self.x[batch], self.y[batch],
-                                              torch.ones(len(batch), dtype=w.dtype), anchor)
+                    loss, ce_sum = self._loss(
+                        w_req, self.x[batch], self.y[batch], torch.ones(len(batch), dtype=w.dtype), anchor
+                    )
                     (g,) = torch.autograd.grad(loss, w_req)
                     w, state = optimizer_step(w.detach(), g, state, lr_d, torch.ones(1, dtype=w.dtype), cfg)
                     ce_total += float(ce_sum)

@@ -15,7 +15,13 @@ import numpy as np
 from tinytwin.errors import SpecError
 from tinytwin.fleet.build import Fleet
 from tinytwin.net.topology import (
-    RADIO_RANGE_M, LinkTimeline, Topology, build_link_timeline, components, make_topology, read_positions_file,
+    RADIO_RANGE_M,
+    LinkTimeline,
+    Topology,
+    build_link_timeline,
+    components,
+    make_topology,
+    read_positions_file,
 )
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
@@ -31,10 +37,16 @@ class Network:
         count, labels = components(self.topology.num_nodes, self.topology.edges)
         sizes = np.bincount(labels) if labels.size else np.zeros(0, dtype=int)
         deg = self.topology.degrees()
-        return {"kind": self.topology.kind, "devices": self.topology.num_nodes, "links": self.topology.num_edges,
-                "components": count, "component_sizes": sorted(map(int, sizes), reverse=True),
-                "degree_min": int(deg.min()) if deg.size else 0, "degree_max": int(deg.max()) if deg.size else 0,
-                "degree_mean": float(deg.mean()) if deg.size else 0.0}
+        return {
+            "kind": self.topology.kind,
+            "devices": self.topology.num_nodes,
+            "links": self.topology.num_edges,
+            "components": count,
+            "component_sizes": sorted(map(int, sizes), reverse=True),
+            "degree_min": int(deg.min()) if deg.size else 0,
+            "degree_max": int(deg.max()) if deg.size else 0,
+            "degree_mean": float(deg.mean()) if deg.size else 0.0,
+        }
 
 
 def _resolve(path: str, base_dir: Path | None, key: str) -> Path:
@@ -65,21 +77,37 @@ def build_network(spec: ExperimentSpec, fleet: Fleet, base_dir: Path | None = No
             for g in fleet.groups:
                 r, _ = RADIO_RANGE_M.get(g.link.name, (None, ""))
                 if r is None:
-                    raise SpecError("topology.radius_m", f"group {g.name!r} uses link {g.link.name!r}, which has no "
-                                    "radio range in tinytwin.net.topology.RADIO_RANGE_M; set topology.radius_m (metres)")
+                    raise SpecError(
+                        "topology.radius_m",
+                        f"group {g.name!r} uses link {g.link.name!r}, which has no "
+                        "radio range in tinytwin.net.topology.RADIO_RANGE_M; set topology.radius_m (metres)",
+                    )
                 per_group.append(r)
             ranges = np.array(per_group, dtype=np.float64)[fleet.group_of]
     edge_file = _resolve(t.file, base_dir, "topology.file") if t.kind == "file" and t.file else None
     try:
-        topo = make_topology(t.kind, n, rng, p=t.p, k=t.k, beta=t.beta, rows=t.rows, hub=t.hub, area_m=t.area_m,
-                             ranges_m=ranges, positions=positions, edge_file=edge_file)
+        topo = make_topology(
+            t.kind,
+            n,
+            rng,
+            p=t.p,
+            k=t.k,
+            beta=t.beta,
+            rows=t.rows,
+            hub=t.hub,
+            area_m=t.area_m,
+            ranges_m=ranges,
+            positions=positions,
+            edge_file=edge_file,
+        )
     except ValueError as exc:
         key = {"torus": "topology.rows", "file": "topology.file", "star": "topology.hub"}.get(t.kind, "topology")
         raise SpecError(key, str(exc)) from None
     events = [(ev.round, [tuple(e) for e in ev.edges], ev.state) for ev in t.link_events]
     try:
-        timeline = build_link_timeline(topo, spec.rounds, events, t.link_down_probability,
-                                       lambda r: stream_rng(spec.seed, Stream.LINK_OUTAGE, r))
+        timeline = build_link_timeline(
+            topo, spec.rounds, events, t.link_down_probability, lambda r: stream_rng(spec.seed, Stream.LINK_OUTAGE, r)
+        )
     except ValueError as exc:
         raise SpecError("topology.link_events", str(exc)) from None
     return Network(topo, timeline, ranges)

@@ -21,7 +21,14 @@ import numpy as np
 
 from tinytwin.engines.experiment import Experiment
 from tinytwin.fleet.cost import (
-    PowerArrays, Transfer, clip_phases, compute_flops, draw_lost_packets, energy_joules, take_links, transfer_cost,
+    PowerArrays,
+    Transfer,
+    clip_phases,
+    compute_flops,
+    draw_lost_packets,
+    energy_joules,
+    take_links,
+    transfer_cost,
 )
 from tinytwin.rng import Stream, stream_rng
 
@@ -31,20 +38,20 @@ class RoundCosts:
     """Arrays aligned with ``selected`` unless said otherwise."""
 
     selected: np.ndarray
-    dropped: np.ndarray          # bool: dropped out after receiving the model
-    link_down: np.ndarray        # bool: its link went down before it was done
-    straggler: np.ndarray        # bool: would have finished after the deadline
-    down: Transfer               # the whole model download (uncut)
-    up: Transfer                 # the whole update upload (uncut; none for dropouts)
-    compute_s: np.ndarray        # uncut compute time (0 for dropouts)
-    total_s: np.ndarray          # down + compute + up, uncut
-    down_s: np.ndarray           # phases cut at the deadline / link outage
+    dropped: np.ndarray  # bool: dropped out after receiving the model
+    link_down: np.ndarray  # bool: its link went down before it was done
+    straggler: np.ndarray  # bool: would have finished after the deadline
+    down: Transfer  # the whole model download (uncut)
+    up: Transfer  # the whole update upload (uncut; none for dropouts)
+    compute_s: np.ndarray  # uncut compute time (0 for dropouts)
+    total_s: np.ndarray  # down + compute + up, uncut
+    down_s: np.ndarray  # phases cut at the deadline / link outage
     cpu_s: np.ndarray
     up_s: np.ndarray
-    round_s: float               # the round's modelled duration
-    energy_j: np.ndarray         # per device (length D): selected and idle online devices, 0 otherwise
-    bytes_up: np.ndarray         # bytes put on the uplink (a cut upload counts what got out)
-    bytes_down: np.ndarray       # bytes put on the downlink (a cut download counts what got out)
+    round_s: float  # the round's modelled duration
+    energy_j: np.ndarray  # per device (length D): selected and idle online devices, 0 otherwise
+    bytes_up: np.ndarray  # bytes put on the uplink (a cut upload counts what got out)
+    bytes_down: np.ndarray  # bytes put on the downlink (a cut download counts what got out)
 
     @property
     def completed(self) -> np.ndarray:
@@ -59,16 +66,24 @@ class RoundCosts:
         return "straggler" if self.straggler[i] else "ok"
 
 
-def round_costs(exp: Experiment, r: int, online_ids: np.ndarray, selected: np.ndarray,
-                dropped: np.ndarray, up_bytes: int, down_bytes: int) -> RoundCosts:
+def round_costs(
+    exp: Experiment,
+    r: int,
+    online_ids: np.ndarray,
+    selected: np.ndarray,
+    dropped: np.ndarray,
+    up_bytes: int,
+    down_bytes: int,
+) -> RoundCosts:
     """Cost-model figures of round ``r`` for ``selected`` devices (``dropped``: their dropout mask)."""
     spec = exp.spec
     a, seed = spec.algorithm, spec.seed
     links = take_links(exp.fleet.links, selected)
     lost_down = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 0), down_bytes, links)
     down = transfer_cost(down_bytes, links.down_bps, links, lost_down)
-    flops = compute_flops(exp.num_samples[selected], a.local_epochs, a.batch_size, exp.flops_per_sample,
-                          exp.flops_per_step)
+    flops = compute_flops(
+        exp.num_samples[selected], a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step
+    )
     compute_s = np.where(dropped, 0.0, flops / exp.fleet.flops_per_s[selected])
     lost_up = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 1), up_bytes, links)
     up = transfer_cost(up_bytes, links.up_bps, links, np.where(dropped, 0, lost_up))
@@ -102,5 +117,20 @@ def round_costs(exp: Experiment, r: int, online_ids: np.ndarray, selected: np.nd
     bytes_up = np.where(dropped, 0, np.round(up.wire_bytes * up_frac)).astype(np.int64)
     down_frac = np.divide(d_s, down.time_s, out=np.ones_like(d_s), where=link_down & (down.time_s > 0))
     bytes_down = np.round(down.wire_bytes * down_frac).astype(np.int64)
-    return RoundCosts(selected, dropped, link_down, straggler, down, up, compute_s, total_s, d_s, c_s, u_s,
-                      round_s, energy, bytes_up, bytes_down)
+    return RoundCosts(
+        selected,
+        dropped,
+        link_down,
+        straggler,
+        down,
+        up,
+        compute_s,
+        total_s,
+        d_s,
+        c_s,
+        u_s,
+        round_s,
+        energy,
+        bytes_up,
+        bytes_down,
+    )

@@ -43,9 +43,16 @@ def new_run_dir(out: Path, name: str) -> Path:
     return path
 
 
-def start_run(spec: ExperimentSpec, spec_yaml: str, out: Path, base_dir: Path | None,
-              progress: ProgressFn | None = None, run_dir: Path | None = None,
-              on_prepared: Any = None, report: bool = True) -> RunOutcome:
+def start_run(
+    spec: ExperimentSpec,
+    spec_yaml: str,
+    out: Path,
+    base_dir: Path | None,
+    progress: ProgressFn | None = None,
+    run_dir: Path | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> RunOutcome:
     """Check everything, then create the run folder and simulate every round."""
     exp = prepare(spec, base_dir)
     network = _check_family(exp, base_dir)
@@ -82,8 +89,9 @@ def _check_family(exp: Experiment, base_dir: Path | None) -> Any:
     return network
 
 
-def make_engine(exp: Experiment, store: RunStore, run_id: str, network: Any = None,
-                base_dir: Path | None = None) -> Any:
+def make_engine(
+    exp: Experiment, store: RunStore, run_id: str, network: Any = None, base_dir: Path | None = None
+) -> Any:
     """The simulation engine of the spec's algorithm family."""
     family = exp.spec.algorithm.family
     if family == "decentralized":
@@ -97,9 +105,14 @@ def make_engine(exp: Experiment, store: RunStore, run_id: str, network: Any = No
     return Simulator(exp, store, run_id)
 
 
-def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None,
-               progress: ProgressFn | None = None, on_prepared: Any = None,
-               report: bool = True) -> RunOutcome:
+def resume_run(
+    run_dir: Path,
+    spec: ExperimentSpec | None,
+    base_dir: Path | None,
+    progress: ProgressFn | None = None,
+    on_prepared: Any = None,
+    report: bool = True,
+) -> RunOutcome:
     """Continue an incomplete run from its last finished round."""
     store, info, stored = open_resumable(run_dir, spec, "simulate")
     exp = prepare(stored, base_dir)
@@ -114,8 +127,18 @@ def resume_run(run_dir: Path, spec: ExperimentSpec | None, base_dir: Path | None
     ck = store.checkpoint(info.run_id)
     state = sim.state_from_checkpoint(ck[1]) if ck else sim.initial_state()
     store.set_status(info.run_id, "running")
-    store.add_events(info.run_id, [{"round": state.round, "sim_time_s": state.sim_time_s, "device": None,
-                                    "kind": "resume", "detail": f"resumed after round {state.round}"}])
+    store.add_events(
+        info.run_id,
+        [
+            {
+                "round": state.round,
+                "sim_time_s": state.sim_time_s,
+                "device": None,
+                "kind": "resume",
+                "detail": f"resumed after round {state.round}",
+            }
+        ],
+    )
     return _drive(sim, store, info.run_id, state, run_dir, progress, report)
 
 
@@ -133,12 +156,16 @@ def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tup
         info = store.run_info()
         if info.twin != twin:
             command = {"simulate": "tinytwin run --resume", "emulate": "tinytwin emulate --resume"}.get(info.twin)
-            raise TinyTwinError(f"{run_dir} is a {info.twin} run, not a {twin} run"
-                                + (f"; resume it with `{command}`" if command else ""))
+            raise TinyTwinError(
+                f"{run_dir} is a {info.twin} run, not a {twin} run"
+                + (f"; resume it with `{command}`" if command else "")
+            )
         stored = validate_spec(yaml.safe_load(info.spec_yaml))
         if spec is not None and spec.model_dump() != stored.model_dump():
-            raise TinyTwinError(f"the experiment file differs from the one {run_dir} was started with; "
-                                f"resume with the run's own spec ({run_dir / 'spec.yaml'})")
+            raise TinyTwinError(
+                f"the experiment file differs from the one {run_dir} was started with; "
+                f"resume with the run's own spec ({run_dir / 'spec.yaml'})"
+            )
         if info.status == "complete":
             raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
     except BaseException:
@@ -147,8 +174,9 @@ def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tup
     return store, info, stored
 
 
-def _drive(sim: Any, store: RunStore, run_id: str, state: Any, run_dir: Path,
-           progress: ProgressFn | None, report: bool = True) -> RunOutcome:
+def _drive(
+    sim: Any, store: RunStore, run_id: str, state: Any, run_dir: Path, progress: ProgressFn | None, report: bool = True
+) -> RunOutcome:
     wall0 = time.perf_counter()
     try:
         state = sim.run(state, progress)

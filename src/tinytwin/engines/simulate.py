@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,10 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.round_costs import round_costs
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
-from tinytwin.engines.round_costs import round_costs
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store.db import RunStore
 from tinytwin.wire.roundtrip import roundtrip_torch
@@ -43,11 +44,10 @@ class SimState(Checkpointed):
     global_params: torch.Tensor
     server_state: dict[str, torch.Tensor]
     sim_time_s: float
-    energy_j: np.ndarray          # cumulative per device
+    energy_j: np.ndarray  # cumulative per device
     bytes_up: int = 0
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
-
 
 
 class Simulator:
@@ -59,8 +59,7 @@ class Simulator:
         self.run_id = run_id
         spec = exp.spec
         a = spec.algorithm
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum,
-                                 a.weight_decay, a.prox_mu)
+        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
         ds = exp.dataset
         self.x_train = torch.from_numpy(ds.x_train)
         self.y_train = torch.from_numpy(ds.y_train)
@@ -68,8 +67,9 @@ class Simulator:
         self.y_test = torch.from_numpy(ds.y_test)
         self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
         so = a.server_optimizer
-        self.server_opt = make_server_optimizer(so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1,
-                                                beta2=so.beta2, tau=so.tau)
+        self.server_opt = make_server_optimizer(
+            so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
+        )
         self.up_bytes = exp.uplink_bytes()
         self.down_bytes = exp.downlink_bytes()
         self.flops_sample = exp.flops_per_sample
@@ -113,19 +113,34 @@ class Simulator:
         events += link_events(exp, r, t0)
         online = exp.timeline.online(r)
         online_ids = np.flatnonzero(online)
-        selected = select_participants(online_ids[exp.timeline.reachable(r)[online_ids]],
-                                       spec.algorithm.clients_per_round, spec.seed, r)
+        selected = select_participants(
+            online_ids[exp.timeline.reachable(r)[online_ids]], spec.algorithm.clients_per_round, spec.seed, r
+        )
         dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
         for d in selected[dropped_mask]:
-            events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "dropout",
-                           "detail": "dropped out after receiving the global model"})
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": t0,
+                    "device": int(d),
+                    "kind": "dropout",
+                    "detail": "dropped out after receiving the global model",
+                }
+            )
 
         # Costs of every selected device (arrays aligned with `selected`).
         costs = round_costs(exp, r, online_ids, selected, dropped_mask, self.up_bytes, self.down_bytes)
         straggler, n_samples = costs.straggler, exp.num_samples[selected]
         for d, t in zip(selected[straggler], costs.total_s[straggler]):
-            events.append({"round": r, "sim_time_s": t0, "device": int(d), "kind": "straggler",
-                           "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s"})
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": t0,
+                    "device": int(d),
+                    "kind": "straggler",
+                    "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s",
+                }
+            )
         completed_mask = costs.completed
         completed = selected[completed_mask]
         round_s = costs.round_s
@@ -138,17 +153,25 @@ class Simulator:
             train_losses[completed_mask] = result.train_loss
             deltas = result.params - state.global_params
             received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
-            aggregate = self._aggregate(received, torch.from_numpy(n_samples[completed_mask]).to(received.dtype),
-                                        events, r, t0)
+            aggregate = self._aggregate(
+                received, torch.from_numpy(n_samples[completed_mask]).to(received.dtype), events, r, t0
+            )
             if aggregate is not None:
-                new_global, server_state = self.server_opt.step(state.global_params,
-                                                                state.global_params + aggregate, server_state)
+                new_global, server_state = self.server_opt.step(
+                    state.global_params, state.global_params + aggregate, server_state
+                )
         else:
-            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round",
-                           "detail": "no device completed the round; the global model is unchanged"})
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": t0,
+                    "device": None,
+                    "kind": "empty_round",
+                    "detail": "no device completed the round; the global model is unchanged",
+                }
+            )
         if a.downlink_encoding != "float32":
-            new_global = roundtrip_torch(new_global[None], a.downlink_encoding,
-                                         tensor_sizes=exp.model.tensor_sizes)[0]
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
         c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
@@ -171,44 +194,71 @@ class Simulator:
         device_rows = []
         for d in online_ids:
             i = pos.get(int(d))
-            device_rows.append({
-                "round": r, "device": int(d), "status": status[d], "num_samples": int(exp.num_samples[d]),
-                "compute_s": float(c_s[i]) if i is not None else 0.0,
-                "up_s": float(u_s[i]) if i is not None else 0.0,
-                "down_s": float(d_s[i]) if i is not None else 0.0,
-                "bytes_up": int(bytes_up_dev[i]) if i is not None else 0,
-                "bytes_down": int(bytes_down_dev[i]) if i is not None else 0,
-                "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
-                "energy_j": float(energy[d]),
-                "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
-                "accuracy": per_device_acc.get(int(d)),
-            })
+            device_rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "status": status[d],
+                    "num_samples": int(exp.num_samples[d]),
+                    "compute_s": float(c_s[i]) if i is not None else 0.0,
+                    "up_s": float(u_s[i]) if i is not None else 0.0,
+                    "down_s": float(d_s[i]) if i is not None else 0.0,
+                    "bytes_up": int(bytes_up_dev[i]) if i is not None else 0,
+                    "bytes_down": int(bytes_down_dev[i]) if i is not None else 0,
+                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
+                    "energy_j": float(energy[d]),
+                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
+                    "accuracy": per_device_acc.get(int(d)),
+                }
+            )
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         finite = train_losses[~np.isnan(train_losses)]
         new_state = SimState(
-            r, new_global, server_state, t0 + round_s, state.energy_j + energy,
-            state.bytes_up + bytes_up, state.bytes_down + bytes_down,
+            r,
+            new_global,
+            server_state,
+            t0 + round_s,
+            state.energy_j + energy,
+            state.bytes_up + bytes_up,
+            state.bytes_down + bytes_down,
             state.accuracies + ([(r, acc)] if acc is not None else []),
         )
         round_row = {
-            "round": r, "sim_time_s": new_state.sim_time_s, "duration_s": round_s, "selected": int(selected.size),
-            "completed": int(completed.size), "dropped": int(dropped_mask.sum()), "stragglers": int(straggler.sum()),
-            "train_loss": float(finite.mean()) if finite.size else None, "test_accuracy": acc, "test_loss": loss,
-            "bytes_up": bytes_up, "bytes_down": bytes_down, "energy_j": float(energy.sum()),
+            "round": r,
+            "sim_time_s": new_state.sim_time_s,
+            "duration_s": round_s,
+            "selected": int(selected.size),
+            "completed": int(completed.size),
+            "dropped": int(dropped_mask.sum()),
+            "stragglers": int(straggler.sum()),
+            "train_loss": float(finite.mean()) if finite.size else None,
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "energy_j": float(energy.sum()),
             "wall_time_s": time.perf_counter() - wall0,
         }
         self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
         return new_state
 
-    def _aggregate(self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]],
-                   r: int, t0: float) -> torch.Tensor | None:
+    def _aggregate(
+        self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int, t0: float
+    ) -> torch.Tensor | None:
         agg = self.exp.spec.algorithm.aggregator
         try:
             return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
         except ValueError as exc:
-            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "aggregation_skipped",
-                           "detail": f"{agg.name}: {exc}"})
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": t0,
+                    "device": None,
+                    "kind": "aggregation_skipped",
+                    "detail": f"{agg.name}: {exc}",
+                }
+            )
             return None
 
     # ---- summary ------------------------------------------------------------------
@@ -234,19 +284,35 @@ def link_events(exp: Experiment, r: int, t0: float, time_scale: float = 1.0) -> 
     out = []
     for d, kind, at in exp.timeline.link_changes(r):
         when = f" {at:g} s into round {r}" if at > 0 else f" at the start of round {r}"
-        out.append({"round": r, "sim_time_s": t0 + at * time_scale, "device": d, "kind": kind,
-                    "detail": f"link of device {d} {kind.split('_')[1]}{when}"})
+        out.append(
+            {
+                "round": r,
+                "sim_time_s": t0 + at * time_scale,
+                "device": d,
+                "kind": kind,
+                "detail": f"link of device {d} {kind.split('_')[1]}{when}",
+            }
+        )
     return out
 
 
-def centralized_summary(exp: Experiment, state: Any, wall_time_s: float, up_bytes: int,
-                        down_bytes: int) -> dict[str, Any]:
+def centralized_summary(
+    exp: Experiment, state: Any, wall_time_s: float, up_bytes: int, down_bytes: int
+) -> dict[str, Any]:
     """The run summary of a centralized run, from either twin's state (accuracies, round, time,
     bytes, energy): one definition, so simulate and emulate summaries compare key for key."""
     spec = exp.spec
     return {
-        **common_summary(state.accuracies, state.round, state.sim_time_s, state.bytes_up, state.bytes_down,
-                         state.energy_j, exp.memory, wall_time_s),
+        **common_summary(
+            state.accuracies,
+            state.round,
+            state.sim_time_s,
+            state.bytes_up,
+            state.bytes_down,
+            state.energy_j,
+            exp.memory,
+            wall_time_s,
+        ),
         "num_devices": exp.fleet.num_devices,
         "algorithm": f"{spec.algorithm.name} ({spec.algorithm.aggregator.name}, server {spec.algorithm.server_optimizer.name})",
         "dataset": spec.dataset.name,

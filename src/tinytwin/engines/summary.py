@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from tinytwin.fleet.memory import MemoryPlan
 
 
-def common_summary(accuracies: Sequence[tuple[int, float]], rounds: int, sim_time_s: float, bytes_up: int,
-                   bytes_down: int, energy_j: np.ndarray, plans: Sequence[MemoryPlan],
-                   wall_time_s: float) -> dict[str, Any]:
+def common_summary(
+    accuracies: Sequence[tuple[int, float]],
+    rounds: int,
+    sim_time_s: float,
+    bytes_up: int,
+    bytes_down: int,
+    energy_j: np.ndarray,
+    plans: Sequence[MemoryPlan],
+    wall_time_s: float,
+) -> dict[str, Any]:
     """Accuracy, time, bytes, energy per device and the memory verdict of a finished run."""
     accs = [a for _, a in accuracies]
     return {
@@ -21,8 +29,11 @@ def common_summary(accuracies: Sequence[tuple[int, float]], rounds: int, sim_tim
         "sim_time_s": sim_time_s,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
-        "energy_j_per_device": {"min": float(energy_j.min()), "median": float(np.median(energy_j)),
-                                "max": float(energy_j.max())},
+        "energy_j_per_device": {
+            "min": float(energy_j.min()),
+            "median": float(np.median(energy_j)),
+            "max": float(energy_j.max()),
+        },
         "energy_j_total": float(energy_j.sum()),
         "memory_fits": all(p.fits for p in plans),
         "memory": [p.as_dict() for p in plans],

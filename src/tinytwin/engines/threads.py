@@ -8,8 +8,8 @@ thread against 50 ms on two). Large fleets and models keep torch's default.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

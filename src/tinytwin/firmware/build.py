@@ -23,29 +23,55 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tinytwin.errors import MemoryPlanError, TinyTwinError
 
-__all__ = ["BOARDS", "Board", "FirmwareBuildError", "FirmwareImage", "FirmwareRamOverflow", "HostClient",
-           "build_firmware", "build_host_client", "client_arena_bytes", "image_dict", "mpu_ram_budget", "required_arena_bytes",
-           "size_report"]
+__all__ = [
+    "BOARDS",
+    "Board",
+    "FirmwareBuildError",
+    "FirmwareImage",
+    "FirmwareRamOverflow",
+    "HostClient",
+    "build_firmware",
+    "build_host_client",
+    "client_arena_bytes",
+    "image_dict",
+    "mpu_ram_budget",
+    "required_arena_bytes",
+    "size_report",
+]
 
 CROSS_GCC = "arm-none-eabi-gcc"
 CROSS_SIZE = "arm-none-eabi-size"
-DEFAULT_STACK_BYTES = 2048       # application stack (PSP); the client needs under 1 KiB (-fstack-usage)
-MSP_STACK_BYTES = 1024           # exception handlers (fault report, UART RX)
-FLASH_BYTES = 1 << 20            # code region of the MPU map (SSRAM1 at 0x0 stands in for flash)
+DEFAULT_STACK_BYTES = 2048  # application stack (PSP); the client needs under 1 KiB (-fstack-usage)
+MSP_STACK_BYTES = 1024  # exception handlers (fault report, UART RX)
+FLASH_BYTES = 1 << 20  # code region of the MPU map (SSRAM1 at 0x0 stands in for flash)
 
 # Shared by both builds: the firmware's numerics must not depend on whether the compiler may
 # fuse multiply-adds (the host library, tinytwin.firmware.hostlib, uses the same flag), and
 # no pass may turn loops into libc calls (the firmware links without libc).
-COMMON_CFLAGS: tuple[str, ...] = ("-std=c99", "-O2", "-Wall", "-Wextra", "-ffp-contract=off",
-                                  "-fno-tree-loop-distribute-patterns")
-CROSS_CFLAGS: tuple[str, ...] = ("-mthumb", "-ffreestanding", "-nostdlib", "-ffunction-sections", "-fdata-sections",
-                                 "-fno-unwind-tables", "-fno-asynchronous-unwind-tables", "-Wl,--gc-sections")
+COMMON_CFLAGS: tuple[str, ...] = (
+    "-std=c99",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-ffp-contract=off",
+    "-fno-tree-loop-distribute-patterns",
+)
+CROSS_CFLAGS: tuple[str, ...] = (
+    "-mthumb",
+    "-ffreestanding",
+    "-nostdlib",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-unwind-tables",
+    "-fno-asynchronous-unwind-tables",
+    "-Wl,--gc-sections",
+)
 
 
 class FirmwareBuildError(TinyTwinError):
@@ -64,18 +90,20 @@ class FirmwareRamOverflow(FirmwareBuildError, MemoryPlanError):
 class Board:
     """A QEMU machine and the compiler flags of its core."""
 
-    machine: str          # qemu-system-arm -M
-    cpu: str              # core name, for reports
+    machine: str  # qemu-system-arm -M
+    cpu: str  # core name, for reports
     flags: tuple[str, ...]
-    fpu: str              # "none", "fpv4-sp", "fpv5-dp"
+    fpu: str  # "none", "fpv4-sp", "fpv5-dp"
 
 
 BOARDS: dict[str, Board] = {
     "mps2-an385": Board("mps2-an385", "cortex-m3", ("-mcpu=cortex-m3", "-mfloat-abi=soft"), "none"),
-    "mps2-an386": Board("mps2-an386", "cortex-m4", ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
-                        "fpv4-sp"),
-    "mps2-an500": Board("mps2-an500", "cortex-m7", ("-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
-                        "fpv5-dp"),
+    "mps2-an386": Board(
+        "mps2-an386", "cortex-m4", ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"), "fpv4-sp"
+    ),
+    "mps2-an500": Board(
+        "mps2-an500", "cortex-m7", ("-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"), "fpv5-dp"
+    ),
 }
 
 
@@ -87,9 +115,9 @@ class FirmwareImage:
     elf: Path
     board: str
     cpu: str
-    ram_bytes: int        # RAM budget the image was linked and MPU-guarded for
+    ram_bytes: int  # RAM budget the image was linked and MPU-guarded for
     arena_bytes: int
-    stack_bytes: int      # application stack (PSP)
+    stack_bytes: int  # application stack (PSP)
     msp_stack_bytes: int  # exception handlers' stack (MSP)
     text: int
     data: int
@@ -115,6 +143,7 @@ class HostClient:
 
 # ---------------------------------------------------------------------------------- sizes
 
+
 def _align8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -129,13 +158,14 @@ def client_arena_bytes(sizes: Sequence[int], batch_size: int, momentum: bool) ->
 
     model = hostlib.arena_bytes(sizes, batch_size, momentum)
     if model == 0:
-        raise TinyTwinError(f"invalid MLP for the firmware: sizes={list(sizes)} batch_size={batch_size} "
-                            f"(1..{hostlib.MAX_LAYERS} layers, positive widths)")
+        raise TinyTwinError(
+            f"invalid MLP for the firmware: sizes={list(sizes)} batch_size={batch_size} "
+            f"(1..{hostlib.MAX_LAYERS} layers, positive widths)"
+        )
     return model + 2 * _align8(4 * batch_size)
 
 
-def required_arena_bytes(sizes: Sequence[int], batch_size: int, momentum: bool = False,
-                         merges: bool = True) -> int:
+def required_arena_bytes(sizes: Sequence[int], batch_size: int, momentum: bool = False, merges: bool = True) -> int:
     """Arena bytes for training and, with ``merges``, for the M (one model) and G (two
     vectors) commands, which reuse the same arena."""
     need = client_arena_bytes(sizes, batch_size, momentum)
@@ -159,6 +189,7 @@ def mpu_ram_budget(ram_bytes: int) -> int:
 
 # ---------------------------------------------------------------------------------- toolchain
 
+
 def _cache_root() -> Path:
     base = os.environ.get("TINYTWIN_CACHE", "").strip()
     return (Path(base) if base else Path.home() / ".cache" / "tinytwin") / "firmware"
@@ -173,7 +204,8 @@ def _firmware_dir() -> Path:
 def _missing_toolchain(tool: str) -> FirmwareBuildError:
     return FirmwareBuildError(
         f"{tool} not found: the firmware twin needs the Arm cross compiler; install the Debian packages "
-        "gcc-arm-none-eabi and libnewlib-arm-none-eabi (scripts/setup_env.sh installs them)")
+        "gcc-arm-none-eabi and libnewlib-arm-none-eabi (scripts/setup_env.sh installs them)"
+    )
 
 
 @functools.cache
@@ -235,6 +267,7 @@ def _first_error(stderr: str) -> str:
 
 # ---------------------------------------------------------------------------------- cross build
 
+
 def _section_sizes(elf: Path) -> dict[str, int]:
     size = shutil.which(CROSS_SIZE)
     if size is None:
@@ -244,8 +277,13 @@ def _section_sizes(elf: Path) -> dict[str, int]:
     return {"text": text, "data": data, "bss": bss}
 
 
-def build_firmware(board: str, ram_bytes: int, arena_bytes: int, stack_bytes: int = DEFAULT_STACK_BYTES,
-                   extra_cflags: Sequence[str] = ()) -> FirmwareImage:
+def build_firmware(
+    board: str,
+    ram_bytes: int,
+    arena_bytes: int,
+    stack_bytes: int = DEFAULT_STACK_BYTES,
+    extra_cflags: Sequence[str] = (),
+) -> FirmwareImage:
     """Cross-compile the client for ``board`` with a RAM budget and a static arena (bytes).
 
     ``ram_bytes`` is rounded down to what the MPU enforces exactly (:func:`mpu_ram_budget`;
@@ -265,13 +303,22 @@ def build_firmware(board: str, ram_bytes: int, arena_bytes: int, stack_bytes: in
     fw = _firmware_dir()
     sources = _sources(fw, "cm4")
     linker_script = fw / "port" / "cm4" / "link.ld"
-    flags = [*spec.flags, *COMMON_CFLAGS, *CROSS_CFLAGS, *extra_cflags,
-             f"-DTT_ARENA_BYTES={arena_bytes}", f'-DTT_BOARD="{board}"', f"-I{fw / 'include'}",
-             f"-Wl,--defsym=RAM_SIZE={ram}", f"-Wl,--defsym=STACK_SIZE={stack}",
-             f"-Wl,--defsym=MSP_STACK_SIZE={MSP_STACK_BYTES}", f"-Wl,--defsym=FLASH_SIZE={FLASH_BYTES}",
-             "-T", str(linker_script)]
-    key = _digest([_tool_version(CROSS_GCC), *flags],
-                  [*sources, linker_script, *sorted((fw / "include").glob("*.h"))])
+    flags = [
+        *spec.flags,
+        *COMMON_CFLAGS,
+        *CROSS_CFLAGS,
+        *extra_cflags,
+        f"-DTT_ARENA_BYTES={arena_bytes}",
+        f'-DTT_BOARD="{board}"',
+        f"-I{fw / 'include'}",
+        f"-Wl,--defsym=RAM_SIZE={ram}",
+        f"-Wl,--defsym=STACK_SIZE={stack}",
+        f"-Wl,--defsym=MSP_STACK_SIZE={MSP_STACK_BYTES}",
+        f"-Wl,--defsym=FLASH_SIZE={FLASH_BYTES}",
+        "-T",
+        str(linker_script),
+    ]
+    key = _digest([_tool_version(CROSS_GCC), *flags], [*sources, linker_script, *sorted((fw / "include").glob("*.h"))])
     key_dir = _cache_root() / f"{board}-{key}"
 
     def build(tmp: Path) -> None:
@@ -286,12 +333,21 @@ def build_firmware(board: str, ram_bytes: int, arena_bytes: int, stack_bytes: in
                 raise FirmwareRamOverflow(
                     f"firmware for {board} with {ram} B RAM: the image needs {n} B more than the RAM budget "
                     f"(arena {arena_bytes} B + stack {stack + MSP_STACK_BYTES} B + data/bss {rest} B); "
-                    "give the device more RAM or a smaller model", n)
+                    "give the device more RAM or a smaller model",
+                    n,
+                )
             if re.search(r"region [`']FLASH' overflowed", proc.stderr):
                 raise FirmwareBuildError(f"firmware for {board}: the code does not fit {FLASH_BYTES} B of flash")
             raise FirmwareBuildError(f"building the firmware for {board} failed: {_first_error(proc.stderr)}")
-        meta = {"board": board, "cpu": spec.cpu, "ram_bytes": ram, "arena_bytes": arena_bytes,
-                "stack_bytes": stack, "msp_stack_bytes": MSP_STACK_BYTES, **_section_sizes(elf)}
+        meta = {
+            "board": board,
+            "cpu": spec.cpu,
+            "ram_bytes": ram,
+            "arena_bytes": arena_bytes,
+            "stack_bytes": stack,
+            "msp_stack_bytes": MSP_STACK_BYTES,
+            **_section_sizes(elf),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
 
     key_dir = _build_into_cache(key_dir, build)
@@ -320,6 +376,7 @@ def size_report(image: FirmwareImage) -> dict[str, int | str]:
 
 
 # ---------------------------------------------------------------------------------- host build
+
 
 def build_host_client(arena_bytes: int) -> HostClient:
     """Build the client as a host executable with a static arena of ``arena_bytes``."""

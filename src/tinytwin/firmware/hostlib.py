@@ -22,18 +22,41 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from tinytwin.errors import TinyTwinError
 
-__all__ = ["CFLAGS", "HostMLP", "arena_bytes", "build_library", "expf", "firmware_dir", "gist_accumulate",
-           "gist_merge", "init_status", "load", "logf", "mix", "pack_bitmap", "param_count"]
+__all__ = [
+    "CFLAGS",
+    "HostMLP",
+    "arena_bytes",
+    "build_library",
+    "expf",
+    "firmware_dir",
+    "gist_accumulate",
+    "gist_merge",
+    "init_status",
+    "load",
+    "logf",
+    "mix",
+    "pack_bitmap",
+    "param_count",
+]
 
-CFLAGS: tuple[str, ...] = ("-std=c99", "-pedantic", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
-                           "-ffp-contract=off")
+CFLAGS: tuple[str, ...] = (
+    "-std=c99",
+    "-pedantic",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-ffp-contract=off",
+)
 _LIB_NAME = "libttnn.so"
 _F32P = ctypes.POINTER(ctypes.c_float)
 _I32P = ctypes.POINTER(ctypes.c_int32)
@@ -44,8 +67,10 @@ def firmware_dir() -> Path:
     """``firmware/`` of the checkout this package runs from (sources are not installed with the wheel)."""
     root = Path(__file__).resolve().parents[3] / "firmware"
     if not (root / "lib").is_dir() or not (root / "include" / "tt_nn.h").is_file():
-        raise TinyTwinError(f"the firmware sources are not at {root}; the firmware twin needs a source "
-                            "checkout of tinytwin (pip install -e .)")
+        raise TinyTwinError(
+            f"the firmware sources are not at {root}; the firmware twin needs a source "
+            "checkout of tinytwin (pip install -e .)"
+        )
     return root
 
 
@@ -58,8 +83,10 @@ def _compiler() -> str:
     name = os.environ.get("CC", "").strip() or "cc"
     found = shutil.which(name) or (shutil.which("gcc") if name == "cc" else None)
     if found is None:
-        raise TinyTwinError(f"no C compiler found ({name!r} is not on PATH); the firmware twin builds its C "
-                            "library with the system compiler: install the 'gcc' package (apt-get install gcc)")
+        raise TinyTwinError(
+            f"no C compiler found ({name!r} is not on PATH); the firmware twin builds its C "
+            "library with the system compiler: install the 'gcc' package (apt-get install gcc)"
+        )
     return found
 
 
@@ -105,16 +132,31 @@ def _header_max_layers(fw: Path) -> int:
 
 
 class _Dense(ctypes.Structure):
-    _fields_ = [("n_in", ctypes.c_int32), ("n_out", ctypes.c_int32), ("relu", ctypes.c_int32),
-                ("w", _F32P), ("b", _F32P), ("gw", _F32P), ("gb", _F32P)]
+    _fields_ = [
+        ("n_in", ctypes.c_int32),
+        ("n_out", ctypes.c_int32),
+        ("relu", ctypes.c_int32),
+        ("w", _F32P),
+        ("b", _F32P),
+        ("gw", _F32P),
+        ("gb", _F32P),
+    ]
 
 
 class _MLP(ctypes.Structure):
     """Mirror of ``tt_mlp`` (tt_nn.h); ctypes lays it out with the C compiler's alignment rules."""
 
-    _fields_ = [("n_layers", ctypes.c_int32), ("batch_max", ctypes.c_int32), ("n_params", ctypes.c_int32),
-                ("layer", _Dense * MAX_LAYERS), ("params", _F32P), ("grads", _F32P), ("momentum", _F32P),
-                ("act", _F32P * (MAX_LAYERS + 1)), ("delta", _F32P * 2)]
+    _fields_ = [
+        ("n_layers", ctypes.c_int32),
+        ("batch_max", ctypes.c_int32),
+        ("n_params", ctypes.c_int32),
+        ("layer", _Dense * MAX_LAYERS),
+        ("params", _F32P),
+        ("grads", _F32P),
+        ("momentum", _F32P),
+        ("act", _F32P * (MAX_LAYERS + 1)),
+        ("delta", _F32P * 2),
+    ]
 
 
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
@@ -128,16 +170,14 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "tt_logf": (ctypes.c_float, [ctypes.c_float]),
     "tt_mlp_param_count": (ctypes.c_int32, [ctypes.c_int32, _I32P]),
     "tt_mlp_arena_bytes": (ctypes.c_size_t, [ctypes.c_int32, _I32P, ctypes.c_int32, ctypes.c_int32]),
-    "tt_mlp_init": (ctypes.c_int, [ctypes.POINTER(_MLP), ctypes.c_int32, _I32P, _I32P, ctypes.c_int32,
-                                   ctypes.c_int32]),
+    "tt_mlp_init": (ctypes.c_int, [ctypes.POINTER(_MLP), ctypes.c_int32, _I32P, _I32P, ctypes.c_int32, ctypes.c_int32]),
     "tt_mlp_forward": (_F32P, [ctypes.POINTER(_MLP), _F32P, ctypes.c_int32]),
     "tt_mlp_loss_backward": (ctypes.c_float, [ctypes.POINTER(_MLP), _F32P, _I32P, ctypes.c_int32]),
     "tt_mlp_reset_optimizer": (None, [ctypes.POINTER(_MLP)]),
     "tt_mlp_sgd_step": (None, [ctypes.POINTER(_MLP), ctypes.c_float, ctypes.c_float, ctypes.c_float]),
     "tt_mlp_correct": (ctypes.c_int32, [ctypes.POINTER(_MLP), _F32P, _I32P, ctypes.c_int32]),
     "tt_mix": (None, [_F32P, ctypes.POINTER(_F32P), _F32P, ctypes.c_int32, ctypes.c_int32]),
-    "tt_gist_accumulate": (None, [_F32P, _F32P, ctypes.c_float, ctypes.POINTER(ctypes.c_uint8), _F32P,
-                                  ctypes.c_int32]),
+    "tt_gist_accumulate": (None, [_F32P, _F32P, ctypes.c_float, ctypes.POINTER(ctypes.c_uint8), _F32P, ctypes.c_int32]),
     "tt_gist_merge": (None, [_F32P, _F32P, _F32P, ctypes.c_float, ctypes.c_int32]),
 }
 
@@ -146,8 +186,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 def load() -> ctypes.CDLL:
     """The host build of the library (built on first use), with every function's signature set."""
     if _header_max_layers(firmware_dir()) != MAX_LAYERS:
-        raise TinyTwinError(f"firmware/include/tt_nn.h's TT_MAX_LAYERS is not {MAX_LAYERS}; update "
-                            "tinytwin.firmware.hostlib.MAX_LAYERS (the ctypes mirror of tt_mlp)")
+        raise TinyTwinError(
+            f"firmware/include/tt_nn.h's TT_MAX_LAYERS is not {MAX_LAYERS}; update "
+            "tinytwin.firmware.hostlib.MAX_LAYERS (the ctypes mirror of tt_mlp)"
+        )
     lib = ctypes.CDLL(str(build_library()))
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -157,6 +199,7 @@ def load() -> ctypes.CDLL:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
@@ -199,8 +242,9 @@ def _aligned_buffer(nbytes: int) -> tuple[np.ndarray, int]:
     return buf, addr + (-addr) % 8
 
 
-def init_status(sizes: Sequence[int], relu: Sequence[bool] | None, batch_max: int, momentum: bool,
-                arena_size: int) -> tuple[int, int, int]:
+def init_status(
+    sizes: Sequence[int], relu: Sequence[bool] | None, batch_max: int, momentum: bool, arena_size: int
+) -> tuple[int, int, int]:
     """Run ``tt_mlp_init`` in an arena of exactly ``arena_size`` bytes: (return code, used, peak)."""
     lib = load()
     s, r = _i32(sizes), _relu_flags(sizes, relu)
@@ -216,6 +260,7 @@ def init_status(sizes: Sequence[int], relu: Sequence[bool] | None, batch_max: in
 
 # ---------------------------------------------------------------------------------- the model
 
+
 class HostMLP:
     """A ``tt_mlp`` in its own arena: numpy in, numpy out.
 
@@ -226,22 +271,25 @@ class HostMLP:
     firmware client uses it).
     """
 
-    def __init__(self, sizes: Sequence[int], relu: Sequence[bool] | None = None, batch_max: int = 32,
-                 momentum: bool = True) -> None:
+    def __init__(
+        self, sizes: Sequence[int], relu: Sequence[bool] | None = None, batch_max: int = 32, momentum: bool = True
+    ) -> None:
         self._lib = load()
         self.sizes = [int(s) for s in sizes]
         self.batch_max = int(batch_max)
         self.arena_bytes = arena_bytes(self.sizes, self.batch_max, momentum)
         if self.arena_bytes == 0:
-            raise ValueError(f"invalid MLP shape sizes={self.sizes} batch_max={batch_max} "
-                             f"(1..{MAX_LAYERS} layers, positive widths)")
+            raise ValueError(
+                f"invalid MLP shape sizes={self.sizes} batch_max={batch_max} (1..{MAX_LAYERS} layers, positive widths)"
+            )
         self._buf, addr = _aligned_buffer(self.arena_bytes)
         s, r = _i32(self.sizes), _relu_flags(self.sizes, relu)
         self._m = _MLP()
         with _ARENA_LOCK:
             self._lib.tt_arena_init(addr, self.arena_bytes)
-            rc = self._lib.tt_mlp_init(ctypes.byref(self._m), len(s) - 1, _iptr(s), _iptr(r), self.batch_max,
-                                       int(momentum))
+            rc = self._lib.tt_mlp_init(
+                ctypes.byref(self._m), len(s) - 1, _iptr(s), _iptr(r), self.batch_max, int(momentum)
+            )
             self.arena_used = int(self._lib.tt_arena_used())
         if rc != 0:
             raise ValueError(f"tt_mlp_init refused sizes={self.sizes} relu={r.tolist()} (ReLU on the logits?)")
@@ -271,7 +319,7 @@ class HostMLP:
         arr = _f32(x).reshape(len(x), -1)
         if arr.shape[1] != self.sizes[0] or not 1 <= len(arr) <= self.batch_max:
             raise ValueError(f"batch of shape {arr.shape}; expected (1..{self.batch_max}, {self.sizes[0]})")
-        return _fptr(arr), len(arr), arr   # the array is returned to keep it alive during the call
+        return _fptr(arr), len(arr), arr  # the array is returned to keep it alive during the call
 
     def _labels(self, y: np.ndarray, n: int) -> np.ndarray:
         yy = _i32(y)
@@ -306,6 +354,7 @@ class HostMLP:
 
 # ---------------------------------------------------------------------------------- merges and math
 
+
 def mix(models: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """``tt_mix``: Σ_k weights[k]·models[k] (a new float32 vector)."""
     ms = [_f32(m).reshape(-1) for m in models]
@@ -332,12 +381,10 @@ def gist_accumulate(r: np.ndarray, phi: np.ndarray, a: float, bitmap: np.ndarray
         raise ValueError("bitmap must hold ceil(n/8) bytes and phi n values")
     if v.size != int(np.unpackbits(bits, bitorder="little")[:n].sum()):
         raise ValueError("values must hold one value per set bit")
-    load().tt_gist_accumulate(_fptr(r), _fptr(phi), a, bits.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-                              _fptr(v), n)
+    load().tt_gist_accumulate(_fptr(r), _fptr(phi), a, bits.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), _fptr(v), n)
 
 
-def gist_merge(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]
-               ) -> np.ndarray:
+def gist_merge(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> np.ndarray:
     """Accumulate every (weight, values, mask) segment, then ``tt_gist_merge``: the firmware's
     version of :func:`tinytwin.algorithms.gist.merge_reference` (values are full-length, read at the mask)."""
     w = _f32(own).reshape(-1).copy()

@@ -21,8 +21,8 @@ from tinytwin.errors import TinyTwinError
 
 @dataclass(frozen=True)
 class FirmwareTarget:
-    board: str   # a key of tinytwin.firmware.build.BOARDS
-    cpi: float   # cycles per (QEMU-counted) instruction on the real device
+    board: str  # a key of tinytwin.firmware.build.BOARDS
+    cpi: float  # cycles per (QEMU-counted) instruction on the real device
     why: str
 
 
@@ -31,14 +31,21 @@ class FirmwareTarget:
 _M4F = 1.25
 TARGETS: dict[str, FirmwareTarget] = {
     "nrf52840": FirmwareTarget("mps2-an386", _M4F, "Cortex-M4F, as the nRF52840 itself"),
-    "esp32-s3": FirmwareTarget("mps2-an386", _M4F,
-                               "estimate: Xtensa LX7 with single-precision FPU has no QEMU board we run; the "
-                               "Cortex-M4F is the nearest single-issue core with a float32 FPU"),
-    "stm32h743": FirmwareTarget("mps2-an500", 0.9,
-                                "Cortex-M7 as the STM32H743; estimate: dual issue with caches ~0.9 CPI"),
-    "rp2040": FirmwareTarget("mps2-an385", 1.4,
-                             "estimate: Cortex-M0+ without FPU -> the Cortex-M3 soft-float build "
-                             "(same software float, Thumb-2 instead of Thumb-1: a slight under-count)"),
+    "esp32-s3": FirmwareTarget(
+        "mps2-an386",
+        _M4F,
+        "estimate: Xtensa LX7 with single-precision FPU has no QEMU board we run; the "
+        "Cortex-M4F is the nearest single-issue core with a float32 FPU",
+    ),
+    "stm32h743": FirmwareTarget(
+        "mps2-an500", 0.9, "Cortex-M7 as the STM32H743; estimate: dual issue with caches ~0.9 CPI"
+    ),
+    "rp2040": FirmwareTarget(
+        "mps2-an385",
+        1.4,
+        "estimate: Cortex-M0+ without FPU -> the Cortex-M3 soft-float build "
+        "(same software float, Thumb-2 instead of Thumb-1: a slight under-count)",
+    ),
     "rp2040-w": FirmwareTarget("mps2-an385", 1.4, "as rp2040"),
 }
 
@@ -48,5 +55,7 @@ def target_for(profile: str) -> FirmwareTarget:
     try:
         return TARGETS[profile]
     except KeyError:
-        raise TinyTwinError(f"device profile {profile!r} has no firmware twin; firmware devices exist for "
-                            f"{', '.join(sorted(TARGETS))} (set that group's twin: process)") from None
+        raise TinyTwinError(
+            f"device profile {profile!r} has no firmware twin; firmware devices exist for "
+            f"{', '.join(sorted(TARGETS))} (set that group's twin: process)"
+        ) from None

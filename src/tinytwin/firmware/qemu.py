@@ -35,18 +35,36 @@ import shutil
 import signal
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
 from tinytwin.errors import TinyTwinError
 from tinytwin.firmware.build import FirmwareImage, HostClient
 
-__all__ = ["FirmwareDevice", "FirmwareError", "FirmwareFault", "HostDevice", "MergeResult", "QemuDevice",
-           "SyncDevice", "TrainResult", "UartTransfer", "batch_order", "data_bytes", "gist_bytes", "mix_bytes", "parse_fields",
-           "qemu_argv", "read_params", "round_bytes", "serial_seconds"]
+__all__ = [
+    "FirmwareDevice",
+    "FirmwareError",
+    "FirmwareFault",
+    "HostDevice",
+    "MergeResult",
+    "QemuDevice",
+    "SyncDevice",
+    "TrainResult",
+    "UartTransfer",
+    "batch_order",
+    "data_bytes",
+    "gist_bytes",
+    "mix_bytes",
+    "parse_fields",
+    "qemu_argv",
+    "read_params",
+    "round_bytes",
+    "serial_seconds",
+]
 
 PROTOCOL_VERSION = 1
 QEMU_BINARY = "qemu-system-arm"
@@ -85,14 +103,14 @@ class TrainResult:
 
     params: np.ndarray
     steps: int
-    ce_sum: float         # sum of the samples' cross-entropies over the round (exact, from ce_bits)
-    ticks: int            # FPGAIO ticks of the training loop (0 on the host)
-    insns: int            # instructions = ticks × 40 under -icount shift=0 (0 on the host)
+    ce_sum: float  # sum of the samples' cross-entropies over the round (exact, from ce_bits)
+    ticks: int  # FPGAIO ticks of the training loop (0 on the host)
+    insns: int  # instructions = ticks × 40 under -icount shift=0 (0 on the host)
     arena_used: int
     arena_peak: int
-    transport: str = "files"      # how round.bin / update.bin moved: "files" or "uart"
-    uart_bytes_in: int = 0        # round.bin bytes sent to the device over the UART ("W" payload)
-    uart_bytes_out: int = 0       # update.bin bytes received over the UART ("U" payload)
+    transport: str = "files"  # how round.bin / update.bin moved: "files" or "uart"
+    uart_bytes_in: int = 0  # round.bin bytes sent to the device over the UART ("W" payload)
+    uart_bytes_out: int = 0  # update.bin bytes received over the UART ("U" payload)
     uart_in_seconds: float = 0.0  # wall seconds of the W transfer (command line to "OK W")
     uart_out_seconds: float = 0.0  # wall seconds of the U transfer (command line to the last byte)
 
@@ -119,6 +137,7 @@ class MergeResult:
 
 # ---------------------------------------------------------------------------------- file formats
 
+
 def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype="<f4").reshape(-1)
 
@@ -127,8 +146,17 @@ def _i32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype="<i4").reshape(-1)
 
 
-def round_bytes(params: np.ndarray, sizes: Sequence[int], relu: Sequence[bool], epochs: int, batch_size: int,
-                lr: float, momentum: float, weight_decay: float, order: np.ndarray) -> bytes:
+def round_bytes(
+    params: np.ndarray,
+    sizes: Sequence[int],
+    relu: Sequence[bool],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    order: np.ndarray,
+) -> bytes:
     """round.bin. ``order``: (epochs, n_samples) positions into data.bin, epoch after epoch."""
     order = np.asarray(order)
     if order.ndim == 1:
@@ -155,8 +183,11 @@ def mix_bytes(weights: Sequence[float], models: Sequence[np.ndarray]) -> bytes:
     ms = [_f32(m) for m in models]
     if not ms or len(weights) != len(ms) or any(m.size != ms[0].size for m in ms):
         raise ValueError("mix needs one weight per model and models of equal length")
-    return struct.pack("<Iii", MAGIC_MIX, ms[0].size, len(ms)) + _f32(weights).tobytes() + b"".join(
-        m.tobytes() for m in ms)
+    return (
+        struct.pack("<Iii", MAGIC_MIX, ms[0].size, len(ms))
+        + _f32(weights).tobytes()
+        + b"".join(m.tobytes() for m in ms)
+    )
 
 
 def gist_bytes(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> bytes:
@@ -201,8 +232,7 @@ def batch_order(seed: int, round_: int, device: int, n_samples: int, epochs: int
     """The simulator's batch order of one device and round: (epochs, n_samples) positions."""
     from tinytwin.rng import device_permutations
 
-    rows = [device_permutations(seed, round_, e, np.array([device]), np.array([n_samples]))[0]
-            for e in range(epochs)]
+    rows = [device_permutations(seed, round_, e, np.array([device]), np.array([n_samples]))[0] for e in range(epochs)]
     return np.array(rows, dtype=np.int32).reshape(epochs, n_samples)
 
 
@@ -217,6 +247,7 @@ def _param_count(sizes: Sequence[int]) -> int:
 
 # ---------------------------------------------------------------------------------- processes
 
+
 def _child_setup(parent: int) -> None:
     """In the child between fork and exec: die with the parent, never dump core."""
     if _LIBC is not None:
@@ -228,8 +259,23 @@ def _child_setup(parent: int) -> None:
 
 def qemu_argv(elf: Path, board: str) -> list[str]:
     """The QEMU command line of one device (no monitor, UART on stdio, semihosting, icount)."""
-    return [QEMU_BINARY, "-M", board, "-display", "none", "-monitor", "none", "-serial", "stdio",
-            "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf)]
+    return [
+        QEMU_BINARY,
+        "-M",
+        board,
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+        "-kernel",
+        str(elf),
+    ]
 
 
 class FirmwareDevice:
@@ -239,8 +285,9 @@ class FirmwareDevice:
     :class:`FirmwareFault` ("timeout") is raised; ``boot_timeout`` the same for the banner.
     Use ``async with`` (or call :meth:`kill` in a ``finally``) so no process outlives it."""
 
-    def __init__(self, argv: Sequence[str], workdir: Path, name: str = "", timeout: float = 60.0,
-                 boot_timeout: float = 10.0) -> None:
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, name: str = "", timeout: float = 60.0, boot_timeout: float = 10.0
+    ) -> None:
         self.argv = [str(a) for a in argv]
         self.workdir = Path(workdir)
         self.name = name or Path(self.argv[0]).name
@@ -249,7 +296,7 @@ class FirmwareDevice:
         self.proc: asyncio.subprocess.Process | None = None
         self.banner: dict[str, str] = {}
         self.boot_seconds = 0.0
-        self.log: list[str] = []           # device lines that were not replies
+        self.log: list[str] = []  # device lines that were not replies
         self._stderr = bytearray()
         self._stderr_task: asyncio.Task[None] | None = None
         self._n_data: int | None = None
@@ -272,13 +319,21 @@ class FirmwareDevice:
         """Spawn the device and wait for its "RDY" banner; returns the banner's fields."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).is_file():
-            raise TinyTwinError(f"{self.argv[0]} not found: the firmware twin needs QEMU; install the Debian "
-                                "package qemu-system-arm (scripts/setup_env.sh installs it)")
+            raise TinyTwinError(
+                f"{self.argv[0]} not found: the firmware twin needs QEMU; install the Debian "
+                "package qemu-system-arm (scripts/setup_env.sh installs it)"
+            )
         t0 = time.perf_counter()
         parent = os.getpid()
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, cwd=self.workdir, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True, preexec_fn=lambda: _child_setup(parent))
+            *self.argv,
+            cwd=self.workdir,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=lambda: _child_setup(parent),
+        )
         self._stderr_task = asyncio.create_task(self._drain_stderr())
         line = await self._expect(lambda text: text.startswith("RDY "), "boot", self.boot_timeout)
         self.boot_seconds = time.perf_counter() - t0
@@ -298,7 +353,7 @@ class FirmwareDevice:
             self.proc.stdin.write(f"Q {code}\n".encode())
             await self.proc.stdin.drain()
             await asyncio.wait_for(self.proc.wait(), 5.0)
-        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
+        except (TimeoutError, ConnectionError, BrokenPipeError):
             await self.kill()
         await self._finish_stderr()
         return int(self.proc.returncode if self.proc.returncode is not None else -9)
@@ -315,7 +370,7 @@ class FirmwareDevice:
             await self.proc.wait()
         await self._finish_stderr()
 
-    async def __aenter__(self) -> "FirmwareDevice":
+    async def __aenter__(self) -> FirmwareDevice:
         await self.start()
         return self
 
@@ -329,8 +384,16 @@ class FirmwareDevice:
         (self.workdir / "data.bin").write_bytes(data_bytes(x, y))
         self._n_data = len(y)
 
-    async def train(self, params: np.ndarray, sizes: Sequence[int], relu: Sequence[bool], cfg: Any,
-                    order: np.ndarray, timeout: float | None = None, transport: str = "files") -> TrainResult:
+    async def train(
+        self,
+        params: np.ndarray,
+        sizes: Sequence[int],
+        relu: Sequence[bool],
+        cfg: Any,
+        order: np.ndarray,
+        timeout: float | None = None,
+        transport: str = "files",
+    ) -> TrainResult:
         """One round of local training ("T").  ``cfg`` has epochs, batch_size, lr, momentum and
         weight_decay (:class:`tinytwin.algorithms.local_config.LocalTraining`; SGD only);
         ``order`` is (epochs, n_samples) positions into data.bin (:func:`batch_order`).
@@ -342,11 +405,22 @@ class FirmwareDevice:
         if transport not in ("files", "uart"):
             raise ValueError(f"transport must be 'files' or 'uart', got {transport!r}")
         if getattr(cfg, "optimizer", "sgd") != "sgd" or getattr(cfg, "prox_mu", 0.0):
-            raise TinyTwinError("the firmware client trains with SGD (momentum, weight decay) only; "
-                                f"got optimizer={getattr(cfg, 'optimizer', 'sgd')} prox_mu={getattr(cfg, 'prox_mu', 0.0)}")
+            raise TinyTwinError(
+                "the firmware client trains with SGD (momentum, weight decay) only; "
+                f"got optimizer={getattr(cfg, 'optimizer', 'sgd')} prox_mu={getattr(cfg, 'prox_mu', 0.0)}"
+            )
         n_params = _param_count(sizes)
-        payload = round_bytes(params, sizes, relu, int(cfg.epochs), int(cfg.batch_size), float(cfg.lr),
-                              float(cfg.momentum), float(cfg.weight_decay), order)
+        payload = round_bytes(
+            params,
+            sizes,
+            relu,
+            int(cfg.epochs),
+            int(cfg.batch_size),
+            float(cfg.lr),
+            float(cfg.momentum),
+            float(cfg.weight_decay),
+            order,
+        )
         up = down = None
         if transport == "uart":
             up = await self.upload_round(payload, timeout)
@@ -360,13 +434,23 @@ class FirmwareDevice:
             out = read_params(self.workdir / "update.bin", n_params)
         bits = f.get("ce_bits")
         ce = struct.unpack("<d", int(bits, 16).to_bytes(8, "little"))[0] if bits else float(f["ce_sum"])
-        return TrainResult(params=out, steps=int(f["steps"]), ce_sum=ce, ticks=int(f["ticks"]), insns=int(f["insns"]),
-                           arena_used=int(f["arena_used"]), arena_peak=int(f["arena_peak"]), transport=transport,
-                           uart_bytes_in=up.nbytes if up else 0, uart_bytes_out=down.nbytes if down else 0,
-                           uart_in_seconds=up.seconds if up else 0.0, uart_out_seconds=down.seconds if down else 0.0)
+        return TrainResult(
+            params=out,
+            steps=int(f["steps"]),
+            ce_sum=ce,
+            ticks=int(f["ticks"]),
+            insns=int(f["insns"]),
+            arena_used=int(f["arena_used"]),
+            arena_peak=int(f["arena_peak"]),
+            transport=transport,
+            uart_bytes_in=up.nbytes if up else 0,
+            uart_bytes_out=down.nbytes if down else 0,
+            uart_in_seconds=up.seconds if up else 0.0,
+            uart_out_seconds=down.seconds if down else 0.0,
+        )
 
     async def upload_round(self, payload: bytes, timeout: float | None = None) -> UartTransfer:
-        """"W": send ``payload`` as raw bytes over the UART; the device stores it as round.bin.
+        """ "W": send ``payload`` as raw bytes over the UART; the device stores it as round.bin.
         ``seconds``: from writing the command line until the "OK W" reply (the device has
         consumed and stored every byte by then)."""
         proc = self._running()
@@ -391,7 +475,7 @@ class FirmwareDevice:
         return UartTransfer(len(payload), seconds, int(f.get("ticks", 0)), int(f.get("insns", 0)))
 
     async def download_update(self, timeout: float | None = None) -> tuple[bytes, UartTransfer]:
-        """"U": the device's update.bin over the UART (the "OK U bytes=<n>" line, then n raw
+        """ "U": the device's update.bin over the UART (the "OK U bytes=<n>" line, then n raw
         bytes).  ``seconds``: from writing the command line until the last byte arrived."""
         proc = self._running()
         limit = self.timeout if timeout is None else timeout
@@ -407,16 +491,18 @@ class FirmwareDevice:
         assert proc.stdout is not None
         try:
             raw = await asyncio.wait_for(proc.stdout.readexactly(n), max(limit - (time.perf_counter() - t0), 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.kill()
-            raise FirmwareFault("timeout", f"'U' payload of {n} B not complete within {limit:g} s; killed",
-                                self.returncode, self.name) from None
+            raise FirmwareFault(
+                "timeout", f"'U' payload of {n} B not complete within {limit:g} s; killed", self.returncode, self.name
+            ) from None
         except asyncio.IncompleteReadError as exc:
             await self._died(f"after {len(exc.partial)} of {n} B of the 'U' payload")
         return raw, UartTransfer(n, time.perf_counter() - t0)
 
-    async def mix(self, weights: Sequence[float], models: Sequence[np.ndarray],
-                  timeout: float | None = None) -> MergeResult:
+    async def mix(
+        self, weights: Sequence[float], models: Sequence[np.ndarray], timeout: float | None = None
+    ) -> MergeResult:
         """DecFedAvg mix ("M"): Σ_k weights[k]·models[k] (model 0 is the device's own)."""
         payload = mix_bytes(weights, models)
         (self.workdir / "mix.bin").write_bytes(payload)
@@ -424,8 +510,13 @@ class FirmwareDevice:
         out = read_params(self.workdir / "mixed.bin", _f32(models[0]).size)
         return MergeResult(out, int(f["ticks"]), int(f["insns"]))
 
-    async def gist(self, own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]],
-                   timeout: float | None = None) -> MergeResult:
+    async def gist(
+        self,
+        own: np.ndarray,
+        a_local: float,
+        segments: Sequence[tuple[float, np.ndarray, np.ndarray]],
+        timeout: float | None = None,
+    ) -> MergeResult:
         """Gist merge ("G") of (weight, values, mask) segments into ``own``."""
         (self.workdir / "gist.bin").write_bytes(gist_bytes(own, a_local, segments))
         f = await self.command("G", timeout)
@@ -466,10 +557,11 @@ class FirmwareDevice:
         """The next line ``accept`` likes; a fault line, EOF or the timeout raise FirmwareFault."""
         try:
             return await asyncio.wait_for(self._read_until(accept), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.kill()
-            raise FirmwareFault("timeout", f"no reply to {what} within {timeout:g} s; killed", self.returncode,
-                                self.name) from None
+            raise FirmwareFault(
+                "timeout", f"no reply to {what} within {timeout:g} s; killed", self.returncode, self.name
+            ) from None
 
     async def _read_until(self, accept: Any) -> str:
         assert self.proc is not None and self.proc.stdout is not None
@@ -489,7 +581,7 @@ class FirmwareDevice:
         assert self.proc is not None
         try:
             await asyncio.wait_for(self.proc.wait(), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await self.kill()
 
@@ -524,7 +616,7 @@ class FirmwareDevice:
         if self._stderr_task is not None:
             try:
                 await asyncio.wait_for(self._stderr_task, 2.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._stderr_task.cancel()
             self._stderr_task = None
 
@@ -547,19 +639,32 @@ def _kind_from_cfsr(fields: dict[str, str]) -> str:
 class QemuDevice(FirmwareDevice):
     """A built firmware image on its QEMU board (``board`` defaults to the image's)."""
 
-    def __init__(self, image: FirmwareImage, workdir: Path, board: str | None = None, timeout: float = 60.0,
-                 boot_timeout: float = 10.0, name: str = "") -> None:
+    def __init__(
+        self,
+        image: FirmwareImage,
+        workdir: Path,
+        board: str | None = None,
+        timeout: float = 60.0,
+        boot_timeout: float = 10.0,
+        name: str = "",
+    ) -> None:
         self.image = image
         self.board = board or image.board
-        super().__init__(qemu_argv(image.elf, self.board), workdir, name or f"{self.board}@{Path(workdir).name}",
-                         timeout, boot_timeout)
+        super().__init__(
+            qemu_argv(image.elf, self.board),
+            workdir,
+            name or f"{self.board}@{Path(workdir).name}",
+            timeout,
+            boot_timeout,
+        )
 
 
 class HostDevice(FirmwareDevice):
     """The host build of the client: same protocol and numerics, native speed, no counts."""
 
-    def __init__(self, client: HostClient, workdir: Path, timeout: float = 60.0, boot_timeout: float = 10.0,
-                 name: str = "") -> None:
+    def __init__(
+        self, client: HostClient, workdir: Path, timeout: float = 60.0, boot_timeout: float = 10.0, name: str = ""
+    ) -> None:
         self.client = client
         super().__init__([str(client.exe)], workdir, name or f"host@{Path(workdir).name}", timeout, boot_timeout)
 
@@ -583,7 +688,7 @@ class SyncDevice:
             self._loop.run_until_complete(self.device.kill())
             self._loop.close()
 
-    def __enter__(self) -> "SyncDevice":
+    def __enter__(self) -> SyncDevice:
         self._loop.run_until_complete(self.device.start())
         return self
 

@@ -26,8 +26,8 @@ class Group:
 @dataclass(frozen=True)
 class Fleet:
     groups: tuple[Group, ...]
-    group_of: np.ndarray          # (D,) group index per device
-    flops_per_s: np.ndarray       # (D,)
+    group_of: np.ndarray  # (D,) group index per device
+    flops_per_s: np.ndarray  # (D,)
     power: PowerArrays
     links: LinkArrays
 
@@ -48,8 +48,11 @@ def build_fleet(spec: ExperimentSpec, base_dir: Path | None = None) -> Fleet:
     for i, (g, gname) in enumerate(zip(fs.groups, spec.group_names())):
         where = f"fleet.groups.{i}"
         if g.profile not in devices:
-            raise SpecError(f"{where}.profile", f"unknown device {g.profile!r}; known devices: "
-                            f"{', '.join(sorted(devices))} (see `tinytwin devices`), or define it under fleet.profiles")
+            raise SpecError(
+                f"{where}.profile",
+                f"unknown device {g.profile!r}; known devices: "
+                f"{', '.join(sorted(devices))} (see `tinytwin devices`), or define it under fleet.profiles",
+            )
         if g.link not in links:
             raise SpecError(f"{where}.link", f"unknown link {g.link!r}; known links: {', '.join(sorted(links))}")
         profile = devices[g.profile]
@@ -57,7 +60,9 @@ def build_fleet(spec: ExperimentSpec, base_dir: Path | None = None) -> Fleet:
             profile = _wrap(lambda: override_profile(profile, g.overrides, f"{where}.overrides"), f"{where}.overrides")
         link = links[g.link]
         if g.link_overrides:
-            link = _wrap(lambda: override_link(link, g.link_overrides, f"{where}.link_overrides"), f"{where}.link_overrides")
+            link = _wrap(
+                lambda: override_link(link, g.link_overrides, f"{where}.link_overrides"), f"{where}.link_overrides"
+            )
         groups.append(Group(gname, profile, link, np.arange(start, start + g.count)))
         start += g.count
     group_of = np.concatenate([np.full(len(g.devices), i) for i, g in enumerate(groups)])

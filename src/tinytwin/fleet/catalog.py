@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,8 +98,7 @@ class CatalogEntry(BaseModel):
         unknown = sorted(k for k in self.sources if k not in allowed)
         if unknown:
             raise ValueError(
-                f"sources names unknown field(s) {', '.join(unknown)}; "
-                f"allowed keys: {', '.join(sorted(allowed))}"
+                f"sources names unknown field(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(allowed))}"
             )
         missing = []
         for path in _numeric_paths(cls):
@@ -122,9 +121,7 @@ class _CatalogLoader(yaml.SafeLoader):
     """Safe YAML loader that rejects duplicate keys and reads ``1e6`` as a float."""
 
 
-_CatalogLoader.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+_CatalogLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _CatalogLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -137,9 +134,7 @@ def _construct_mapping(loader: _CatalogLoader, node: yaml.MappingNode, deep: boo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -194,8 +189,7 @@ def _describe_errors(
         elif kind == "too_short":
             msg = f"must have at least {ctx.get('min_length', 1)} item(s) (got {got!r})"
         elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-            op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-                  "less_than_equal": "<="}[kind]
+            op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
             bound = next(iter(ctx.values())) if ctx else "?"
             msg = f"must be {op} {bound} (got {got!r})"
         elif kind == "value_error":
@@ -292,8 +286,7 @@ def _entries(path: Path, data: Any, kind: str) -> list[tuple[str, dict[str, Any]
                 fields = {}
             if not isinstance(fields, Mapping):
                 raise TinyTwinError(
-                    f"{path}: {kind} '{name}': expected a mapping of field: value "
-                    f"(got {type(fields).__name__})"
+                    f"{path}: {kind} '{name}': expected a mapping of field: value (got {type(fields).__name__})"
                 )
             fields = dict(fields)
             if "name" in fields and fields["name"] != name:
@@ -337,9 +330,7 @@ def _load_file(
         if base_name is not None:
             if not isinstance(base_name, str) or base_name not in catalog:
                 known = ", ".join(sorted(catalog)) or "(none)"
-                raise TinyTwinError(
-                    f"{label}: field 'base': unknown base {kind} {base_name!r}; known: {known}"
-                )
+                raise TinyTwinError(f"{label}: field 'base': unknown base {kind} {base_name!r}; known: {known}")
             label += f" (base '{base_name}')"
             base = catalog[base_name].model_dump()
             data = _merge(base, fields, merge_fields)
@@ -361,7 +352,7 @@ def _load_file(
             raise TinyTwinError(f"{label}: {detail}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin(model: type[M], path: Path, kind: str, merge_fields: tuple[str, ...]) -> tuple[tuple[str, M], ...]:
     catalog: dict[str, M] = {}
     _load_file(model, path, catalog, kind=kind, merge_fields=merge_fields)

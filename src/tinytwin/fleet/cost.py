@@ -38,7 +38,7 @@ class Transfer:
 
     packets: np.ndarray
     lost_packets: np.ndarray
-    wire_bytes: np.ndarray   # every byte put on the link, headers and retransmissions included
+    wire_bytes: np.ndarray  # every byte put on the link, headers and retransmissions included
     time_s: np.ndarray
 
 
@@ -49,21 +49,19 @@ def packets_for(payload_bytes: np.ndarray | int, mtu_bytes: np.ndarray | int) ->
     return -(-payload // mtu)
 
 
-def transfer_cost(payload_bytes: np.ndarray | int, bps: np.ndarray, links: LinkArrays,
-                  lost_packets: np.ndarray) -> Transfer:
+def transfer_cost(
+    payload_bytes: np.ndarray | int, bps: np.ndarray, links: LinkArrays, lost_packets: np.ndarray
+) -> Transfer:
     """Time and bytes to move a message of ``payload_bytes`` over each device's link."""
     payload = np.broadcast_to(np.asarray(payload_bytes, dtype=np.int64), links.mtu_bytes.shape)
     packets = packets_for(payload, links.mtu_bytes)
     full_packet = np.minimum(links.mtu_bytes, payload) + links.header_bytes
     wire = payload + packets * links.header_bytes + lost_packets * full_packet
-    time = np.where(packets > 0,
-                    links.latency_s + wire * 8.0 / bps + lost_packets * 2.0 * links.latency_s,
-                    0.0)
+    time = np.where(packets > 0, links.latency_s + wire * 8.0 / bps + lost_packets * 2.0 * links.latency_s, 0.0)
     return Transfer(packets, lost_packets.astype(np.int64), wire.astype(np.int64), time)
 
 
-def draw_lost_packets(rng: np.random.Generator, payload_bytes: np.ndarray | int,
-                      links: LinkArrays) -> np.ndarray:
+def draw_lost_packets(rng: np.random.Generator, payload_bytes: np.ndarray | int, links: LinkArrays) -> np.ndarray:
     """Lost transmissions per device: failures before all packets succeeded at (1 - loss)."""
     packets = packets_for(np.broadcast_to(np.asarray(payload_bytes), links.mtu_bytes.shape), links.mtu_bytes)
     lost = np.zeros(packets.shape, dtype=np.int64)
@@ -73,8 +71,9 @@ def draw_lost_packets(rng: np.random.Generator, payload_bytes: np.ndarray | int,
     return lost
 
 
-def compute_flops(num_samples: np.ndarray, epochs: int, batch_size: int, flops_per_sample: int,
-                  flops_per_step: int) -> np.ndarray:
+def compute_flops(
+    num_samples: np.ndarray, epochs: int, batch_size: int, flops_per_sample: int, flops_per_step: int
+) -> np.ndarray:
     """Training FLOPs per device for one round of local training."""
     n = np.asarray(num_samples, dtype=np.int64)
     steps = epochs * (-(-n // batch_size))
@@ -91,8 +90,9 @@ class PowerArrays:
     rx_w: np.ndarray
 
 
-def clip_phases(down_s: np.ndarray, compute_s: np.ndarray, up_s: np.ndarray,
-                limit_s: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def clip_phases(
+    down_s: np.ndarray, compute_s: np.ndarray, up_s: np.ndarray, limit_s: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut each device's download→compute→upload timeline at ``limit_s`` (a round deadline)."""
     if limit_s is None:
         return down_s, compute_s, up_s
@@ -102,25 +102,27 @@ def clip_phases(down_s: np.ndarray, compute_s: np.ndarray, up_s: np.ndarray,
     return d, c, u
 
 
-def energy_joules(power: PowerArrays, compute_s: np.ndarray, up_s: np.ndarray, down_s: np.ndarray,
-                  round_s: float, online: np.ndarray) -> np.ndarray:
+def energy_joules(
+    power: PowerArrays, compute_s: np.ndarray, up_s: np.ndarray, down_s: np.ndarray, round_s: float, online: np.ndarray
+) -> np.ndarray:
     """Energy per device over a round; offline devices draw nothing."""
     busy = compute_s + up_s + down_s
     idle = np.maximum(round_s - busy, 0.0)
-    energy = (power.active_w * compute_s + power.tx_w * up_s + power.rx_w * down_s
-              + power.idle_w * idle)
+    energy = power.active_w * compute_s + power.tx_w * up_s + power.rx_w * down_s + power.idle_w * idle
     return np.where(online, energy, 0.0)
 
 
 # ---- device-to-device messages (decentralized and hierarchical learning) -------------------
+
 
 def take_links(links: LinkArrays, ids: np.ndarray) -> LinkArrays:
     """The link parameters of devices ``ids`` (one row per entry, repeats allowed)."""
     return LinkArrays(*(getattr(links, f)[ids] for f in LinkArrays.__dataclass_fields__))
 
 
-def peer_transfer_cost(rng: np.random.Generator, payload_bytes: np.ndarray | int, src: np.ndarray,
-                       dst: np.ndarray, links: LinkArrays) -> Transfer:
+def peer_transfer_cost(
+    rng: np.random.Generator, payload_bytes: np.ndarray | int, src: np.ndarray, dst: np.ndarray, links: LinkArrays
+) -> Transfer:
     """Cost of messages from devices ``src`` to devices ``dst`` (arrays of length M).
 
     A device-to-device message goes out on the sender's link (its MTU, per-packet header,
@@ -139,5 +141,6 @@ def peer_transfer_cost(rng: np.random.Generator, payload_bytes: np.ndarray | int
 
 def per_device(ids: np.ndarray, values: np.ndarray, num_devices: int) -> np.ndarray:
     """Sum ``values`` per device id (``np.bincount`` with weights), length ``num_devices``."""
-    return np.bincount(np.asarray(ids, dtype=np.int64), weights=np.asarray(values, dtype=np.float64),
-                       minlength=num_devices)
+    return np.bincount(
+        np.asarray(ids, dtype=np.int64), weights=np.asarray(values, dtype=np.float64), minlength=num_devices
+    )

@@ -76,7 +76,7 @@ def build_timeline(spec: FailureSpec, num_devices: int, rounds: int, seed: int) 
     for item in spec.join:
         state[: item.round - 1, item.device] = OFFLINE
     for item in spec.leave:
-        state[item.round - 1:, item.device] = OFFLINE
+        state[item.round - 1 :, item.device] = OFFLINE
     failed = np.zeros(num_devices, dtype=bool)
     fail_round = {item.device: item.round for item in spec.permanent}
     for r in range(1, rounds + 1):
@@ -99,5 +99,5 @@ def _link_cuts(spec: FailureSpec, num_devices: int, rounds: int) -> np.ndarray |
         devices = np.asarray(item.devices, dtype=np.int64)
         first = item.round - 1
         cut[first, devices] = np.minimum(cut[first, devices], item.after_s)
-        cut[first + 1: first + item.rounds][:, devices] = 0.0
+        cut[first + 1 : first + item.rounds][:, devices] = 0.0
     return cut

@@ -62,12 +62,16 @@ class MemoryPlan:
         parts = []
         if not self.fits_ram:
             comps = ", ".join(f"{k} {v:,}" for k, v in self.training.as_dict().items() if v)
-            parts.append(f"training needs {self.ram_needed:,} B of RAM but {self.profile} has "
-                         f"{self.ram_available:,} B available ({comps})")
+            parts.append(
+                f"training needs {self.ram_needed:,} B of RAM but {self.profile} has "
+                f"{self.ram_available:,} B available ({comps})"
+            )
         if not self.fits_flash:
             comps = ", ".join(f"{k} {v:,}" for k, v in self.flash_components.items() if v)
-            parts.append(f"model and data need {self.flash_needed:,} B of flash but {self.profile} has "
-                         f"{self.flash_available:,} B available ({comps})")
+            parts.append(
+                f"model and data need {self.flash_needed:,} B of flash but {self.profile} has "
+                f"{self.flash_available:,} B available ({comps})"
+            )
         return "; ".join(parts) if parts else "fits"
 
 
@@ -76,13 +80,27 @@ def message_bytes(num_params: int, encoding: str, tensor_sizes: list[int]) -> in
     return frame_size(encoded_size(num_params, encoding, tensor_sizes=tensor_sizes))
 
 
-def plan_memory(group: str, profile: Any, model: ModelDef, *, batch_size: int, optimizer: str,
-                momentum: float, prox_mu: float, uplink_encoding: str, downlink_encoding: str,
-                max_samples: int) -> MemoryPlan:
+def plan_memory(
+    group: str,
+    profile: Any,
+    model: ModelDef,
+    *,
+    batch_size: int,
+    optimizer: str,
+    momentum: float,
+    prox_mu: float,
+    uplink_encoding: str,
+    downlink_encoding: str,
+    max_samples: int,
+) -> MemoryPlan:
     """The memory plan of one device group. ``max_samples`` is the largest local dataset in the group."""
     sizes = model.tensor_sizes
     training = training_memory(
-        model.layers, batch_size, optimizer=optimizer, momentum=momentum, prox_mu=prox_mu,
+        model.layers,
+        batch_size,
+        optimizer=optimizer,
+        momentum=momentum,
+        prox_mu=prox_mu,
         receive_bytes=message_bytes(model.num_params, downlink_encoding, sizes),
         send_bytes=message_bytes(model.num_params, uplink_encoding, sizes),
     )
@@ -91,5 +109,4 @@ def plan_memory(group: str, profile: Any, model: ModelDef, *, batch_size: int, o
         "model": model.num_params * BYTES_PER_VALUE,
         "data": max_samples * input_values,  # samples stored as 8-bit sensor values
     }
-    return MemoryPlan(group, profile.name, training, profile.training_ram_bytes, flash,
-                      profile.model_flash_bytes)
+    return MemoryPlan(group, profile.name, training, profile.training_ram_bytes, flash, profile.model_flash_bytes)

@@ -13,8 +13,8 @@ measured, with the conventions below, documented in docs/cost-model.md:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from tinytwin.models.layers import Layer
 
@@ -52,8 +52,7 @@ def backward_flops(layers: Sequence[Layer], num_classes: int) -> int:
     return total
 
 
-def optimizer_step_flops(num_params: int, optimizer: str, momentum: float, weight_decay: float,
-                         prox_mu: float) -> int:
+def optimizer_step_flops(num_params: int, optimizer: str, momentum: float, weight_decay: float, prox_mu: float) -> int:
     """FLOPs of one optimizer step over all parameters."""
     per_param = 2  # w -= lr * g
     if weight_decay:
@@ -92,8 +91,14 @@ class TrainingMemory:
 
     @property
     def total(self) -> int:
-        return (self.weights + self.gradients + self.optimizer_state + self.activations
-                + self.receive_buffer + self.send_buffer)
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer_state
+            + self.activations
+            + self.receive_buffer
+            + self.send_buffer
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -106,9 +111,16 @@ class TrainingMemory:
         }
 
 
-def training_memory(layers: Sequence[Layer], batch_size: int, *, optimizer: str = "sgd",
-                    momentum: float = 0.0, prox_mu: float = 0.0, receive_bytes: int = 0,
-                    send_bytes: int = 0) -> TrainingMemory:
+def training_memory(
+    layers: Sequence[Layer],
+    batch_size: int,
+    *,
+    optimizer: str = "sgd",
+    momentum: float = 0.0,
+    prox_mu: float = 0.0,
+    receive_bytes: int = 0,
+    send_bytes: int = 0,
+) -> TrainingMemory:
     """RAM needed to train ``layers`` at ``batch_size``.
 
     Activations: the stored forward values of the batch plus two gradient buffers the size

@@ -68,38 +68,47 @@ class LayerStack:
         self.shape: Shape = tuple(input_shape)
         self.layers: list[Layer] = []
 
-    def _add(self, layer: Layer) -> "LayerStack":
+    def _add(self, layer: Layer) -> LayerStack:
         self.layers.append(layer)
         self.shape = layer.out_shape
         return self
 
-    def flatten(self) -> "LayerStack":
+    def flatten(self) -> LayerStack:
         return self._add(Layer("flatten", self.shape, (prod(self.shape),)))
 
-    def linear(self, out_features: int) -> "LayerStack":
+    def linear(self, out_features: int) -> LayerStack:
         if len(self.shape) != 1:
             self.flatten()
         n_in = self.shape[0]
         return self._add(Layer("linear", self.shape, (out_features,), in_features=n_in, out_features=out_features))
 
-    def conv(self, out_channels: int, kernel: int, *, stride: int = 1, padding: int = 0,
-             groups: int = 1) -> "LayerStack":
+    def conv(self, out_channels: int, kernel: int, *, stride: int = 1, padding: int = 0, groups: int = 1) -> LayerStack:
         c, h, w = self.shape
         h_out = (h + 2 * padding - kernel) // stride + 1
         w_out = (w + 2 * padding - kernel) // stride + 1
         if h_out < 1 or w_out < 1:
             raise ValueError(f"conv {kernel}x{kernel} does not fit a {h}x{w} input")
-        return self._add(Layer("conv", self.shape, (out_channels, h_out, w_out), in_features=c,
-                               out_features=out_channels, kernel=kernel, stride=stride,
-                               padding=padding, groups=groups))
+        return self._add(
+            Layer(
+                "conv",
+                self.shape,
+                (out_channels, h_out, w_out),
+                in_features=c,
+                out_features=out_channels,
+                kernel=kernel,
+                stride=stride,
+                padding=padding,
+                groups=groups,
+            )
+        )
 
-    def relu(self) -> "LayerStack":
+    def relu(self) -> LayerStack:
         return self._add(Layer("relu", self.shape, self.shape))
 
-    def maxpool(self, kernel: int = 2) -> "LayerStack":
+    def maxpool(self, kernel: int = 2) -> LayerStack:
         c, h, w = self.shape
         return self._add(Layer("maxpool", self.shape, (c, h // kernel, w // kernel), kernel=kernel, stride=kernel))
 
-    def global_avgpool(self) -> "LayerStack":
+    def global_avgpool(self) -> LayerStack:
         c, h, w = self.shape
         return self._add(Layer("avgpool", self.shape, (c,), kernel=h))

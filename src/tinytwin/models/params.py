@@ -21,7 +21,7 @@ class ParamLayout:
     shapes: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def of(cls, module: nn.Module) -> "ParamLayout":
+    def of(cls, module: nn.Module) -> ParamLayout:
         named = list(module.named_parameters())
         return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
@@ -43,6 +43,6 @@ class ParamLayout:
         out: dict[str, torch.Tensor] = {}
         offset = 0
         for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = flat[..., offset:offset + size].reshape(*lead, *shape)
+            out[name] = flat[..., offset : offset + size].reshape(*lead, *shape)
             offset += size
         return out

@@ -8,8 +8,8 @@ thing in the simulator, the emulator's numpy runtime and the C firmware.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,8 +25,9 @@ def mlp_layers(input_shape: Shape, num_classes: int, hidden: Sequence[int] = (32
     return stack.linear(num_classes).layers
 
 
-def lenet5_layers(input_shape: Shape, num_classes: int, channels: Sequence[int] = (6, 16),
-                  fc: Sequence[int] = (120, 84)) -> list[Layer]:
+def lenet5_layers(
+    input_shape: Shape, num_classes: int, channels: Sequence[int] = (6, 16), fc: Sequence[int] = (120, 84)
+) -> list[Layer]:
     """LeNet-5-like CNN (seed 004): conv 6 @5x5, pool, conv 16 @5x5, pool, fc 120, fc 84.
 
     The first convolution pads by 2 (28x28 stays 28x28, as in the classic net on MNIST);
@@ -84,8 +85,14 @@ def _torch_layer(layer: Layer) -> nn.Module:
     if layer.kind == "linear":
         return nn.Linear(layer.in_features, layer.out_features)
     if layer.kind == "conv":
-        return nn.Conv2d(layer.in_features, layer.out_features, layer.kernel, stride=layer.stride,
-                         padding=layer.padding, groups=layer.groups)
+        return nn.Conv2d(
+            layer.in_features,
+            layer.out_features,
+            layer.kernel,
+            stride=layer.stride,
+            padding=layer.padding,
+            groups=layer.groups,
+        )
     if layer.kind == "relu":
         return nn.ReLU()
     if layer.kind == "maxpool":

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -42,9 +42,24 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 __all__ = [
-    "KINDS", "RADIO_RANGE_M", "LinkTimeline", "Topology", "build_link_timeline", "components",
-    "full", "geometric", "grid", "make_topology", "metropolis_hastings", "read_edge_file",
-    "read_positions_file", "ring", "small_world", "star", "torus", "erdos_renyi",
+    "KINDS",
+    "RADIO_RANGE_M",
+    "LinkTimeline",
+    "Topology",
+    "build_link_timeline",
+    "components",
+    "full",
+    "geometric",
+    "grid",
+    "make_topology",
+    "metropolis_hastings",
+    "read_edge_file",
+    "read_positions_file",
+    "ring",
+    "small_world",
+    "star",
+    "torus",
+    "erdos_renyi",
 ]
 
 KINDS = ("full", "ring", "grid", "torus", "star", "erdos_renyi", "small_world", "geometric", "file")
@@ -54,14 +69,26 @@ KINDS = ("full", "ring", "grid", "torus", "star", "erdos_renyi", "small_world", 
 #: Ranges vary by an order of magnitude with antenna, power and environment, so these are
 #: defaults to override with ``topology.radius_m``, each with where it comes from.
 RADIO_RANGE_M: dict[str, tuple[float | None, str]] = {
-    "wifi": (50.0, "estimate: 2.4 GHz 802.11n from an MCU PCB antenna indoors, a few walls: 30-50 m "
-                   "(Espressif's ESP32 range tests reach ~100+ m line of sight outdoors)"),
-    "ble": (30.0, "estimate: BLE 1M PHY at 0 dBm indoors, 10-50 m (Bluetooth SIG range estimator, "
-                  "bluetooth.com/learn-about-bluetooth/key-attributes/range); taken as 30 m"),
-    "ieee802154": (100.0, "estimate: 2.4 GHz O-QPSK at 0-8 dBm, ~30 m indoors to 100-200 m line of sight "
-                          "(Thread/Zigbee single-hop figures); taken as 100 m"),
-    "lora": (5000.0, "estimate: SF7/125 kHz in a suburban setting, 2-5 km to a gateway (rural line of sight "
-                     "exceeds 10 km); taken as 5 km"),
+    "wifi": (
+        50.0,
+        "estimate: 2.4 GHz 802.11n from an MCU PCB antenna indoors, a few walls: 30-50 m "
+        "(Espressif's ESP32 range tests reach ~100+ m line of sight outdoors)",
+    ),
+    "ble": (
+        30.0,
+        "estimate: BLE 1M PHY at 0 dBm indoors, 10-50 m (Bluetooth SIG range estimator, "
+        "bluetooth.com/learn-about-bluetooth/key-attributes/range); taken as 30 m",
+    ),
+    "ieee802154": (
+        100.0,
+        "estimate: 2.4 GHz O-QPSK at 0-8 dBm, ~30 m indoors to 100-200 m line of sight "
+        "(Thread/Zigbee single-hop figures); taken as 100 m",
+    ),
+    "lora": (
+        5000.0,
+        "estimate: SF7/125 kHz in a suburban setting, 2-5 km to a gateway (rural line of sight "
+        "exceeds 10 km); taken as 5 km",
+    ),
     "ethernet": (None, "wired: no radio range; set topology.radius_m"),
     "uart": (None, "wired: no radio range; set topology.radius_m"),
 }
@@ -72,10 +99,10 @@ class Topology:
     """An undirected simple graph over devices ``0..num_nodes-1``."""
 
     num_nodes: int
-    edges: np.ndarray                      # (E, 2) int64, u < v, lexicographically sorted, unique
+    edges: np.ndarray  # (E, 2) int64, u < v, lexicographically sorted, unique
     kind: str = "custom"
-    positions: np.ndarray | None = None    # (n, 2) metres, where the generator placed devices
-    costs: np.ndarray | None = None        # (E,) link costs read from an edge file, if any
+    positions: np.ndarray | None = None  # (n, 2) metres, where the generator placed devices
+    costs: np.ndarray | None = None  # (E,) link costs read from an edge file, if any
 
     def __post_init__(self) -> None:
         e = _canonical(np.asarray(self.edges, dtype=np.int64).reshape(-1, 2), self.num_nodes)
@@ -113,7 +140,7 @@ def _canonical(edges: np.ndarray, n: int) -> np.ndarray:
     if edges.size and (edges.min() < 0 or edges.max() >= n):
         raise ValueError(f"edge endpoints must be device ids 0..{n - 1}")
     e = np.sort(edges, axis=1)
-    e = e[e[:, 0] != e[:, 1]]                       # no self loops
+    e = e[e[:, 0] != e[:, 1]]  # no self loops
     if not e.size:
         return np.zeros((0, 2), dtype=np.int64)
     return np.unique(e, axis=0)
@@ -132,6 +159,7 @@ def adjacency(n: int, edges: np.ndarray) -> sp.csr_matrix:
 
 # ---------------------------------------------------------------------------------- generators
 
+
 def full(n: int) -> Topology:
     u, v = np.triu_indices(n, k=1)
     return Topology(n, np.stack([u, v], axis=1), "full")
@@ -147,7 +175,7 @@ def ring(n: int) -> Topology:
 def _grid_shape(n: int, rows: int | None) -> tuple[int, int]:
     if rows is None:
         rows = max(r for r in range(1, int(math.isqrt(n)) + 1) if n % r == 0) if n > 0 else 1
-        if rows == 1 and n > 3:        # a prime count: a near-square lattice with a partial last row
+        if rows == 1 and n > 3:  # a prime count: a near-square lattice with a partial last row
             rows = int(math.isqrt(n))
     return rows, -(-n // rows)
 
@@ -166,12 +194,13 @@ def grid(n: int, rows: int | None = None) -> Topology:
 def torus(n: int, rows: int | None = None) -> Topology:
     rows, cols = _grid_shape(n, rows)
     if rows * cols != n:
-        raise ValueError(f"a torus needs rows x cols == devices; {n} devices do not fill {rows} rows "
-                         f"of {cols}; choose topology.rows dividing {n}")
+        raise ValueError(
+            f"a torus needs rows x cols == devices; {n} devices do not fill {rows} rows "
+            f"of {cols}; choose topology.rows dividing {n}"
+        )
     i = np.arange(n)
     r, c = i // cols, i % cols
-    edges = np.concatenate([np.stack([i, r * cols + (c + 1) % cols], 1),
-                            np.stack([i, ((r + 1) % rows) * cols + c], 1)])
+    edges = np.concatenate([np.stack([i, r * cols + (c + 1) % cols], 1), np.stack([i, ((r + 1) % rows) * cols + c], 1)])
     pos = np.stack([c, r], axis=1).astype(np.float64)
     return Topology(n, edges, "torus", positions=pos)
 
@@ -267,10 +296,21 @@ def read_positions_file(path: str | Path, n: int) -> np.ndarray:
     return pos
 
 
-def make_topology(kind: str, n: int, rng: np.random.Generator, *, p: float = 0.2, k: int = 4,
-                  beta: float = 0.1, rows: int | None = None, hub: int = 0,
-                  area_m: Sequence[float] = (100.0, 100.0), ranges_m: np.ndarray | float | None = None,
-                  positions: np.ndarray | None = None, edge_file: str | Path | None = None) -> Topology:
+def make_topology(
+    kind: str,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    p: float = 0.2,
+    k: int = 4,
+    beta: float = 0.1,
+    rows: int | None = None,
+    hub: int = 0,
+    area_m: Sequence[float] = (100.0, 100.0),
+    ranges_m: np.ndarray | float | None = None,
+    positions: np.ndarray | None = None,
+    edge_file: str | Path | None = None,
+) -> Topology:
     """Build a topology by name; see the module docstring for the kinds and their parameters."""
     if kind == "full":
         return full(n)
@@ -302,6 +342,7 @@ def make_topology(kind: str, n: int, rng: np.random.Generator, *, p: float = 0.2
 
 # ---------------------------------------------------------------------------------- analysis
 
+
 def components(n: int, edges: np.ndarray, active: np.ndarray | None = None) -> tuple[int, np.ndarray]:
     """Number of connected components and a label per device. Offline devices (``active``
     False) are left out of the count and labelled -1."""
@@ -325,8 +366,9 @@ def metropolis_hastings(n: int, edges: np.ndarray, active: np.ndarray | None = N
         e = e[active[e[:, 0]] & active[e[:, 1]]]
     deg = np.bincount(e.ravel(), minlength=n).astype(np.float64)
     w = 1.0 / (1.0 + np.maximum(deg[e[:, 0]], deg[e[:, 1]]))
-    off = sp.csr_matrix((np.concatenate([w, w]), (np.concatenate([e[:, 0], e[:, 1]]),
-                                                 np.concatenate([e[:, 1], e[:, 0]]))), shape=(n, n))
+    off = sp.csr_matrix(
+        (np.concatenate([w, w]), (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))), shape=(n, n)
+    )
     off.sum_duplicates()
     diag = 1.0 - np.asarray(off.sum(axis=1)).ravel()
     out = (off + sp.diags(diag)).tocsr()
@@ -335,6 +377,7 @@ def metropolis_hastings(n: int, edges: np.ndarray, active: np.ndarray | None = N
 
 
 # ---------------------------------------------------------------------------------- timeline
+
 
 @dataclass(frozen=True)
 class LinkTimeline:
@@ -357,9 +400,13 @@ class LinkTimeline:
         return out
 
 
-def build_link_timeline(topology: Topology, rounds: int,
-                        events: Iterable[tuple[int, Sequence[tuple[int, int]], str]] = (),
-                        down_probability: float = 0.0, rng_for_round=None) -> LinkTimeline:
+def build_link_timeline(
+    topology: Topology,
+    rounds: int,
+    events: Iterable[tuple[int, Sequence[tuple[int, int]], str]] = (),
+    down_probability: float = 0.0,
+    rng_for_round=None,
+) -> LinkTimeline:
     """Link states for every round.
 
     ``events``: ``(round, [(u, v), ...], 'down' | 'up')``, applied from that round on, in order.
@@ -375,7 +422,7 @@ def build_link_timeline(topology: Topology, rounds: int,
             key = (min(u, v), max(u, v))
             if key not in index:
                 raise ValueError(f"{u}-{v} is not a link of the {topology.kind} topology")
-            scheduled[r - 1:, index[key]] = state == "up"
+            scheduled[r - 1 :, index[key]] = state == "up"
     if down_probability > 0 and len(e):
         for r in range(1, rounds + 1):
             scheduled[r - 1] &= rng_for_round(r).random(len(e)) >= down_probability

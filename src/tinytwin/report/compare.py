@@ -8,20 +8,34 @@ so a typo in the last path does not leave a half-made comparison behind.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from tinytwin.errors import TinyTwinError
 from tinytwin.report.export import atomic_write, open_run
 from tinytwin.report.format import (
-    MISSING, format_accuracy, format_bytes, format_energy, format_number, format_seconds,
+    MISSING,
+    format_accuracy,
+    format_bytes,
+    format_energy,
+    format_number,
+    format_seconds,
 )
 from tinytwin.report.html import esc, figure, key_figures, page, render_value, table
 from tinytwin.report.plots import (
-    PALETTE, accuracy_points, byte_scale, cumulative, energy_scale, new_axes, note_empty, save, time_scale,
+    PALETTE,
+    accuracy_points,
+    byte_scale,
+    cumulative,
+    energy_scale,
+    new_axes,
+    note_empty,
+    save,
+    time_scale,
 )
 from tinytwin.store.db import RunInfo
 
@@ -48,19 +62,32 @@ def _unique_labels(runs: list[_Run]) -> list[_Run]:
     seen: dict[str, int] = {}
     for r in runs:
         seen[r.label] = seen.get(r.label, 0) + 1
-    return [_Run(r.folder, r.info, r.rounds, f"{r.label} [{r.folder.name}]") if seen[r.label] > 1 else r
-            for r in runs]
+    return [_Run(r.folder, r.info, r.rounds, f"{r.label} [{r.folder.name}]") if seen[r.label] > 1 else r for r in runs]
 
 
-def _overlay(runs: list[_Run], title: str, xlabel: str, ylabel: str, path: Path,
-             series: Callable[[_Run], tuple[np.ndarray, np.ndarray]]) -> Path:
+def _overlay(
+    runs: list[_Run],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    series: Callable[[_Run], tuple[np.ndarray, np.ndarray]],
+) -> Path:
     fig, ax = new_axes(title, xlabel, ylabel)
     drawn = 0
     for i, run in enumerate(runs):
         x, y = series(run)
         if len(x):
-            ax.plot(x, y, label=run.label, color=PALETTE[i % len(PALETTE)], linewidth=1.6,
-                    linestyle="-" if i < len(PALETTE) else "--", marker="o" if len(x) <= 30 else None, markersize=3)
+            ax.plot(
+                x,
+                y,
+                label=run.label,
+                color=PALETTE[i % len(PALETTE)],
+                linewidth=1.6,
+                linestyle="-" if i < len(PALETTE) else "--",
+                marker="o" if len(x) <= 30 else None,
+                markersize=3,
+            )
             drawn += 1
     if drawn:
         ax.legend(frameon=False, fontsize=8)
@@ -82,15 +109,38 @@ def _plots(runs: list[_Run], out_dir: Path) -> dict[str, Path]:
 
     n = f"{len(runs)} runs"
     return {
-        "accuracy_round": _overlay(runs, f"Test accuracy by round ({n})", "Round", "Test accuracy (%)",
-                                   out_dir / "compare_accuracy_round.png", lambda r: (acc[id(r)][0], acc[id(r)][2])),
-        "accuracy_time": _overlay(runs, f"Test accuracy by simulated time ({n})", f"Simulated time ({t_unit})",
-                                  "Test accuracy (%)", out_dir / "compare_accuracy_time.png",
-                                  lambda r: (acc[id(r)][1] / t_div, acc[id(r)][2])),
-        "bytes": _overlay(runs, f"Cumulative traffic, up + down ({n})", "Round", f"Cumulative data ({b_unit})",
-                          out_dir / "compare_bytes.png", lambda r: (rounds_of(r), traffic[id(r)] / b_div)),
-        "energy": _overlay(runs, f"Cumulative energy, all devices ({n})", "Round", f"Cumulative energy ({e_unit})",
-                           out_dir / "compare_energy.png", lambda r: (rounds_of(r), energy[id(r)] / e_div)),
+        "accuracy_round": _overlay(
+            runs,
+            f"Test accuracy by round ({n})",
+            "Round",
+            "Test accuracy (%)",
+            out_dir / "compare_accuracy_round.png",
+            lambda r: (acc[id(r)][0], acc[id(r)][2]),
+        ),
+        "accuracy_time": _overlay(
+            runs,
+            f"Test accuracy by simulated time ({n})",
+            f"Simulated time ({t_unit})",
+            "Test accuracy (%)",
+            out_dir / "compare_accuracy_time.png",
+            lambda r: (acc[id(r)][1] / t_div, acc[id(r)][2]),
+        ),
+        "bytes": _overlay(
+            runs,
+            f"Cumulative traffic, up + down ({n})",
+            "Round",
+            f"Cumulative data ({b_unit})",
+            out_dir / "compare_bytes.png",
+            lambda r: (rounds_of(r), traffic[id(r)] / b_div),
+        ),
+        "energy": _overlay(
+            runs,
+            f"Cumulative energy, all devices ({n})",
+            "Round",
+            f"Cumulative energy ({e_unit})",
+            out_dir / "compare_energy.png",
+            lambda r: (rounds_of(r), energy[id(r)] / e_div),
+        ),
     }
 
 
@@ -102,8 +152,11 @@ def _median_energy(summary: dict[str, Any]) -> str:
 def _summary_table(runs: list[_Run]) -> str:
     figs = [key_figures(r.rounds, r.info.summary) for r in runs]
     status = [
-        ('<span class="good">complete</span>' if r.info.status == "complete"
-         else f'<span class="bad">incomplete ({esc(r.info.status)})</span>')
+        (
+            '<span class="good">complete</span>'
+            if r.info.status == "complete"
+            else f'<span class="bad">incomplete ({esc(r.info.status)})</span>'
+        )
         for r in runs
     ]
     rows: list[tuple[str, list[str]]] = [
@@ -121,8 +174,12 @@ def _summary_table(runs: list[_Run]) -> str:
         ("Wall-clock time", [esc(format_seconds(f["wall_time_s"])) for f in figs]),
         ("Seed", [esc(format_number(r.info.seed)) for r in runs]),
     ]
-    for key, label in (("num_devices", "Devices"), ("algorithm", "Algorithm"), ("dataset", "Dataset"),
-                       ("model", "Model")):
+    for key, label in (
+        ("num_devices", "Devices"),
+        ("algorithm", "Algorithm"),
+        ("dataset", "Dataset"),
+        ("model", "Model"),
+    ):
         if any(key in r.info.summary for r in runs):
             rows.append((label, [render_value(r.info.summary.get(key)) for r in runs]))
     return table(["", *(r.label for r in runs)], ([f"<b>{esc(label)}</b>", *cells] for label, cells in rows))
@@ -142,8 +199,10 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         "energy": "Cumulative energy of all devices.",
     }
     names = ", ".join(r.label for r in runs)
-    body = (f"<h1>Comparison of {len(runs)} runs</h1><p class=\"meta\">{esc(names)}</p>"
-            f"<h2>Summary</h2>{_summary_table(runs)}"
-            f"<h2>Plots</h2>{''.join(figure(p, captions[k]) for k, p in plots.items())}"
-            "<p class=\"note\">Incomplete runs are plotted up to their last finished round.</p>")
+    body = (
+        f'<h1>Comparison of {len(runs)} runs</h1><p class="meta">{esc(names)}</p>'
+        f"<h2>Summary</h2>{_summary_table(runs)}"
+        f"<h2>Plots</h2>{''.join(figure(p, captions[k]) for k, p in plots.items())}"
+        '<p class="note">Incomplete runs are plotted up to their last finished round.</p>'
+    )
     return atomic_write(out_dir / "compare.html", page(f"tinytwin comparison: {names}", body))

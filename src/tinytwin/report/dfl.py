@@ -44,8 +44,13 @@ def dfl_plots(store: RunStore, run_id: str, out_dir: Path, label: str) -> dict[s
         ax.plot(x, mean, color=PALETTE[0], linewidth=1.6, label="mean")
         g = [r for r in pts if r["global_accuracy"] is not None]
         if g:
-            ax.plot([r["round"] for r in g], [100 * r["global_accuracy"] for r in g], color=PALETTE[3],
-                    linewidth=1.4, label="global model")
+            ax.plot(
+                [r["round"] for r in g],
+                [100 * r["global_accuracy"] for r in g],
+                color=PALETTE[3],
+                linewidth=1.4,
+                label="global model",
+            )
         ax.legend(frameon=False)
     else:
         note_empty(ax, "no evaluated rounds")
@@ -76,10 +81,16 @@ def dfl_plots(store: RunStore, run_id: str, out_dir: Path, label: str) -> dict[s
 
 
 def export_dfl_csv(store: RunStore, run_id: str, out_dir: Path) -> list[Path]:
-    out = [atomic_write(out_dir / "round_metrics.csv",
-                        _table(dfl_store.round_metrics(store, run_id), dfl_store.ROUND_METRIC_COLUMNS)),
-           atomic_write(out_dir / "device_metrics.csv",
-                        _table(dfl_store.device_metrics(store, run_id), dfl_store.DEVICE_METRIC_COLUMNS))]
+    out = [
+        atomic_write(
+            out_dir / "round_metrics.csv",
+            _table(dfl_store.round_metrics(store, run_id), dfl_store.ROUND_METRIC_COLUMNS),
+        ),
+        atomic_write(
+            out_dir / "device_metrics.csv",
+            _table(dfl_store.device_metrics(store, run_id), dfl_store.DEVICE_METRIC_COLUMNS),
+        ),
+    ]
     ledger = dfl_store.ledger(store, run_id)
     if ledger:
         out.append(atomic_write(out_dir / "ledger.csv", _table(ledger, dfl_store.LEDGER_COLUMNS)))

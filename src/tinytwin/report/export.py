@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sqlite3
 import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tinytwin.errors import TinyTwinError
 from tinytwin.store.db import DEVICE_ROUND_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, RunInfo, RunStore
@@ -56,8 +57,7 @@ def open_run(run_dir: Path) -> tuple[RunStore, RunInfo]:
     try:
         probe = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            has_runs = probe.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+            has_runs = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
         finally:
             probe.close()
         if not has_runs:
@@ -98,8 +98,15 @@ def export_csv(store: RunStore, run_id: str, out_dir: Path) -> list[Path]:
     num_classes = max((len(d["class_hist"]) for d in devices), default=0)
     dev_header = ["device", "group", "profile", "link", "num_samples"] + [f"class_{k}" for k in range(num_classes)]
     dev_rows = (
-        [d["device"], d["group"], d["profile"], d["link"], d["num_samples"],
-         *d["class_hist"], *[0] * (num_classes - len(d["class_hist"]))]
+        [
+            d["device"],
+            d["group"],
+            d["profile"],
+            d["link"],
+            d["num_samples"],
+            *d["class_hist"],
+            *[0] * (num_classes - len(d["class_hist"])),
+        ]
         for d in devices
     )
     return [

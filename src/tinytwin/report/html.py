@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from tinytwin import __version__
 from tinytwin.report.export import atomic_write, export_csv, open_run
 from tinytwin.report.format import (
-    MISSING, format_accuracy, format_bytes, format_energy, format_number, format_seconds,
+    MISSING,
+    format_accuracy,
+    format_bytes,
+    format_energy,
+    format_number,
+    format_seconds,
 )
 from tinytwin.report.plots import make_plots
 from tinytwin.store.db import RunInfo
@@ -54,9 +60,11 @@ def esc(x: object) -> str:
 
 def page(title: str, body: str) -> str:
     """Wrap ``body`` in a complete HTML document with the inline stylesheet."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
 def png_data_uri(path: Path) -> str:
@@ -64,22 +72,28 @@ def png_data_uri(path: Path) -> str:
 
 
 def figure(path: Path, caption: str) -> str:
-    return (f'<figure><img alt="{esc(caption)}" src="{png_data_uri(path)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{esc(caption)}" src="{png_data_uri(path)}"><figcaption>{esc(caption)}</figcaption></figure>'
+    )
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] | None = None,
-          cls: str = "") -> str:
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] | None = None, cls: str = ""
+) -> str:
     """HTML table from already-escaped cell markup; ``numeric`` columns are right-aligned."""
     num = list(numeric or [False] * len(header))
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td class="num">{c}</td>' if num[i] else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>" for row in rows)
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if num[i] else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 # ---- summary values --------------------------------------------------------------------
+
 
 def _titled(text: str, raw: object) -> str:
     """Formatted value with the exact stored number as a tooltip (and searchable in the source)."""
@@ -96,8 +110,11 @@ def render_value(v: Any) -> str:
         if not v:
             return MISSING
         rows = [(f"<th>{esc(k)}</th>", render_value(x)) for k, x in v.items()]
-        return ('<table class="inner kv"><tbody>'
-                + "".join(f"<tr>{k}<td>{x}</td></tr>" for k, x in rows) + "</tbody></table>")
+        return (
+            '<table class="inner kv"><tbody>'
+            + "".join(f"<tr>{k}<td>{x}</td></tr>" for k, x in rows)
+            + "</tbody></table>"
+        )
     if isinstance(v, list):
         if v and all(isinstance(x, Mapping) for x in v):
             cols = list(dict.fromkeys(k for x in v for k in x))
@@ -119,18 +136,41 @@ def _components(c: Mapping[str, Any]) -> str:
 
 
 def _memory(groups: list[Mapping[str, Any]]) -> str:
-    header = ["Group", "Profile", "RAM needed", "RAM available", "Flash needed", "Flash available", "Fits",
-              "Components"]
-    known = {"group", "profile", "needed_bytes", "available_bytes", "flash_needed_bytes", "flash_available_bytes",
-             "fits", "components"}
+    header = [
+        "Group",
+        "Profile",
+        "RAM needed",
+        "RAM available",
+        "Flash needed",
+        "Flash available",
+        "Fits",
+        "Components",
+    ]
+    known = {
+        "group",
+        "profile",
+        "needed_bytes",
+        "available_bytes",
+        "flash_needed_bytes",
+        "flash_available_bytes",
+        "fits",
+        "components",
+    }
     rows = []
     for g in groups:
         extra = {k: x for k, x in g.items() if k not in known}
-        rows.append([esc(g.get("group", MISSING)), esc(g.get("profile", MISSING)),
-                     *(_titled(format_bytes(g.get(k)), g.get(k)) for k in
-                       ("needed_bytes", "available_bytes", "flash_needed_bytes", "flash_available_bytes")),
-                     _yes_no(g.get("fits")),
-                     _components(g.get("components") or {}) + (render_value(extra) if extra else "")])
+        rows.append(
+            [
+                esc(g.get("group", MISSING)),
+                esc(g.get("profile", MISSING)),
+                *(
+                    _titled(format_bytes(g.get(k)), g.get(k))
+                    for k in ("needed_bytes", "available_bytes", "flash_needed_bytes", "flash_available_bytes")
+                ),
+                _yes_no(g.get("fits")),
+                _components(g.get("components") or {}) + (render_value(extra) if extra else ""),
+            ]
+        )
     return table(header, rows, cls="inner")
 
 
@@ -200,15 +240,21 @@ def key_figures(rounds: list[dict[str, Any]], summary: Mapping[str, Any] | None 
 
 # ---- sections ---------------------------------------------------------------------------
 
+
 def status_banner(info: RunInfo) -> str:
     progress = f"{info.rounds_done} of {info.rounds_planned} planned rounds"
     if info.status == "complete":
         return f'<div class="banner complete">Run complete — {esc(progress)}.</div>'
-    why = {"running": "still running or was interrupted", "failed": "failed",
-           "incomplete": "stopped before its last round"}.get(info.status, "not finished")
-    return (f'<div class="banner incomplete">INCOMPLETE run (status: {esc(info.status)}, {esc(why)}) — '
-            f"{esc(progress)} done ({info.rounds_done}/{info.rounds_planned}). "
-            "Figures and tables cover the finished rounds only.</div>")
+    why = {
+        "running": "still running or was interrupted",
+        "failed": "failed",
+        "incomplete": "stopped before its last round",
+    }.get(info.status, "not finished")
+    return (
+        f'<div class="banner incomplete">INCOMPLETE run (status: {esc(info.status)}, {esc(why)}) — '
+        f"{esc(progress)} done ({info.rounds_done}/{info.rounds_planned}). "
+        "Figures and tables cover the finished rounds only.</div>"
+    )
 
 
 ROUND_TABLE: list[tuple[str, str, Callable[[Any], str]]] = [
@@ -249,13 +295,24 @@ def events_section(events: list[dict[str, Any]]) -> str:
     kinds = Counter(e["kind"] for e in events)
     counts = ", ".join(f"{esc(k)}: {n}" for k, n in kinds.most_common())
     shown = events[:MAX_EVENTS]
-    head = (f"<p>{len(events)} events ({counts})"
-            + (f"; the first {MAX_EVENTS} are shown, all are in csv/events.csv" if len(events) > MAX_EVENTS else "")
-            + ".</p>")
-    rows = [[esc(e["round"]), esc(format_seconds(e["sim_time_s"])),
-             esc(MISSING if e["device"] is None else e["device"]), esc(e["kind"]), esc(e["detail"])]
-            for e in shown]
-    return head + table(["Round", "Sim time", "Device", "Kind", "Detail"], rows, numeric=[True, True, True, False, False])
+    head = (
+        f"<p>{len(events)} events ({counts})"
+        + (f"; the first {MAX_EVENTS} are shown, all are in csv/events.csv" if len(events) > MAX_EVENTS else "")
+        + ".</p>"
+    )
+    rows = [
+        [
+            esc(e["round"]),
+            esc(format_seconds(e["sim_time_s"])),
+            esc(MISSING if e["device"] is None else e["device"]),
+            esc(e["kind"]),
+            esc(e["detail"]),
+        ]
+        for e in shown
+    ]
+    return head + table(
+        ["Round", "Sim time", "Device", "Kind", "Detail"], rows, numeric=[True, True, True, False, False]
+    )
 
 
 PLOT_CAPTIONS = {
@@ -268,11 +325,19 @@ PLOT_CAPTIONS = {
 }
 
 
-def render_report(info: RunInfo, rounds: list[dict[str, Any]], events: list[dict[str, Any]],
-                  plots: Mapping[str, Path], csv_files: Sequence[Path]) -> str:
-    summary = (render_summary(info.summary) if info.summary else
-               '<p class="note">No summary recorded (the run did not finish); figures from the finished rounds:</p>'
-               + render_summary(key_figures(rounds)))
+def render_report(
+    info: RunInfo,
+    rounds: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    plots: Mapping[str, Path],
+    csv_files: Sequence[Path],
+) -> str:
+    summary = (
+        render_summary(info.summary)
+        if info.summary
+        else '<p class="note">No summary recorded (the run did not finish); figures from the finished rounds:</p>'
+        + render_summary(key_figures(rounds))
+    )
     figs = "".join(figure(p, PLOT_CAPTIONS.get(k, k)) for k, p in plots.items())
     csv_list = ", ".join(f"csv/{esc(p.name)}" for p in csv_files)
     body = f"""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -83,9 +84,11 @@ def energy_scale(max_j: float) -> tuple[float, str]:
 def accuracy_points(rounds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(round, sim_time_s, accuracy %) of the rounds that were evaluated (NULL accuracy skipped)."""
     ev = [r for r in rounds if r.get("test_accuracy") is not None]
-    return (np.array([r["round"] for r in ev], dtype=float),
-            np.array([r["sim_time_s"] for r in ev], dtype=float),
-            np.array([r["test_accuracy"] for r in ev], dtype=float) * 100.0)
+    return (
+        np.array([r["round"] for r in ev], dtype=float),
+        np.array([r["sim_time_s"] for r in ev], dtype=float),
+        np.array([r["test_accuracy"] for r in ev], dtype=float) * 100.0,
+    )
 
 
 def cumulative(rounds: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -104,9 +107,15 @@ def _plot_accuracy(ax: Axes, x: np.ndarray, acc: np.ndarray, rnd: np.ndarray) ->
     best = int(np.argmax(acc))
     ax.plot([x[best]], [acc[best]], "o", color=PALETTE[3], zorder=3)
     right_half = x[best] > (x.min() + x.max()) / 2
-    ax.annotate(f"best {acc[best]:.1f} % (round {int(rnd[best])})", (x[best], acc[best]),
-                textcoords="offset points", xytext=(-6 if right_half else 6, -14),
-                ha="right" if right_half else "left", fontsize=8, color=PALETTE[3])
+    ax.annotate(
+        f"best {acc[best]:.1f} % (round {int(rnd[best])})",
+        (x[best], acc[best]),
+        textcoords="offset points",
+        xytext=(-6 if right_half else 6, -14),
+        ha="right" if right_half else "left",
+        fontsize=8,
+        color=PALETTE[3],
+    )
 
 
 def _group_colours(groups: Sequence[str]) -> dict[str, Any]:
@@ -167,8 +176,7 @@ def make_plots(store: RunStore, run_id: str, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _device_energy_plot(store: RunStore, run_id: str, devices: list[dict[str, Any]], label: str,
-                        path: Path) -> Path:
+def _device_energy_plot(store: RunStore, run_id: str, devices: list[dict[str, Any]], label: str, path: Path) -> Path:
     """Sorted bars coloured by group; a per-group stacked histogram once bars get too thin."""
     totals: dict[int, float] = {d["device"]: 0.0 for d in devices}
     for r in store.device_rounds(run_id):
@@ -183,26 +191,43 @@ def _device_energy_plot(store: RunStore, run_id: str, devices: list[dict[str, An
     elif len(totals) <= MAX_BAR_DEVICES:
         order = sorted(totals, key=lambda dev: -totals[dev])
         fig, ax = new_axes(f"{label}: total energy per device", "Device (sorted by energy)", f"Energy ({unit})")
-        ax.bar(range(len(order)), [totals[d] / div for d in order],
-               color=[colours[group_of.get(d, "?")] for d in order], width=0.8)
+        ax.bar(
+            range(len(order)),
+            [totals[d] / div for d in order],
+            color=[colours[group_of.get(d, "?")] for d in order],
+            width=0.8,
+        )
         if len(order) <= 30:
             ax.set_xticks(range(len(order)), [str(d) for d in order], fontsize=7)
         else:
             ax.set_xticks([])
     else:
-        fig, ax = new_axes(f"{label}: total energy per device ({len(totals)} devices)",
-                           f"Total energy per device ({unit})", "Devices")
+        fig, ax = new_axes(
+            f"{label}: total energy per device ({len(totals)} devices)", f"Total energy per device ({unit})", "Devices"
+        )
         by_group: dict[str, list[float]] = defaultdict(list)
         for dev, e in totals.items():
             by_group[group_of.get(dev, "?")].append(e / div)
         names = list(colours)
-        ax.hist([by_group[g] for g in names], bins=min(40, max(10, len(totals) // 20)), stacked=True,
-                color=[colours[g] for g in names], edgecolor="white", linewidth=0.4)
+        ax.hist(
+            [by_group[g] for g in names],
+            bins=min(40, max(10, len(totals) // 20)),
+            stacked=True,
+            color=[colours[g] for g in names],
+            edgecolor="white",
+            linewidth=0.4,
+        )
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if totals:
         # Outside the axes: a frameless legend over same-coloured bars would hide its own patches.
-        ax.legend(handles=[Patch(color=c, label=g) for g, c in colours.items()], title="group",
-                  frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(
+            handles=[Patch(color=c, label=g) for g, c in colours.items()],
+            title="group",
+            frameon=False,
+            fontsize=8,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
     return save(fig, path)
 
 
@@ -221,8 +246,7 @@ def _class_hist_plot(devices: list[dict[str, Any]], label: str, path: Path) -> P
         fig, ax = new_axes(f"{label}: class histogram per device", "Device", "Training samples")
         bottom = np.zeros(len(devices))
         for c, colour in enumerate(_class_colours(k)):
-            ax.bar(range(len(devices)), hist[:, c], bottom=bottom, color=colour, width=0.85,
-                   label=str(c), linewidth=0)
+            ax.bar(range(len(devices)), hist[:, c], bottom=bottom, color=colour, width=0.85, label=str(c), linewidth=0)
             bottom += hist[:, c]
         if len(devices) <= 40:
             ax.set_xticks(range(len(devices)), ids, fontsize=7)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -21,7 +22,9 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Experime
     """
     path = Path(path)
     if not path.is_file():
-        raise SpecError("", f"experiment file {path} not found; pass the path of a YAML file such as examples/quickstart.yaml")
+        raise SpecError(
+            "", f"experiment file {path} not found; pass the path of a YAML file such as examples/quickstart.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -94,7 +97,11 @@ def _spec_error(exc: ValidationError) -> SpecError:
     msg = err["msg"].removeprefix("Value error, ")
     kind = err["type"]
     # Strict unions report a sub-location such as "int" or "float": drop it.
-    loc = [p for p in loc if p not in ("int", "float", "str", "bool", "function-after[_check_participation(), AlgorithmSpec]")]
+    loc = [
+        p
+        for p in loc
+        if p not in ("int", "float", "str", "bool", "function-after[_check_participation(), AlgorithmSpec]")
+    ]
     if kind == "extra_forbidden":
         parent = _model_at(ExperimentSpec, loc[:-1])
         allowed = ", ".join(parent.model_fields) if parent else ""
@@ -107,7 +114,9 @@ def _spec_error(exc: ValidationError) -> SpecError:
             sub = match.group(1).split(".")
             loc = sub if sub[0] in ExperimentSpec.model_fields else loc + sub
             msg = match.group(2)
-        if kind.startswith(("int_", "float_", "string_", "bool_", "list_", "dict_", "model_")) or kind.endswith("_type"):
+        if kind.startswith(("int_", "float_", "string_", "bool_", "list_", "dict_", "model_")) or kind.endswith(
+            "_type"
+        ):
             msg = f"{msg} (got {err.get('input')!r})"
     return SpecError(".".join(loc), msg)
 

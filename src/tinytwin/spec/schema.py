@@ -7,7 +7,7 @@ a default. docs/experiment-file.md documents each key; keep the two in step.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
@@ -23,9 +23,12 @@ class Strict(BaseModel):
 class DatasetSpec(Strict):
     name: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww"] = "digits"
     data_dir: str | None = Field(default=None, description="folder with the dataset files; default $TINYTWIN_DATA")
-    test_size: PositiveInt | None = Field(default=None, description="use a fixed random subset (seed 0) of N test samples")
+    test_size: PositiveInt | None = Field(
+        default=None, description="use a fixed random subset (seed 0) of N test samples"
+    )
     split: Literal["shuffled", "last"] = Field(
-        default="shuffled", description="digits only: shuffled 1500/297 split, or the unshuffled last-297 test set")
+        default="shuffled", description="digits only: shuffled 1500/297 split, or the unshuffled last-297 test set"
+    )
 
 
 class PartitionSpec(Strict):
@@ -56,7 +59,7 @@ class ModelSpec(Strict):
         return opts
 
     @model_validator(mode="after")
-    def _check_widths(self) -> "ModelSpec":
+    def _check_widths(self) -> ModelSpec:
         if self.name == "lenet5" and self.channels is not None and len(self.channels) != 2:
             raise ValueError("channels: lenet5 takes exactly 2 conv widths, e.g. [6, 16]")
         return self
@@ -70,11 +73,15 @@ class GroupSpec(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="device profile fields to change")
     link_overrides: dict[str, Any] = Field(default_factory=dict, description="link model fields to change")
     twin: Literal["process", "firmware"] = Field(
-        default="process", description="tinytwin emulate: run these devices as numpy processes or as the C "
-                                       "firmware on emulated Cortex-M boards (QEMU)")
+        default="process",
+        description="tinytwin emulate: run these devices as numpy processes or as the C "
+        "firmware on emulated Cortex-M boards (QEMU)",
+    )
     firmware_transport: Literal["files", "uart"] = Field(
-        default="files", description="firmware devices: weights through semihosting files (fast) or through the "
-                                     "emulated UART (realistic serial cost, ~36 KiB/s into the device)")
+        default="files",
+        description="firmware devices: weights through semihosting files (fast) or through the "
+        "emulated UART (realistic serial cost, ~36 KiB/s into the device)",
+    )
 
 
 class FleetSpec(Strict):
@@ -104,7 +111,6 @@ class ServerOptimizerSpec(Strict):
     tau: Annotated[float, Field(gt=0.0)] = 1e-3
 
 
-
 # ---- decentralized and hierarchical learning (docs/algorithms.md) ----------------------
 
 CENTRALIZED = ("fedavg", "fedprox")
@@ -117,10 +123,12 @@ PeerMode = Literal["random", "neighbour"]
 class LRScheduleSpec(Strict):
     name: Literal["none", "adastair", "adaloss", "both"] = "none"
     stair_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
-        default_factory=lambda: [0.40, 0.65, 0.75], description="AdaStair: stair rounds ceil(f*T)")
+        default_factory=lambda: [0.40, 0.65, 0.75], description="AdaStair: stair rounds ceil(f*T)"
+    )
     stair_factor: Annotated[float, Field(gt=1.0)] = 8.0
     patience_fractions: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
-        default_factory=lambda: [0.30, 0.20, 0.20, 0.10], description="AdaLoss: patience ceil(f*T), in order")
+        default_factory=lambda: [0.30, 0.20, 0.20, 0.10], description="AdaLoss: patience ceil(f*T), in order"
+    )
     loss_factor: Annotated[float, Field(gt=1.0)] = 2.0
     min_lr: Annotated[float, Field(gt=0.0)] = 1e-5
 
@@ -137,10 +145,12 @@ class GossipSpec(Strict):
     sends: PositiveInt = 1
 
     @model_validator(mode="after")
-    def _check_exchange(self) -> "GossipSpec":
+    def _check_exchange(self) -> GossipSpec:
         if self.exchange == "push_pull" and self.merge == "fifo":
-            raise ValueError("exchange: push_pull merges both ends of a pair (average or age); "
-                             "the fifo merge takes pushed models only")
+            raise ValueError(
+                "exchange: push_pull merges both ends of a pair (average or age); "
+                "the fifo merge takes pushed models only"
+            )
         return self
 
 
@@ -164,10 +174,12 @@ class GistSpec(Strict):
     validation_size: PositiveInt = 500
 
     @model_validator(mode="after")
-    def _check_buffer(self) -> "GistSpec":
+    def _check_buffer(self) -> GistSpec:
         if self.min_received > self.buffer_size:
-            raise ValueError(f"min_received: {self.min_received} is more than buffer_size {self.buffer_size}; "
-                             "the buffer could never hold enough segments to merge")
+            raise ValueError(
+                f"min_received: {self.min_received} is more than buffer_size {self.buffer_size}; "
+                "the buffer could never hold enough segments to merge"
+            )
         return self
 
 
@@ -177,30 +189,36 @@ class HierarchicalSpec(Strict):
     assignment: Literal["balanced", "given", "min_comm_cost"] = "balanced"
     clusters: list[list[NonNegInt]] | None = Field(default=None, description="device ids of each cluster")
     client_costs: list[list[Annotated[float, Field(ge=0.0)]]] | None = Field(
-        default=None, description="cost per MB of each device's link to each local aggregator (D x K)")
+        default=None, description="cost per MB of each device's link to each local aggregator (D x K)"
+    )
     aggregator_costs: list[Annotated[float, Field(ge=0.0)]] | None = Field(
-        default=None, description="cost per MB of each local aggregator's link to the global aggregator (K)")
+        default=None, description="cost per MB of each local aggregator's link to the global aggregator (K)"
+    )
     aggregator_link: str = Field(default="ethernet", description="link of the local aggregators to the global one")
 
 
 class AsyncSpec(Strict):
     round_s: Annotated[float, Field(gt=0.0)] | None = Field(
-        default=None, description="virtual seconds per reported round; default: the slowest device's period")
+        default=None, description="virtual seconds per reported round; default: the slowest device's period"
+    )
     tick_s: Annotated[float, Field(gt=0.0)] | None = Field(
-        default=None, description="event batching step; default: half the fastest device's period")
+        default=None, description="event batching step; default: half the fastest device's period"
+    )
 
 
 Encoding = Literal["float32", "float16", "int8"]
 
 
 class AlgorithmSpec(Strict):
-    name: Literal["fedavg", "fedprox", "decfedavg", "gossip", "serverfree", "segmented_gossip", "gist",
-                  "hierarchical"] = "fedavg"
+    name: Literal[
+        "fedavg", "fedprox", "decfedavg", "gossip", "serverfree", "segmented_gossip", "gist", "hierarchical"
+    ] = "fedavg"
     mu: Annotated[float, Field(ge=0.0)] = 0.01
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
     server_optimizer: ServerOptimizerSpec = Field(default_factory=ServerOptimizerSpec)
-    clients_per_round: Union[StrictInt, StrictFloat] = Field(
-        default=1.0, description="a fraction in (0, 1] of the available devices, or a whole count >= 1")
+    clients_per_round: StrictInt | StrictFloat = Field(
+        default=1.0, description="a fraction in (0, 1] of the available devices, or a whole count >= 1"
+    )
     local_epochs: PositiveInt = 1
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0.0)] = 0.1
@@ -213,7 +231,8 @@ class AlgorithmSpec(Strict):
     schedule: Literal["sync", "async"] = "sync"
     asynchronous: AsyncSpec = Field(default_factory=AsyncSpec)
     train_samples: PositiveInt | None = Field(
-        default=None, description="train on only the first N samples of each device's data")
+        default=None, description="train on only the first N samples of each device's data"
+    )
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     decfedavg: DecFedAvgSpec = Field(default_factory=DecFedAvgSpec)
     gossip: GossipSpec = Field(default_factory=GossipSpec)
@@ -222,27 +241,34 @@ class AlgorithmSpec(Strict):
     hierarchical: HierarchicalSpec = Field(default_factory=HierarchicalSpec)
 
     @model_validator(mode="after")
-    def _check_participation(self) -> "AlgorithmSpec":
+    def _check_participation(self) -> AlgorithmSpec:
         c = self.clients_per_round
         if isinstance(c, float) and not 0.0 < c <= 1.0:
             raise ValueError("clients_per_round: a fraction must be in (0, 1]; write a whole number for a count")
         if isinstance(c, int) and c < 1:
             raise ValueError("clients_per_round: a count must be >= 1")
         if self.schedule == "async" and self.name not in ASYNC_CAPABLE:
-            raise ValueError(f"schedule: async runs gossip and gist; {self.name} runs in lock-step rounds "
-                             "(schedule: sync)")
+            raise ValueError(
+                f"schedule: async runs gossip and gist; {self.name} runs in lock-step rounds (schedule: sync)"
+            )
         if self.family != "decentralized" and self.lr_schedule.name != "none":
-            raise ValueError(f"lr_schedule: per-device schedules are for decentralized algorithms "
-                             f"({', '.join(DECENTRALIZED)}), not {self.name}")
+            raise ValueError(
+                f"lr_schedule: per-device schedules are for decentralized algorithms "
+                f"({', '.join(DECENTRALIZED)}), not {self.name}"
+            )
         if self.family == "decentralized" and self.server_optimizer.name != "fedavg":
-            raise ValueError(f"server_optimizer.name: {self.name} has no server; server optimizers apply to "
-                             "fedavg, fedprox and hierarchical (at the global aggregator)")
+            raise ValueError(
+                f"server_optimizer.name: {self.name} has no server; server optimizers apply to "
+                "fedavg, fedprox and hierarchical (at the global aggregator)"
+            )
         if self.family == "centralized":
             if self.train_samples is not None:
                 raise ValueError(f"train_samples: is for decentralized and hierarchical algorithms, not {self.name}")
         if self.family != "centralized" and self.name != "hierarchical" and self.aggregator.name != "fedavg":
-            raise ValueError(f"aggregator.name: {self.name} merges with its own rule; "
-                             "robust aggregators apply to fedavg, fedprox and hierarchical")
+            raise ValueError(
+                f"aggregator.name: {self.name} merges with its own rule; "
+                "robust aggregators apply to fedavg, fedprox and hierarchical"
+            )
         return self
 
     @property
@@ -279,7 +305,8 @@ class FailureSpec(Strict):
     join: list[DeviceRound] = Field(default_factory=list, description="devices that are offline until a round")
     permanent: list[DeviceRound] = Field(default_factory=list, description="devices that fail for good at a round")
     link_down: list[LinkOutage] = Field(
-        default_factory=list, description="device-server links down for an interval (fedavg, fedprox)")
+        default_factory=list, description="device-server links down for an interval (fedavg, fedprox)"
+    )
 
 
 class LinkEvent(Strict):
@@ -289,8 +316,7 @@ class LinkEvent(Strict):
 
 
 class TopologySpec(Strict):
-    kind: Literal["full", "ring", "grid", "torus", "star", "erdos_renyi", "small_world", "geometric",
-                  "file"] = "full"
+    kind: Literal["full", "ring", "grid", "torus", "star", "erdos_renyi", "small_world", "geometric", "file"] = "full"
     p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     k: PositiveInt = 4
     beta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
@@ -298,14 +324,15 @@ class TopologySpec(Strict):
     hub: NonNegInt = 0
     area_m: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (100.0, 100.0)
     radius_m: Annotated[float, Field(gt=0.0)] | None = Field(
-        default=None, description="radio range for geometric; default: each group's link range")
+        default=None, description="radio range for geometric; default: each group's link range"
+    )
     positions_file: str | None = Field(default=None, description="CSV of x,y metres per device (geometric)")
     file: str | None = Field(default=None, description="edge list CSV u,v[,cost] (kind file)")
     link_events: list[LinkEvent] = Field(default_factory=list, description="links going down / up at a round")
     link_down_probability: Probability = 0.0
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "TopologySpec":
+    def _check_kind(self) -> TopologySpec:
         if self.kind == "file" and self.file is None:
             raise ValueError("file: topology kind 'file' needs an edge-list file (u,v per line)")
         return self
@@ -330,18 +357,20 @@ class ExperimentSpec(Strict):
     topology: TopologySpec = Field(default_factory=TopologySpec)
 
     @model_validator(mode="after")
-    def _check_devices(self) -> "ExperimentSpec":
+    def _check_devices(self) -> ExperimentSpec:
         n = self.fleet.num_devices
         for key in ("leave", "join", "permanent"):
             for i, item in enumerate(getattr(self.failures, key)):
                 if item.device >= n:
-                    raise ValueError(f"failures.{key}.{i}.device: {item.device} is not a device; "
-                                     f"the fleet has devices 0..{n - 1}")
+                    raise ValueError(
+                        f"failures.{key}.{i}.device: {item.device} is not a device; the fleet has devices 0..{n - 1}"
+                    )
         for i, item in enumerate(self.failures.link_down):
             bad = [d for d in item.devices if d >= n]
             if bad:
-                raise ValueError(f"failures.link_down.{i}.devices: {bad[0]} is not a device; "
-                                 f"the fleet has devices 0..{n - 1}")
+                raise ValueError(
+                    f"failures.link_down.{i}.devices: {bad[0]} is not a device; the fleet has devices 0..{n - 1}"
+                )
             if item.round > self.rounds:
                 raise ValueError(f"failures.link_down.{i}.round: {item.round} is after the last round ({self.rounds})")
         c = self.algorithm.clients_per_round
@@ -355,16 +384,21 @@ class ExperimentSpec(Strict):
         a = self.algorithm
         if a.family != "centralized":
             if self.failures.dropout:
-                raise ValueError(f"failures.dropout: {a.name} has no server round to drop out of; model absence with "
-                                 "failures.leave / join / permanent or permanent_probability")
+                raise ValueError(
+                    f"failures.dropout: {a.name} has no server round to drop out of; model absence with "
+                    "failures.leave / join / permanent or permanent_probability"
+                )
             if a.deadline_s is not None:
                 raise ValueError(f"algorithm.deadline_s: round deadlines apply to fedavg and fedprox, not {a.name}")
             if self.failures.link_down:
-                raise ValueError(f"failures.link_down: takes down device-server links (fedavg, fedprox); {a.name} "
-                                 "has none: use topology.link_events for links between devices")
+                raise ValueError(
+                    f"failures.link_down: takes down device-server links (fedavg, fedprox); {a.name} "
+                    "has none: use topology.link_events for links between devices"
+                )
             if a.clients_per_round != 1.0:
-                raise ValueError(f"algorithm.clients_per_round: every online device takes part in {a.name}; "
-                                 "leave it at 1.0")
+                raise ValueError(
+                    f"algorithm.clients_per_round: every online device takes part in {a.name}; leave it at 1.0"
+                )
         return self
 
     def _check_topology(self, n: int) -> None:
@@ -374,8 +408,10 @@ class ExperimentSpec(Strict):
         for i, ev in enumerate(t.link_events):
             for j, (u, v) in enumerate(ev.edges):
                 if u >= n or v >= n or u == v:
-                    raise ValueError(f"topology.link_events.{i}.edges.{j}: [{u}, {v}] is not a link between two "
-                                     f"devices of 0..{n - 1}")
+                    raise ValueError(
+                        f"topology.link_events.{i}.edges.{j}: [{u}, {v}] is not a link between two "
+                        f"devices of 0..{n - 1}"
+                    )
             if ev.round > self.rounds:
                 raise ValueError(f"topology.link_events.{i}.round: {ev.round} is after the last round ({self.rounds})")
 

@@ -20,9 +20,10 @@ import io
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -102,12 +103,35 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 ROUND_COLUMNS = (
-    "round", "sim_time_s", "duration_s", "selected", "completed", "dropped", "stragglers",
-    "train_loss", "test_accuracy", "test_loss", "bytes_up", "bytes_down", "energy_j", "wall_time_s",
+    "round",
+    "sim_time_s",
+    "duration_s",
+    "selected",
+    "completed",
+    "dropped",
+    "stragglers",
+    "train_loss",
+    "test_accuracy",
+    "test_loss",
+    "bytes_up",
+    "bytes_down",
+    "energy_j",
+    "wall_time_s",
 )
 DEVICE_ROUND_COLUMNS = (
-    "round", "device", "status", "num_samples", "compute_s", "up_s", "down_s", "bytes_up",
-    "bytes_down", "packets_lost", "energy_j", "train_loss", "accuracy",
+    "round",
+    "device",
+    "status",
+    "num_samples",
+    "compute_s",
+    "up_s",
+    "down_s",
+    "bytes_up",
+    "bytes_down",
+    "packets_lost",
+    "energy_j",
+    "train_loss",
+    "accuracy",
 )
 EVENT_COLUMNS = ("round", "sim_time_s", "device", "kind", "detail")
 
@@ -139,8 +163,9 @@ class RunStore:
         self.conn.commit()
 
     # ---- writing -------------------------------------------------------------------
-    def create_run(self, run_id: str, name: str, twin: str, seed: int, spec_yaml: str,
-                   rounds_planned: int, version: str) -> None:
+    def create_run(
+        self, run_id: str, name: str, twin: str, seed: int, spec_yaml: str, rounds_planned: int, version: str
+    ) -> None:
         with self.conn:
             self.conn.execute(
                 "INSERT INTO runs (run_id, name, twin, seed, spec_yaml, status, rounds_planned,"
@@ -152,13 +177,28 @@ class RunStore:
         with self.conn:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?)",
-                [(run_id, r["device"], r["group"], r["profile"], r["link"], r["num_samples"],
-                  json.dumps(list(map(int, r["class_hist"])))) for r in rows],
+                [
+                    (
+                        run_id,
+                        r["device"],
+                        r["group"],
+                        r["profile"],
+                        r["link"],
+                        r["num_samples"],
+                        json.dumps(list(map(int, r["class_hist"]))),
+                    )
+                    for r in rows
+                ],
             )
 
-    def write_round(self, run_id: str, round_row: Mapping[str, Any],
-                    device_rows: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]],
-                    checkpoint: Mapping[str, Any] | None) -> None:
+    def write_round(
+        self,
+        run_id: str,
+        round_row: Mapping[str, Any],
+        device_rows: Sequence[Mapping[str, Any]],
+        events: Sequence[Mapping[str, Any]],
+        checkpoint: Mapping[str, Any] | None,
+    ) -> None:
         """Commit one finished round, its per-device rows, events and the resume checkpoint atomically."""
         with self.conn:
             self.conn.execute(
@@ -177,9 +217,7 @@ class RunStore:
                     "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)",
                     (run_id, int(round_row["round"]), _to_blob(checkpoint)),
                 )
-            self.conn.execute(
-                "UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id)
-            )
+            self.conn.execute("UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id))
 
     def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
         with self.conn:
@@ -204,9 +242,14 @@ class RunStore:
 
     # ---- reading -------------------------------------------------------------------
     def run_info(self, run_id: str | None = None) -> RunInfo:
-        query = "SELECT run_id, name, twin, seed, spec_yaml, status, rounds_planned, rounds_done, summary_json FROM runs"
-        row = (self.conn.execute(query + " WHERE run_id = ?", (run_id,)).fetchone() if run_id
-               else self.conn.execute(query + " ORDER BY started_at LIMIT 1").fetchone())
+        query = (
+            "SELECT run_id, name, twin, seed, spec_yaml, status, rounds_planned, rounds_done, summary_json FROM runs"
+        )
+        row = (
+            self.conn.execute(query + " WHERE run_id = ?", (run_id,)).fetchone()
+            if run_id
+            else self.conn.execute(query + " ORDER BY started_at LIMIT 1").fetchone()
+        )
         if row is None:
             raise LookupError(f"no run in {self.path}")
         return RunInfo(*row[:8], summary=json.loads(row[8]) if row[8] else {})
@@ -223,16 +266,15 @@ class RunStore:
     def devices(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._dicts(
             "SELECT device, grp AS 'group', profile, link, num_samples, class_hist_json FROM devices"
-            " WHERE run_id = ? ORDER BY device", run_id,
+            " WHERE run_id = ? ORDER BY device",
+            run_id,
         )
         for r in rows:
             r["class_hist"] = json.loads(r.pop("class_hist_json"))
         return rows
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
-        return self._dicts(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY rowid", run_id
-        )
+        return self._dicts(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY rowid", run_id)
 
     def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         row = self.conn.execute("SELECT round, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()

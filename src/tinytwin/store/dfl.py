@@ -15,7 +15,8 @@ They are written in the same transaction as the round's ``rounds`` row and check
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tinytwin.store.db import RunStore
 
@@ -59,10 +60,30 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 """
 
-ROUND_METRIC_COLUMNS = ("round", "acc_mean", "acc_min", "acc_max", "acc_std", "loss_mean", "consensus_distance",
-                        "global_accuracy", "components", "messages")
-DEVICE_METRIC_COLUMNS = ("round", "device", "test_accuracy", "test_loss", "distance_to_mean", "lr", "local_rounds",
-                         "messages_sent", "messages_received", "airtime_s")
+ROUND_METRIC_COLUMNS = (
+    "round",
+    "acc_mean",
+    "acc_min",
+    "acc_max",
+    "acc_std",
+    "loss_mean",
+    "consensus_distance",
+    "global_accuracy",
+    "components",
+    "messages",
+)
+DEVICE_METRIC_COLUMNS = (
+    "round",
+    "device",
+    "test_accuracy",
+    "test_loss",
+    "distance_to_mean",
+    "lr",
+    "local_rounds",
+    "messages_sent",
+    "messages_received",
+    "airtime_s",
+)
 LEDGER_COLUMNS = ("round", "level", "src", "dst", "bytes", "cost")
 
 
@@ -71,10 +92,17 @@ def ensure_tables(store: RunStore) -> None:
     store.conn.commit()
 
 
-def write_round(store: RunStore, run_id: str, round_row: Mapping[str, Any], device_rows: Sequence[Mapping[str, Any]],
-                events: Sequence[Mapping[str, Any]], checkpoint: Mapping[str, Any] | None,
-                round_metrics: Mapping[str, Any], device_metrics: Sequence[Mapping[str, Any]],
-                ledger: Sequence[Mapping[str, Any]] = ()) -> None:
+def write_round(
+    store: RunStore,
+    run_id: str,
+    round_row: Mapping[str, Any],
+    device_rows: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    checkpoint: Mapping[str, Any] | None,
+    round_metrics: Mapping[str, Any],
+    device_metrics: Sequence[Mapping[str, Any]],
+    ledger: Sequence[Mapping[str, Any]] = (),
+) -> None:
     """Commit a round of a decentralized/hierarchical run in one transaction.
 
     The extra rows are inserted first (Python's sqlite3 opens the transaction implicitly);
@@ -83,15 +111,20 @@ def write_round(store: RunStore, run_id: str, round_row: Mapping[str, Any], devi
     """
     conn = store.conn
     try:
-        conn.execute(f"INSERT OR REPLACE INTO round_metrics (run_id, {', '.join(ROUND_METRIC_COLUMNS)}) "
-                     f"VALUES (?{', ?' * len(ROUND_METRIC_COLUMNS)})",
-                     (run_id, *[round_metrics.get(c) for c in ROUND_METRIC_COLUMNS]))
-        conn.executemany(f"INSERT OR REPLACE INTO device_metrics (run_id, {', '.join(DEVICE_METRIC_COLUMNS)}) "
-                         f"VALUES (?{', ?' * len(DEVICE_METRIC_COLUMNS)})",
-                         [(run_id, *[r.get(c) for c in DEVICE_METRIC_COLUMNS]) for r in device_metrics])
-        conn.executemany(f"INSERT INTO ledger (run_id, {', '.join(LEDGER_COLUMNS)}) "
-                         f"VALUES (?{', ?' * len(LEDGER_COLUMNS)})",
-                         [(run_id, *[r.get(c) for c in LEDGER_COLUMNS]) for r in ledger])
+        conn.execute(
+            f"INSERT OR REPLACE INTO round_metrics (run_id, {', '.join(ROUND_METRIC_COLUMNS)}) "
+            f"VALUES (?{', ?' * len(ROUND_METRIC_COLUMNS)})",
+            (run_id, *[round_metrics.get(c) for c in ROUND_METRIC_COLUMNS]),
+        )
+        conn.executemany(
+            f"INSERT OR REPLACE INTO device_metrics (run_id, {', '.join(DEVICE_METRIC_COLUMNS)}) "
+            f"VALUES (?{', ?' * len(DEVICE_METRIC_COLUMNS)})",
+            [(run_id, *[r.get(c) for c in DEVICE_METRIC_COLUMNS]) for r in device_metrics],
+        )
+        conn.executemany(
+            f"INSERT INTO ledger (run_id, {', '.join(LEDGER_COLUMNS)}) VALUES (?{', ?' * len(LEDGER_COLUMNS)})",
+            [(run_id, *[r.get(c) for c in LEDGER_COLUMNS]) for r in ledger],
+        )
     except BaseException:
         conn.rollback()
         raise
@@ -112,15 +145,19 @@ def has_tables(store: RunStore) -> bool:
 def round_metrics(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     if not has_tables(store):
         return []
-    return _dicts(store, f"SELECT {', '.join(ROUND_METRIC_COLUMNS)} FROM round_metrics WHERE run_id = ? ORDER BY round",
-                  run_id)
+    return _dicts(
+        store, f"SELECT {', '.join(ROUND_METRIC_COLUMNS)} FROM round_metrics WHERE run_id = ? ORDER BY round", run_id
+    )
 
 
 def device_metrics(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     if not has_tables(store):
         return []
-    return _dicts(store, f"SELECT {', '.join(DEVICE_METRIC_COLUMNS)} FROM device_metrics WHERE run_id = ? "
-                  "ORDER BY round, device", run_id)
+    return _dicts(
+        store,
+        f"SELECT {', '.join(DEVICE_METRIC_COLUMNS)} FROM device_metrics WHERE run_id = ? ORDER BY round, device",
+        run_id,
+    )
 
 
 def ledger(store: RunStore, run_id: str) -> list[dict[str, Any]]:

@@ -33,9 +33,9 @@ import hashlib
 import hmac
 import operator
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable
 
 import numpy as np
 
@@ -144,8 +144,10 @@ class Frame:
 def frame_size(payload_len: int) -> int:
     """Bytes on the wire for a frame with a ``payload_len``-byte payload."""
     if not 0 <= payload_len <= MAX_PAYLOAD:
-        raise ValueError(f"payload_len must be in [0, MAX_PAYLOAD={MAX_PAYLOAD}], got {payload_len}; "
-                         "a larger model does not fit in one frame")
+        raise ValueError(
+            f"payload_len must be in [0, MAX_PAYLOAD={MAX_PAYLOAD}], got {payload_len}; "
+            "a larger model does not fit in one frame"
+        )
     return FRAME_OVERHEAD + payload_len
 
 
