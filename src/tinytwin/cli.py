@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tinytwin.cli_dashboard import dashboard as _dashboard
 from tinytwin.errors import TinyTwinError
 
 app = typer.Typer(
@@ -377,6 +378,9 @@ def compare(
 
     path = compare_runs(run_dirs, out)
     console.print(f"comparison: {path}")
+
+
+app.command(name="dashboard")(_dashboard)
 
 
 def main() -> None:
