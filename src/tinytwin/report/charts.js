@@ -63,8 +63,8 @@
         marker: { color: COLORS[s.color || i] }, hovertemplate: "round %{x}<br>%{y:.4~s}" + unit + "<extra>" + s.name + " per round</extra>" });
     });
     return Plotly.react(div, traces, layout(title, "Round", "Cumulative (" + unit + ")", {
-      yaxis: { title: { text: "Cumulative (" + unit + ")" }, tickformat: "~s", ticksuffix: unit, rangemode: "tozero" },
-      yaxis2: { title: { text: "Per round (" + unit + ")" }, tickformat: "~s", ticksuffix: unit, overlaying: "y",
+      yaxis: { title: { text: "Cumulative (" + unit + ")" }, tickformat: ".3~s", ticksuffix: unit, rangemode: "tozero" },
+      yaxis2: { title: { text: "Per round (" + unit + ")" }, tickformat: ".3~s", ticksuffix: unit, overlaying: "y",
         side: "right", showgrid: false, rangemode: "tozero" },
       margin: { l: 70, r: 70, t: 40, b: 50 }, barmode: "group",
     }), CONFIG);
@@ -105,8 +105,8 @@
     const spec = {
       acc_round: ["Test accuracy against round", "Round", "Test accuracy (%)", {}],
       acc_time: ["Test accuracy against simulated time", "Simulated time (s)", "Test accuracy (%)", {}],
-      bytes: ["Cumulative bytes, up + down", "Round", "Bytes (B)", { yaxis: { title: { text: "Bytes (B)" }, tickformat: "~s", ticksuffix: "B" } }],
-      energy: ["Cumulative energy, all devices", "Round", "Energy (J)", { yaxis: { title: { text: "Energy (J)" }, tickformat: "~s", ticksuffix: "J" } }],
+      bytes: ["Cumulative bytes, up + down", "Round", "Bytes (B)", { yaxis: { title: { text: "Bytes (B)" }, tickformat: ".3~s", ticksuffix: "B" } }],
+      energy: ["Cumulative energy, all devices", "Round", "Energy (J)", { yaxis: { title: { text: "Energy (J)" }, tickformat: ".3~s", ticksuffix: "J" } }],
     }[kind];
     return Plotly.react(div, traces, layout(spec[0], spec[1], spec[2], spec[3]), CONFIG);
   }
@@ -172,10 +172,10 @@
     ];
     return Promise.all([
       Plotly.react(divTime, t, layout("Device " + D.device + ": time per round", "Round", "Time (s)",
-        { barmode: "stack", yaxis: { title: { text: "Time (s)" }, tickformat: "~s", ticksuffix: "s" } }), CONFIG),
+        { barmode: "stack", yaxis: { title: { text: "Time (s)" }, tickformat: ".3~s", ticksuffix: "s" } }), CONFIG),
       Plotly.react(divCost, c, layout("Device " + D.device + ": energy and bytes per round", "Round", "Energy (J)", {
-        yaxis: { title: { text: "Energy (J)" }, tickformat: "~s", ticksuffix: "J", rangemode: "tozero" },
-        yaxis2: { title: { text: "Bytes (B)" }, tickformat: "~s", ticksuffix: "B", overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" },
+        yaxis: { title: { text: "Energy (J)" }, tickformat: ".3~s", ticksuffix: "J", rangemode: "tozero" },
+        yaxis2: { title: { text: "Bytes (B)" }, tickformat: ".3~s", ticksuffix: "B", overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" },
         margin: { l: 70, r: 70, t: 40, b: 50 } }), CONFIG),
     ]);
   }

@@ -40,6 +40,7 @@
 
   // ---- run list -------------------------------------------------------------------------
   function renderRuns(payload) {
+    const same = JSON.stringify(payload.runs) === JSON.stringify(state.runs);
     state.runs = payload.runs;
     if (payload.root) text($("root"), payload.root);
     const note = $("runs-note");
@@ -47,6 +48,7 @@
     if (payload.note && !state.key) showMessage(payload.note, true);
     else if (!payload.note && !state.key && $("message").classList.contains("info")) showMessage(null);
     const ul = $("run-list");
+    if (same && ul.children.length) return;  // nothing changed: keep the elements (and any hover or focus)
     ul.replaceChildren();
     for (const run of payload.runs) {
       const li = make("li", run.error ? "bad" : "");
@@ -218,6 +220,10 @@
     if (m) { state.userPicked = true; state.key = decodeURIComponent(m[1]); }
     renderRuns(payload);
     if (state.key) selectRun(state.key); else connect(null, 0);
+    window.addEventListener("hashchange", function () {  // links and the back button select runs too
+      const h = /run=([^&]+)/.exec(location.hash);
+      if (h && decodeURIComponent(h[1]) !== state.key) { state.userPicked = true; selectRun(decodeURIComponent(h[1])); }
+    });
   }
   start();
 })();

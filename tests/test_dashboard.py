@@ -1,0 +1,177 @@
+"""The dashboard server over HTTP: bad input, read-only access, pushed round deltas.
+
+A real ``tinytwin dashboard`` process serves run folders written with the real RunStore
+(tests/test_report.py's ``make_run``); requests go over loopback with urllib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from browser_util import dashboard_server
+from test_report import make_run
+from tinytwin.store.db import RunStore
+
+
+def get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def read_events(url: str, seconds: float, until: Any = None) -> list[tuple[str, Any, float]]:
+    """SSE events of ``url`` for up to ``seconds`` (or until ``until(events)`` holds): (event, data, arrival time)."""
+    out: list[tuple[str, Any, float]] = []
+    deadline = time.monotonic() + seconds
+    with urllib.request.urlopen(url, timeout=seconds + 5) as r:
+        event = None
+        while time.monotonic() < deadline:
+            line = r.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                out.append((event, json.loads(line[6:]), time.time()))
+                if until and until(out):
+                    break
+    return out
+
+
+def newer_schema_run(run_dir: Path) -> None:
+    """A results.db as a future tinytwin might write it: schema version bumped, a column renamed."""
+    make_run(run_dir, rounds_done=2, rounds_planned=2)
+    conn = sqlite3.connect(run_dir / "results.db")
+    conn.execute("ALTER TABLE rounds RENAME COLUMN test_accuracy TO accuracy_top1")
+    conn.execute("UPDATE runs SET version = '9.0.0'")
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+
+
+def test_bad_input_gives_clear_messages_and_one_log_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with dashboard_server(empty) as (url, proc):
+        for _ in range(3):
+            status, body = get(url + "api/runs")
+            assert status == 200 and body["runs"] == [] and "No runs in" in body["note"]
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert err.count("no runs") == 1, err  # logged once, not once per request
+
+    runs = tmp_path / "runs"
+    make_run(runs / "good")
+    (runs / "corrupt").mkdir(parents=True)
+    (runs / "corrupt" / "results.db").write_bytes(b"this is not SQLite " * 300)
+    newer_schema_run(runs / "newer")
+    with dashboard_server(runs) as (url, proc):
+        status, body = get(url + "api/runs")
+        assert status == 200
+        by_key = {r["key"]: r for r in body["runs"]}
+        assert set(by_key) == {"good", "corrupt", "newer"}
+        assert "error" not in by_key["good"] and by_key["good"]["rounds_done"] == 6
+        assert "not a readable SQLite database" in by_key["corrupt"]["error"]
+        assert "newer tinytwin (version 9.0.0, schema 7)" in by_key["newer"]["error"]
+        status, body = get(url + "api/run?run=corrupt")
+        assert status == 422 and "corrupt" in body["error"] and "\n" not in body["error"]
+        status, body = get(url + "api/run?run=newer")
+        assert status == 422 and "upgrade tinytwin" in body["error"]
+        status, body = get(url + "api/run?run=../../etc")
+        assert status == 422 and "outside" in body["error"]
+        status, body = get(url + "api/fleet?run=good&metric=bogus")
+        assert status == 422 and "unknown metric" in body["error"]
+        status, body = get(url + "api/device?run=good&device=999")
+        assert status == 422 and "no device 999" in body["error"]
+        events = read_events(url + "api/stream?run=corrupt", 3, until=lambda ev: any(e == "problem" for e, _, _ in ev))
+        assert any(e == "problem" and "corrupt" in d["error"] for e, d, _ in events)
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err
+    assert sum("corrupt" in line for line in err.splitlines()) == 1, err
+    assert sum("newer tinytwin" in line for line in err.splitlines()) == 1, err
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int, str]]:
+    return {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.iterdir())
+    }
+
+
+def test_dashboard_never_writes_the_database(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_run(src / "run")
+    frozen = tmp_path / "frozen"
+    shutil.copytree(src, frozen)
+    for p in (frozen / "run").iterdir():
+        p.chmod(0o444)
+    (frozen / "run").chmod(0o555)
+    before = _fingerprint(frozen / "run")
+    try:
+        with dashboard_server(frozen) as (url, _):
+            assert get(url + "api/run?run=run")[1]["rounds_done"] == 6
+            for metric in ("energy_j", "status", "group", "accuracy"):
+                assert get(url + f"api/fleet?run=run&metric={metric}")[0] == 200
+            assert get(url + "api/device?run=run&device=3")[1]["rounds"]["round"] == [1, 2, 3, 4, 5, 6]
+            assert get(url + "api/compare?runs=run,run")[0] == 200
+            events = read_events(url + "api/stream?run=run&after=0", 3, until=lambda ev: len(ev) >= 2)
+            assert [e for e, _, _ in events] == ["runs", "rounds"]
+        after = _fingerprint(frozen / "run")
+        assert after == before  # same files (no -wal/-shm created), same bytes, same mtimes
+        assert stat.S_IMODE(os.stat(frozen / "run" / "results.db").st_mode) == 0o444
+    finally:
+        (frozen / "run").chmod(0o755)
+
+
+def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "live"
+    meta = make_run(run_dir, rounds_done=2, rounds_planned=4, finish=False)
+    with dashboard_server(tmp_path / "runs") as (url, _):
+        status, body = get(url + "api/run?run=live")
+        assert status == 200 and body["rounds"]["round"] == [1, 2] and body["status"] == "running"
+        assert body["counts"]["online"] == 8 and body["counts"]["training"] == 7 and body["counts"]["failed"] == 1
+
+        written: dict[int, float] = {}
+
+        def writer_thread() -> None:
+            """A run's writer: two more rounds, half a second apart, while the stream is open."""
+            time.sleep(1.0)
+            store = RunStore(run_dir / "results.db")
+            for rnd in (3, 4):
+                row = {c: 0 for c in ("selected", "completed", "dropped", "stragglers", "bytes_up", "bytes_down")}
+                row.update(round=rnd, sim_time_s=100.0 * rnd, duration_s=1.0, energy_j=0.5, wall_time_s=0.1)
+                row["test_accuracy"] = 0.5 + rnd / 100
+                store.write_round(meta["run_id"], row, [], [], None)
+                written[rnd] = time.time()
+                time.sleep(0.5)
+            store.close()
+
+        writer = threading.Thread(target=writer_thread)
+        writer.start()
+        events = read_events(
+            url + "api/stream?run=live&after=2",
+            15,
+            until=lambda ev: any(e == "rounds" and 4 in d["rounds"]["round"] for e, d, _ in ev),
+        )
+        writer.join()
+    deltas = [(d, t) for e, d, t in events if e == "rounds"]
+    pushed = [r for d, _ in deltas for r in d["rounds"]["round"]]
+    assert pushed == [3, 4]  # only the new rounds, each once
+    for d, arrived in deltas:
+        for rnd in d["rounds"]["round"]:
+            assert arrived - written[rnd] < 1.5, "round pushed too late"
+    assert deltas[-1][0]["rounds_done"] == 4 and deltas[-1][0]["rounds"]["test_accuracy"] == [pytest.approx(0.54)]

@@ -1,0 +1,151 @@
+"""The dashboard and the HTML report in a real headless Chromium, against a real run.
+
+A simulation of 24 rounds (slowed down with many local epochs so the page can watch it)
+writes into a runs folder that a real ``tinytwin dashboard`` serves; the page must follow
+the run as it goes, show a device's rounds when one is clicked, and the finished run's
+report.html must render its charts from a file:// URL without any network.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+
+from browser_util import chrome, console_errors, dashboard_server, start_cli, wait_for
+
+ROUNDS = 24
+SPEC = f"""
+name: watched
+seed: 7
+rounds: {ROUNDS}
+dataset: {{name: digits}}
+partition: {{method: dirichlet, alpha: 0.5}}
+model: {{name: mlp, hidden: [32]}}
+fleet:
+  groups:
+    - {{name: esp32, profile: esp32-s3, count: 16, link: wifi}}
+    - {{name: nrf, profile: nrf52840, count: 8, link: ble}}
+algorithm: {{name: fedavg, clients_per_round: 1.0, local_epochs: 40, batch_size: 4, lr: 0.05}}
+evaluation: {{every: 1}}
+"""
+
+JS_PROGRESS = """
+const gd = document.getElementById('chart-acc-round');
+return [document.getElementById('round-counter').textContent,
+        gd && gd.data ? gd.data[0].x.length : -1,
+        document.getElementById('run-status').textContent];
+"""
+
+
+def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    spec = tmp_path / "watched.yaml"
+    spec.write_text(SPEC)
+    with dashboard_server(runs) as (url, server), chrome() as driver:
+        t0 = time.monotonic()
+        driver.get(url)
+        message = wait_for(lambda: driver.find_element(By.ID, "message").text, 20, "the empty-folder message")
+        assert "No runs in" in message
+        sim = start_cli("run", str(spec), "--out", str(runs), "--quiet")
+        try:
+            # Follow mode: the page picks the running run by itself once its first row exists.
+            wait_for(lambda: driver.find_element(By.ID, "run-view").is_displayed(), 60, "the run view")
+            seen: list[tuple[int, int, str]] = []
+            while True:
+                counter, points, status = driver.execute_script(JS_PROGRESS)
+                if not seen or seen[-1] != (int(counter), points, status):
+                    seen.append((int(counter), points, status))
+                if status != "running" or time.monotonic() - t0 > 170:
+                    break
+                time.sleep(0.05)
+            assert sim.wait(timeout=120) == 0, sim.stderr.read() if sim.stderr else ""
+        finally:
+            if sim.poll() is None:
+                sim.kill()
+                sim.wait()
+        live = [s for s in seen if s[2] == "running"]
+        counters = [c for c, _, _ in live]
+        points = [p for _, p, _ in live]
+        # The counter and the chart grew while the run was going, pushed by the server.
+        assert len(set(counters)) >= 3, seen
+        assert counters == sorted(counters) and counters[0] < ROUNDS, seen
+        assert len(set(points)) >= 3 and points == sorted(points) and points[0] < ROUNDS, seen
+        final = wait_for(
+            lambda: (lambda c: c if c[0] == str(ROUNDS) and c[1] == ROUNDS and c[2] == "complete" else None)(
+                driver.execute_script(JS_PROGRESS)
+            ),
+            20,
+            "the final round on the page",
+        )
+        assert final == [str(ROUNDS), ROUNDS, "complete"]
+        assert driver.find_element(By.ID, "count-total").text == "24"
+
+        # Click a device in the fleet view (a real mouse click on its marker).
+        dots = wait_for(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#chart-fleet g.trace.scatter path.point"), 20, "fleet dots"
+        )
+        assert len(dots) == 24
+        ActionChains(driver).move_to_element(dots[5]).click().perform()
+        wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the device panel")
+        title = driver.find_element(By.ID, "device-title").text
+        assert title.startswith("Device "), title
+        device_rounds = wait_for(
+            lambda: driver.execute_script(
+                "const g = document.getElementById('chart-device-time'); return g.data ? g.data[0].x.length : 0;"
+            ),
+            20,
+            "the device's time chart",
+        )
+        assert device_rounds == ROUNDS
+        shot = tmp_path / "dashboard.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
+        errors = console_errors(driver)
+        assert not errors, errors
+        assert server.poll() is None  # the server survived all of it
+
+
+def test_page_messages_for_bad_runs_and_twins_side_by_side(tmp_path: Path) -> None:
+    from test_dashboard import newer_schema_run
+    from test_report import make_run
+
+    runs = tmp_path / "runs"
+    make_run(runs / "sim", twin="simulate")
+    make_run(runs / "emu", twin="emulate", seed=1, rounds_done=4, rounds_planned=6, finish=False)
+    (runs / "corrupt").mkdir()
+    (runs / "corrupt" / "results.db").write_bytes(b"garbage " * 500)
+    newer_schema_run(runs / "newer")
+    with dashboard_server(runs) as (url, _), chrome() as driver:
+        for key, expected in (("corrupt", "not a readable SQLite database"), ("newer", "newer tinytwin")):
+            driver.get(f"{url}#run={key}")
+            message = wait_for(
+                lambda: (lambda t: t if expected in t else None)(driver.find_element(By.ID, "message").text),
+                20,
+                f"the message for {key}",
+            )
+            assert key in message and "Traceback" not in message
+            assert not driver.find_element(By.ID, "run-view").is_displayed()
+        # Tick the two readable runs and overlay them.
+        items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#run-list li"), 20, "the run list")
+        assert len(items) == 4
+
+        def box(key: str):  # looked up afresh: the list is rebuilt when a run changes
+            return driver.find_element(By.CSS_SELECTOR, f'#run-list li[data-key="{key}"] input[type=checkbox]')
+
+        assert box("corrupt").get_attribute("disabled") and box("newer").get_attribute("disabled")
+        box("sim").click()  # the first ticked run is the reference of the differences
+        box("emu").click()
+        driver.find_element(By.ID, "compare-btn").click()
+        wait_for(lambda: driver.find_element(By.ID, "compare-view").is_displayed(), 20, "the comparison")
+        traces = driver.execute_script("return document.getElementById('cmp-acc-round').data.length")
+        assert traces == 2
+        rows = driver.find_elements(By.CSS_SELECTOR, "#diff-table tbody tr")
+        assert len(rows) == 6  # rounds 1..6 of the longer run
+        cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
+        assert cells[0] == "1" and cells[3] == "-2.00"  # emulate run's accuracy is 2 points lower (seed 1)
+        errors = console_errors(driver)
+        # The page's own requests for the bad runs answer 422 (a clear message, not a server error).
+        assert all("422" in e for e in errors), errors
