@@ -38,6 +38,10 @@ return [document.getElementById('round-counter').textContent,
         gd && gd.data ? gd.data[0].x.length : -1,
         document.getElementById('run-status').textContent];
 """
+JS_REPORT = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => [g.id, g.data.length,
+  g.data[g.data.length - 1].x ? g.data[g.data.length - 1].x.length : (g.data[0].z || []).length]);
+"""
 
 
 def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path) -> None:
@@ -106,6 +110,25 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
         errors = console_errors(driver)
         assert not errors, errors
         assert server.poll() is None  # the server survived all of it
+
+        # The finished run's report: one file, charts rendered from file:// with nothing fetched.
+        (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+        driver.get((run_dir / "report.html").as_uri())
+        charts = wait_for(lambda: driver.execute_script(JS_REPORT), 60, "the report's charts")
+        assert {c[0] for c in charts} >= {"chart-acc-round", "chart-acc-time", "chart-bytes", "chart-energy",
+                                          "chart-fleet", "chart-class-hist"}  # fmt: skip
+        sizes = {c[0]: c[2] for c in charts}
+        assert all(c[1] > 0 and c[2] > 0 for c in charts), charts
+        assert sizes["chart-acc-round"] == ROUNDS and sizes["chart-fleet"] == 24
+        fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert not [u for u in fetched if u.startswith("http")], fetched
+        assert not console_errors(driver)
+        # Its fleet is clickable too, and shows the device's rounds from the embedded data.
+        dot = driver.find_elements(By.CSS_SELECTOR, "#chart-fleet g.trace.scatter path.point")[2]
+        ActionChains(driver).move_to_element(dot).click().perform()
+        wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the report's device panel")
+        assert driver.find_element(By.ID, "device-note").text.startswith("Device ")
+        driver.save_screenshot(str(tmp_path / "report.png"))
 
 
 def test_page_messages_for_bad_runs_and_twins_side_by_side(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tinytwin.report.export import _table, atomic_write, export_csv, open_run
 from tinytwin.report.html import render_report
+from tinytwin.report.interactive import charts_section
 from tinytwin.report.plots import PALETTE, make_plots, new_axes, note_empty, save
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
@@ -109,4 +110,5 @@ def write_dfl_extras(run_dir: Path) -> Path:
         rounds, events = store.rounds(info.run_id), store.events(info.run_id)
     finally:
         store.close()
-    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files))
+    charts = charts_section(run_dir / "results.db")
+    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files, charts))
