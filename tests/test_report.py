@@ -6,9 +6,8 @@ test data for the report code, standing in for what an engine writes during a ru
 
 from __future__ import annotations
 
-import base64
-import json
 import csv
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -171,7 +170,8 @@ def test_write_report_is_self_contained_and_matches_db(tmp_path: Path) -> None:
     # Self-contained: plotly.js, the chart code and the data inline, nothing loaded from elsewhere.
     pngs = sorted((run_dir / "plots").glob("*.png"))
     assert len(pngs) == 6 and all(p.read_bytes().startswith(PNG_SIGNATURE) for p in pngs)
-    assert not re.search(r"<img[^>]+data:image/png", text)  # every standard plot is interactive; the PNGs are listed, not embedded
+    # Every standard plot is interactive; the PNGs are listed, not embedded.
+    assert not re.search(r"<img[^>]+data:image/png", text)
     assert all(f"plots/{p.name}" in text for p in pngs)
     markup = re.sub(r"<script.*?</script>", "", text, flags=re.S)  # plotly.js itself mentions plotly.com
     assert not re.search(r'(src|href)="(https?:)?//', markup) and not re.search(r"<script[^>]+src=", text)
