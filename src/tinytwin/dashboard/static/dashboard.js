@@ -129,8 +129,12 @@
     const rows = d.rounds.round.map(function (r, i) { return r > last ? i : -1; }).filter(function (i) { return i >= 0; });
     for (const col of Object.keys(R)) for (const i of rows) R[col].push(d.rounds[col][i]);
     updateHeader(d.status, d.rounds_done, d.rounds_planned, d.counts);
-    window.ttLastDelta = { sent_at: d.sent_at, received_at: Date.now() / 1000, rounds: rows.length };
-    if (rows.length) { scheduleDraw(); scheduleFleet(); if (state.device !== null) showDevice(state.device); }
+    if (rows.length) {
+      // Arrival log for benchmarks/bench_dashboard.py (update latency); the last 1000 only.
+      window.ttArrivals = (window.ttArrivals || []).slice(-999);
+      window.ttArrivals.push({ round: R.round[R.round.length - 1], received: Date.now() / 1000, drawn: null });
+      scheduleDraw(); scheduleFleet(); if (state.device !== null) showDevice(state.device);
+    }
   }
 
   function scheduleDraw() {
@@ -139,7 +143,12 @@
     requestAnimationFrame(function () { state.drawPending = false; draw(); });
   }
   function draw() {
-    ttCharts.roundCharts({ acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes", energy: "chart-energy" }, state.R);
+    const log = window.ttArrivals || [], pending = log.filter(function (a) { return a.drawn === null; });
+    return ttCharts.roundCharts({ acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
+      energy: "chart-energy" }, state.R).then(function () {
+      const now = Date.now() / 1000;
+      pending.forEach(function (a) { a.drawn = now; });
+    });
   }
 
   // ---- fleet and device ------------------------------------------------------------------
