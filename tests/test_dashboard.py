@@ -175,3 +175,33 @@ def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
         for rnd in d["rounds"]["round"]:
             assert arrived - written[rnd] < 1.5, "round pushed too late"
     assert deltas[-1][0]["rounds_done"] == 4 and deltas[-1][0]["rounds"]["test_accuracy"] == [pytest.approx(0.54)]
+
+
+def test_run_with_dashboard_serves_the_run_while_it_goes(tmp_path: Path) -> None:
+    from browser_util import start_cli
+    from test_dashboard_browser import SPEC
+
+    spec = tmp_path / "watched.yaml"
+    spec.write_text(SPEC.replace("rounds: 24", "rounds: 8"))
+    runs = tmp_path / "runs"
+    proc = start_cli("run", str(spec), "--out", str(runs), "--quiet", "--no-report", "--dashboard")
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("dashboard: http://127.0.0.1:"), line
+        url = line.split()[1]
+        seen = set()
+        while proc.poll() is None:
+            try:
+                status, body = get(url + "api/runs")
+            except OSError:
+                break  # the run ended and took the server with it
+            seen |= {(r["status"], r["rounds_done"]) for r in body["runs"]}
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "final accuracy" in out and "Traceback" not in err
+    assert any(s == "running" and 0 < n < 8 for s, n in seen), seen  # watched mid-run through the dashboard

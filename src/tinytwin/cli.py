@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tinytwin.cli_dashboard import dashboard as _dashboard
+from tinytwin.cli_dashboard import start_dashboard
 from tinytwin.errors import TinyTwinError
 
 app = typer.Typer(
@@ -44,12 +45,15 @@ def run(
     no_report: bool = typer.Option(
         False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"
     ),
+    dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
     from tinytwin.spec.load import load_spec
 
     spec, spec_yaml = load_spec(spec_file, set_ or [])
+    if dashboard:
+        start_dashboard(resume.parent if resume is not None else out)
     base_dir = spec_file.resolve().parent
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name}", total=spec.rounds)

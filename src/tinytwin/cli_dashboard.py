@@ -57,3 +57,27 @@ def dashboard(
         raise TinyTwinError(str(exc)) from None
     print(f"dashboard: {server.url} (runs in {server.state.catalog.root}; Ctrl-C stops it)", flush=True)
     server.run()
+
+
+def start_dashboard(runs_dir: Path, port: int = 8765) -> str:
+    """Serve ``runs_dir`` from a daemon thread for ``tinytwin run --dashboard``; returns the URL.
+
+    The thread lives as long as the run's process: the page follows the run, and the server
+    goes when the run ends (``tinytwin dashboard`` keeps serving afterwards). A busy port
+    falls back to any free one rather than failing the run.
+    """
+    try:
+        from tinytwin.dashboard.server import DashboardServer
+    except ImportError as exc:
+        raise TinyTwinError(
+            f"--dashboard needs the 'dashboard' extra ({exc.name} is missing): pip install 'tinytwin[dashboard]'"
+        ) from None
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, format="dashboard: %(message)s", stream=sys.stderr)
+    try:
+        server = DashboardServer(runs_dir, "127.0.0.1", port)
+    except OSError:
+        server = DashboardServer(runs_dir, "127.0.0.1", 0)
+    server.start_thread()
+    print(f"dashboard: {server.url} (serves {server.state.catalog.root} while this run goes)", flush=True)
+    return server.url
