@@ -205,3 +205,23 @@ def test_run_with_dashboard_serves_the_run_while_it_goes(tmp_path: Path) -> None
     assert proc.returncode == 0, err
     assert "final accuracy" in out and "Traceback" not in err
     assert any(s == "running" and 0 < n < 8 for s, n in seen), seen  # watched mid-run through the dashboard
+
+
+def test_fleet_view_draws_a_decentralized_runs_topology(tmp_path: Path) -> None:
+    import yaml
+
+    from conftest import run_cli
+    from dfl_util import spec_dict
+
+    spec = tmp_path / "ring.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(rounds=2, algorithm={"name": "gossip", "batch_size": 32})))
+    proc = run_cli("run", str(spec), "--out", str(tmp_path / "runs"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    with dashboard_server(tmp_path / "runs") as (url, _):
+        status, body = get(url + f"api/fleet?run={run_dir.name}&metric=rounds_trained")
+    assert status == 200 and body["note"] == "ring topology, 8 links"
+    assert len(body["edge_x"]) == 8 * 3 and body["value"] == [2] * 8  # 8 segments; every device trained twice
+    # The report draws the same graph.
+    html = (run_dir / "report.html").read_text()
+    assert '"note":"ring topology, 8 links"' in html

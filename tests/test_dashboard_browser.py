@@ -44,13 +44,51 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => [g.id, 
 """
 
 
+def watch_run(driver, sim) -> list[tuple[int, int, str]]:
+    """(round counter, accuracy points, status) each time the page changes, until the run leaves 'running'."""
+    t0 = time.monotonic()
+    seen: list[tuple[int, int, str]] = []
+    while True:
+        counter, points, status = driver.execute_script(JS_PROGRESS)
+        if not seen or seen[-1] != (int(counter), points, status):
+            seen.append((int(counter), points, status))
+        if status != "running" or time.monotonic() - t0 > 170:
+            return seen
+        time.sleep(0.05)
+
+
+def click_device(driver, index: int) -> None:
+    """A real mouse click on the ``index``-th device marker of the fleet chart."""
+    dots = wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#chart-fleet g.trace.scatter path.point"), 20, "fleet dots"
+    )
+    assert len(dots) == 24
+    ActionChains(driver).move_to_element(dots[index]).click().perform()
+    wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the device panel")
+
+
+def check_report(driver, run_dir: Path) -> None:
+    """The finished run's report: one file, charts rendered from file:// with nothing fetched."""
+    driver.get((run_dir / "report.html").as_uri())
+    charts = wait_for(lambda: driver.execute_script(JS_REPORT), 60, "the report's charts")
+    assert {c[0] for c in charts} >= {"chart-acc-round", "chart-acc-time", "chart-bytes", "chart-energy",
+                                      "chart-fleet", "chart-class-hist"}  # fmt: skip
+    sizes = {c[0]: c[2] for c in charts}
+    assert all(c[1] > 0 and c[2] > 0 for c in charts), charts
+    assert sizes["chart-acc-round"] == ROUNDS and sizes["chart-fleet"] == 24
+    fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [u for u in fetched if u.startswith("http")], fetched
+    assert not console_errors(driver)
+    click_device(driver, 2)  # its fleet is clickable too, from the embedded per-device rounds
+    assert driver.find_element(By.ID, "device-note").text.startswith("Device 2 ")
+
+
 def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
     spec = tmp_path / "watched.yaml"
     spec.write_text(SPEC)
     with dashboard_server(runs) as (url, server), chrome() as driver:
-        t0 = time.monotonic()
         driver.get(url)
         message = wait_for(lambda: driver.find_element(By.ID, "message").text, 20, "the empty-folder message")
         assert "No runs in" in message
@@ -58,14 +96,7 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
         try:
             # Follow mode: the page picks the running run by itself once its first row exists.
             wait_for(lambda: driver.find_element(By.ID, "run-view").is_displayed(), 60, "the run view")
-            seen: list[tuple[int, int, str]] = []
-            while True:
-                counter, points, status = driver.execute_script(JS_PROGRESS)
-                if not seen or seen[-1] != (int(counter), points, status):
-                    seen.append((int(counter), points, status))
-                if status != "running" or time.monotonic() - t0 > 170:
-                    break
-                time.sleep(0.05)
+            seen = watch_run(driver, sim)
             assert sim.wait(timeout=120) == 0, sim.stderr.read() if sim.stderr else ""
         finally:
             if sim.poll() is None:
@@ -88,15 +119,8 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
         assert final == [str(ROUNDS), ROUNDS, "complete"]
         assert driver.find_element(By.ID, "count-total").text == "24"
 
-        # Click a device in the fleet view (a real mouse click on its marker).
-        dots = wait_for(
-            lambda: driver.find_elements(By.CSS_SELECTOR, "#chart-fleet g.trace.scatter path.point"), 20, "fleet dots"
-        )
-        assert len(dots) == 24
-        ActionChains(driver).move_to_element(dots[5]).click().perform()
-        wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the device panel")
-        title = driver.find_element(By.ID, "device-title").text
-        assert title.startswith("Device "), title
+        click_device(driver, 5)
+        assert driver.find_element(By.ID, "device-title").text.startswith("Device 5 ")
         device_rounds = wait_for(
             lambda: driver.execute_script(
                 "const g = document.getElementById('chart-device-time'); return g.data ? g.data[0].x.length : 0;"
@@ -105,29 +129,15 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
             "the device's time chart",
         )
         assert device_rounds == ROUNDS
+        driver.execute_script("document.getElementById('device-panel').scrollIntoView()")
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
         errors = console_errors(driver)
         assert not errors, errors
         assert server.poll() is None  # the server survived all of it
 
-        # The finished run's report: one file, charts rendered from file:// with nothing fetched.
         (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
-        driver.get((run_dir / "report.html").as_uri())
-        charts = wait_for(lambda: driver.execute_script(JS_REPORT), 60, "the report's charts")
-        assert {c[0] for c in charts} >= {"chart-acc-round", "chart-acc-time", "chart-bytes", "chart-energy",
-                                          "chart-fleet", "chart-class-hist"}  # fmt: skip
-        sizes = {c[0]: c[2] for c in charts}
-        assert all(c[1] > 0 and c[2] > 0 for c in charts), charts
-        assert sizes["chart-acc-round"] == ROUNDS and sizes["chart-fleet"] == 24
-        fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert not [u for u in fetched if u.startswith("http")], fetched
-        assert not console_errors(driver)
-        # Its fleet is clickable too, and shows the device's rounds from the embedded data.
-        dot = driver.find_elements(By.CSS_SELECTOR, "#chart-fleet g.trace.scatter path.point")[2]
-        ActionChains(driver).move_to_element(dot).click().perform()
-        wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the report's device panel")
-        assert driver.find_element(By.ID, "device-note").text.startswith("Device ")
+        check_report(driver, run_dir)
         driver.save_screenshot(str(tmp_path / "report.png"))
 
 
