@@ -18,7 +18,7 @@
 
   function layout(title, xTitle, yTitle, extra) {
     return Object.assign({
-      title: { text: title, font: { size: 15 } },
+      title: { text: title, font: { size: 15 }, x: 0.01, xanchor: "left" },
       xaxis: { title: { text: xTitle }, zeroline: false },
       yaxis: { title: { text: yTitle }, zeroline: false },
       margin: { l: 65, r: 20, t: 40, b: 50 },
