@@ -225,3 +225,28 @@ def test_fleet_view_draws_a_decentralized_runs_topology(tmp_path: Path) -> None:
     # The report draws the same graph.
     html = (run_dir / "report.html").read_text()
     assert '"note":"ring topology, 8 links"' in html
+
+
+def test_ctrl_c_stops_the_server_cleanly_with_a_page_attached(tmp_path: Path) -> None:
+    import signal
+
+    make_run(tmp_path / "runs" / "a")
+    with dashboard_server(tmp_path / "runs") as (url, proc):
+        ended: list[str] = []
+
+        def follow() -> None:  # a page's open event stream
+            with urllib.request.urlopen(url + "api/stream?run=a", timeout=30) as r:
+                while r.readline():
+                    pass
+            ended.append("closed by the server")
+
+        page = threading.Thread(target=follow)
+        page.start()
+        time.sleep(1.0)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        page.join(timeout=10)
+    assert proc.returncode == 0 and time.monotonic() - t < 2.0
+    assert "dashboard stopped" in out and "Traceback" not in err and "ERROR" not in err, err
+    assert ended == ["closed by the server"]

@@ -56,7 +56,11 @@ def dashboard(
     except OSError as exc:
         raise TinyTwinError(str(exc)) from None
     print(f"dashboard: {server.url} (runs in {server.state.catalog.root}; Ctrl-C stops it)", flush=True)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; stopping is what the user asked for
+    print("dashboard stopped", flush=True)
 
 
 def start_dashboard(runs_dir: Path, port: int = 8765) -> str:

@@ -60,7 +60,11 @@ class RunCatalog:
     def runs(self) -> list[dict[str, Any]]:
         """One entry per run folder, newest first; unreadable ones carry an ``error``."""
         out = []
-        for run_dir in find_runs(self.root):
+        found = find_runs(self.root)
+        keys = {self.key_of(d) for d in found}
+        for gone in [k for k in self._cache if k not in keys]:  # deleted run folders
+            del self._cache[gone]
+        for run_dir in found:
             key = self.key_of(run_dir)
             stamp = db_signature(run_dir)
             hit = self._cache.get(key)

@@ -34,6 +34,17 @@ TRAINING = ("ok", "straggler")  # device_rounds statuses of a device that traine
 NOT_FAILED = (*TRAINING, "idle")
 
 
+def json_safe(x: Any) -> Any:
+    """NaN and infinities are not JSON; a gap (null) is the honest rendering in a chart or table."""
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    return x
+
+
 class RunDataError(Exception):
     """A run database the dashboard cannot show; the message is one sentence for the page."""
 
@@ -173,6 +184,20 @@ class RunDB:
             "excluded": max(num_devices - online, 0),
             "by_status": by_status,
         }
+
+    def spec_yaml(self) -> str:
+        return self._q("SELECT spec_yaml FROM runs WHERE run_id = ?", self.run_id)[0][0]
+
+    def device_row_count(self) -> int:
+        return self._q("SELECT count(*) FROM device_rounds WHERE run_id = ?", self.run_id)[0][0]
+
+    def class_histograms(self) -> dict[str, list[Any]]:
+        """Training samples per class of every device (the data partition), for a heat map."""
+        rows = self._q("SELECT device, class_hist_json FROM devices WHERE run_id = ? ORDER BY device", self.run_id)
+        try:
+            return {"device": [r[0] for r in rows], "z": [json.loads(r[1]) for r in rows]}
+        except ValueError as exc:
+            raise RunDataError(f"{self.path}: unreadable class histogram ({exc})") from None
 
     def devices(self) -> list[dict[str, Any]]:
         rows = self._q(

@@ -26,9 +26,9 @@ from starlette.staticfiles import StaticFiles
 
 from tinytwin.dashboard import fleet
 from tinytwin.dashboard.catalog import RunCatalog
-from tinytwin.dashboard.data import RunDataError
+from tinytwin.dashboard.data import RunDataError, json_safe
 from tinytwin.dashboard.diff import round_differences
-from tinytwin.dashboard.stream import _clean, events
+from tinytwin.dashboard.stream import events
 
 log = logging.getLogger("tinytwin.dashboard")
 STATIC = Path(__file__).with_name("static")
@@ -43,7 +43,7 @@ def plotly_js() -> Path:
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(_clean(data), status_code=status, headers={"Cache-Control": "no-store"})
+    return JSONResponse(json_safe(data), status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def _problem(exc: RunDataError) -> JSONResponse:
@@ -57,6 +57,7 @@ class Dashboard:
     def __init__(self, root: Path) -> None:
         self.catalog = RunCatalog(root)
         self.stopping = False
+        self.server_exiting: Callable[[], bool] = lambda: False  # set by DashboardServer
         self._layouts: dict[str, dict[str, Any]] = {}
 
     def runs(self, request: Request) -> JSONResponse:
@@ -92,13 +93,12 @@ class Dashboard:
 
         def body(db: Any) -> dict[str, Any]:
             devices = db.devices()
-            if key not in self._layouts or len(self._layouts[key]["x"]) != len(devices):
-                spec_yaml = db._q("SELECT spec_yaml FROM runs WHERE run_id = ?", db.run_id)[0][0]
-                seed = db.info()["seed"]
-                self._layouts[key] = fleet.layout(devices, spec_yaml, db.path.parent, seed)
+            cache = f"{key}\0{db.run_id}\0{len(devices)}"  # a run folder may be replaced by another run
+            if cache not in self._layouts:
+                self._layouts[cache] = fleet.layout(devices, db.spec_yaml(), db.path.parent, db.info()["seed"])
             label, unit = fleet.METRICS[metric]
             return {
-                **self._layouts[key],
+                **self._layouts[cache],
                 "device": [d["device"] for d in devices],
                 "group": [d["group"] for d in devices],
                 "value": fleet.metric_values(metric, devices, db.device_totals()),
@@ -151,7 +151,7 @@ class Dashboard:
         except ValueError:
             after = 0
         return StreamingResponse(
-            events(self.catalog, key, after, lambda: self.stopping),
+            events(self.catalog, key, after, lambda: self.stopping or self.server_exiting()),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -202,6 +202,9 @@ class DashboardServer:
         self.app, self.state = create_app(root)
         config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
         self.server = uvicorn.Server(config)
+        # Open event streams end as soon as shutdown starts, so Ctrl-C closes them cleanly
+        # instead of uvicorn cancelling them after its grace period.
+        self.state.server_exiting = lambda: bool(self.server.should_exit)
         self._thread: threading.Thread | None = None
 
     @property

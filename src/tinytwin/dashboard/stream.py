@@ -19,7 +19,7 @@ from typing import Any
 from anyio import to_thread
 
 from tinytwin.dashboard.catalog import RunCatalog
-from tinytwin.dashboard.data import RunDataError, RunDB
+from tinytwin.dashboard.data import RunDataError, RunDB, json_safe
 
 POLL_S = 0.2  # one data_version query per stream per poll: cheap; sets the update latency (≈ POLL_S / 2 on average)
 RUNS_EVERY_S = 1.0  # rescans of the folder for new runs
@@ -31,24 +31,13 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), allow_nan=False)}\n\n"
 
 
-def _clean(x: Any) -> Any:
-    """NaN and infinities are not JSON; a chart gap (null) is the honest rendering."""
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
-
-
 def run_delta(db: RunDB, after: int) -> dict[str, Any] | None:
     """New rounds after ``after`` plus the run's status and fleet counts, or None if nothing was committed."""
     if not db.changed():
         return None
     info = db.info()
     rounds = db.rounds(after)
-    return _clean(
+    return json_safe(
         {
             "rounds": rounds,
             "status": info["status"],
@@ -78,7 +67,7 @@ async def events(catalog: RunCatalog, key: str | None, after: int, stopping: Cal
                 sig = await to_thread.run_sync(catalog.signature)
                 if sig != runs_sig:
                     runs_sig = sig
-                    yield sse("runs", _clean(await to_thread.run_sync(catalog.listing)))
+                    yield sse("runs", json_safe(await to_thread.run_sync(catalog.listing)))
             if db is not None:
                 try:
                     delta = await to_thread.run_sync(run_delta, db, after)

@@ -14,22 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from tinytwin.dashboard import fleet
-from tinytwin.dashboard.data import RunDB
+from tinytwin.dashboard.data import RunDB, json_safe
 
 CHARTS_JS = Path(__file__).with_name("charts.js")
 REPORT_METRICS = ("energy_j", "bytes", "busy_s", "rounds_trained", "num_samples", "status", "group")
 MAX_DEVICE_ROWS = 20_000  # per-device rounds for click-through; above this they stay in csv/device_rounds.csv
-
-
-def json_safe(x: Any) -> Any:
-    """NaN and infinities are not JSON; a gap (null) is the honest rendering."""
-    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    return x
 
 
 def chart_data(db_path: Path) -> dict[str, Any]:
@@ -39,8 +28,7 @@ def chart_data(db_path: Path) -> dict[str, Any]:
         info = db.info()
         devices = db.devices()
         totals = db.device_totals()
-        spec_yaml = db._q("SELECT spec_yaml FROM runs WHERE run_id = ?", db.run_id)[0][0]
-        base = fleet.layout(devices, spec_yaml, db_path.parent, info["seed"])
+        base = fleet.layout(devices, db.spec_yaml(), db_path.parent, info["seed"])
         metrics = {
             m: {
                 "metric": m,
@@ -51,13 +39,12 @@ def chart_data(db_path: Path) -> dict[str, Any]:
             }
             for m in REPORT_METRICS
         }
-        rows = db._q("SELECT count(*) FROM device_rounds WHERE run_id = ?", db.run_id)[0][0]
+        rows = db.device_row_count()
         per_device = (
             {str(d["device"]): {**d, "rounds": db.device_rounds(d["device"])} for d in devices}
             if rows <= MAX_DEVICE_ROWS
             else None
         )
-        hist = db._q("SELECT device, class_hist_json FROM devices WHERE run_id = ? ORDER BY device", db.run_id)
         return json_safe(
             {
                 "rounds": db.rounds(0),
@@ -69,7 +56,7 @@ def chart_data(db_path: Path) -> dict[str, Any]:
                 },
                 "devices": per_device,
                 "device_rows": rows,
-                "class_hist": {"device": [h[0] for h in hist], "z": [json.loads(h[1]) for h in hist]},
+                "class_hist": db.class_histograms(),
             }
         )
     finally:
