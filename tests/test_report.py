@@ -290,3 +290,30 @@ def test_compare_rejects_folders_that_are_not_runs(tmp_path: Path) -> None:
 )
 def test_format_helpers(func: Any, value: Any, expected: str) -> None:
     assert func(value) == expected
+
+
+def test_summary_labels_are_tidy_with_units() -> None:
+    from tinytwin.report.html import render_summary
+
+    html = render_summary(
+        {
+            "energy_j_total": 3.2549,
+            "uplink_message_bytes": 9702,
+            "final_accuracy_across_devices": {"mean": 0.81, "min": 0.7, "max": 0.9, "std": 0.05},
+            "topology": {"kind": "ring", "devices": 8, "links": 8, "component_sizes": [8], "degree_mean": 2.0},
+            "emulate": {
+                "time_scale": 0.01,
+                "wall_per_round_s": {"median": 0.25, "max": 1.5},
+                "device_rss_kb": {"median": 30_000.0, "max": 31_000, "total": 240_000},
+                "frames_rejected": {},
+                "shaping": {"mode": "userspace"},
+            },
+        }
+    )
+    text = re.sub(r"<[^>]+>", " ", html)
+    for label in ("Energy (all devices)", "Uplink message size", "Final accuracy across devices", "Topology",
+                  "Emulation", "Wall time per round", "Device process memory (RSS)", "Mean degree"):  # fmt: skip
+        assert label in text, label
+    for value in ("3.25 J", "9.7 kB", "81.00 %", "250 ms", "1.5 s", "30.7 MB", "245.8 MB"):
+        assert value in text, value
+    assert "_" not in text and "{" not in text and "Energy j" not in text
