@@ -220,9 +220,9 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     ordered = [k for k in SUMMARY_KEYS if k in summary] + [k for k in summary if k not in SUMMARY_KEYS]
     for key in ordered:
         value = summary[key]
-        label, fmt = SUMMARY_KEYS.get(key, (key_label(key), lambda v, k=key: render_value(v, k)))
+        label, fmt = SUMMARY_KEYS.get(key, (key_label(key), render_value))
         try:
-            cell = fmt(value)
+            cell = fmt(value) if key in SUMMARY_KEYS else render_value(value, key)
         except (TypeError, ValueError, AttributeError, KeyError):
             cell = render_value(value, key)  # unexpected shape: show it generically rather than fail the report
         rows.append(f"<tr><th>{esc(label)}</th><td>{cell}</td></tr>")
