@@ -219,12 +219,15 @@ def test_fleet_view_draws_a_decentralized_runs_topology(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     with dashboard_server(tmp_path / "runs") as (url, _):
+        status, run = get(url + f"api/run?run={run_dir.name}")
+        assert status == 200 and run["spread"]["round"] == [1, 2]  # accuracy band of the devices' own models
+        assert all(lo <= hi for lo, hi in zip(run["spread"]["acc_min"], run["spread"]["acc_max"]))
         status, body = get(url + f"api/fleet?run={run_dir.name}&metric=rounds_trained")
     assert status == 200 and body["note"] == "ring topology, 8 links"
     assert len(body["edge_x"]) == 8 * 3 and body["value"] == [2] * 8  # 8 segments; every device trained twice
     # The report draws the same graph.
     html = (run_dir / "report.html").read_text()
-    assert '"note":"ring topology, 8 links"' in html
+    assert '"note":"ring topology, 8 links"' in html and '"spread":{"round":[1,2]' in html
 
 
 def test_ctrl_c_stops_the_server_cleanly_with_a_page_attached(tmp_path: Path) -> None:

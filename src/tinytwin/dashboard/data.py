@@ -30,6 +30,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "rounds": ROUND_COLUMNS,
     "device_rounds": DEVICE_ROUND_COLUMNS,
 }
+SPREAD_COLUMNS = ("round", "acc_mean", "acc_min", "acc_max", "consensus_distance")
 TRAINING = ("ok", "straggler")  # device_rounds statuses of a device that trained this round
 NOT_FAILED = (*TRAINING, "idle")
 
@@ -161,6 +162,19 @@ class RunDB:
             after,
         )
         return {c: [r[i] for r in rows] for i, c in enumerate(ROUND_COLUMNS)}
+
+    def spread(self, after: int = 0) -> dict[str, list[Any]] | None:
+        """Decentralized/hierarchical runs: accuracy of the devices' own models (mean, min, max) per round.
+
+        None for runs without the ``round_metrics`` table (centralized runs)."""
+        if not self._columns("round_metrics") >= set(SPREAD_COLUMNS):
+            return None
+        rows = self._q(
+            f"SELECT {', '.join(SPREAD_COLUMNS)} FROM round_metrics WHERE run_id = ? AND round > ? ORDER BY round",
+            self.run_id,
+            after,
+        )
+        return {c: [r[i] for r in rows] for i, c in enumerate(SPREAD_COLUMNS)}
 
     def fleet_counts(self, num_devices: int) -> dict[str, Any]:
         """Devices online / training / failed / not taking part in the latest round."""

@@ -80,7 +80,7 @@ class Dashboard:
     def run(self, request: Request) -> JSONResponse:
         def body(db: Any) -> dict[str, Any]:
             info = db.info()
-            return {**info, "key": request.query_params["run"], "rounds": db.rounds(0),
+            return {**info, "key": request.query_params["run"], "rounds": db.rounds(0), "spread": db.spread(0),
                     "counts": db.fleet_counts(info["num_devices"])}  # fmt: skip
 
         return self._with_run(request, body)

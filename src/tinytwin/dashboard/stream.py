@@ -40,6 +40,7 @@ def run_delta(db: RunDB, after: int) -> dict[str, Any] | None:
     return json_safe(
         {
             "rounds": rounds,
+            "spread": db.spread(after),
             "status": info["status"],
             "rounds_done": info["rounds_done"],
             "rounds_planned": info["rounds_planned"],

@@ -21,10 +21,10 @@
       title: { text: title, font: { size: 15 }, x: 0.01, xanchor: "left" },
       xaxis: { title: { text: xTitle }, zeroline: false },
       yaxis: { title: { text: yTitle }, zeroline: false },
-      margin: { l: 65, r: 20, t: 40, b: 50 },
+      margin: { l: 65, r: 20, t: 40, b: 60 },
       hovermode: "closest",
       uirevision: "keep",
-      legend: { orientation: "h", y: -0.22 },
+      legend: { orientation: "h", y: -0.3 },
     }, extra || {});
   }
 
@@ -37,7 +37,25 @@
     return { x: xs, y: ys, round: rs };
   }
 
-  function accuracy(div, R, x) {
+  /* Decentralized runs: min–max band of the devices' own accuracies (S from round_metrics), on R's x axis. */
+  function spreadTraces(R, S, x) {
+    if (!S || !S.round.length) return [];
+    const xOf = {};
+    R.round.forEach(function (r, i) { xOf[r] = R[x][i]; });
+    const idx = S.round.map(function (r, i) { return S.acc_min[i] !== null && xOf[r] !== undefined ? i : -1; })
+      .filter(function (i) { return i >= 0; });
+    const xs = idx.map(function (i) { return xOf[S.round[i]]; });
+    const band = function (key, name, fill) {
+      return { x: xs, y: idx.map(function (i) { return 100 * S[key][i]; }), type: "scatter", mode: "lines", name: name,
+        line: { width: 0, color: COLORS[0] }, fill: fill, fillcolor: "rgba(31,119,180,0.15)",
+        hovertemplate: "%{y:.2f} %<extra>" + name + "</extra>" };
+    };
+    const lo = band("acc_min", "device min", "none");
+    lo.showlegend = false;
+    return [lo, band("acc_max", "devices' min–max", "tonexty")];
+  }
+
+  function accuracy(div, R, x, S) {
     const p = evaluated(R, x);
     const byTime = x === "sim_time_s";
     const trace = {
@@ -46,7 +64,8 @@
       hovertemplate: (byTime ? "round %{customdata}<br>t = %{x:.3~s}s" : "round %{x}") + "<br>%{y:.2f} %<extra></extra>",
     };
     const title = byTime ? "Test accuracy against simulated time" : "Test accuracy against round";
-    return Plotly.react(div, [trace],
+    if (S) trace.name = "mean of the devices' models";
+    return Plotly.react(div, spreadTraces(R, S, x).concat([trace]),
       layout(title, byTime ? "Simulated time (s)" : "Round", "Test accuracy (%)",
         { xaxis: { title: { text: byTime ? "Simulated time (s)" : "Round" }, ticksuffix: byTime ? " s" : "" } }),
       CONFIG);
@@ -66,7 +85,7 @@
       yaxis: { title: { text: "Cumulative (" + unit + ")" }, tickformat: ".3~s", ticksuffix: unit, rangemode: "tozero" },
       yaxis2: { title: { text: "Per round (" + unit + ")" }, tickformat: ".3~s", ticksuffix: unit, overlaying: "y",
         side: "right", showgrid: false, rangemode: "tozero" },
-      margin: { l: 70, r: 70, t: 40, b: 50 }, barmode: "group",
+      margin: { l: 70, r: 70, t: 40, b: 60 }, barmode: "group",
     }), CONFIG);
   }
 
@@ -83,9 +102,9 @@
   }
 
   /* The four round charts; `ids` maps acc_round / acc_time / bytes / energy to element ids. */
-  function roundCharts(ids, R) {
+  function roundCharts(ids, R, S) {
     return Promise.all([
-      accuracy(ids.acc_round, R, "round"), accuracy(ids.acc_time, R, "sim_time_s"),
+      accuracy(ids.acc_round, R, "round", S), accuracy(ids.acc_time, R, "sim_time_s", S),
       bytes(ids.bytes, R), energy(ids.energy, R),
     ]);
   }
@@ -176,7 +195,7 @@
       Plotly.react(divCost, c, layout("Device " + D.device + ": energy and bytes per round", "Round", "Energy (J)", {
         yaxis: { title: { text: "Energy (J)" }, tickformat: ".3~s", ticksuffix: "J", rangemode: "tozero" },
         yaxis2: { title: { text: "Bytes (B)" }, tickformat: ".3~s", ticksuffix: "B", overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" },
-        margin: { l: 70, r: 70, t: 40, b: 50 } }), CONFIG),
+        margin: { l: 70, r: 70, t: 40, b: 60 } }), CONFIG),
     ]);
   }
 

@@ -48,6 +48,7 @@ def chart_data(db_path: Path) -> dict[str, Any]:
         return json_safe(
             {
                 "rounds": db.rounds(0),
+                "spread": db.spread(0),
                 "fleet": {
                     **base,
                     "device": [d["device"] for d in devices],
@@ -78,7 +79,7 @@ INIT_JS = """
 (function () {
   const D = JSON.parse(document.getElementById("tt-data").textContent);
   ttCharts.roundCharts({acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
-    energy: "chart-energy"}, D.rounds);
+    energy: "chart-energy"}, D.rounds, D.spread);
   const sel = document.getElementById("fleet-metric");
   for (const [k, m] of Object.entries(D.fleet.metrics)) {
     const o = document.createElement("option"); o.value = k; o.textContent = m.label; sel.appendChild(o);
@@ -131,7 +132,7 @@ SECTION = """
 
 CSS = """
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:.8rem}
-.chart{min-height:340px;border:1px solid #eee;border-radius:6px}.chart.tall{min-height:520px}
+.chart{min-height:360px;border:1px solid #eee;border-radius:6px}.chart.tall{min-height:520px}
 """
 
 

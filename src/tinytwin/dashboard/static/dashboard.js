@@ -99,7 +99,7 @@
     catch (e) { $("run-view").hidden = true; showMessage(e.message); connect(null, 0); return; }
     if (state.key !== key) return;
     showMessage(null);
-    state.info = run; state.R = run.rounds;
+    state.info = run; state.R = run.rounds; state.S = run.spread;
     text($("run-title"), run.name);
     text($("run-meta"), "twin " + run.twin + " · seed " + run.seed + " · " + run.num_devices + " devices in " +
       Object.keys(run.groups).length + " group(s) · run " + run.run_id + " · folder " + key);
@@ -128,6 +128,10 @@
     const R = state.R, last = R.round.length ? R.round[R.round.length - 1] : 0;
     const rows = d.rounds.round.map(function (r, i) { return r > last ? i : -1; }).filter(function (i) { return i >= 0; });
     for (const col of Object.keys(R)) for (const i of rows) R[col].push(d.rounds[col][i]);
+    const S = state.S, lastS = S && S.round.length ? S.round[S.round.length - 1] : 0;
+    if (S && d.spread) d.spread.round.forEach(function (r, i) {
+      if (r > lastS) for (const col of Object.keys(S)) S[col].push(d.spread[col][i]);
+    });
     updateHeader(d.status, d.rounds_done, d.rounds_planned, d.counts);
     if (rows.length) {
       // Arrival log for benchmarks/bench_dashboard.py (update latency); the last 1000 only.
@@ -145,7 +149,7 @@
   function draw() {
     const log = window.ttArrivals || [], pending = log.filter(function (a) { return a.drawn === null; });
     return ttCharts.roundCharts({ acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
-      energy: "chart-energy" }, state.R).then(function () {
+      energy: "chart-energy" }, state.R, state.S).then(function () {
       const now = Date.now() / 1000;
       pending.forEach(function (a) { a.drawn = now; });
     });
