@@ -253,3 +253,18 @@ def test_ctrl_c_stops_the_server_cleanly_with_a_page_attached(tmp_path: Path) ->
     assert proc.returncode == 0 and time.monotonic() - t < 2.0
     assert "dashboard stopped" in out and "Traceback" not in err and "ERROR" not in err, err
     assert ended == ["closed by the server"]
+
+
+def test_host_other_than_loopback_warns_and_bad_options_are_one_line(tmp_path: Path) -> None:
+    from conftest import run_cli
+    from tinytwin.cli_dashboard import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.10")
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes first, then the bind error.
+    proc = run_cli("dashboard", str(tmp_path), "--host", "192.0.2.1", "--port", "0", timeout=60)
+    assert proc.returncode == 2
+    assert "warning" in proc.stderr and "no login" in proc.stderr
+    assert "error: cannot listen on 192.0.2.1:0" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("dashboard", str(tmp_path), "--port", "70000", timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --port must be 0..65535, not 70000"
