@@ -43,12 +43,15 @@ def run(
     no_report: bool = typer.Option(
         False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"
     ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda | auto: where the batched engines compute (sets engine.device)"
+    ),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
     from tinytwin.spec.load import load_spec
 
-    spec, spec_yaml = load_spec(spec_file, set_ or [])
+    spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *([f"engine.device={device}"] if device else [])])
     base_dir = spec_file.resolve().parent
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name}", total=spec.rounds)

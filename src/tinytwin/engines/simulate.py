@@ -22,11 +22,13 @@ import torch
 from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
+from tinytwin.engines.device import default_chunk, resolve_device
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.round_costs import round_costs
 from tinytwin.engines.state import Checkpointed
+from tinytwin.engines.streaming import StreamingMean
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.rng import Stream, stream_rng
@@ -61,11 +63,23 @@ class Simulator:
         a = spec.algorithm
         self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
         ds = exp.dataset
-        self.x_train = torch.from_numpy(ds.x_train)
-        self.y_train = torch.from_numpy(ds.y_train)
-        self.x_test = torch.from_numpy(ds.x_test)
-        self.y_test = torch.from_numpy(ds.y_test)
-        self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
+        eng = spec.engine
+        self.device = resolve_device(eng.device)
+        self.x_train = torch.from_numpy(ds.x_train).to(self.device)
+        self.y_train = torch.from_numpy(ds.y_train).to(self.device)
+        self.x_test = torch.from_numpy(ds.x_test).to(self.device)
+        self.y_test = torch.from_numpy(ds.y_test).to(self.device)
+        self.trainer = LocalTrainer(
+            exp.module,
+            exp.layout,
+            self.x_train,
+            self.y_train,
+            self.cfg,
+            spec.seed,
+            chunk_size=default_chunk(self.device, eng.chunk_size),
+            device=self.device,
+            threads=eng.threads,
+        )
         so = a.server_optimizer
         self.server_opt = make_server_optimizer(
             so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
@@ -90,7 +104,7 @@ class Simulator:
     def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
         a = self.exp.spec.algorithm
         per_round = self.exp.fleet.num_devices if isinstance(a.clients_per_round, float) else a.clients_per_round
-        threads = threads_for(per_round * a.batch_size * self.exp.model.num_params)
+        threads = self.exp.spec.engine.threads or threads_for(per_round * a.batch_size * self.exp.model.num_params)
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
             with intra_op_threads(threads):
                 state = self.step(state, r)
@@ -149,12 +163,8 @@ class Simulator:
         new_global, train_losses = state.global_params, np.full(selected.size, np.nan)
         server_state = state.server_state
         if completed.size:
-            result = self.trainer.train(state.global_params, r, completed, [exp.parts[d] for d in completed])
-            train_losses[completed_mask] = result.train_loss
-            deltas = result.params - state.global_params
-            received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
-            aggregate = self._aggregate(
-                received, torch.from_numpy(n_samples[completed_mask]).to(received.dtype), events, r, t0
+            aggregate, train_losses[completed_mask] = self._learn(
+                state.global_params, r, completed, n_samples[completed_mask], events, t0
             )
             if aggregate is not None:
                 new_global, server_state = self.server_opt.step(
@@ -181,9 +191,11 @@ class Simulator:
         acc = loss = None
         per_device_acc: dict[int, float] = {}
         if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
+            on_device = new_global.to(self.device)
+            acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
             if spec.evaluation.per_device:
-                correct, _ = predict_correct(exp.module, exp.layout, new_global, self.x_train, self.y_train)
+                correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
+                correct = correct.cpu()
                 for d in online_ids:
                     per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
 
@@ -243,27 +255,83 @@ class Simulator:
         self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
         return new_state
 
-    def _aggregate(
-        self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int, t0: float
-    ) -> torch.Tensor | None:
-        agg = self.exp.spec.algorithm.aggregator
-        try:
-            return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
-        except ValueError as exc:
+    def _learn(
+        self,
+        start: torch.Tensor,
+        r: int,
+        completed: np.ndarray,
+        n_samples: np.ndarray,
+        events: list[dict[str, Any]],
+        t0: float,
+    ) -> tuple[torch.Tensor | None, np.ndarray]:
+        """Train the completed devices and aggregate what the server receives.
+
+        Returns the aggregate delta (on the CPU, ``None`` when the rule refused) and the
+        devices' training losses. Round state stays on the CPU; the work runs on the
+        engine's device. More devices than one chunk with FedAvg stream: each chunk is
+        reduced as it finishes (:class:`StreamingMean`), so memory is one chunk of models.
+        """
+        exp, a = self.exp, self.exp.spec.algorithm
+        parts = [exp.parts[d] for d in completed]
+        sizes = exp.model.tensor_sizes
+        if a.aggregator.name == "fedavg" and completed.size > self.trainer.chunk_size:
+            agg, losses, error = stream_fedavg(self.trainer, start, r, completed, parts, n_samples, a.encoding, sizes)
+        else:
+            result = self.trainer.train(start, r, completed, parts)
+            losses, agg, error = result.train_loss, None, None
+            received = roundtrip_torch(result.params - start.to(self.device), a.encoding, tensor_sizes=sizes)
+            weights = torch.from_numpy(n_samples).to(received.dtype)
+            try:
+                agg = aggregate(a.aggregator.name, received, weights, **a.aggregator.model_dump(exclude={"name"}))
+            except ValueError as exc:
+                error = str(exc)
+        if error is not None:
             events.append(
                 {
                     "round": r,
                     "sim_time_s": t0,
                     "device": None,
                     "kind": "aggregation_skipped",
-                    "detail": f"{agg.name}: {exc}",
+                    "detail": f"{a.aggregator.name}: {error}",
                 }
             )
-            return None
+        return (None if agg is None else agg.cpu()), losses
 
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
         return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+
+
+def stream_fedavg(
+    trainer: LocalTrainer,
+    start: torch.Tensor,
+    r: int,
+    device_ids: np.ndarray,
+    parts: list[np.ndarray],
+    n_samples: np.ndarray,
+    encoding: str,
+    tensor_sizes: Any,
+) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
+    """FedAvg of the received deltas, one chunk of devices at a time (memory: one chunk).
+
+    Returns the aggregate delta (``None`` if FedAvg refused), the devices' training losses
+    and FedAvg's reason for refusing, if it did."""
+    losses = np.zeros(len(parts))
+    try:
+        mean: StreamingMean | None = StreamingMean(torch.from_numpy(n_samples), start.shape[-1], trainer.device)
+    except ValueError as exc:
+        mean, error = None, str(exc)
+    start_dev = start.to(trainer.device)
+    for lo, hi, result in trainer.train_chunks(start_dev, r, device_ids, parts):
+        losses[lo:hi] = result.train_loss
+        if mean is not None:
+            mean.add(lo, hi, roundtrip_torch(result.params - start_dev, encoding, tensor_sizes=tensor_sizes))
+    if mean is None:
+        return None, losses, error
+    try:
+        return mean.result(), losses, None
+    except ValueError as exc:
+        return None, losses, str(exc)
 
 
 def select_participants(online_ids: np.ndarray, clients_per_round: int | float, seed: int, r: int) -> np.ndarray:

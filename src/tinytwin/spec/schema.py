@@ -343,6 +343,21 @@ class EvaluationSpec(Strict):
     per_device: bool = False
 
 
+class EngineSpec(Strict):
+    """How the simulation twin computes, never what it computes: results depend only on the
+    other keys (on the CPU bit for bit; on a GPU to float32 rounding)."""
+
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu", description="torch device of the batched engines; auto: cuda when available"
+    )
+    threads: PositiveInt | None = Field(
+        default=None, description="CPU intra-op threads; default: 1 (see docs/benchmarks.md, threads)"
+    )
+    chunk_size: PositiveInt | None = Field(
+        default=None, description="devices trained at once; default 2048 on the CPU, 65536 on a GPU"
+    )
+
+
 class ExperimentSpec(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "experiment"
     seed: NonNegInt = 0
@@ -355,6 +370,7 @@ class ExperimentSpec(Strict):
     failures: FailureSpec = Field(default_factory=FailureSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
 
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:
