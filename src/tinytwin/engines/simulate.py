@@ -32,6 +32,7 @@ from tinytwin.engines.streaming import StreamingMean
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.rng import Stream, stream_rng
+from tinytwin.spec.schema import AggregatorSpec
 from tinytwin.store.db import RunStore
 from tinytwin.wire.roundtrip import roundtrip_torch
 
@@ -273,18 +274,9 @@ class Simulator:
         """
         exp, a = self.exp, self.exp.spec.algorithm
         parts = [exp.parts[d] for d in completed]
-        sizes = exp.model.tensor_sizes
-        if a.aggregator.name == "fedavg" and completed.size > self.trainer.chunk_size:
-            agg, losses, error = stream_fedavg(self.trainer, start, r, completed, parts, n_samples, a.encoding, sizes)
-        else:
-            result = self.trainer.train(start, r, completed, parts)
-            losses, agg, error = result.train_loss, None, None
-            received = roundtrip_torch(result.params - start.to(self.device), a.encoding, tensor_sizes=sizes)
-            weights = torch.from_numpy(n_samples).to(received.dtype)
-            try:
-                agg = aggregate(a.aggregator.name, received, weights, **a.aggregator.model_dump(exclude={"name"}))
-            except ValueError as exc:
-                error = str(exc)
+        agg, losses, error = learn_round(
+            self.trainer, start, r, completed, parts, n_samples, a.aggregator, a.encoding, exp.model.tensor_sizes
+        )
         if error is not None:
             events.append(
                 {
@@ -300,6 +292,34 @@ class Simulator:
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
         return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+
+
+def learn_round(
+    trainer: LocalTrainer,
+    start: torch.Tensor,
+    r: int,
+    device_ids: np.ndarray,
+    parts: list[np.ndarray],
+    n_samples: np.ndarray,
+    aggregator: AggregatorSpec,
+    encoding: str,
+    tensor_sizes: Any,
+) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
+    """One round's learning: local training from ``start``, the server's decoding, aggregation.
+
+    Returns the aggregate delta on the trainer's device (``None`` if the rule refused),
+    the devices' training losses and the rule's reason for refusing. FedAvg over more
+    devices than one chunk streams (:func:`stream_fedavg`); other rules see every row."""
+    if aggregator.name == "fedavg" and len(parts) > trainer.chunk_size:
+        return stream_fedavg(trainer, start, r, device_ids, parts, n_samples, encoding, tensor_sizes)
+    result = trainer.train(start, r, device_ids, parts)
+    received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
+    weights = torch.from_numpy(n_samples).to(received.dtype)
+    try:
+        agg = aggregate(aggregator.name, received, weights, **aggregator.model_dump(exclude={"name"}))
+    except ValueError as exc:
+        return None, result.train_loss, str(exc)
+    return agg, result.train_loss, None
 
 
 def stream_fedavg(
