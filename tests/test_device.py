@@ -132,3 +132,22 @@ def test_cuda_runs_agree_with_the_cpu_reference(name):
     for a, b in zip(got, REF[name], strict=True):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02
         assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 * max(1.0, abs(b["train_loss"]))
+
+
+def test_schedule_hashed_with_torch_equals_the_numpy_schedule():
+    from tinytwin.engines import schedule_torch
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 70, 3000)
+    sizes[:2] = 0  # devices without data
+    parts = [rng.integers(0, 60_000, k) for k in sizes]
+    ids = rng.permutation(1 << 20)[:3000] + (1 << 40)  # large ids exercise the full 64 bits
+    trainer = LocalTrainer.__new__(LocalTrainer)
+    trainer.cfg, trainer.seed = LocalTraining(2, 8, 0.1, "sgd", 0, 0, 0), 11
+    expected = trainer.schedule(4, ids, parts)
+    got = schedule_torch.schedule(11, 4, 2, 8, ids, parts, torch.device("cpu"))
+    assert expected.shape == (3000, 2 * 9 * 8) and (expected >= 0).sum() == 2 * sizes.sum()
+    assert np.array_equal(got.numpy(), expected)
+    if CUDA:
+        cuda = schedule_torch.schedule(11, 4, 2, 8, ids, parts, torch.device("cuda"))
+        assert np.array_equal(cuda.cpu().numpy(), expected)

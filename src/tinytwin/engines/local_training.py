@@ -19,6 +19,8 @@ from torch.func import grad, vmap
 
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
+from tinytwin.engines.schedule_torch import padded_indices
+from tinytwin.engines.schedule_torch import schedule as schedule_on
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
@@ -83,9 +85,7 @@ class LocalTrainer:
         sizes = np.array([len(ix) for ix in indices], dtype=np.int64)
         b = self.cfg.batch_size
         steps = int(-(-sizes.max() // b)) if sizes.size else 0
-        padded = np.full((len(indices), max(int(sizes.max()), 1)), -1, dtype=np.int64)
-        for d, ix in enumerate(indices):
-            padded[d, : len(ix)] = ix
+        padded = padded_indices(indices)
         slots = []
         for epoch in range(self.cfg.epochs):
             order = device_permutations(self.seed, round_, epoch, device_ids, sizes)
@@ -141,9 +141,7 @@ class LocalTrainer:
 
     def _threads(self, d: int, num_params: int) -> int:
         """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule."""
-        if self.threads is not None:
-            return self.threads
-        return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params)
+        return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params, self.threads)
 
     def _train_chunk(
         self,
@@ -160,7 +158,10 @@ class LocalTrainer:
         cfg = self.cfg
         n = len(indices)
         dev = self.device
-        sched = torch.from_numpy(self.schedule(round_, device_ids, indices)).to(dev)
+        if dev.type == "cpu":
+            sched = torch.from_numpy(self.schedule(round_, device_ids, indices))
+        else:  # the same schedule, hashed on the GPU (numpy's is seconds a round at 10^6 devices)
+            sched = schedule_on(self.seed, round_, cfg.epochs, cfg.batch_size, device_ids, indices, dev)
         fast = self._mlp_grad
         if fast is not None:
             tensors = fast.split(start, n)

@@ -105,7 +105,8 @@ class Simulator:
     def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
         a = self.exp.spec.algorithm
         per_round = self.exp.fleet.num_devices if isinstance(a.clients_per_round, float) else a.clients_per_round
-        threads = self.exp.spec.engine.threads or threads_for(per_round * a.batch_size * self.exp.model.num_params)
+        macs = per_round * a.batch_size * self.exp.model.num_params
+        threads = threads_for(macs, self.exp.spec.engine.threads)
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
             with intra_op_threads(threads):
                 state = self.step(state, r)
