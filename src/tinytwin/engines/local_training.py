@@ -19,6 +19,7 @@ from torch.func import grad, vmap
 
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
+from tinytwin.engines.buckets import chunk_plan, consecutive_chunks
 from tinytwin.engines.schedule_torch import padded_indices
 from tinytwin.engines.schedule_torch import schedule as schedule_on
 from tinytwin.engines.threads import intra_op_threads, threads_for
@@ -48,6 +49,7 @@ class LocalTrainer:
         fast_path: bool = True,
         device: torch.device | None = None,
         threads: int | None = None,
+        bucketing: bool = True,
     ) -> None:
         self.module = module
         self.layout = layout
@@ -58,6 +60,7 @@ class LocalTrainer:
         self.seed = seed
         self.chunk_size = chunk_size
         self.threads = threads
+        self.bucketing = bucketing
 
         def loss(
             flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor
@@ -113,31 +116,45 @@ class LocalTrainer:
         losses = np.zeros(d)
         steps = np.zeros(d, dtype=np.int64)
         with intra_op_threads(self._threads(d, start.shape[-1])):
-            for lo in range(0, d, self.chunk_size):
-                hi = min(lo + self.chunk_size, d)
-                chunk_start = start if start.dim() == 1 else start[lo:hi]
-                losses[lo:hi], steps[lo:hi] = self._train_chunk(
-                    chunk_start, out[lo:hi], round_, device_ids[lo:hi], indices[lo:hi], lrs[lo:hi]
+            for pos in self.plan(indices):
+                contiguous = pos[-1] - pos[0] + 1 == len(pos)
+                rows = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else torch.from_numpy(pos).to(self.device)
+                chunk_out = (
+                    out[rows]
+                    if contiguous
+                    else torch.empty((len(pos), out.shape[1]), dtype=out.dtype, device=self.device)
                 )
+                chunk_start = start if start.dim() == 1 else start[rows]
+                losses[pos], steps[pos] = self._train_chunk(
+                    chunk_start, chunk_out, round_, device_ids[pos], [indices[i] for i in pos], lrs[pos]
+                )
+                if not contiguous:
+                    out[rows] = chunk_out
         return LocalResult(out, losses, steps)
 
     def train_chunks(
         self, start: torch.Tensor, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]
-    ) -> Iterator[tuple[int, int, LocalResult]]:
-        """Train the devices one chunk at a time, yielding ``(lo, hi, result of devices lo:hi)``.
+    ) -> Iterator[tuple[np.ndarray, LocalResult]]:
+        """Train the devices one chunk at a time, yielding ``(positions, result of those devices)``.
 
         Each chunk's models are computed exactly as :meth:`train` computes them; a caller that
         reduces each chunk before asking for the next (streaming FedAvg) holds one chunk of
         (D, P) models in memory instead of all of them."""
-        d = len(indices)
         start = start.to(self.device)
-        lrs = np.full(d, self.cfg.lr)
-        for lo in range(0, d, self.chunk_size):
-            hi = min(lo + self.chunk_size, d)
-            out = torch.empty((hi - lo, start.shape[-1]), dtype=start.dtype, device=self.device)
-            with intra_op_threads(self._threads(hi - lo, start.shape[-1])):
-                loss, steps = self._train_chunk(start, out, round_, device_ids[lo:hi], indices[lo:hi], lrs[lo:hi])
-            yield lo, hi, LocalResult(out, loss, steps)
+        for pos in self.plan(indices):
+            out = torch.empty((len(pos), start.shape[-1]), dtype=start.dtype, device=self.device)
+            with intra_op_threads(self._threads(len(pos), start.shape[-1])):
+                loss, steps = self._train_chunk(
+                    start, out, round_, device_ids[pos], [indices[i] for i in pos], np.full(len(pos), self.cfg.lr)
+                )
+            yield pos, LocalResult(out, loss, steps)
+
+    def plan(self, indices: list[np.ndarray]) -> list[np.ndarray]:
+        """The chunks of devices (positions into ``indices``) that train together."""
+        sizes = np.fromiter((len(ix) for ix in indices), dtype=np.int64, count=len(indices))
+        if not self.bucketing:
+            return consecutive_chunks(len(sizes), self.chunk_size)
+        return chunk_plan(sizes, self.cfg.batch_size, self.chunk_size)
 
     def _threads(self, d: int, num_params: int) -> int:
         """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule."""

@@ -343,10 +343,10 @@ def stream_fedavg(
     except ValueError as exc:
         mean, error = None, str(exc)
     start_dev = start.to(trainer.device)
-    for lo, hi, result in trainer.train_chunks(start_dev, r, device_ids, parts):
-        losses[lo:hi] = result.train_loss
+    for pos, result in trainer.train_chunks(start_dev, r, device_ids, parts):
+        losses[pos] = result.train_loss
         if mean is not None:
-            mean.add(lo, hi, roundtrip_torch(result.params - start_dev, encoding, tensor_sizes=tensor_sizes))
+            mean.add(pos, roundtrip_torch(result.params - start_dev, encoding, tensor_sizes=tensor_sizes))
     if mean is None:
         return None, losses, error
     try:

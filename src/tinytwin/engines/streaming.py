@@ -10,6 +10,7 @@ float32 additions differs (results agree to ~1e-7 relative).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -26,9 +27,10 @@ class StreamingMean:
         self.normalised = w / total
         self.total = torch.zeros(num_params, dtype=torch.float32, device=device)
 
-    def add(self, lo: int, hi: int, rows: torch.Tensor) -> None:
-        """Add rows ``lo:hi`` (a (hi - lo, P) tensor), weighted by their normalised weights."""
-        self.total.add_(self.normalised[lo:hi] @ rows)
+    def add(self, positions: np.ndarray, rows: torch.Tensor) -> None:
+        """Add the rows of the devices at ``positions`` (a (len(positions), P) tensor), weighted."""
+        weights = self.normalised[torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.total.device)]
+        self.total.add_(weights @ rows)
 
     def result(self) -> torch.Tensor:
         """The weighted mean; refuses NaN or Inf as the one-shot FedAvg does."""
