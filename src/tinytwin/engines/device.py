@@ -27,7 +27,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
             "engine.device",
             f"{name!r} but torch {torch.__version__} sees no CUDA GPU; use cpu or auto",
         )
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        # TF32 (on by default for cuDNN convolutions) rounds inputs to 10 bits: CNN runs would
+        # leave the CPU's results by ~1e-3 instead of float32 rounding.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
 
 
 def default_chunk(device: torch.device, chunk_size: int | None) -> int:

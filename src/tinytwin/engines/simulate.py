@@ -133,98 +133,31 @@ class Simulator:
             online_ids[exp.timeline.reachable(r)[online_ids]], spec.algorithm.clients_per_round, spec.seed, r
         )
         dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
-        for d in selected[dropped_mask]:
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": int(d),
-                    "kind": "dropout",
-                    "detail": "dropped out after receiving the global model",
-                }
-            )
+        events += device_events(
+            r, t0, "dropout", selected[dropped_mask], ["dropped out after receiving the global model"]
+        )
 
         # Costs of every selected device (arrays aligned with `selected`).
         costs = round_costs(exp, r, online_ids, selected, dropped_mask, self.up_bytes, self.down_bytes)
         straggler, n_samples = costs.straggler, exp.num_samples[selected]
-        for d, t in zip(selected[straggler], costs.total_s[straggler]):
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": int(d),
-                    "kind": "straggler",
-                    "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s",
-                }
-            )
+        needed = [f"needed {t:.3f} s, deadline {a.deadline_s} s" for t in costs.total_s[straggler]]
+        events += device_events(r, t0, "straggler", selected[straggler], needed)
         completed_mask = costs.completed
         completed = selected[completed_mask]
         round_s = costs.round_s
 
         # Learning: batched local training of the devices that will report back.
-        new_global, train_losses = state.global_params, np.full(selected.size, np.nan)
-        server_state = state.server_state
-        if completed.size:
-            aggregate, train_losses[completed_mask] = self._learn(
-                state.global_params, r, completed, n_samples[completed_mask], events, t0
-            )
-            if aggregate is not None:
-                new_global, server_state = self.server_opt.step(
-                    state.global_params, state.global_params + aggregate, server_state
-                )
-        else:
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": None,
-                    "kind": "empty_round",
-                    "detail": "no device completed the round; the global model is unchanged",
-                }
-            )
-        if a.downlink_encoding != "float32":
-            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
+        train_losses = np.full(selected.size, np.nan)
+        new_global, server_state = self._update_global(
+            state, r, completed, completed_mask, n_samples, train_losses, events, t0
+        )
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
-        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
-        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
-
-        # Evaluation of the new global model.
         acc = loss = None
         per_device_acc: dict[int, float] = {}
         if r % spec.evaluation.every == 0 or r == spec.rounds:
-            on_device = new_global.to(self.device)
-            acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
-            if spec.evaluation.per_device:
-                correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
-                correct = correct.cpu()
-                for d in online_ids:
-                    per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
-
-        status = np.full(n_dev, "", dtype=object)
-        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
-        status[selected] = [costs.status(i) for i in range(selected.size)]
-        pos = {int(d): i for i, d in enumerate(selected)}
-        device_rows = []
-        for d in online_ids:
-            i = pos.get(int(d))
-            device_rows.append(
-                {
-                    "round": r,
-                    "device": int(d),
-                    "status": status[d],
-                    "num_samples": int(exp.num_samples[d]),
-                    "compute_s": float(c_s[i]) if i is not None else 0.0,
-                    "up_s": float(u_s[i]) if i is not None else 0.0,
-                    "down_s": float(d_s[i]) if i is not None else 0.0,
-                    "bytes_up": int(bytes_up_dev[i]) if i is not None else 0,
-                    "bytes_down": int(bytes_down_dev[i]) if i is not None else 0,
-                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
-                    "energy_j": float(energy[d]),
-                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
-                    "accuracy": per_device_acc.get(int(d)),
-                }
-            )
+            acc, loss, per_device_acc = self._evaluate(new_global, online_ids)
+        device_rows = self._device_rows(r, online_ids, selected, costs, train_losses, per_device_acc)
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         finite = train_losses[~np.isnan(train_losses)]
@@ -256,6 +189,91 @@ class Simulator:
         }
         self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
         return new_state
+
+    def _update_global(
+        self,
+        state: SimState,
+        r: int,
+        completed: np.ndarray,
+        completed_mask: np.ndarray,
+        n_samples: np.ndarray,
+        train_losses: np.ndarray,
+        events: list[dict[str, Any]],
+        t0: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Train, aggregate and step the server optimizer; fills ``train_losses`` of the completed devices.
+
+        Returns the new global model (as the devices will receive it) and server state."""
+        a = self.exp.spec.algorithm
+        new_global, server_state = state.global_params, state.server_state
+        if completed.size:
+            aggregate, train_losses[completed_mask] = self._learn(
+                state.global_params, r, completed, n_samples[completed_mask], events, t0
+            )
+            if aggregate is not None:
+                new_global, server_state = self.server_opt.step(
+                    state.global_params, state.global_params + aggregate, server_state
+                )
+        else:
+            detail = "no device completed the round; the global model is unchanged"
+            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round", "detail": detail})
+        if a.downlink_encoding != "float32":
+            sizes = self.exp.model.tensor_sizes
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=sizes)[0]
+        return new_global, server_state
+
+    def _evaluate(self, new_global: torch.Tensor, online_ids: np.ndarray) -> tuple[float, float, dict[int, float]]:
+        """Test accuracy and loss of the new global model, and (``evaluation.per_device``) its
+        accuracy on each online device's own data, computed on the engine's device."""
+        exp = self.exp
+        on_device = new_global.to(self.device)
+        acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
+        per_device_acc: dict[int, float] = {}
+        if exp.spec.evaluation.per_device:
+            correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
+            correct = correct.cpu()
+            for d in online_ids:
+                per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
+        return acc, loss, per_device_acc
+
+    def _device_rows(
+        self,
+        r: int,
+        online_ids: np.ndarray,
+        selected: np.ndarray,
+        costs: Any,
+        train_losses: np.ndarray,
+        per_device_acc: dict[int, float],
+    ) -> list[dict[str, Any]]:
+        """One results row per online device: status, costs, training loss, accuracy."""
+        exp = self.exp
+        status = np.full(exp.fleet.num_devices, "", dtype=object)
+        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
+        status[selected] = [costs.status(i) for i in range(selected.size)]
+        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
+        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
+        pos = {int(d): i for i, d in enumerate(selected)}
+        rows = []
+        for d in online_ids:
+            i = pos.get(int(d))
+            rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "status": status[d],
+                    "num_samples": int(exp.num_samples[d]),
+                    "compute_s": float(c_s[i]) if i is not None else 0.0,
+                    "up_s": float(u_s[i]) if i is not None else 0.0,
+                    "down_s": float(d_s[i]) if i is not None else 0.0,
+                    "bytes_up": int(costs.bytes_up[i]) if i is not None else 0,
+                    "bytes_down": int(costs.bytes_down[i]) if i is not None else 0,
+                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
+                    "energy_j": float(costs.energy_j[d]),
+                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
+                    "accuracy": per_device_acc.get(int(d)),
+                }
+            )
+        return rows
 
     def _learn(
         self,
@@ -293,6 +311,14 @@ class Simulator:
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
         return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+
+
+def device_events(r: int, t0: float, kind: str, devices: np.ndarray, details: list[str]) -> list[dict[str, Any]]:
+    """Events of ``kind`` for ``devices`` at the start of round ``r``; one detail, or one per device."""
+    return [
+        {"round": r, "sim_time_s": t0, "device": int(d), "kind": kind, "detail": details[i if len(details) > 1 else 0]}
+        for i, d in enumerate(devices)
+    ]
 
 
 def learn_round(
