@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import REPO, run_cli
 from cpu_reference import REFERENCE, cases, run_case
@@ -151,3 +152,16 @@ def test_schedule_hashed_with_torch_equals_the_numpy_schedule():
     if CUDA:
         cuda = schedule_torch.schedule(11, 4, 2, 8, ids, parts, torch.device("cuda"))
         assert np.array_equal(cuda.cpu().numpy(), expected)
+
+
+def test_resume_accepts_other_engine_settings_but_not_other_experiments(tmp_path):
+    from tinytwin.engines.runner import open_resumable, start_run
+    from tinytwin.errors import TinyTwinError
+
+    spec = dict(cases()["quickstart"], rounds=1)
+    run_dir = start_run(validate_spec(spec), yaml.safe_dump(spec), tmp_path, None, report=False).run_dir
+    other_engine = validate_spec(dict(spec, engine={"device": "auto", "threads": 2, "chunk_size": 7}))
+    with pytest.raises(TinyTwinError, match="already complete"):  # past the spec check
+        open_resumable(run_dir, other_engine, "simulate")
+    with pytest.raises(TinyTwinError, match="differs"):
+        open_resumable(run_dir, validate_spec(dict(spec, seed=1)), "simulate")
