@@ -5,6 +5,10 @@ and runs every step of every device as one ``vmap``-ed computation; devices whos
 ran out at a step are masked (``active = 0``), so unequal dataset sizes need no Python
 loop over devices. The reference path runs the same definitions
 (:mod:`tinytwin.algorithms.local_update`) device by device; a test holds the two equal.
+
+Devices train in chunks (memory), grouped by how many steps their data take
+(:mod:`tinytwin.engines.buckets`: padding costs at most 2x), on the trainer's torch device;
+on a GPU the batch schedule is hashed there too (:mod:`tinytwin.engines.schedule_torch`).
 """
 
 from __future__ import annotations
