@@ -201,7 +201,7 @@ def load() -> ctypes.CDLL:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
+def _f32(a: np.ndarray | Sequence[float]) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
