@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,7 +36,7 @@ def _fmt():
 
 @app.command()
 def run(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     resume: Path | None = typer.Option(None, "--resume", help="finish an incomplete run folder"),
@@ -67,7 +68,7 @@ def run(
 
 @app.command()
 def emulate(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     time_scale: float = typer.Option(
@@ -207,7 +208,7 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
 
 @app.command()
 def plan(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key"),
 ) -> None:
     """Per device group, without training: model size, memory vs RAM/flash, time, energy and bytes per round."""
@@ -352,12 +353,19 @@ def _print_sources(entry: Any) -> None:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
+def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", metavar="RUN_DIR")) -> None:
     """(Re)write a run folder's CSV files, plots and report.html."""
     from tinytwin.report import write_report
     from tinytwin.report.dfl import is_dfl_run, write_dfl_extras
     from tinytwin.report.export import open_run
 
+    if len(run_dirs) != 1:  # typically a shell glob such as runs/quickstart-*/ that matched several folders
+        shown = ", ".join(str(d) for d in run_dirs[:3]) + (", ..." if len(run_dirs) > 3 else "")
+        raise TinyTwinError(
+            f"report takes one run folder, got {len(run_dirs)} ({shown}); pass one, e.g. tinytwin report {run_dirs[-1]}"
+            " (use `tinytwin compare` to overlay several)"
+        )
+    run_dir = run_dirs[0]
     store, _ = open_run(run_dir)
     try:
         dfl = is_dfl_run(store)
@@ -379,10 +387,45 @@ def compare(
     console.print(f"comparison: {path}")
 
 
-def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+def _usage_exception_types() -> tuple[type[BaseException], ...]:
+    """The exception classes the CLI framework raises for a bad command line.
+
+    typer >= 0.29 vendors click and raises :class:`typer.TyperException` subclasses; older
+    typer releases raise ``click.ClickException``. click may not be installed at all, so it
+    is looked up only when present, never imported unconditionally.
+    """
+    types: list[type[BaseException]] = []
+    if isinstance(getattr(typer, "TyperException", None), type):
+        types.append(typer.TyperException)
     try:
-        code = app(standalone_mode=False)
+        import click  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        types.append(click.exceptions.ClickException)
+    return tuple(types)
+
+
+def _usage_line(exc: BaseException) -> str:
+    """One line for a usage error: what is wrong, and the ``--help`` that shows the right usage."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tinytwin`: name the commands, not the whole help
+        return f"missing command; choose one of: {', '.join(_command_names())} (tinytwin --help shows what each does)"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(message.split())  # click wraps some messages over several lines
+    command = getattr(ctx, "command_path", None) or "tinytwin"
+    return f"{message} (see '{command} --help')"
+
+
+def _command_names() -> list[str]:
+    return [c.name or (c.callback.__name__ if c.callback else "?") for c in app.registered_commands]
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors and usage errors into one line and exit status 2."""
+    usage_errors = _usage_exception_types()
+    try:
+        code = app(standalone_mode=False, prog_name="tinytwin")
         if isinstance(code, int) and code:
             sys.exit(code)
     except TinyTwinError as exc:
@@ -390,18 +433,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted; the run folder keeps every finished round (resume with --resume)")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage_errors as exc:
+        err_console.print(f"[red]error:[/] {escape(_usage_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
