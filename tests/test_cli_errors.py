@@ -80,3 +80,38 @@ def test_plan_reports_unfit_group_with_numbers(tmp_path):
     proc = run_cli("plan", str(spec))
     assert proc.returncode == 1
     assert "NO" in proc.stdout and "RAM total" in proc.stdout
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (id, command line, text expected in the one line); {tmp} is the test's temporary folder.
+USAGE_CASES = [
+    ("bare", [], "missing command; choose one of: run, emulate, plan"),
+    ("run-no-file", ["run"], "Missing argument 'SPEC_FILE'"),
+    ("unknown-command", ["frob"], "No such command 'frob'"),
+    ("unknown-flag", ["run", "examples/quickstart.yaml", "--bogus"], "No such option: --bogus"),
+    ("bad-flag-value", ["emulate", "examples/quickstart.yaml", "--time-scale", "abc"], "'--time-scale'"),
+    ("missing-file", ["run", "{tmp}/nope.yaml"], "nope.yaml not found"),
+    ("report-several", ["report", "{tmp}/run-a", "{tmp}/run-b"], "report takes one run folder, got 2"),
+    ("report-missing", ["report", "{tmp}/no-such-run"], "run folder does not exist"),
+]
+
+
+@pytest.mark.parametrize("case_id,args,expected", USAGE_CASES, ids=[c[0] for c in USAGE_CASES])
+def test_usage_error_one_line_exit_2(tmp_path: Path, case_id: str, args: list[str], expected: str) -> None:
+    """Whatever the command line, a mistake is one line on stderr and exit 2, never a traceback."""
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-b").mkdir()
+    proc = run_cli(*(a.replace("{tmp}", str(tmp_path)) for a in args), cwd=REPO, timeout=60)
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["report", "--help"]])
+def test_help_still_exits_0(args: list[str]) -> None:
+    proc = run_cli(*args, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: tinytwin" in proc.stdout and not proc.stderr.strip()
