@@ -264,63 +264,35 @@ def plan(
 
 @app.command()
 def devices(
-    name: str | None = typer.Argument(None, help="show only this device (or link, with --links)"),
+    name: str | None = typer.Argument(
+        None, help="show every figure of this device (or link, with --links) with its source"
+    ),
     profiles_file: Path | None = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
     links: bool = typer.Option(False, "--links", help="list the link models instead"),
 ) -> None:
-    """The device catalog (or link catalog): every figure with its source."""
-    fmt = _fmt()
+    """The device catalog (or link catalog): one row per entry; `tinytwin devices NAME` cites every figure."""
+    from tinytwin.cli_tables import device_overview, link_overview
+
     if links:
         from tinytwin.net.links import load_link_catalog
 
         entries: dict[str, Any] = load_link_catalog()
-        overview = Table(title="Link models")
-        for col in ("name", "latency", "up", "down", "loss", "MTU", "header/packet"):
-            overview.add_column(col)
-        for l in entries.values():
-            overview.add_row(
-                l.name,
-                fmt.format_seconds(l.latency_s),
-                f"{l.up_bps / 1e3:,.1f} kbit/s",
-                f"{l.down_bps / 1e3:,.1f} kbit/s",
-                f"{l.loss:g}",
-                f"{l.mtu_bytes} B",
-                f"{l.header_bytes} B",
-            )
+        overview = link_overview(entries.values())
     else:
         from tinytwin.fleet.catalog import load_device_catalog
 
         entries = load_device_catalog([profiles_file] if profiles_file else [])
-        overview = Table(title="Device catalog")
-        for col in (
-            "name",
-            "clock",
-            "RAM for training",
-            "flash for model+data",
-            "FLOP/s",
-            "active/idle/tx/rx W",
-            "radios",
-        ):
-            overview.add_column(col)
-        for p in entries.values():
-            pw = p.power
-            overview.add_row(
-                p.name,
-                f"{p.clock_hz / 1e6:g} MHz",
-                fmt.format_bytes(p.training_ram_bytes),
-                fmt.format_bytes(p.model_flash_bytes),
-                f"{p.flops_per_s:.3g}",
-                f"{pw.active_w:g} / {pw.idle_w:g} / {pw.tx_w:g} / {pw.rx_w:g}",
-                ", ".join(p.radios),
-            )
-    if name is not None:
-        if name not in entries:
-            raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
-        entries = {name: entries[name]}
-    else:
+        overview = device_overview(entries.values())
+    if name is None:
         console.print(overview)
-    for entry in entries.values():
-        _print_sources(entry)
+        kind = "link" if links else "device"
+        console.print(
+            f"every figure with its source: tinytwin devices {'--links ' if links else ''}{kind.upper()}_NAME"
+        )
+        return
+    if name not in entries:
+        raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
+    _print_sources(entries[name])
 
 
 def _print_sources(entry: Any) -> None:
@@ -378,12 +350,20 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", met
 @app.command()
 def compare(
     run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
-    out: Path = typer.Option(Path("runs/compare"), "--out", help="folder for the comparison"),
+    out: Path | None = typer.Option(
+        None, "--out", help="folder for the comparison [default: a new runs/compare, runs/compare-2, ...]"
+    ),
+    force: bool = typer.Option(False, "--force", help="replace the comparison already in --out"),
 ) -> None:
-    """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy."""
-    from tinytwin.report import compare_runs
+    """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy.
 
-    path = compare_runs(run_dirs, out)
+    Never overwrites by surprise: without --out each comparison gets a new folder; an --out that
+    already holds a comparison is refused unless --force is given.
+    """
+    from tinytwin.report import compare_runs
+    from tinytwin.report.compare_out import comparison_folder
+
+    path = compare_runs(run_dirs, comparison_folder(out, force))
     console.print(f"comparison: {path}")
 
 
