@@ -45,21 +45,21 @@ class RoundCosts:
     dropped: np.ndarray  # bool: dropped out after receiving the model
     link_down: np.ndarray  # bool: its link went down before it was done
     straggler: np.ndarray  # bool: would have finished after the deadline
-    down: Transfer  # the whole model download (uncut)
-    up: Transfer  # the whole update upload (uncut; none for dropouts)
+    down: Transfer  # the whole model download (uncut); time_s includes the wait for the medium
+    up: Transfer  # the whole update upload (uncut; none for dropouts); time_s includes the waits
     compute_s: np.ndarray  # uncut compute time (0 for dropouts)
-    total_s: np.ndarray  # down wait + down + compute + up wait + up, uncut
-    down_s: np.ndarray  # radio/compute phases cut at the deadline / link outage
+    total_s: np.ndarray  # down + compute + up, uncut
+    down_s: np.ndarray  # phases cut at the deadline / link outage (transfers with their waits)
     cpu_s: np.ndarray
     up_s: np.ndarray
     round_s: float  # the round's modelled duration
     energy_j: np.ndarray  # per device (length D): selected and idle online devices, 0 otherwise
     bytes_up: np.ndarray  # bytes put on the uplink (a cut upload counts what got out)
     bytes_down: np.ndarray  # bytes put on the downlink (a cut download counts what got out)
-    down_wait_s: np.ndarray  # uncut wait for the shared medium before the download (0 on a dedicated link)
-    up_wait_s: np.ndarray  # uncut wait for the medium / duty cycle before and during the upload
-    cut_down_wait_s: np.ndarray  # the waits cut like the phases (idle time before the limit)
-    cut_up_wait_s: np.ndarray
+    down_wait_s: np.ndarray  # uncut part of ``down.time_s`` spent waiting for the shared medium
+    up_wait_s: np.ndarray  # uncut part of ``up.time_s`` spent waiting for the medium / duty cycle
+    down_radio_s: np.ndarray  # of ``down_s``, the time the radio receives (the rest is idle waiting)
+    up_radio_s: np.ndarray  # of ``up_s``, the time the radio transmits
 
     @property
     def completed(self) -> np.ndarray:
@@ -98,6 +98,7 @@ def round_costs(
     up = transfer_cost(up_bytes, links.up_bps, links, np.where(dropped, 0, lost_up))
     up_time = np.where(dropped, 0.0, up.time_s)
     wait_d, wait_u = shared_medium_waits(medium, links, down, up, down_bytes, up_bytes, compute_s, dropped)
+    wait_u = np.where(dropped, 0.0, wait_u)
     total_s = wait_d + down.time_s + compute_s + wait_u + up_time
 
     cut_s = exp.timeline.cut_s(r)[selected]
@@ -119,6 +120,7 @@ def round_costs(
     power = PowerArrays(*(getattr(exp.fleet.power, f)[selected] for f in PowerArrays.__dataclass_fields__))
     horizon = np.where(dropped, wd_s + d_s, round_s)
     energy = np.zeros(exp.fleet.num_devices)
+    # radio time at tx/rx power; waiting for the medium is idle (energy_joules: horizon - busy)
     energy[selected] = energy_joules(power, c_s, u_s, d_s, horizon, np.ones(selected.size, dtype=bool))
     idle_ids = np.setdiff1d(online_ids, selected)
     energy[idle_ids] = exp.fleet.power.idle_w[idle_ids] * round_s
@@ -132,22 +134,27 @@ def round_costs(
         dropped,
         link_down,
         straggler,
-        down,
-        up,
+        _waited(down, wait_d),
+        _waited(up, wait_u),
         compute_s,
         total_s,
-        d_s,
+        wd_s + d_s,
         c_s,
-        u_s,
+        wu_s + u_s,
         round_s,
         energy,
         bytes_up,
         bytes_down,
         wait_d,
-        np.where(dropped, 0.0, wait_u),
-        wd_s,
-        wu_s,
+        wait_u,
+        d_s,
+        u_s,
     )
+
+
+def _waited(t: Transfer, wait_s: np.ndarray) -> Transfer:
+    """``t`` with the wait for the medium added to its time: the phase as the emulator paces it."""
+    return Transfer(t.packets, t.lost_packets, t.wire_bytes, t.time_s + wait_s)
 
 
 def shared_medium_waits(
