@@ -125,10 +125,7 @@ def round_costs(
     idle_ids = np.setdiff1d(online_ids, selected)
     energy[idle_ids] = exp.fleet.power.idle_w[idle_ids] * round_s
 
-    up_frac = np.divide(u_s, up.time_s, out=np.zeros_like(u_s), where=up.time_s > 0)
-    bytes_up = np.where(dropped, 0, np.round(up.wire_bytes * up_frac)).astype(np.int64)
-    down_frac = np.divide(d_s, down.time_s, out=np.ones_like(d_s), where=link_down & (down.time_s > 0))
-    bytes_down = np.round(down.wire_bytes * down_frac).astype(np.int64)
+    bytes_up, bytes_down = _bytes_put(down, up, d_s, u_s, dropped, link_down)
     return RoundCosts(
         selected,
         dropped,
@@ -150,6 +147,16 @@ def round_costs(
         d_s,
         u_s,
     )
+
+
+def _bytes_put(
+    down: Transfer, up: Transfer, d_s: np.ndarray, u_s: np.ndarray, dropped: np.ndarray, link_down: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes put on the uplink / downlink: a transfer cut after ``u_s``/``d_s`` of radio time counts what got out."""
+    up_frac = np.divide(u_s, up.time_s, out=np.zeros_like(u_s), where=up.time_s > 0)
+    bytes_up = np.where(dropped, 0, np.round(up.wire_bytes * up_frac)).astype(np.int64)
+    down_frac = np.divide(d_s, down.time_s, out=np.ones_like(d_s), where=link_down & (down.time_s > 0))
+    return bytes_up, np.round(down.wire_bytes * down_frac).astype(np.int64)
 
 
 def _waited(t: Transfer, wait_s: np.ndarray) -> Transfer:
