@@ -94,11 +94,14 @@ def hand_wifi_round(n: int) -> tuple[float, list[tuple[float, float, float, floa
     return round_s, rows
 
 
-@pytest.mark.parametrize("n,doc_round_s", [(20, 1.0348), (100, 1.8518)])
-def test_devices_behind_one_access_point_match_hand_calculation(tmp_path: Path, n: int, doc_round_s: float) -> None:
+@pytest.mark.parametrize("n,doc_round_s,doc_energy_j", [(20, 1.0348, 0.4613), (100, 1.8518, 0.2802)])
+def test_devices_behind_one_access_point_match_hand_calculation(
+    tmp_path: Path, n: int, doc_round_s: float, doc_energy_j: float
+) -> None:
     rnd, rows = run_one_round(spec_with(n), tmp_path)
     round_s, hand = hand_wifi_round(n)
-    assert round_s == pytest.approx(doc_round_s, abs=1e-4)  # the figure in docs/cost-model.md
+    assert round_s == pytest.approx(doc_round_s, abs=1e-4)  # the figures in docs/cost-model.md
+    assert hand[-1][3] == pytest.approx(doc_energy_j, abs=1e-4)
     assert rnd["duration_s"] == pytest.approx(round_s)
     assert len(rows) == n
     for row, (down, compute, up, energy) in zip(rows, hand):
@@ -152,6 +155,7 @@ def test_lora_duty_cycle_by_hand(tmp_path: Path) -> None:
     # the radio sends only during 1 s + airtime; the off-time is idle
     energy = 0.8 * down + 0.5 * compute + 1.0 * (1.0 + air) + 0.1 * off
     assert row["energy_j"] == pytest.approx(energy)
+    assert (rnd["duration_s"], energy) == pytest.approx((1619.55, 195.90), abs=0.01)  # docs/cost-model.md
 
 
 def fake_experiment(link: str, count: int) -> SimpleNamespace:
