@@ -239,3 +239,21 @@ def test_mixed_radios_on_one_medium_exit_2(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].count("fleet.groups.1.medium") == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_plan_rows_name_each_groups_medium() -> None:
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.engines.planning import plan_groups
+
+    spec = spec_with(10, medium="hall")
+    groups = spec["fleet"]["groups"]
+    groups.append({**groups[0], "name": "ap2", "count": 5})
+    groups.append({"name": "wired", "profile": "bench", "count": 3, "link": "ethernet"})
+    groups.append({"name": "tags", "profile": "bench", "count": 4, "link": "ble"})
+    rows = plan_groups(prepare(validate_spec(spec), None, check_memory=False))
+    assert [(r["medium"], r["medium_devices"]) for r in rows] == [
+        ("hall", 15),
+        ("hall", 15),
+        ("dedicated", 1),
+        ("tags", 4),
+    ]

@@ -14,7 +14,7 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
     """For each group, the costs of its device with the most data, on a loss-free link."""
     a = exp.spec.algorithm
     rows = []
-    for g, mem in zip(exp.fleet.groups, exp.memory):
+    for gi, (g, mem) in enumerate(zip(exp.fleet.groups, exp.memory)):
         n = int(max(len(exp.parts[d]) for d in g.devices))
         link = g.link
         arrays = LinkArrays(
@@ -36,6 +36,7 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             {
                 "memory": mem,
                 "link": link.name,
+                **medium_of_group(exp, gi),
                 "count": len(g.devices),
                 "samples": n,
                 "flops": flops,
@@ -48,3 +49,16 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def medium_of_group(exp: Experiment, group: int) -> dict[str, Any]:
+    """The medium a group's devices share (docs/cost-model.md): its name and how many devices share it.
+
+    ``medium`` is ``"dedicated"`` (``medium_devices`` 1) when each device has its own link.
+    """
+    media = exp.fleet.medium
+    first = int(exp.fleet.groups[group].devices[0])
+    if media is None or media.medium_of[first] < 0:
+        return {"medium": "dedicated", "medium_devices": 1}
+    m = media.medium_of[first]
+    return {"medium": media.names[m], "medium_devices": int((media.medium_of == m).sum())}
