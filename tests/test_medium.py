@@ -251,6 +251,9 @@ def test_plan_rows_name_each_groups_medium() -> None:
     groups.append({"name": "wired", "profile": "bench", "count": 3, "link": "ethernet"})
     groups.append({"name": "tags", "profile": "bench", "count": 4, "link": "ble"})
     rows = plan_groups(prepare(validate_spec(spec), None, check_memory=False))
+    # 15 Wi-Fi devices, each one 10 360-B download and upload at 10 Mbit/s, contended (0.9)
+    assert rows[0]["medium_airtime_s"] == pytest.approx(15 * 2 * 10360 * 8 / 10e6 / 0.9)
+    assert rows[2]["medium_airtime_s"] is None
     assert [(r["medium"], r["medium_devices"]) for r in rows] == [
         ("hall", 15),
         ("hall", 15),

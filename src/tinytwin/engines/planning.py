@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from tinytwin.engines.experiment import Experiment
-from tinytwin.fleet.cost import LinkArrays, compute_flops, transfer_cost
+from tinytwin.fleet.cost import LinkArrays, compute_flops, take_links, transfer_cost
+from tinytwin.net.medium import airtime_s
 
 
 def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
@@ -52,13 +53,25 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
 
 
 def medium_of_group(exp: Experiment, group: int) -> dict[str, Any]:
-    """The medium a group's devices share (docs/cost-model.md): its name and how many devices share it.
+    """The medium a group's devices share (docs/cost-model.md): its name, how many devices share
+    it, and the airtime one round of all of them takes on it (one download and one upload
+    each, loss-free, contended): the least time its transfers add up to, whatever the schedule.
 
     ``medium`` is ``"dedicated"`` (``medium_devices`` 1) when each device has its own link.
     """
-    media = exp.fleet.medium
-    first = int(exp.fleet.groups[group].devices[0])
-    if media is None or media.medium_of[first] < 0:
-        return {"medium": "dedicated", "medium_devices": 1}
-    m = media.medium_of[first]
-    return {"medium": media.names[m], "medium_devices": int((media.medium_of == m).sum())}
+    fleet = exp.fleet
+    first = int(fleet.groups[group].devices[0])
+    if fleet.medium is None or fleet.medium.medium_of[first] < 0:
+        return {"medium": "dedicated", "medium_devices": 1, "medium_airtime_s": None}
+    on = np.flatnonzero(fleet.medium.medium_of == fleet.medium.medium_of[first])
+    links = take_links(fleet.links, on)
+    none_lost = np.zeros(on.size, dtype=np.int64)
+    wire_up = transfer_cost(exp.uplink_bytes(), links.up_bps, links, none_lost).wire_bytes
+    wire_down = transfer_cost(exp.downlink_bytes(), links.down_bps, links, none_lost).wire_bytes
+    air = airtime_s(wire_up, links.up_bps) + airtime_s(wire_down, links.down_bps)
+    eff = fleet.medium.efficiency[on] if on.size > 1 else 1.0
+    return {
+        "medium": fleet.medium.names[fleet.medium.medium_of[first]],
+        "medium_devices": int(on.size),
+        "medium_airtime_s": float((air / eff).sum()),
+    }
