@@ -186,12 +186,12 @@ def shared_medium_waits(
     off_u = duty_off_s(
         air_u, up_bytes, up.packets, links.mtu_bytes, links.header_bytes, links.up_bps, medium.duty_cycle
     )
-    both = MediumArrays(*(np.concatenate([x, x]) for x in (medium.medium_of, medium.efficiency, medium.duty_cycle)))
+    both = medium.take(np.concatenate([np.arange(n), np.arange(n)]))  # one row per download, then per upload
     ready = np.zeros(2 * n)
     air = np.concatenate([air_d, air_u])
     off = np.concatenate([np.zeros(n), off_u])
     active = np.concatenate([down.packets > 0, ~dropped & (up.packets > 0)])
-    users = np.concatenate([np.arange(n), np.arange(n)])
+    users = np.concatenate([np.arange(n), np.arange(n)])  # the device of each row
     wait_down = medium_waits(both, ready, air, off, active, users)[:n]  # uploads are not ready yet: ignore them
     ready = np.concatenate([np.zeros(n), wait_down + down.time_s + compute_s])
     waits = medium_waits(both, ready, air, off, active, users)

@@ -113,9 +113,14 @@ def clip_timeline(phases: tuple[np.ndarray, ...], limit_s: float | np.ndarray | 
 
 
 def energy_joules(
-    power: PowerArrays, compute_s: np.ndarray, up_s: np.ndarray, down_s: np.ndarray, round_s: float, online: np.ndarray
+    power: PowerArrays,
+    compute_s: np.ndarray,
+    up_s: np.ndarray,
+    down_s: np.ndarray,
+    round_s: float | np.ndarray,
+    online: np.ndarray,
 ) -> np.ndarray:
-    """Energy per device over a round; offline devices draw nothing."""
+    """Energy per device over a round (``round_s``: one horizon, or one per device); offline devices draw nothing."""
     busy = compute_s + up_s + down_s
     idle = np.maximum(round_s - busy, 0.0)
     energy = power.active_w * compute_s + power.tx_w * up_s + power.rx_w * down_s + power.idle_w * idle
