@@ -206,6 +206,16 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
         console.print(f"report:     {run_dir / 'report.html'}")
 
 
+def _medium_text(row: dict) -> str:
+    """The medium a group's radio shares, how many devices contend for it and its airtime per round."""
+    if row["medium"] in ("dedicated", "none"):
+        return "none: each device has a link of its own"
+    text = f"{row['medium']} ({row['medium_devices']} devices"
+    if row.get("medium_airtime_s") is not None:
+        text += f", {_fmt().format_seconds(row['medium_airtime_s'])} airtime / round"
+    return text + ")"
+
+
 @app.command()
 def plan(
     spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
@@ -257,6 +267,7 @@ def plan(
             "bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", ""
         )
         table.add_row("energy / round (no idle)", fmt.format_energy(row["energy_j"]), "")
+        table.add_row("radio medium", _medium_text(row), "")
         console.print(table)
     if not all(p.fits for p in exp.memory):
         raise typer.Exit(1)
