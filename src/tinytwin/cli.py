@@ -379,6 +379,11 @@ def compare(
     console.print(f"comparison: {path}")
 
 
+from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
+
+_register_sweep(app)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
