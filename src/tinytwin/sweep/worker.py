@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,13 @@ def init_worker() -> None:
 def execute_task(task: dict[str, Any]) -> dict[str, Any]:
     """Run one sweep run; never raises: a failure is a result with ``status: failed`` and its error."""
     run_id = task["run_id"]
+    started = time.time()
     scratch = Path(tempfile.mkdtemp(prefix=f"tinytwin-{run_id}-")) if task.get("ship_files") else None
     run_dir = (scratch / run_id) if scratch else Path(task["run_dir"])
     try:
         summary = _run(task, run_dir)
         result: dict[str, Any] = {"run_id": run_id, "status": "complete", "summary": summary}
+        result["timing"] = {"started": started, "ended": time.time()}  # for benchmarks/bench_sweep.py
         if scratch:
             result["files"] = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
         return result
