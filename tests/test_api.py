@@ -47,6 +47,7 @@ def test_api_run_equals_cli_run_and_calls_back_each_round(tmp_path: Path) -> Non
     assert not (result.run_dir / "report.html").exists()  # report=False by default
     assert list(result.rounds["round"]) == [1, 2, 3]
     assert len(result.devices) == 5 and list(result.devices["device"]) == list(range(5))
+    assert set(result.devices["group"]) == {"esp32"} and sum(map(sum, result.devices["class_hist"])) > 0
     assert result.summary["final_accuracy"] == pytest.approx(result.rounds["test_accuracy"].iloc[-1])
     assert [a for _, a in calls] == pytest.approx(list(result.rounds["test_accuracy"]))
 

@@ -54,7 +54,11 @@ class RunResult:
 
 
 def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``rounds`` and ``devices`` tables of a run folder, ordered by round and device."""
+    """The ``rounds`` and ``devices`` tables of a run folder, ordered by round and device.
+
+    Column names are the store's (docs/results.md), except ``group`` (stored as ``grp``) and
+    ``class_hist`` (a list per device, stored as JSON); ``run_id`` is dropped (one run per folder).
+    """
     import pandas as pd
 
     db = Path(run_dir) / "results.db"
@@ -66,7 +70,9 @@ def read_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         devices = pd.read_sql_query("SELECT * FROM devices ORDER BY device", conn)
     finally:
         conn.close()
-    return rounds, devices
+    devices = devices.rename(columns={"grp": "group"})
+    devices["class_hist"] = [json.loads(h) for h in devices.pop("class_hist_json")]
+    return rounds.drop(columns="run_id"), devices.drop(columns="run_id")
 
 
 @dataclass
