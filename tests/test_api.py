@@ -78,3 +78,18 @@ def test_api_override_errors_are_the_cli_errors(tmp_path: Path) -> None:
     with pytest.raises(TinyTwinError, match="twin must be one of"):
         tinytwin.Experiment.from_yaml(QUICKSTART, overrides=SMALL).run(twin="firmware", out=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_api_runs_the_emulation_twin(tmp_path: Path) -> None:
+    calls: list[int] = []
+    exp = tinytwin.Experiment.from_yaml(QUICKSTART, overrides={"rounds": 2, "fleet.groups.0.count": 3})
+    result = exp.run(twin="emulate", out=tmp_path, on_round=lambda r, info: calls.append(r), time_scale=0.0)
+    assert calls == [1, 2]
+    assert list(result.rounds["round"]) == [1, 2] and len(result.devices) == 3
+    assert "emulate" in result.summary  # the coordinator's summary (process RSS, wall per round, ...)
+    conn = sqlite3.connect(result.run_dir / "results.db")
+    try:
+        assert conn.execute("SELECT twin, status FROM runs").fetchone() == ("emulate", "complete")
+    finally:
+        conn.close()

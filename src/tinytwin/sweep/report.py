@@ -64,11 +64,17 @@ def collect(sweep_dir: Path, target: float) -> tuple[dict[str, Any], list[dict[s
     return meta, rows
 
 
+def by_cell(rows: Sequence[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Rows grouped by grid cell, in cell order."""
+    ordered = sorted(rows, key=lambda r: (r["cell"], r["replicate"]))
+    return [(cell, list(group)) for cell, group in itertools.groupby(ordered, key=lambda r: r["cell"])]
+
+
 def cell_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell and metric: n, mean, SD, t and bootstrap 95 % intervals."""
     out = []
-    for cell, members in itertools.groupby(sorted(rows, key=lambda r: r["cell"]), key=lambda r: r["cell"]):
-        members = [m for m in members if m["status"] == "complete"]
+    for cell, group in by_cell(rows):
+        members = [m for m in group if m["status"] == "complete"]
         if not members:
             continue
         for metric in METRIC_NAMES:
@@ -125,8 +131,8 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = new_axes("Test accuracy per round (mean, 95 % CI over seeds)", "round", "test accuracy")
     drawn = 0
-    for i, (_cell, members) in enumerate(itertools.groupby(sorted(rows, key=lambda r: r["cell"]), lambda r: r["cell"])):
-        members = [m for m in members if m["curve"]]
+    for i, (_cell, group) in enumerate(by_cell(rows)):
+        members = [m for m in group if m["curve"]]
         per_round: dict[int, list[float]] = {}
         for m in members:
             for pt in m["curve"]:

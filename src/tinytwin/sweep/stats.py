@@ -15,11 +15,15 @@ Cohen's d_z = mean difference / SD of the differences).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
+
+#: One metric's values over replicates; None or NaN marks a run without a value.
+Values = Sequence[float | None] | np.ndarray
 
 BOOTSTRAP_SEED = 12345
 BOOTSTRAP_RESAMPLES = 9999
@@ -58,11 +62,11 @@ class PairedTest:
         return asdict(self)
 
 
-def _clean(values: Sequence[float | None]) -> np.ndarray:
+def _clean(values: Values) -> np.ndarray:
     return np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def t_interval(values: Values, confidence: float = 0.95) -> tuple[float, float]:
     """Mean ± t(n-1) · s/√n; a single value (or no spread) gives a zero-width interval at the mean."""
     x = _clean(values)
     if len(x) == 0:
@@ -74,9 +78,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return (mean - half, mean + half)
 
 
-def bootstrap_interval(
-    values: Sequence[float], confidence: float = 0.95, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
+def bootstrap_interval(values: Values, confidence: float = 0.95, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (scipy), with a fixed random generator."""
     x = _clean(values)
     if len(x) == 0:
@@ -94,7 +96,7 @@ def bootstrap_interval(
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
-def cell_stats(values: Sequence[float | None], confidence: float = 0.95) -> CellStats:
+def cell_stats(values: Values, confidence: float = 0.95) -> CellStats:
     """Mean, SD and both intervals of one metric over a cell's replicates (missing values skipped)."""
     x = _clean(values)
     t_low, t_high = t_interval(x, confidence)
@@ -110,7 +112,7 @@ def cell_stats(values: Sequence[float | None], confidence: float = 0.95) -> Cell
     )
 
 
-def paired_test(a: Sequence[float | None], b: Sequence[float | None]) -> PairedTest:
+def paired_test(a: Values, b: Values) -> PairedTest:
     """Wilcoxon signed-rank and paired t test of ``b - a``, seed by seed, with effect sizes."""
     if len(a) != len(b):
         raise ValueError("paired samples must have the same length (one value per shared seed)")
@@ -142,7 +144,7 @@ def paired_test(a: Sequence[float | None], b: Sequence[float | None]) -> PairedT
     return PairedTest(n, mean_diff, w_stat, w_p, rbc, t_stat, t_p, dz)
 
 
-def time_to_target(rounds: Sequence[dict[str, float | None]], target: float) -> tuple[int | None, float | None]:
+def time_to_target(rounds: Sequence[Mapping[str, Any]], target: float) -> tuple[int | None, float | None]:
     """The first round whose test accuracy reaches ``target``, and its simulated time; (None, None) if never."""
     for row in rounds:
         acc = row.get("test_accuracy")
