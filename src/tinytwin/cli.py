@@ -369,14 +369,23 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
 
 @app.command()
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
+    run_dirs: list[Path] | None = typer.Argument(None, help="two or more run folders"),
     out: Path = typer.Option(Path("runs/compare"), "--out", help="folder for the comparison"),
+    group: list[str] | None = typer.Option(None, "--group", help="LABEL=DIR,DIR,... (repeat): 95 % CIs per group"),
 ) -> None:
     """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy."""
     from tinytwin.report import compare_runs
 
-    path = compare_runs(run_dirs, out)
+    groups = {}
+    if group:  # groups of runs: means with CIs and tests between groups (tinytwin/sweep/groups.py)
+        from tinytwin.sweep.groups import compare_groups, parse_groups
+
+        groups = parse_groups(group)
+        run_dirs = [*(run_dirs or []), *(d for ds in groups.values() for d in ds)]
+    path = compare_runs(run_dirs or [], out)  # checks every folder before writing
     console.print(f"comparison: {path}")
+    if groups:
+        console.print(f"groups:     {compare_groups(groups, out)}")
 
 
 from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)

@@ -34,7 +34,7 @@ METRIC_NAMES = {
 DEFAULT_TARGET = 0.8
 
 
-def _run_rounds(run_dir: Path) -> list[dict[str, Any]]:
+def run_rounds(run_dir: Path) -> list[dict[str, Any]]:
     db = run_dir / "results.db"
     if not db.is_file():
         return []
@@ -56,7 +56,7 @@ def collect(sweep_dir: Path, target: float) -> tuple[dict[str, Any], list[dict[s
         index.close()
     for row in rows:
         row["overrides"] = json.loads(row["overrides_json"])
-        row["curve"] = _run_rounds(sweep_dir / "runs" / row["run_id"]) if row["status"] == "complete" else []
+        row["curve"] = run_rounds(sweep_dir / "runs" / row["run_id"]) if row["status"] == "complete" else []
         reached_round, reached_s = time_to_target(row["curve"], target)
         row["rounds_to_target"], row["time_to_target_s"] = reached_round, reached_s
         up, down = row.get("bytes_up"), row.get("bytes_down")
@@ -114,7 +114,7 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> str:
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buf = io.StringIO()
@@ -157,7 +157,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return save(fig, path)
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -186,8 +186,8 @@ def _markdown(
     ]
     for c in cells:
         lines.append(
-            f"| {c['label']} | {c['metric']} | {c['n']} | {_fmt(c['mean'])} | {_fmt(c['std'])} | "
-            f"[{_fmt(c['t_low'])}, {_fmt(c['t_high'])}] | [{_fmt(c['boot_low'])}, {_fmt(c['boot_high'])}] |"
+            f"| {c['label']} | {c['metric']} | {c['n']} | {fmt_value(c['mean'])} | {fmt_value(c['std'])} | "
+            f"[{fmt_value(c['t_low'])}, {fmt_value(c['t_high'])}] | [{fmt_value(c['boot_low'])}, {fmt_value(c['boot_high'])}] |"
         )
     lines += [
         "",
@@ -198,8 +198,8 @@ def _markdown(
     ]
     for p in paired:
         lines.append(
-            f"| {p['a']} | {p['b']} | {p['metric']} | {p['n']} | {_fmt(p['mean_diff'])} | {_fmt(p['wilcoxon_p'])} | "
-            f"{_fmt(p['rank_biserial'])} | {_fmt(p['t_p'])} | {_fmt(p['cohens_dz'])} |"
+            f"| {p['a']} | {p['b']} | {p['metric']} | {p['n']} | {fmt_value(p['mean_diff'])} | {fmt_value(p['wilcoxon_p'])} | "
+            f"{fmt_value(p['rank_biserial'])} | {fmt_value(p['t_p'])} | {fmt_value(p['cohens_dz'])} |"
         )
     lines += ["", "Metrics: " + "; ".join(f"`{k}`: {v}" for k, v in METRIC_NAMES.items()) + ".", ""]
     return "\n".join(lines)
@@ -214,7 +214,7 @@ def write_sweep_report(sweep_dir: Path, target: float = DEFAULT_TARGET) -> Path:
     sweep_dir = Path(sweep_dir)
     meta, rows = collect(sweep_dir, target)
     cells, paired = cell_table(rows), paired_table(rows)
-    atomic_write(sweep_dir / "cells.csv", _csv(cells))
-    atomic_write(sweep_dir / "paired.csv", _csv(paired))
+    atomic_write(sweep_dir / "cells.csv", to_csv(cells))
+    atomic_write(sweep_dir / "paired.csv", to_csv(paired))
     plot_curves(rows, sweep_dir / "curves.png")
     return atomic_write(sweep_dir / "report.md", _markdown(meta, rows, cells, paired, target))
