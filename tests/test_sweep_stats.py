@@ -63,7 +63,9 @@ def test_paired_tests_equal_scipy_and_hand_effect_sizes() -> None:
     assert (t.t_stat, t.t_p) == pytest.approx((r.statistic, r.pvalue))
     assert t.cohens_dz == pytest.approx(d.mean() / d.std(ddof=1))
     same = paired_test(A, A)
-    assert same.wilcoxon_p == 1.0 and same.rank_biserial == 0.0
+    assert same.wilcoxon_p == 1.0 and same.rank_biserial == 0.0 and same.t_p == 1.0
+    shifted = paired_test([0.5, 0.25, 0.75], [0.75, 0.5, 1.0])  # a constant difference: scipy gives p = 0
+    assert shifted.t_stat == math.inf and shifted.t_p == 0.0
     assert paired_test([0.5, None], [0.6, 0.7]).n == 1  # a missing value drops its pair
 
 

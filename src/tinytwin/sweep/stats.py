@@ -135,9 +135,11 @@ def paired_test(a: Values, b: Values) -> PairedTest:
         r_plus, r_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
         rbc = (r_plus - r_minus) / (r_plus + r_minus)
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    if n < 2 or sd == 0.0:
-        t_stat, t_p = (nan, nan) if n < 2 else (math.copysign(math.inf, mean_diff) if mean_diff else nan, nan)
-        dz = nan if sd == 0.0 else mean_diff / sd
+    if n < 2:
+        t_stat, t_p, dz = nan, nan, nan
+    elif sd == 0.0:  # constant differences: scipy's limit (|t| = inf, p = 0), or no difference at all (p = 1)
+        t_stat = math.copysign(math.inf, mean_diff) if mean_diff else nan
+        t_p, dz = (0.0, math.copysign(math.inf, mean_diff)) if mean_diff else (1.0, 0.0)
     else:
         t = stats.ttest_rel(xb, xa)
         t_stat, t_p, dz = float(t.statistic), float(t.pvalue), mean_diff / sd
