@@ -98,6 +98,15 @@ def test_grid_sweep_then_kill_and_resume_equals_uninterrupted(tmp_path: Path) ->
         assert after[rid]["finished_at"] == before[rid]["finished_at"]
         assert run_spec(killed_dir / "runs" / rid)["started_at"] == started[rid]
     assert index_rows(killed_dir) == rows  # the final index equals the uninterrupted sweep's
+    assert not (killed_dir / "report.md").exists()  # --no-report
+    report = run_cli("sweep-report", str(killed_dir), "--target", "0.5")
+    assert report.returncode == 0, report.stderr
+    assert "Target accuracy: 0.5." in (killed_dir / "report.md").read_text()
+
+    def accuracy_cells(folder: Path) -> list[str]:  # final-accuracy statistics do not depend on the target
+        return [line for line in (folder / "cells.csv").read_text().splitlines() if ",final_accuracy," in line]
+
+    assert len(accuracy_cells(killed_dir)) == 4 and accuracy_cells(killed_dir) == accuracy_cells(sweep_dir)
     again = run_cli("sweep", "--resume", str(killed_dir), "--quiet")
     assert again.returncode == 2 and "already complete" in again.stderr
 

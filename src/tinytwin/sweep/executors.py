@@ -39,7 +39,8 @@ def run_pool(tasks: Sequence[dict[str, Any]], on_result: ResultFn, workers: int)
     if not tasks:
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=init_worker) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=init_worker)
+    try:
         pending = {pool.submit(execute_task, t): t["run_id"] for t in tasks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -50,6 +51,10 @@ def run_pool(tasks: Sequence[dict[str, Any]], on_result: ResultFn, workers: int)
                 except Exception as exc:  # the worker process died (out of memory, killed)
                     result = {"run_id": run_id, "status": "failed", "error": f"worker process failed: {exc!r}"}
                 on_result(result)
+    except BaseException:  # Ctrl-C: drop the queued runs instead of finishing them (resume reruns them)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 class LocalExecutor:
