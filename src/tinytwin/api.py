@@ -35,8 +35,19 @@ def override_items(overrides: Mapping[str, Any]) -> list[str]:
     for key, value in overrides.items():
         if not isinstance(key, str) or not key.strip():
             raise SpecError("overrides", f"{key!r} is not a dotted key such as 'algorithm.lr'")
-        items.append(f"{key}={json.dumps(value)}")
+        try:
+            text = json.dumps(value, default=_plain)
+        except TypeError:
+            raise SpecError(key, f"{value!r} is not a plain value (number, string, bool, list, mapping)") from None
+        items.append(f"{key}={text}")
     return items
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python values (a notebook's ``np.linspace`` grid); anything else is refused."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
 
 
 @dataclass(frozen=True)
