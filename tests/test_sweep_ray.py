@@ -94,4 +94,7 @@ def test_ray_sweep_equals_process_pool_sweep(tmp_path: Path, ray_head: str) -> N
     assert ray_rows == pool_rows
     ray_runs = only_sweep(tmp_path / "ray") / "runs"
     assert sorted(p.name for p in ray_runs.iterdir()) == ["c00-r0", "c00-r1", "c01-r0", "c01-r1"]
-    assert all((p / "results.db").stat().st_size > 0 and (p / "spec.yaml").is_file() for p in ray_runs.iterdir())
+    pool_runs = only_sweep(tmp_path / "pool") / "runs"
+    for run in ray_runs.iterdir():  # the tasks' run folders came back whole
+        assert (run / "results.db").stat().st_size > 0
+        assert sorted(p.name for p in run.rglob("*")) == sorted(p.name for p in (pool_runs / run.name).rglob("*"))

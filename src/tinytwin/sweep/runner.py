@@ -31,6 +31,7 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.sweep.executors import make_executor
 from tinytwin.sweep.grid import RunPlan, SweepPlan
 from tinytwin.sweep.index import INDEX_NAME, SweepIndex
+from tinytwin.sweep.worker import unpack_run
 
 #: Called after every recorded run with (result, runs finished so far, total runs).
 ProgressFn = Callable[[dict[str, Any], int, int], None]
@@ -166,11 +167,8 @@ def _execute(sweep_dir: Path, index: SweepIndex, executor: Any, progress: Progre
 
     def on_result(result: dict[str, Any]) -> None:
         files = result.pop("files", None)
-        if files:
-            run_dir = sweep_dir / "runs" / result["run_id"]
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name, data in files.items():
-                (run_dir / name).write_bytes(data)
+        if files:  # a Ray task's run folder, made on its own machine
+            unpack_run(files, sweep_dir / "runs" / result["run_id"])
         index.record(result)
         finished_count[0] += 1
         if progress is not None:

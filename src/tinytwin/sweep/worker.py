@@ -18,8 +18,26 @@ from typing import Any
 
 from tinytwin.errors import TinyTwinError
 
-#: Files of a run folder that a shipped result carries back (reports are rendered later).
-RUN_FILES = ("spec.yaml", "results.db")
+
+def pack_run(run_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """Every regular file of a run folder (spec, database, emulation logs and keys) with its mode."""
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mode & 0o777, p.read_bytes())
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def unpack_run(files: dict[str, tuple[int, bytes]], run_dir: Path) -> None:
+    """Write a packed run folder under ``run_dir`` (paths must stay inside it; modes kept, e.g. 0600 keys)."""
+    root = run_dir.resolve()
+    for name, (mode, data) in files.items():
+        target = (root / name).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"{name!r} is outside the run folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(mode)
 
 
 def init_worker() -> None:
@@ -53,7 +71,7 @@ def execute_task(task: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {"run_id": run_id, "status": "complete", "summary": summary}
         result["timing"] = {"started": started, "ended": time.time()}  # for benchmarks/bench_sweep.py
         if scratch:
-            result["files"] = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
+            result["files"] = pack_run(run_dir)
         return result
     except TinyTwinError as exc:
         return {"run_id": run_id, "status": "failed", "error": str(exc)}
