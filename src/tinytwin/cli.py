@@ -360,11 +360,12 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", met
 
 @app.command()
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
+    run_dirs: list[Path] | None = typer.Argument(None, help="two or more run folders"),
     out: Path | None = typer.Option(
         None, "--out", help="folder for the comparison [default: a new runs/compare, runs/compare-2, ...]"
     ),
     force: bool = typer.Option(False, "--force", help="replace the comparison already in --out"),
+    group: list[str] | None = typer.Option(None, "--group", help="LABEL=DIR,DIR,... (repeat): 95 % CIs per group"),
 ) -> None:
     """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy.
 
@@ -374,8 +375,21 @@ def compare(
     from tinytwin.report import compare_runs
     from tinytwin.report.compare_out import comparison_folder
 
-    path = compare_runs(run_dirs, comparison_folder(out, force))
+    groups: dict[str, list[Path]] = {}
+    if group:  # groups of runs: means with CIs and tests between groups (tinytwin/sweep/groups.py)
+        from tinytwin.sweep.groups import compare_groups, parse_groups
+
+        groups = parse_groups(group)
+        run_dirs = [*(run_dirs or []), *(d for ds in groups.values() for d in ds)]
+    path = compare_runs(run_dirs or [], comparison_folder(out, force))  # checks every folder before writing
     console.print(f"comparison: {path}")
+    if groups:
+        console.print(f"groups:     {compare_groups(groups, path.parent)}")
+
+
+from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
+
+_register_sweep(app)
 
 
 def _usage_exception_types() -> tuple[type[BaseException], ...]:
