@@ -72,6 +72,12 @@ class GroupSpec(Strict):
     link: str = Field(default="wifi", description="a link catalog name: wifi, ble, ieee802154, lora, ethernet, uart")
     overrides: dict[str, Any] = Field(default_factory=dict, description="device profile fields to change")
     link_overrides: dict[str, Any] = Field(default_factory=dict, description="link model fields to change")
+    medium: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] | None = Field(
+        default=None,
+        description="radio medium (access point / BLE central / LoRa gateway) these devices share with every "
+        "group naming the same medium; 'dedicated' or 'none': one independent link per device; unset: one "
+        "medium per group on a radio link (wifi, ble, ieee802154, lora), dedicated on wired links",
+    )
     twin: Literal["process", "firmware"] = Field(
         default="process",
         description="tinytwin emulate: run these devices as numpy processes or as the C "
