@@ -56,3 +56,17 @@ def test_the_rendered_row_carries_the_stored_accuracy() -> None:
     }
     row = gen.render_row(gen.EXAMPLES[0], results)
     assert "95.62 %" in row and "3.0 s" in row and "6.30 / 6.20 MB" in row and "973 mJ" in row
+
+
+def test_gpu_table_in_benchmarks_doc_matches_the_gpu_results_file() -> None:
+    data = json.loads((REPO / "docs" / "results" / "gpu-h200.json").read_text())
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    block = re.search(r"<!-- BEGIN gpu .*?<!-- END gpu -->", doc, re.DOTALL)
+    assert block, "docs/benchmarks.md lost its GPU table"
+    for size in data["sizes"]:
+        row = (
+            f"| {size['devices']:,} | {size['seconds_per_round_median']:.3f} ({size['seconds_per_round_min']:.3f}"
+            f"–{size['seconds_per_round_max']:.3f}) | {size['device_updates_per_s']:,} "
+            f"| {size['peak_gpu_memory_gb']:.1f} GB |"
+        ).replace(",", " ")
+        assert row in block.group(0), f"GPU row for {size['devices']} devices differs from the results file"
