@@ -19,7 +19,9 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
     "$PY" -m venv "$ROOT/.venv"
   fi
 fi
-"$ROOT/.venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning" || true
-# torch is pinned in pyproject.toml to the CPU build 2.13.0.
-"$ROOT/.venv/bin/python" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}" 2>&1 | grep -v -i "warning" || true
+# Every dependency at the exact version in constraints.txt (torch: the CPU build 2.13.0), so a
+# new upstream release cannot change what a fresh checkout installs.
+# pipefail: a failed install stops here; only pip's warnings are filtered out.
+"$ROOT/.venv/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT${EXTRAS:+[$EXTRAS]}" 2>&1 \
+  | { grep -v -i "warning" || true; }
 "$ROOT/.venv/bin/python" -c "import tinytwin, torch; print(f'tinytwin {tinytwin.__version__} with torch {torch.__version__}')"

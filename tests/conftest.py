@@ -5,12 +5,39 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYTWIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` (recursively) with its size and mtime in ns."""
+    listing: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            listing[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    return listing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_data_untouched() -> Iterator[None]:
+    """Fail the session if any test (or the code under test) changed the shared data folder.
+
+    Why: the data folder is shared and meant read-only; tinytwin once wrote 184 MB of decoded
+    CIFAR-10 beside it. Caches belong in the user cache folder (tinytwin.cache).
+    """
+    before = data_listing(SHARED_DATA)
+    yield
+    after = data_listing(SHARED_DATA)
+    if after != before:
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        pytest.fail(f"the shared data folder {SHARED_DATA} changed during the tests: {', '.join(changed[:10])}")
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,7 @@ needs_shared = pytest.mark.skipif(
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test may see the developer's $TINYTWIN_DATA, Debian's system folder or ~/.cache."""
     monkeypatch.delenv("TINYTWIN_DATA", raising=False)
+    monkeypatch.delenv("TINYTWIN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-system-dir")
 
@@ -348,8 +349,9 @@ def test_cifar10_jpeg_npz_and_cache(
     np.testing.assert_array_equal(ds.x_train, ref[:40] / np.float32(255))
     np.testing.assert_array_equal(ds.y_test, small_cifar_items["labels"][40:])
 
-    caches = list(data_dir.glob("cifar10.decoded-*.npy"))
-    assert len(caches) == 1  # written next to the npz, which is writable
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar10.npz"]  # never beside the data, even writable
+    caches = list((tmp_path / "xdg-cache" / "tinytwin").glob("cifar10-*.decoded-*.npy"))
+    assert len(caches) == 1  # in the user cache folder instead
 
     def no_decoding(*_: object) -> np.ndarray:
         raise AssertionError("the second load must come from the cache")

@@ -254,12 +254,12 @@ def test_cifar10_cat_vww_dataset(shared_data):
 
 def test_cached_features_match_a_fresh_extraction(shared_data):
     """The cache holds what the extractor computes, in the order of the balanced subset."""
-    from tinytwin.data.datasets import _user_cache_dir
+    from tinytwin.cache import cache_dir
 
     cifar = load_dataset("cifar10", shared_data)
     vww = shared_data / ff.VWW_FILE
     f_tr, y_tr, _, _ = ff.cat_features(
-        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, vww, _user_cache_dir(), standardized=False
+        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, vww, cache_dir(), standardized=False
     )
     idx = ff._balanced_cat_subset(cifar.y_train, seed=0)
     assert (y_tr == (cifar.y_train[idx] == ff.CAT_CLASS)).all()

@@ -9,3 +9,11 @@ store and the reports.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: `import tinytwin` stays free of torch and pandas
+    if name in ("Experiment", "RunResult"):
+        from tinytwin import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tinytwin' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,7 +38,7 @@ def _fmt():
 
 @app.command()
 def run(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     resume: Path | None = typer.Option(None, "--resume", help="finish an incomplete run folder"),
@@ -45,13 +46,16 @@ def run(
     no_report: bool = typer.Option(
         False, "--no-report", help="skip CSV/plots/HTML (render later with `tinytwin report`)"
     ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda | auto: where the batched engines compute (sets engine.device)"
+    ),
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
     from tinytwin.spec.load import load_spec
 
-    spec, spec_yaml = load_spec(spec_file, set_ or [])
+    spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *([f"engine.device={device}"] if device else [])])
     if dashboard:
         start_dashboard(resume.parent if resume is not None else out)
     base_dir = spec_file.resolve().parent
@@ -72,7 +76,7 @@ def run(
 
 @app.command()
 def emulate(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set algorithm.lr=0.05"),
     out: Path = typer.Option(Path("runs"), "--out", help="folder for run folders"),
     time_scale: float = typer.Option(
@@ -210,9 +214,19 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
         console.print(f"report:     {run_dir / 'report.html'}")
 
 
+def _medium_text(row: dict) -> str:
+    """The medium a group's radio shares, how many devices contend for it and its airtime per round."""
+    if row["medium"] in ("dedicated", "none"):
+        return "none: each device has a link of its own"
+    text = f"{row['medium']} ({row['medium_devices']} devices"
+    if row.get("medium_airtime_s") is not None:
+        text += f", {_fmt().format_seconds(row['medium_airtime_s'])} airtime / round"
+    return text + ")"
+
+
 @app.command()
 def plan(
-    spec_file: Path = typer.Argument(..., help="experiment file (YAML)"),
+    spec_file: Path = typer.Argument(..., help="experiment file (YAML)", metavar="SPEC_FILE"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key"),
 ) -> None:
     """Per device group, without training: model size, memory vs RAM/flash, time, energy and bytes per round."""
@@ -261,6 +275,7 @@ def plan(
             "bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", ""
         )
         table.add_row("energy / round (no idle)", fmt.format_energy(row["energy_j"]), "")
+        table.add_row("radio medium", _medium_text(row), "")
         console.print(table)
     if not all(p.fits for p in exp.memory):
         raise typer.Exit(1)
@@ -268,63 +283,35 @@ def plan(
 
 @app.command()
 def devices(
-    name: str | None = typer.Argument(None, help="show only this device (or link, with --links)"),
+    name: str | None = typer.Argument(
+        None, help="show every figure of this device (or link, with --links) with its source"
+    ),
     profiles_file: Path | None = typer.Option(None, "--profiles", help="extra device profiles (YAML)"),
     links: bool = typer.Option(False, "--links", help="list the link models instead"),
 ) -> None:
-    """The device catalog (or link catalog): every figure with its source."""
-    fmt = _fmt()
+    """The device catalog (or link catalog): one row per entry; `tinytwin devices NAME` cites every figure."""
+    from tinytwin.cli_tables import device_overview, link_overview
+
     if links:
         from tinytwin.net.links import load_link_catalog
 
         entries: dict[str, Any] = load_link_catalog()
-        overview = Table(title="Link models")
-        for col in ("name", "latency", "up", "down", "loss", "MTU", "header/packet"):
-            overview.add_column(col)
-        for l in entries.values():
-            overview.add_row(
-                l.name,
-                fmt.format_seconds(l.latency_s),
-                f"{l.up_bps / 1e3:,.1f} kbit/s",
-                f"{l.down_bps / 1e3:,.1f} kbit/s",
-                f"{l.loss:g}",
-                f"{l.mtu_bytes} B",
-                f"{l.header_bytes} B",
-            )
+        overview = link_overview(entries.values())
     else:
         from tinytwin.fleet.catalog import load_device_catalog
 
         entries = load_device_catalog([profiles_file] if profiles_file else [])
-        overview = Table(title="Device catalog")
-        for col in (
-            "name",
-            "clock",
-            "RAM for training",
-            "flash for model+data",
-            "FLOP/s",
-            "active/idle/tx/rx W",
-            "radios",
-        ):
-            overview.add_column(col)
-        for p in entries.values():
-            pw = p.power
-            overview.add_row(
-                p.name,
-                f"{p.clock_hz / 1e6:g} MHz",
-                fmt.format_bytes(p.training_ram_bytes),
-                fmt.format_bytes(p.model_flash_bytes),
-                f"{p.flops_per_s:.3g}",
-                f"{pw.active_w:g} / {pw.idle_w:g} / {pw.tx_w:g} / {pw.rx_w:g}",
-                ", ".join(p.radios),
-            )
-    if name is not None:
-        if name not in entries:
-            raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
-        entries = {name: entries[name]}
-    else:
+        overview = device_overview(entries.values())
+    if name is None:
         console.print(overview)
-    for entry in entries.values():
-        _print_sources(entry)
+        kind = "link" if links else "device"
+        console.print(
+            f"every figure with its source: tinytwin devices {'--links ' if links else ''}{kind.upper()}_NAME"
+        )
+        return
+    if name not in entries:
+        raise TinyTwinError(f"unknown {'link' if links else 'device'} {name!r}; known: {', '.join(entries)}")
+    _print_sources(entries[name])
 
 
 def _print_sources(entry: Any) -> None:
@@ -357,12 +344,19 @@ def _print_sources(entry: Any) -> None:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
+def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", metavar="RUN_DIR")) -> None:
     """(Re)write a run folder's CSV files, plots and report.html."""
     from tinytwin.report import write_report
     from tinytwin.report.dfl import is_dfl_run, write_dfl_extras
     from tinytwin.report.export import open_run
 
+    if len(run_dirs) != 1:  # typically a shell glob such as runs/quickstart-*/ that matched several folders
+        shown = ", ".join(str(d) for d in run_dirs[:3]) + (", ..." if len(run_dirs) > 3 else "")
+        raise TinyTwinError(
+            f"report takes one run folder, got {len(run_dirs)} ({shown}); pass one, e.g. tinytwin report {run_dirs[-1]}"
+            " (use `tinytwin compare` to overlay several)"
+        )
+    run_dir = run_dirs[0]
     store, _ = open_run(run_dir)
     try:
         dfl = is_dfl_run(store)
@@ -374,23 +368,80 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder")) -> None:
 
 @app.command()
 def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
-    out: Path = typer.Option(Path("runs/compare"), "--out", help="folder for the comparison"),
+    run_dirs: list[Path] | None = typer.Argument(None, help="two or more run folders"),
+    out: Path | None = typer.Option(
+        None, "--out", help="folder for the comparison [default: a new runs/compare, runs/compare-2, ...]"
+    ),
+    force: bool = typer.Option(False, "--force", help="replace the comparison already in --out"),
+    group: list[str] | None = typer.Option(None, "--group", help="LABEL=DIR,DIR,... (repeat): 95 % CIs per group"),
 ) -> None:
-    """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy."""
-    from tinytwin.report import compare_runs
+    """Overlay several runs: accuracy against round and simulated time, cumulative bytes and energy.
 
-    path = compare_runs(run_dirs, out)
+    Never overwrites by surprise: without --out each comparison gets a new folder; an --out that
+    already holds a comparison is refused unless --force is given.
+    """
+    from tinytwin.report import compare_runs
+    from tinytwin.report.compare_out import comparison_folder
+
+    groups: dict[str, list[Path]] = {}
+    if group:  # groups of runs: means with CIs and tests between groups (tinytwin/sweep/groups.py)
+        from tinytwin.sweep.groups import compare_groups, parse_groups
+
+        groups = parse_groups(group)
+        run_dirs = [*(run_dirs or []), *(d for ds in groups.values() for d in ds)]
+    path = compare_runs(run_dirs or [], comparison_folder(out, force))  # checks every folder before writing
     console.print(f"comparison: {path}")
+    if groups:
+        console.print(f"groups:     {compare_groups(groups, path.parent)}")
+
+
+from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
+
+_register_sweep(app)
+
+
+def _usage_exception_types() -> tuple[type[BaseException], ...]:
+    """The exception classes the CLI framework raises for a bad command line.
+
+    typer >= 0.29 vendors click and raises :class:`typer.TyperException` subclasses; older
+    typer releases raise ``click.ClickException``. click may not be installed at all, so it
+    is looked up only when present, never imported unconditionally.
+    """
+    types: list[type[BaseException]] = []
+    if isinstance(getattr(typer, "TyperException", None), type):
+        types.append(typer.TyperException)
+    try:
+        import click  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        types.append(click.exceptions.ClickException)
+    return tuple(types)
+
+
+def _usage_line(exc: BaseException) -> str:
+    """One line for a usage error: what is wrong, and the ``--help`` that shows the right usage."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tinytwin`: name the commands, not the whole help
+        return f"missing command; choose one of: {', '.join(_command_names())} (tinytwin --help shows what each does)"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(message.split())  # click wraps some messages over several lines
+    command = getattr(ctx, "command_path", None) or "tinytwin"
+    return f"{message} (see '{command} --help')"
+
+
+def _command_names() -> list[str]:
+    return [c.name or (c.callback.__name__ if c.callback else "?") for c in app.registered_commands]
 
 
 app.command(name="dashboard")(_dashboard)
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app, turning user errors and usage errors into one line and exit status 2."""
+    usage_errors = _usage_exception_types()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="tinytwin")
         if isinstance(code, int) and code:
             sys.exit(code)
     except TinyTwinError as exc:
@@ -398,18 +449,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted; the run folder keeps every finished round (resume with --resume)")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except usage_errors as exc:
+        err_console.print(f"[red]error:[/] {escape(_usage_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def hash_keys(*parts: np.ndarray | int) -> np.ndarray:
     """Hash broadcastable integer arrays into uint64 keys, one per element."""
     with np.errstate(over="ignore"):
-        acc = np.uint64(0x243F6A8885A308D3)
+        acc: np.ndarray = np.asarray(np.uint64(0x243F6A8885A308D3))
         for part in parts:
-            acc = _mix64(np.asarray(acc, dtype=np.uint64) + np.asarray(part).astype(np.uint64) * _GOLDEN + _GOLDEN)
+            acc = _mix64(acc.astype(np.uint64) + np.asarray(part).astype(np.uint64) * _GOLDEN + _GOLDEN)
     return np.asarray(acc)
 
 

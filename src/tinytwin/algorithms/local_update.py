@@ -59,7 +59,7 @@ def init_optimizer_state(params: torch.Tensor, cfg: LocalTraining) -> dict[str, 
         return {
             "m": torch.zeros_like(params),
             "v": torch.zeros_like(params),
-            "t": torch.zeros(lead + (1,), dtype=params.dtype),
+            "t": torch.zeros(lead + (1,), dtype=params.dtype, device=params.device),
         }
     if cfg.momentum:
         return {"m": torch.zeros_like(params)}

@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import pickle
-import stat
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin import cache
 from tinytwin.errors import DataError
 
 __all__ = [
@@ -189,7 +189,7 @@ def _load_cifar10_cat_vww(root: Path | None, test_size: int | None) -> Dataset:
     cifar = _load_cifar10(root, None)
     model = ff.find_vww_model(_search_dirs(root, "vww"))
     xtr, ytr, xte, yte = ff.cat_features(
-        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, model, _user_cache_dir()
+        cifar.x_train, cifar.y_train, cifar.x_test, cifar.y_test, model, cache.cache_dir()
     )
     if test_size is not None and test_size < len(yte):
         keep = np.sort(np.random.default_rng(0).permutation(len(yte))[:test_size])
@@ -563,25 +563,17 @@ def _decode_jpegs(path: Path, jpeg_bytes: np.ndarray, offsets: np.ndarray) -> np
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
-def _user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "tinytwin"
-
-
-def _cache_paths(npz: Path) -> list[Path]:
-    """Cache files for the decoded images of ``npz``, preferred first.
+def _cache_path(npz: Path) -> Path:
+    """The user-cache file for the decoded images of ``npz`` (never beside the data: see tinytwin.cache).
 
     Keyed on the file's size and mtime so replacing the ``.npz`` invalidates the cache
-    without hashing 18 MB on every load. The user-cache name also carries a hash of the
-    path, so two different ``cifar10.npz`` files never share an entry.
+    without hashing 18 MB on every load; the name also carries a hash of the path, so two
+    different ``cifar10.npz`` files never share an entry.
     """
     st = npz.stat()
     key = f"{st.st_size}-{st.st_mtime_ns}"
     path_hash = hashlib.sha1(str(npz.resolve()).encode()).hexdigest()[:12]
-    return [
-        npz.with_name(f"{npz.stem}.decoded-{key}.npy"),
-        _user_cache_dir() / f"{npz.stem}-{path_hash}.decoded-{key}.npy",
-    ]
+    return cache.cache_dir() / f"{npz.stem}-{path_hash}.decoded-{key}.npy"
 
 
 def _load_cache(path: Path, n: int) -> np.ndarray | None:
@@ -597,32 +589,18 @@ def _load_cache(path: Path, n: int) -> np.ndarray | None:
     return arr
 
 
-def _dir_writable(folder: Path) -> bool:
-    """Whether we may add files to ``folder``.
-
-    ``os.access`` alone is not enough: root passes it everywhere, yet a folder whose mode
-    has no write bit at all (e.g. a shared, read-only data folder) is one its owner means
-    to keep unchanged, so the cache goes to the user cache folder instead.
-    """
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
-
-
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` via a temporary file + rename.
+    """Write ``arr`` to ``path`` (a file in the user cache) via a temporary file + rename.
 
     Atomic because the emulator starts one process per device and several may load
     CIFAR-10 at once: a reader must never see a half-written cache.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.prepare(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users of a shared data folder may read it
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache shared through $TINYTWIN_CACHE stays readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -637,22 +615,17 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
 def _decoded_cifar_images(npz: Path, offsets: np.ndarray) -> np.ndarray:
     """Decoded images from the cache, or decode (reading the big ``jpeg_bytes`` only then) and cache."""
     n = len(offsets) - 1
-    candidates = _cache_paths(npz)
-    for cache in candidates:
-        cached = _load_cache(cache, n)
-        if cached is not None:
-            return cached
+    path = _cache_path(npz)
+    cached = _load_cache(path, n)
+    if cached is not None:
+        return cached
     jpeg_bytes = _read_npz(npz, ("jpeg_bytes",))["jpeg_bytes"]
     _check_jpeg_layout(npz, jpeg_bytes, offsets)
     images = _decode_jpegs(npz, jpeg_bytes, offsets)
-    for i, cache in enumerate(candidates):  # next to the .npz if writable, else the user cache; else none
-        if i == 0 and not _dir_writable(cache.parent):
-            continue
-        try:
-            _save_atomic(cache, images)
-            break
-        except OSError:
-            continue
+    try:
+        _save_atomic(path, images)
+    except OSError:
+        pass  # an unwritable cache only costs decoding again next time
     return images
 
 

@@ -66,7 +66,7 @@ class BatchedMLPGrad:
 
     def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Per-layer tensors -> (D, P) flat parameters, in the model's flat order."""
-        out = torch.empty((tensors[0].shape[0], self.num_params), dtype=tensors[0].dtype)
+        out = torch.empty((tensors[0].shape[0], self.num_params), dtype=tensors[0].dtype, device=tensors[0].device)
         self.join_into(tensors, out)
         return out
 

@@ -24,6 +24,8 @@ from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_
 from tinytwin.models.params import ParamLayout
 from tinytwin.models.zoo import LayerModule, ModelDef, make_model
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.wire.encoding import encoded_size
+from tinytwin.wire.frame import MAX_PAYLOAD
 
 
 @dataclass
@@ -33,11 +35,23 @@ class Experiment:
     parts: list[np.ndarray]
     class_hist: np.ndarray
     model: ModelDef
-    module: LayerModule
-    layout: ParamLayout
     fleet: Fleet
     memory: list[MemoryPlan]
     timeline: Timeline
+
+    @cached_property
+    def module(self) -> LayerModule:
+        """The torch module, built on first use, after the memory plan ran.
+
+        Why lazily: the plan needs only the layer shapes, and a model that fits no device must be
+        refused with its numbers, not allocated first (``hidden: [100000, 100000]`` is 40 GB).
+        ``build`` forks the RNG, so when it runs does not change any result.
+        """
+        return self.model.build(self.spec.seed)
+
+    @cached_property
+    def layout(self) -> ParamLayout:
+        return ParamLayout.of(self.module)
 
     @cached_property
     def num_samples(self) -> np.ndarray:
@@ -121,11 +135,10 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
     except ValueError as exc:
         raise SpecError("partition", str(exc)) from None
     model = _make_model(spec, dataset)
-    module = model.build(spec.seed)
-    layout = ParamLayout.of(module)
-    memory = _plan(spec, model, fleet, parts)
+    memory = _plan(spec, model, fleet, parts)  # before any tensor of the model exists (see Experiment.module)
     if check_memory:
         refuse_if_unfit(memory)
+    _refuse_unsendable(spec, model, memory)
     timeline = build_timeline(spec.failures, n, spec.rounds, spec.seed)
     return Experiment(
         spec,
@@ -133,8 +146,6 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
         parts,
         class_histogram(dataset.y_train, parts, dataset.num_classes),
         model,
-        module,
-        layout,
         fleet,
         memory,
         timeline,
@@ -168,6 +179,27 @@ def _plan(spec: ExperimentSpec, model: ModelDef, fleet: Fleet, parts: list[np.nd
             )
         )
     return plans
+
+
+def _refuse_unsendable(spec: ExperimentSpec, model: ModelDef, memory: list[MemoryPlan]) -> None:
+    """Refuse a model whose update does not fit in one frame (wire.frame.MAX_PAYLOAD).
+
+    A model that large fits no device either, so the memory numbers come first (even for
+    ``tinytwin plan``, which cannot cost a round whose message cannot be sent).
+    """
+    a = spec.algorithm
+    biggest = max(
+        encoded_size(model.num_params, enc, tensor_sizes=model.tensor_sizes)
+        for enc in (a.encoding, a.downlink_encoding)
+    )
+    if biggest <= MAX_PAYLOAD:
+        return
+    refuse_if_unfit(memory)
+    raise SpecError(
+        "model",
+        f"one model update is {biggest:,} B, more than a frame carries ({MAX_PAYLOAD:,} B); "
+        "use a smaller model or a smaller encoding (algorithm.encoding: int8)",
+    )
 
 
 def refuse_if_unfit(plans: list[MemoryPlan]) -> None:

@@ -5,10 +5,15 @@ and runs every step of every device as one ``vmap``-ed computation; devices whos
 ran out at a step are masked (``active = 0``), so unequal dataset sizes need no Python
 loop over devices. The reference path runs the same definitions
 (:mod:`tinytwin.algorithms.local_update`) device by device; a test holds the two equal.
+
+Devices train in chunks (memory), grouped by how many steps their data take
+(:mod:`tinytwin.engines.buckets`: padding costs at most 2x), on the trainer's torch device;
+on a GPU the batch schedule is hashed there too (:mod:`tinytwin.engines.schedule_torch`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +23,9 @@ from torch.func import grad, vmap
 
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
+from tinytwin.engines.buckets import chunk_plan, consecutive_chunks
+from tinytwin.engines.schedule_torch import padded_indices
+from tinytwin.engines.schedule_torch import schedule as schedule_on
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
@@ -43,14 +51,20 @@ class LocalTrainer:
         seed: int,
         chunk_size: int = 2048,
         fast_path: bool = True,
+        device: torch.device | None = None,
+        threads: int | None = None,
+        bucketing: bool = True,
     ) -> None:
         self.module = module
         self.layout = layout
-        self.x = x_train
-        self.y = y_train
+        self.device = torch.device("cpu") if device is None else device
+        self.x = x_train.to(self.device)
+        self.y = y_train.to(self.device)
         self.cfg = cfg
         self.seed = seed
         self.chunk_size = chunk_size
+        self.threads = threads
+        self.bucketing = bucketing
 
         def loss(
             flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor
@@ -59,8 +73,8 @@ class LocalTrainer:
 
         self._loss = loss
         # Samples flattened once, so a step's batch is one index_select.
-        self._x_rows = x_train.reshape(len(x_train), -1)
-        self._sample_shape = tuple(x_train.shape[1:])
+        self._x_rows = self.x.reshape(len(self.x), -1)
+        self._sample_shape = tuple(self.x.shape[1:])
         self._batched_grad = vmap(grad(loss, has_aux=True))
         # MLPs get hand-written batched gradients (same math, 5-10x less overhead than vmap).
         specs = getattr(module, "layer_specs", None)
@@ -78,9 +92,7 @@ class LocalTrainer:
         sizes = np.array([len(ix) for ix in indices], dtype=np.int64)
         b = self.cfg.batch_size
         steps = int(-(-sizes.max() // b)) if sizes.size else 0
-        padded = np.full((len(indices), max(int(sizes.max()), 1)), -1, dtype=np.int64)
-        for d, ix in enumerate(indices):
-            padded[d, : len(ix)] = ix
+        padded = padded_indices(indices)
         slots = []
         for epoch in range(self.cfg.epochs):
             order = device_permutations(self.seed, round_, epoch, device_ids, sizes)
@@ -98,20 +110,59 @@ class LocalTrainer:
         indices: list[np.ndarray],
         lr: np.ndarray | None = None,
     ) -> LocalResult:
-        """Train every listed device from ``start`` ((P,) shared or (D, P) per device)."""
+        """Train every listed device from ``start`` ((P,) shared or (D, P) per device).
+
+        The result's parameters are on the trainer's device."""
         d = len(indices)
-        out = torch.empty((d, start.shape[-1]), dtype=start.dtype)
+        start = start.to(self.device)
+        out = torch.empty((d, start.shape[-1]), dtype=start.dtype, device=self.device)
         lrs = np.full(d, self.cfg.lr) if lr is None else np.asarray(lr, dtype=np.float64)
         losses = np.zeros(d)
         steps = np.zeros(d, dtype=np.int64)
-        with intra_op_threads(threads_for(min(d, self.chunk_size) * self.cfg.batch_size * start.shape[-1])):
-            for lo in range(0, d, self.chunk_size):
-                hi = min(lo + self.chunk_size, d)
-                chunk_start = start if start.dim() == 1 else start[lo:hi]
-                losses[lo:hi], steps[lo:hi] = self._train_chunk(
-                    chunk_start, out[lo:hi], round_, device_ids[lo:hi], indices[lo:hi], lrs[lo:hi]
+        with intra_op_threads(self._threads(d, start.shape[-1])):
+            for pos in self.plan(indices):
+                contiguous = pos[-1] - pos[0] + 1 == len(pos)
+                rows = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else torch.from_numpy(pos).to(self.device)
+                chunk_out = (
+                    out[rows]
+                    if contiguous
+                    else torch.empty((len(pos), out.shape[1]), dtype=out.dtype, device=self.device)
                 )
+                chunk_start = start if start.dim() == 1 else start[rows]
+                losses[pos], steps[pos] = self._train_chunk(
+                    chunk_start, chunk_out, round_, device_ids[pos], [indices[i] for i in pos], lrs[pos]
+                )
+                if not contiguous:
+                    out[rows] = chunk_out
         return LocalResult(out, losses, steps)
+
+    def train_chunks(
+        self, start: torch.Tensor, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, LocalResult]]:
+        """Train the devices one chunk at a time, yielding ``(positions, result of those devices)``.
+
+        Each chunk's models are computed exactly as :meth:`train` computes them; a caller that
+        reduces each chunk before asking for the next (streaming FedAvg) holds one chunk of
+        (D, P) models in memory instead of all of them."""
+        start = start.to(self.device)
+        for pos in self.plan(indices):
+            out = torch.empty((len(pos), start.shape[-1]), dtype=start.dtype, device=self.device)
+            with intra_op_threads(self._threads(len(pos), start.shape[-1])):
+                loss, steps = self._train_chunk(
+                    start, out, round_, device_ids[pos], [indices[i] for i in pos], np.full(len(pos), self.cfg.lr)
+                )
+            yield pos, LocalResult(out, loss, steps)
+
+    def plan(self, indices: list[np.ndarray]) -> list[np.ndarray]:
+        """The chunks of devices (positions into ``indices``) that train together."""
+        sizes = np.fromiter((len(ix) for ix in indices), dtype=np.int64, count=len(indices))
+        if not self.bucketing:
+            return consecutive_chunks(len(sizes), self.chunk_size)
+        return chunk_plan(sizes, self.cfg.batch_size, self.chunk_size)
+
+    def _threads(self, d: int, num_params: int) -> int:
+        """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule."""
+        return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params, self.threads)
 
     def _train_chunk(
         self,
@@ -127,7 +178,11 @@ class LocalTrainer:
         MLPs train on per-layer tensors (no flat copies per step)."""
         cfg = self.cfg
         n = len(indices)
-        sched = torch.from_numpy(self.schedule(round_, device_ids, indices))
+        dev = self.device
+        if dev.type == "cpu":
+            sched = torch.from_numpy(self.schedule(round_, device_ids, indices))
+        else:  # the same schedule, hashed on the GPU (numpy's is seconds a round at 10^6 devices)
+            sched = schedule_on(self.seed, round_, cfg.epochs, cfg.batch_size, device_ids, indices, dev)
         fast = self._mlp_grad
         if fast is not None:
             tensors = fast.split(start, n)
@@ -136,15 +191,15 @@ class LocalTrainer:
         params = tensors[0]
         anchors = [t.clone() for t in tensors] if cfg.prox_mu else None
         states = [init_optimizer_state(t, cfg) for t in tensors]
-        lr_col = torch.tensor(lrs, dtype=params.dtype)
-        ce_total = torch.zeros(len(indices), dtype=torch.float64)
-        seen = torch.zeros(len(indices), dtype=torch.float64)
-        steps = torch.zeros(len(indices), dtype=torch.int64)
+        lr_col = torch.tensor(lrs, dtype=params.dtype, device=dev)
+        ce_total = torch.zeros(len(indices), dtype=torch.float64, device=dev)
+        seen = torch.zeros(len(indices), dtype=torch.float64, device=dev)
+        steps = torch.zeros(len(indices), dtype=torch.int64, device=dev)
         b = cfg.batch_size
         # One batch buffer reused by every step: a fresh (D, B, ...) tensor per step costs
         # more in allocation and page faults than the gather itself (8 ms vs 60-90 ms at 2000 x 10 MNIST rows).
-        x_buf = torch.empty((len(indices) * b, self._x_rows.shape[1]), dtype=self._x_rows.dtype)
-        y_buf = torch.empty(len(indices) * b, dtype=self.y.dtype)
+        x_buf = torch.empty((len(indices) * b, self._x_rows.shape[1]), dtype=self._x_rows.dtype, device=dev)
+        y_buf = torch.empty(len(indices) * b, dtype=self.y.dtype, device=dev)
         for s in range(sched.shape[1] // b):
             idx = sched[:, s * b : (s + 1) * b]
             mask = (idx >= 0).to(params.dtype)
@@ -182,8 +237,8 @@ class LocalTrainer:
             fast.join_into(tensors, out)
         else:
             out.copy_(tensors[0])
-        loss = (ce_total / seen.clamp_min(1.0)).numpy()
-        return loss, steps.numpy()
+        loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
+        return loss, steps.cpu().numpy()
 
     # ---- reference ----------------------------------------------------------------
     def train_reference(

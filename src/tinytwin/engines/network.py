@@ -103,7 +103,7 @@ def build_network(spec: ExperimentSpec, fleet: Fleet, base_dir: Path | None = No
     except ValueError as exc:
         key = {"torus": "topology.rows", "file": "topology.file", "star": "topology.hub"}.get(t.kind, "topology")
         raise SpecError(key, str(exc)) from None
-    events = [(ev.round, [tuple(e) for e in ev.edges], ev.state) for ev in t.link_events]
+    events = [(ev.round, [(int(e[0]), int(e[1])) for e in ev.edges], ev.state) for ev in t.link_events]
     try:
         timeline = build_link_timeline(
             topo, spec.rounds, events, t.link_down_probability, lambda r: stream_rng(spec.seed, Stream.LINK_OUTAGE, r)

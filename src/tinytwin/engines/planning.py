@@ -7,14 +7,15 @@ from typing import Any
 import numpy as np
 
 from tinytwin.engines.experiment import Experiment
-from tinytwin.fleet.cost import LinkArrays, compute_flops, transfer_cost
+from tinytwin.fleet.cost import LinkArrays, compute_flops, take_links, transfer_cost
+from tinytwin.net.medium import airtime_s
 
 
 def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
     """For each group, the costs of its device with the most data, on a loss-free link."""
     a = exp.spec.algorithm
     rows = []
-    for g, mem in zip(exp.fleet.groups, exp.memory):
+    for gi, (g, mem) in enumerate(zip(exp.fleet.groups, exp.memory)):
         n = int(max(len(exp.parts[d]) for d in g.devices))
         link = g.link
         arrays = LinkArrays(
@@ -36,6 +37,7 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             {
                 "memory": mem,
                 "link": link.name,
+                **medium_of_group(exp, gi),
                 "count": len(g.devices),
                 "samples": n,
                 "flops": flops,
@@ -48,3 +50,28 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def medium_of_group(exp: Experiment, group: int) -> dict[str, Any]:
+    """The medium a group's devices share (docs/cost-model.md): its name, how many devices share
+    it, and the airtime one round of all of them takes on it (one download and one upload
+    each, loss-free, contended): the least time its transfers add up to, whatever the schedule.
+
+    ``medium`` is ``"dedicated"`` (``medium_devices`` 1) when each device has its own link.
+    """
+    fleet = exp.fleet
+    first = int(fleet.groups[group].devices[0])
+    if fleet.medium is None or fleet.medium.medium_of[first] < 0:
+        return {"medium": "dedicated", "medium_devices": 1, "medium_airtime_s": None}
+    on = np.flatnonzero(fleet.medium.medium_of == fleet.medium.medium_of[first])
+    links = take_links(fleet.links, on)
+    none_lost = np.zeros(on.size, dtype=np.int64)
+    wire_up = transfer_cost(exp.uplink_bytes(), links.up_bps, links, none_lost).wire_bytes
+    wire_down = transfer_cost(exp.downlink_bytes(), links.down_bps, links, none_lost).wire_bytes
+    air = airtime_s(wire_up, links.up_bps) + airtime_s(wire_down, links.down_bps)
+    eff = fleet.medium.efficiency[on] if on.size > 1 else 1.0
+    return {
+        "medium": fleet.medium.names[fleet.medium.medium_of[first]],
+        "medium_devices": int(on.size),
+        "medium_airtime_s": float((air / eff).sum()),
+    }

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tinytwin import __version__
+from tinytwin.engines.device import resolve_device
 from tinytwin.engines.experiment import Experiment, prepare, refuse_if_unfit
 from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
@@ -55,6 +56,7 @@ def start_run(
 ) -> RunOutcome:
     """Check everything, then create the run folder and simulate every round."""
     exp = prepare(spec, base_dir)
+    resolve_device(spec.engine.device)  # a missing GPU is refused before the run folder exists
     network = _check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
@@ -115,6 +117,8 @@ def resume_run(
 ) -> RunOutcome:
     """Continue an incomplete run from its last finished round."""
     store, info, stored = open_resumable(run_dir, spec, "simulate")
+    if spec is not None:
+        stored = stored.model_copy(update={"engine": spec.engine})
     exp = prepare(stored, base_dir)
     network = _check_family(exp, base_dir)
     if on_prepared is not None:
@@ -161,7 +165,8 @@ def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tup
                 + (f"; resume it with `{command}`" if command else "")
             )
         stored = validate_spec(yaml.safe_load(info.spec_yaml))
-        if spec is not None and spec.model_dump() != stored.model_dump():
+        # engine (device, threads, chunks) says how to compute, not what: a run may resume elsewhere
+        if spec is not None and spec.model_dump(exclude={"engine"}) != stored.model_dump(exclude={"engine"}):
             raise TinyTwinError(
                 f"the experiment file differs from the one {run_dir} was started with; "
                 f"resume with the run's own spec ({run_dir / 'spec.yaml'})"

@@ -22,14 +22,17 @@ import torch
 from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
+from tinytwin.engines.device import default_chunk, resolve_device
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.round_costs import round_costs
 from tinytwin.engines.state import Checkpointed
+from tinytwin.engines.streaming import StreamingMean
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.rng import Stream, stream_rng
+from tinytwin.spec.schema import AggregatorSpec
 from tinytwin.store.db import RunStore
 from tinytwin.wire.roundtrip import roundtrip_torch
 
@@ -61,11 +64,23 @@ class Simulator:
         a = spec.algorithm
         self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
         ds = exp.dataset
-        self.x_train = torch.from_numpy(ds.x_train)
-        self.y_train = torch.from_numpy(ds.y_train)
-        self.x_test = torch.from_numpy(ds.x_test)
-        self.y_test = torch.from_numpy(ds.y_test)
-        self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
+        eng = spec.engine
+        self.device = resolve_device(eng.device)
+        self.x_train = torch.from_numpy(ds.x_train).to(self.device)
+        self.y_train = torch.from_numpy(ds.y_train).to(self.device)
+        self.x_test = torch.from_numpy(ds.x_test).to(self.device)
+        self.y_test = torch.from_numpy(ds.y_test).to(self.device)
+        self.trainer = LocalTrainer(
+            exp.module,
+            exp.layout,
+            self.x_train,
+            self.y_train,
+            self.cfg,
+            spec.seed,
+            chunk_size=default_chunk(self.device, eng.chunk_size),
+            device=self.device,
+            threads=eng.threads,
+        )
         so = a.server_optimizer
         self.server_opt = make_server_optimizer(
             so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
@@ -90,7 +105,8 @@ class Simulator:
     def run(self, state: SimState, progress: ProgressFn | None = None) -> SimState:
         a = self.exp.spec.algorithm
         per_round = self.exp.fleet.num_devices if isinstance(a.clients_per_round, float) else a.clients_per_round
-        threads = threads_for(per_round * a.batch_size * self.exp.model.num_params)
+        macs = per_round * a.batch_size * self.exp.model.num_params
+        threads = threads_for(macs, self.exp.spec.engine.threads)
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
             with intra_op_threads(threads):
                 state = self.step(state, r)
@@ -117,100 +133,31 @@ class Simulator:
             online_ids[exp.timeline.reachable(r)[online_ids]], spec.algorithm.clients_per_round, spec.seed, r
         )
         dropped_mask = stream_rng(seed, Stream.DROPOUT, r).random(n_dev)[selected] < spec.failures.dropout
-        for d in selected[dropped_mask]:
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": int(d),
-                    "kind": "dropout",
-                    "detail": "dropped out after receiving the global model",
-                }
-            )
+        events += device_events(
+            r, t0, "dropout", selected[dropped_mask], ["dropped out after receiving the global model"]
+        )
 
         # Costs of every selected device (arrays aligned with `selected`).
         costs = round_costs(exp, r, online_ids, selected, dropped_mask, self.up_bytes, self.down_bytes)
         straggler, n_samples = costs.straggler, exp.num_samples[selected]
-        for d, t in zip(selected[straggler], costs.total_s[straggler]):
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": int(d),
-                    "kind": "straggler",
-                    "detail": f"needed {t:.3f} s, deadline {a.deadline_s} s",
-                }
-            )
+        needed = [f"needed {t:.3f} s, deadline {a.deadline_s} s" for t in costs.total_s[straggler]]
+        events += device_events(r, t0, "straggler", selected[straggler], needed)
         completed_mask = costs.completed
         completed = selected[completed_mask]
         round_s = costs.round_s
 
         # Learning: batched local training of the devices that will report back.
-        new_global, train_losses = state.global_params, np.full(selected.size, np.nan)
-        server_state = state.server_state
-        if completed.size:
-            result = self.trainer.train(state.global_params, r, completed, [exp.parts[d] for d in completed])
-            train_losses[completed_mask] = result.train_loss
-            deltas = result.params - state.global_params
-            received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
-            aggregate = self._aggregate(
-                received, torch.from_numpy(n_samples[completed_mask]).to(received.dtype), events, r, t0
-            )
-            if aggregate is not None:
-                new_global, server_state = self.server_opt.step(
-                    state.global_params, state.global_params + aggregate, server_state
-                )
-        else:
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": None,
-                    "kind": "empty_round",
-                    "detail": "no device completed the round; the global model is unchanged",
-                }
-            )
-        if a.downlink_encoding != "float32":
-            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
+        train_losses = np.full(selected.size, np.nan)
+        new_global, server_state = self._update_global(
+            state, r, completed, completed_mask, n_samples, train_losses, events, t0
+        )
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
-        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
-        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
-
-        # Evaluation of the new global model.
         acc = loss = None
         per_device_acc: dict[int, float] = {}
         if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
-            if spec.evaluation.per_device:
-                correct, _ = predict_correct(exp.module, exp.layout, new_global, self.x_train, self.y_train)
-                for d in online_ids:
-                    per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
-
-        status = np.full(n_dev, "", dtype=object)
-        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
-        status[selected] = [costs.status(i) for i in range(selected.size)]
-        pos = {int(d): i for i, d in enumerate(selected)}
-        device_rows = []
-        for d in online_ids:
-            i = pos.get(int(d))
-            device_rows.append(
-                {
-                    "round": r,
-                    "device": int(d),
-                    "status": status[d],
-                    "num_samples": int(exp.num_samples[d]),
-                    "compute_s": float(c_s[i]) if i is not None else 0.0,
-                    "up_s": float(u_s[i]) if i is not None else 0.0,
-                    "down_s": float(d_s[i]) if i is not None else 0.0,
-                    "bytes_up": int(bytes_up_dev[i]) if i is not None else 0,
-                    "bytes_down": int(bytes_down_dev[i]) if i is not None else 0,
-                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
-                    "energy_j": float(energy[d]),
-                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
-                    "accuracy": per_device_acc.get(int(d)),
-                }
-            )
+            acc, loss, per_device_acc = self._evaluate(new_global, online_ids)
+        device_rows = self._device_rows(r, online_ids, selected, costs, train_losses, per_device_acc)
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         finite = train_losses[~np.isnan(train_losses)]
@@ -243,27 +190,195 @@ class Simulator:
         self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
         return new_state
 
-    def _aggregate(
-        self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int, t0: float
-    ) -> torch.Tensor | None:
-        agg = self.exp.spec.algorithm.aggregator
-        try:
-            return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
-        except ValueError as exc:
+    def _update_global(
+        self,
+        state: SimState,
+        r: int,
+        completed: np.ndarray,
+        completed_mask: np.ndarray,
+        n_samples: np.ndarray,
+        train_losses: np.ndarray,
+        events: list[dict[str, Any]],
+        t0: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Train, aggregate and step the server optimizer; fills ``train_losses`` of the completed devices.
+
+        Returns the new global model (as the devices will receive it) and server state."""
+        a = self.exp.spec.algorithm
+        new_global, server_state = state.global_params, state.server_state
+        if completed.size:
+            aggregate, train_losses[completed_mask] = self._learn(
+                state.global_params, r, completed, n_samples[completed_mask], events, t0
+            )
+            if aggregate is not None:
+                new_global, server_state = self.server_opt.step(
+                    state.global_params, state.global_params + aggregate, server_state
+                )
+        else:
+            detail = "no device completed the round; the global model is unchanged"
+            events.append({"round": r, "sim_time_s": t0, "device": None, "kind": "empty_round", "detail": detail})
+        if a.downlink_encoding != "float32":
+            sizes = self.exp.model.tensor_sizes
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=sizes)[0]
+        return new_global, server_state
+
+    def _evaluate(self, new_global: torch.Tensor, online_ids: np.ndarray) -> tuple[float, float, dict[int, float]]:
+        """Test accuracy and loss of the new global model, and (``evaluation.per_device``) its
+        accuracy on each online device's own data, computed on the engine's device."""
+        exp = self.exp
+        on_device = new_global.to(self.device)
+        acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
+        per_device_acc: dict[int, float] = {}
+        if exp.spec.evaluation.per_device:
+            correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
+            correct = correct.cpu()
+            for d in online_ids:
+                per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
+        return acc, loss, per_device_acc
+
+    def _device_rows(
+        self,
+        r: int,
+        online_ids: np.ndarray,
+        selected: np.ndarray,
+        costs: Any,
+        train_losses: np.ndarray,
+        per_device_acc: dict[int, float],
+    ) -> list[dict[str, Any]]:
+        """One results row per online device: status, costs, training loss, accuracy."""
+        exp = self.exp
+        status = np.full(exp.fleet.num_devices, "", dtype=object)
+        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
+        status[selected] = [costs.status(i) for i in range(selected.size)]
+        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
+        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
+        pos = {int(d): i for i, d in enumerate(selected)}
+        rows = []
+        for d in online_ids:
+            i = pos.get(int(d))
+            rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "status": status[d],
+                    "num_samples": int(exp.num_samples[d]),
+                    "compute_s": float(c_s[i]) if i is not None else 0.0,
+                    "up_s": float(u_s[i]) if i is not None else 0.0,
+                    "down_s": float(d_s[i]) if i is not None else 0.0,
+                    "bytes_up": int(costs.bytes_up[i]) if i is not None else 0,
+                    "bytes_down": int(costs.bytes_down[i]) if i is not None else 0,
+                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
+                    "energy_j": float(costs.energy_j[d]),
+                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
+                    "accuracy": per_device_acc.get(int(d)),
+                }
+            )
+        return rows
+
+    def _learn(
+        self,
+        start: torch.Tensor,
+        r: int,
+        completed: np.ndarray,
+        n_samples: np.ndarray,
+        events: list[dict[str, Any]],
+        t0: float,
+    ) -> tuple[torch.Tensor | None, np.ndarray]:
+        """Train the completed devices and aggregate what the server receives.
+
+        Returns the aggregate delta (on the CPU, ``None`` when the rule refused) and the
+        devices' training losses. Round state stays on the CPU; the work runs on the
+        engine's device. More devices than one chunk with FedAvg stream: each chunk is
+        reduced as it finishes (:class:`StreamingMean`), so memory is one chunk of models.
+        """
+        exp, a = self.exp, self.exp.spec.algorithm
+        parts = [exp.parts[d] for d in completed]
+        agg, losses, error = learn_round(
+            self.trainer, start, r, completed, parts, n_samples, a.aggregator, a.encoding, exp.model.tensor_sizes
+        )
+        if error is not None:
             events.append(
                 {
                     "round": r,
                     "sim_time_s": t0,
                     "device": None,
                     "kind": "aggregation_skipped",
-                    "detail": f"{agg.name}: {exc}",
+                    "detail": f"{a.aggregator.name}: {error}",
                 }
             )
-            return None
+        return (None if agg is None else agg.cpu()), losses
 
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
         return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+
+
+def device_events(r: int, t0: float, kind: str, devices: np.ndarray, details: list[str]) -> list[dict[str, Any]]:
+    """Events of ``kind`` for ``devices`` at the start of round ``r``; one detail, or one per device."""
+    return [
+        {"round": r, "sim_time_s": t0, "device": int(d), "kind": kind, "detail": details[i if len(details) > 1 else 0]}
+        for i, d in enumerate(devices)
+    ]
+
+
+def learn_round(
+    trainer: LocalTrainer,
+    start: torch.Tensor,
+    r: int,
+    device_ids: np.ndarray,
+    parts: list[np.ndarray],
+    n_samples: np.ndarray,
+    aggregator: AggregatorSpec,
+    encoding: str,
+    tensor_sizes: Any,
+) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
+    """One round's learning: local training from ``start``, the server's decoding, aggregation.
+
+    Returns the aggregate delta on the trainer's device (``None`` if the rule refused),
+    the devices' training losses and the rule's reason for refusing. FedAvg over more
+    devices than one chunk streams (:func:`stream_fedavg`); other rules see every row."""
+    if aggregator.name == "fedavg" and len(parts) > trainer.chunk_size:
+        return stream_fedavg(trainer, start, r, device_ids, parts, n_samples, encoding, tensor_sizes)
+    result = trainer.train(start, r, device_ids, parts)
+    received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
+    weights = torch.from_numpy(n_samples).to(received.dtype)
+    try:
+        agg = aggregate(aggregator.name, received, weights, **aggregator.model_dump(exclude={"name"}))
+    except ValueError as exc:
+        return None, result.train_loss, str(exc)
+    return agg, result.train_loss, None
+
+
+def stream_fedavg(
+    trainer: LocalTrainer,
+    start: torch.Tensor,
+    r: int,
+    device_ids: np.ndarray,
+    parts: list[np.ndarray],
+    n_samples: np.ndarray,
+    encoding: str,
+    tensor_sizes: Any,
+) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
+    """FedAvg of the received deltas, one chunk of devices at a time (memory: one chunk).
+
+    Returns the aggregate delta (``None`` if FedAvg refused), the devices' training losses
+    and FedAvg's reason for refusing, if it did."""
+    losses = np.zeros(len(parts))
+    try:
+        mean: StreamingMean | None = StreamingMean(torch.from_numpy(n_samples), start.shape[-1], trainer.device)
+    except ValueError as exc:
+        mean, error = None, str(exc)
+    start_dev = start.to(trainer.device)
+    for pos, result in trainer.train_chunks(start_dev, r, device_ids, parts):
+        losses[pos] = result.train_loss
+        if mean is not None:
+            mean.add(pos, roundtrip_torch(result.params - start_dev, encoding, tensor_sizes=tensor_sizes))
+    if mean is None:
+        return None, losses, error
+    try:
+        return mean.result(), losses, None
+    except ValueError as exc:
+        return None, losses, str(exc)
 
 
 def select_participants(online_ids: np.ndarray, clients_per_round: int | float, seed: int, r: int) -> np.ndarray:

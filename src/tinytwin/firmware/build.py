@@ -5,7 +5,7 @@ Each device class has a RAM budget, and the build is where that budget is first 
 training arena is a static array in ``.bss`` and the linker script's RAM region is exactly the
 budget, so a model that cannot fit fails here with the number of bytes missing — before any
 QEMU starts.  Builds take about a second and are cached by a hash of the sources, flags and
-sizes under ``$TINYTWIN_CACHE/firmware/`` (default ``~/.cache/tinytwin``); each build happens
+sizes under ``<cache>/firmware/`` (``<cache>``: :func:`tinytwin.cache.cache_dir`); each build happens
 in a temporary folder that is renamed into place, so concurrent processes never see a
 half-written image.
 
@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tinytwin import cache
 from tinytwin.errors import MemoryPlanError, TinyTwinError
 
 __all__ = [
@@ -191,8 +192,7 @@ def mpu_ram_budget(ram_bytes: int) -> int:
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("TINYTWIN_CACHE", "").strip()
-    return (Path(base) if base else Path.home() / ".cache" / "tinytwin") / "firmware"
+    return cache.cache_dir() / "firmware"
 
 
 def _firmware_dir() -> Path:
@@ -243,7 +243,7 @@ def _build_into_cache(key_dir: Path, build: Callable[[Path], None]) -> Path:
     place; a concurrent builder that won the race is fine (its result is identical)."""
     if (key_dir / "meta.json").is_file():
         return key_dir
-    key_dir.parent.mkdir(parents=True, exist_ok=True)
+    cache.prepare(key_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key_dir.name}-", dir=key_dir.parent))
     try:
         build(tmp)

@@ -3,7 +3,7 @@
 Why: the firmware twin must train exactly like the simulator. Building the very same C
 sources for the host lets tests compare them with PyTorch on identical weights and batches
 in milliseconds, without an emulator. The shared library is cached under
-``$TINYTWIN_CACHE/firmware/host-<hash>/libttnn.so`` (default cache: ``~/.cache/tinytwin``),
+``<cache>/firmware/host-<hash>/libttnn.so`` (``<cache>``: :func:`tinytwin.cache.cache_dir`),
 keyed by the sources, the flags and the compiler's version, so an edit rebuilds it and
 concurrent processes never see a half-written file (build to a temporary name, then rename).
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tinytwin import cache
 from tinytwin.errors import TinyTwinError
 
 __all__ = [
@@ -74,11 +75,6 @@ def firmware_dir() -> Path:
     return root
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("TINYTWIN_CACHE", "").strip()
-    return Path(base) if base else Path.home() / ".cache" / "tinytwin"
-
-
 def _compiler() -> str:
     name = os.environ.get("CC", "").strip() or "cc"
     found = shutil.which(name) or (shutil.which("gcc") if name == "cc" else None)
@@ -105,10 +101,10 @@ def build_library(force: bool = False) -> Path:
         digest.update(part.encode() + b"\0")
     for path in (*sources, *headers):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    out = _cache_root() / "firmware" / f"host-{digest.hexdigest()[:16]}" / _LIB_NAME
+    out = cache.cache_dir() / "firmware" / f"host-{digest.hexdigest()[:16]}" / _LIB_NAME
     if out.is_file() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    cache.prepare(out.parent)
     fd, tmp = tempfile.mkstemp(prefix=".libttnn-", suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = [cc, *CFLAGS, f"-I{fw / 'include'}", *map(str, sources), "-o", tmp]
@@ -201,7 +197,7 @@ def load() -> ctypes.CDLL:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
+def _f32(a: np.ndarray | Sequence[float]) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 

@@ -12,6 +12,7 @@ from tinytwin.errors import SpecError, TinyTwinError
 from tinytwin.fleet.catalog import DeviceProfile, load_device_catalog, override_profile
 from tinytwin.fleet.cost import LinkArrays, PowerArrays
 from tinytwin.net.links import LinkModel, load_link_catalog, override_link
+from tinytwin.net.medium import DEDICATED, DEDICATED_NAMES, MediumArrays
 from tinytwin.spec.schema import ExperimentSpec
 
 
@@ -30,6 +31,7 @@ class Fleet:
     flops_per_s: np.ndarray  # (D,)
     power: PowerArrays
     links: LinkArrays
+    medium: MediumArrays | None = None  # None: every device on its own link (docs/cost-model.md)
 
     @property
     def num_devices(self) -> int:
@@ -84,7 +86,39 @@ def build_fleet(spec: ExperimentSpec, base_dir: Path | None = None) -> Fleet:
         mtu_bytes=per_device(lambda g: g.link.mtu_bytes).astype(np.int64),
         header_bytes=per_device(lambda g: g.link.header_bytes).astype(np.int64),
     )
-    return Fleet(tuple(groups), group_of, per_device(lambda g: g.profile.flops_per_s), power, link_arrays)
+    media = assign_media(spec, groups, group_of)
+    return Fleet(tuple(groups), group_of, per_device(lambda g: g.profile.flops_per_s), power, link_arrays, media)
+
+
+def assign_media(spec: ExperimentSpec, groups: list[Group], group_of: np.ndarray) -> MediumArrays:
+    """Which devices share a radio medium (one AP / central / gateway), per ``fleet.groups[i].medium``.
+
+    Unset: a group on a ``shared_medium`` link (the radios) gets a medium of its own, named
+    after the group; other links (wired) are dedicated. ``dedicated``/``none``: every device of
+    the group has its own link. Any other name: all groups naming it share one medium, which
+    only makes sense for one kind of radio, so their links must be the same catalog entry.
+    """
+    names: list[str] = []
+    link_of: dict[str, tuple[int, str]] = {}
+    index = np.full(len(groups), DEDICATED, dtype=np.int64)
+    for i, (gs, g) in enumerate(zip(spec.fleet.groups, groups)):
+        if gs.medium is None and not g.link.shared_medium or gs.medium in DEDICATED_NAMES:
+            continue
+        name = g.name if gs.medium is None else gs.medium
+        if name in link_of and link_of[name][1] != gs.link:
+            first, link = link_of[name]
+            raise SpecError(
+                f"fleet.groups.{i}.medium",
+                f"medium {name!r} already carries group {first}'s {link!r} link; "
+                f"one medium cannot also carry {gs.link!r} (give this group another medium)",
+            )
+        if name not in link_of:
+            link_of[name] = (i, gs.link)
+            names.append(name)
+        index[i] = names.index(name)
+    eff = np.array([g.link.medium_efficiency for g in groups])[group_of]
+    duty = np.array([g.link.duty_cycle for g in groups])[group_of]
+    return MediumArrays(index[group_of], eff, duty, tuple(names))
 
 
 def _extra(path: str | None, key: str, base_dir: Path | None) -> list[Path]:

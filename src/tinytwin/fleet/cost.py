@@ -10,6 +10,8 @@ Per device and round (docs/cost-model.md has the worked example):
   lost packets are drawn from the link's loss probability (negative binomial: failures
   before every packet got through) and retransmitted, so their bytes and time count;
 - a participant first receives the global model, then trains, then sends its update;
+  on a shared radio medium each transfer may first wait for the medium or its duty cycle
+  (:mod:`tinytwin.net.medium`), idle;
 - energy E = P_active·t_c + P_tx·t_up + P_rx·t_down + P_idle·(round time − busy time).
 """
 
@@ -94,18 +96,31 @@ def clip_phases(
     down_s: np.ndarray, compute_s: np.ndarray, up_s: np.ndarray, limit_s: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut each device's download→compute→upload timeline at ``limit_s`` (a round deadline)."""
-    if limit_s is None:
-        return down_s, compute_s, up_s
-    d = np.minimum(down_s, limit_s)
-    c = np.minimum(compute_s, limit_s - d)
-    u = np.minimum(up_s, limit_s - d - c)
+    d, c, u = clip_timeline((down_s, compute_s, up_s), limit_s)
     return d, c, u
 
 
+def clip_timeline(phases: tuple[np.ndarray, ...], limit_s: float | np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """Cut consecutive phases (per device) at ``limit_s``: what of each phase happens before it."""
+    if limit_s is None:
+        return phases
+    out, start = [], np.zeros_like(np.asarray(phases[0], dtype=np.float64))
+    for p in phases:
+        cut = np.clip(limit_s - start, 0.0, p)
+        out.append(cut)
+        start = start + cut
+    return tuple(out)
+
+
 def energy_joules(
-    power: PowerArrays, compute_s: np.ndarray, up_s: np.ndarray, down_s: np.ndarray, round_s: float, online: np.ndarray
+    power: PowerArrays,
+    compute_s: np.ndarray,
+    up_s: np.ndarray,
+    down_s: np.ndarray,
+    round_s: float | np.ndarray,
+    online: np.ndarray,
 ) -> np.ndarray:
-    """Energy per device over a round; offline devices draw nothing."""
+    """Energy per device over a round (``round_s``: one horizon, or one per device); offline devices draw nothing."""
     busy = compute_s + up_s + down_s
     idle = np.maximum(round_s - busy, 0.0)
     energy = power.active_w * compute_s + power.tx_w * up_s + power.rx_w * down_s + power.idle_w * idle

@@ -12,7 +12,7 @@ from typing import Any
 from tinytwin.models.accounting import BYTES_PER_VALUE, TrainingMemory, training_memory
 from tinytwin.models.zoo import ModelDef
 from tinytwin.wire.encoding import encoded_size
-from tinytwin.wire.frame import frame_size
+from tinytwin.wire.frame import FRAME_OVERHEAD, frame_size
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,15 @@ def message_bytes(num_params: int, encoding: str, tensor_sizes: list[int]) -> in
     return frame_size(encoded_size(num_params, encoding, tensor_sizes=tensor_sizes))
 
 
+def _buffer_bytes(num_params: int, encoding: str, tensor_sizes: list[int]) -> int:
+    """RAM for one framed message, without :func:`frame_size`'s one-frame limit.
+
+    Why: the planner must report a model too large for any device with its numbers; the limit
+    on what one frame carries is checked after the plan (engines.experiment), not here.
+    """
+    return FRAME_OVERHEAD + encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)
+
+
 def plan_memory(
     group: str,
     profile: Any,
@@ -101,8 +110,8 @@ def plan_memory(
         optimizer=optimizer,
         momentum=momentum,
         prox_mu=prox_mu,
-        receive_bytes=message_bytes(model.num_params, downlink_encoding, sizes),
-        send_bytes=message_bytes(model.num_params, uplink_encoding, sizes),
+        receive_bytes=_buffer_bytes(model.num_params, downlink_encoding, sizes),
+        send_bytes=_buffer_bytes(model.num_params, uplink_encoding, sizes),
     )
     input_values = model.layers[0].in_size if model.layers else 0
     flash = {

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported lazily: a layout's sizes are needed without torch
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class ParamLayout:
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """The module's parameters as one flat vector (a copy)."""
+        import torch
+
         return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).clone()
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:

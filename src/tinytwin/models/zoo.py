@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from tinytwin.models.layers import Layer, LayerStack, Shape
+
+if TYPE_CHECKING:
+    from tinytwin.models.torch_module import LayerModule
 
 
 def mlp_layers(input_shape: Shape, num_classes: int, hidden: Sequence[int] = (32,)) -> list[Layer]:
@@ -66,44 +67,6 @@ ARCHITECTURES: dict[str, Callable[..., list[Layer]]] = {
 }
 
 
-class LayerModule(nn.Module):
-    """A torch module that executes a layer list in order."""
-
-    def __init__(self, layers: Sequence[Layer]) -> None:
-        super().__init__()
-        self.layer_specs = list(layers)
-        blocks: list[nn.Module] = []
-        for layer in layers:
-            blocks.append(_torch_layer(layer))
-        self.body = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def _torch_layer(layer: Layer) -> nn.Module:
-    if layer.kind == "linear":
-        return nn.Linear(layer.in_features, layer.out_features)
-    if layer.kind == "conv":
-        return nn.Conv2d(
-            layer.in_features,
-            layer.out_features,
-            layer.kernel,
-            stride=layer.stride,
-            padding=layer.padding,
-            groups=layer.groups,
-        )
-    if layer.kind == "relu":
-        return nn.ReLU()
-    if layer.kind == "maxpool":
-        return nn.MaxPool2d(layer.kernel)
-    if layer.kind == "avgpool":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(start_dim=-3))
-    if layer.kind == "flatten":
-        return nn.Flatten(start_dim=-len(layer.in_shape))
-    raise ValueError(f"unknown layer kind {layer.kind!r}")
-
-
 @dataclass(frozen=True)
 class ModelDef:
     """A concrete model: its name, layer list and input/output sizes."""
@@ -132,6 +95,10 @@ class ModelDef:
 
     def build(self, seed: int) -> LayerModule:
         """A freshly initialised torch module; the same seed gives the same weights."""
+        import torch
+
+        from tinytwin.models.torch_module import LayerModule
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return LayerModule(self.layers)
@@ -143,3 +110,12 @@ def make_model(name: str, input_shape: Shape, num_classes: int, **options: objec
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHITECTURES)}")
     layers = ARCHITECTURES[name](tuple(input_shape), num_classes, **options)
     return ModelDef(name, tuple(layers), tuple(input_shape), num_classes)
+
+
+def __getattr__(name: str) -> Any:
+    """``LayerModule`` on first use: importing the zoo (model sizes, memory plans) needs no torch."""
+    if name == "LayerModule":
+        from tinytwin.models.torch_module import LayerModule
+
+        return LayerModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,9 @@ formula fits all of them::
 
 ``header_bytes`` counts every per-packet overhead expressed in byte-times at the link rate
 (protocol headers, and where relevant preamble, inter-frame gaps, ACK turnarounds), and
-``loss`` is the probability that one such packet is lost.
+``loss`` is the probability that one such packet is lost. ``shared_medium``,
+``medium_efficiency`` and ``duty_cycle`` feed the shared-medium model
+(:mod:`tinytwin.net.medium`).
 
 Parsing, ``base:`` inheritance and error reporting are shared with the device catalog
 (:mod:`tinytwin.fleet.catalog`).
@@ -41,6 +43,16 @@ class LinkModel(CatalogEntry):
     loss: float = Field(ge=0, lt=1, description="per-packet loss probability")
     mtu_bytes: int = Field(gt=0, description="max payload bytes per packet")
     header_bytes: int = Field(ge=0, description="per-packet header/overhead bytes on the air/wire")
+    shared_medium: bool = Field(
+        default=False,
+        description="a radio: by default the devices of one group share one medium (AP, central, gateway)",
+    )
+    medium_efficiency: float = Field(
+        default=1.0, gt=0, le=1, description="share of a shared medium's airtime that is useful when contended"
+    )
+    duty_cycle: float = Field(
+        default=1.0, gt=0, le=1, description="longest share of time a device may transmit (EU868 LoRa: 0.01)"
+    )
 
 
 def load_link_catalog(extra_files: Sequence[Path] = ()) -> dict[str, LinkModel]:

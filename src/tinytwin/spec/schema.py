@@ -72,6 +72,12 @@ class GroupSpec(Strict):
     link: str = Field(default="wifi", description="a link catalog name: wifi, ble, ieee802154, lora, ethernet, uart")
     overrides: dict[str, Any] = Field(default_factory=dict, description="device profile fields to change")
     link_overrides: dict[str, Any] = Field(default_factory=dict, description="link model fields to change")
+    medium: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] | None = Field(
+        default=None,
+        description="radio medium (access point / BLE central / LoRa gateway) these devices share with every "
+        "group naming the same medium; 'dedicated' or 'none': one independent link per device; unset: one "
+        "medium per group on a radio link (wifi, ble, ieee802154, lora), dedicated on wired links",
+    )
     twin: Literal["process", "firmware"] = Field(
         default="process",
         description="tinytwin emulate: run these devices as numpy processes or as the C "
@@ -343,6 +349,21 @@ class EvaluationSpec(Strict):
     per_device: bool = False
 
 
+class EngineSpec(Strict):
+    """How the simulation twin computes, never what it computes: results depend only on the
+    other keys (on the CPU bit for bit; on a GPU to float32 rounding)."""
+
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu", description="torch device of the batched engines; auto: cuda when available"
+    )
+    threads: PositiveInt | None = Field(
+        default=None, description="CPU intra-op threads; default: 1 (see docs/benchmarks.md, threads)"
+    )
+    chunk_size: PositiveInt | None = Field(
+        default=None, description="devices trained at once; default 2048 on the CPU, 65536 on a GPU"
+    )
+
+
 class ExperimentSpec(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "experiment"
     seed: NonNegInt = 0
@@ -355,6 +376,7 @@ class ExperimentSpec(Strict):
     failures: FailureSpec = Field(default_factory=FailureSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
 
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -295,10 +293,14 @@ def open_store(path: Path) -> RunStore:
 
 
 def _to_blob(state: Mapping[str, Any]) -> bytes:
+    import torch  # here, not at the top: report, compare and export read stores without torch
+
     buf = io.BytesIO()
     torch.save(dict(state), buf)
     return buf.getvalue()
 
 
 def _from_blob(blob: bytes) -> dict[str, Any]:
+    import torch
+
     return torch.load(io.BytesIO(blob), weights_only=False)

@@ -1,0 +1,210 @@
+"""Seconds per round of MNIST-sized FedAvg fleets on one GPU, through the engine's own code path.
+
+Run once on the GPU machine, from the repository root (a hard limit of 5 minutes in all):
+
+    PYTHONPATH=src:.gpu_deps python benchmarks/bench_gpu.py --out $OUT/gpu.json
+
+Smoke mode on a CPU (seconds): ``--device cpu --sizes 100,1000``.
+
+Workload per fleet size: MLP 784-16-10 (12 730 parameters), 60 samples per device, batch 10,
+one local epoch (6 steps), plain SGD lr 0.1, every device every round, FedAvg (streamed chunk
+by chunk beyond one chunk of devices), float32 uplink, the global model evaluated on 10 000
+test images every round. The data are synthetic and MNIST-shaped (1x28x28 in [0, 1], 10
+classes, 60 000 training and 10 000 test images: a noisy class prototype each), because the
+GPU machine has no MNIST file; the arithmetic is the same. A round is
+:func:`tinytwin.engines.simulate.learn_round` plus the global update and the evaluation: the
+simulator's learning path; its cost model and database rows are not part of it.
+
+Every size has a time guard: a size whose estimated time would overrun the budget is skipped
+(recorded as such), and the JSON is rewritten after every measurement, so the script always
+finishes within ``--budget-s`` and leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()  # before importing torch: CUDA start-up counts against the budget
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tinytwin.algorithms.local_update import LocalTraining  # noqa: E402
+from tinytwin.engines.device import default_chunk, resolve_device  # noqa: E402
+from tinytwin.engines.evaluate import accuracy_and_loss  # noqa: E402
+from tinytwin.engines.local_training import LocalTrainer  # noqa: E402
+from tinytwin.engines.simulate import learn_round  # noqa: E402
+from tinytwin.models.params import ParamLayout  # noqa: E402
+from tinytwin.models.zoo import make_model  # noqa: E402
+from tinytwin.spec.schema import AggregatorSpec  # noqa: E402
+
+SAMPLES, BATCH, LR, SEED = 60, 10, 0.1, 0
+
+
+def synthetic_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` MNIST-shaped images (1x28x28 float32 in [0, 1]) and labels: a noisy prototype per class."""
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(1234).random((10, 784), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    x = np.clip(0.6 * protos[y] + 0.4 * rng.random((n, 784), dtype=np.float32), 0.0, 1.0)
+    return torch.from_numpy(x.reshape(n, 1, 28, 28)), torch.from_numpy(y)
+
+
+class Fleet:
+    """One model, one dataset and a trainer on ``device``: runs FedAvg rounds for any fleet size."""
+
+    def __init__(self, device: torch.device, chunk: int | None) -> None:
+        self.model = make_model("mlp", (1, 28, 28), 10, hidden=[16])
+        self.module = self.model.build(SEED)
+        self.layout = ParamLayout.of(self.module)
+        x, y = synthetic_mnist(60_000, 1)
+        xt, yt = synthetic_mnist(10_000, 2)
+        self.device = device
+        self.x_test, self.y_test = xt.to(device), yt.to(device)
+        cfg = LocalTraining(1, BATCH, LR, "sgd", 0.0, 0.0, 0.0)
+        self.trainer = LocalTrainer(
+            self.module, self.layout, x, y, cfg, SEED, chunk_size=default_chunk(device, chunk), device=device
+        )
+
+    def initial(self) -> torch.Tensor:
+        return self.layout.flatten(self.module)
+
+    def parts(self, devices: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Device ids, each device's 60 sample indices (shared samples), and sample counts."""
+        idx = np.random.default_rng(devices).integers(0, 60_000, (devices, SAMPLES))
+        return np.arange(devices), list(idx), np.full(devices, SAMPLES, dtype=np.int64)
+
+    def round(
+        self, g: torch.Tensor, r: int, fleet: tuple[np.ndarray, list[np.ndarray], np.ndarray], evaluate: bool = True
+    ) -> tuple[torch.Tensor, float | None]:
+        """One FedAvg round from the global model ``g`` (on the CPU, as the simulator keeps it)."""
+        ids, parts, n = fleet
+        agg, _, error = learn_round(
+            self.trainer, g, r, ids, parts, n, AggregatorSpec(), "float32", self.model.tensor_sizes
+        )
+        if error is not None:
+            raise RuntimeError(error)
+        g = g + agg.cpu()
+        acc = None
+        if evaluate:
+            acc, _ = accuracy_and_loss(self.module, self.layout, g.to(self.device), self.x_test, self.y_test)
+        return g, acc
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def numerical_check(device: torch.device, devices: int, rounds: int) -> dict[str, Any]:
+    """The same fleet on the CPU and on ``device``: max relative difference of the global model."""
+    cpu, other = Fleet(torch.device("cpu"), None), Fleet(device, None)
+    fleet = cpu.parts(devices)
+    a = b = cpu.initial()
+    for r in range(1, rounds + 1):
+        a, _ = cpu.round(a, r, fleet, evaluate=False)
+        b, _ = other.round(b, r, fleet, evaluate=False)
+    rel = float((a - b).abs().max() / a.abs().max())
+    return {"devices": devices, "rounds": rounds, "max_rel_diff": rel, "bar": 1e-5, "passed": rel <= 1e-5}
+
+
+def measure(fleet: Fleet, devices: int, rounds: int, deadline: float) -> dict[str, Any]:
+    """Warm-up round, then up to ``rounds`` timed rounds while they fit before ``deadline``."""
+    dev = fleet.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    parts = fleet.parts(devices)
+    setup_s = time.perf_counter() - t
+    g = fleet.initial()
+    times: list[float] = []
+    accs: list[float | None] = []
+    for r in range(1, rounds + 2):
+        t = time.perf_counter()
+        g, acc = fleet.round(g, r, parts)
+        sync(dev)
+        times.append(time.perf_counter() - t)
+        accs.append(acc)
+        if r > 1 and time.perf_counter() + times[-1] > deadline:
+            break
+    steady = times[1:] or times
+    med = statistics.median(steady)
+    out: dict[str, Any] = {
+        "devices": devices,
+        "status": "measured",
+        "warmup_round_s": round(times[0], 4),
+        "steady_rounds_s": [round(x, 4) for x in steady],
+        "seconds_per_round_median": round(med, 4),
+        "seconds_per_round_min": round(min(steady), 4),
+        "seconds_per_round_max": round(max(steady), 4),
+        "device_updates_per_s": round(devices / med),
+        "fleet_setup_s": round(setup_s, 3),
+        "chunk_size": fleet.trainer.chunk_size,
+        "accuracy_per_round": accs,
+    }
+    if dev.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out
+
+
+def write(path: Path, result: dict[str, Any]) -> None:
+    result["elapsed_s"] = round(time.perf_counter() - T0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
+    p.add_argument("--sizes", default="10000,100000,1000000", help="fleet sizes, comma-separated")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per size after one warm-up round")
+    p.add_argument("--chunk", type=int, default=None, help="devices per chunk (default: the engine's)")
+    p.add_argument("--check-devices", type=int, default=200, help="fleet size of the CPU-vs-device check")
+    p.add_argument("--budget-s", type=float, default=270.0, help="total time budget, CUDA start-up included")
+    args = p.parse_args()
+    deadline = T0 + args.budget_s
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # CUDA context start-up, counted in elapsed_s
+    else:
+        torch.set_num_threads(1)  # the engine's CPU default (docs/benchmarks.md, threads)
+    result: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cuda": torch.version.cuda,
+        "workload": "MLP 784-16-10, 60 synthetic MNIST-shaped samples/device, batch 10, 1 epoch, SGD 0.1, FedAvg",
+        "startup_s": round(time.perf_counter() - T0, 2),
+        "sizes": [],
+        "decentralized": {"status": "skipped", "reason": "engines/decentralized.py does not take engine.device yet"},
+    }
+    print(f"{result['gpu'] or 'cpu'}, torch {torch.__version__}, start-up {result['startup_s']} s", flush=True)
+    result["numerical_check"] = numerical_check(device, args.check_devices, 3)
+    print("check", json.dumps(result["numerical_check"]), flush=True)
+    write(args.out, result)
+    fleet = Fleet(device, args.chunk)
+    per_device_s: float | None = None
+    for devices in [int(s) for s in args.sizes.split(",")]:
+        left = deadline - time.perf_counter()
+        estimate = None if per_device_s is None else per_device_s * devices * 2.5 + 5.0
+        if estimate is not None and estimate > left:
+            row: dict[str, Any] = {"devices": devices, "status": "skipped", "estimated_s": round(estimate, 1)}
+            row["reason"] = f"warm-up + 1 timed round estimated {estimate:.0f} s, {left:.0f} s left of the budget"
+        else:
+            row = measure(fleet, devices, args.rounds, deadline)
+            per_device_s = max(row["warmup_round_s"], row["seconds_per_round_median"]) / devices
+        result["sizes"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "accuracy_per_round"}), flush=True)
+        write(args.out, result)
+    print(f"wrote {args.out} after {time.perf_counter() - T0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

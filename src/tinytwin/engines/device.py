@@ -1,0 +1,41 @@
+"""Which torch device the batched engines compute on, from the spec's ``engine`` section.
+
+The simulator's tensors (training data, the devices' models, aggregation, evaluation) live
+on one torch device; round state and checkpoints stay on the CPU so that a run started on a
+GPU can be resumed on a CPU and the database never holds device tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tinytwin.errors import SpecError
+
+#: Devices trained at once when the spec leaves ``engine.chunk_size`` unset. On a CPU a chunk's
+#: weights stay in cache-sized pieces; a GPU needs tens of thousands of models to be busy.
+DEFAULT_CHUNK = {"cpu": 2048, "cuda": 65536}
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` as a torch device; a clear error when cuda is asked for but absent."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError(
+            "engine.device",
+            f"{name!r} but torch {torch.__version__} sees no CUDA GPU; use cpu or auto",
+        )
+    device = torch.device(name)
+    if device.type == "cuda":
+        # TF32 (on by default for cuDNN convolutions) rounds inputs to 10 bits: CNN runs would
+        # leave the CPU's results by ~1e-3 instead of float32 rounding.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def default_chunk(device: torch.device, chunk_size: int | None) -> int:
+    """The spec's chunk size, or the device kind's default."""
+    return chunk_size or DEFAULT_CHUNK.get(device.type, DEFAULT_CHUNK["cuda"])

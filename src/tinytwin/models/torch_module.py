@@ -1,0 +1,53 @@
+"""The torch module that executes a layer list (the simulator's model).
+
+Kept apart from :mod:`tinytwin.models.zoo` so that model definitions, parameter counts and
+memory plans import without torch (``tinytwin plan`` and ``devices`` start in a fraction of
+the time importing torch takes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from tinytwin.models.layers import Layer
+
+
+class LayerModule(nn.Module):
+    """A torch module that executes a layer list in order."""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        super().__init__()
+        self.layer_specs = list(layers)
+        blocks: list[nn.Module] = []
+        for layer in layers:
+            blocks.append(_torch_layer(layer))
+        self.body = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _torch_layer(layer: Layer) -> nn.Module:
+    if layer.kind == "linear":
+        return nn.Linear(layer.in_features, layer.out_features)
+    if layer.kind == "conv":
+        return nn.Conv2d(
+            layer.in_features,
+            layer.out_features,
+            layer.kernel,
+            stride=layer.stride,
+            padding=layer.padding,
+            groups=layer.groups,
+        )
+    if layer.kind == "relu":
+        return nn.ReLU()
+    if layer.kind == "maxpool":
+        return nn.MaxPool2d(layer.kernel)
+    if layer.kind == "avgpool":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(start_dim=-3))
+    if layer.kind == "flatten":
+        return nn.Flatten(start_dim=-len(layer.in_shape))
+    raise ValueError(f"unknown layer kind {layer.kind!r}")

@@ -1,0 +1,167 @@
+"""The engine's device option: CPU results bit-identical to the stored reference, the
+device-generic path equal to the default one, streaming FedAvg equal to the one-shot mean,
+and a clear refusal of cuda where there is none."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+from cpu_reference import REFERENCE, cases, run_case
+from tinytwin.algorithms.aggregators import weighted_mean
+from tinytwin.algorithms.local_update import LocalTraining
+from tinytwin.engines.device import resolve_device
+from tinytwin.engines.experiment import prepare
+from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.simulate import stream_fedavg
+from tinytwin.errors import SpecError
+from tinytwin.spec.load import validate_spec
+
+REF = json.loads(REFERENCE.read_text())
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("name", sorted(cases()))
+def test_cpu_runs_equal_the_stored_reference_bit_for_bit(name):
+    assert run_case(cases()[name]) == REF[name]
+
+
+def test_explicit_cpu_device_in_the_spec_changes_nothing():
+    assert run_case(cases()["quickstart"], device="cpu") == REF["quickstart"]
+
+
+def _trainer_inputs(model: dict, count: int = 12):
+    """An experiment of ``count`` devices with ``model``, and its device ids."""
+    spec = dict(cases()["quickstart"], model=model)
+    spec["fleet"] = {"groups": [{"profile": "raspberry-pi-4", "count": count, "link": "wifi"}]}
+    exp = prepare(validate_spec(spec))
+    return exp, np.arange(count)
+
+
+@pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [32]}, {"name": "lenet5"}])
+def test_device_generic_trainer_on_cpu_equals_the_default_trainer(model):
+    exp, ids = _trainer_inputs(model, 6)
+    x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)
+    sim = validate_spec(cases()["quickstart"]).algorithm
+
+    cfg = LocalTraining(sim.local_epochs, sim.batch_size, sim.lr, sim.optimizer, sim.momentum, sim.weight_decay, 0.0)
+    parts = [exp.parts[d] for d in ids]
+    start = exp.initial_params()
+    default = LocalTrainer(exp.module, exp.layout, x, y, cfg, 5).train(start, 2, ids, parts)
+    generic = LocalTrainer(exp.module, exp.layout, x, y, cfg, 5, device=torch.device("cpu"), threads=1)
+    got = generic.train(start, 2, ids, parts)
+    assert got.params.device.type == "cpu"
+    assert torch.equal(got.params, default.params)
+    assert np.array_equal(got.train_loss, default.train_loss)
+    assert not torch.equal(got.params, start.expand_as(got.params))  # it trained
+
+
+def test_streaming_fedavg_equals_the_one_shot_mean():
+    exp, ids = _trainer_inputs({"name": "mlp", "hidden": [32]}, 12)
+    x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)
+
+    cfg = LocalTraining(1, 8, 0.1, "sgd", 0.0, 0.0, 0.0)
+    parts = [exp.parts[d] for d in ids]
+    n = np.array([len(p) for p in parts])
+    start = exp.initial_params()
+    whole = LocalTrainer(exp.module, exp.layout, x, y, cfg, 1).train(start, 1, ids, parts)
+    expected = weighted_mean(whole.params - start, torch.from_numpy(n).float())
+    chunked = LocalTrainer(exp.module, exp.layout, x, y, cfg, 1, chunk_size=5)
+    agg, losses, error = stream_fedavg(chunked, start, 1, ids, parts, n, "float32", exp.model.tensor_sizes)
+    assert error is None
+    assert np.array_equal(losses, whole.train_loss)
+    assert float(expected.abs().max()) > 1e-4
+    assert torch.allclose(agg, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_streaming_fedavg_refuses_zero_weights_but_keeps_the_losses():
+    exp, ids = _trainer_inputs({"name": "mlp", "hidden": [32]}, 4)
+    x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)
+
+    trainer = LocalTrainer(exp.module, exp.layout, x, y, LocalTraining(1, 8, 0.1, "sgd", 0, 0, 0), 1, chunk_size=2)
+    parts = [exp.parts[d] for d in ids]
+    agg, losses, error = stream_fedavg(
+        trainer, exp.initial_params(), 1, ids, parts, np.zeros(4), "float32", exp.model.tensor_sizes
+    )
+    assert agg is None and "positive sum" in error
+    assert np.all(losses > 0)
+
+
+def test_streamed_run_agrees_with_the_reference_to_float_rounding():
+    got = run_case(cases()["quickstart"], chunk_size=3)
+    for a, b in zip(got, REF["quickstart"], strict=True):
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(b[k])), (k, a[k], b[k])
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_spec_error():
+    with pytest.raises(SpecError, match="engine.device.*no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has a GPU")
+def test_cli_device_cuda_without_a_gpu_fails_in_one_line(tmp_path):
+    r = run_cli(
+        "run", str(REPO / "examples" / "quickstart.yaml"), "--device", "cuda", "--out", str(tmp_path), "--quiet"
+    )
+    assert r.returncode != 0
+    assert "engine.device" in r.stderr + r.stdout and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_device_cpu_runs(tmp_path):
+    r = run_cli(
+        "run", str(REPO / "examples" / "quickstart.yaml"), "--device", "cpu", "--set", "rounds=2",
+        "--out", str(tmp_path), "--quiet", "--no-report",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = tmp_path.iterdir()
+    assert "device: cpu" in (run_dir / "spec.yaml").read_text()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(cases()))
+def test_cuda_runs_agree_with_the_cpu_reference(name):
+    got = run_case(cases()[name], device="cuda")
+    for a, b in zip(got, REF[name], strict=True):
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 * max(1.0, abs(b["train_loss"]))
+
+
+def test_schedule_hashed_with_torch_equals_the_numpy_schedule():
+    from tinytwin.engines import schedule_torch
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 70, 3000)
+    sizes[:2] = 0  # devices without data
+    parts = [rng.integers(0, 60_000, k) for k in sizes]
+    ids = rng.permutation(1 << 20)[:3000] + (1 << 40)  # large ids exercise the full 64 bits
+    trainer = LocalTrainer.__new__(LocalTrainer)
+    trainer.cfg, trainer.seed = LocalTraining(2, 8, 0.1, "sgd", 0, 0, 0), 11
+    expected = trainer.schedule(4, ids, parts)
+    got = schedule_torch.schedule(11, 4, 2, 8, ids, parts, torch.device("cpu"))
+    assert expected.shape == (3000, 2 * 9 * 8) and (expected >= 0).sum() == 2 * sizes.sum()
+    assert np.array_equal(got.numpy(), expected)
+    if CUDA:
+        cuda = schedule_torch.schedule(11, 4, 2, 8, ids, parts, torch.device("cuda"))
+        assert np.array_equal(cuda.cpu().numpy(), expected)
+
+
+def test_resume_accepts_other_engine_settings_but_not_other_experiments(tmp_path):
+    from tinytwin.engines.runner import open_resumable, start_run
+    from tinytwin.errors import TinyTwinError
+
+    spec = dict(cases()["quickstart"], rounds=1)
+    run_dir = start_run(validate_spec(spec), yaml.safe_dump(spec), tmp_path, None, report=False).run_dir
+    other_engine = validate_spec(dict(spec, engine={"device": "auto", "threads": 2, "chunk_size": 7}))
+    with pytest.raises(TinyTwinError, match="already complete"):  # past the spec check
+        open_resumable(run_dir, other_engine, "simulate")
+    with pytest.raises(TinyTwinError, match="differs"):
+        open_resumable(run_dir, validate_spec(dict(spec, seed=1)), "simulate")

@@ -1,0 +1,72 @@
+"""The figures quoted in the README come from results files, so they cannot drift from the runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("example_results", REPO / "benchmarks" / "example_results.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_results_table_is_the_one_rendered_from_the_results_file() -> None:
+    gen = _load_generator()
+    results = json.loads(gen.RESULTS.read_text())
+    readme = gen.README.read_text()
+    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), readme, re.DOTALL)
+    assert block, "README.md lost its generated results block"
+    assert block.group(0) == gen.render_table(results), (
+        "README results table differs from docs/results/examples.json: "
+        "rerun `python benchmarks/example_results.py` (or --from-json)"
+    )
+
+
+def test_every_example_row_has_its_results_and_its_command() -> None:
+    gen = _load_generator()
+    results = json.loads(gen.RESULTS.read_text())
+    for example in gen.EXAMPLES:
+        assert example.key in results, f"{example.key} missing from {gen.RESULTS}"
+        assert results[example.key]["command"] == "tinytwin " + " ".join(example.command)
+        assert (REPO / example.command[1]).exists()
+
+
+def test_the_rendered_row_carries_the_stored_accuracy() -> None:
+    gen = _load_generator()
+    results = {
+        "quickstart": {
+            "final_accuracy": 0.95623,
+            "sim_time_s": 2.96,
+            "twin": "simulate",
+            "bytes_up": 6.3e6,
+            "bytes_down": 6.2e6,
+            "energy_j_per_device": {"median": 0.9729},
+            "wall_time_s": 0.64,
+        }
+    }
+    row = gen.render_row(gen.EXAMPLES[0], results)
+    assert "95.62 %" in row and "3.0 s" in row and "6.30 / 6.20 MB" in row and "973 mJ" in row
+
+
+def test_gpu_table_in_benchmarks_doc_matches_the_gpu_results_file() -> None:
+    data = json.loads((REPO / "docs" / "results" / "gpu-h200.json").read_text())
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    block = re.search(r"<!-- BEGIN gpu .*?<!-- END gpu -->", doc, re.DOTALL)
+    assert block, "docs/benchmarks.md lost its GPU table"
+    for size in data["sizes"]:
+        row = (
+            f"| {size['devices']:,} | {size['seconds_per_round_median']:.3f} ({size['seconds_per_round_min']:.3f}"
+            f"–{size['seconds_per_round_max']:.3f}) | {size['device_updates_per_s']:,} "
+            f"| {size['peak_gpu_memory_gb']:.1f} GB |"
+        ).replace(",", " ")
+        assert row in block.group(0), f"GPU row for {size['devices']} devices differs from the results file"
