@@ -529,7 +529,7 @@ def _load_cifar_batches(folder: Path, test_size: int | None) -> Dataset:
     x_train = np.concatenate([p[0] for p in parts[:-1]])
     y_train = np.concatenate([p[1] for p in parts[:-1]])
     x_test, y_test = parts[-1]
-    class_names = CIFAR10_CLASSES
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
     meta_path = folder / "batches.meta"
     if meta_path.is_file():
         meta = _restricted_load(meta_path)

@@ -332,7 +332,7 @@ class Tap:
     """
 
     layer: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # NCHW without the batch axis, or (features,) for a flat layer
     grid: int
     note: str
 
