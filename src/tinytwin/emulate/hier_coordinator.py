@@ -552,7 +552,19 @@ class HierEmulation:
                 self.rejected_retired.update(self.device_rejected.pop(d, {}))  # its counts start again
                 self.restarts["device"] += 1
                 events.append(self._event(r, d, "restart", f"device {d} process restarted"))
-        plan = plan_round(exp.fleet.links, sim.la_links, sim.assign, spec.seed, r, L, ids, sim.up_bytes, sim.down_bytes)
+        plan = plan_round(
+            exp.fleet.links,
+            sim.la_links,
+            sim.assign,
+            spec.seed,
+            r,
+            L,
+            ids,
+            sim.up_bytes,
+            sim.down_bytes,
+            exp.fleet.medium,
+            sim.compute_s,
+        )
         extra_down = {}
         for d in sorted(failing - set(map(int, ids))):
             lk = take_links(exp.fleet.links, np.array([d]))
