@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytwin.engines.round_costs import shared_medium_waits
 from tinytwin.fleet.cost import (
     LinkArrays,
     PowerArrays,
@@ -33,7 +34,6 @@ from tinytwin.fleet.cost import (
     take_links,
     transfer_cost,
 )
-from tinytwin.engines.round_costs import shared_medium_waits
 from tinytwin.net.medium import MediumArrays, dedicated
 from tinytwin.rng import Stream, stream_rng
 
