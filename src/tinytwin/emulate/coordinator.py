@@ -347,7 +347,10 @@ class Emulation:
         # here an OOM exit wins over a fault file (one a restarted device's earlier process left)
         fw = d in self.firmware and rc != OOM_EXIT
         return exit_kind(
-            rc, killed=d in self.killed, workdir=Path(self.firmware[d]["firmware"]["workdir"]) if fw else None
+            rc,
+            killed=d in self.killed,
+            workdir=Path(self.firmware[d]["firmware"]["workdir"]) if fw else None,
+            log_file=self.edir / "logs" / f"d{d}.log",
         )
 
     def _kernel_links(self, reachable: np.ndarray) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
@@ -218,11 +219,10 @@ def run(cfg: dict[str, Any]) -> int:
     # Numpy or firmware (QEMU) training; started before the cap (QEMU reserves a large buffer).
     trainer = make_trainer(cfg, x, y)
     ts = float(cfg["time_scale"])
-    # The first BLAS call makes OpenBLAS allocate its work buffers (tens of MB of address
-    # space): do it before measuring the baseline, so the cap is on top of the runtime.
-    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)
-    _ = np.ones((8, 8)) @ np.ones((8, 8))
-    baseline = proc_status_kb("VmData") * 1024
+    # BLAS's work buffers (tens of MB of address space) are allocated before the baseline is
+    # measured, so the cap is the memory plan on top of the runtime (runtime_env).
+    warm_blas()
+    baseline = vm_data_bytes()
     cap = baseline + int(cfg["mem_budget_bytes"])
     max_frame = int(cfg["max_frame"])
     conn = CoordinatorLink(cfg, rt, {"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap})

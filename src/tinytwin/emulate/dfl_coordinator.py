@@ -516,6 +516,7 @@ class DflEmulation:
             self.dead[d] = exit_kind(
                 self.procs.exits.get(d),
                 workdir=Path(self.firmware[d]["firmware"]["workdir"]) if d in self.firmware else None,
+                log_file=self.edir / "logs" / f"d{d}.log",
             )
         self.resolving.discard(d)
         self._check_done()

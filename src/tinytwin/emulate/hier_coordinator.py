@@ -383,7 +383,13 @@ class HierEmulation:
         rc = self.procs.exits.get(key)
         # a firmware device's fault file decides (its trainer removes a stale one at start); an OOM exit wins
         fw = key in self.firmware and rc != OOM_EXIT
-        return exit_kind(rc, killed=rc == -9, workdir=Path(self.firmware[key]["firmware"]["workdir"]) if fw else None)
+        log_file = self.edir / "logs" / (f"d{key}.log" if key < self.n else f"la{key - self.n}.log")
+        return exit_kind(
+            rc,
+            killed=rc == -9,
+            workdir=Path(self.firmware[key]["firmware"]["workdir"]) if fw else None,
+            log_file=log_file,
+        )
 
     # ---- the GA's connections ------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
