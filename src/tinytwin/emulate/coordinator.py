@@ -37,7 +37,7 @@ import torch
 from tinytwin import __version__
 from tinytwin.algorithms.aggregators import aggregate
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.emulate import layers_np, measured, mlp_np, shaper
+from tinytwin.emulate import layers_np, measured, mlp_np, outcome, shaper
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.netns import NetnsFleet, require_netns
@@ -1021,7 +1021,7 @@ def _execute(
         finally:
             if net is not None:
                 net.destroy()
-    store.finish_run(run_id, "complete", summary)
+    outcome.finish(store, run_id, summary)
     measured.export_csv(store, run_id, run_dir / "csv")
     store.close()
     if report:

@@ -25,6 +25,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -325,6 +326,7 @@ def run_main(
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as fh:
         cfg = json.load(fh)
+    _exit_on_thread_oom(cfg.get("device"))
     try:
         return run_cfg(cfg)
     except MemoryError:
@@ -338,6 +340,24 @@ def run_main(
             log(f"device {cfg.get('device')}: lost the coordinator: {exc}")
             return NO_COORDINATOR_EXIT
         raise
+
+
+def _is_oom(exc: BaseException | None) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12)
+
+
+def _exit_on_thread_oom(device: Any) -> None:
+    """Out of memory in any thread (a peer's socket reader, say) ends the process with
+    :data:`OOM_EXIT`: a process whose reader died would otherwise hang until the round's timeout."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if _is_oom(args.exc_value):
+            log(f"device {device}: out of memory (RLIMIT_DATA) in thread {args.thread.name if args.thread else '?'}")
+            os._exit(OOM_EXIT)
+        default(args)
+
+    threading.excepthook = hook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ import torch
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
-from tinytwin.emulate import shaper
+from tinytwin.emulate import outcome, shaper
 from tinytwin.emulate.coordinator import (
     Coordinator,
     EmulateOptions,
@@ -1165,9 +1165,10 @@ def resume_dfl_emulation(
 def finish_dfl_run(
     store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any], report: bool
 ) -> tuple[Path, dict[str, Any]]:
-    """A decentralized or hierarchical emulation's end: the run complete, its store closed,
+    """A decentralized or hierarchical emulation's end: the run complete (or failed, when it
+    learned nothing: :mod:`tinytwin.emulate.outcome`), its store closed,
     the report's extras written (``report``)."""
-    store.finish_run(run_id, "complete", summary)
+    outcome.finish(store, run_id, summary)
     store.close()
     if report:
         from tinytwin.report.dfl import write_dfl_extras
