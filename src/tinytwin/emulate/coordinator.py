@@ -149,9 +149,9 @@ class EmuState(Checkpointed):
     round: int
     global_params: torch.Tensor
     server_state: dict[str, torch.Tensor]
-    sim_time_s: float  # wall seconds emulated so far (a killed coordinator's downtime excluded)
+    sim_time_s: float  # modelled: the cost model's round durations summed (the simulator's clock)
     energy_j: np.ndarray  # modelled, cumulative per device
-    modelled_time_s: float = 0.0  # sum of the cost model's round durations
+    wall_s: float = 0.0  # wall seconds emulated so far (start-up included, a killed coordinator's downtime not)
     bytes_up: int = 0
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
@@ -244,6 +244,7 @@ class Emulation:
         self.torch_devices: set[int] = set()
         self.t_start = time.perf_counter()
         self.wall_offset = 0.0
+        self.modelled_s = 0.0  # the cost model's clock at the start of the round in flight
 
     @property
     def procs(self) -> dict[int, Any]:
@@ -458,7 +459,7 @@ class Emulation:
 
     # ---- rounds -----------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
+        return {"round": r, "sim_time_s": self.modelled_s, "device": d, "kind": kind, "detail": detail}
 
     def _aggregate(
         self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int
@@ -490,7 +491,7 @@ class Emulation:
         self.failed = {}
         for d, kind in exp.timeline.changes(r):
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
-        events += link_events(exp, r, self._wall(), self.opt.time_scale)
+        events += link_events(exp, r, self.modelled_s)
         online_ids = np.flatnonzero(exp.timeline.online(r))
         reachable = exp.timeline.reachable(r)
         self._kernel_links(reachable)
@@ -612,9 +613,9 @@ class Emulation:
             r,
             new_global,
             server_state,
-            self._wall(),
+            state.sim_time_s + final.round_s,
             state.energy_j + final.energy_j,
-            state.modelled_time_s + final.round_s,
+            self._wall(),
             state.bytes_up + bytes_up,
             state.bytes_down + bytes_down,
             state.accuracies + ([(r, acc)] if acc is not None else []),
@@ -663,7 +664,7 @@ class Emulation:
         """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
         device processes a killed coordinator left running (they reconnect to the same address)."""
         exp = self.exp
-        self.t_start, self.wall_offset = time.perf_counter(), state.sim_time_s
+        self.t_start, self.wall_offset, self.modelled_s = time.perf_counter(), state.wall_s, state.sim_time_s
         self.coord.round = state.round
         saved = read_json(self.edir / COORDINATOR_FILE) if resume else None
         want = int(saved["port"]) if saved and saved.get("host") == self.host else 0
@@ -718,6 +719,7 @@ class Emulation:
                 self.store.add_events(self.run_id, start_events)
             for r in range(state.round + 1, exp.spec.rounds + 1):
                 state = await self._round(r, state)
+                self.modelled_s = state.sim_time_s
                 if progress is not None:
                     acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
                     progress(r, {"accuracy": acc, "sim_time_s": state.sim_time_s})
@@ -747,7 +749,8 @@ class Emulation:
             **centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes),
             "emulate": {
                 "time_scale": self.opt.time_scale,
-                "modelled_time_s": state.modelled_time_s,
+                "modelled_time_s": state.sim_time_s,
+                "elapsed_wall_s": state.wall_s,
                 "shaping": self.shaping(),
                 "startup_s": getattr(self, "startup_s", None),
                 **run_stats(walls, list(self.mem_max.values())),
@@ -1105,6 +1108,6 @@ def resume_emulation(
 
     exp, ck = resume_prepared(store, info.run_id, load, on_prepared)
     state = EmuState.from_checkpoint(ck[1]) if ck else None
-    done, wall = (state.round, state.sim_time_s) if state else (0, 0.0)
-    store.add_events(info.run_id, [resume_event(done, wall)])
+    done, clock = (state.round, state.sim_time_s) if state else (0, 0.0)
+    store.add_events(info.run_id, [resume_event(done, clock)])
     return run_dir, _execute(exp, store, info.run_id, run_dir, options, state, True, progress, report)

@@ -375,6 +375,7 @@ class DflEmulation:
         # did not come back but are killed in the replayed round anyway, reconnects, acks
         self.offset = 0
         self.wall_offset = 0.0
+        self.modelled_s = 0.0  # the cost model's clock at the start of the round in flight
         self.absent: set[int] = set()
         self.resolving: set[int] = set()  # devices whose connection closed, exit status awaited
         self.reconnects = 0
@@ -579,7 +580,7 @@ class DflEmulation:
         return self.wall_offset + time.perf_counter() - self.t_start
 
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
+        return {"round": r, "sim_time_s": self.modelled_s, "device": d, "kind": kind, "detail": detail}
 
     def _sample_memory(self) -> None:
         """Max RSS/PSS per device process, and the largest total over *all* the run's processes
@@ -768,6 +769,7 @@ class DflEmulation:
         mean_acc = rm["acc_mean"]
         finite = losses[~np.isnan(losses)]
         st["round"] = r
+        st["sim_time_s"] = st.get("sim_time_s", 0.0) + round_model_s  # the cost model's clock
         st["bytes_up"] += int(sent_b.sum())
         st["bytes_down"] += int(recv_b.sum())
         st["messages"] += int(n_sent.sum())
@@ -778,7 +780,7 @@ class DflEmulation:
         st["last_metrics"] = rm
         row = {
             "round": r,
-            "sim_time_s": self._wall(),
+            "sim_time_s": st["sim_time_s"],
             "duration_s": round_s,
             "selected": int(taking.sum()),
             "completed": int(reported.size),
@@ -803,7 +805,7 @@ class DflEmulation:
         last model of those: the others report theirs in the last round)."""
         return {
             "st": st,
-            "wall": row["sim_time_s"],
+            "wall": self._wall(),
             "offset": self.offset,
             "dead": dict(self.dead),
             "killed": set(self.killed),
@@ -906,6 +908,7 @@ class DflEmulation:
     def initial_st() -> dict[str, Any]:
         return {
             "round": 0,
+            "sim_time_s": 0.0,
             "bytes_up": 0,
             "bytes_down": 0,
             "messages": 0,
@@ -994,10 +997,11 @@ class DflEmulation:
         self.startup_s = getattr(self, "startup_s", time.perf_counter() - self.t_start)
         try:
             for r in range(int(st["round"]) + 1, spec.rounds + 1):
+                self.modelled_s = float(st.get("sim_time_s", 0.0))
                 await self._round(r, st)
                 if progress is not None:
                     acc = st["accuracies"][-1][1] if st["accuracies"] and st["accuracies"][-1][0] == r else None
-                    progress(r, {"accuracy": acc, "sim_time_s": self._wall()})
+                    progress(r, {"accuracy": acc, "sim_time_s": st["sim_time_s"]})
             self.stopping = True
             await asyncio.gather(*(self._send_control(d, st["round"], {"cmd": "stop"}) for d in list(self.writers)))
             finished = True
@@ -1024,7 +1028,7 @@ class DflEmulation:
             **common_summary(
                 st["accuracies"],
                 st["round"],
-                self.wall_offset + wall_time_s,
+                float(st.get("sim_time_s", 0.0)),
                 st["bytes_up"],
                 st["bytes_down"],
                 self.energy,
@@ -1042,6 +1046,8 @@ class DflEmulation:
             "message_payload_bytes": self.payload_bytes,
             "emulate": {
                 "time_scale": self.opt.time_scale,
+                "modelled_time_s": float(st.get("sim_time_s", 0.0)),
+                "elapsed_wall_s": self.wall_offset + wall_time_s,
                 "startup_s": getattr(self, "startup_s", None),
                 **run_stats(walls, devices),
                 "process_starts": len(self.procs.pids),
@@ -1150,7 +1156,7 @@ def resume_dfl_emulation(
 
     (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
     done = ck[0] if ck else 0
-    store.add_events(run_id, [resume_event(done, float(ck[1]["wall"]) if ck else 0.0)])
+    store.add_events(run_id, [resume_event(done, float(ck[1]["st"].get("sim_time_s", 0.0)) if ck else 0.0)])
     wall0 = time.perf_counter()
     with coordinator_run(store, run_id, run_dir, log):
         emu = DflEmulation(exp, network, store, run_id, run_dir, options, resume=True)

@@ -254,7 +254,8 @@ class HierEmulation:
         self.device_rejected: dict[int, dict[str, int]] = {}
         self.rejected_retired: Counter[str] = Counter()  # counts of processes that were replaced
         self.local_rounds = np.zeros(self.n, dtype=np.int64)
-        self.modelled_time_s = 0.0
+        self.modelled_time_s = 0.0  # the cost model's clock (HState.sim_time_s after each round)
+        self.wall_s = 0.0  # wall seconds of the run at the last committed round (resume: the offset)
         self.round_walls: list[float] = []
         self.cluster_failures: list[tuple[int, int, str]] = []
         self.restarts = Counter()
@@ -466,7 +467,7 @@ class HierEmulation:
 
     # ---- rounds ---------------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
+        return {"round": r, "sim_time_s": self.modelled_time_s, "device": d, "kind": kind, "detail": detail}
 
     async def _start_cluster(
         self,
@@ -840,11 +841,12 @@ class HierEmulation:
         round_s = time.perf_counter() - wall0
         self.round_walls.append(round_s)
         self.modelled_time_s += mr.round_s
+        self.wall_s = self._wall()
         new = HState(
             r,
             new_global,
             server_state,
-            self._wall(),
+            st.sim_time_s + mr.round_s,
             st.energy_j + mr.energy_j,
             st.bytes_up + bytes_up,
             st.bytes_down + bytes_down,
@@ -883,6 +885,7 @@ class HierEmulation:
         "gone",
         "local_rounds",
         "modelled_time_s",
+        "wall_s",
         "round_walls",
         "cluster_failures",
         "restarts",
@@ -922,10 +925,10 @@ class HierEmulation:
         """The GA's state after the checkpoint's round (the next wire offset); returns the run's state."""
         st = self.sim.state_from_checkpoint(ck["st"])
         self.offset = int(ck["offset"]) + WIRE_STRIDE
-        self.wall_offset = float(st.sim_time_s)
         self.startup_s = ck.get("startup_s")
         for x, v in ck["counters"].items():
             setattr(self, x, v)
+        self.wall_offset = float(self.wall_s)
         return st
 
     def _write_peers(self) -> None:
@@ -1125,6 +1128,7 @@ class HierEmulation:
         s["emulate"] = {
             "time_scale": self.opt.time_scale,
             "modelled_time_s": self.modelled_time_s,
+            "elapsed_wall_s": self._wall(),
             "shaping": {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"},
             "startup_s": getattr(self, "startup_s", None),
             **run_stats(walls, [self.mem_max[x] for x in devs if x in self.mem_max]),
@@ -1232,7 +1236,7 @@ def resume_hier_emulation(
         st = emu.restore(ck[1]) if ck else emu.sim.initial_state()
         if not ck:
             emu.offset = WIRE_STRIDE
-        store.add_events(run_id, [resume_event(done, emu.wall_offset)])
+        store.add_events(run_id, [resume_event(done, emu.modelled_time_s)])
         state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
     return finish_dfl_run(store, run_id, run_dir, summary, report)
