@@ -27,7 +27,6 @@ import io
 import os
 import pickle
 import stat
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.data.atomic_npy import save_atomic
 from tinytwin.errors import DataError
 
 __all__ = [
@@ -611,29 +611,6 @@ def _dir_writable(folder: Path) -> bool:
     return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` via a temporary file + rename.
-
-    Atomic because the emulator starts one process per device and several may load
-    CIFAR-10 at once: a reader must never see a half-written cache.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; other users of a shared data folder may read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Drop caches of earlier versions of the same file (best effort).
-    stem = path.name.split(".decoded-")[0]
-    for old in path.parent.glob(f"{stem}.decoded-*.npy"):
-        if old != path:
-            old.unlink(missing_ok=True)
-
-
 def _decoded_cifar_images(npz: Path, offsets: np.ndarray) -> np.ndarray:
     """Decoded images from the cache, or decode (reading the big ``jpeg_bytes`` only then) and cache."""
     n = len(offsets) - 1
@@ -649,7 +626,7 @@ def _decoded_cifar_images(npz: Path, offsets: np.ndarray) -> np.ndarray:
         if i == 0 and not _dir_writable(cache.parent):
             continue
         try:
-            _save_atomic(cache, images)
+            save_atomic(cache, images)
             break
         except OSError:
             continue

@@ -46,7 +46,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,32 +56,30 @@ import torch
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
+from tinytwin.core.preflight import check_family
 from tinytwin.emulate import outcome, shaper
-from tinytwin.emulate.coordinator import (
-    Coordinator,
-    EmulateOptions,
-    _linears,
+from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
+from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
+from tinytwin.emulate.frame_checks import Coordinator
+from tinytwin.emulate.lifecycle import (
+    ProgressFn,
     bind_coordinator,
     coordinator_run,
     create_emulation_run,
-    firmware_summary,
     load_run_key,
-    options_as,
-    options_from_json,
     resume_event,
     resume_prepared,
-    run_stats,
 )
-from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
-from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
+from tinytwin.emulate.model_rows import mlp_rows
+from tinytwin.emulate.options import EmulateOptions, options_as, options_from_json
 from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
+from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans, round_metric_rows
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.network import Network
-from tinytwin.engines.runner import _check_family
 from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops, energy_joules
@@ -95,7 +92,6 @@ from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
 log = logging.getLogger("tinytwin.emulate.dfl")
-ProgressFn = Callable[[int, dict[str, Any]], None]
 MiB = 2**20
 EMULATED = ("decfedavg", "serverfree", "gossip", "gist", "segmented_gossip")
 PEERS_FILE = "peers.json"
@@ -292,7 +288,7 @@ class DflEmulation:
         # resumed: the devices of the killed coordinator hold keys from it
         self.run_key = load_run_key(self.edir, resume)
         self.resume = resume
-        self.linears_rows = _linears(exp)
+        self.linears_rows = mlp_rows(exp)
         p = exp.model.num_params
         # HELLO / METRICS / model reports on the coordinator links: the centralized twin's checks
         self.coord = Coordinator(self.n, self.run_key, p, list(exp.model.tensor_sizes), "float32")
@@ -1097,8 +1093,8 @@ def start_dfl_emulation(
             "emulate --netns shapes links to a server; decentralized runs use the userspace link shaper only for now"
         )
     exp = prepare(spec, base_dir)
-    _linears(exp)
-    network = _check_family(exp, base_dir)
+    mlp_rows(exp)
+    network = check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
     run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
@@ -1152,7 +1148,7 @@ def resume_dfl_emulation(
 
     def load() -> tuple[Experiment, Network]:
         exp = prepare(spec, base_dir)
-        return exp, _check_family(exp, base_dir)
+        return exp, check_family(exp, base_dir)
 
     (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
     done = ck[0] if ck else 0

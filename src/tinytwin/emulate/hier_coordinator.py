@@ -47,7 +47,6 @@ import resource
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,28 +56,26 @@ import torch
 
 from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
+from tinytwin.core.preflight import check_family
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
-from tinytwin.emulate.coordinator import (
-    EmulateOptions,
-    _model_rows,
-    bind_coordinator,
-    coordinator_run,
-    create_emulation_run,
-    firmware_summary,
-    kb_stats,
-    load_run_key,
-    options_as,
-    options_from_json,
-    resume_event,
-    resume_prepared,
-    run_stats,
-)
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.dfl_coordinator import PEERS_FILE, WIRE_STRIDE, ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
+from tinytwin.emulate.lifecycle import (
+    ProgressFn,
+    bind_coordinator,
+    coordinator_run,
+    create_emulation_run,
+    load_run_key,
+    resume_event,
+    resume_prepared,
+)
+from tinytwin.emulate.model_rows import model_rows
+from tinytwin.emulate.options import EmulateOptions, options_as, options_from_json
 from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
+from tinytwin.emulate.run_stats import firmware_summary, kb_stats, run_stats
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
@@ -87,7 +84,6 @@ from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.hierarchical import HierarchicalSimulator, HState
-from tinytwin.engines.runner import _check_family
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import take_links
 from tinytwin.rng import Stream, stream_rng
@@ -101,7 +97,6 @@ from tinytwin.wire.roundtrip import roundtrip_torch
 __all__ = ["HierEmulation", "HierOptions", "check_hier_emulatable", "resume_hier_emulation", "start_hier_emulation"]
 
 log = logging.getLogger("tinytwin.emulate.hier")
-ProgressFn = Callable[[int, dict[str, Any]], None]
 MiB = 2**20
 
 
@@ -210,7 +205,7 @@ class HierEmulation:
         self.resume = resume
         # resumed: the processes of the killed coordinator hold keys from it
         self.run_key = load_run_key(self.edir, resume)
-        self.linears_rows, self.layer_rows = _model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
+        self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
         # Firmware images are built (and a model too big for a board refused) before any process starts;
         # a firmware device under a local aggregator is the centralized twin's firmware device, unchanged.
         self.firmware = firmware_configs(
@@ -1174,10 +1169,10 @@ def start_hier_emulation(
     if options.netns:
         raise TinyTwinError("emulate --netns: hierarchical runs use the userspace link shaper only for now")
     exp = prepare(spec, base_dir)
-    _model_rows(exp)  # MLPs and the zoo's CNNs (numpy devices)
+    model_rows(exp)  # MLPs and the zoo's CNNs (numpy devices)
     if firmware_groups(exp, options.firmware_all):
         check_firmware_spec(exp)  # e.g. a CNN on firmware devices: refused before the run folder exists
-    _check_family(exp, base_dir)  # aggregator_link
+    check_family(exp, base_dir)  # aggregator_link
     bad = [d for ds in options.kill_devices.values() for d in ds if not 0 <= int(d) < exp.fleet.num_devices]
     bad += [
         c
@@ -1225,7 +1220,7 @@ def resume_hier_emulation(
 
     def load() -> Experiment:
         exp = prepare(spec, base_dir)
-        _model_rows(exp)
+        model_rows(exp)
         return exp
 
     exp, ck = resume_prepared(store, run_id, load, on_prepared)
