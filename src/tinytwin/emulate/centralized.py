@@ -31,28 +31,26 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms.aggregators import aggregate
+from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.emulate import layers_np, measured, mlp_np, outcome, shaper
+from tinytwin.emulate import layers_np, measured, mlp_np, shaper
+from tinytwin.emulate.centralized_rows import Draw, Gathered, Sent, device_rows, measured_rows
 from tinytwin.emulate.device import OOM_EXIT
-from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
+from tinytwin.emulate.device_config import DeviceConfig, memory_budget
+from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
-    coordinator_run,
-    create_emulation_run,
     load_run_key,
-    resume_event,
-    resume_prepared,
 )
 from tinytwin.emulate.model_rows import model_rows
-from tinytwin.emulate.netns import NetnsFleet, require_netns
-from tinytwin.emulate.options import EmulateOptions, options_from_json, options_to_json
+from tinytwin.emulate.netns import NetnsFleet
+from tinytwin.emulate.options import EmulateOptions, options_to_json
 from tinytwin.emulate.processes import DeviceProcesses, exit_kind
 from tinytwin.emulate.run_stats import firmware_summary, run_stats
-from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, kill_recorded_devices, read_json, write_json
+from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
-from tinytwin.emulate.signals import terminate_raises
-from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
 from tinytwin.engines.state import Checkpointed
@@ -60,7 +58,7 @@ from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store.db import RunInfo, RunStore
+from tinytwin.store.db import RunStore
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
@@ -91,16 +89,6 @@ class EmuState(Checkpointed):
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     round_walls: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """The coordinator's side of one device's round start."""
-
-    bytes: int = 0
-    wall_s: float = 0.0
-    mono0: float = 0.0
-    shaped_s: float = 0.0
 
 
 class Emulation:
@@ -220,38 +208,30 @@ class Emulation:
             plan = plan_of[g.name]
             for d in g.devices:
                 d = int(d)
-                budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
-                cfg = {
-                    "device": d,
-                    "host": self.host,
-                    "port": self.port,
-                    "key_file": str(self.edir / "keys" / f"d{d}.key"),
-                    "data_file": str(self.edir / "devices" / f"d{d}.npz"),
-                    "seed": exp.spec.seed,
-                    "linears": self.linears_rows,
-                    "num_params": exp.model.num_params,
-                    "layers": self.layer_rows,  # non-MLP models: trained by layers_np
-                    "tensor_sizes": list(exp.model.tensor_sizes),
-                    "train": {
-                        "epochs": a.local_epochs,
-                        "batch_size": a.batch_size,
-                        "lr": a.lr,
-                        "optimizer": a.optimizer,
-                        "momentum": a.momentum,
-                        "weight_decay": a.weight_decay,
-                        "prox_mu": a.prox_mu,
+                DeviceConfig(
+                    device=d,
+                    host=self.host,
+                    port=self.port,
+                    key_file=str(self.edir / "keys" / f"d{d}.key"),
+                    data_file=str(self.edir / "devices" / f"d{d}.npz"),
+                    seed=exp.spec.seed,
+                    num_params=exp.model.num_params,
+                    tensor_sizes=list(exp.model.tensor_sizes),
+                    train=LocalTraining.from_spec(a),
+                    encoding=a.encoding,
+                    time_scale=self.opt.time_scale,
+                    compute_s=float(self.compute_s[d]),
+                    arena_bytes=int(plan.ram_needed),
+                    mem_budget_bytes=memory_budget(self.opt, plan.ram_available, d),
+                    max_frame=max_frame,
+                    reconnect_grace_s=self.opt.reconnect_grace_s,
+                    extra={
+                        "linears": self.linears_rows,
+                        "layers": self.layer_rows,  # non-MLP models: trained by layers_np
+                        "downlink_encoding": a.downlink_encoding,
+                        **self.firmware.get(d, {}),
                     },
-                    "encoding": a.encoding,
-                    "downlink_encoding": a.downlink_encoding,
-                    "time_scale": self.opt.time_scale,
-                    "compute_s": float(self.compute_s[d]),
-                    "arena_bytes": int(plan.ram_needed),
-                    "mem_budget_bytes": int(budget),
-                    "max_frame": max_frame,
-                    "reconnect_grace_s": self.opt.reconnect_grace_s,
-                    **self.firmware.get(d, {}),
-                }
-                write_json(self.devices.config_file(d), cfg)
+                ).write(self.devices.config_file(d))
 
     def _spawn(self, d: int) -> None:
         self.hello[d] = asyncio.Event()
@@ -355,9 +335,7 @@ class Emulation:
     async def _send(self, d: int, data: bytes) -> bool:
         return await send_frame(self.writers.get(d), data)
 
-    async def _start_device_round(
-        self, i: int, d: int, r: int, payload: bytes, victim: bool, plan: RoundCosts
-    ) -> _Sent:
+    async def _start_device_round(self, i: int, d: int, r: int, payload: bytes, victim: bool, plan: RoundCosts) -> Sent:
         """Round plan, then the shaped global model, to one selected device (then its SIGKILL, for a victim).
 
         The plan tells the device how long its uplink takes beyond what the kernel shapes and
@@ -368,7 +346,7 @@ class Emulation:
         link, ts = self.links[d], self.opt.time_scale
         cut = bool(plan.link_down[i] or plan.straggler[i])
         if cut and plan.down_s[i] < plan.down.time_s[i]:
-            return _Sent(mono0=mono0)  # the link is gone before the model is through: dropped by the shaper
+            return Sent(mono0=mono0)  # the link is gone before the model is through: dropped by the shaper
         up_wait = shaper.userspace_share(float(plan.up.time_s[i]), self.up_bytes, link.up_bps, link, self.kernel) * ts
         plan_msg: dict[str, Any] = {"cmd": "round", "round": r, "up_wait_s": up_wait, "drop_update": cut}
         if cut:  # the device gives up where the model cuts its round (link down / deadline), then drops its update
@@ -382,7 +360,7 @@ class Emulation:
         if wait > 0:
             await asyncio.sleep(wait)
         if not await self._send(d, data):
-            return _Sent(mono0=mono0, shaped_s=wait)
+            return Sent(mono0=mono0, shaped_s=wait)
         if victim:
             frac = float(stream_rng(self.exp.spec.seed, Stream.FAILURES, r, d).random())
             delay = frac * float(self.compute_s[d]) * ts
@@ -390,7 +368,7 @@ class Emulation:
                 await asyncio.sleep(delay)
             self.killed.add(d)
             self.devices.kill(d)
-        return _Sent(len(data), time.perf_counter() - t0, mono0, wait)
+        return Sent(len(data), time.perf_counter() - t0, mono0, wait)
 
     # ---- rounds -----------------------------------------------------------------------
     def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
@@ -418,12 +396,11 @@ class Emulation:
                     (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
                 )
 
-    async def _round(self, r: int, state: EmuState) -> EmuState:
+    async def _draw(self, r: int, events: list[dict[str, Any]]) -> Draw:
+        """The round's participants and dropout victims (the simulator's draws), its timeline
+        events, every reachable dead device restarted, and the cost model's plan."""
         exp, spec = self.exp, self.exp.spec
         a, seed = spec.algorithm, spec.seed
-        wall0 = time.perf_counter()
-        events, self.pending = self.pending, []
-        self.failed = {}
         for d, kind in exp.timeline.changes(r):
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
         events += link_events(exp, r, self.modelled_s)
@@ -443,23 +420,32 @@ class Emulation:
         plan = round_costs(exp, r, online_ids, selected, victim, self.up_bytes, self.down_bytes)
         for d, t in zip(selected[plan.straggler], plan.total_s[plan.straggler]):
             events.append(self._event(r, int(d), "straggler", f"needed {t:.3f} s, deadline {a.deadline_s} s"))
+        return Draw(online_ids, reachable, selected, victim, plan)
+
+    async def _serve_round(
+        self, r: int, draw: Draw, g: torch.Tensor, events: list[dict[str, Any]]
+    ) -> tuple[list[Sent], float, Gathered]:
+        """Send the global model (and the plans, and the kills), wait for the updates; return what
+        was sent, when the round started (monotonic) and what came back."""
+        a, plan, selected = self.exp.spec.algorithm, draw.plan, draw.selected
         self.coord.round = r
         self.coord.updates, self.coord.update_bytes, self.coord.metrics = {}, {}, {}
         self.update_at = {}
         self.coord.expect = {int(d) for d, ok in zip(selected, plan.completed) if ok and int(d) not in self.failed}
         self.done = asyncio.Event()
         self._check_done()
-        g = state.global_params
-        payload = enc.encode(g.numpy(), a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)
+        payload = enc.encode(g.numpy(), a.downlink_encoding, tensor_sizes=self.exp.model.tensor_sizes)
         round_mono = time.monotonic()
         sends = await asyncio.gather(
-            *(self._start_device_round(i, int(d), r, payload, bool(victim[i]), plan) for i, d in enumerate(selected))
+            *(
+                self._start_device_round(i, int(d), r, payload, bool(draw.victim[i]), plan)
+                for i, d in enumerate(selected)
+            )
         )
-        for d, v in zip(selected, victim):
-            if v:
-                events.append(
-                    self._event(r, int(d), "killed", "SIGKILL during the round, after receiving the global model")
-                )
+        for d in selected[draw.victim]:
+            events.append(
+                self._event(r, int(d), "killed", "SIGKILL during the round, after receiving the global model")
+            )
         timeout = self.opt.round_timeout_s + float(plan.total_s.max(initial=0.0)) * self.opt.time_scale * 2
         try:
             await asyncio.wait_for(self.done.wait(), timeout)
@@ -473,77 +459,60 @@ class Emulation:
         for dev, detail in self.coord.reject_events:
             events.append(self._event(r, dev, "frame_rejected", detail))
         self.coord.reject_events = []
+        got = Gathered(self.coord.updates, self.coord.update_bytes, self.coord.metrics, self.update_at, self.failed)
+        return list(sends), round_mono, got
 
-        completed = np.array(sorted(self.coord.updates), dtype=np.int64)
-        new_global, server_state = g, state.server_state
+    def _next_global(
+        self, r: int, state: EmuState, got: Gathered, events: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The aggregate of the updates that arrived, stepped by the server optimizer (the
+        global model unchanged when none did), as the devices will receive it."""
+        a, exp = self.exp.spec.algorithm, self.exp
+        completed = np.array(sorted(got.updates), dtype=np.int64)
+        g, new_global, server_state = state.global_params, state.global_params, state.server_state
         if completed.size:
-            received = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in completed]))
+            received = torch.from_numpy(np.stack([got.updates[int(d)] for d in completed]))
             weights = torch.from_numpy(exp.num_samples[completed]).to(received.dtype)
-            aggregate = self._aggregate(received, weights, events, r)
-            if aggregate is not None:
-                new_global, server_state = self.server_opt.step(g, g + aggregate, server_state)
+            agg = self._aggregate(received, weights, events, r)
+            if agg is not None:
+                new_global, server_state = self.server_opt.step(g, g + agg, server_state)
         else:
             events.append(self._event(r, None, "empty_round", "no device completed the round"))
         if a.downlink_encoding != "float32":
             new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
-        acc = loss = None
-        if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = (
-                mlp_np.evaluate(self.linears, new_global.numpy(), self.x_test, self.y_test)
-                if self.cnn is None
-                else layers_np.evaluate(self.cnn, new_global.numpy(), self.x_test, self.y_test)
-            )
-        round_s = time.perf_counter() - wall0
+        return new_global, server_state
 
-        # The cost model's figures, with the failures that really happened (a device that
-        # crashed, ran out of memory or timed out counts like one that dropped out).
-        failed = np.array(
-            [plan.completed[i] and int(d) not in self.coord.updates for i, d in enumerate(selected)], dtype=bool
-        )
-        final = (
-            round_costs(exp, r, online_ids, selected, victim | failed, self.up_bytes, self.down_bytes)
-            if failed.any()
-            else plan
-        )
-        pos = {int(d): i for i, d in enumerate(selected)}
-        rows, measured_rows, losses = [], [], []
-        for d in online_ids:
-            d = int(d)
-            i = pos.get(d)
-            m = self.coord.metrics.get(d, {}) if d in self.coord.updates else {}
-            if i is None:
-                status = "idle" if reachable[d] else "link_down"
-            elif d in self.coord.updates:
-                status = "ok"
-            elif bool(victim[i]):
-                status = "dropped"
-            elif not plan.completed[i]:
-                status = plan.status(i)
-            else:
-                status = self.failed.get(d, "failed").split(" ")[0]
-            if m.get("train_loss") is not None:
-                losses.append(m["train_loss"])
-            rows.append(
-                {
-                    "round": r,
-                    "device": d,
-                    "status": status,
-                    "num_samples": int(exp.num_samples[d]),
-                    "compute_s": float(final.cpu_s[i]) if i is not None else 0.0,
-                    "up_s": float(final.up_s[i]) if i is not None else 0.0,
-                    "down_s": float(final.down_s[i]) if i is not None else 0.0,
-                    "bytes_up": int(self.coord.update_bytes.get(d, 0)),
-                    "bytes_down": int(sends[i].bytes) if i is not None else 0,
-                    "packets_lost": int(final.down.lost_packets[i] + final.up.lost_packets[i]) if i is not None else 0,
-                    "energy_j": float(final.energy_j[d]),
-                    "train_loss": m.get("train_loss"),
-                    "accuracy": None,
-                }
-            )
-            if i is not None:
-                measured_rows.append(self._measured(r, d, sends[i], m, round_mono))
-        bytes_up = int(sum(self.coord.update_bytes.values()))
-        bytes_down = int(sum(s.bytes for s in sends))
+    def _evaluate(self, r: int, params: torch.Tensor) -> tuple[float | None, float | None]:
+        """Test accuracy and loss of the global model in the spec's evaluation rounds (numpy)."""
+        spec = self.exp.spec
+        if not (r % spec.evaluation.every == 0 or r == spec.rounds):
+            return None, None
+        if self.cnn is None:
+            return mlp_np.evaluate(self.linears, params.numpy(), self.x_test, self.y_test)
+        return layers_np.evaluate(self.cnn, params.numpy(), self.x_test, self.y_test)
+
+    def _final_costs(self, r: int, draw: Draw, got: Gathered) -> RoundCosts:
+        """The cost model's figures with the failures that really happened (a device that
+        crashed, ran out of memory or timed out counts like one that dropped out)."""
+        plan, selected = draw.plan, draw.selected
+        failed = np.array([plan.completed[i] and int(d) not in got.updates for i, d in enumerate(selected)], dtype=bool)
+        if not failed.any():
+            return plan
+        return round_costs(self.exp, r, draw.online_ids, selected, draw.victim | failed, self.up_bytes, self.down_bytes)
+
+    async def _round(self, r: int, state: EmuState) -> EmuState:
+        """One round: draw, serve, aggregate, evaluate, record (one transaction with its checkpoint)."""
+        wall0 = time.perf_counter()
+        events, self.pending = self.pending, []
+        self.failed = {}
+        draw = await self._draw(r, events)
+        sends, round_mono, got = await self._serve_round(r, draw, state.global_params, events)
+        new_global, server_state = self._next_global(r, state, got, events)
+        acc, loss = self._evaluate(r, new_global)
+        round_s = time.perf_counter() - wall0
+        final = self._final_costs(r, draw, got)
+        rows, losses = device_rows(r, self.exp.num_samples, draw, final, got, sends)
+        bytes_up, bytes_down = int(sum(got.update_bytes.values())), int(sum(s.bytes for s in sends))
         new = EmuState(
             r,
             new_global,
@@ -560,10 +529,10 @@ class Emulation:
             "round": r,
             "sim_time_s": new.sim_time_s,
             "duration_s": round_s,
-            "selected": int(selected.size),
-            "completed": int(completed.size),
-            "dropped": int(victim.sum()),
-            "stragglers": int(plan.straggler.sum()),
+            "selected": int(draw.selected.size),
+            "completed": len(got.updates),
+            "dropped": int(draw.victim.sum()),
+            "stragglers": int(draw.plan.straggler.sum()),
             "train_loss": float(np.mean(losses)) if losses else None,
             "test_accuracy": acc,
             "test_loss": loss,
@@ -572,28 +541,9 @@ class Emulation:
             "energy_j": float(final.energy_j.sum()),
             "wall_time_s": round_s,
         }
-        measured.write_round(self.store, self.run_id, measured_rows, row, rows, events, new.to_checkpoint())
+        measured_ = measured_rows(r, draw, got, sends, round_mono)
+        measured.write_round(self.store, self.run_id, measured_, row, rows, events, new.to_checkpoint())
         return new
-
-    def _measured(self, r: int, d: int, sent: _Sent, m: dict[str, Any], round_mono: float) -> dict[str, Any]:
-        """Wall-clock times of one device's round (None where the device never got that far)."""
-        got = self.update_at.get(d)
-        model_at, up_at = m.get("model_at"), m.get("up_at")
-        return {
-            "round": r,
-            "device": d,
-            "wall_down_s": model_at - sent.mono0 if model_at is not None and sent.bytes else None,
-            "wall_compute_s": up_at - model_at if up_at is not None and model_at is not None else None,
-            "wall_train_s": m.get("busy_s"),
-            "wall_up_s": got - up_at if got is not None and up_at is not None else None,
-            "wall_total_s": got - round_mono if got is not None else None,
-            "shaped_down_s": sent.shaped_s,
-            "shaped_up_s": m.get("up_wait_s"),
-            "rss_kb": m.get("rss_kb"),
-            "insns": m.get("insns"),
-            "firmware_compute_s": m.get("firmware_compute_s"),
-            "qemu_rss_kb": m.get("qemu_rss_kb"),
-        }
 
     async def run(self, state: EmuState, progress: ProgressFn | None = None, resume: bool = False) -> EmuState:
         """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
@@ -707,139 +657,3 @@ class Emulation:
         if self.net is not None:
             return self.net.shaping()
         return {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"}
-
-
-def _network(emu_dir: Path, exp: Experiment, options: EmulateOptions, resume: bool) -> NetnsFleet | None:
-    """The run's namespaces: a killed run's, if they are all still there, or new ones."""
-    if not options.netns:
-        return None
-    L = exp.fleet.links
-    links = [
-        shaper.Link(
-            float(L.latency_s[d]),
-            float(L.up_bps[d]),
-            float(L.down_bps[d]),
-            float(L.loss[d]),
-            int(L.mtu_bytes[d]),
-            int(L.header_bytes[d]),
-        )
-        for d in range(exp.fleet.num_devices)
-    ]
-    path = emu_dir / NETNS_FILE
-    old = NetnsFleet.load(path) if resume and path.is_file() else None
-    if old is not None and old.intact():
-        return old
-    if old is not None:
-        kill_recorded_devices(emu_dir)  # they sit in namespaces that are gone; start them anew
-    net = NetnsFleet.create(exp.fleet.num_devices, links, options.time_scale, prefix=old.prefix if old else None)
-    emu_dir.mkdir(parents=True, exist_ok=True)
-    net.save(path)
-    return net
-
-
-def _execute(
-    exp: Experiment,
-    store: RunStore,
-    run_id: str,
-    run_dir: Path,
-    options: EmulateOptions,
-    state: EmuState | None,
-    resume: bool,
-    progress: ProgressFn | None,
-    report: bool,
-) -> dict[str, Any]:
-    """Emulate the rounds after ``state`` (None: from the initial model); namespaces and device
-    processes are removed however this ends, except by SIGKILL (then ``--resume`` adopts them)."""
-    wall0 = time.perf_counter()
-    net = None
-    with coordinator_run(store, run_id, run_dir, log), terminate_raises():
-        try:
-            measured.ensure_table(store)
-            net = _network(run_dir / "emulate", exp, options, resume)
-            emu = Emulation(exp, store, run_id, run_dir, options, resume=resume, net=net)
-            shaping = emu.shaping()
-            log.info("shaping: %s", json.dumps(shaping))
-            state = state or emu.initial_state()
-            store.add_events(
-                run_id,
-                [
-                    emu._event(
-                        state.round,
-                        None,
-                        "shaping",
-                        net.describe()
-                        if net
-                        else "userspace link shaper (loopback TCP): bandwidth, latency "
-                        "and loss all paced by the sender",
-                    )
-                ],
-            )
-            state = asyncio.run(emu.run(state, progress, resume))
-            summary = emu.summary(state, time.perf_counter() - wall0)
-        finally:
-            if net is not None:
-                net.destroy()
-    outcome.finish(store, run_id, summary)
-    measured.export_csv(store, run_id, run_dir / "csv")
-    store.close()
-    if report:
-        from tinytwin.report.html import write_report
-
-        write_report(run_dir)
-    return summary
-
-
-def start_centralized(
-    spec: ExperimentSpec,
-    spec_yaml: str,
-    out: Path,
-    base_dir: Path | None,
-    options: EmulateOptions | None = None,
-    progress: ProgressFn | None = None,
-    run_dir: Path | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """A centralized emulation: check everything, create the run folder, emulate every round, write the report."""
-    options = options or EmulateOptions()
-    if options.netns:
-        require_netns()
-    check_centralized_emulatable(spec)
-    exp = prepare(spec, base_dir)
-    model_rows(exp)
-    if firmware_groups(exp, options.firmware_all):
-        check_firmware_spec(exp)  # e.g. a CNN on firmware devices: refused before the run folder exists
-    if on_prepared is not None:
-        on_prepared(exp)
-    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
-    store.add_devices(run_id, exp.device_rows())
-    return run_dir, _execute(exp, store, run_id, run_dir, options, None, False, progress, report)
-
-
-def resume_centralized(
-    run_dir: Path,
-    store: RunStore,
-    info: RunInfo,
-    stored: ExperimentSpec,
-    saved: dict[str, Any],
-    base_dir: Path | None,
-    progress: ProgressFn | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Continue a killed centralized emulation from its last committed round (``saved``: its
-    ``emulate/coordinator.json``)."""
-    options = options_from_json(saved["options"])
-
-    def load() -> Experiment:
-        if options.netns:
-            require_netns()
-        exp = prepare(stored, base_dir)
-        model_rows(exp)
-        return exp
-
-    exp, ck = resume_prepared(store, info.run_id, load, on_prepared)
-    state = EmuState.from_checkpoint(ck[1]) if ck else None
-    done, clock = (state.round, state.sim_time_s) if state else (0, 0.0)
-    store.add_events(info.run_id, [resume_event(done, clock)])
-    return run_dir, _execute(exp, store, info.run_id, run_dir, options, state, True, progress, report)

@@ -54,10 +54,12 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms import gist_np
+from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.core.preflight import check_family
 from tinytwin.emulate import outcome, shaper
+from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
@@ -391,6 +393,17 @@ class DflEmulation:
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
         L = exp.fleet.links
+        algorithm = {  # what a peer needs of the algorithm (peer.py)
+            "name": a.name,
+            "merge": a.gossip.merge if a.name == "gossip" else None,
+            "buffer_size": a.gossip.buffer_size,
+            **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
+            **(
+                {"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
+                if a.name == "segmented_gossip"
+                else {}
+            ),
+        }
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in map(int, g.devices):
@@ -408,52 +421,34 @@ class DflEmulation:
                     )
                 )
                 os.chmod(kf, 0o600)
-                budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
-                cfg = {
-                    "device": d,
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "key_file": str(kf),
-                    "data_file": str(self.edir / "devices" / f"d{d}.npz"),
-                    "initial_file": str(self.edir / "devices" / "initial.npy"),
-                    "seed": exp.spec.seed,
-                    "linears": self.linears_rows,
-                    "num_params": p,
-                    "tensor_sizes": list(exp.model.tensor_sizes),
-                    "train": {
-                        "epochs": a.local_epochs,
-                        "batch_size": a.batch_size,
-                        "lr": a.lr,
-                        "optimizer": a.optimizer,
-                        "momentum": a.momentum,
-                        "weight_decay": a.weight_decay,
-                        "prox_mu": 0.0,
+                DeviceConfig(
+                    device=d,
+                    host="127.0.0.1",
+                    port=port,
+                    key_file=str(kf),
+                    data_file=str(self.edir / "devices" / f"d{d}.npz"),
+                    seed=exp.spec.seed,
+                    num_params=p,
+                    tensor_sizes=list(exp.model.tensor_sizes),
+                    train=LocalTraining.from_spec(a),
+                    encoding=a.encoding,
+                    time_scale=self.opt.time_scale,
+                    compute_s=float(self.compute_s[d]),
+                    arena_bytes=int(plan.ram_needed),
+                    mem_budget_bytes=memory_budget(self.opt, plan.ram_available, d),
+                    max_frame=max_frame,
+                    reconnect_grace_s=self.opt.reconnect_grace_s,
+                    extra={
+                        "initial_file": str(self.edir / "devices" / "initial.npy"),
+                        "linears": self.linears_rows,
+                        "algorithm": algorithm,
+                        "validation_file": str(self.edir / "devices" / "validation.npz"),
+                        "link": self.links[d].__dict__,
+                        "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
+                        "merge_timeout_s": self.opt.merge_timeout_s,
+                        **self.firmware.get(d, {}),
                     },
-                    "algorithm": {
-                        "name": a.name,
-                        "merge": a.gossip.merge if a.name == "gossip" else None,
-                        "buffer_size": a.gossip.buffer_size,
-                        **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
-                        **(
-                            {"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
-                            if a.name == "segmented_gossip"
-                            else {}
-                        ),
-                    },
-                    "validation_file": str(self.edir / "devices" / "validation.npz"),
-                    "encoding": a.encoding,
-                    "link": self.links[d].__dict__,
-                    "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
-                    "time_scale": self.opt.time_scale,
-                    "compute_s": float(self.compute_s[d]),
-                    "arena_bytes": int(plan.ram_needed),
-                    "mem_budget_bytes": int(budget),
-                    "max_frame": max_frame,
-                    "merge_timeout_s": self.opt.merge_timeout_s,
-                    "reconnect_grace_s": self.opt.reconnect_grace_s,
-                    **self.firmware.get(d, {}),
-                }
-                (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
+                ).write(self.edir / "devices" / f"d{d}.json")
 
     # ---- connections --------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

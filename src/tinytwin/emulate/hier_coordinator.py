@@ -56,9 +56,11 @@ import torch
 
 from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
+from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.core.preflight import check_family
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
 from tinytwin.emulate.device import OOM_EXIT
+from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.dfl_coordinator import PEERS_FILE, WIRE_STRIDE, ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
@@ -315,40 +317,31 @@ class HierEmulation:
         max_frame = max(
             fm.frame_size(enc.encoded_size(exp.model.num_params, a.downlink_encoding, tensor_sizes=self.sizes)), 4096
         )
-        budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
-        c = int(self.sim.assign[d])
-        cfg = {
-            "role": "device",
-            "device": d,
-            "host": "127.0.0.1",
-            "port": self.la_port[c],
-            "key_file": str(self.edir / "keys" / f"d{d}.key"),
-            "data_file": str(self.edir / "devices" / f"d{d}.npz"),
-            "seed": exp.spec.seed,
-            "linears": self.linears_rows,
-            "layers": self.layer_rows,
-            "num_params": exp.model.num_params,
-            "tensor_sizes": self.sizes,
-            "train": {
-                "epochs": a.local_epochs,
-                "batch_size": a.batch_size,
-                "lr": a.lr,
-                "optimizer": a.optimizer,
-                "momentum": a.momentum,
-                "weight_decay": a.weight_decay,
-                "prox_mu": a.prox_mu,
+        DeviceConfig(
+            device=d,
+            host="127.0.0.1",
+            port=self.la_port[int(self.sim.assign[d])],
+            key_file=str(self.edir / "keys" / f"d{d}.key"),
+            data_file=str(self.edir / "devices" / f"d{d}.npz"),
+            seed=exp.spec.seed,
+            num_params=exp.model.num_params,
+            tensor_sizes=self.sizes,
+            train=LocalTraining.from_spec(a),
+            encoding=a.encoding,
+            time_scale=self.opt.time_scale,
+            compute_s=float(self.sim.compute_s[d]),
+            arena_bytes=int(plan.ram_needed),
+            mem_budget_bytes=memory_budget(self.opt, plan.ram_available, d),
+            max_frame=max_frame,
+            reconnect_grace_s=self.opt.reconnect_grace_s,
+            extra={
+                "role": "device",
+                "linears": self.linears_rows,
+                "layers": self.layer_rows,
+                "downlink_encoding": a.downlink_encoding,
+                **self.firmware.get(d, {}),
             },
-            "encoding": a.encoding,
-            "downlink_encoding": a.downlink_encoding,
-            "time_scale": self.opt.time_scale,
-            "compute_s": float(self.sim.compute_s[d]),
-            "arena_bytes": int(plan.ram_needed),
-            "mem_budget_bytes": int(budget),
-            "max_frame": max_frame,
-            "reconnect_grace_s": self.opt.reconnect_grace_s,
-            **self.firmware.get(d, {}),
-        }
-        (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
+        ).write(self.edir / "devices" / f"d{d}.json")
 
     # ---- processes ---------------------------------------------------------------------
     def _la_key(self, c: int) -> int:
