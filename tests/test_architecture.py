@@ -23,7 +23,6 @@ UNFINISHED = {  # still over a limit: to be split (issue #10)
     "tinytwin/cli.py",
     "tinytwin/data/datasets.py",
     "tinytwin/data/frozen_features.py",
-    "tinytwin/emulate/centralized.py",
     "tinytwin/emulate/device.py",
     "tinytwin/emulate/dfl_directory.py",
     "tinytwin/emulate/dfl_coordinator.py",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,12 +30,11 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms.aggregators import aggregate
-from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import layers_np, measured, mlp_np, shaper
+from tinytwin.emulate.centralized_files import write_device_configs, write_shards
 from tinytwin.emulate.centralized_rows import Draw, Gathered, Sent, device_rows, measured_rows
 from tinytwin.emulate.device import OOM_EXIT
-from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.lifecycle import (
@@ -50,6 +48,7 @@ from tinytwin.emulate.processes import DeviceProcesses, exit_kind
 from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
+from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
@@ -91,7 +90,7 @@ class EmuState(Checkpointed):
     round_walls: list[float] = field(default_factory=list)
 
 
-class Emulation:
+class Emulation(CoordinatorClock):
     """One emulated run: spawns the device processes, serves them, drives the rounds."""
 
     def __init__(
@@ -165,9 +164,7 @@ class Emulation:
         self.control_bytes = 0
         self.reconnects = 0
         self.torch_devices: set[int] = set()
-        self.t_start = time.perf_counter()
-        self.wall_offset = 0.0
-        self.modelled_s = 0.0  # the cost model's clock at the start of the round in flight
+        self._start_clock()
 
     @property
     def procs(self) -> dict[int, Any]:
@@ -177,62 +174,7 @@ class Emulation:
     def spawns(self) -> Counter[int]:
         return self.devices.spawns
 
-    def _wall(self) -> float:
-        """Wall seconds emulated so far, over every coordinator incarnation of this run."""
-        return self.wall_offset + time.perf_counter() - self.t_start
-
     # ---- device processes ----------------------------------------------------------
-    def _write_shards(self) -> None:
-        exp = self.exp
-        ds = exp.dataset
-        for d in range(self.n_dev):
-            np.savez(
-                self.edir / "devices" / f"d{d}.npz",
-                x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
-                y=ds.y_train[exp.parts[d]],
-            )
-            kf = self.edir / "keys" / f"d{d}.key"
-            kf.write_bytes(self.coord.keys[d])
-            os.chmod(kf, 0o600)
-
-    def _write_configs(self) -> None:
-        exp, a = self.exp, self.exp.spec.algorithm
-        plan_of = {p.group: p for p in exp.memory}
-        max_frame = max(
-            fm.frame_size(
-                enc.encoded_size(exp.model.num_params, a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)
-            ),
-            4096,
-        )
-        for g in exp.fleet.groups:
-            plan = plan_of[g.name]
-            for d in g.devices:
-                d = int(d)
-                DeviceConfig(
-                    device=d,
-                    host=self.host,
-                    port=self.port,
-                    key_file=str(self.edir / "keys" / f"d{d}.key"),
-                    data_file=str(self.edir / "devices" / f"d{d}.npz"),
-                    seed=exp.spec.seed,
-                    num_params=exp.model.num_params,
-                    tensor_sizes=list(exp.model.tensor_sizes),
-                    train=LocalTraining.from_spec(a),
-                    encoding=a.encoding,
-                    time_scale=self.opt.time_scale,
-                    compute_s=float(self.compute_s[d]),
-                    arena_bytes=int(plan.ram_needed),
-                    mem_budget_bytes=memory_budget(self.opt, plan.ram_available, d),
-                    max_frame=max_frame,
-                    reconnect_grace_s=self.opt.reconnect_grace_s,
-                    extra={
-                        "linears": self.linears_rows,
-                        "layers": self.layer_rows,  # non-MLP models: trained by layers_np
-                        "downlink_encoding": a.downlink_encoding,
-                        **self.firmware.get(d, {}),
-                    },
-                ).write(self.devices.config_file(d))
-
     def _spawn(self, d: int) -> None:
         self.hello[d] = asyncio.Event()
         self.devices.spawn(d)
@@ -371,9 +313,6 @@ class Emulation:
         return Sent(len(data), time.perf_counter() - t0, mono0, wait)
 
     # ---- rounds -----------------------------------------------------------------------
-    def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self.modelled_s, "device": d, "kind": kind, "detail": detail}
-
     def _aggregate(
         self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int
     ) -> torch.Tensor | None:
@@ -386,15 +325,7 @@ class Emulation:
 
     def _sample_memory(self) -> None:
         self.devices.sample_memory(self.mem_max)
-        for d, m in self.coord.metrics.items():  # firmware devices report their QEMU's memory
-            if "qemu_rss_kb" in m:
-                cur = self.qemu_mem.setdefault(d, {})
-                for k in ("qemu_rss_kb", "qemu_pss_kb"):
-                    cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
-            if "insns" in m:
-                self.fw_rounds.append(
-                    (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
-                )
+        firmware_metrics(self.coord.metrics, self.qemu_mem, self.fw_rounds)  # firmware devices: QEMU, insns
 
     async def _draw(self, r: int, events: list[dict[str, Any]]) -> Draw:
         """The round's participants and dropout victims (the simulator's draws), its timeline
@@ -549,7 +480,7 @@ class Emulation:
         """Serve the devices and emulate rounds ``state.round + 1 ..``; ``resume``: adopt the
         device processes a killed coordinator left running (they reconnect to the same address)."""
         exp = self.exp
-        self.t_start, self.wall_offset, self.modelled_s = time.perf_counter(), state.wall_s, state.sim_time_s
+        self._start_clock(state.wall_s, state.sim_time_s)
         self.coord.round = state.round
         saved = read_json(self.edir / COORDINATOR_FILE) if resume else None
         want = int(saved["port"]) if saved and saved.get("host") == self.host else 0
@@ -575,9 +506,17 @@ class Emulation:
         )
         try:
             if not resume:
-                self._write_shards()
+                write_shards(self.edir, self.exp, self.coord.keys)
             if not same_address:
-                self._write_configs()
+                write_device_configs(
+                    self.exp,
+                    self.opt,
+                    (self.host, self.port),
+                    self.compute_s,
+                    {"linears": self.linears_rows, "layers": self.layer_rows},
+                    self.firmware,
+                    self.devices.config_file,
+                )
             adopted = self.devices.adopt(range(self.n_dev)) if resume else []
             if resume and not same_address:
                 for d in adopted:  # they keep calling the old address

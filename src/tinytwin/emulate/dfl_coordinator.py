@@ -78,6 +78,7 @@ from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, not
 from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
+from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans, round_metric_rows
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
@@ -259,7 +260,7 @@ class ForkServer:
 # ---------------------------------------------------------------------------------- the run
 
 
-class DflEmulation:
+class DflEmulation(CoordinatorClock):
     """One decentralized emulated run: device processes, directory, rounds, results."""
 
     def __init__(
@@ -566,13 +567,6 @@ class DflEmulation:
             await self._lost(d)
 
     # ---- rounds -------------------------------------------------------------------------
-    def _wall(self) -> float:
-        """Wall seconds of the run so far, over every coordinator incarnation."""
-        return self.wall_offset + time.perf_counter() - self.t_start
-
-    def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self.modelled_s, "device": d, "kind": kind, "detail": detail}
-
     def _sample_memory(self) -> None:
         """Max RSS/PSS per device process, and the largest total over *all* the run's processes
         (devices, fork server, coordinator) at one sampling instant; device CPU seconds."""
@@ -685,14 +679,7 @@ class DflEmulation:
                 n_recv[d] += 1
             self.merge_timeouts += len(m.get("timeouts", []))
             self.gist_merges += int(bool(m.get("gist_merged")))
-            if "qemu_rss_kb" in m:  # firmware devices report their QEMU's memory and instructions
-                cur = self.qemu_mem.setdefault(d, {})
-                for k in ("qemu_rss_kb", "qemu_pss_kb"):
-                    cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
-            if "insns" in m:
-                self.fw_rounds.append(
-                    (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
-                )
+            firmware_metrics({d: m}, self.qemu_mem, self.fw_rounds)  # firmware devices: QEMU, insns
             if "merge_insns" in m:
                 self.fw_merge_insns.append(int(m["merge_insns"]))
             prev = st["device_rejected"].get(d, {})  # the device reports running totals

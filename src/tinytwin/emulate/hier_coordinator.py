@@ -81,6 +81,7 @@ from tinytwin.emulate.run_stats import firmware_summary, kb_stats, run_stats
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.signals import terminate_raises
+from tinytwin.emulate.skeleton import CoordinatorClock
 from tinytwin.emulate.wire_np import derive_key
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -182,7 +183,7 @@ class _RoundState:
     model_bytes: dict[int, int] = field(default_factory=dict)
 
 
-class HierEmulation:
+class HierEmulation(CoordinatorClock):
     """One hierarchical emulated run: processes, rounds, results."""
 
     def __init__(
@@ -251,7 +252,7 @@ class HierEmulation:
         self.device_rejected: dict[int, dict[str, int]] = {}
         self.rejected_retired: Counter[str] = Counter()  # counts of processes that were replaced
         self.local_rounds = np.zeros(self.n, dtype=np.int64)
-        self.modelled_time_s = 0.0  # the cost model's clock (HState.sim_time_s after each round)
+        self.modelled_s = 0.0  # the cost model's clock (HState.sim_time_s after each round)
         self.wall_s = 0.0  # wall seconds of the run at the last committed round (resume: the offset)
         self.round_walls: list[float] = []
         self.cluster_failures: list[tuple[int, int, str]] = []
@@ -454,9 +455,6 @@ class HierEmulation:
         return await send_frame(self.la_writers.get(c), data)
 
     # ---- rounds ---------------------------------------------------------------------------
-    def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self.modelled_time_s, "device": d, "kind": kind, "detail": detail}
-
     async def _start_cluster(
         self,
         c: int,
@@ -828,7 +826,7 @@ class HierEmulation:
         finite = losses[~np.isnan(losses)]
         round_s = time.perf_counter() - wall0
         self.round_walls.append(round_s)
-        self.modelled_time_s += mr.round_s
+        self.modelled_s += mr.round_s
         self.wall_s = self._wall()
         new = HState(
             r,
@@ -872,7 +870,7 @@ class HierEmulation:
     _COUNTERS = (
         "gone",
         "local_rounds",
-        "modelled_time_s",
+        "modelled_s",
         "wall_s",
         "round_walls",
         "cluster_failures",
@@ -895,9 +893,6 @@ class HierEmulation:
         "reconnects",
         "final_models",
     )
-
-    def _wall(self) -> float:
-        return self.wall_offset + time.perf_counter() - self.t_start
 
     def _checkpoint(self, st: HState) -> dict[str, Any]:
         """What the GA holds after a committed round (the local aggregators start every global round
@@ -1115,7 +1110,7 @@ class HierEmulation:
         s = self.sim.summary(st, wall_time_s)
         s["emulate"] = {
             "time_scale": self.opt.time_scale,
-            "modelled_time_s": self.modelled_time_s,
+            "modelled_time_s": self.modelled_s,
             "elapsed_wall_s": self._wall(),
             "shaping": {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"},
             "startup_s": getattr(self, "startup_s", None),
@@ -1224,7 +1219,7 @@ def resume_hier_emulation(
         st = emu.restore(ck[1]) if ck else emu.sim.initial_state()
         if not ck:
             emu.offset = WIRE_STRIDE
-        store.add_events(run_id, [resume_event(done, emu.modelled_time_s)])
+        store.add_events(run_id, [resume_event(done, emu.modelled_s)])
         state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
     return finish_dfl_run(store, run_id, run_dir, summary, report)
