@@ -61,8 +61,8 @@ from tinytwin.core.preflight import check_family
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
-from tinytwin.emulate.dfl_coordinator import PEERS_FILE, WIRE_STRIDE, ForkServer, finish_dfl_run, proc_cpu_s
 from tinytwin.emulate.firmware_fleet import check_firmware_spec, firmware_configs, firmware_groups
+from tinytwin.emulate.fork_fleet import PEERS_FILE, WIRE_STRIDE, ForkServer, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, modelled_costs, plan_round
 from tinytwin.emulate.lifecycle import (
@@ -76,6 +76,7 @@ from tinytwin.emulate.lifecycle import (
 )
 from tinytwin.emulate.model_rows import model_rows
 from tinytwin.emulate.options import EmulateOptions, options_as, options_from_json
+from tinytwin.emulate.outcome import finish_peer_run
 from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
 from tinytwin.emulate.run_stats import firmware_summary, kb_stats, run_stats
 from tinytwin.emulate.rundir import write_json
@@ -1181,7 +1182,7 @@ def start_hier_emulation(
         emu.sim.register()  # devices and the clusters event, as the simulator writes them
         state = asyncio.run(emu.run(progress))
         summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_dfl_run(store, run_id, run_dir, summary, report)
+    return finish_peer_run(store, run_id, run_dir, summary, report)
 
 
 def hier_options_from_json(data: dict[str, Any]) -> HierOptions:
@@ -1222,4 +1223,4 @@ def resume_hier_emulation(
         store.add_events(run_id, [resume_event(done, emu.modelled_s)])
         state = asyncio.run(emu.run(progress, st))
         summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_dfl_run(store, run_id, run_dir, summary, report)
+    return finish_peer_run(store, run_id, run_dir, summary, report)

@@ -7,6 +7,7 @@ arrived (``completed``)."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from tinytwin.store.db import RunStore
@@ -36,3 +37,18 @@ def finish(store: RunStore, run_id: str, summary: dict[str, Any]) -> None:
     if failure is not None:
         summary["failure"] = failure
     store.finish_run(run_id, "failed" if failure else "complete", summary)
+
+
+def finish_peer_run(
+    store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any], report: bool
+) -> tuple[Path, dict[str, Any]]:
+    """A decentralized or hierarchical emulation's end: the run complete (or failed, when it
+    learned nothing), its store closed,
+    the report's extras written (``report``)."""
+    finish(store, run_id, summary)
+    store.close()
+    if report:
+        from tinytwin.report.dfl import write_dfl_extras
+
+        write_dfl_extras(run_dir)
+    return run_dir, summary
