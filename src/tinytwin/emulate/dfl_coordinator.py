@@ -54,10 +54,10 @@ import torch
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
-from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.core.preflight import check_family
 from tinytwin.emulate import shaper
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
+from tinytwin.emulate.dfl_algorithms import REGISTRY, lookup
 from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.fork_fleet import PEERS_FILE, WIRE_STRIDE, ForkServer, proc_cpu_s
@@ -79,7 +79,7 @@ from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
 from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
-from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans, round_metric_rows
+from tinytwin.engines.decentralized import memory_plans, round_metric_rows
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.network import Network
@@ -91,12 +91,10 @@ from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
-from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
 log = logging.getLogger("tinytwin.emulate.dfl")
 MiB = 2**20
-EMULATED = ("decfedavg", "serverfree", "gossip", "gist", "segmented_gossip")
 
 
 @dataclass
@@ -112,9 +110,9 @@ class DflOptions(EmulateOptions):
 def check_dfl_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, in one line, what the decentralized emulation does not run."""
     a = spec.algorithm
-    if a.name not in EMULATED:
+    if a.name not in REGISTRY:
         raise TinyTwinError(
-            f"emulate runs the decentralized algorithms {', '.join(EMULATED)}; {a.name} is "
+            f"emulate runs the decentralized algorithms {', '.join(REGISTRY)}; {a.name} is "
             "simulation-only for now (tinytwin run)"
         )
     if a.schedule != "sync":
@@ -209,14 +207,7 @@ class DflEmulation(CoordinatorClock):
             )
             for d in range(self.n)
         ]
-        if a.name == "gist":  # the largest segment: the simulator's message_payload_estimate
-            self.payload_bytes = gist_np.payload_size(p, -(-p // max(1, a.gist.segments)))
-        elif a.name == "segmented_gossip":
-            self.payload_bytes = 4 * -(-p // a.segments.count)
-        else:
-            self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
-                AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0
-            )
+        self.payload_bytes = lookup(a).payload_bytes(a, p, list(exp.model.tensor_sizes))  # the largest message
         # Firmware devices: images built (and a model too big for a board refused) before any
         # process starts; merges=True sizes the arena for the M / G merge buffers.
         self.firmware = firmware_configs(
@@ -276,17 +267,7 @@ class DflEmulation(CoordinatorClock):
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
         L = exp.fleet.links
-        algorithm = {  # what a peer needs of the algorithm (peer.py)
-            "name": a.name,
-            "merge": a.gossip.merge if a.name == "gossip" else None,
-            "buffer_size": a.gossip.buffer_size,
-            **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
-            **(
-                {"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
-                if a.name == "segmented_gossip"
-                else {}
-            ),
-        }
+        algorithm = lookup(a).device_block(a, p)  # what a peer needs of the algorithm (peer.py)
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in map(int, g.devices):
