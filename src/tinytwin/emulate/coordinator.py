@@ -16,7 +16,8 @@ from typing import Any
 
 from tinytwin.emulate.centralized import Emulation, EmuState, check_centralized_emulatable
 from tinytwin.emulate.centralized_run import resume_centralized, start_centralized
-from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable, resume_dfl_emulation, start_dfl_emulation
+from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable
+from tinytwin.emulate.dfl_run import resume_dfl_emulation, start_dfl_emulation
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.hier_coordinator import check_hier_emulatable, resume_hier_emulation, start_hier_emulation
 from tinytwin.emulate.lifecycle import ProgressFn

@@ -54,42 +54,34 @@ import torch
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
-from tinytwin.core.preflight import check_family
 from tinytwin.emulate import shaper
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.dfl_algorithms import REGISTRY, lookup
-from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
+from tinytwin.emulate.dfl_directory import link_key, link_partners, plan_round
+from tinytwin.emulate.dfl_record import DflRecording
+from tinytwin.emulate.dfl_resume import DflResume
+from tinytwin.emulate.dfl_summary import DflSummary
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.fork_fleet import PEERS_FILE, WIRE_STRIDE, ForkServer, proc_cpu_s
+from tinytwin.emulate.fork_fleet import PEERS_FILE, ForkServer, proc_cpu_s
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
     bind_coordinator,
-    coordinator_run,
-    create_emulation_run,
     load_run_key,
-    resume_event,
-    resume_prepared,
 )
 from tinytwin.emulate.model_rows import mlp_rows
-from tinytwin.emulate.options import EmulateOptions, options_as, options_from_json
-from tinytwin.emulate.outcome import finish_peer_run
-from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
-from tinytwin.emulate.run_stats import firmware_summary, run_stats
+from tinytwin.emulate.options import EmulateOptions
+from tinytwin.emulate.processes import child_env, exit_kind, note_memory
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
-from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
-from tinytwin.engines.decentralized import memory_plans, round_metric_rows
-from tinytwin.engines.evaluate_many import evaluate_many
-from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.emulate.skeleton import CoordinatorClock
+from tinytwin.engines.decentralized import memory_plans
+from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.network import Network
-from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
-from tinytwin.fleet.cost import compute_flops, energy_joules
-from tinytwin.net.topology import components
+from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
 from tinytwin.wire import frame as fm
 
@@ -140,7 +132,7 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
 # ---------------------------------------------------------------------------------- the run
 
 
-class DflEmulation(CoordinatorClock):
+class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
     """One decentralized emulated run: device processes, directory, rounds, results."""
 
     def __init__(
@@ -505,262 +497,8 @@ class DflEmulation(CoordinatorClock):
             self._sample_memory()
             self.sampling_s += time.perf_counter() - t0
 
-    def _record(
-        self,
-        r: int,
-        st: dict[str, Any],
-        plan: RoundPlan,
-        taking: np.ndarray,
-        victims: list[int],
-        events: list[dict[str, Any]],
-        wall0: float,
-    ) -> None:
-        exp = self.exp
-        n = self.n
-        reported = np.array(sorted(d for d in self.coord.metrics if d not in self.killed), dtype=np.int64)
-        with_model = np.array([d for d in reported if int(d) in self.coord.updates], dtype=np.int64)
-        met = {int(d): self.coord.metrics[int(d)] for d in reported}
-        losses = np.full(n, np.nan)
-        tx_s, rx_s = np.zeros(n), np.zeros(n)
-        sent_b, recv_b, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        n_sent, n_recv = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        compute_wall = np.zeros(n)
-        for d, m in met.items():
-            losses[d] = m.get("train_loss", np.nan)
-            compute_wall[d] = float(m.get("compute_s", 0.0))
-            self.local_rounds[d] = int(m.get("local_rounds", self.local_rounds[d]))
-            for dst, nbytes, link_s, lost_p, ok in m.get("sent", []):
-                if not ok:
-                    continue
-                tx_s[d] += link_s
-                rx_s[int(dst)] += link_s
-                sent_b[d] += int(nbytes)
-                lost[d] += int(lost_p)
-                n_sent[d] += 1
-            for _, nbytes in m.get("received", []):
-                recv_b[d] += int(nbytes)
-                n_recv[d] += 1
-            self.merge_timeouts += len(m.get("timeouts", []))
-            self.gist_merges += int(bool(m.get("gist_merged")))
-            firmware_metrics({d: m}, self.qemu_mem, self.fw_rounds)  # firmware devices: QEMU, insns
-            if "merge_insns" in m:
-                self.fw_merge_insns.append(int(m["merge_insns"]))
-            prev = st["device_rejected"].get(d, {})  # the device reports running totals
-            diff = {k: v - prev.get(k, 0) for k, v in m.get("rejected", {}).items() if v > prev.get(k, 0)}
-            if diff:
-                events.append(self._event(r, d, "frame_rejected", f"device {d} rejected frames: {diff}"))
-            st["device_rejected"][d] = dict(m.get("rejected", {}))
-        if reported.size:
-            self.lr_sched.on_round_end(reported, self.local_rounds[reported], losses[reported])
-        # modelled busy time and energy of the round (cost model: compute + radio, sync round)
-        compute_model = np.where(np.isin(np.arange(n), reported), self.compute_s, 0.0)
-        busy = compute_model + tx_s + rx_s
-        round_model_s = float(busy[taking].max()) if taking.any() else 0.0
-        energy = energy_joules(exp.fleet.power, compute_model, tx_s, rx_s, round_model_s, taking)
-        self.energy += energy
-        # evaluation and consensus of the survivors' models (the simulator's functions); the
-        # models come in evaluation rounds only, so the consensus distance is recorded then
-        acc, tloss, dist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        consensus = None
-        if with_model.size:
-            w = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in with_model]))
-            a_, l_ = evaluate_many(exp.module, exp.layout, w, self.x_test, self.y_test)
-            acc[with_model], tloss[with_model] = a_.numpy(), l_.numpy()
-            w64 = w.to(torch.float64)
-            dd = (w64 - w64.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
-            dist[with_model] = dd
-            consensus = float(dd.mean())
-            for i, d in enumerate(with_model):
-                self.models[int(d)] = w[i].numpy()
-        survivors = np.zeros(n, dtype=bool)
-        survivors[reported] = True
-        e = plan.edges
-        n_comp, _ = components(n, e[survivors[e[:, 0]] & survivors[e[:, 1]]], survivors)
-        round_s = time.perf_counter() - wall0
-
-        def status(d: int) -> str:
-            if met.get(d) is not None:
-                return "ok"
-            return "dropped" if d in self.killed else self.dead.get(d, "timeout").split(" ")[0]
-
-        device_rows, metric_rows, rm = round_metric_rows(
-            r,
-            map(int, np.flatnonzero(taking)),
-            status,
-            n_train=self.n_train,
-            compute_s=compute_wall,
-            tx_s=tx_s,
-            rx_s=rx_s,
-            sent_b=sent_b,
-            recv_b=recv_b,
-            lost=lost,
-            energy=energy,
-            losses=losses,
-            acc=acc,
-            test_loss=tloss,
-            dist=dist,
-            lr=self.lr_sched.lr,
-            local_rounds=self.local_rounds,
-            n_sent=n_sent,
-            n_recv=n_recv,
-            consensus=consensus,
-            components=n_comp,
-            messages=int(n_sent.sum()),
-        )
-        mean_acc = rm["acc_mean"]
-        finite = losses[~np.isnan(losses)]
-        st["round"] = r
-        st["sim_time_s"] = st.get("sim_time_s", 0.0) + round_model_s  # the cost model's clock
-        st["bytes_up"] += int(sent_b.sum())
-        st["bytes_down"] += int(recv_b.sum())
-        st["messages"] += int(n_sent.sum())
-        st["planned_messages"] += plan.messages
-        if mean_acc is not None:
-            st["accuracies"].append((r, mean_acc))
-        st["round_walls"].append(round_s)
-        st["last_metrics"] = rm
-        row = {
-            "round": r,
-            "sim_time_s": st["sim_time_s"],
-            "duration_s": round_s,
-            "selected": int(taking.sum()),
-            "completed": int(reported.size),
-            "dropped": len(victims),
-            "stragglers": 0,
-            "train_loss": float(finite.mean()) if finite.size else None,
-            "test_accuracy": mean_acc,
-            "test_loss": rm["loss_mean"],
-            "bytes_up": int(sent_b.sum()),
-            "bytes_down": int(recv_b.sum()),
-            "energy_j": float(energy.sum()),
-            "wall_time_s": round_s,
-        }
-        dfl_store.write_round(
-            self.store, self.run_id, row, device_rows, events, self._checkpoint(st, row), rm, metric_rows
-        )
-
     # ---- coordinator resume ---------------------------------------------------------------
-    def _checkpoint(self, st: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-        """What the coordinator holds after a committed round (the devices hold their models):
-        the run's totals, the per-device schedule, energy and local rounds, who is gone (and the
-        last model of those: the others report theirs in the last round)."""
-        return {
-            "st": st,
-            "wall": self._wall(),
-            "offset": self.offset,
-            "dead": dict(self.dead),
-            "killed": set(self.killed),
-            "local_rounds": self.local_rounds,
-            "energy": self.energy,
-            "lr_sched": dict(vars(self.lr_sched)),
-            "models": {d: w for d, w in self.models.items() if d in self.dead},
-            "counters": {
-                k: getattr(self, k)
-                for k in (
-                    "control_bytes",
-                    "peer_down_sent",
-                    "merge_timeouts",
-                    "gist_merges",
-                    "fw_rounds",
-                    "fw_merge_insns",
-                    "qemu_mem",
-                    "torch_devices",
-                    "reconnects",
-                )
-            },
-        }
-
-    def restore(self, ck: dict[str, Any]) -> dict[str, Any]:
-        """The coordinator's state after the checkpoint's round; returns the run's totals (``st``)."""
-        self.wall_offset = float(ck["wall"])
-        self.offset = int(ck["offset"]) + WIRE_STRIDE
-        self.dead, self.killed = dict(ck["dead"]), set(ck["killed"])
-        self.local_rounds, self.energy = np.array(ck["local_rounds"]), np.array(ck["energy"])
-        self.lr_sched.__dict__.update(ck["lr_sched"])
-        self.models = dict(ck["models"])
-        for k, v in ck["counters"].items():
-            setattr(self, k, v)
-        return ck["st"]
-
-    async def _resume_devices(self, st: dict[str, Any]) -> None:
-        """Adopt the device processes of the killed coordinator, wait until they call again
-        (each finishes the round it was in first), tell them to continue after round R (a device
-        that played round R + 1 rolls back to its state after R), and record who did not return."""
-        R = int(st["round"])
-        events: list[dict[str, Any]] = []
-        adopt_recorded(self.procs.adopt, self.edir / PEERS_FILE, skip=self.dead)
-        adopted = sorted(self.procs.adopted)
-        wait = self.opt.start_timeout_s + self.opt.merge_timeout_s
-
-        async def hello(d: int) -> None:
-            try:
-                await asyncio.wait_for(self.hello[d].wait(), wait)
-            except TimeoutError:
-                pass
-
-        await asyncio.gather(*(hello(d) for d in adopted))
-        back = [d for d in adopted if d in self.writers]
-        self.coord.round, self.coord.expect, self.coord.metrics = R + self.offset, set(back), {}
-        self.resume_done = asyncio.Event()
-        if not back:
-            self.resume_done.set()
-        await asyncio.gather(
-            *(self._send_control(d, R, {"cmd": "resume", "round": R, "wire": R + self.offset}) for d in back)
-        )
-        try:
-            await asyncio.wait_for(self.resume_done.wait(), self.opt.start_timeout_s)
-        except TimeoutError:
-            pass
-        failing_next = {d for d, kind in self.exp.timeline.changes(R + 1) if kind == "failure"}
-        ok = [d for d in back if self.resumed.get(d, {}).get("ok")]
-        gone = 0
-        for d in range(self.n):
-            if d in self.dead or d in ok:
-                continue
-            self.procs.kill(d)
-            gone += 1
-            if d in failing_next:  # killed in the abandoned attempt of round R + 1: it is again
-                self.absent.add(d)
-                continue
-            why = (
-                "did not call the coordinator again"
-                if d not in back
-                else "could not roll back to round %d" % R
-                if d in self.resumed
-                else "did not confirm the resume"
-            )
-            self.dead[d] = "lost"
-            st["dead_recorded"].add(d)
-            events.append(self._event(R, d, "lost", f"device {d} {why}; out of the run"))
-            await self._notify_down(d)
-        events.append(
-            self._event(
-                R,
-                None,
-                "devices_resumed",
-                f"{len(ok)} device processes of the killed coordinator reconnected and continue "
-                f"after round {R}; {gone} did not",
-            )
-        )
-        self.store.add_events(self.run_id, events)
-
     # ---- the whole run --------------------------------------------------------------------
-    @staticmethod
-    def initial_st() -> dict[str, Any]:
-        return {
-            "round": 0,
-            "sim_time_s": 0.0,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "messages": 0,
-            "planned_messages": 0,
-            "accuracies": [],
-            "round_walls": [],
-            "last_metrics": {},
-            "dead_recorded": set(),
-            "device_rejected": {},
-        }
-
     async def run(self, progress: ProgressFn | None = None, st: dict[str, Any] | None = None) -> dict[str, Any]:
         """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the devices)."""
         self.t_start = time.perf_counter()
@@ -855,155 +593,3 @@ class DflEmulation(CoordinatorClock):
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         st["coordinator_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         return st
-
-    def summary(self, st: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
-        exp, spec, a = self.exp, self.exp.spec, self.a
-        m = st["last_metrics"]
-        devices = [v for k, v in self.mem_max.items() if isinstance(k, int)]
-        walls = st["round_walls"]
-        rejected = Counter(self.coord.rejected)
-        for counts in st["device_rejected"].values():
-            rejected.update(counts)
-        lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
-        return {
-            **common_summary(
-                st["accuracies"],
-                st["round"],
-                float(st.get("sim_time_s", 0.0)),
-                st["bytes_up"],
-                st["bytes_down"],
-                self.energy,
-                self.plans,
-                wall_time_s,
-            ),
-            "num_devices": self.n,
-            "algorithm": f"{a.name} (sync{lr_part})",
-            "dataset": spec.dataset.name,
-            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
-            "final_accuracy_across_devices": {k: m.get(f"acc_{k}") for k in ("mean", "min", "max", "std")},
-            "final_consensus_distance": m.get("consensus_distance"),
-            "messages": st["messages"],
-            "topology": self.net.describe(),
-            "message_payload_bytes": self.payload_bytes,
-            "emulate": {
-                "time_scale": self.opt.time_scale,
-                "modelled_time_s": float(st.get("sim_time_s", 0.0)),
-                "elapsed_wall_s": self.wall_offset + wall_time_s,
-                "startup_s": getattr(self, "startup_s", None),
-                **run_stats(walls, devices),
-                "process_starts": len(self.procs.pids),
-                "control_bytes": self.control_bytes,
-                "frames_rejected": dict(rejected),
-                "devices_with_torch": len(self.torch_devices),
-                "coordinator_cpu_s": st.get("coordinator_cpu_s"),
-                "devices_cpu_s": self.devices_cpu_s,
-                "memory_sampling_s": self.sampling_s,
-                "coordinator_kb": self.mem_max.get("coordinator", {}),
-                "forkserver_kb": self.mem_max.get("forkserver", {}),
-                "all_processes_kb": dict(self.total_mem_kb),
-                "messages_planned": st["planned_messages"],
-                "peer_down_sent": self.peer_down_sent,
-                "merge_timeouts": self.merge_timeouts,
-                "devices_lost": {str(d): how for d, how in sorted(self.dead.items())},
-                "reconnects": self.reconnects,
-                **({"gist_merges": self.gist_merges} if a.name == "gist" else {}),
-                **({"firmware": self._firmware_summary()} if self.firmware else {}),
-            },
-        }
-
-    def _firmware_summary(self) -> dict[str, Any]:
-        """The centralized twin's firmware summary plus the merges' instruction counts."""
-        return {
-            **firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds),
-            "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns else None,
-        }
-
-
-def start_dfl_emulation(
-    spec: ExperimentSpec,
-    spec_yaml: str,
-    out: Path,
-    base_dir: Path | None,
-    options: EmulateOptions | None = None,
-    progress: ProgressFn | None = None,
-    run_dir: Path | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Check everything, create the run folder, emulate every round, write the report."""
-    options = options_as(options, DflOptions)
-    check_dfl_emulatable(spec)
-    if getattr(options, "netns", False):
-        raise TinyTwinError(
-            "emulate --netns shapes links to a server; decentralized runs use the userspace link shaper only for now"
-        )
-    exp = prepare(spec, base_dir)
-    mlp_rows(exp)
-    network = check_family(exp, base_dir)
-    if on_prepared is not None:
-        on_prepared(exp)
-    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
-    dfl_store.ensure_tables(store)
-    a = spec.algorithm
-    n_train = np.array([len(q[: a.train_samples] if a.train_samples else q) for q in exp.parts], dtype=np.int64)
-    store.add_devices(run_id, exp.device_rows(n_train))
-    info = network.describe()
-    store.add_events(
-        run_id,
-        [
-            {
-                "round": 0,
-                "sim_time_s": 0.0,
-                "device": None,
-                "kind": "topology",
-                "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
-                f"degree {info['degree_min']}..{info['degree_max']}, "
-                f"{info['components']} connected component(s)",
-            }
-        ],
-    )
-    wall0 = time.perf_counter()
-    with coordinator_run(store, run_id, run_dir, log):
-        emu = DflEmulation(exp, network, store, run_id, run_dir, options)
-        state = asyncio.run(emu.run(progress))
-        summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_peer_run(store, run_id, run_dir, summary, report)
-
-
-def dfl_options_from_json(data: dict[str, Any]) -> DflOptions:
-    """The options a decentralized emulation was started with (``emulate/coordinator.json``)."""
-    return options_from_json(data, DflOptions)
-
-
-def resume_dfl_emulation(
-    run_dir: Path,
-    store: RunStore,
-    run_id: str,
-    spec: ExperimentSpec,
-    saved: dict[str, Any],
-    base_dir: Path | None,
-    progress: ProgressFn | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Continue a killed decentralized emulation after its last committed round: the device
-    processes (which kept their models and call the coordinator's address again for
-    ``reconnect_grace_s``) reconnect and roll back to that round; see docs/emulation.md."""
-    options = dfl_options_from_json(saved["options"])
-
-    def load() -> tuple[Experiment, Network]:
-        exp = prepare(spec, base_dir)
-        return exp, check_family(exp, base_dir)
-
-    (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
-    done = ck[0] if ck else 0
-    store.add_events(run_id, [resume_event(done, float(ck[1]["st"].get("sim_time_s", 0.0)) if ck else 0.0)])
-    wall0 = time.perf_counter()
-    with coordinator_run(store, run_id, run_dir, log):
-        emu = DflEmulation(exp, network, store, run_id, run_dir, options, resume=True)
-        st = emu.restore(ck[1]) if ck else emu.initial_st()
-        if not ck:
-            emu.offset = WIRE_STRIDE
-        state = asyncio.run(emu.run(progress, st))
-        summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_peer_run(store, run_id, run_dir, summary, report)
