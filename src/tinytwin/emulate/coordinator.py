@@ -19,7 +19,8 @@ from tinytwin.emulate.centralized_run import resume_centralized, start_centraliz
 from tinytwin.emulate.dfl_coordinator import check_dfl_emulatable
 from tinytwin.emulate.dfl_run import resume_dfl_emulation, start_dfl_emulation
 from tinytwin.emulate.frame_checks import Coordinator
-from tinytwin.emulate.hier_coordinator import check_hier_emulatable, resume_hier_emulation, start_hier_emulation
+from tinytwin.emulate.hier_coordinator import check_hier_emulatable
+from tinytwin.emulate.hier_run import resume_hier_emulation, start_hier_emulation
 from tinytwin.emulate.lifecycle import ProgressFn
 from tinytwin.emulate.options import EmulateOptions
 from tinytwin.emulate.processes import proc_memory_kb

@@ -133,3 +133,49 @@ class ForkServer:
             self.proc.kill()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class HierForkServer(ForkServer):
+    """The decentralized twin's fork server client, with children that run
+    :mod:`tinytwin.emulate.hier_procs` and may be started again after they died."""
+
+    async def start(self, env: dict[str, str], log_path: Path) -> None:
+        with open(log_path, "ab") as errf:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tinytwin.emulate.forkserver",
+                "tinytwin.emulate.hier_procs",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errf,
+                env=env,
+            )
+        self._reader = asyncio.create_task(self._read())
+
+    async def spawn(self, d: int, cfg: Path, log_path: Path) -> int:
+        self.exits.pop(d, None)
+        self.adopted.pop(d, None)  # a process of a killed coordinator's fork server, replaced
+        return await super().spawn(d, cfg, log_path)
+
+    async def wait_exit(self, d: int, timeout: float = 2.0) -> None:
+        if d in self.adopted:  # not our child: no exit report, watch /proc until it is gone
+            deadline = time.monotonic() + timeout
+            while self.alive(d) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return
+        ev = self.exited.get(d)
+        if ev is not None and d in self.pids:
+            try:
+                await asyncio.wait_for(ev.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
+def maps_torch(pid: int) -> bool:
+    """Whether a process has a torch library mapped (its /proc/PID/maps)."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            return "libtorch" in fh.read()
+    except OSError:
+        return False
