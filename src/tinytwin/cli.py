@@ -136,6 +136,9 @@ def emulate(
                 on_round,
                 report=not no_report,
             )
+    if summary.get("failure"):  # every device failed or every update was lost: not a result
+        err_console.print(f"[red]run failed:[/] {summary['failure']} ({run_dir})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     _print_summary(summary, run_dir)
     e = summary["emulate"]
     console.print(

@@ -20,8 +20,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tinytwin import __version__
 from tinytwin.store.db import DEVICE_ROUND_COLUMNS, ROUND_COLUMNS
+from tinytwin.version import __version__
 
 DB_NAME = "results.db"
 REQUIRED: dict[str, tuple[str, ...]] = {

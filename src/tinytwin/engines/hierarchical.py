@@ -115,7 +115,7 @@ class HierarchicalSimulator:
         self.h = a.hierarchical
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
+        self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
         self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
         self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)

@@ -18,7 +18,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from tinytwin import __version__
 from tinytwin.report.export import atomic_write, export_csv, open_run
 from tinytwin.report.format import (
     MISSING,
@@ -34,6 +33,7 @@ from tinytwin.report.labels import label as key_label
 from tinytwin.report.labels import unit_of, value_text
 from tinytwin.report.plots import make_plots
 from tinytwin.store.db import RunInfo
+from tinytwin.version import __version__
 
 MAX_EVENTS = 200
 MAX_ROUND_ROWS = 500  # above this the round table shows its head and tail; the CSV has all
