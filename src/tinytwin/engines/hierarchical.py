@@ -288,8 +288,8 @@ class HierarchicalSimulator:
             else:
                 dev_acc[ids] = gacc
         ev = dev_acc[~np.isnan(dev_acc)]
-        w = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
-        consensus = float((w - w.mean(0, keepdim=True)).norm(dim=1).mean()) if w is not None else None
+        w64 = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
+        consensus = float((w64 - w64.mean(0, keepdim=True)).norm(dim=1).mean()) if w64 is not None else None
         ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, L, ids)
         for row in ledger:
             row["round"] = r
@@ -308,7 +308,7 @@ class HierarchicalSimulator:
             "messages": int(2 * L * ids.size + 2 * present.size),
         }
         device_rows, metric_rows = [], []
-        for d in ids:
+        for d in ids.tolist():
             device_rows.append(
                 {
                     "round": r,
