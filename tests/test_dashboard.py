@@ -7,6 +7,7 @@ A real ``tinytwin dashboard`` process serves run folders written with the real R
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -205,9 +206,10 @@ def test_run_with_dashboard_serves_the_run_while_it_goes(tmp_path: Path) -> None
         while proc.poll() is None:
             try:
                 status, body = get(url + "api/runs")
-            except OSError:
-                break  # the run ended and took the server with it
-            seen |= {(r["status"], r["rounds_done"]) for r in body["runs"]}
+            except (OSError, http.client.HTTPException):
+                break  # the run ended and took the server with it (maybe mid-answer)
+            # A database being created holds no run row for a moment: listed with its error.
+            seen |= {(r["status"], r["rounds_done"]) for r in body["runs"] if "error" not in r}
             time.sleep(0.1)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -281,12 +281,16 @@ class RunDB:
         self.conn.close()
 
 
-def find_runs(root: Path, depth: int = 2) -> list[Path]:
-    """Run folders (those holding a ``results.db``) at or below ``root``, down to ``depth`` levels."""
+def find_runs(root: Path, depth: int = 3) -> list[Path]:
+    """Run folders (those holding a ``results.db``) at or below ``root``, down to ``depth`` levels.
+
+    Three levels reach a sweep's runs from the folder it was started in (``OUT/SWEEP/runs/RUN``).
+    A run folder is not searched further: its own sub-folders (csv, plots) hold no runs."""
     root = Path(root)
     found: list[Path] = []
     if (root / DB_NAME).is_file():
         found.append(root)
+        return found
     if depth <= 0:
         return found
     try:
