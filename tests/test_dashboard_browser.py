@@ -119,6 +119,8 @@ def check_report(driver, run_dir: Path) -> None:
     sizes = {c[0]: c[2] for c in charts}
     assert all(c[1] > 0 and c[2] > 0 for c in charts), charts
     assert sizes["chart-acc-round"] == ROUNDS and sizes["chart-fleet"] == 24
+    kinds = {k for k, n, _ in driver.execute_script(JS_EVENT_TRACES) if n > 0}
+    assert kinds == {"dropout", "leave"}, kinds  # the events timeline is in the report too
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not [u for u in fetched if u.startswith("http")], fetched
     assert not console_errors(driver)
@@ -175,6 +177,8 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
         )
         assert device_rounds == ROUNDS
         check_events_and_wall_time(driver)
+        driver.execute_script("document.getElementById('chart-fleet').scrollIntoView()")
+        driver.save_screenshot(str(tmp_path / "events.png"))  # the ringed device above the timeline, to look at
         driver.execute_script("document.getElementById('device-panel').scrollIntoView()")
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 20_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,15 @@ from test_dashboard import get
 
 
 def watch_while_running(proc: subprocess.Popen) -> tuple[list[dict[str, Any]], str, str]:
-    """Poll the command's dashboard until it exits: every run listing it answered while the command
-    was still running, then the command's stdout and stderr."""
+    """Load the command's page, then poll its run list until the command exits: every listing
+    answered while the command was still running, then the command's stdout and stderr."""
     line = proc.stdout.readline() if proc.stdout else ""
     assert line.startswith("dashboard: http://127.0.0.1:"), line
     url = line.split()[1]
     listings: list[dict[str, Any]] = []
     try:
+        with urllib.request.urlopen(url, timeout=20) as page:  # the page itself, while the command runs
+            assert page.status == 200 and b'id="chart-events"' in page.read()
         while proc.poll() is None:
             try:
                 status, body = get(url + "api/runs")

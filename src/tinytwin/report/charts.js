@@ -237,9 +237,11 @@
         marker: { size: 9, symbol: n < 8 ? "circle" : "diamond", color: COLORS[n % COLORS.length], line: { width: 0.5, color: "#fff" } } };
     });
     const xt = byTime ? "Simulated time (s)" : "Round";
+    // The device axis spans every event, shown or hidden, so hiding a kind does not rescale it.
+    const top = E.device.reduce(function (m, d) { return d !== null && d > m ? d : m; }, 0);
     const lay = layout("Events (" + E.kind.length + ")", xt, "Device", {
       xaxis: { title: { text: xt }, ticksuffix: byTime ? " s" : "", zeroline: false },
-      yaxis: { title: { text: "Device (fleet-wide events at -1)" }, zeroline: false }, uirevision: x,
+      yaxis: { title: { text: "Device (fleet-wide events at -1)" }, zeroline: false, range: [-1.5, top + 0.5] }, uirevision: x,
       legend: { orientation: "v" },
     });
     return Plotly.react(div, traces, lay, CONFIG).then(function (gd) {
