@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from browser_util import start_cli
+from browser_util import dashboard_server, start_cli
 from sweep_util import QUICKSTART, TINY, only_sweep
 from test_dashboard import get
 
@@ -58,7 +58,10 @@ def test_emulate_with_dashboard_serves_the_emulation_while_it_goes(tmp_path: Pat
     seen = [r for body in listings for r in body["runs"]]
     assert any(r.get("twin") == "emulate" and r.get("status") == "running" for r in seen), seen
     (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
-    assert (run_dir / "results.db").is_file()
+    with dashboard_server(runs) as (url, _):  # what the wall-time axis draws: the rounds' measured seconds
+        status, body = get(f"{url}api/run?run={run_dir.name}")
+    assert status == 200 and body["rounds"]["round"] == [1, 2] and body["status"] == "complete"
+    assert all(w > 0 for w in body["rounds"]["wall_time_s"]), body["rounds"]
 
 
 def test_sweep_with_dashboard_lists_the_sweeps_runs_while_it_goes(tmp_path: Path) -> None:
