@@ -7,6 +7,7 @@ A real ``tinytwin dashboard`` process serves run folders written with the real R
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -144,6 +145,9 @@ def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
         status, body = get(url + "api/run?run=live")
         assert status == 200 and body["rounds"]["round"] == [1, 2] and body["status"] == "running"
         assert body["counts"]["online"] == 8 and body["counts"]["training"] == 7 and body["counts"]["failed"] == 1
+        assert body["events"]["kind"] == ["dropout", "dropout", "note"] and body["events_total"] == 3
+        assert body["events"]["device"] == [7, 7, None] and body["events"]["round"] == [1, 2, 2]
+        last_event = body["events"]["id"][-1]
 
         written: dict[int, float] = {}
 
@@ -155,7 +159,14 @@ def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
                 row = {c: 0 for c in ("selected", "completed", "dropped", "stragglers", "bytes_up", "bytes_down")}
                 row.update(round=rnd, sim_time_s=100.0 * rnd, duration_s=1.0, energy_j=0.5, wall_time_s=0.1)
                 row["test_accuracy"] = 0.5 + rnd / 100
-                store.write_round(meta["run_id"], row, [], [], None)
+                event = {
+                    "round": rnd,
+                    "sim_time_s": row["sim_time_s"],
+                    "device": rnd,
+                    "kind": "straggler",
+                    "detail": "late",
+                }
+                store.write_round(meta["run_id"], row, [], [event], None)
                 written[rnd] = time.time()
                 time.sleep(0.5)
             store.close()
@@ -163,7 +174,7 @@ def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
         writer = threading.Thread(target=writer_thread)
         writer.start()
         events = read_events(
-            url + "api/stream?run=live&after=2",
+            url + f"api/stream?run=live&after=2&events_after={last_event}",
             15,
             until=lambda ev: any(e == "rounds" and 4 in d["rounds"]["round"] for e, d, _ in ev),
         )
@@ -171,6 +182,8 @@ def test_new_rounds_are_pushed_as_deltas(tmp_path: Path) -> None:
     deltas = [(d, t) for e, d, t in events if e == "rounds"]
     pushed = [r for d, _ in deltas for r in d["rounds"]["round"]]
     assert pushed == [3, 4]  # only the new rounds, each once
+    pushed_events = [(k, dev) for d, _ in deltas for k, dev in zip(d["events"]["kind"], d["events"]["device"])]
+    assert pushed_events == [("straggler", 3), ("straggler", 4)]  # only the new events, each once, with the round
     for d, arrived in deltas:
         for rnd in d["rounds"]["round"]:
             assert arrived - written[rnd] < 1.5, "round pushed too late"
@@ -193,9 +206,10 @@ def test_run_with_dashboard_serves_the_run_while_it_goes(tmp_path: Path) -> None
         while proc.poll() is None:
             try:
                 status, body = get(url + "api/runs")
-            except OSError:
-                break  # the run ended and took the server with it
-            seen |= {(r["status"], r["rounds_done"]) for r in body["runs"]}
+            except (OSError, http.client.HTTPException):
+                break  # the run ended and took the server with it (maybe mid-answer)
+            # A database being created holds no run row for a moment: listed with its error.
+            seen |= {(r["status"], r["rounds_done"]) for r in body["runs"] if "error" not in r}
             time.sleep(0.1)
         out, err = proc.communicate(timeout=120)
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from browser_util import chrome, console_errors, dashboard_server, start_cli, wait_for
 
@@ -30,13 +31,18 @@ fleet:
     - {{name: nrf, profile: nrf52840, count: 8, link: ble}}
 algorithm: {{name: fedavg, clients_per_round: 1.0, local_epochs: 40, batch_size: 4, lr: 0.05}}
 evaluation: {{every: 1}}
+failures: {{dropout: 0.1, leave: [{{device: 20, round: 12}}]}}
 """
 
 JS_PROGRESS = """
-const gd = document.getElementById('chart-acc-round');
+const gd = document.getElementById('chart-acc-round'), ev = document.getElementById('chart-events');
 return [document.getElementById('round-counter').textContent,
         gd && gd.data ? gd.data[0].x.length : -1,
-        document.getElementById('run-status').textContent];
+        document.getElementById('run-status').textContent,
+        ev && ev.data ? ev.data.reduce((n, t) => n + t.x.length, 0) : -1];
+"""
+JS_EVENT_TRACES = """
+return document.getElementById('chart-events').data.map(t => [t.name.split(' ')[0], t.x.length, t.visible]);
 """
 JS_REPORT = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => [g.id, g.data.length,
@@ -44,14 +50,15 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => [g.id, 
 """
 
 
-def watch_run(driver, sim) -> list[tuple[int, int, str]]:
-    """(round counter, accuracy points, status) each time the page changes, until the run leaves 'running'."""
+def watch_run(driver, sim) -> list[tuple[int, int, str, int]]:
+    """(round counter, accuracy points, status, events on the timeline) each time the page changes,
+    until the run leaves 'running'."""
     t0 = time.monotonic()
-    seen: list[tuple[int, int, str]] = []
+    seen: list[tuple[int, int, str, int]] = []
     while True:
-        counter, points, status = driver.execute_script(JS_PROGRESS)
-        if not seen or seen[-1] != (int(counter), points, status):
-            seen.append((int(counter), points, status))
+        counter, points, status, events = driver.execute_script(JS_PROGRESS)
+        if not seen or seen[-1] != (int(counter), points, status, events):
+            seen.append((int(counter), points, status, events))
         if status != "running" or time.monotonic() - t0 > 170:
             return seen
         time.sleep(0.05)
@@ -67,15 +74,53 @@ def click_device(driver, index: int) -> None:
     wait_for(lambda: driver.find_element(By.ID, "device-panel").is_displayed(), 20, "the device panel")
 
 
+def check_events_and_wall_time(driver) -> None:
+    """The timeline holds the simulator's dropout and leave events; a kind can be hidden; a real click
+    on an event rings its device in the fleet and opens its panel; accuracy can be drawn against wall time."""
+    traces = {k: (n, vis) for k, n, vis in driver.execute_script(JS_EVENT_TRACES)}
+    assert traces["dropout"][0] > 0 and traces["leave"][0] == 1, traces  # failures.dropout and failures.leave
+    driver.find_element(By.CSS_SELECTOR, '#event-kinds input[value="dropout"]').click()
+    hidden = {k: vis for k, _, vis in driver.execute_script(JS_EVENT_TRACES)}
+    assert hidden["dropout"] == "legendonly" and hidden["leave"] is True, hidden
+    leave = driver.find_elements(By.CSS_SELECTOR, "#chart-events g.trace.scatter path.point")
+    assert len(leave) == traces["leave"][0]  # only the visible kind keeps its markers
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", leave[0])
+    ActionChains(driver).move_to_element(leave[0]).click().perform()
+    ring = wait_for(
+        lambda: driver.execute_script(
+            "const d = document.getElementById('chart-fleet').data; const t = d[d.length - 1];"
+            "return t.name === 'device 20' ? [t.x.length, t.marker.size] : null;"
+        ),
+        20,
+        "the ring around the event's device",
+    )
+    assert ring == [1, 24]
+    wait_for(lambda: driver.find_element(By.ID, "device-title").text.startswith("Device 20 "), 20, "device 20's panel")
+    Select(driver.find_element(By.ID, "acc-time-axis")).select_by_value("wall_time_s")
+    title, xs = wait_for(
+        lambda: (lambda r: r if r[0] == "Wall time (s)" else None)(
+            driver.execute_script(
+                "const g = document.getElementById('chart-acc-time');"
+                "return [g.layout.xaxis.title.text, g.data[g.data.length - 1].x];"
+            )
+        ),
+        20,
+        "accuracy against wall time",
+    )
+    assert len(xs) == ROUNDS and xs == sorted(xs) and xs[0] > 0  # the running sum of the rounds' wall_time_s
+
+
 def check_report(driver, run_dir: Path) -> None:
     """The finished run's report: one file, charts rendered from file:// with nothing fetched."""
     driver.get((run_dir / "report.html").as_uri())
     charts = wait_for(lambda: driver.execute_script(JS_REPORT), 60, "the report's charts")
     assert {c[0] for c in charts} >= {"chart-acc-round", "chart-acc-time", "chart-bytes", "chart-energy",
-                                      "chart-fleet", "chart-class-hist"}  # fmt: skip
+                                      "chart-fleet", "chart-class-hist", "chart-events"}  # fmt: skip
     sizes = {c[0]: c[2] for c in charts}
     assert all(c[1] > 0 and c[2] > 0 for c in charts), charts
     assert sizes["chart-acc-round"] == ROUNDS and sizes["chart-fleet"] == 24
+    kinds = {k for k, n, _ in driver.execute_script(JS_EVENT_TRACES) if n > 0}
+    assert kinds == {"dropout", "leave"}, kinds  # the events timeline is in the report too
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not [u for u in fetched if u.startswith("http")], fetched
     assert not console_errors(driver)
@@ -103,12 +148,14 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
                 sim.kill()
                 sim.wait()
         live = [s for s in seen if s[2] == "running"]
-        counters = [c for c, _, _ in live]
-        points = [p for _, p, _ in live]
+        counters = [s[0] for s in live]
+        points = [s[1] for s in live]
+        events = [s[3] for s in live]
         # The counter and the chart grew while the run was going, pushed by the server.
         assert len(set(counters)) >= 3, seen
         assert counters == sorted(counters) and counters[0] < ROUNDS, seen
         assert len(set(points)) >= 3 and points == sorted(points) and points[0] < ROUNDS, seen
+        assert len(set(events)) >= 3 and events == sorted(events), seen  # the timeline grew with pushed events
         final = wait_for(
             lambda: (lambda c: c if c[0] == str(ROUNDS) and c[1] == ROUNDS and c[2] == "complete" else None)(
                 driver.execute_script(JS_PROGRESS)
@@ -116,7 +163,7 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
             20,
             "the final round on the page",
         )
-        assert final == [str(ROUNDS), ROUNDS, "complete"]
+        assert final[:3] == [str(ROUNDS), ROUNDS, "complete"]
         assert driver.find_element(By.ID, "count-total").text == "24"
 
         click_device(driver, 5)
@@ -129,6 +176,9 @@ def test_dashboard_follows_a_live_run_and_report_renders_offline(tmp_path: Path)
             "the device's time chart",
         )
         assert device_rounds == ROUNDS
+        check_events_and_wall_time(driver)
+        driver.execute_script("document.getElementById('chart-fleet').scrollIntoView()")
+        driver.save_screenshot(str(tmp_path / "events.png"))  # the ringed device above the timeline, to look at
         driver.execute_script("document.getElementById('device-panel').scrollIntoView()")
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 20_000

@@ -95,6 +95,7 @@ def emulate(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
+    dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
     from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, resume_emulation, start_emulation
@@ -117,6 +118,8 @@ def emulate(
             }
         )
     check_emulatable(spec)
+    if dashboard:
+        start_dashboard(resume.parent if resume is not None else out)
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name} (emulate)", total=spec.rounds)
 

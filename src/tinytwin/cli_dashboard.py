@@ -64,7 +64,7 @@ def dashboard(
 
 
 def start_dashboard(runs_dir: Path, port: int = 8765) -> str:
-    """Serve ``runs_dir`` from a daemon thread for ``tinytwin run --dashboard``; returns the URL.
+    """Serve ``runs_dir`` from a daemon thread for ``tinytwin run/emulate/sweep --dashboard``; returns the URL.
 
     The thread lives as long as the run's process: the page follows the run, and the server
     goes when the run ends (``tinytwin dashboard`` keeps serving afterwards). A busy port

@@ -72,6 +72,7 @@ def sweep(
     target: float = typer.Option(0.8, "--target", help="target accuracy for time-to-target statistics"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the sweep report (tinytwin sweep-report later)"),
+    dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the sweep"),
 ) -> None:
     """Run a grid of experiments over seeds: one run folder each, one index, resumable, parallel."""
     from tinytwin.sweep.executors import default_workers
@@ -81,6 +82,10 @@ def sweep(
         raise TinyTwinError(f"--target must be an accuracy in (0, 1] (got {target})")
     options = SweepOptions(twin, workers if workers is not None else default_workers(), ray, time_scale)
     options.check()
+    if dashboard:  # every run of the sweep, as its worker writes it (OUT/SWEEP/runs/RUN)
+        from tinytwin.cli_dashboard import start_dashboard
+
+        start_dashboard(resume if resume is not None else out)
     if resume is not None:
         if spec_file is not None or grid or seeds is not None or set_:
             raise TinyTwinError("--resume takes the sweep folder only; its grid and seeds are in its index")

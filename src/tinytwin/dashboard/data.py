@@ -31,6 +31,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "device_rounds": DEVICE_ROUND_COLUMNS,
 }
 SPREAD_COLUMNS = ("round", "acc_mean", "acc_min", "acc_max", "consensus_distance")
+EVENT_COLUMNS = ("id", "round", "sim_time_s", "device", "kind", "detail")
+MAX_EVENTS = 20_000  # per request: a timeline of more points is unreadable and slow; the rest stay in csv/events.csv
 TRAINING = ("ok", "straggler")  # device_rounds statuses of a device that trained this round
 NOT_FAILED = (*TRAINING, "idle")
 
@@ -176,6 +178,30 @@ class RunDB:
         )
         return {c: [r[i] for r in rows] for i, c in enumerate(SPREAD_COLUMNS)}
 
+    def events(self, after: int = 0, limit: int = MAX_EVENTS) -> dict[str, list[Any]]:
+        """Events written after the one with ``rowid`` ``after`` (joins, leaves, dropouts, stragglers, link
+        outages, faults, restarts...), column by column; ``id`` is the rowid, the stream's cursor.
+
+        The table has no key of its own, and rows are only ever appended, so the rowid orders them
+        as written. At most the newest ``limit`` rows (a live page cares about the latest); a
+        database without the table has no events."""
+        if "kind" not in self._columns("events"):
+            return {c: [] for c in EVENT_COLUMNS}
+        rows = self._q(
+            "SELECT rowid, round, sim_time_s, device, kind, detail FROM events WHERE run_id = ? AND rowid > ?"
+            " ORDER BY rowid DESC LIMIT ?",
+            self.run_id,
+            after,
+            limit,
+        )
+        rows.reverse()
+        return {c: [r[i] for r in rows] for i, c in enumerate(EVENT_COLUMNS)}
+
+    def event_count(self) -> int:
+        if "kind" not in self._columns("events"):
+            return 0
+        return self._q("SELECT count(*) FROM events WHERE run_id = ?", self.run_id)[0][0]
+
     def fleet_counts(self, num_devices: int) -> dict[str, Any]:
         """Devices online / training / failed / not taking part in the latest round."""
         last = self._q("SELECT max(round) FROM device_rounds WHERE run_id = ?", self.run_id)[0][0]
@@ -255,12 +281,16 @@ class RunDB:
         self.conn.close()
 
 
-def find_runs(root: Path, depth: int = 2) -> list[Path]:
-    """Run folders (those holding a ``results.db``) at or below ``root``, down to ``depth`` levels."""
+def find_runs(root: Path, depth: int = 3) -> list[Path]:
+    """Run folders (those holding a ``results.db``) at or below ``root``, down to ``depth`` levels.
+
+    Three levels reach a sweep's runs from the folder it was started in (``OUT/SWEEP/runs/RUN``).
+    A run folder is not searched further: its own sub-folders (csv, plots) hold no runs."""
     root = Path(root)
     found: list[Path] = []
     if (root / DB_NAME).is_file():
         found.append(root)
+        return found
     if depth <= 0:
         return found
     try:

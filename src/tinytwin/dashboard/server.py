@@ -51,6 +51,14 @@ def _problem(exc: RunDataError) -> JSONResponse:
     return _json({"error": str(exc)}, status)
 
 
+def _int_param(request: Request, name: str) -> int:
+    """A cursor from the query string; a missing or garbled one starts from the beginning."""
+    try:
+        return int(request.query_params.get(name, "0"))
+    except ValueError:
+        return 0
+
+
 class Dashboard:
     """The app's state (the run catalog, cached layouts) and its request handlers."""
 
@@ -81,7 +89,8 @@ class Dashboard:
         def body(db: Any) -> dict[str, Any]:
             info = db.info()
             return {**info, "key": request.query_params["run"], "rounds": db.rounds(0), "spread": db.spread(0),
-                    "counts": db.fleet_counts(info["num_devices"])}  # fmt: skip
+                    "counts": db.fleet_counts(info["num_devices"]), "events": db.events(0),
+                    "events_total": db.event_count()}  # fmt: skip
 
         return self._with_run(request, body)
 
@@ -146,12 +155,9 @@ class Dashboard:
 
     async def stream(self, request: Request) -> Response:
         key = request.query_params.get("run") or None
-        try:
-            after = int(request.query_params.get("after", "0"))
-        except ValueError:
-            after = 0
+        after, events_after = (_int_param(request, name) for name in ("after", "events_after"))
         return StreamingResponse(
-            events(self.catalog, key, after, lambda: self.stopping or self.server_exiting()),
+            events(self.catalog, key, after, lambda: self.stopping or self.server_exiting(), events_after),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

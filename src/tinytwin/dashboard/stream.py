@@ -31,8 +31,9 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'), allow_nan=False)}\n\n"
 
 
-def run_delta(db: RunDB, after: int) -> dict[str, Any] | None:
-    """New rounds after ``after`` plus the run's status and fleet counts, or None if nothing was committed."""
+def run_delta(db: RunDB, after: int, events_after: int = 0) -> dict[str, Any] | None:
+    """New rounds after round ``after`` and new events after rowid ``events_after``, plus the run's
+    status and fleet counts; None if nothing was committed."""
     if not db.changed():
         return None
     info = db.info()
@@ -40,6 +41,7 @@ def run_delta(db: RunDB, after: int) -> dict[str, Any] | None:
     return json_safe(
         {
             "rounds": rounds,
+            "events": db.events(events_after),
             "spread": db.spread(after),
             "status": info["status"],
             "rounds_done": info["rounds_done"],
@@ -50,8 +52,11 @@ def run_delta(db: RunDB, after: int) -> dict[str, Any] | None:
     )
 
 
-async def events(catalog: RunCatalog, key: str | None, after: int, stopping: Callable[[], bool]) -> AsyncIterator[str]:
-    """The event stream of one page: ``runs`` when the list changes, ``rounds`` deltas of run ``key``."""
+async def events(
+    catalog: RunCatalog, key: str | None, after: int, stopping: Callable[[], bool], events_after: int = 0
+) -> AsyncIterator[str]:
+    """The event stream of one page: ``runs`` when the list changes, ``rounds`` deltas of run ``key``
+    (its rounds after round ``after`` and its ``events`` rows after rowid ``events_after``)."""
     db: RunDB | None = None
     runs_sig: tuple | None = None
     next_scan = next_beat = 0.0
@@ -71,7 +76,7 @@ async def events(catalog: RunCatalog, key: str | None, after: int, stopping: Cal
                     yield sse("runs", json_safe(await to_thread.run_sync(catalog.listing)))
             if db is not None:
                 try:
-                    delta = await to_thread.run_sync(run_delta, db, after)
+                    delta = await to_thread.run_sync(run_delta, db, after, events_after)
                 except RunDataError as exc:
                     catalog.warn_once(str(exc))
                     yield sse("problem", {"error": str(exc)})
@@ -81,6 +86,8 @@ async def events(catalog: RunCatalog, key: str | None, after: int, stopping: Cal
                 if delta is not None:
                     if delta["rounds"]["round"]:
                         after = delta["rounds"]["round"][-1]
+                    if delta["events"]["id"]:
+                        events_after = delta["events"]["id"][-1]
                     yield sse("rounds", delta)
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S

@@ -28,11 +28,22 @@
     }, extra || {});
   }
 
+  /* The x axes of the accuracy charts. Wall time is the running sum of the rounds' measured
+   * wall_time_s (emulations pace real links; a simulator's wall time is its own compute). */
+  const X_AXES = {
+    round: { title: "Round", what: "round", suffix: "" },
+    sim_time_s: { title: "Simulated time (s)", what: "simulated time", suffix: " s" },
+    wall_time_s: { title: "Wall time (s)", what: "wall time", suffix: " s" },
+  };
+  function xValues(R, x) {
+    return x === "wall_time_s" ? cumulative(R.wall_time_s || []) : R[x];
+  }
+
   function evaluated(R, x) {
-    const xs = [], ys = [], rs = [];
+    const xs = [], ys = [], rs = [], xv = xValues(R, x);
     for (let i = 0; i < R.round.length; i++) {
       if (R.test_accuracy[i] === null || R.test_accuracy[i] === undefined) continue;
-      xs.push(R[x][i]); ys.push(100 * R.test_accuracy[i]); rs.push(R.round[i]);
+      xs.push(xv[i]); ys.push(100 * R.test_accuracy[i]); rs.push(R.round[i]);
     }
     return { x: xs, y: ys, round: rs };
   }
@@ -40,8 +51,8 @@
   /* Decentralized runs: min–max band of the devices' own accuracies (S from round_metrics), on R's x axis. */
   function spreadTraces(R, S, x) {
     if (!S || !S.round.length) return [];
-    const xOf = {};
-    R.round.forEach(function (r, i) { xOf[r] = R[x][i]; });
+    const xOf = {}, xv = xValues(R, x);
+    R.round.forEach(function (r, i) { xOf[r] = xv[i]; });
     const idx = S.round.map(function (r, i) { return S.acc_min[i] !== null && xOf[r] !== undefined ? i : -1; })
       .filter(function (i) { return i >= 0; });
     const xs = idx.map(function (i) { return xOf[S.round[i]]; });
@@ -56,18 +67,17 @@
   }
 
   function accuracy(div, R, x, S) {
-    const p = evaluated(R, x);
-    const byTime = x === "sim_time_s";
+    const p = evaluated(R, x), ax = X_AXES[x] || X_AXES.round;
+    const byTime = x !== "round";
     const trace = {
       x: p.x, y: p.y, customdata: p.round, type: "scatter", mode: "lines+markers", name: "test accuracy",
       line: { color: COLORS[0] }, marker: { size: 5 },
       hovertemplate: (byTime ? "round %{customdata}<br>t = %{x:.3~s}s" : "round %{x}") + "<br>%{y:.2f} %<extra></extra>",
     };
-    const title = byTime ? "Test accuracy against simulated time" : "Test accuracy against round";
     if (S) trace.name = "mean of the devices' models";
     return Plotly.react(div, spreadTraces(R, S, x).concat([trace]),
-      layout(title, byTime ? "Simulated time (s)" : "Round", "Test accuracy (%)",
-        { xaxis: { title: { text: byTime ? "Simulated time (s)" : "Round" }, ticksuffix: byTime ? " s" : "" } }),
+      layout("Test accuracy against " + ax.what, ax.title, "Test accuracy (%)",
+        { xaxis: { title: { text: ax.title }, ticksuffix: ax.suffix }, uirevision: x }),
       CONFIG);
   }
 
@@ -101,10 +111,11 @@
       "Energy of all devices", "J");
   }
 
-  /* The four round charts; `ids` maps acc_round / acc_time / bytes / energy to element ids. */
-  function roundCharts(ids, R, S) {
+  /* The four round charts; `ids` maps acc_round / acc_time / bytes / energy to element ids;
+   * timeAxis ("sim_time_s", the default, or "wall_time_s") is the second accuracy chart's x axis. */
+  function roundCharts(ids, R, S, timeAxis) {
     return Promise.all([
-      accuracy(ids.acc_round, R, "round", S), accuracy(ids.acc_time, R, "sim_time_s", S),
+      accuracy(ids.acc_round, R, "round", S), accuracy(ids.acc_time, R, timeAxis || "sim_time_s", S),
       bytes(ids.bytes, R), energy(ids.energy, R),
     ]);
   }
@@ -130,8 +141,17 @@
     return Plotly.react(div, traces, layout(spec[0], spec[1], spec[2], spec[3]), CONFIG);
   }
 
-  /* Devices as a graph coloured by a metric (F from /api/fleet or the report's data). */
-  function fleet(div, F, onClick) {
+  /* A ring around one device of the fleet chart (the one whose event was clicked). */
+  function highlightTrace(F, device) {
+    const i = F.device.indexOf(device);
+    if (device === null || device === undefined || i < 0) return [];
+    return [{ x: [F.x[i]], y: [F.y[i]], type: "scatter", mode: "markers", name: "device " + device, showlegend: false,
+      hoverinfo: "skip", marker: { size: 24, color: "rgba(0,0,0,0)", line: { width: 3, color: "#d62728" } } }];
+  }
+
+  /* Devices as a graph coloured by a metric (F from /api/fleet or the report's data); `highlight`
+   * is a device to ring, or null. */
+  function fleet(div, F, onClick, highlight) {
     const big = F.device.length > 2000;
     const traces = [];
     if (F.edge_x && F.edge_x.length) {
@@ -163,7 +183,7 @@
       xaxis: { visible: false }, yaxis: { visible: false, scaleanchor: "x" }, margin: { l: 10, r: 10, t: 40, b: 10 },
       legend: { orientation: "v" }, uirevision: F.metric,
     });
-    return Plotly.react(div, traces, lay, CONFIG).then(function (gd) {
+    return Plotly.react(div, traces.concat(highlightTrace(F, highlight)), lay, CONFIG).then(function (gd) {
       if (onClick && !gd._ttClick) {
         gd._ttClick = true;
         gd.on("plotly_click", function (ev) {
@@ -199,6 +219,43 @@
     ]);
   }
 
+  /* The run's events (E: column-wise rows of the events table) as a timeline: x is the round or
+   * the simulated time, y the device (events of the whole fleet on a "fleet" row at -1), one
+   * trace per kind so kinds can be hidden (`hidden`: kinds drawn legend-only). A click on an
+   * event calls onClick(device). */
+  function events(div, E, x, hidden, onClick) {
+    const kinds = Array.from(new Set(E.kind)).sort();
+    const byTime = x === "sim_time_s", big = E.kind.length > 5000;
+    const traces = kinds.map(function (k, n) {
+      const idx = [];
+      E.kind.forEach(function (kind, i) { if (kind === k) idx.push(i); });
+      return { x: idx.map(function (i) { return E[x][i]; }), y: idx.map(function (i) { return E.device[i] === null ? -1 : E.device[i]; }),
+        customdata: idx.map(function (i) { return E.device[i]; }),
+        text: idx.map(function (i) { return "round " + E.round[i] + ", t = " + (+E.sim_time_s[i].toPrecision(4)) + " s<br>" + E.detail[i]; }),
+        type: big ? "scattergl" : "scatter", mode: "markers", name: k + " (" + idx.length + ")",
+        visible: hidden && hidden.has(k) ? "legendonly" : true, hovertemplate: "%{text}<extra>" + k + "</extra>",
+        marker: { size: 9, symbol: n < 8 ? "circle" : "diamond", color: COLORS[n % COLORS.length], line: { width: 0.5, color: "#fff" } } };
+    });
+    const xt = byTime ? "Simulated time (s)" : "Round";
+    // The device axis spans every event, shown or hidden, so hiding a kind does not rescale it.
+    const top = E.device.reduce(function (m, d) { return d !== null && d > m ? d : m; }, 0);
+    const lay = layout("Events (" + E.kind.length + ")", xt, "Device", {
+      xaxis: { title: { text: xt }, ticksuffix: byTime ? " s" : "", zeroline: false },
+      yaxis: { title: { text: "Device (fleet-wide events at -1)" }, zeroline: false, range: [-1.5, top + 0.5] }, uirevision: x,
+      legend: { orientation: "v" },
+    });
+    return Plotly.react(div, traces, lay, CONFIG).then(function (gd) {
+      if (onClick && !gd._ttClick) {
+        gd._ttClick = true;
+        gd.on("plotly_click", function (ev) {
+          const pt = ev.points.find(function (p) { return p.customdata !== undefined && p.customdata !== null; });
+          if (pt) onClick(pt.customdata);
+        });
+      }
+      return gd;
+    });
+  }
+
   root.ttCharts = { roundCharts: roundCharts, accuracy: accuracy, bytes: bytes, energy: energy, overlay: overlay,
-    fleet: fleet, device: device, cumulative: cumulative, COLORS: COLORS };
+    fleet: fleet, device: device, events: events, cumulative: cumulative, COLORS: COLORS };
 })(window);

@@ -58,6 +58,8 @@ def chart_data(db_path: Path) -> dict[str, Any]:
                 "devices": per_device,
                 "device_rows": rows,
                 "class_hist": db.class_histograms(),
+                "events": db.events(0),
+                "events_total": db.event_count(),
             }
         )
     finally:
@@ -78,8 +80,13 @@ def _plotly_js() -> str:
 INIT_JS = """
 (function () {
   const D = JSON.parse(document.getElementById("tt-data").textContent);
-  ttCharts.roundCharts({acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
-    energy: "chart-energy"}, D.rounds, D.spread);
+  const $ = function (id) { return document.getElementById(id); };
+  function drawRounds() {
+    ttCharts.roundCharts({acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
+      energy: "chart-energy"}, D.rounds, D.spread, $("acc-time-axis").value);
+  }
+  $("acc-time-axis").addEventListener("change", drawRounds);
+  drawRounds();
   const sel = document.getElementById("fleet-metric");
   for (const [k, m] of Object.entries(D.fleet.metrics)) {
     const o = document.createElement("option"); o.value = k; o.textContent = m.label; sel.appendChild(o);
@@ -98,13 +105,23 @@ INIT_JS = """
       d.num_samples + " training samples, online in " + d.rounds.round.length + " rounds.";
     ttCharts.device("chart-device-time", "chart-device-cost", d);
   }
+  let highlight = null;
   function drawFleet() {
     const F = Object.assign({}, D.fleet, D.fleet.metrics[sel.value]);
     document.getElementById("fleet-note").textContent = F.note || "";
-    ttCharts.fleet("chart-fleet", F, showDevice);
+    ttCharts.fleet("chart-fleet", F, showDevice, highlight);
   }
   sel.addEventListener("change", drawFleet);
   drawFleet();
+  function drawEvents() {  // kinds are filtered with the legend (click a kind to hide it)
+    $("events-note").textContent = D.events_total > D.events.kind.length ? "The last " + D.events.kind.length +
+      " of " + D.events_total + " events; all are in csv/events.csv." : "";
+    ttCharts.events("chart-events", D.events, $("events-x").value, null, function (dev) {
+      highlight = dev; drawFleet(); showDevice(dev);
+    });
+  }
+  $("events-x").addEventListener("change", drawEvents);
+  if (D.events.kind.length) drawEvents(); else $("events-note").textContent = "No events.";
   const H = D.class_hist;
   Plotly.newPlot("chart-class-hist", [{type: "heatmap", z: H.z, y: H.device, colorscale: "Blues", reversescale: true,
     colorbar: {title: {text: "Samples"}}, hovertemplate: "device %{y}, class %{x}: %{z} samples<extra></extra>"}],
@@ -115,6 +132,8 @@ INIT_JS = """
 """
 
 SECTION = """
+<p><label>Second accuracy chart against <select id="acc-time-axis"><option value="sim_time_s">simulated (modelled) time</option>
+<option value="wall_time_s">wall time</option></select></label></p>
 <div class="grid">
 <div id="chart-acc-round" class="chart"></div>
 <div id="chart-acc-time" class="chart"></div>
@@ -125,6 +144,11 @@ SECTION = """
 <p><label>Colour devices by <select id="fleet-metric"></select></label>
 <span id="fleet-note" class="note"></span> <span class="note">Click a device for its rounds.</span></p>
 <div id="chart-fleet" class="chart tall"></div>
+<h3>Events</h3>
+<p><label>Against <select id="events-x"><option value="round">round</option><option value="sim_time_s">simulated time</option>
+</select></label> <span id="events-note" class="note"></span>
+<span class="note">Click a kind in the legend to hide it; click an event to ring its device.</span></p>
+<div id="chart-events" class="chart"></div>
 <div id="device-panel" hidden><p id="device-note"></p>
 <div class="grid"><div id="chart-device-time" class="chart"></div><div id="chart-device-cost" class="chart"></div></div></div>
 <div id="chart-class-hist" class="chart tall"></div>

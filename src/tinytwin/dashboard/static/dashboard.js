@@ -1,15 +1,17 @@
 /* tinytwin dashboard page: the run list, one run followed live, the fleet, and run comparison.
  *
  * Data arrives once per selection from the JSON API, then as deltas over one EventSource
- * (server-sent events): "runs" when the list changes, "rounds" with the rounds committed
- * since the last one, "problem" when the database cannot be read. The page never reloads.
+ * (server-sent events): "runs" when the list changes, "rounds" with the rounds and events
+ * committed since the last ones, "problem" when the database cannot be read. The page never reloads.
  * Text from the databases (run names, groups) goes through textContent, never innerHTML.
  */
 (function () {
   "use strict";
   const $ = function (id) { return document.getElementById(id); };
   const state = { runs: [], key: null, info: null, R: null, source: null, checked: new Set(), device: null,
-    fleetTimer: null, drawPending: false, userPicked: false };
+    fleetTimer: null, drawPending: false, userPicked: false, E: null, eventsTotal: 0, hiddenKinds: new Set(),
+    highlight: null, F: null };
+  const MAX_EVENTS = 20000;  // events kept by the page (the newest), as many as /api/run sends
   const FLEET_METRICS = { energy_j: "Energy, all rounds", bytes: "Bytes sent + received", busy_s: "Compute + airtime",
     rounds_trained: "Rounds trained", num_samples: "Training samples", accuracy: "Accuracy, latest round",
     status: "Status, latest round", group: "Group" };
@@ -77,9 +79,10 @@
   }
 
   // ---- one run ----------------------------------------------------------------------------
-  function connect(key, after) {
+  function connect(key, after, eventsAfter) {
     if (state.source) state.source.close();
-    const url = "/api/stream?after=" + (after || 0) + (key ? "&run=" + encodeURIComponent(key) : "");
+    const url = "/api/stream?after=" + (after || 0) + "&events_after=" + (eventsAfter || 0) +
+      (key ? "&run=" + encodeURIComponent(key) : "");
     const src = new EventSource(url);
     state.source = src;
     src.addEventListener("open", function () { text($("conn"), "live").className = "conn live"; });
@@ -90,7 +93,7 @@
   }
 
   async function selectRun(key) {
-    state.key = key; state.device = null;
+    state.key = key; state.device = null; state.highlight = null; state.F = null;
     location.hash = "run=" + encodeURIComponent(key);
     $("compare-view").hidden = true; $("device-panel").hidden = true;
     for (const li of $("run-list").children) li.classList.toggle("selected", li.dataset.key === key);
@@ -99,7 +102,7 @@
     catch (e) { $("run-view").hidden = true; showMessage(e.message); connect(null, 0); return; }
     if (state.key !== key) return;
     showMessage(null);
-    state.info = run; state.R = run.rounds; state.S = run.spread;
+    state.info = run; state.R = run.rounds; state.S = run.spread; state.E = run.events; state.eventsTotal = run.events_total;
     text($("run-title"), run.name);
     text($("run-meta"), "twin " + run.twin + " · seed " + run.seed + " · " + run.num_devices + " devices in " +
       Object.keys(run.groups).length + " group(s) · run " + run.run_id + " · folder " + key);
@@ -107,8 +110,9 @@
     updateHeader(run.status, run.rounds_done, run.rounds_planned, run.counts);
     draw();
     refreshFleet();
+    drawEvents();
     const last = state.R.round.length ? state.R.round[state.R.round.length - 1] : 0;
-    connect(key, last);
+    connect(key, last, lastEventId());
   }
 
   function updateHeader(status, done, planned, counts) {
@@ -133,6 +137,7 @@
       if (r > lastS) for (const col of Object.keys(S)) S[col].push(d.spread[col][i]);
     });
     updateHeader(d.status, d.rounds_done, d.rounds_planned, d.counts);
+    if (appendEvents(d.events)) drawEvents();
     if (rows.length) {
       // Arrival log for benchmarks/bench_dashboard.py (update latency); the last 1000 only.
       window.ttArrivals = (window.ttArrivals || []).slice(-999);
@@ -149,7 +154,7 @@
   function draw() {
     const log = window.ttArrivals || [], pending = log.filter(function (a) { return a.drawn === null; });
     return ttCharts.roundCharts({ acc_round: "chart-acc-round", acc_time: "chart-acc-time", bytes: "chart-bytes",
-      energy: "chart-energy" }, state.R, state.S).then(function () {
+      energy: "chart-energy" }, state.R, state.S, $("acc-time-axis").value).then(function () {
       const now = Date.now() / 1000;
       pending.forEach(function (a) { a.drawn = now; });
     });
@@ -167,7 +172,8 @@
     catch (e) { text($("fleet-note"), e.message); return; }
     if (state.key !== key) return;
     text($("fleet-note"), F.note || "");
-    await ttCharts.fleet("chart-fleet", F, showDevice);
+    state.F = F;
+    await ttCharts.fleet("chart-fleet", F, showDevice, state.highlight);
   }
   async function showDevice(device) {
     state.device = device;
@@ -181,6 +187,46 @@
       si(sum("energy_j"), "J", 2) + " · bytes " + si(sum("bytes_up") + sum("bytes_down"), "B") + " · busy " +
       si(sum("compute_s") + sum("up_s") + sum("down_s"), "s", 2) + (R.status.length ? " · latest status " + R.status[R.status.length - 1] : ""));
     await ttCharts.device("chart-device-time", "chart-device-cost", D);
+  }
+
+  // ---- events -------------------------------------------------------------------------------
+  function lastEventId() { const ids = state.E ? state.E.id : []; return ids.length ? ids[ids.length - 1] : 0; }
+  /* Append the pushed events not seen yet (ids above the last one); keep the newest MAX_EVENTS. */
+  function appendEvents(E) {
+    if (!E || !state.E) return false;
+    const last = lastEventId(), rows = [];
+    E.id.forEach(function (id, i) { if (id > last) rows.push(i); });
+    if (!rows.length) return false;
+    for (const col of Object.keys(state.E)) {
+      for (const i of rows) state.E[col].push(E[col][i]);
+      if (state.E[col].length > MAX_EVENTS) state.E[col].splice(0, state.E[col].length - MAX_EVENTS);
+    }
+    state.eventsTotal += rows.length;
+    return true;
+  }
+  /* One checkbox per kind (rebuilt only when a new kind appears), then the timeline. */
+  function drawEvents() {
+    const E = state.E, box = $("event-kinds"), kinds = Array.from(new Set(E.kind)).sort();
+    if (box.dataset.kinds !== kinds.join("\n")) {
+      box.dataset.kinds = kinds.join("\n"); box.replaceChildren();
+      for (const k of kinds) {
+        const input = make("input"); input.type = "checkbox"; input.value = k; input.checked = !state.hiddenKinds.has(k);
+        input.addEventListener("change", function () {
+          if (input.checked) state.hiddenKinds.delete(k); else state.hiddenKinds.add(k);
+          drawEvents();
+        });
+        const label = make("label"); label.append(input, document.createTextNode(" " + k)); box.appendChild(label);
+      }
+    }
+    text($("events-note"), !E.kind.length ? "No events recorded yet." : state.eventsTotal > E.kind.length ?
+      "The newest " + E.kind.length + " of " + state.eventsTotal + " events; all are in csv/events.csv." :
+      "Click an event to ring its device in the fleet and open its rounds.");
+    return ttCharts.events("chart-events", E, $("events-x").value, state.hiddenKinds, eventClicked);
+  }
+  function eventClicked(device) {
+    state.highlight = device;
+    if (state.F) ttCharts.fleet("chart-fleet", state.F, showDevice, device);
+    showDevice(device);
   }
 
   // ---- comparison -------------------------------------------------------------------------
@@ -226,6 +272,8 @@
     const sel = $("fleet-metric");
     for (const [k, v] of Object.entries(FLEET_METRICS)) { const o = make("option", "", v); o.value = k; sel.appendChild(o); }
     sel.addEventListener("change", refreshFleet);
+    $("acc-time-axis").addEventListener("change", draw);
+    $("events-x").addEventListener("change", function () { if (state.E) drawEvents(); });
     $("compare-btn").addEventListener("click", compare);
     let payload;
     try { payload = await getJSON("/api/runs"); } catch (e) { showMessage(e.message); return; }
