@@ -2,7 +2,8 @@
 model's figures (times, bytes, energy), the survivors' models evaluated with the simulator's
 functions, one transaction with the round's checkpoint.
 
-A mixin of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.dfl_state.DflState`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from tinytwin.emulate.dfl_directory import RoundPlan
+from tinytwin.emulate.dfl_resume import DflResume
 from tinytwin.emulate.skeleton import firmware_metrics
 from tinytwin.engines.decentralized import round_metric_rows
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -21,7 +23,7 @@ from tinytwin.net.topology import components
 from tinytwin.store import dfl as dfl_store
 
 
-class DflRecording:
+class DflRecording(DflResume):
     """Methods of :class:`~tinytwin.emulate.dfl_coordinator.DflEmulation`: How a decentralized emulation records a round: the devices' reports merged with the cost"""
 
     def _record(

@@ -2,12 +2,12 @@
 devices' statuses merged with the cost model's figures, the global model evaluated, one
 transaction with the round's checkpoint.
 
-A mixin of :class:`tinytwin.emulate.hier_coordinator.HierEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.hier_coordinator.HierEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from tinytwin.algorithms import hierarchical as H
 from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.hier_plan import HierRoundPlan, modelled_costs
+from tinytwin.emulate.hier_resume import HierResume
+from tinytwin.emulate.hier_state import RoundState
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.hierarchical import HState
@@ -24,20 +26,7 @@ from tinytwin.store import dfl as dfl_store
 from tinytwin.wire.roundtrip import roundtrip_torch
 
 
-@dataclass
-class RoundState:
-    """What the GA collects from the local aggregators during one global round."""
-
-    clusters: list[int]
-    local: dict[int, list[dict[str, Any]]]
-    final: dict[int, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[int, str] = field(default_factory=dict)
-    kill: set[int] = field(default_factory=set)
-    killed: set[int] = field(default_factory=set)
-    model_bytes: dict[int, int] = field(default_factory=dict)
-
-
-class HierRecording:
+class HierRecording(HierResume):
     """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation`: How a hierarchical emulation records a round: the local aggregators' reports and the"""
 
     def _record(
