@@ -421,6 +421,7 @@ class Emulation(CoordinatorClock):
         if not (r % spec.evaluation.every == 0 or r == spec.rounds):
             return None, None
         if self.cnn is None:
+            assert self.linears is not None  # an MLP run: its rows were read at start
             return mlp_np.evaluate(self.linears, params.numpy(), self.x_test, self.y_test)
         return layers_np.evaluate(self.cnn, params.numpy(), self.x_test, self.y_test)
 

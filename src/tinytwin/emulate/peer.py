@@ -183,7 +183,7 @@ class PeerRuntime:
             except (ValueError, UnicodeDecodeError) as exc:
                 raise Rejected("bad_payload", str(exc)) from None
             # a round's wire number (``wire``) differs from its number after a coordinator resume
-            if cmd["cmd"] == "round" and int(cmd.get("wire", cmd.get("round", -1))) <= self.round:
+            if cmd["cmd"] == "round" and int(cmd["wire"] if "wire" in cmd else cmd.get("round", -1)) <= self.round:
                 raise Rejected("stale_round", f"round start {cmd.get('round')} <= current {self.round}")
             return "control", cmd
         is_request = self.segmented and fr.msg_type == fm.MsgType.CONTROL

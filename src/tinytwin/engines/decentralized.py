@@ -101,8 +101,29 @@ class Messages:
         data = {
             k: v[torch.from_numpy(sel)] if isinstance(v, Tensor) else [v[i] for i in sel] for k, v in self.data.items()
         }
-        arrays = {k: None if getattr(self, k) is None else getattr(self, k)[sel] for k in self.ARRAYS}
-        return Messages(data=data, **arrays)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[sel]
+
+        return Messages(
+            self.src[sel],
+            self.dst[sel],
+            self.payload[sel],
+            self.sent_at[sel],
+            data,
+            pick(self.arrive_at),
+            pick(self.wire),
+            pick(self.lost),
+            pick(self.airtime),
+        )
+
+    def priced(self, name: str) -> np.ndarray:
+        """A figure the link model adds (``arrive_at``, ``wire``, ``lost``, ``airtime``): the
+        messages must have been priced (``DecentralizedSimulator._price``)."""
+        v: np.ndarray | None = getattr(self, name)
+        if v is None:
+            raise ValueError(f"messages not priced: no {name}")
+        return v
 
     @staticmethod
     def concat(parts: list[Messages]) -> Messages:
@@ -115,11 +136,14 @@ class Messages:
         for k in parts[0].data:
             vals = [p.data[k] for p in parts]
             data[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else [x for v in vals for x in v]
-        arrays = {
-            k: None if any(getattr(p, k) is None for p in parts) else np.concatenate([getattr(p, k) for p in parts])
-            for k in Messages.ARRAYS
-        }
-        return Messages(data=data, **arrays)
+
+        def cat(name: str) -> np.ndarray | None:
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals)
+
+        src, dst, payload, sent_at, arrive_at, wire, lost, airtime = (cat(k) for k in Messages.ARRAYS)
+        assert src is not None and dst is not None and payload is not None and sent_at is not None  # never None
+        return Messages(src, dst, payload, sent_at, data, arrive_at, wire, lost, airtime)
 
 
 @dataclass
@@ -724,8 +748,8 @@ class DecentralizedSimulator:
             self.proto.deliver(st, sent)
             self.lr_sched.on_round_end(ids, st.local_rounds[ids], losses[ids])
             round_s = 0.0
-        tx_s = per_device(sent.src, sent.airtime, n)
-        rx_s = per_device(sent.dst, sent.airtime, n)
+        tx_s = per_device(sent.src, sent.priced("airtime"), n)
+        rx_s = per_device(sent.dst, sent.priced("airtime"), n)
         busy = compute_s + tx_s + rx_s
         if not self.is_async:
             round_s = float(busy[online].max()) if online.any() else 0.0
@@ -747,11 +771,11 @@ class DecentralizedSimulator:
 
         power = exp.fleet.power
         energy = energy_joules(power, compute_s, tx_s, rx_s, round_s, online)
-        sent_b = per_device(sent.src, sent.wire, n).astype(np.int64)
-        recv_b = per_device(sent.dst, sent.wire, n).astype(np.int64)
+        sent_b = per_device(sent.src, sent.priced("wire"), n).astype(np.int64)
+        recv_b = per_device(sent.dst, sent.priced("wire"), n).astype(np.int64)
         n_sent = np.bincount(sent.src, minlength=n)
         n_recv = np.bincount(sent.dst, minlength=n)
-        lost = per_device(sent.src, sent.lost, n).astype(np.int64)
+        lost = per_device(sent.src, sent.priced("lost"), n).astype(np.int64)
 
         device_rows, metric_rows, rm = round_metric_rows(
             r,
@@ -866,11 +890,11 @@ class DecentralizedSimulator:
         inflight: Messages = st.clock["inflight"]
         if not len(inflight):
             return
-        due = inflight.arrive_at < t
+        due = np.asarray(inflight.priced("arrive_at") < t, dtype=bool)
         if not due.any():
             return
         now = inflight.take(due)
-        now = now.take(np.argsort(now.arrive_at, kind="stable"))
+        now = now.take(np.argsort(now.priced("arrive_at"), kind="stable"))
         st.clock["inflight"] = inflight.take(~due)
         self.proto.deliver(st, now)
 
