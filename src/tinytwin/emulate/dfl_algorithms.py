@@ -91,7 +91,7 @@ def base_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
 
 
 def gossip_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "merge": a.gossip.merge}
+    return {**base_block(a, p), "merge": a.gossip.merge, "exchange": a.gossip.exchange}
 
 
 def gist_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
@@ -158,9 +158,36 @@ def plan_pushes(ctx: PlanContext, g: Any, first_offset: bool) -> None:
         entries[t].expect = dict(sorted(c.items()))
 
 
+def plan_pairs(ctx: PlanContext, g: Any) -> None:
+    """Gossip ``exchange: push_pull``: the pushes of :func:`plan_pushes` (same draws) become
+    pairs, exchanged in the simulator's global message order (``pairwise_merge``). Both ends of
+    pair (s, d) list the partner in ``send`` in that order, so each device walks its own pairs
+    in the global order, and expect one model from it per pair: the j-th model a partner sends
+    answers the j-th pair with it. A pair waits only on pairs earlier in the global order, so
+    the walk cannot deadlock."""
+    src, dst = choose_peers(
+        stream_rng(ctx.seed, Stream.PEERS, ctx.r),
+        np.flatnonzero(ctx.online),
+        g.sends,
+        ctx.online,
+        ctx.neighbours(g.peer == "random"),
+    )
+    expect: dict[int, Counter[int]] = {}
+    for s, t in zip(src.tolist(), dst.tolist()):
+        for a, b in ((s, t), (t, s)):
+            ctx.entries[a].send.append(b)
+            expect.setdefault(a, Counter())[b] += 1
+    for a, c in expect.items():
+        ctx.entries[a].expect = dict(sorted(c.items()))
+
+
 def plan_gossip(ctx: PlanContext) -> int:
-    """Gossip: each online device pushes its model to ``sends`` peers."""
-    plan_pushes(ctx, ctx.alg.gossip, first_offset=False)
+    """Gossip: each online device pushes its model to ``sends`` peers (``push_pull``: and each
+    pair exchanges models, :func:`plan_pairs`)."""
+    if ctx.alg.gossip.exchange == "push_pull":
+        plan_pairs(ctx, ctx.alg.gossip)
+    else:
+        plan_pushes(ctx, ctx.alg.gossip, first_offset=False)
     return 1
 
 

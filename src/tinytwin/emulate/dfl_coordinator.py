@@ -84,11 +84,6 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
         )
     if a.schedule != "sync":
         raise TinyTwinError("emulate runs decentralized learning in lock-step rounds only (algorithm.schedule: sync)")
-    if a.name == "gossip" and a.gossip.exchange != "push":
-        raise TinyTwinError(
-            "emulate: gossip exchange push_pull merges pair by pair in one global order, which "
-            "devices cannot reproduce; use exchange: push"
-        )
     if a.name == "segmented_gossip" and a.encoding == "int8":
         raise TinyTwinError(
             "emulate: segmented gossip with int8 payloads is simulation-only (the simulator scales "

@@ -43,6 +43,7 @@ the coordinator.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import queue
@@ -51,6 +52,7 @@ import struct
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +92,10 @@ class Received:
     accuracy: float = 0.0  # Gist: the sender's validation accuracy (payload header)
     mask: np.ndarray | None = None  # Gist: which parameters the segment carries
     request: tuple[int, int, int] | None = None  # segmented gossip: a pull request (segment, lo, hi)
+
+
+Exchanged = tuple[np.ndarray, list[Received], list[int], float]
+"""A round's exchange: (merged model, messages received, peers given up on, wall seconds waited)."""
 
 
 class PeerRuntime:
@@ -566,34 +572,15 @@ class Peer:
         self.age += 1
         self.local_rounds += 1
         sent: list[list[Any]] = []
-        timeouts: list[int] = []
-        received: list[Received] = []
-        wait_s = 0.0
         extra: dict[str, Any] = dict(res.extra)
         merge_insns0 = tr.merge_insns
-        for step in range(1, steps + 1):
-            encoding, msg_type = self.rt.encoding, self.rt.msg_type
-            if self.gist is not None:
-                payloads, extra["val_accuracy"] = self._gist_payloads(params, cmd)
-            elif bounds is not None:  # segmented gossip: pull requests; answer others' with this model
-                payloads = [
-                    PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
-                    for seg, _, _ in cmd.get("pulls", [])
-                ]
-                encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
-                self.serving, self.answered = (params, r, sent), 0
-            else:
-                payloads = [self._payload(params)] * len(cmd.get("send", []))
-            for k, dst in enumerate(cmd.get("send", [])):
-                sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
-            t_wait = time.perf_counter()
-            timeouts += self._wait(step)
-            wait_s += time.perf_counter() - t_wait
-            msgs = self.rt.take(step)
-            received += msgs
-            params = self._merge(params, msgs, cmd, extra)
-            if self.stopping:
-                return
+        if self.alg.get("exchange") == "push_pull":
+            done = self._push_pull(params, r, cmd, sent)
+        else:
+            done = self._exchange_steps(params, r, cmd, steps, sent, extra)
+        if done is None:  # told to stop
+            return
+        params, received, timeouts, wait_s = done
         self.params = params
         received += self.rt.requests  # segmented gossip: the pull requests answered
         if tr.merge_insns > merge_insns0:
@@ -636,6 +623,75 @@ class Peer:
                 )
         except OSError:
             self.lost = True
+
+    def _exchange_steps(
+        self, params: np.ndarray, r: int, cmd: dict[str, Any], steps: int, sent: list[list[Any]], extra: dict[str, Any]
+    ) -> Exchanged | None:
+        """The round's exchange steps: send to the directory's ``send`` list, wait for the
+        expected models of the step, merge them in the simulator's order. None: told to stop."""
+        bounds = self.rt.bounds
+        timeouts: list[int] = []
+        received: list[Received] = []
+        wait_s = 0.0
+        for step in range(1, steps + 1):
+            encoding, msg_type = self.rt.encoding, self.rt.msg_type
+            if self.gist is not None:
+                payloads, extra["val_accuracy"] = self._gist_payloads(params, cmd)
+            elif bounds is not None:  # segmented gossip: pull requests; answer others' with this model
+                payloads = [
+                    PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
+                    for seg, _, _ in cmd.get("pulls", [])
+                ]
+                encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
+                self.serving, self.answered = (params, r, sent), 0
+            else:
+                payloads = [self._payload(params)] * len(cmd.get("send", []))
+            for k, dst in enumerate(cmd.get("send", [])):
+                sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
+            t_wait = time.perf_counter()
+            timeouts += self._wait(step)
+            wait_s += time.perf_counter() - t_wait
+            msgs = self.rt.take(step)
+            received += msgs
+            params = self._merge(params, msgs, cmd, extra)
+            if self.stopping:
+                return None
+        return params, received, timeouts, wait_s
+
+    def _push_pull(self, params: np.ndarray, r: int, cmd: dict[str, Any], sent: list[list[Any]]) -> Exchanged | None:
+        """gossip ``exchange: push_pull`` (the simulator's ``pairwise_merge``): this device's
+        pairs in the round's global order (``send``: the partner of each pair). Per pair it sends
+        its current model and age (with a lossy encoding: its model after training, which is what
+        the simulator decodes for every pair of the round), waits for the partner's, and merges
+        the two (average, or age-weighted). The j-th model from a partner is its side of the
+        j-th pair with it (one connection per direction keeps a sender's order). A pair whose
+        partner is gone, or late past ``merge_timeout_s``, does not merge. None: told to stop."""
+        trained, timeouts, received, wait_s = params, [], [], 0.0
+        seen: Counter[int] = Counter()
+        for k, partner in enumerate(int(p) for p in cmd.get("send", [])):
+            src = params if self.rt.encoding == "float32" else trained
+            sent.append(self._send(partner, r, self._payload(src), 1, k))
+            j = seen[partner]
+            seen[partner] += 1
+            t_wait = time.perf_counter()
+            timeouts += self._wait(1, functools.partial(self._awaiting, partner, j))
+            wait_s += time.perf_counter() - t_wait
+            if self.stopping:
+                return None
+            theirs = [m for m in self.rt.inbox if m.sender == partner]
+            if len(theirs) <= j:
+                continue
+            m = theirs[j]
+            received.append(m)
+            if self.alg["merge"] == "age":
+                params, self.age = self.trainer.age(params, self.age, [(m.values, m.age)])
+            else:
+                params = self.trainer.average(params, [m.values])
+        return params, received, timeouts, wait_s
+
+    def _awaiting(self, partner: int, j: int) -> list[int]:
+        """``[partner]`` until its j-th model (0-based) of the round is in, or it is gone."""
+        return [] if partner in self.rt.dead or self.rt.got[partner] > j else [partner]
 
     def _payload(self, params: np.ndarray) -> bytes:
         body = self.rt.enc.encode(params, self.rt.encoding, tensor_sizes=self.rt.tensor_sizes)
@@ -685,17 +741,19 @@ class Peer:
         ok = self.net.send(dst, data)
         return [dst, len(data), link_s, lost, ok]
 
-    def _wait(self, step: int) -> list[int]:
-        """Handle events until every live expected neighbour's models of ``step`` are in;
-        return the neighbours given up on after ``merge_timeout_s``."""
+    def _wait(self, step: int, waiting: Callable[[], list[int]] | None = None) -> list[int]:
+        """Handle events until every live expected neighbour's models of ``step`` are in
+        (``waiting``: who is still awaited, if not that); return the neighbours given up on
+        after ``merge_timeout_s``."""
+        pending = waiting if waiting is not None else (lambda: self.rt.waiting_for(step))
         deadline = time.monotonic() + float(self.cfg["merge_timeout_s"])
         while True:
             self._serve()
-            if not self.rt.waiting_for(step):
+            if not pending():
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                late = self.rt.waiting_for(step)
+                late = pending()
                 log(
                     f"device {self.id}: round {self.rt.round}: no model from {late} within "
                     f"{self.cfg['merge_timeout_s']} s; merging what arrived"
@@ -713,7 +771,7 @@ class Peer:
                 return []
             else:  # the coordinator moved on without us: merge what we have, then obey
                 self.deferred.append(cmd)
-                return self.rt.waiting_for(step)
+                return pending()
         return []
 
     def _serve(self) -> None:
