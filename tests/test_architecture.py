@@ -27,7 +27,6 @@ UNFINISHED = {  # still over a limit: to be split (issue #10)
     "tinytwin/emulate/dfl_record.py",
     "tinytwin/emulate/hier_coordinator.py",
     "tinytwin/emulate/hier_record.py",
-    "tinytwin/emulate/peer.py",
     "tinytwin/engines/decentralized.py",
     "tinytwin/engines/hierarchical.py",
     "tinytwin/engines/simulate.py",
