@@ -24,7 +24,6 @@ UNFINISHED = {  # still over a limit: to be split (issue #10)
     "tinytwin/data/datasets.py",
     "tinytwin/data/frozen_features.py",
     "tinytwin/emulate/device.py",
-    "tinytwin/emulate/dfl_record.py",
     "tinytwin/emulate/hier_coordinator.py",
     "tinytwin/emulate/hier_record.py",
     "tinytwin/engines/decentralized.py",
