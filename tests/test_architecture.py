@@ -25,7 +25,6 @@ UNFINISHED = {  # still over a limit: to be split (issue #10)
     "tinytwin/data/frozen_features.py",
     "tinytwin/emulate/device.py",
     "tinytwin/emulate/hier_coordinator.py",
-    "tinytwin/emulate/hier_record.py",
     "tinytwin/engines/decentralized.py",
     "tinytwin/engines/hierarchical.py",
     "tinytwin/engines/simulate.py",
