@@ -24,7 +24,6 @@ UNFINISHED = {  # still over a limit: to be split (issue #10)
     "tinytwin/data/datasets.py",
     "tinytwin/data/frozen_features.py",
     "tinytwin/emulate/device.py",
-    "tinytwin/emulate/hier_coordinator.py",
     "tinytwin/engines/decentralized.py",
     "tinytwin/engines/hierarchical.py",
     "tinytwin/engines/simulate.py",

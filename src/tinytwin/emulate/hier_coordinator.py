@@ -237,24 +237,8 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
         if await self._send_la(c, data) and self.rs is not None:
             self.rs.model_bytes[c] = len(data)
 
-    async def _round(self, r: int, st: HState) -> HState:
-        exp, sim, a, spec = self.exp, self.sim, self.a, self.exp.spec
-        n, L = self.n, self.L
-        wall0 = time.perf_counter()
-        events: list[dict[str, Any]] = []
-        changes = exp.timeline.changes(r)
-        for d, kind in changes:
-            events.append(self._event(r, d, kind, f"device {d} {kind}"))
-        online = exp.timeline.online(r)
-        ids = np.flatnonzero(online)
-        failing = {d for d, kind in changes if kind == "failure" and d not in self.gone}
-        kill_now = {int(d) for d in self.opt.kill_devices.get(r, []) if online[int(d)]}
-        victims = failing | kill_now
-        taking = sorted(set(map(int, ids)) | failing)
-        taking_mask = np.zeros(n, dtype=bool)
-        taking_mask[taking] = True
-        clusters = sorted({int(sim.assign[d]) for d in taking})
-        # restart what died earlier: local aggregators of clusters taking part, then their devices
+    async def _restart_dead(self, r: int, clusters: list[int], taking: list[int], events: list[dict[str, Any]]) -> None:
+        """Restart what died earlier: local aggregators of clusters taking part, then their devices."""
         for c in clusters:
             if self.procs.alive(self._la_key(c)) and c not in self.la_writers:
                 self.procs.kill(self._la_key(c))  # running but cut off from the GA: start it afresh
@@ -274,13 +258,18 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
                 self.rejected_retired.update(self.device_rejected.pop(d, {}))  # its counts start again
                 self.restarts["device"] += 1
                 events.append(self._event(r, d, "restart", f"device {d} process restarted"))
+
+    def _plan(self, r: int, ids: np.ndarray, failing: set[int]) -> tuple[HierRoundPlan, dict[int, float]]:
+        """The round's plan (the engine's), and the model's download time of each device that
+        fails in the round without being online (it still receives the model)."""
+        exp, sim = self.exp, self.sim
         plan = plan_round(
             exp.fleet.links,
             sim.la_links,
             sim.assign,
-            spec.seed,
+            exp.spec.seed,
             r,
-            L,
+            self.L,
             ids,
             sim.up_bytes,
             sim.down_bytes,
@@ -291,6 +280,27 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
         for d in sorted(failing - set(map(int, ids))):
             lk = take_links(exp.fleet.links, np.array([d]))
             extra_down[d] = float(lossless(sim.down_bytes, lk.down_bps, lk).time_s[0])
+        return plan, extra_down
+
+    async def _round(self, r: int, st: HState) -> HState:
+        exp, sim, a = self.exp, self.sim, self.a
+        n, L = self.n, self.L
+        wall0 = time.perf_counter()
+        events: list[dict[str, Any]] = []
+        changes = exp.timeline.changes(r)
+        for d, kind in changes:
+            events.append(self._event(r, d, kind, f"device {d} {kind}"))
+        online = exp.timeline.online(r)
+        ids = np.flatnonzero(online)
+        failing = {d for d, kind in changes if kind == "failure" and d not in self.gone}
+        kill_now = {int(d) for d in self.opt.kill_devices.get(r, []) if online[int(d)]}
+        victims = failing | kill_now
+        taking = sorted(set(map(int, ids)) | failing)
+        taking_mask = np.zeros(n, dtype=bool)
+        taking_mask[taking] = True
+        clusters = sorted({int(sim.assign[d]) for d in taking})
+        await self._restart_dead(r, clusters, taking, events)
+        plan, extra_down = self._plan(r, ids, failing)
         self._write_peers()
         self.coord.round = r + self.offset
         self.coord.updates, self.coord.update_bytes, self.coord.metrics = {}, {}, {}
