@@ -11,7 +11,10 @@ An entry says:
   online device (a complete overlay), or None (mixing: neighbours always);
 - ``payload_bytes``: the largest message payload (the simulator's estimate);
 - ``device_block``: what a peer process is told about the algorithm (``algorithm`` in its
-  configuration file, read by :mod:`tinytwin.emulate.peer`).
+  configuration file, read by :mod:`tinytwin.emulate.peer`): the ``payload`` its frames
+  carry (``model``: whole models, ``gist``: Gist segments, ``segments``: pull requests and
+  pulled segments) and the ``merge`` rule it applies (``mix``, ``average``, ``age``, ``fifo``,
+  ``gist``, ``pull``), so a peer never looks at the algorithm's name.
 
 The directory (:mod:`tinytwin.emulate.dfl_directory`) calls the planner of the run's algorithm."""
 
@@ -87,19 +90,22 @@ def segment_payload(a: AlgorithmSpec, p: int, sizes: list[int]) -> int:
 
 
 def base_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {"name": a.name, "merge": None, "buffer_size": a.gossip.buffer_size}
+    """Mixing (DecFedAvg, server-free FL): whole models, merged with the device's mixing row."""
+    return {"name": a.name, "payload": "model", "merge": "mix"}
 
 
 def gossip_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "merge": a.gossip.merge, "exchange": a.gossip.exchange}
+    g = a.gossip
+    return {**base_block(a, p), "merge": g.merge, "exchange": g.exchange, "buffer_size": g.buffer_size}
 
 
 def gist_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "gist": a.gist.model_dump()}
+    return {**base_block(a, p), "payload": "gist", "merge": "gist", "gist": a.gist.model_dump()}
 
 
 def segments_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
+    bounds = contiguous_bounds(p, a.segments.count).tolist()
+    return {**base_block(a, p), "payload": "segments", "merge": "pull", "segment_bounds": bounds}
 
 
 @dataclass(frozen=True)

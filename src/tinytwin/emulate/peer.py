@@ -68,7 +68,6 @@ from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundRes
 from tinytwin.emulate.wire_np import COORDINATOR_ID
 from tinytwin.rng import Stream, stream_rng
 
-MIXING = ("decfedavg", "serverfree")
 SNAPSHOT = ("params", "age", "local_rounds", "fifo")
 """What a peer rolls back when a resumed coordinator replays a round it had not committed."""
 
@@ -95,16 +94,12 @@ class Peer:
         self.params = np.asarray(initial, dtype=np.float32).copy()
         self.age = 0
         self.local_rounds = 0
-        self.fifo = (
-            Fifo(self.params, int(self.alg["buffer_size"]))
-            if self.alg.get("merge") == "fifo" and self.alg["name"] == "gossip"
-            else None
-        )
+        self.fifo = Fifo(self.params, int(self.alg["buffer_size"])) if self.alg["merge"] == "fifo" else None
         self.linears = mlp_np.linears_from(cfg["linears"])
         self.trainer = trainer if trainer is not None else NumpyPeerTrainer(cfg, x, y)
         self.gist = (
             GistPeer(self.alg["gist"], cfg["validation_file"], self.linears, rt.n, int(cfg["seed"]))
-            if self.alg["name"] == "gist"
+            if self.alg["payload"] == "gist"
             else None
         )
         self.serving: tuple[np.ndarray, int, list[list[Any]]] | None = None  # segmented gossip
@@ -504,18 +499,19 @@ class Peer:
     def _merge(
         self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any], extra: dict[str, Any]
     ) -> np.ndarray:
-        name = self.alg["name"]
+        """Merge the step's messages by the rule the algorithm's block names (``merge``)."""
         tr = self.trainer
-        if self.rt.segmented:
+        merge = self.alg["merge"]
+        if merge == "pull":
             return self._pull_merge(params, msgs, cmd)
-        if name in MIXING:
+        if merge == "mix":
             weights = {int(k): float(v) for k, v in cmd.get("weights", {}).items()}  # none: isolated
             got = [(weights[m.sender], m.values) for m in msgs]
             missing = sum(weights.values()) - sum(w for w, _ in got)
             return tr.mix(params, float(cmd.get("self_weight", 1.0)), got, max(missing, 0.0))
-        if self.gist is not None:
+        if merge == "gist":
+            assert self.gist is not None
             return self.gist.merge(params, msgs, extra, tr)
-        merge = self.alg["merge"]
         if merge == "average":
             return tr.average(params, [m.values for m in msgs])
         if merge == "age":
@@ -546,9 +542,9 @@ def run(cfg: dict[str, Any]) -> int:
         int(cfg["num_params"]),
         list(cfg["tensor_sizes"]),
         cfg["encoding"],
-        with_age=alg["name"] == "gossip" and alg.get("merge") == "age",
-        gist=alg["name"] == "gist",
-        segment_bounds=alg.get("segment_bounds"),
+        with_age=alg["merge"] == "age",
+        gist=alg["payload"] == "gist",
+        segment_bounds=alg.get("segment_bounds") if alg["payload"] == "segments" else None,
     )
     # Numpy or firmware (QEMU) training and merging; QEMU is started before any cap (it
     # reserves a large translation buffer) and before the reader thread exists.
