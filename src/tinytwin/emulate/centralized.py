@@ -104,9 +104,8 @@ class Emulation(CoordinatorClock):
         a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
         self.edir = run_dir / "emulate"
-        (self.edir / "keys").mkdir(parents=True, exist_ok=True)
-        (self.edir / "devices").mkdir(exist_ok=True)
-        (self.edir / "logs").mkdir(exist_ok=True)
+        for sub in ("keys", "devices", "logs"):
+            (self.edir / sub).mkdir(parents=True, exist_ok=True)
         self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
         self.linears = mlp_np.linears_from(self.linears_rows) if self.linears_rows else None
@@ -421,6 +420,7 @@ class Emulation(CoordinatorClock):
         if not (r % spec.evaluation.every == 0 or r == spec.rounds):
             return None, None
         if self.cnn is None:
+            assert self.linears is not None  # an MLP run: its rows were read at start
             return mlp_np.evaluate(self.linears, params.numpy(), self.x_test, self.y_test)
         return layers_np.evaluate(self.cnn, params.numpy(), self.x_test, self.y_test)
 

@@ -150,7 +150,7 @@ def resume_centralized(
 ) -> tuple[Path, dict[str, Any]]:
     """Continue a killed centralized emulation from its last committed round (``saved``: its
     ``emulate/coordinator.json``)."""
-    options = options_from_json(saved["options"])
+    options = options_from_json(saved["options"], EmulateOptions)
 
     def load() -> Experiment:
         if options.netns:

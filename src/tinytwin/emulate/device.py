@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
-from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundResult, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
 OOM_EXIT = 86
@@ -211,6 +211,60 @@ class CoordinatorLink:
             self.sock = None
 
 
+def _round_frames(
+    rt: DeviceRuntime,
+    cfg: dict[str, Any],
+    r: int,
+    content: np.ndarray,
+    result: RoundResult,
+    plan: dict[str, Any],
+    model_at: float,
+    busy: float,
+    t0: float,
+) -> tuple[bytes, bytes] | None:
+    """After training in round ``r``: wait out the paced compute time and the planned upload
+    wait, then the METRICS and UPDATE frames (the update: the model's change, encoded); None
+    when the plan drops the update (the link goes down before it could be sent)."""
+    if plan.get("drop_update"):
+        # The link goes down (or the deadline passes) before this upload could be done: the
+        # device works until that instant of the modelled timeline, then the link shaper
+        # drops its frames (no METRICS, no UPDATE).
+        rest = model_at + float(plan.get("cut_after_s", 0.0)) - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+        log(f"device {rt.id}: round {r}: update dropped by the link shaper ({plan.get('why', 'link down')})")
+        return None
+    pace = result.modelled_compute_s * float(cfg["time_scale"]) - busy
+    if pace > 0:
+        time.sleep(pace)
+    compute_s = time.perf_counter() - t0
+    delta = result.params - content
+    enc = cfg["encoding"]
+    payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
+    up_at = time.monotonic()
+    wait = float(plan.get("up_wait_s", 0.0))
+    metrics = {
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "compute_s": compute_s,
+        "busy_s": busy,
+        "up_wait_s": wait,
+        "model_at": model_at,
+        "up_at": up_at,
+        "rss_kb": proc_status_kb("VmRSS"),
+        "hwm_kb": proc_status_kb("VmHWM"),
+        "rejected": dict(rt.rejected),
+        "torch_loaded": "torch" in sys.modules,
+        **result.extra,
+    }
+    if wait > 0:
+        time.sleep(wait)
+    return (
+        rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()),
+        rt.make(rt.frame.MsgType.UPDATE, r, enc, payload),
+    )  # nonces increase in send order
+
+
 def run(cfg: dict[str, Any]) -> int:
     with open(cfg["key_file"], "rb") as fh:
         key = fh.read()
@@ -219,7 +273,6 @@ def run(cfg: dict[str, Any]) -> int:
     rt = DeviceRuntime(cfg, key)
     # Numpy or firmware (QEMU) training; started before the cap (QEMU reserves a large buffer).
     trainer = make_trainer(cfg, x, y)
-    ts = float(cfg["time_scale"])
     # BLAS's work buffers (tens of MB of address space) are allocated before the baseline is
     # measured, so the cap is the memory plan on top of the runtime (runtime_env).
     warm_blas()
@@ -269,48 +322,12 @@ def run(cfg: dict[str, Any]) -> int:
             log(f"device {rt.id}: round {r}: firmware fault {fault.kind}: {fault.detail}")
             trainer.close()
             return FIRMWARE_FAULT_EXIT
-        params, train_loss, steps = result.params, result.train_loss, result.steps
         if arena is not None:
             arena.close()
         busy = time.perf_counter() - t0
-        if plan.get("drop_update"):
-            # The link goes down (or the deadline passes) before this upload could be done: the
-            # device works until that instant of the modelled timeline, then the link shaper
-            # drops its frames (no METRICS, no UPDATE).
-            rest = model_at + float(plan.get("cut_after_s", 0.0)) - time.monotonic()
-            if rest > 0:
-                time.sleep(rest)
-            log(f"device {rt.id}: round {r}: update dropped by the link shaper ({plan.get('why', 'link down')})")
+        frames = _round_frames(rt, cfg, r, content, result, plan, model_at, busy, t0)
+        if frames is None:
             continue
-        pace = result.modelled_compute_s * ts - busy
-        if pace > 0:
-            time.sleep(pace)
-        compute_s = time.perf_counter() - t0
-        delta = params - content
-        enc = cfg["encoding"]
-        payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
-        up_at = time.monotonic()
-        wait = float(plan.get("up_wait_s", 0.0))
-        metrics = {
-            "train_loss": train_loss,
-            "steps": steps,
-            "compute_s": compute_s,
-            "busy_s": busy,
-            "up_wait_s": wait,
-            "model_at": model_at,
-            "up_at": up_at,
-            "rss_kb": proc_status_kb("VmRSS"),
-            "hwm_kb": proc_status_kb("VmHWM"),
-            "rejected": dict(rt.rejected),
-            "torch_loaded": "torch" in sys.modules,
-            **result.extra,
-        }
-        if wait > 0:
-            time.sleep(wait)
-        frames = (
-            rt.make(rt.frame.MsgType.METRICS, r, "none", json.dumps(metrics).encode()),
-            rt.make(rt.frame.MsgType.UPDATE, r, enc, payload),
-        )  # nonces increase in send order
         if not conn.send(*frames):
             log(f"device {rt.id}: connection lost while sending round {r}; reconnecting")
             if not conn.connect():

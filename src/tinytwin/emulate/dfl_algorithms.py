@@ -11,7 +11,10 @@ An entry says:
   online device (a complete overlay), or None (mixing: neighbours always);
 - ``payload_bytes``: the largest message payload (the simulator's estimate);
 - ``device_block``: what a peer process is told about the algorithm (``algorithm`` in its
-  configuration file, read by :mod:`tinytwin.emulate.peer`).
+  configuration file, read by :mod:`tinytwin.emulate.peer`): the ``payload`` its frames
+  carry (``model``: whole models, ``gist``: Gist segments, ``segments``: pull requests and
+  pulled segments) and the ``merge`` rule it applies (``mix``, ``average``, ``age``, ``fifo``,
+  ``gist``, ``pull``), so a peer never looks at the algorithm's name.
 
 The directory (:mod:`tinytwin.emulate.dfl_directory`) calls the planner of the run's algorithm."""
 
@@ -87,19 +90,22 @@ def segment_payload(a: AlgorithmSpec, p: int, sizes: list[int]) -> int:
 
 
 def base_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {"name": a.name, "merge": None, "buffer_size": a.gossip.buffer_size}
+    """Mixing (DecFedAvg, server-free FL): whole models, merged with the device's mixing row."""
+    return {"name": a.name, "payload": "model", "merge": "mix"}
 
 
 def gossip_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "merge": a.gossip.merge}
+    g = a.gossip
+    return {**base_block(a, p), "merge": g.merge, "exchange": g.exchange, "buffer_size": g.buffer_size}
 
 
 def gist_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "gist": a.gist.model_dump()}
+    return {**base_block(a, p), "payload": "gist", "merge": "gist", "gist": a.gist.model_dump()}
 
 
 def segments_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
-    return {**base_block(a, p), "segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
+    bounds = contiguous_bounds(p, a.segments.count).tolist()
+    return {**base_block(a, p), "payload": "segments", "merge": "pull", "segment_bounds": bounds}
 
 
 @dataclass(frozen=True)
@@ -158,9 +164,36 @@ def plan_pushes(ctx: PlanContext, g: Any, first_offset: bool) -> None:
         entries[t].expect = dict(sorted(c.items()))
 
 
+def plan_pairs(ctx: PlanContext, g: Any) -> None:
+    """Gossip ``exchange: push_pull``: the pushes of :func:`plan_pushes` (same draws) become
+    pairs, exchanged in the simulator's global message order (``pairwise_merge``). Both ends of
+    pair (s, d) list the partner in ``send`` in that order, so each device walks its own pairs
+    in the global order, and expect one model from it per pair: the j-th model a partner sends
+    answers the j-th pair with it. A pair waits only on pairs earlier in the global order, so
+    the walk cannot deadlock."""
+    src, dst = choose_peers(
+        stream_rng(ctx.seed, Stream.PEERS, ctx.r),
+        np.flatnonzero(ctx.online),
+        g.sends,
+        ctx.online,
+        ctx.neighbours(g.peer == "random"),
+    )
+    expect: dict[int, Counter[int]] = {}
+    for s, t in zip(src.tolist(), dst.tolist()):
+        for a, b in ((s, t), (t, s)):
+            ctx.entries[a].send.append(b)
+            expect.setdefault(a, Counter())[b] += 1
+    for a, c in expect.items():
+        ctx.entries[a].expect = dict(sorted(c.items()))
+
+
 def plan_gossip(ctx: PlanContext) -> int:
-    """Gossip: each online device pushes its model to ``sends`` peers."""
-    plan_pushes(ctx, ctx.alg.gossip, first_offset=False)
+    """Gossip: each online device pushes its model to ``sends`` peers (``push_pull``: and each
+    pair exchanges models, :func:`plan_pairs`)."""
+    if ctx.alg.gossip.exchange == "push_pull":
+        plan_pairs(ctx, ctx.alg.gossip)
+    else:
+        plan_pushes(ctx, ctx.alg.gossip, first_offset=False)
     return 1
 
 

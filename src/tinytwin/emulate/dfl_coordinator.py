@@ -44,59 +44,34 @@ import os
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.local_config import LocalTraining
-from tinytwin.algorithms.lr_schedules import LRSchedule
-from tinytwin.emulate import shaper
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.dfl_algorithms import REGISTRY, lookup
-from tinytwin.emulate.dfl_directory import link_key, link_partners, plan_round
+from tinytwin.emulate.dfl_directory import link_key, plan_round
 from tinytwin.emulate.dfl_record import DflRecording
-from tinytwin.emulate.dfl_resume import DflResume
+from tinytwin.emulate.dfl_state import DflOptions as DflOptions  # re-exported: the family's options
 from tinytwin.emulate.dfl_summary import DflSummary
-from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.fork_fleet import PEERS_FILE, ForkServer, proc_cpu_s
-from tinytwin.emulate.frame_checks import Coordinator
+from tinytwin.emulate.fork_fleet import PEERS_FILE, proc_cpu_s
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
     bind_coordinator,
-    load_run_key,
 )
-from tinytwin.emulate.model_rows import mlp_rows
-from tinytwin.emulate.options import EmulateOptions
 from tinytwin.emulate.processes import child_env, exit_kind, note_memory
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
-from tinytwin.emulate.skeleton import CoordinatorClock
-from tinytwin.engines.decentralized import memory_plans
-from tinytwin.engines.experiment import Experiment
-from tinytwin.engines.network import Network
 from tinytwin.errors import TinyTwinError
-from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store.db import RunStore
 from tinytwin.wire import frame as fm
 
 log = logging.getLogger("tinytwin.emulate.dfl")
 MiB = 2**20
-
-
-@dataclass
-class DflOptions(EmulateOptions):
-    merge_timeout_s: float = 30.0
-    """A device stops waiting for a neighbour's model after this long (wall seconds, on top of
-    pacing) and merges what arrived; normally the coordinator's ``peer_down`` comes first."""
-    memory_sample_every: int = 5
-    """Sample every process's RSS/PSS after round 1, every this many rounds and the last round
-    (reading 200 smaps_rollup files costs the coordinator CPU)."""
 
 
 def check_dfl_emulatable(spec: ExperimentSpec) -> None:
@@ -109,11 +84,6 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
         )
     if a.schedule != "sync":
         raise TinyTwinError("emulate runs decentralized learning in lock-step rounds only (algorithm.schedule: sync)")
-    if a.name == "gossip" and a.gossip.exchange != "push":
-        raise TinyTwinError(
-            "emulate: gossip exchange push_pull merges pair by pair in one global order, which "
-            "devices cannot reproduce; use exchange: push"
-        )
     if a.name == "segmented_gossip" and a.encoding == "int8":
         raise TinyTwinError(
             "emulate: segmented gossip with int8 payloads is simulation-only (the simulator scales "
@@ -132,120 +102,8 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
 # ---------------------------------------------------------------------------------- the run
 
 
-class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
+class DflEmulation(DflRecording, DflSummary):
     """One decentralized emulated run: device processes, directory, rounds, results."""
-
-    def __init__(
-        self,
-        exp: Experiment,
-        network: Network,
-        store: RunStore,
-        run_id: str,
-        run_dir: Path,
-        options: DflOptions,
-        resume: bool = False,
-    ) -> None:
-        self.exp, self.net, self.store, self.run_id, self.run_dir, self.opt = (
-            exp,
-            network,
-            store,
-            run_id,
-            run_dir,
-            options,
-        )
-        spec = exp.spec
-        a = spec.algorithm
-        self.a = a
-        self.n = exp.fleet.num_devices
-        self.edir = run_dir / "emulate"
-        for sub in ("keys", "devices", "logs"):
-            (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        # resumed: the devices of the killed coordinator hold keys from it
-        self.run_key = load_run_key(self.edir, resume)
-        self.resume = resume
-        self.linears_rows = mlp_rows(exp)
-        p = exp.model.num_params
-        # HELLO / METRICS / model reports on the coordinator links: the centralized twin's checks
-        self.coord = Coordinator(self.n, self.run_key, p, list(exp.model.tensor_sizes), "float32")
-        self.coord.max_frame = max(self.coord.max_frame, fm.frame_size(4 * p) + 1024, 1 << 20)
-        self.partners = link_partners(a, network)
-        self.train_idx = [q[: a.train_samples] if a.train_samples else q for q in exp.parts]
-        self.n_train = np.array([len(q) for q in self.train_idx], dtype=np.int64)
-        flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
-        self.compute_s = flops / exp.fleet.flops_per_s
-        ls = a.lr_schedule
-        self.lr_sched = LRSchedule(
-            ls.name,
-            a.lr,
-            np.full(self.n, spec.rounds, dtype=np.int64),
-            tuple(ls.stair_fractions),
-            ls.stair_factor,
-            tuple(ls.patience_fractions),
-            ls.loss_factor,
-            ls.min_lr,
-        )
-        self.plans = memory_plans(exp)
-        ds = exp.dataset
-        self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
-        L = exp.fleet.links
-        self.links = [
-            shaper.Link(
-                float(L.latency_s[d]),
-                float(L.up_bps[d]),
-                float(L.down_bps[d]),
-                float(L.loss[d]),
-                int(L.mtu_bytes[d]),
-                int(L.header_bytes[d]),
-            )
-            for d in range(self.n)
-        ]
-        self.payload_bytes = lookup(a).payload_bytes(a, p, list(exp.model.tensor_sizes))  # the largest message
-        # Firmware devices: images built (and a model too big for a board refused) before any
-        # process starts; merges=True sizes the arena for the M / G merge buffers.
-        self.firmware = firmware_configs(
-            exp,
-            self.linears_rows,
-            self.edir / "firmware",
-            firmware_groups(exp, options.firmware_all),
-            merges=True,
-            arena_override=options.firmware_arena_override,
-        )
-        self.qemu_mem: dict[int, dict[str, int]] = {}
-        self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
-        self.fw_merge_insns: list[int] = []
-        self.gist_merges = 0
-        self.procs = ForkServer()
-        self.writers: dict[int, asyncio.StreamWriter] = {}
-        self.hello: dict[int, asyncio.Event] = {d: asyncio.Event() for d in range(self.n)}
-        self.ports: dict[int, int] = {}
-        self.dead: dict[int, str] = {}  # device -> how it ended (killed, crash, oom, ...)
-        self.killed: set[int] = set()
-        self.models: dict[int, np.ndarray] = {}
-        self.reporting: set[int] = set()  # devices whose report the round waits for
-        self.want_models = True  # evaluation round: devices also send their models
-        self.done = asyncio.Event()
-        self.mem_max: dict[int | str, dict[str, int]] = {}
-        self.total_mem_kb: dict[str, int] = {}
-        self.devices_cpu_s = 0.0
-        self.sampling_s = 0.0
-        self.torch_devices: set[int] = set()
-        self.stopping = False  # after the last round: connections closing is normal
-        self.control_bytes = 0
-        self.peer_down_sent = 0
-        self.merge_timeouts = 0
-        self.local_rounds = np.zeros(self.n, dtype=np.int64)
-        self.energy = np.zeros(self.n)
-        # coordinator resume: wire round offset, wall seconds of earlier coordinators, devices that
-        # did not come back but are killed in the replayed round anyway, reconnects, acks
-        self.offset = 0
-        self.wall_offset = 0.0
-        self.modelled_s = 0.0  # the cost model's clock at the start of the round in flight
-        self.absent: set[int] = set()
-        self.resolving: set[int] = set()  # devices whose connection closed, exit status awaited
-        self.reconnects = 0
-        self.resumed: dict[int, dict[str, Any]] = {}
-        self.resume_done = asyncio.Event()
-        self.t_start = time.perf_counter()
 
     # ---- device files -------------------------------------------------------------------
     def _write_device_files(self, port: int) -> None:
@@ -369,36 +227,10 @@ class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
         self.resolving.discard(d)
         self._check_done()
 
-    async def _notify_down(self, d: int) -> None:
-        msg = json.dumps({"cmd": "peer_down", "device": d}).encode()
-        for j in self.partners[d]:
-            w = self.writers.get(j)
-            if w is None:
-                continue
-            data = self.coord.make(fm.MsgType.CONTROL, j, self.coord.round, "none", msg)
-            try:
-                w.write(data)
-                self.control_bytes += len(data)
-                self.peer_down_sent += 1
-            except ConnectionError:
-                pass
-
     def _check_done(self) -> None:
         waiting = self.reporting - set(self.dead) - self.killed
         if all(d in self.coord.metrics and (d in self.coord.updates or not self.want_models) for d in waiting):
             self.done.set()
-
-    async def _send_control(self, d: int, r: int, msg: dict[str, Any]) -> None:
-        w = self.writers.get(d)
-        if w is None:
-            return
-        data = self.coord.make(fm.MsgType.CONTROL, d, r, "none", json.dumps(msg).encode())
-        try:
-            w.write(data)
-            self.control_bytes += len(data)
-            await w.drain()
-        except ConnectionError:
-            pass
 
     # ---- faults -------------------------------------------------------------------------
     async def _kill(self, d: int, r: int, events: list[dict[str, Any]]) -> None:
@@ -573,7 +405,8 @@ class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
         """Rounds ``st["round"] + 1 ..``, then stop the devices; processes and server closed however this ends."""
         spec = self.exp.spec
         finished = False
-        self.startup_s = getattr(self, "startup_s", time.perf_counter() - self.t_start)
+        if self.startup_s is None:
+            self.startup_s = time.perf_counter() - self.t_start
         try:
             for r in range(int(st["round"]) + 1, spec.rounds + 1):
                 self.modelled_s = float(st.get("sim_time_s", 0.0))
@@ -585,7 +418,8 @@ class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
             await asyncio.gather(*(self._send_control(d, st["round"], {"cmd": "stop"}) for d in list(self.writers)))
             finished = True
             # every device's last reported model, for inspection and the twin-fidelity test
-            np.savez(self.edir / "final_models.npz", **{f"d{d}": w for d, w in sorted(self.models.items())})
+            finals: dict[str, Any] = {f"d{d}": w for d, w in sorted(self.models.items())}
+            np.savez(self.edir / "final_models.npz", **finals)
         finally:
             await self.procs.close(wait_s=10.0 if finished else 0.0)
             server.close()

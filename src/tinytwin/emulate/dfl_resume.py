@@ -2,7 +2,8 @@
 committed round, and how a resumed coordinator adopts the device processes that outlived
 its predecessor (they hold the models) and rolls them back to that round.
 
-A mixin of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.dfl_state.DflState`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.emulate.dfl_state import DflState
 from tinytwin.emulate.fork_fleet import PEERS_FILE, WIRE_STRIDE
 from tinytwin.emulate.processes import adopt_recorded
 
 
-class DflResume:
+class DflResume(DflState):
     """Methods of :class:`~tinytwin.emulate.dfl_coordinator.DflEmulation`: A decentralized emulation's checkpoint and its resume: what the coordinator holds after a"""
 
     def _checkpoint(self, st: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The summary of a decentralized emulation: the simulator's common figures plus the
 emulation's own (processes, memory, CPU, messages, frames rejected, firmware).
 
-A mixin of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.dfl_coordinator.DflEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.dfl_state.DflState`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.emulate.dfl_state import DflState
 from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.engines.summary import common_summary
 
 
-class DflSummary:
+class DflSummary(DflState):
     """Methods of :class:`~tinytwin.emulate.dfl_coordinator.DflEmulation`: The summary of a decentralized emulation: the simulator's common figures plus the"""
 
     def summary(self, st: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
@@ -50,7 +52,7 @@ class DflSummary:
                 "time_scale": self.opt.time_scale,
                 "modelled_time_s": float(st.get("sim_time_s", 0.0)),
                 "elapsed_wall_s": self.wall_offset + wall_time_s,
-                "startup_s": getattr(self, "startup_s", None),
+                "startup_s": self.startup_s,
                 **run_stats(walls, devices),
                 "process_starts": len(self.procs.pids),
                 "control_bytes": self.control_bytes,

@@ -53,7 +53,7 @@ class Coordinator:
     def key_for(self, sender: int) -> bytes | None:
         return self.keys.get(sender)
 
-    def make(self, msg_type: int, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
+    def make(self, msg_type: fm.MsgType, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
         self.nonce += 1
         return fm.encode_frame(
             fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce, payload), self.keys[receiver]

@@ -46,39 +46,29 @@ import os
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id, aggregator_key
-from tinytwin.emulate.device import OOM_EXIT
-from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.fork_fleet import HierForkServer, maps_torch, proc_cpu_s
-from tinytwin.emulate.frame_checks import Coordinator
+from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id
+from tinytwin.emulate.fork_fleet import maps_torch, proc_cpu_s
 from tinytwin.emulate.hier_files import HierFiles
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, plan_round
-from tinytwin.emulate.hier_record import HierRecording, RoundState
-from tinytwin.emulate.hier_resume import HierResume
+from tinytwin.emulate.hier_record import HierRecording
+from tinytwin.emulate.hier_state import HierOptions as HierOptions  # re-exported: the family's options
+from tinytwin.emulate.hier_state import RoundState
 from tinytwin.emulate.hier_summary import HierSummary
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
     bind_coordinator,
-    load_run_key,
 )
-from tinytwin.emulate.model_rows import model_rows
-from tinytwin.emulate.options import EmulateOptions
-from tinytwin.emulate.processes import child_env, exit_kind, note_memory
+from tinytwin.emulate.processes import child_env, note_memory
 from tinytwin.emulate.serving import accepted_frames, send_frame
-from tinytwin.emulate.skeleton import CoordinatorClock
-from tinytwin.engines.experiment import Experiment
-from tinytwin.engines.hierarchical import HierarchicalSimulator, HState
+from tinytwin.engines.hierarchical import HState
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import take_links
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store.db import RunStore
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -86,17 +76,6 @@ __all__ = ["HierEmulation", "HierOptions", "check_hier_emulatable"]
 
 log = logging.getLogger("tinytwin.emulate.hier")
 MiB = 2**20
-
-
-@dataclass
-class HierOptions(EmulateOptions):
-    kill_devices: dict[int, list[int]] = field(default_factory=dict)
-    """round -> devices SIGKILLed during that round's first local round (restarted at the next round)."""
-    kill_aggregators: dict[int, list[int]] = field(default_factory=dict)
-    """round -> clusters whose local aggregator is SIGKILLed once it has reported its first local round."""
-    memory_sample_every: int = 5
-    """Sample every process's RSS/PSS (and its mappings, for torch) after round 1, every this many
-    rounds and the last round."""
 
 
 def check_hier_emulatable(spec: ExperimentSpec) -> None:
@@ -109,93 +88,11 @@ def check_hier_emulatable(spec: ExperimentSpec) -> None:
         )
 
 
-class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, CoordinatorClock):
+class HierEmulation(HierRecording, HierFiles, HierSummary):
     """One hierarchical emulated run: processes, rounds, results."""
-
-    def __init__(
-        self,
-        exp: Experiment,
-        store: RunStore,
-        run_id: str,
-        run_dir: Path,
-        options: HierOptions,
-        base_dir: Path | None,
-        resume: bool = False,
-    ) -> None:
-        self.exp, self.store, self.run_id, self.run_dir, self.opt = exp, store, run_id, run_dir, options
-        # the simulator's engine object: assignment, sample counts, compute times, links, optimizer, ledger
-        self.sim = HierarchicalSimulator(exp, store, run_id, None, base_dir)
-        sim, a = self.sim, exp.spec.algorithm
-        self.a = a
-        self.n, self.k, self.L = sim.n, sim.k, sim.h.local_rounds
-        self.edir = run_dir / "emulate"
-        for sub in ("keys", "devices", "aggregators", "logs"):
-            (self.edir / sub).mkdir(parents=True, exist_ok=True)
-        self.resume = resume
-        # resumed: the processes of the killed coordinator hold keys from it
-        self.run_key = load_run_key(self.edir, resume)
-        self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
-        # Firmware images are built (and a model too big for a board refused) before any process starts;
-        # a firmware device under a local aggregator is the centralized twin's firmware device, unchanged.
-        self.firmware = firmware_configs(
-            exp,
-            self.linears_rows or [],
-            self.edir / "firmware",
-            firmware_groups(exp, options.firmware_all),
-            arena_override=options.firmware_arena_override,
-        )
-        self.qemu_mem: dict[int, dict[str, int]] = {}
-        self.fw_rounds: list[tuple[int, float, float]] = []  # (insns, firmware s, cost-model s) per device-round
-        p = exp.model.num_params
-        self.sizes = list(exp.model.tensor_sizes)
-        # the LA -> GA report: the cluster update in the spec's encoding (one cluster: the model, float32)
-        self.report_enc = a.encoding if self.k > 1 else "float32"
-        self.coord = Coordinator(0, self.run_key, p, self.sizes, self.report_enc)
-        self.coord.keys = {aggregator_id(c): aggregator_key(self.run_key, c) for c in range(self.k)}
-        self.coord.max_frame = max(self.coord.max_frame, 1 << 20)
-        self.members = {c: [int(d) for d in np.flatnonzero(sim.assign == c)] for c in range(self.k)}
-        by_group = {pl.group: pl for pl in exp.memory}
-        self.plan_of = {int(d): by_group[g.name] for g in exp.fleet.groups for d in g.devices}
-        self.procs = HierForkServer()
-        self.la_writers: dict[int, asyncio.StreamWriter] = {}
-        self.la_hello: dict[int, asyncio.Event] = {c: asyncio.Event() for c in range(self.k)}
-        self.la_ready: dict[int, asyncio.Event] = {c: asyncio.Event() for c in range(self.k)}
-        self.la_port: dict[int, int] = {}
-        self.la_torch: set[int] = set()
-        self.device_torch: set[int] = set()
-        self.torch_mapped: set[str] = set()
-        self.rs: RoundState | None = None
-        self.done = asyncio.Event()
-        self.gone: set[int] = set()  # devices failed for good (failures.permanent)
-        self.killed_now: set[int] = set()
-        self.mem_max: dict[str, dict[str, int]] = {}
-        self.total_mem_kb: dict[str, int] = {}
-        self.sampling_s = 0.0
-        self.devices_cpu_s = 0.0
-        self.control_bytes = 0
-        self.la_ga_bytes = 0
-        self.la_rejected: dict[int, dict[str, int]] = {}
-        self.device_rejected: dict[int, dict[str, int]] = {}
-        self.rejected_retired: Counter[str] = Counter()  # counts of processes that were replaced
-        self.local_rounds = np.zeros(self.n, dtype=np.int64)
-        self.modelled_s = 0.0  # the cost model's clock (HState.sim_time_s after each round)
-        self.wall_s = 0.0  # wall seconds of the run at the last committed round (resume: the offset)
-        self.round_walls: list[float] = []
-        self.cluster_failures: list[tuple[int, int, str]] = []
-        self.restarts = Counter()
-        self.t_start = time.perf_counter()
-        # coordinator resume: the wire-round offset (k-th resume: k * WIRE_STRIDE), the wall seconds of
-        # earlier coordinators, reconnects of local aggregators
-        self.offset = 0
-        self.wall_offset = 0.0
-        self.reconnects = 0
-        self.la_hello_info: dict[int, dict[str, Any]] = {}
 
     # ---- files -------------------------------------------------------------------------
     # ---- processes ---------------------------------------------------------------------
-    def _la_key(self, c: int) -> int:
-        return self.n + c  # fork-server key of local aggregator c (devices: 0..D-1)
-
     async def _spawn_device(self, d: int) -> None:
         await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
 
@@ -216,18 +113,6 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
                     self.procs.kill(d)
                     await self.procs.wait_exit(d)
         return True
-
-    def _exit_kind(self, key: int) -> str:
-        rc = self.procs.exits.get(key)
-        # a firmware device's fault file decides (its trainer removes a stale one at start); an OOM exit wins
-        fw = key in self.firmware and rc != OOM_EXIT
-        log_file = self.edir / "logs" / (f"d{key}.log" if key < self.n else f"la{key - self.n}.log")
-        return exit_kind(
-            rc,
-            killed=rc == -9,
-            workdir=Path(self.firmware[key]["firmware"]["workdir"]) if fw else None,
-            log_file=log_file,
-        )
 
     # ---- the GA's connections ------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -291,10 +176,6 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
                 self.la_torch.add(c)
             self._check_done()
 
-    def _delivered(self, c: int) -> bool:
-        rs = self.rs
-        return rs is not None and c in rs.final and aggregator_id(c) in self.coord.updates
-
     def _check_done(self) -> None:
         if all(self._delivered(w - AGGREGATOR_BASE) for w in self.coord.expect):
             self.done.set()
@@ -356,24 +237,8 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
         if await self._send_la(c, data) and self.rs is not None:
             self.rs.model_bytes[c] = len(data)
 
-    async def _round(self, r: int, st: HState) -> HState:
-        exp, sim, a, spec = self.exp, self.sim, self.a, self.exp.spec
-        n, L = self.n, self.L
-        wall0 = time.perf_counter()
-        events: list[dict[str, Any]] = []
-        changes = exp.timeline.changes(r)
-        for d, kind in changes:
-            events.append(self._event(r, d, kind, f"device {d} {kind}"))
-        online = exp.timeline.online(r)
-        ids = np.flatnonzero(online)
-        failing = {d for d, kind in changes if kind == "failure" and d not in self.gone}
-        kill_now = {int(d) for d in self.opt.kill_devices.get(r, []) if online[int(d)]}
-        victims = failing | kill_now
-        taking = sorted(set(map(int, ids)) | failing)
-        taking_mask = np.zeros(n, dtype=bool)
-        taking_mask[taking] = True
-        clusters = sorted({int(sim.assign[d]) for d in taking})
-        # restart what died earlier: local aggregators of clusters taking part, then their devices
+    async def _restart_dead(self, r: int, clusters: list[int], taking: list[int], events: list[dict[str, Any]]) -> None:
+        """Restart what died earlier: local aggregators of clusters taking part, then their devices."""
         for c in clusters:
             if self.procs.alive(self._la_key(c)) and c not in self.la_writers:
                 self.procs.kill(self._la_key(c))  # running but cut off from the GA: start it afresh
@@ -393,13 +258,18 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
                 self.rejected_retired.update(self.device_rejected.pop(d, {}))  # its counts start again
                 self.restarts["device"] += 1
                 events.append(self._event(r, d, "restart", f"device {d} process restarted"))
+
+    def _plan(self, r: int, ids: np.ndarray, failing: set[int]) -> tuple[HierRoundPlan, dict[int, float]]:
+        """The round's plan (the engine's), and the model's download time of each device that
+        fails in the round without being online (it still receives the model)."""
+        exp, sim = self.exp, self.sim
         plan = plan_round(
             exp.fleet.links,
             sim.la_links,
             sim.assign,
-            spec.seed,
+            exp.spec.seed,
             r,
-            L,
+            self.L,
             ids,
             sim.up_bytes,
             sim.down_bytes,
@@ -410,6 +280,27 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
         for d in sorted(failing - set(map(int, ids))):
             lk = take_links(exp.fleet.links, np.array([d]))
             extra_down[d] = float(lossless(sim.down_bytes, lk.down_bps, lk).time_s[0])
+        return plan, extra_down
+
+    async def _round(self, r: int, st: HState) -> HState:
+        exp, sim, a = self.exp, self.sim, self.a
+        n, L = self.n, self.L
+        wall0 = time.perf_counter()
+        events: list[dict[str, Any]] = []
+        changes = exp.timeline.changes(r)
+        for d, kind in changes:
+            events.append(self._event(r, d, kind, f"device {d} {kind}"))
+        online = exp.timeline.online(r)
+        ids = np.flatnonzero(online)
+        failing = {d for d, kind in changes if kind == "failure" and d not in self.gone}
+        kill_now = {int(d) for d in self.opt.kill_devices.get(r, []) if online[int(d)]}
+        victims = failing | kill_now
+        taking = sorted(set(map(int, ids)) | failing)
+        taking_mask = np.zeros(n, dtype=bool)
+        taking_mask[taking] = True
+        clusters = sorted({int(sim.assign[d]) for d in taking})
+        await self._restart_dead(r, clusters, taking, events)
+        plan, extra_down = self._plan(r, ids, failing)
         self._write_peers()
         self.coord.round = r + self.offset
         self.coord.updates, self.coord.update_bytes, self.coord.metrics = {}, {}, {}
@@ -472,33 +363,6 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
         return self._record(r, st, plan, rs, taking, taking_mask, victims, failing, extra_down, events, wall0)
 
     # ---- coordinator resume ---------------------------------------------------------------
-    _COUNTERS = (
-        "gone",
-        "local_rounds",
-        "modelled_s",
-        "wall_s",
-        "round_walls",
-        "cluster_failures",
-        "restarts",
-        "control_bytes",
-        "la_ga_bytes",
-        "la_rejected",
-        "device_rejected",
-        "rejected_retired",
-        "mem_max",
-        "total_mem_kb",
-        "la_torch",
-        "device_torch",
-        "torch_mapped",
-        "fw_rounds",
-        "qemu_mem",
-        "devices_cpu_s",
-        "sampling_s",
-        "la_port",
-        "reconnects",
-        "final_models",
-    )
-
     # ---- memory and torch ------------------------------------------------------------------
     def _sample_memory(self) -> None:
         total: Counter[str] = Counter()
@@ -554,7 +418,6 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
 
     async def run(self, progress: ProgressFn | None = None, st: HState | None = None) -> HState:
         """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the processes)."""
-        spec = self.exp.spec
         self.t_start = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         server, self.port = await bind_coordinator(
@@ -565,19 +428,27 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
             self.opt,
             "the local aggregators of a hierarchical run call",
         )
-        resumed = st is not None
-        finished = False
         try:
             await self.procs.start(child_env(), self.edir / "logs" / "forkserver.log")
-            if resumed:
+            if st is not None:
                 await self._resume_processes(st)
         except BaseException:
             await self.procs.close(wait_s=0.0)
             server.close()
             await server.wait_closed()
             raise
-        if not resumed:
-            st = self.sim.initial_state()
+        resumed = st is not None
+        st = await self._rounds(st if st is not None else self.sim.initial_state(), resumed, progress, server)
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        self.coordinator_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        return st
+
+    async def _rounds(
+        self, st: HState, resumed: bool, progress: ProgressFn | None, server: asyncio.AbstractServer
+    ) -> HState:
+        """Rounds ``st.round + 1 ..``, then stop the processes; processes and server closed however this ends."""
+        spec = self.exp.spec
+        finished = False
         try:
             if not resumed:
                 await self._start_processes()
@@ -601,11 +472,10 @@ class HierEmulation(HierRecording, HierResume, HierFiles, HierSummary, Coordinat
                 )
             finished = True
             # the last global model and cluster models, for inspection and the twin-fidelity test
-            np.savez(self.edir / "final_models.npz", **getattr(self, "final_models", {}))
+            finals: dict[str, Any] = dict(self.final_models)
+            np.savez(self.edir / "final_models.npz", **finals)
         finally:
             await self.procs.close(wait_s=10.0 if finished else 0.0)
             server.close()
             await server.wait_closed()
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        self.coordinator_cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         return st

@@ -1,7 +1,8 @@
 """The files a hierarchical emulation's processes start from: each local aggregator's and each
 device's configuration (:class:`tinytwin.emulate.device_config.DeviceConfig`), shards and keys.
 
-A mixin of :class:`tinytwin.emulate.hier_coordinator.HierEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.hier_coordinator.HierEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import numpy as np
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
+from tinytwin.emulate.hier_state import HierState
 from tinytwin.emulate.wire_np import derive_key
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
 
-class HierFiles:
+class HierFiles(HierState):
     """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation`: The files a hierarchical emulation's processes start from: each local aggregator's and each"""
 
     def _la_config(self, c: int, first: bool) -> Path:

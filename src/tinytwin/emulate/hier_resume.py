@@ -2,7 +2,8 @@
 after a committed round, and how a resumed one adopts the local aggregators and devices that
 outlived its predecessor.
 
-A mixin of :class:`tinytwin.emulate.hier_coordinator.HierEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.hier_coordinator.HierEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import asyncio
 from typing import Any
 
 from tinytwin.emulate.fork_fleet import PEERS_FILE, WIRE_STRIDE
+from tinytwin.emulate.hier_state import HierState
 from tinytwin.emulate.processes import adopt_recorded
 from tinytwin.emulate.rundir import write_json
 from tinytwin.engines.hierarchical import HState
 
 
-class HierResume:
+class HierResume(HierState):
     """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation`: A hierarchical emulation's checkpoint and its resume: what the global coordinator holds"""
 
     def _checkpoint(self, st: HState) -> dict[str, Any]:
@@ -24,7 +26,7 @@ class HierResume:
         return {
             "st": st.to_checkpoint(),
             "offset": self.offset,
-            "startup_s": getattr(self, "startup_s", None),
+            "startup_s": self.startup_s,
             "counters": {x: getattr(self, x) for x in self._COUNTERS},
         }
 

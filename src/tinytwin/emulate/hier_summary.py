@@ -1,18 +1,20 @@
 """The summary of a hierarchical emulation: the simulator's figures plus the emulation's own
 (processes, memory, aggregator failures, frames rejected, firmware).
 
-A mixin of :class:`tinytwin.emulate.hier_coordinator.HierEmulation` (its state lives there)."""
+A concern of :class:`tinytwin.emulate.hier_coordinator.HierEmulation`; the state it reads and
+writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+from tinytwin.emulate.hier_state import HierState
 from tinytwin.emulate.run_stats import firmware_summary, kb_stats, run_stats
 from tinytwin.engines.hierarchical import HState
 
 
-class HierSummary:
+class HierSummary(HierState):
     """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation`: The summary of a hierarchical emulation: the simulator's figures plus the emulation's own"""
 
     def summary(self, st: HState, wall_time_s: float) -> dict[str, Any]:
@@ -31,7 +33,7 @@ class HierSummary:
             "modelled_time_s": self.modelled_s,
             "elapsed_wall_s": self._wall(),
             "shaping": {"mode": "userspace", "rate": "userspace", "latency_loss": "userspace"},
-            "startup_s": getattr(self, "startup_s", None),
+            "startup_s": self.startup_s,
             **run_stats(walls, [self.mem_max[x] for x in devs if x in self.mem_max]),
             "aggregator_rss_kb": stats(las, "Rss"),
             "aggregator_pss_kb": stats(las, "Pss"),
@@ -50,7 +52,7 @@ class HierSummary:
             "processes_with_torch_mapped": sorted(self.torch_mapped),
             "cluster_failures": [{"round": r, "cluster": c, "why": why} for r, c, why in self.cluster_failures],
             "reconnects": self.reconnects,
-            "coordinator_cpu_s": getattr(self, "coordinator_cpu_s", None),
+            "coordinator_cpu_s": self.coordinator_cpu_s,
             "devices_cpu_s": self.devices_cpu_s,
             "memory_sampling_s": self.sampling_s,
             **({"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)} if self.firmware else {}),

@@ -29,7 +29,8 @@ class Linear:
     relu_after: bool
 
 
-def linears_from(rows: Sequence[Sequence[object]]) -> list[Linear]:
+def linears_from(rows: Sequence[Sequence[int]]) -> list[Linear]:
+    """The layers of rows ``[n_in_offset, ..., relu_after]`` (ints; the last one a bool)."""
     return [Linear(int(a), int(b), int(c), int(d), bool(e)) for a, b, c, d, e in rows]
 
 

@@ -43,325 +43,33 @@ the coordinator.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import queue
 import resource
-import struct
 import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from tinytwin.algorithms import gist_np
 from tinytwin.emulate import mlp_np, shaper
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, _arena, log, proc_status_kb, run_main
+from tinytwin.emulate.peer_gist import GistPeer
 from tinytwin.emulate.peer_merge import Fifo
 from tinytwin.emulate.peer_net import COORDINATOR_CONN, PeerNet
+from tinytwin.emulate.peer_runtime import AGE_HEADER, PULL_REQUEST, Exchanged, PeerRuntime, Received
 from tinytwin.emulate.peer_trainer import NumpyPeerTrainer, make_peer_trainer
 from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
-from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault
-from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire
+from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundResult
+from tinytwin.emulate.wire_np import COORDINATOR_ID
 from tinytwin.rng import Stream, stream_rng
 
-MIXING = ("decfedavg", "serverfree")
-CONTROL_COMMANDS = ("directory", "round", "peer_down", "stop", "resume")
-SNAPSHOT = ("params", "age", "local_rounds", "fifo", "buffer", "gist_merges", "accuracy")
+SNAPSHOT = ("params", "age", "local_rounds", "fifo")
 """What a peer rolls back when a resumed coordinator replays a round it had not committed."""
-AGE_HEADER = struct.Struct("<I")
-"""gossip ``merge: age``: the model's age (local rounds behind it) before the model (docs/protocol.md)."""
-PULL_REQUEST = struct.Struct("<III")
-"""segmented gossip: a pull request names the segment and its range (index, first, end): 12 bytes,
-the simulator's ``REQUEST_PAYLOAD_BYTES``."""
-
-
-@dataclass
-class Received:
-    """A neighbour's model (or Gist segment) that passed every check, waiting to be merged."""
-
-    sender: int
-    round: int
-    values: np.ndarray  # Gist: the values of the set positions only, in index order
-    age: int
-    nbytes: int
-    accuracy: float = 0.0  # Gist: the sender's validation accuracy (payload header)
-    mask: np.ndarray | None = None  # Gist: which parameters the segment carries
-    request: tuple[int, int, int] | None = None  # segmented gossip: a pull request (segment, lo, hi)
-
-
-class PeerRuntime:
-    """A peer's keys, frame checks and round bookkeeping (no sockets: testable in-process).
-
-    ``link_keys``: neighbour -> key of the link to it (the only devices it can talk to).
-    ``gist``: peers send Gist segments (SEGMENT frames, ``bitmap`` payload with the sender's
-    accuracy first) instead of whole models (MODEL frames in ``encoding``).
-    ``segment_bounds``: segmented gossip — peers send pull requests (CONTROL frames, encoding
-    ``none``, :data:`PULL_REQUEST`; docs/protocol.md) and answer them with one contiguous
-    segment (SEGMENT frames in ``encoding``).
-    """
-
-    def __init__(
-        self,
-        device: int,
-        coordinator_key: bytes,
-        link_keys: dict[int, bytes],
-        num_params: int,
-        tensor_sizes: list[int],
-        encoding: str,
-        with_age: bool = False,
-        gist: bool = False,
-        segment_bounds: list[int] | None = None,
-    ) -> None:
-        self.frame, self.enc = load_wire()
-        self.id = device
-        self.keys: dict[int, bytes] = {int(k): v for k, v in link_keys.items()}
-        self.keys[COORDINATOR_ID] = coordinator_key
-        self.guard = self.frame.ReplayGuard()
-        self.nonce = time.time_ns()  # strictly increasing, also across restarts
-        self.n = num_params
-        self.tensor_sizes = list(tensor_sizes)
-        self.gist = gist
-        self.bounds = None if segment_bounds is None else [int(b) for b in segment_bounds]
-        self.segmented = self.bounds is not None
-        self.encoding = "bitmap" if gist else encoding
-        self.msg_type = self.frame.MsgType.SEGMENT if gist or self.segmented else self.frame.MsgType.MODEL
-        self.with_age = with_age
-        self.conn_sender: dict[int, int] = {COORDINATOR_CONN: COORDINATOR_ID}
-        self.rejected: Counter[str] = Counter()
-        self.dead: set[int] = set()  # peers known to be gone for good
-        # the current round
-        self.round = 0  # the latest round the coordinator announced
-        self.active = False  # taking part in self.round and not merged yet
-        self.per_step: dict[int, int] = {}  # sender -> messages expected per exchange step
-        self.steps = 1
-        self.got: Counter[int] = Counter()
-        self.inbox: list[Received] = []
-        self.pending: list[Received] = []  # arrived early: round self.round + 1
-        self.taken_steps = 0
-        # segmented gossip: pull requests expected from / received from each peer, and the
-        # requests this device sent to each peer (responses come back in that order)
-        self.req_expect: dict[int, int] = {}
-        self.req_got: Counter[int] = Counter()
-        self.requests: list[Received] = []
-        self.outstanding: dict[int, list[tuple[int, int, int]]] = {}
-
-    # ---- frames -------------------------------------------------------------------------
-    def key_for(self, sender: int) -> bytes | None:
-        return self.keys.get(sender)
-
-    def make(self, msg_type: int, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
-        self.nonce += 1
-        fr = self.frame.Frame(msg_type, self.id, receiver, round_, encoding, 0, self.nonce, payload)
-        return self.frame.encode_frame(fr, self.keys[receiver])
-
-    def accept(self, data: bytes, conn: int) -> tuple[str, Any]:
-        """Check one complete frame that came in on connection ``conn``.
-
-        Returns ``("control", command dict)`` or ``("model", Received | None)`` (None: kept
-        for the next round) or raises :class:`Rejected`. Changes no state but the replay
-        guard, the connection's binding and the round's inbox."""
-        fm = self.frame
-        fr = decode_checked(fm, data, self.key_for, self.guard)
-        bound = self.conn_sender.get(conn)
-        if bound is not None and fr.sender != bound:
-            raise Rejected("wrong_sender", f"sender {fr.sender} on the connection of {bound}")
-        if bound is None and fr.sender == COORDINATOR_ID:
-            raise Rejected("wrong_sender", "coordinator frame on a peer connection")
-        self.conn_sender[conn] = fr.sender  # authentic: the connection is that sender's from now on
-        if fr.receiver != self.id:
-            raise Rejected("wrong_receiver", f"frame for {fr.receiver}, I am {self.id}")
-        if fr.sender == COORDINATOR_ID:
-            if fr.msg_type != fm.MsgType.CONTROL:
-                raise Rejected("unexpected_type", f"{fr.msg_type.name} from the coordinator")
-            try:
-                cmd = json.loads(fr.payload.decode())
-                if not isinstance(cmd, dict) or cmd.get("cmd") not in CONTROL_COMMANDS:
-                    raise ValueError(f"unknown command {cmd!r}")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Rejected("bad_payload", str(exc)) from None
-            # a round's wire number (``wire``) differs from its number after a coordinator resume
-            if cmd["cmd"] == "round" and int(cmd.get("wire", cmd.get("round", -1))) <= self.round:
-                raise Rejected("stale_round", f"round start {cmd.get('round')} <= current {self.round}")
-            return "control", cmd
-        is_request = self.segmented and fr.msg_type == fm.MsgType.CONTROL
-        if fr.msg_type != self.msg_type and not is_request:
-            raise Rejected("unexpected_type", f"{fr.msg_type.name} from peer {fr.sender}")
-        if not (fr.round == self.round and self.active) and fr.round != self.round + 1:
-            raise Rejected(
-                "stale_round",
-                f"model of round {fr.round} from {fr.sender}; current round "
-                f"{self.round}{'' if self.active else ' (merged)'}",
-            )
-        if is_request:
-            if fr.encoding != "none":
-                raise Rejected("bad_payload", f"pull request in encoding {fr.encoding}")
-            msg = self._pull_request(fr, len(data))
-        elif fr.encoding != self.encoding:
-            raise Rejected("bad_payload", f"encoding {fr.encoding}, expected {self.encoding}")
-        elif self.segmented:
-            msg = self._pulled_segment(fr, len(data))
-        elif self.gist:
-            msg = self._gist_segment(fr, len(data))
-        else:
-            msg = self._model(fr, len(data))
-        if fr.round == self.round + 1:  # a fast neighbour's round start reached it first
-            self.pending.append(msg)
-            return "model", None
-        self._admit(msg)
-        return "model", msg
-
-    def _model(self, fr: Any, nbytes: int) -> Received:
-        fm = self.frame
-        payload, age = fr.payload, 0
-        if self.with_age:
-            if len(payload) < AGE_HEADER.size:
-                raise Rejected("bad_payload", "no age header")
-            (age,) = AGE_HEADER.unpack_from(payload)
-            payload = payload[AGE_HEADER.size :]
-        try:
-            values, _ = self.enc.decode(payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
-        except ValueError as exc:
-            raise Rejected("bad_payload", str(exc)) from None
-        if not fm.payload_is_finite(values):
-            raise Rejected("non_finite", f"model from {fr.sender} contains NaN or Inf")
-        return Received(fr.sender, fr.round, np.asarray(values, dtype=np.float32), int(age), nbytes)
-
-    def _gist_segment(self, fr: Any, nbytes: int) -> Received:
-        """A Gist payload: float32 accuracy, then the bitmap and the values of the set positions."""
-        try:
-            acc, values, mask = gist_np.decode_payload(fr.payload, self.n)
-        except ValueError as exc:
-            raise Rejected("bad_payload", str(exc)) from None
-        if not np.isfinite(acc):
-            raise Rejected("non_finite", f"segment from {fr.sender}: accuracy {acc}")
-        if not 0.0 <= acc <= 1.0:
-            raise Rejected("bad_payload", f"segment from {fr.sender}: accuracy {acc} is not in [0, 1]")
-        vals = np.ascontiguousarray(values[mask], dtype=np.float32)
-        if not self.frame.payload_is_finite(vals):
-            raise Rejected("non_finite", f"segment from {fr.sender} contains NaN or Inf")
-        return Received(fr.sender, fr.round, vals, 0, nbytes, float(acc), mask)
-
-    def _pull_request(self, fr: Any, nbytes: int) -> Received:
-        assert self.bounds is not None
-        if len(fr.payload) != PULL_REQUEST.size:
-            raise Rejected("bad_payload", f"pull request of {len(fr.payload)} bytes from {fr.sender}")
-        seg, lo, hi = PULL_REQUEST.unpack(fr.payload)
-        if not (seg + 1 < len(self.bounds) and (lo, hi) == (self.bounds[seg], self.bounds[seg + 1])):
-            raise Rejected("bad_payload", f"pull request for segment {seg} [{lo}, {hi}) from {fr.sender}")
-        return Received(fr.sender, fr.round, np.zeros(0, np.float32), 0, nbytes, request=(seg, lo, hi))
-
-    def _pulled_segment(self, fr: Any, nbytes: int) -> Received:
-        width = 4 if fr.encoding == "float32" else 2
-        if fr.encoding not in ("float32", "float16") or len(fr.payload) % width:
-            raise Rejected("bad_payload", f"segment of {len(fr.payload)} bytes in {fr.encoding} from {fr.sender}")
-        values, _ = self.enc.decode(fr.payload, fr.encoding, len(fr.payload) // width)
-        if not self.frame.payload_is_finite(values):
-            raise Rejected("non_finite", f"segment from {fr.sender} contains NaN or Inf")
-        return Received(fr.sender, fr.round, np.asarray(values, dtype=np.float32), 0, nbytes)
-
-    def _admit(self, msg: Received) -> None:
-        if msg.request is not None:
-            if self.req_got[msg.sender] >= self.req_expect.get(msg.sender, 0):
-                raise Rejected(
-                    "not_expected", f"no (more) pull request expected from {msg.sender} in round {msg.round}"
-                )
-            self.req_got[msg.sender] += 1
-            self.requests.append(msg)
-            return
-        if self.segmented:  # the k-th answer of a peer is to the k-th request this device sent it
-            asked = self.outstanding.get(msg.sender, [])
-            k = self.got[msg.sender]
-            if k < len(asked) and msg.values.size != asked[k][2] - asked[k][1]:
-                raise Rejected(
-                    "bad_payload",
-                    f"segment of {msg.values.size} values from {msg.sender}; requested [{asked[k][1]}, {asked[k][2]})",
-                )
-        limit = self.per_step.get(msg.sender, 0) * self.steps
-        if self.got[msg.sender] >= limit:
-            raise Rejected("not_expected", f"no (more) model expected from {msg.sender} in round {msg.round}")
-        self.got[msg.sender] += 1
-        self.inbox.append(msg)
-
-    def reject(self, reason: str, detail: str, conn: int | None = None) -> None:
-        self.rejected[reason] += 1
-        log(f"device {self.id}: rejected frame (connection {conn}): {reason}: {detail}")
-
-    def handle(self, data: bytes, conn: int) -> tuple[str, Any] | None:
-        """:meth:`accept`, logging and counting a rejection instead of raising."""
-        try:
-            return self.accept(data, conn)
-        except Rejected as exc:
-            self.reject(exc.reason, exc.detail, conn)
-            return None
-
-    # ---- rounds -------------------------------------------------------------------------
-    def start_round(
-        self,
-        round_: int,
-        online: bool,
-        per_step: dict[int, int],
-        steps: int = 1,
-        requests: dict[int, int] | None = None,
-        outstanding: dict[int, list[tuple[int, int, int]]] | None = None,
-    ) -> None:
-        """Enter ``round_``: who is expected to send how many models per exchange step (segmented
-        gossip: how many pull requests, and which segments this device asks each peer for);
-        the models that arrived early are admitted (or rejected) now."""
-        self.round = round_
-        self.active = online
-        self.per_step = {int(k): int(v) for k, v in per_step.items()} if online else {}
-        self.steps = steps
-        self.got = Counter()
-        self.inbox = []
-        self.taken_steps = 0
-        self.req_expect = {int(k): int(v) for k, v in (requests or {}).items()} if online else {}
-        self.req_got = Counter()
-        self.requests = []
-        self.outstanding = dict(outstanding or {}) if online else {}
-        early, self.pending = self.pending, []
-        for msg in early:
-            if msg.round != round_:
-                self.reject("stale_round", f"early model of round {msg.round} from {msg.sender}")
-                continue
-            if not online:
-                self.reject("not_expected", f"model from {msg.sender}: not taking part in round {round_}")
-                continue
-            try:
-                self._admit(msg)
-            except Rejected as exc:
-                self.reject(exc.reason, exc.detail)
-
-    def peer_gone(self, peer: int) -> None:
-        self.dead.add(int(peer))
-
-    def waiting_for(self, step: int) -> list[int]:
-        """Live senders whose models for exchange ``step`` (1-based) — or pull requests — have
-        not all arrived."""
-        out = [s for s, c in self.per_step.items() if s not in self.dead and self.got[s] < c * step]
-        return out + [
-            s for s, c in self.req_expect.items() if s not in self.dead and self.req_got[s] < c and s not in out
-        ]
-
-    def take(self, step: int) -> list[Received]:
-        """The models of exchange ``step``, in the simulator's message order (sender id, then
-        the order that sender sent them)."""
-        out = []
-        seen: Counter[int] = Counter()
-        for msg in self.inbox:
-            k = seen[msg.sender]
-            seen[msg.sender] += 1
-            c = self.per_step.get(msg.sender, 0)
-            if (step - 1) * c <= k < step * c:
-                out.append((msg.sender, k, msg))
-        self.taken_steps = step
-        return [m for _, _, m in sorted(out, key=lambda t: (t[0], t[1]))]
-
-    def finish_round(self) -> None:
-        self.active = False
-        self.inbox = []
 
 
 class Peer:
@@ -386,22 +94,14 @@ class Peer:
         self.params = np.asarray(initial, dtype=np.float32).copy()
         self.age = 0
         self.local_rounds = 0
-        self.fifo = (
-            Fifo(self.params, int(self.alg["buffer_size"]))
-            if self.alg.get("merge") == "fifo" and self.alg["name"] == "gossip"
-            else None
-        )
+        self.fifo = Fifo(self.params, int(self.alg["buffer_size"])) if self.alg["merge"] == "fifo" else None
         self.linears = mlp_np.linears_from(cfg["linears"])
         self.trainer = trainer if trainer is not None else NumpyPeerTrainer(cfg, x, y)
-        self.gist: dict[str, Any] | None = self.alg.get("gist") if self.alg["name"] == "gist" else None
-        if self.gist is not None:
-            val = np.load(cfg["validation_file"])
-            self.x_val, self.y_val = val["x"].astype(np.float32), val["y"].astype(np.int64)
-            self.band_bounds = gist_np.band_bounds(rt.n, int(self.gist["segments"]))
-            # received segments (sender weight, mask, values), oldest dropped when full
-            self.buffer: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(self.gist["buffer_size"]))
-            self.gist_merges = 0
-            self.accuracy = 0.0
+        self.gist = (
+            GistPeer(self.alg["gist"], cfg["validation_file"], self.linears, rt.n, int(cfg["seed"]))
+            if self.alg["payload"] == "gist"
+            else None
+        )
         self.serving: tuple[np.ndarray, int, list[list[Any]]] | None = None  # segmented gossip
         self.answered = 0
         self.link = shaper.Link(**cfg["link"])
@@ -453,7 +153,10 @@ class Peer:
 
     # ---- coordinator resume ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return copy.deepcopy({k: getattr(self, k) for k in SNAPSHOT if hasattr(self, k)})
+        state = {k: getattr(self, k) for k in SNAPSHOT}
+        if self.gist is not None:
+            state["gist"] = self.gist.state
+        return copy.deepcopy(state)
 
     def reconnect(self) -> bool:
         """The coordinator's connection closed (it was killed): call its address every 0.2 s for
@@ -494,7 +197,10 @@ class Peer:
         if self.done_round != r:
             if self.snapshot is not None and self.snapshot[0] == r:
                 for k, v in self.snapshot[1].items():
-                    setattr(self, k, v)
+                    if k == "gist" and self.gist is not None:
+                        self.gist.state = v
+                    else:
+                        setattr(self, k, v)
                 log(f"device {self.id}: rolled back from round {self.done_round} to round {r}")
                 self.done_round = r
             else:
@@ -550,50 +256,18 @@ class Peer:
         if not online:
             return
         tr = self.trainer
-        if self.fifo is not None:
-            self.params = tr.fifo_mean(self.fifo.slots[: self.fifo.count])
-        t0 = time.perf_counter()
-        arena = _arena(int(self.cfg["arena_bytes"])) if tr.caps_process_memory else None
-        res = tr.train(self.params, r, float(cmd["lr"]))
+        res, busy, compute_s = self._train(r, float(cmd["lr"]))
         params, loss, nsteps = res.params, res.train_loss, res.steps
-        if arena is not None:
-            arena.close()
-        busy = time.perf_counter() - t0
-        pace = res.modelled_compute_s * self.ts - busy  # a firmware device: its instruction count's time
-        if pace > 0:
-            time.sleep(pace)
-        compute_s = time.perf_counter() - t0
-        self.age += 1
-        self.local_rounds += 1
         sent: list[list[Any]] = []
-        timeouts: list[int] = []
-        received: list[Received] = []
-        wait_s = 0.0
         extra: dict[str, Any] = dict(res.extra)
         merge_insns0 = tr.merge_insns
-        for step in range(1, steps + 1):
-            encoding, msg_type = self.rt.encoding, self.rt.msg_type
-            if self.gist is not None:
-                payloads, extra["val_accuracy"] = self._gist_payloads(params, cmd)
-            elif bounds is not None:  # segmented gossip: pull requests; answer others' with this model
-                payloads = [
-                    PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
-                    for seg, _, _ in cmd.get("pulls", [])
-                ]
-                encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
-                self.serving, self.answered = (params, r, sent), 0
-            else:
-                payloads = [self._payload(params)] * len(cmd.get("send", []))
-            for k, dst in enumerate(cmd.get("send", [])):
-                sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
-            t_wait = time.perf_counter()
-            timeouts += self._wait(step)
-            wait_s += time.perf_counter() - t_wait
-            msgs = self.rt.take(step)
-            received += msgs
-            params = self._merge(params, msgs, cmd, extra)
-            if self.stopping:
-                return
+        if self.alg.get("exchange") == "push_pull":
+            done = self._push_pull(params, r, cmd, sent)
+        else:
+            done = self._exchange_steps(params, r, cmd, steps, sent, extra)
+        if done is None:  # told to stop
+            return
+        params, received, timeouts, wait_s = done
         self.params = params
         received += self.rt.requests  # segmented gossip: the pull requests answered
         if tr.merge_insns > merge_insns0:
@@ -616,15 +290,20 @@ class Peer:
             "torch_loaded": "torch" in sys.modules,
             **extra,
         }
-        fm = self.rt.frame
         self.rt.finish_round()
+        self._report(metrics, bool(cmd.get("report_model", True)))
+
+    def _report(self, metrics: dict[str, Any], with_model: bool) -> None:
+        """The round's METRICS to the coordinator, and in evaluation rounds (``with_model``) the
+        model (for evaluation and the consensus distance)."""
+        fm = self.rt.frame
         if self.lost:  # the coordinator is gone: the report goes nowhere (a resume replays the round)
             return
         try:
             self.net.send_coordinator(
                 self.rt.make(fm.MsgType.METRICS, COORDINATOR_ID, self.wr, "none", json.dumps(metrics).encode())
             )
-            if cmd.get("report_model", True):  # for evaluation and the consensus distance
+            if with_model:
                 self.net.send_coordinator(
                     self.rt.make(
                         fm.MsgType.UPDATE,
@@ -637,38 +316,97 @@ class Peer:
         except OSError:
             self.lost = True
 
+    def _train(self, r: int, lr: float) -> tuple[RoundResult, float, float]:
+        """(gossip ``fifo``: start from the buffer mean) train within the memory plan's arena,
+        wait out the paced compute time; returns (result, busy s, compute s with the pacing)."""
+        tr = self.trainer
+        if self.fifo is not None:
+            self.params = tr.fifo_mean(self.fifo.slots[: self.fifo.count])
+        t0 = time.perf_counter()
+        arena = _arena(int(self.cfg["arena_bytes"])) if tr.caps_process_memory else None
+        res = tr.train(self.params, r, lr)
+        if arena is not None:
+            arena.close()
+        busy = time.perf_counter() - t0
+        pace = res.modelled_compute_s * self.ts - busy  # a firmware device: its instruction count's time
+        if pace > 0:
+            time.sleep(pace)
+        self.age += 1
+        self.local_rounds += 1
+        return res, busy, time.perf_counter() - t0
+
+    def _exchange_steps(
+        self, params: np.ndarray, r: int, cmd: dict[str, Any], steps: int, sent: list[list[Any]], extra: dict[str, Any]
+    ) -> Exchanged | None:
+        """The round's exchange steps: send to the directory's ``send`` list, wait for the
+        expected models of the step, merge them in the simulator's order. None: told to stop."""
+        bounds = self.rt.bounds
+        timeouts: list[int] = []
+        received: list[Received] = []
+        wait_s = 0.0
+        for step in range(1, steps + 1):
+            encoding, msg_type = self.rt.encoding, self.rt.msg_type
+            if self.gist is not None:
+                payloads, extra["val_accuracy"] = self.gist.payloads(params, cmd)
+            elif bounds is not None:  # segmented gossip: pull requests; answer others' with this model
+                payloads = [
+                    PULL_REQUEST.pack(int(seg), bounds[int(seg)], bounds[int(seg) + 1])
+                    for seg, _, _ in cmd.get("pulls", [])
+                ]
+                encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
+                self.serving, self.answered = (params, r, sent), 0
+            else:
+                payloads = [self._payload(params)] * len(cmd.get("send", []))
+            for k, dst in enumerate(cmd.get("send", [])):
+                sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
+            t_wait = time.perf_counter()
+            timeouts += self._wait(step)
+            wait_s += time.perf_counter() - t_wait
+            msgs = self.rt.take(step)
+            received += msgs
+            params = self._merge(params, msgs, cmd, extra)
+            if self.stopping:
+                return None
+        return params, received, timeouts, wait_s
+
+    def _push_pull(self, params: np.ndarray, r: int, cmd: dict[str, Any], sent: list[list[Any]]) -> Exchanged | None:
+        """gossip ``exchange: push_pull`` (the simulator's ``pairwise_merge``): this device's
+        pairs in the round's global order (``send``: the partner of each pair). Per pair it sends
+        its current model and age (with a lossy encoding: its model after training, which is what
+        the simulator decodes for every pair of the round), waits for the partner's, and merges
+        the two (average, or age-weighted). The j-th model from a partner is its side of the
+        j-th pair with it (one connection per direction keeps a sender's order). A pair whose
+        partner is gone, or late past ``merge_timeout_s``, does not merge. None: told to stop."""
+        trained, timeouts, received, wait_s = params, [], [], 0.0
+        seen: Counter[int] = Counter()
+        for k, partner in enumerate(int(p) for p in cmd.get("send", [])):
+            src = params if self.rt.encoding == "float32" else trained
+            sent.append(self._send(partner, r, self._payload(src), 1, k))
+            j = seen[partner]
+            seen[partner] += 1
+            t_wait = time.perf_counter()
+            timeouts += self._wait(1, functools.partial(self._awaiting, partner, j))
+            wait_s += time.perf_counter() - t_wait
+            if self.stopping:
+                return None
+            theirs = [m for m in self.rt.inbox if m.sender == partner]
+            if len(theirs) <= j:
+                continue
+            m = theirs[j]
+            received.append(m)
+            if self.alg["merge"] == "age":
+                params, self.age = self.trainer.age(params, self.age, [(m.values, m.age)])
+            else:
+                params = self.trainer.average(params, [m.values])
+        return params, received, timeouts, wait_s
+
+    def _awaiting(self, partner: int, j: int) -> list[int]:
+        """``[partner]`` until its j-th model (0-based) of the round is in, or it is gone."""
+        return [] if partner in self.rt.dead or self.rt.got[partner] > j else [partner]
+
     def _payload(self, params: np.ndarray) -> bytes:
         body = self.rt.enc.encode(params, self.rt.encoding, tensor_sizes=self.rt.tensor_sizes)
         return AGE_HEADER.pack(self.age) + body if self.rt.with_age else body
-
-    def _gist_payloads(self, params: np.ndarray, cmd: dict[str, Any]) -> tuple[list[bytes], float]:
-        """Gist after training: the accuracy on the shared validation set, the bands, and one
-        segment per send, each band drawn as the simulator draws it (gist_np); returns the
-        payloads in send order and the accuracy."""
-        g = self.gist
-        assert g is not None
-        acc, _ = mlp_np.evaluate(self.linears, params, self.x_val, self.y_val)
-        self.accuracy = float(acc)
-        send = cmd.get("send", [])
-        if not send:
-            return [], self.accuracy
-        where = cmd.get("gist", {})
-        key = int(cmd["round"])
-        if g["segmentation"] == "importance":
-            order = gist_np.band_order(params)
-        else:
-            order = gist_np.random_order(self.seed, key, int(where.get("row", 0)), self.rt.n)
-        importance = gist_np.band_importance(params, order, self.band_bounds)
-        probs = gist_np.selection_probabilities(
-            importance, g["selection"], float(g["exp_base"]), bool(g["drop_lowest"])
-        )
-        u = gist_np.send_uniforms(self.seed, key, int(where.get("offset", 0)), len(send))
-        bands = gist_np.choose_bands(probs, u)
-        out = [
-            gist_np.encode_payload(self.accuracy, params, gist_np.segment_mask(order, self.band_bounds, int(b)))
-            for b in bands
-        ]
-        return out, self.accuracy
 
     def _send(
         self, dst: int, r: int, payload: bytes, step: int, k: int, encoding: str | None = None, msg_type: Any = None
@@ -685,17 +423,19 @@ class Peer:
         ok = self.net.send(dst, data)
         return [dst, len(data), link_s, lost, ok]
 
-    def _wait(self, step: int) -> list[int]:
-        """Handle events until every live expected neighbour's models of ``step`` are in;
-        return the neighbours given up on after ``merge_timeout_s``."""
+    def _wait(self, step: int, waiting: Callable[[], list[int]] | None = None) -> list[int]:
+        """Handle events until every live expected neighbour's models of ``step`` are in
+        (``waiting``: who is still awaited, if not that); return the neighbours given up on
+        after ``merge_timeout_s``."""
+        pending = waiting if waiting is not None else (lambda: self.rt.waiting_for(step))
         deadline = time.monotonic() + float(self.cfg["merge_timeout_s"])
         while True:
             self._serve()
-            if not self.rt.waiting_for(step):
+            if not pending():
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                late = self.rt.waiting_for(step)
+                late = pending()
                 log(
                     f"device {self.id}: round {self.rt.round}: no model from {late} within "
                     f"{self.cfg['merge_timeout_s']} s; merging what arrived"
@@ -713,7 +453,7 @@ class Peer:
                 return []
             else:  # the coordinator moved on without us: merge what we have, then obey
                 self.deferred.append(cmd)
-                return self.rt.waiting_for(step)
+                return pending()
         return []
 
     def _serve(self) -> None:
@@ -759,18 +499,19 @@ class Peer:
     def _merge(
         self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any], extra: dict[str, Any]
     ) -> np.ndarray:
-        name = self.alg["name"]
+        """Merge the step's messages by the rule the algorithm's block names (``merge``)."""
         tr = self.trainer
-        if self.rt.segmented:
+        merge = self.alg["merge"]
+        if merge == "pull":
             return self._pull_merge(params, msgs, cmd)
-        if name in MIXING:
+        if merge == "mix":
             weights = {int(k): float(v) for k, v in cmd.get("weights", {}).items()}  # none: isolated
             got = [(weights[m.sender], m.values) for m in msgs]
             missing = sum(weights.values()) - sum(w for w, _ in got)
             return tr.mix(params, float(cmd.get("self_weight", 1.0)), got, max(missing, 0.0))
-        if name == "gist":
-            return self._gist_merge(params, msgs, extra)
-        merge = self.alg["merge"]
+        if merge == "gist":
+            assert self.gist is not None
+            return self.gist.merge(params, msgs, extra, tr)
         if merge == "average":
             return tr.average(params, [m.values for m in msgs])
         if merge == "age":
@@ -780,25 +521,6 @@ class Peer:
         for m in msgs:
             self.fifo.push(m.values)
         return params
-
-    def _gist_merge(self, params: np.ndarray, msgs: list[Received], extra: dict[str, Any]) -> np.ndarray:
-        """The simulator's Gist delivery: segments join the FIFO buffer in message order; once it
-        holds ``min_received`` the device merges them all (success-weighted: each sender's
-        accuracy, its own as the local weight; vanilla: all 1) and clears it."""
-        g = self.gist
-        assert g is not None
-        success = g["merge"] == "success"
-        for m in msgs:
-            assert m.mask is not None
-            self.buffer.append((m.accuracy if success else 1.0, m.mask, m.values))
-        extra["gist_buffer"] = len(self.buffer)
-        if not msgs or len(self.buffer) < int(g["min_received"]):
-            return params
-        merged = self.trainer.gist(params, self.accuracy if success else 1.0, list(self.buffer))
-        self.buffer.clear()
-        self.gist_merges += 1
-        extra["gist_merged"] = True
-        return merged
 
 
 def _load_keys(path: str) -> tuple[bytes, dict[int, bytes]]:
@@ -820,9 +542,9 @@ def run(cfg: dict[str, Any]) -> int:
         int(cfg["num_params"]),
         list(cfg["tensor_sizes"]),
         cfg["encoding"],
-        with_age=alg["name"] == "gossip" and alg.get("merge") == "age",
-        gist=alg["name"] == "gist",
-        segment_bounds=alg.get("segment_bounds"),
+        with_age=alg["merge"] == "age",
+        gist=alg["payload"] == "gist",
+        segment_bounds=alg.get("segment_bounds") if alg["payload"] == "segments" else None,
     )
     # Numpy or firmware (QEMU) training and merging; QEMU is started before any cap (it
     # reserves a large translation buffer) and before the reader thread exists.

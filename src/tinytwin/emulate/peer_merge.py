@@ -51,7 +51,8 @@ def merge_average(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray
 
 def merge_age(own: np.ndarray, own_age: int, received: Sequence[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
     """gossip ``age``: age-weighted merge of each received model in order; returns (model, age)."""
-    w, t = own.astype(np.float32, copy=False), int(own_age)
+    w: np.ndarray = own.astype(np.float32, copy=False)
+    t = int(own_age)
     for z, tm in received:
         total = np.float32(t + tm)
         wa = np.float32(t) / total if total > 0 else np.float32(0.5)

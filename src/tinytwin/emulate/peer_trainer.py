@@ -134,7 +134,7 @@ class FirmwarePeerTrainer(NumpyPeerTrainer):
         self.merge_commands += 1
         return np.asarray(res.params, dtype=np.float32)
 
-    def _mix(self, weights: Sequence[float], models: Sequence[np.ndarray]) -> np.ndarray:
+    def _mix(self, weights: Sequence[float | np.floating[Any]], models: Sequence[np.ndarray]) -> np.ndarray:
         w = [float(np.float32(x)) for x in weights]
         return self._merge("merge (M)", lambda: self.fw.dev.mix(w, [np.asarray(m, np.float32) for m in models]))
 

@@ -29,416 +29,35 @@ round is committed with a checkpoint; ``--resume`` continues exactly.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from tinytwin.algorithms import gist as G
-from tinytwin.algorithms import gossip as GS
 from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
-from tinytwin.algorithms.mixing import mix, mix_received, serverfree_weights
-from tinytwin.algorithms.segments import REQUEST_PAYLOAD_BYTES, choose_replicas, contiguous_bounds, segment_pull
+from tinytwin.engines.dfl_messages import AGE_HEADER_BYTES, Ctx, DState, Messages
+from tinytwin.engines.dfl_protocols import PROTOCOLS
 from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.network import Network
-from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.fleet.cost import compute_flops, energy_joules, peer_transfer_cost, per_device
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.models.accounting import training_memory
-from tinytwin.net.topology import components, metropolis_hastings
+from tinytwin.net.topology import components
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
 from tinytwin.wire.encoding import encoded_size
 from tinytwin.wire.frame import frame_size
-from tinytwin.wire.roundtrip import roundtrip_torch
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
-
-#: Bytes of the age counter an age-weighted gossip message carries (uint32).
-AGE_HEADER_BYTES = 4
-
-
-# ---------------------------------------------------------------------------------- messages
-
-
-@dataclass
-class Messages:
-    """A batch of device-to-device messages (M of them), what they carry and what they cost."""
-
-    src: np.ndarray
-    dst: np.ndarray
-    payload: np.ndarray  # payload bytes (the frame adds its header)
-    sent_at: np.ndarray
-    data: dict[str, Any] = field(default_factory=dict)  # tensors (M, ...) or lists of length M
-    arrive_at: np.ndarray | None = None
-    wire: np.ndarray | None = None  # bytes on the link, retransmissions included
-    lost: np.ndarray | None = None  # packets lost and resent
-    airtime: np.ndarray | None = None  # seconds the sender sends and the receiver listens
-
-    ARRAYS = ("src", "dst", "payload", "sent_at", "arrive_at", "wire", "lost", "airtime")
-
-    def __len__(self) -> int:
-        return int(self.src.size)
-
-    @classmethod
-    def empty(cls) -> Messages:
-        z = np.zeros(0, dtype=np.int64)
-        return cls(z, z.copy(), z.copy(), np.zeros(0), {}, np.zeros(0), z.copy(), z.copy(), np.zeros(0))
-
-    def take(self, sel: np.ndarray) -> Messages:
-        """The messages at ``sel`` (a boolean mask or an index array, in that order)."""
-        sel = np.flatnonzero(sel) if np.asarray(sel).dtype == bool else np.asarray(sel, dtype=np.int64)
-        data = {
-            k: v[torch.from_numpy(sel)] if isinstance(v, Tensor) else [v[i] for i in sel] for k, v in self.data.items()
-        }
-        arrays = {k: None if getattr(self, k) is None else getattr(self, k)[sel] for k in self.ARRAYS}
-        return Messages(data=data, **arrays)
-
-    @staticmethod
-    def concat(parts: list[Messages]) -> Messages:
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return Messages.empty()
-        if len(parts) == 1:
-            return parts[0]
-        data: dict[str, Any] = {}
-        for k in parts[0].data:
-            vals = [p.data[k] for p in parts]
-            data[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else [x for v in vals for x in v]
-        arrays = {
-            k: None if any(getattr(p, k) is None for p in parts) else np.concatenate([getattr(p, k) for p in parts])
-            for k in Messages.ARRAYS
-        }
-        return Messages(data=data, **arrays)
-
-
-@dataclass
-class Ctx:
-    """What the algorithm may look at in one round (or tick)."""
-
-    key: int  # round (sync) or tick index (async): keys the random streams
-    online: np.ndarray  # (D,) bool
-    edges: np.ndarray  # usable links now
-    neighbours: tuple[np.ndarray, np.ndarray]
-    now: float  # virtual time of the sends
-
-
-# ---------------------------------------------------------------------------------- state
-
-
-@dataclass
-class DState(Checkpointed):
-    """Everything that carries over between rounds (the checkpoint)."""
-
-    round: int
-    params: Tensor
-    sim_time_s: float
-    energy_j: np.ndarray
-    local_rounds: np.ndarray
-    lr_state: dict[str, Any]
-    proto: dict[str, Any]
-    clock: dict[str, Any]
-    bytes_up: int = 0
-    bytes_down: int = 0
-    messages: int = 0
-    accuracies: list[tuple[int, float]] = field(default_factory=list)
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------- protocols
-
-
-class Protocol:
-    """One decentralized algorithm, wired to the engine. Subclasses implement the hooks."""
-
-    name = ""
-    is_async_capable = False
-
-    def __init__(self, eng: DecentralizedSimulator) -> None:
-        self.eng = eng
-        self.a = eng.exp.spec.algorithm
-
-    def init_state(self, params: Tensor) -> dict[str, Any]:
-        return {}
-
-    def before_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> None:
-        """Merges due at the start of a device's local round (gossip's FIFO replace)."""
-
-    def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
-        """Sends after local training; sync mixing algorithms also merge here."""
-        raise NotImplementedError
-
-    def deliver(self, st: DState, msgs: Messages) -> None:
-        """Receivers take the messages (in arrival order) and merge when their rule says so."""
-
-    def message_payload_estimate(self) -> int:
-        return encoded_size(self.eng.num_params, self.a.encoding, tensor_sizes=self.eng.tensor_sizes)
-
-    def sends_per_round(self) -> int:
-        return 1
-
-    # shared helpers
-    def decoded(self, x: Tensor) -> Tensor:
-        if self.a.encoding == "float32":
-            return x.clone()
-        return roundtrip_torch(x, self.a.encoding, tensor_sizes=self.eng.tensor_sizes)
-
-
-class MixingProtocol(Protocol):
-    """DecFedAvg (Metropolis–Hastings) and server-free FL (unweighted neighbour mean)."""
-
-    def weights(self, ctx: Ctx):
-        n = self.eng.n
-        if self.name == "decfedavg":
-            return metropolis_hastings(n, ctx.edges, ctx.online)
-        return serverfree_weights(n, ctx.edges, ctx.online)
-
-    def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
-        w = self.weights(ctx)
-        steps = self.a.decfedavg.mixing_steps if self.name == "decfedavg" else 1
-        x = st.params
-        for _ in range(steps):
-            x = mix(w, x) if self.a.encoding == "float32" else mix_received(w, x, self.decoded(x))
-        st.params = x
-        e = ctx.edges
-        src = np.tile(np.concatenate([e[:, 0], e[:, 1]]), steps)
-        dst = np.tile(np.concatenate([e[:, 1], e[:, 0]]), steps)
-        size = self.message_payload_estimate()
-        return Messages(src, dst, np.full(src.size, size, dtype=np.int64), np.full(src.size, ctx.now))
-
-    def sends_per_round(self) -> int:
-        return self.a.decfedavg.mixing_steps
-
-
-class DecFedAvg(MixingProtocol):
-    name = "decfedavg"
-
-
-class ServerFree(MixingProtocol):
-    name = "serverfree"
-
-
-class Gossip(Protocol):
-    name = "gossip"
-    is_async_capable = True
-
-    def init_state(self, params: Tensor) -> dict[str, Any]:
-        g = self.a.gossip
-        st: dict[str, Any] = {"age": torch.zeros(self.eng.n, dtype=torch.int64)}
-        if g.merge == "fifo":
-            # seed 004: the buffer starts with copies of the initial model
-            st["buffer"] = params[:, None, :].repeat(1, g.buffer_size, 1).clone()
-            st["count"] = torch.full((self.eng.n,), g.buffer_size, dtype=torch.int64)
-            st["head"] = torch.zeros(self.eng.n, dtype=torch.int64)
-        return st
-
-    def message_payload_estimate(self) -> int:
-        extra = AGE_HEADER_BYTES if self.a.gossip.merge == "age" else 0
-        return super().message_payload_estimate() + extra
-
-    def sends_per_round(self) -> int:
-        return self.a.gossip.sends
-
-    def before_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> None:
-        if self.a.gossip.merge == "fifo" and ids.size:
-            rows = torch.from_numpy(ids)
-            p = st.proto
-            st.params[rows] = GS.fifo_mean(p["buffer"], p["count"], rows)
-
-    def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
-        st.proto["age"][torch.from_numpy(ids)] += 1
-        g = self.a.gossip
-        rng = stream_rng(self.eng.seed, Stream.PEERS, ctx.key)
-        src, dst = GS.choose_peers(rng, ids, g.sends, ctx.online, None if g.peer == "random" else ctx.neighbours)
-        rows = torch.from_numpy(src)
-        data = {
-            "model": self.decoded(st.params[rows]),
-            "age": st.proto["age"][rows].clone(),
-            "reply": torch.zeros(src.size, dtype=torch.bool),
-        }
-        size = self.message_payload_estimate()
-        msgs = Messages(src, dst, np.full(src.size, size, dtype=np.int64), np.full(src.size, ctx.now), data)
-        if g.exchange == "push_pull":  # the receiver's answer: costs bytes, merged with the push
-            back = torch.from_numpy(dst)
-            replies = Messages(
-                dst.copy(),
-                src.copy(),
-                np.full(src.size, size, dtype=np.int64),
-                np.full(src.size, ctx.now),
-                {
-                    "model": self.decoded(st.params[back]),
-                    "age": st.proto["age"][back].clone(),
-                    "reply": torch.ones(src.size, dtype=torch.bool),
-                },
-            )
-            msgs = Messages.concat([msgs, replies])
-        return msgs
-
-    def deliver(self, st: DState, msgs: Messages) -> None:
-        if not len(msgs):
-            return
-        mode = self.a.gossip.merge
-        if self.a.gossip.exchange == "push_pull":
-            push = msgs.take(~msgs.data["reply"].numpy())
-            received = None if self.a.encoding == "float32" else self.decoded(st.params)
-            GS.pairwise_merge(st.params, st.proto["age"], push.src, push.dst, mode, received)
-            return
-        dst = msgs.dst
-        if mode == "fifo":
-            p = st.proto
-            GS.fifo_push(p["buffer"], p["count"], p["head"], dst, msgs.data["model"])
-        elif mode == "average":
-            recv = np.unique(dst)
-            rows = torch.from_numpy(recv)
-            pos = torch.from_numpy(np.searchsorted(recv, dst))
-            sums = torch.zeros(len(recv), self.eng.num_params, dtype=st.params.dtype)
-            sums.index_add_(0, pos, msgs.data["model"].to(st.params.dtype))
-            counts = torch.bincount(pos, minlength=len(recv))
-            st.params[rows] = GS.merge_average(st.params[rows], sums, counts)
-            ages = torch.zeros(len(recv), dtype=torch.int64).scatter_reduce(0, pos, msgs.data["age"], "amax")
-            st.proto["age"][rows] = torch.maximum(st.proto["age"][rows], ages)
-        else:  # age-weighted, one received model at a time in arrival order
-            rank = GS.message_rank(dst)
-            for k in range(int(rank.max()) + 1):
-                sel = np.flatnonzero(rank == k)
-                rows = torch.from_numpy(dst[sel])
-                s = torch.from_numpy(sel)
-                merged, age = GS.merge_age(
-                    st.params[rows], st.proto["age"][rows], msgs.data["model"][s], msgs.data["age"][s]
-                )
-                st.params[rows], st.proto["age"][rows] = merged, age
-
-
-class SegmentedGossip(Protocol):
-    name = "segmented_gossip"
-
-    def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
-        sg = self.a.segments
-        bounds = contiguous_bounds(self.eng.num_params, sg.count)
-        s = len(bounds) - 1
-        rng = stream_rng(self.eng.seed, Stream.PEERS, ctx.key)
-        peers = choose_replicas(rng, ids, s, sg.replicas, ctx.online, None if sg.peer == "random" else ctx.neighbours)
-        received = None if self.a.encoding == "float32" else self.decoded(st.params)
-        weights = torch.from_numpy(self.eng.n_train.astype(np.float64))
-        new = segment_pull(st.params, weights, ids, peers, bounds, received)
-        st.params[torch.from_numpy(ids)] = new
-        puller = np.repeat(ids, s * sg.replicas)
-        seg = np.tile(np.repeat(np.arange(s), sg.replicas), ids.size)
-        peer = peers.reshape(-1)
-        ok = peer >= 0
-        puller, seg, peer = puller[ok], seg[ok], peer[ok]
-        seg_len = np.diff(bounds)[seg]
-        resp = (
-            np.array([encoded_size(int(n), self.a.encoding) for n in seg_len], dtype=np.int64)
-            if self.a.encoding == "int8"
-            else seg_len * (4 if self.a.encoding == "float32" else 2)
-        )
-        src = np.concatenate([puller, peer])  # request, then response
-        dst = np.concatenate([peer, puller])
-        payload = np.concatenate([np.full(puller.size, REQUEST_PAYLOAD_BYTES), resp]).astype(np.int64)
-        return Messages(src, dst, payload, np.full(src.size, ctx.now))
-
-    def sends_per_round(self) -> int:
-        return self.a.segments.count * self.a.segments.replicas
-
-    def message_payload_estimate(self) -> int:
-        return 4 * -(-self.eng.num_params // self.a.segments.count)
-
-
-class Gist(Protocol):
-    name = "gist"
-    is_async_capable = True
-
-    def init_state(self, params: Tensor) -> dict[str, Any]:
-        return {
-            "buffer": [deque(maxlen=self.a.gist.buffer_size) for _ in range(self.eng.n)],
-            "acc": torch.zeros(self.eng.n, dtype=torch.float64),
-            "merges": np.zeros(self.eng.n, dtype=np.int64),
-        }
-
-    def sends_per_round(self) -> int:
-        return self.a.gist.sends
-
-    def message_payload_estimate(self) -> int:
-        nnz = -(-self.eng.num_params // max(1, self.a.gist.segments))
-        return G.payload_size(self.eng.num_params, nnz)
-
-    def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
-        g = self.a.gist
-        eng = self.eng
-        rows = torch.from_numpy(ids)
-        w = st.params[rows]
-        acc, _ = evaluate_many(eng.exp.module, eng.exp.layout, w, eng.x_val, eng.y_val)
-        st.proto["acc"][rows] = acc
-        if g.segmentation == "importance":
-            order = G.band_order(w)
-        else:
-            order = G.random_order(stream_rng(eng.seed, Stream.BANDS, ctx.key, 1), len(ids), eng.num_params)
-        bounds = G.band_bounds(eng.num_params, g.segments)
-        probs = G.selection_probabilities(G.band_importance(w, order, bounds), g.selection, g.exp_base, g.drop_lowest)
-        rng = stream_rng(eng.seed, Stream.PEERS, ctx.key)
-        src, dst = GS.choose_peers(rng, ids, g.sends, ctx.online, None if g.peer == "random" else ctx.neighbours)
-        row_of = np.searchsorted(ids, src)
-        cdf = probs.cumsum(dim=1).numpy()
-        u = stream_rng(eng.seed, Stream.BANDS, ctx.key, 0).random(src.size)
-        band = np.minimum((u[:, None] > cdf[row_of]).sum(axis=1), len(bounds) - 2)
-        idx, vals = G.segments_of(w, G.band_of(order, bounds), torch.from_numpy(row_of), torch.from_numpy(band))
-        nnz = np.array([i.numel() for i in idx], dtype=np.int64)
-        payload = np.array([G.payload_size(eng.num_params, int(k)) for k in nnz], dtype=np.int64)
-        data = {
-            "acc": acc[torch.from_numpy(row_of)].clone() if src.size else torch.zeros(0, dtype=torch.float64),
-            "idx": idx,
-            "vals": vals,
-        }
-        return Messages(src, dst, payload, np.full(src.size, ctx.now), data)
-
-    def deliver(self, st: DState, msgs: Messages) -> None:
-        if not len(msgs):
-            return
-        g = self.a.gist
-        buf = st.proto["buffer"]
-        for m in range(len(msgs)):
-            buf[int(msgs.dst[m])].append((float(msgs.data["acc"][m]), msgs.data["idx"][m], msgs.data["vals"][m]))
-        ready = [int(d) for d in np.unique(msgs.dst) if len(buf[int(d)]) >= g.min_received]
-        if not ready:
-            return
-        rows_l, idx_l, val_l, wt_l = [], [], [], []
-        for r, d in enumerate(ready):
-            for acc, idx, vals in buf[d]:
-                rows_l.append(torch.full((idx.numel(),), r, dtype=torch.int64))
-                idx_l.append(idx)
-                val_l.append(vals)
-                wt_l.append(torch.full((idx.numel(),), acc if g.merge == "success" else 1.0, dtype=torch.float64))
-            buf[d].clear()
-        p = self.eng.num_params
-        rows = torch.from_numpy(np.array(ready, dtype=np.int64))
-        r_sum, phi = G.accumulate(
-            len(ready), p, torch.cat(rows_l), torch.cat(idx_l), torch.cat(val_l), torch.cat(wt_l), dtype=torch.float64
-        )
-        local = st.proto["acc"][rows] if g.merge == "success" else torch.ones(len(ready), dtype=torch.float64)
-        merged = G.merge(st.params[rows].to(torch.float64), local, r_sum, phi)
-        st.params[rows] = merged.to(st.params.dtype)
-        st.proto["merges"][np.array(ready)] += 1
-
-
-PROTOCOLS: dict[str, type[Protocol]] = {
-    "decfedavg": DecFedAvg,
-    "serverfree": ServerFree,
-    "gossip": Gossip,
-    "segmented_gossip": SegmentedGossip,
-    "gist": Gist,
-}
-
 
 # ---------------------------------------------------------------------------------- memory
 
@@ -573,6 +192,14 @@ def round_metric_rows(
     return device_rows, metric_rows, rm
 
 
+def _traffic(sent: Messages, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per device: bytes sent and received (on the wire), messages sent and received, packets lost."""
+    sent_b = per_device(sent.src, sent.priced("wire"), n).astype(np.int64)
+    recv_b = per_device(sent.dst, sent.priced("wire"), n).astype(np.int64)
+    lost = per_device(sent.src, sent.priced("lost"), n).astype(np.int64)
+    return sent_b, recv_b, np.bincount(sent.src, minlength=n), np.bincount(sent.dst, minlength=n), lost
+
+
 class DecentralizedSimulator:
     """Runs a decentralized :class:`Experiment` round by round, writing to a :class:`RunStore`."""
 
@@ -696,16 +323,9 @@ class DecentralizedSimulator:
 
     def step(self, st: DState, r: int) -> DState:
         wall0 = time.perf_counter()
-        exp, spec = self.exp, self.exp.spec
-        n = self.n
+        exp, n = self.exp, self.n
         t0 = st.sim_time_s
-        events: list[dict[str, Any]] = []
-        for d, kind in exp.timeline.changes(r):
-            events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
-        for u, v, kind in self.net.links.changes(r):
-            events.append(
-                {"round": r, "sim_time_s": t0, "device": None, "kind": kind, "detail": f"link {u}-{v} {kind[5:]}"}
-            )
+        events = self._events(r, t0)
         online = exp.timeline.online(r)
         losses = np.full(n, np.nan)
         compute_s = np.zeros(n)
@@ -714,45 +334,19 @@ class DecentralizedSimulator:
             sent = self._async_window(st, r, online, losses, compute_s, fires)
             round_s = self.round_s
         else:
-            ids = np.flatnonzero(online)
-            ctx = self._ctx(r, r, online, t0)
-            self.proto.before_train(st, ids, ctx)
-            self._train(st, ids, r, losses)
-            compute_s[ids] = self.compute_s[ids]
-            fires[ids] = 1
-            sent = self._price(self.proto.after_train(st, ids, ctx), r, 0)
-            self.proto.deliver(st, sent)
-            self.lr_sched.on_round_end(ids, st.local_rounds[ids], losses[ids])
+            sent = self._sync_round(st, r, online, losses, compute_s, fires)
             round_s = 0.0
-        tx_s = per_device(sent.src, sent.airtime, n)
-        rx_s = per_device(sent.dst, sent.airtime, n)
+        tx_s = per_device(sent.src, sent.priced("airtime"), n)
+        rx_s = per_device(sent.dst, sent.priced("airtime"), n)
         busy = compute_s + tx_s + rx_s
         if not self.is_async:
             round_s = float(busy[online].max()) if online.any() else 0.0
         # evaluation of every online device's own model on the shared test set
         ids = np.flatnonzero(online)
-        acc = np.full(n, np.nan)
-        loss = np.full(n, np.nan)
-        if (r % spec.evaluation.every == 0 or r == spec.rounds) and ids.size:
-            a_, l_ = evaluate_many(exp.module, exp.layout, st.params[torch.from_numpy(ids)], self.x_test, self.y_test)
-            acc[ids], loss[ids] = a_.numpy(), l_.numpy()
-        dist = np.full(n, np.nan)
-        consensus = None
-        if ids.size:
-            w = st.params[torch.from_numpy(ids)].to(torch.float64)
-            dd = (w - w.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
-            dist[ids] = dd
-            consensus = float(dd.mean())
+        acc, loss, dist, consensus = self._evaluate(st, r, ids)
         n_comp, _ = components(n, self._ctx(r, r, online, t0).edges, online)
-
-        power = exp.fleet.power
-        energy = energy_joules(power, compute_s, tx_s, rx_s, round_s, online)
-        sent_b = per_device(sent.src, sent.wire, n).astype(np.int64)
-        recv_b = per_device(sent.dst, sent.wire, n).astype(np.int64)
-        n_sent = np.bincount(sent.src, minlength=n)
-        n_recv = np.bincount(sent.dst, minlength=n)
-        lost = per_device(sent.src, sent.lost, n).astype(np.int64)
-
+        energy = energy_joules(exp.fleet.power, compute_s, tx_s, rx_s, round_s, online)
+        sent_b, recv_b, n_sent, n_recv, lost = _traffic(sent, n)
         device_rows, metric_rows, rm = round_metric_rows(
             r,
             ids,
@@ -782,13 +376,10 @@ class DecentralizedSimulator:
         st.round = r
         st.sim_time_s = t0 + round_s
         st.energy_j = st.energy_j + energy
-        st.bytes_up += int(sent_b.sum())
-        st.bytes_down += int(recv_b.sum())
+        st.bytes_up, st.bytes_down = st.bytes_up + int(sent_b.sum()), st.bytes_down + int(recv_b.sum())
         st.messages += int(len(sent))
-        if mean_acc is not None:
-            st.accuracies = st.accuracies + [(r, mean_acc)]
-        st.lr_state = self.lr_sched.state()
-        st.last_metrics = rm
+        st.accuracies = st.accuracies + ([(r, mean_acc)] if mean_acc is not None else [])
+        st.lr_state, st.last_metrics = self.lr_sched.state(), rm
         round_row = {
             "round": r,
             "sim_time_s": st.sim_time_s,
@@ -809,6 +400,47 @@ class DecentralizedSimulator:
             self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm, metric_rows
         )
         return st
+
+    def _events(self, r: int, t0: float) -> list[dict[str, Any]]:
+        """The round's timeline changes (devices, links) as ``events`` rows."""
+        events: list[dict[str, Any]] = []
+        for d, kind in self.exp.timeline.changes(r):
+            events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
+        for u, v, kind in self.net.links.changes(r):
+            events.append(
+                {"round": r, "sim_time_s": t0, "device": None, "kind": kind, "detail": f"link {u}-{v} {kind[5:]}"}
+            )
+        return events
+
+    def _sync_round(
+        self, st: DState, r: int, online: np.ndarray, losses: np.ndarray, compute_s: np.ndarray, fires: np.ndarray
+    ) -> Messages:
+        """A lock-step round: every online device trains, sends, and the messages are delivered."""
+        ids = np.flatnonzero(online)
+        ctx = self._ctx(r, r, online, st.sim_time_s)
+        self.proto.before_train(st, ids, ctx)
+        self._train(st, ids, r, losses)
+        compute_s[ids] = self.compute_s[ids]
+        fires[ids] = 1
+        sent = self._price(self.proto.after_train(st, ids, ctx), r, 0)
+        self.proto.deliver(st, sent)
+        self.lr_sched.on_round_end(ids, st.local_rounds[ids], losses[ids])
+        return sent
+
+    def _evaluate(self, st: DState, r: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+        """Every online device's own model on the shared test set (evaluation rounds), its
+        distance to the mean model, and the consensus distance."""
+        exp, spec, n = self.exp, self.exp.spec, self.n
+        acc, loss, dist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        if (r % spec.evaluation.every == 0 or r == spec.rounds) and ids.size:
+            a_, l_ = evaluate_many(exp.module, exp.layout, st.params[torch.from_numpy(ids)], self.x_test, self.y_test)
+            acc[ids], loss[ids] = a_.numpy(), l_.numpy()
+        if not ids.size:
+            return acc, loss, dist, None
+        w = st.params[torch.from_numpy(ids)].to(torch.float64)
+        dd = (w - w.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
+        dist[ids] = dd
+        return acc, loss, dist, float(dd.mean())
 
     def _price(self, msgs: Messages, *key: int) -> Messages:
         """Attach wire bytes, lost packets, airtime and arrival time to every message."""
@@ -866,11 +498,11 @@ class DecentralizedSimulator:
         inflight: Messages = st.clock["inflight"]
         if not len(inflight):
             return
-        due = inflight.arrive_at < t
+        due = np.asarray(inflight.priced("arrive_at") < t, dtype=bool)
         if not due.any():
             return
         now = inflight.take(due)
-        now = now.take(np.argsort(now.arrive_at, kind="stable"))
+        now = now.take(np.argsort(now.priced("arrive_at"), kind="stable"))
         st.clock["inflight"] = inflight.take(~due)
         self.proto.deliver(st, now)
 
