@@ -16,7 +16,6 @@ Schema (see docs/results.md):
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 import time
@@ -24,6 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tinytwin.errors import TinyTwinError
+from tinytwin.store import checkpoint as checkpoint_format
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -132,6 +134,10 @@ DEVICE_ROUND_COLUMNS = (
     "accuracy",
 )
 EVENT_COLUMNS = ("round", "sim_time_s", "device", "kind", "detail")
+
+
+class ResultsError(TinyTwinError):
+    """A results database that cannot be used as it is: damaged, tampered, read-only or full."""
 
 
 @dataclass(frozen=True)
@@ -275,8 +281,17 @@ class RunStore:
         return self._dicts(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY rowid", run_id)
 
     def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The last committed round and its state; a checkpoint that is not plain data (a pickle,
+        a damaged blob) is refused with one line and never executed."""
         row = self.conn.execute("SELECT round, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else (int(row[0]), _from_blob(row[1]))
+        if row is None:
+            return None
+        try:
+            if not isinstance(row[1], bytes) or isinstance(row[0], bool) or not isinstance(row[0], int):
+                raise checkpoint_format.CheckpointFormatError("the checkpoint row has the wrong column types")
+            return int(row[0]), _from_blob(row[1])
+        except checkpoint_format.CheckpointFormatError as exc:
+            raise ResultsError(f"{self.path}: cannot resume: {exc}; start the run again") from None
 
     def _dicts(self, query: str, *args: Any) -> list[dict[str, Any]]:
         cur = self.conn.execute(query, args)
@@ -293,14 +308,8 @@ def open_store(path: Path) -> RunStore:
 
 
 def _to_blob(state: Mapping[str, Any]) -> bytes:
-    import torch  # here, not at the top: report, compare and export read stores without torch
-
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    return buf.getvalue()
+    return checkpoint_format.encode(state)
 
 
 def _from_blob(blob: bytes) -> dict[str, Any]:
-    import torch
-
-    return torch.load(io.BytesIO(blob), weights_only=False)
+    return checkpoint_format.decode(blob)
