@@ -13,9 +13,9 @@ Layout: ``MAGIC`` · 8-byte little-endian header length · header (UTF-8 JSON) �
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
-import dataclasses
 import struct
 import sys
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -165,13 +165,14 @@ def _dec(v: Any, arrays: list[np.ndarray]) -> Any:
         name, pairs = x
         return defaultdict(_FACTORIES[name], {_dec(k, arrays): _dec(y, arrays) for k, y in pairs})
     if tag == "dc":
-        return _dataclass(*x, arrays)
+        module, qualname, fields = x
+        return _dataclass(module, qualname, fields, arrays)
     if tag == "deque":
         maxlen, items = x
         if maxlen is not None and not isinstance(maxlen, int):
             raise ValueError("bad deque")
         return deque((_dec(y, arrays) for y in items), maxlen)
     if tag in ("list", "tuple", "set", "frozenset"):
-        items = [_dec(y, arrays) for y in x]
-        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
+        values = [_dec(y, arrays) for y in x]
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](values)
     raise ValueError(f"unknown tag {tag!r}")
