@@ -189,3 +189,23 @@ def test_run_folder_is_private(tmp_path: Path, finished_run):
     for name in ("spec.yaml", "results.db"):
         assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o600, name
     assert os.stat(run_dir).st_uid == os.getuid()
+
+
+def test_private_file_helpers_never_expose_a_file(tmp_path: Path):
+    """The helpers the emulation coordinators are to use for keys, configs, shards and logs."""
+    from tinytwin.store.files import open_private_append, private_dirs, write_private
+
+    old = os.umask(0)  # the most permissive umask: modes must still be private
+    try:
+        keys = tmp_path / "emulate" / "keys"
+        private_dirs(keys)
+        key = write_private(keys / "d0.key", b"secret")
+        write_private(key, b"secret2")  # replaced atomically, still private
+        with open_private_append(tmp_path / "emulate" / "d0.log") as log:
+            log.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.read_bytes() == b"secret2"
+    assert stat.S_IMODE((tmp_path / "emulate" / "d0.log").stat().st_mode) == 0o600
+    assert sorted(p.name for p in keys.iterdir()) == ["d0.key"]  # no temp file left

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from tinytwin.errors import TinyTwinError
 
@@ -63,3 +65,30 @@ def new_private_run_folder(run_dir: Path, files: dict[str, bytes]) -> Path:
         folder = run_dir if made else run_dir.parent
         raise TinyTwinError(write_error_line(folder, exc)) from None
     return run_dir
+
+
+def private_dirs(*paths: Path) -> None:
+    """Create each folder (if missing) as 0700, and make an existing one 0700."""
+    for path in paths:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+
+
+def write_private(path: Path, data: bytes | str) -> Path:
+    """Replace ``path`` atomically with ``data``, mode 0600 from its first byte (key files, configs,
+    shards): written to a temp name created 0600 with ``O_EXCL``, then renamed over ``path``."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        create_private_file(tmp, payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """``open(path, "ab")`` for logs, but a new file is created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    return os.fdopen(fd, "ab")
