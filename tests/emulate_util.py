@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import run_cli
-from tinytwin.emulate.dfl_coordinator import PEERS_FILE
+from tinytwin.emulate.fork_fleet import PEERS_FILE
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
 

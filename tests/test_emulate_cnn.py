@@ -16,8 +16,9 @@ from torch.func import functional_call
 
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.emulate import layers_np
-from tinytwin.emulate.coordinator import EmulateOptions, _model_rows, start_emulation
+from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
 from tinytwin.emulate.firmware_fleet import check_firmware_spec
+from tinytwin.emulate.model_rows import model_rows
 from tinytwin.engines.experiment import prepare
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.runner import start_run
@@ -103,7 +104,7 @@ def _one_epoch(exp, devices, cfg: LocalTraining, round_: int = 2) -> tuple[float
     parts = [exp.parts[d] for d in devices]
     batched = trainer.train(start, round_, np.asarray(devices), parts)
     ref = trainer.train_reference(start, round_, np.asarray(devices), parts)
-    linears, rows = _model_rows(exp)
+    linears, rows = model_rows(exp)
     assert linears is None and rows is not None  # the coordinator sends CNNs to layers_np
     net = layers_np.Net.from_rows(rows)
     worst_batched = worst_ref = 0.0

@@ -23,8 +23,9 @@ from tinytwin.algorithms import gossip as GS
 from tinytwin.algorithms.mixing import mix
 from tinytwin.algorithms.segments import contiguous_bounds, segment_pull
 from tinytwin.emulate import mlp_np
-from tinytwin.emulate.coordinator import EmulateOptions, _linears, check_emulatable, start_emulation
+from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, start_emulation
 from tinytwin.emulate.dfl_directory import link_key, plan_round
+from tinytwin.emulate.model_rows import mlp_rows
 from tinytwin.emulate.peer import AGE_HEADER, PULL_REQUEST, PeerRuntime
 from tinytwin.emulate.peer_merge import Fifo, merge_age, merge_average, mix_row
 from tinytwin.emulate.peer_net import COORDINATOR_CONN
@@ -417,7 +418,7 @@ def test_a_devices_gist_choices_are_the_simulators(tmp_path: Path, gist: dict) -
     ids, r = np.flatnonzero(online), 2
     msgs = sim.proto.after_train(st, ids, sim._ctx(r, r, online, 0.0))
     plan = plan_round(spec.algorithm, spec.seed, sim.net, online, r)
-    linears = mlp_np.linears_from(_linears(sim.exp))
+    linears = mlp_np.linears_from(mlp_rows(sim.exp))
     x_val, y_val = sim.x_val.numpy().reshape(len(sim.y_val), -1), sim.y_val.numpy()
     p = sim.num_params
     bounds = GN.band_bounds(p, g.segments)

@@ -11,7 +11,7 @@ import torch
 
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.emulate import mlp_np, shaper
-from tinytwin.emulate.coordinator import _linears
+from tinytwin.emulate.model_rows import mlp_rows
 from tinytwin.engines.experiment import prepare
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.fleet.cost import LinkArrays, transfer_cost
@@ -36,7 +36,7 @@ def test_numpy_training_matches_local_trainer_after_one_epoch() -> None:
     start = exp.initial_params()
     ids = np.arange(10)
     result = trainer.train(start, 3, ids, [exp.parts[d] for d in ids])
-    linears = mlp_np.linears_from(_linears(exp))
+    linears = mlp_np.linears_from(mlp_rows(exp))
     tc = mlp_np.LocalTraining(1, a.batch_size, a.lr)
     worst = 0.0
     for d in ids:
@@ -63,7 +63,7 @@ def test_numpy_training_with_momentum_and_prox_matches() -> None:
     start = exp.initial_params()
     ids = np.arange(4)
     result = trainer.train(start, 1, ids, [exp.parts[d] for d in ids])
-    linears = mlp_np.linears_from(_linears(exp))
+    linears = mlp_np.linears_from(mlp_rows(exp))
     tc = mlp_np.LocalTraining(1, a.batch_size, a.lr, "sgd", 0.9, 0.001, 0.01)
     for d in ids:
         x = ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1)

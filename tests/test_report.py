@@ -6,8 +6,8 @@ test data for the report code, standing in for what an engine writes during a ru
 
 from __future__ import annotations
 
-import base64
 import csv
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -167,17 +167,25 @@ def test_write_report_is_self_contained_and_matches_db(tmp_path: Path) -> None:
     assert meta["name"] in text
     assert format_accuracy(meta["final_accuracy"]) in text
     assert "run complete" in text.lower()
-    # Self-contained: inline images, no scripts, nothing loaded from elsewhere.
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    # Self-contained: plotly.js, the chart code and the data inline, nothing loaded from elsewhere.
     pngs = sorted((run_dir / "plots").glob("*.png"))
-    assert len(pngs) == 6 and len(images) == len(pngs)
-    png = base64.b64decode(images[0])
-    assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000
-    assert "<script" not in text and not re.search(r'(src|href)="(https?:)?//', text)
+    assert len(pngs) == 6 and all(p.read_bytes().startswith(PNG_SIGNATURE) for p in pngs)
+    # Every standard plot is interactive; the PNGs are listed, not embedded.
+    assert not re.search(r"<img[^>]+data:image/png", text)
+    assert all(f"plots/{p.name}" in text for p in pngs)
+    markup = re.sub(r"<script.*?</script>", "", text, flags=re.S)  # plotly.js itself mentions plotly.com
+    assert not re.search(r'(src|href)="(https?:)?//', markup) and not re.search(r"<script[^>]+src=", text)
+    assert "Plotly" in text and "ttCharts" in text
+    data = json.loads(re.search(r'<script type="application/json" id="tt-data">(.*?)</script>', text, re.S).group(1))
+    assert data["rounds"]["round"] == list(range(1, 7)) and data["rounds"]["test_accuracy"][2] is None
+    assert len(data["fleet"]["device"]) == 8 and data["fleet"]["metrics"]["energy_j"]["unit"] == "J"
+    assert data["devices"]["3"]["rounds"]["energy_j"] == [pytest.approx(0.2)] * 6
     # Text from the database is escaped (spec and event details contain '<' and '&').
     assert "a&lt;b &amp; c" in text and "battery &lt;5% &amp; link down" in text
     # Summary: known keys prettified, unknown keys still shown.
     assert "Memory plan per group" in text and "Custom metric" in text and "lenet" in text
+    summary = text[text.index("<h2>Summary</h2>") : text.index("<h2>Plots</h2>")]
+    assert "{" not in summary and "_" not in re.sub(r"<[^>]+>", "", summary)  # no raw dicts or variable names
     assert "123.5 kB" in text
     assert not list(run_dir.glob("*.tmp")) and not list(run_dir.glob(".*.tmp"))
 
@@ -282,3 +290,30 @@ def test_compare_rejects_folders_that_are_not_runs(tmp_path: Path) -> None:
 )
 def test_format_helpers(func: Any, value: Any, expected: str) -> None:
     assert func(value) == expected
+
+
+def test_summary_labels_are_tidy_with_units() -> None:
+    from tinytwin.report.html import render_summary
+
+    html = render_summary(
+        {
+            "energy_j_total": 3.2549,
+            "uplink_message_bytes": 9702,
+            "final_accuracy_across_devices": {"mean": 0.81, "min": 0.7, "max": 0.9, "std": 0.05},
+            "topology": {"kind": "ring", "devices": 8, "links": 8, "component_sizes": [8], "degree_mean": 2.0},
+            "emulate": {
+                "time_scale": 0.01,
+                "wall_per_round_s": {"median": 0.25, "max": 1.5},
+                "device_rss_kb": {"median": 30_000.0, "max": 31_000, "total": 240_000},
+                "frames_rejected": {},
+                "shaping": {"mode": "userspace"},
+            },
+        }
+    )
+    text = re.sub(r"<[^>]+>", " ", html)
+    for label in ("Energy (all devices)", "Uplink message size", "Final accuracy across devices", "Topology",
+                  "Emulation", "Wall time per round", "Device process memory (RSS)", "Mean degree"):  # fmt: skip
+        assert label in text, label
+    for value in ("3.25 J", "9.7 kB", "81.00 %", "250 ms", "1.5 s", "30.7 MB", "245.8 MB"):
+        assert value in text, value
+    assert "_" not in text and "{" not in text and "Energy j" not in text

@@ -61,10 +61,5 @@ def test_run_still_imports_torch_to_train(tmp_path):
     assert got == {"code": 0, "torch": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engines/experiment.py (owned by the engine redesign) imports torch at module level and prepare() "
-    "builds the torch module; plan needs neither (make Experiment.module/layout lazy)",
-)
 def test_plan_does_not_import_torch():
     assert probe("plan", "examples/quickstart.yaml") == {"code": 0, "torch": False}

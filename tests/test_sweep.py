@@ -141,3 +141,13 @@ def test_bad_sweep_file_and_resume_folder(tmp_path: Path) -> None:
     assert r.returncode == 2 and "is not a tinytwin sweep folder" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_example_sweep_file_plans_its_twelve_paired_runs() -> None:
+    from tinytwin.sweep.grid import build_plan, load_sweep_file
+
+    sweep_file = Path(__file__).resolve().parents[1] / "examples" / "sweeps" / "quickstart-lr-alpha.yaml"
+    spec_file, grid, seeds = load_sweep_file(sweep_file)
+    assert spec_file.resolve() == sweep_file.parents[1] / "quickstart.yaml"
+    _, runs = build_plan(spec_file, [], grid, seeds or 1)
+    assert len(runs) == 12 and len({r.seed for r in runs}) == 3

@@ -8,7 +8,9 @@ the device catalog and cost model, the algorithms, the wire encodings, the resul
 store and the reports.
 """
 
-__version__ = "0.1.0"
+from tinytwin.version import __version__
+
+__all__ = ["Experiment", "RunResult", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: `import tinytwin` stays free of torch and pandas

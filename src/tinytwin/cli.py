@@ -19,6 +19,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tinytwin.cli_dashboard import dashboard as _dashboard
+from tinytwin.cli_dashboard import start_dashboard
 from tinytwin.errors import TinyTwinError
 
 app = typer.Typer(
@@ -49,12 +51,15 @@ def run(
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda | auto: where the batched engines compute (sets engine.device)"
     ),
+    dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.engines.runner import resume_run, start_run
     from tinytwin.spec.load import load_spec
 
     spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *([f"engine.device={device}"] if device else [])])
+    if dashboard:
+        start_dashboard(resume.parent if resume is not None else out)
     base_dir = spec_file.resolve().parent
     with _progress(quiet) as progress:
         task = progress.add_task(f"{spec.name}", total=spec.rounds)
@@ -133,6 +138,9 @@ def emulate(
                 on_round,
                 report=not no_report,
             )
+    if summary.get("failure"):  # every device failed or every update was lost: not a result
+        err_console.print(f"[red]run failed:[/] {summary['failure']} ({run_dir})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     _print_summary(summary, run_dir)
     e = summary["emulate"]
     console.print(
@@ -429,6 +437,9 @@ def _usage_line(exc: BaseException) -> str:
 
 def _command_names() -> list[str]:
     return [c.name or (c.callback.__name__ if c.callback else "?") for c in app.registered_commands]
+
+
+app.command(name="dashboard")(_dashboard)
 
 
 def main() -> None:

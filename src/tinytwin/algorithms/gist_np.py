@@ -74,7 +74,7 @@ def band_order(params: np.ndarray) -> np.ndarray:
 def random_order(seed: int, key: int, row: int, num_params: int) -> np.ndarray:
     """SDFA: row ``row`` of the simulator's ``argsort(rng.random((D, P)))`` for round ``key``."""
     rng = stream_rng(seed, Stream.BANDS, key, 1)
-    rng.bit_generator.advance(int(row) * int(num_params))
+    rng.bit_generator.advance(int(row) * int(num_params))  # type: ignore[attr-defined]  # PCG64 has it
     return np.argsort(rng.random(int(num_params)), kind="stable")
 
 
@@ -109,7 +109,7 @@ def selection_probabilities(
 def send_uniforms(seed: int, key: int, offset: int, count: int) -> np.ndarray:
     """Messages ``offset .. offset + count - 1`` of ``stream_rng(seed, BANDS, key, 0).random(M)``."""
     rng = stream_rng(seed, Stream.BANDS, key, 0)
-    rng.bit_generator.advance(int(offset))
+    rng.bit_generator.advance(int(offset))  # type: ignore[attr-defined]  # PCG64 has it
     return rng.random(int(count))
 
 

@@ -8,6 +8,10 @@ optimizer constants as the simulator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tinytwin.spec.schema import AlgorithmSpec
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults
 ADAM_EPS = 1e-8
@@ -24,3 +28,9 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     prox_mu: float = 0.0
+
+    @classmethod
+    def from_spec(cls, a: AlgorithmSpec) -> LocalTraining:
+        """The spec's local training (``prox_mu``: FedProx's mu, 0 for every other algorithm):
+        one definition for every twin's trainer and every emulated device's configuration."""
+        return cls(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)

@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin import cache
+import tinytwin.cache as cache
+from tinytwin.data.atomic_npy import save_atomic
 from tinytwin.errors import DataError
 
 __all__ = [
@@ -529,7 +529,7 @@ def _load_cifar_batches(folder: Path, test_size: int | None) -> Dataset:
     x_train = np.concatenate([p[0] for p in parts[:-1]])
     y_train = np.concatenate([p[1] for p in parts[:-1]])
     x_test, y_test = parts[-1]
-    class_names = CIFAR10_CLASSES
+    class_names: tuple[str, ...] = CIFAR10_CLASSES
     meta_path = folder / "batches.meta"
     if meta_path.is_file():
         meta = _restricted_load(meta_path)
@@ -589,29 +589,6 @@ def _load_cache(path: Path, n: int) -> np.ndarray | None:
     return arr
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` (a file in the user cache) via a temporary file + rename.
-
-    Atomic because the emulator starts one process per device and several may load
-    CIFAR-10 at once: a reader must never see a half-written cache.
-    """
-    cache.prepare(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache shared through $TINYTWIN_CACHE stays readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # Drop caches of earlier versions of the same file (best effort).
-    stem = path.name.split(".decoded-")[0]
-    for old in path.parent.glob(f"{stem}.decoded-*.npy"):
-        if old != path:
-            old.unlink(missing_ok=True)
-
-
 def _decoded_cifar_images(npz: Path, offsets: np.ndarray) -> np.ndarray:
     """Decoded images from the cache, or decode (reading the big ``jpeg_bytes`` only then) and cache."""
     n = len(offsets) - 1
@@ -623,7 +600,7 @@ def _decoded_cifar_images(npz: Path, offsets: np.ndarray) -> np.ndarray:
     _check_jpeg_layout(npz, jpeg_bytes, offsets)
     images = _decode_jpegs(npz, jpeg_bytes, offsets)
     try:
-        _save_atomic(path, images)
+        save_atomic(path, images)
     except OSError:
         pass  # an unwritable cache only costs decoding again next time
     return images

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.data.atomic_npy import save_atomic
 from tinytwin.errors import DataError
 
 CAT_CLASS = 3  # CIFAR-10 class index of "cat"
@@ -332,7 +333,7 @@ class Tap:
     """
 
     layer: str
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # NCHW without the batch axis, or (features,) for a flat layer
     grid: int
     note: str
 
@@ -422,7 +423,6 @@ def cat_features(
     Raw features are cached in ``cache_dir``; ``standardized`` then scales them with the
     training split's per-feature mean and std (the test split never contributes).
     """
-    from tinytwin.data.datasets import _save_atomic  # one atomic writer for every cache
 
     if extractor not in EXTRACTORS:
         raise DataError(f"unknown feature extractor {extractor!r}; choose from {', '.join(EXTRACTORS)}")
@@ -444,7 +444,7 @@ def cat_features(
         net = KerasModel(model_path)
         feats = extract(np.concatenate([x_train[tr], x_test[te]]), net, tap)
         try:
-            _save_atomic(cache, feats)
+            save_atomic(cache, feats)
             for old in cache_dir.glob(f"cifar10-cat.{extractor}.*.npy"):
                 if old != cache:
                     old.unlink(missing_ok=True)

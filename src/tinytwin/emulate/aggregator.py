@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.algorithms.aggregators_np import weighted_mean
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, DeviceRuntime, log, proc_status_kb
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.serving import accepted_frames, read_frame, send_frame
@@ -240,7 +241,7 @@ class LocalAggregator:
         if completed:
             received = np.stack([self.down.updates[d] for d in completed]).astype(np.float32, copy=False)
             w = np.array([self.n_train[d] for d in completed], dtype=np.float32)
-            model = model + (w / w.sum()) @ received  # FedAvg, as the engine's weighted_mean
+            model = model + weighted_mean(received, w)  # FedAvg: the numpy twin of the engine's rule
         devices = {}
         for d in planned:
             m = self.down.metrics.get(d, {})

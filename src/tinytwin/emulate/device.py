@@ -25,6 +25,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
@@ -218,11 +220,10 @@ def run(cfg: dict[str, Any]) -> int:
     # Numpy or firmware (QEMU) training; started before the cap (QEMU reserves a large buffer).
     trainer = make_trainer(cfg, x, y)
     ts = float(cfg["time_scale"])
-    # The first BLAS call makes OpenBLAS allocate its work buffers (tens of MB of address
-    # space): do it before measuring the baseline, so the cap is on top of the runtime.
-    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)
-    _ = np.ones((8, 8)) @ np.ones((8, 8))
-    baseline = proc_status_kb("VmData") * 1024
+    # BLAS's work buffers (tens of MB of address space) are allocated before the baseline is
+    # measured, so the cap is the memory plan on top of the runtime (runtime_env).
+    warm_blas()
+    baseline = vm_data_bytes()
     cap = baseline + int(cfg["mem_budget_bytes"])
     max_frame = int(cfg["max_frame"])
     conn = CoordinatorLink(cfg, rt, {"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap})
@@ -325,6 +326,7 @@ def run_main(
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as fh:
         cfg = json.load(fh)
+    _exit_on_thread_oom(cfg.get("device"))
     try:
         return run_cfg(cfg)
     except MemoryError:
@@ -338,6 +340,24 @@ def run_main(
             log(f"device {cfg.get('device')}: lost the coordinator: {exc}")
             return NO_COORDINATOR_EXIT
         raise
+
+
+def _is_oom(exc: BaseException | None) -> bool:
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12)
+
+
+def _exit_on_thread_oom(device: Any) -> None:
+    """Out of memory in any thread (a peer's socket reader, say) ends the process with
+    :data:`OOM_EXIT`: a process whose reader died would otherwise hang until the round's timeout."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if _is_oom(args.exc_value):
+            log(f"device {device}: out of memory (RLIMIT_DATA) in thread {args.thread.name if args.thread else '?'}")
+            os._exit(OOM_EXIT)
+        default(args)
+
+    threading.excepthook = hook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,11 +42,8 @@ import json
 import logging
 import os
 import resource
-import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,55 +52,41 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms import gist_np
+from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
-from tinytwin.algorithms.segments import contiguous_bounds
 from tinytwin.emulate import shaper
-from tinytwin.emulate.coordinator import (
-    Coordinator,
-    EmulateOptions,
-    _linears,
-    bind_coordinator,
-    coordinator_run,
-    create_emulation_run,
-    firmware_summary,
-    load_run_key,
-    options_as,
-    options_from_json,
-    resume_event,
-    resume_prepared,
-    run_stats,
-)
-from tinytwin.emulate.dfl_directory import RoundPlan, link_key, link_partners, plan_round
+from tinytwin.emulate.device_config import DeviceConfig, memory_budget
+from tinytwin.emulate.dfl_algorithms import REGISTRY, lookup
+from tinytwin.emulate.dfl_directory import link_key, link_partners, plan_round
+from tinytwin.emulate.dfl_record import DflRecording
+from tinytwin.emulate.dfl_resume import DflResume
+from tinytwin.emulate.dfl_summary import DflSummary
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
-from tinytwin.emulate.processes import adopt_recorded, child_env, exit_kind, note_memory
+from tinytwin.emulate.fork_fleet import PEERS_FILE, ForkServer, proc_cpu_s
+from tinytwin.emulate.frame_checks import Coordinator
+from tinytwin.emulate.lifecycle import (
+    ProgressFn,
+    bind_coordinator,
+    load_run_key,
+)
+from tinytwin.emulate.model_rows import mlp_rows
+from tinytwin.emulate.options import EmulateOptions
+from tinytwin.emulate.processes import child_env, exit_kind, note_memory
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
-from tinytwin.engines.decentralized import AGE_HEADER_BYTES, memory_plans, round_metric_rows
-from tinytwin.engines.evaluate_many import evaluate_many
-from tinytwin.engines.experiment import Experiment, prepare
+from tinytwin.emulate.skeleton import CoordinatorClock
+from tinytwin.engines.decentralized import memory_plans
+from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.network import Network
-from tinytwin.engines.runner import _check_family
-from tinytwin.engines.summary import common_summary
 from tinytwin.errors import TinyTwinError
-from tinytwin.fleet.cost import compute_flops, energy_joules
-from tinytwin.net.topology import components
+from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
-from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
 log = logging.getLogger("tinytwin.emulate.dfl")
-ProgressFn = Callable[[int, dict[str, Any]], None]
 MiB = 2**20
-EMULATED = ("decfedavg", "serverfree", "gossip", "gist", "segmented_gossip")
-PEERS_FILE = "peers.json"
-"""``emulate/peers.json``: the fork server's pid and every device process's pid (a resumed
-coordinator adopts the ones still running: children of that fork server)."""
-WIRE_STRIDE = 1 << 20
-"""After the k-th resume a round r travels as round ``r + k * WIRE_STRIDE`` (strictly above every
-round number of the abandoned attempt, so its late frames are stale)."""
 
 
 @dataclass
@@ -119,9 +102,9 @@ class DflOptions(EmulateOptions):
 def check_dfl_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, in one line, what the decentralized emulation does not run."""
     a = spec.algorithm
-    if a.name not in EMULATED:
+    if a.name not in REGISTRY:
         raise TinyTwinError(
-            f"emulate runs the decentralized algorithms {', '.join(EMULATED)}; {a.name} is "
+            f"emulate runs the decentralized algorithms {', '.join(REGISTRY)}; {a.name} is "
             "simulation-only for now (tinytwin run)"
         )
     if a.schedule != "sync":
@@ -146,122 +129,10 @@ def check_dfl_emulatable(spec: ExperimentSpec) -> None:
 # ---------------------------------------------------------------------------------- processes
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (/proc/PID/stat; 0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ForkServer:
-    """The coordinator's side of :mod:`tinytwin.emulate.forkserver`: spawn, pids, exit codes."""
-
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-        self.pids: dict[int, int] = {}
-        self.exits: dict[int, int] = {}  # device -> exit status
-        self.exited: dict[int, asyncio.Event] = {}
-        self._pid_wait: dict[int, asyncio.Future[int]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self.adopted: dict[int, int] = {}  # device -> its (killed coordinator's) fork server's pid
-
-    async def start(self, env: dict[str, str], log_path: Path) -> None:
-        with open(log_path, "ab") as errf:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tinytwin.emulate.forkserver",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errf,
-                env=env,
-            )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                break
-            parts = line.decode().split()
-            if parts[0] == "pid":
-                d, pid = int(parts[1]), int(parts[2])
-                self.pids[d] = pid
-                fut = self._pid_wait.pop(d, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(pid)
-            elif parts[0] == "exit":
-                d = int(parts[1])
-                self.exits[d] = int(parts[3])
-                self.exited.setdefault(d, asyncio.Event()).set()
-        for fut in self._pid_wait.values():
-            if not fut.done():
-                fut.set_exception(TinyTwinError("the emulation's fork server ended"))
-
-    async def spawn(self, d: int, cfg: Path, log_path: Path) -> int:
-        assert self.proc is not None and self.proc.stdin is not None
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pid_wait[d] = fut
-        self.exited[d] = asyncio.Event()
-        self.proc.stdin.write(f"spawn {d} {cfg} {log_path}\n".encode())
-        await self.proc.stdin.drain()
-        return await fut
-
-    def adopt(self, d: int, pid: int, parent: int) -> bool:
-        """Take over device ``d``'s process ``pid`` that a killed coordinator's fork server
-        ``parent`` forked, if it still runs (its parent is that fork server: never a reused pid)."""
-        self.adopted[d] = parent
-        self.pids[d] = pid
-        if not self.alive(d):
-            del self.adopted[d], self.pids[d]
-            return False
-        return True
-
-    def alive(self, d: int) -> bool:
-        if d in self.adopted:
-            try:
-                with open(f"/proc/{self.pids[d]}/stat") as fh:
-                    f = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                return False
-            return f[0] not in ("Z", "X") and int(f[1]) == self.adopted[d]
-        return d in self.pids and d not in self.exits
-
-    def kill(self, d: int) -> None:
-        if self.alive(d):
-            try:
-                os.kill(self.pids[d], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    async def close(self, wait_s: float = 10.0) -> None:
-        if self.proc is None and not self.adopted:
-            return
-        deadline = time.monotonic() + wait_s
-        while any(self.alive(d) for d in self.pids) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for d in list(self.pids):
-            self.kill(d)
-        if self.proc is None:
-            return
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-
-
 # ---------------------------------------------------------------------------------- the run
 
 
-class DflEmulation:
+class DflEmulation(DflRecording, DflResume, DflSummary, CoordinatorClock):
     """One decentralized emulated run: device processes, directory, rounds, results."""
 
     def __init__(
@@ -292,7 +163,7 @@ class DflEmulation:
         # resumed: the devices of the killed coordinator hold keys from it
         self.run_key = load_run_key(self.edir, resume)
         self.resume = resume
-        self.linears_rows = _linears(exp)
+        self.linears_rows = mlp_rows(exp)
         p = exp.model.num_params
         # HELLO / METRICS / model reports on the coordinator links: the centralized twin's checks
         self.coord = Coordinator(self.n, self.run_key, p, list(exp.model.tensor_sizes), "float32")
@@ -328,14 +199,7 @@ class DflEmulation:
             )
             for d in range(self.n)
         ]
-        if a.name == "gist":  # the largest segment: the simulator's message_payload_estimate
-            self.payload_bytes = gist_np.payload_size(p, -(-p // max(1, a.gist.segments)))
-        elif a.name == "segmented_gossip":
-            self.payload_bytes = 4 * -(-p // a.segments.count)
-        else:
-            self.payload_bytes = enc.encoded_size(p, a.encoding, tensor_sizes=exp.model.tensor_sizes) + (
-                AGE_HEADER_BYTES if a.name == "gossip" and a.gossip.merge == "age" else 0
-            )
+        self.payload_bytes = lookup(a).payload_bytes(a, p, list(exp.model.tensor_sizes))  # the largest message
         # Firmware devices: images built (and a model too big for a board refused) before any
         # process starts; merges=True sizes the arena for the M / G merge buffers.
         self.firmware = firmware_configs(
@@ -375,6 +239,7 @@ class DflEmulation:
         # did not come back but are killed in the replayed round anyway, reconnects, acks
         self.offset = 0
         self.wall_offset = 0.0
+        self.modelled_s = 0.0  # the cost model's clock at the start of the round in flight
         self.absent: set[int] = set()
         self.resolving: set[int] = set()  # devices whose connection closed, exit status awaited
         self.reconnects = 0
@@ -394,6 +259,7 @@ class DflEmulation:
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
         L = exp.fleet.links
+        algorithm = lookup(a).device_block(a, p)  # what a peer needs of the algorithm (peer.py)
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in map(int, g.devices):
@@ -411,52 +277,34 @@ class DflEmulation:
                     )
                 )
                 os.chmod(kf, 0o600)
-                budget = self.opt.mem_budget_override.get(d, plan.ram_available + self.opt.mem_slack_bytes)
-                cfg = {
-                    "device": d,
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "key_file": str(kf),
-                    "data_file": str(self.edir / "devices" / f"d{d}.npz"),
-                    "initial_file": str(self.edir / "devices" / "initial.npy"),
-                    "seed": exp.spec.seed,
-                    "linears": self.linears_rows,
-                    "num_params": p,
-                    "tensor_sizes": list(exp.model.tensor_sizes),
-                    "train": {
-                        "epochs": a.local_epochs,
-                        "batch_size": a.batch_size,
-                        "lr": a.lr,
-                        "optimizer": a.optimizer,
-                        "momentum": a.momentum,
-                        "weight_decay": a.weight_decay,
-                        "prox_mu": 0.0,
+                DeviceConfig(
+                    device=d,
+                    host="127.0.0.1",
+                    port=port,
+                    key_file=str(kf),
+                    data_file=str(self.edir / "devices" / f"d{d}.npz"),
+                    seed=exp.spec.seed,
+                    num_params=p,
+                    tensor_sizes=list(exp.model.tensor_sizes),
+                    train=LocalTraining.from_spec(a),
+                    encoding=a.encoding,
+                    time_scale=self.opt.time_scale,
+                    compute_s=float(self.compute_s[d]),
+                    arena_bytes=int(plan.ram_needed),
+                    mem_budget_bytes=memory_budget(self.opt, plan.ram_available, d),
+                    max_frame=max_frame,
+                    reconnect_grace_s=self.opt.reconnect_grace_s,
+                    extra={
+                        "initial_file": str(self.edir / "devices" / "initial.npy"),
+                        "linears": self.linears_rows,
+                        "algorithm": algorithm,
+                        "validation_file": str(self.edir / "devices" / "validation.npz"),
+                        "link": self.links[d].__dict__,
+                        "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
+                        "merge_timeout_s": self.opt.merge_timeout_s,
+                        **self.firmware.get(d, {}),
                     },
-                    "algorithm": {
-                        "name": a.name,
-                        "merge": a.gossip.merge if a.name == "gossip" else None,
-                        "buffer_size": a.gossip.buffer_size,
-                        **({"gist": a.gist.model_dump()} if a.name == "gist" else {}),
-                        **(
-                            {"segment_bounds": contiguous_bounds(p, a.segments.count).tolist()}
-                            if a.name == "segmented_gossip"
-                            else {}
-                        ),
-                    },
-                    "validation_file": str(self.edir / "devices" / "validation.npz"),
-                    "encoding": a.encoding,
-                    "link": self.links[d].__dict__,
-                    "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
-                    "time_scale": self.opt.time_scale,
-                    "compute_s": float(self.compute_s[d]),
-                    "arena_bytes": int(plan.ram_needed),
-                    "mem_budget_bytes": int(budget),
-                    "max_frame": max_frame,
-                    "merge_timeout_s": self.opt.merge_timeout_s,
-                    "reconnect_grace_s": self.opt.reconnect_grace_s,
-                    **self.firmware.get(d, {}),
-                }
-                (self.edir / "devices" / f"d{d}.json").write_text(json.dumps(cfg))
+                ).write(self.edir / "devices" / f"d{d}.json")
 
     # ---- connections --------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -516,6 +364,7 @@ class DflEmulation:
             self.dead[d] = exit_kind(
                 self.procs.exits.get(d),
                 workdir=Path(self.firmware[d]["firmware"]["workdir"]) if d in self.firmware else None,
+                log_file=self.edir / "logs" / f"d{d}.log",
             )
         self.resolving.discard(d)
         self._check_done()
@@ -573,13 +422,6 @@ class DflEmulation:
             await self._lost(d)
 
     # ---- rounds -------------------------------------------------------------------------
-    def _wall(self) -> float:
-        """Wall seconds of the run so far, over every coordinator incarnation."""
-        return self.wall_offset + time.perf_counter() - self.t_start
-
-    def _event(self, r: int, d: int | None, kind: str, detail: str) -> dict[str, Any]:
-        return {"round": r, "sim_time_s": self._wall(), "device": d, "kind": kind, "detail": detail}
-
     def _sample_memory(self) -> None:
         """Max RSS/PSS per device process, and the largest total over *all* the run's processes
         (devices, fork server, coordinator) at one sampling instant; device CPU seconds."""
@@ -655,267 +497,8 @@ class DflEmulation:
             self._sample_memory()
             self.sampling_s += time.perf_counter() - t0
 
-    def _record(
-        self,
-        r: int,
-        st: dict[str, Any],
-        plan: RoundPlan,
-        taking: np.ndarray,
-        victims: list[int],
-        events: list[dict[str, Any]],
-        wall0: float,
-    ) -> None:
-        exp = self.exp
-        n = self.n
-        reported = np.array(sorted(d for d in self.coord.metrics if d not in self.killed), dtype=np.int64)
-        with_model = np.array([d for d in reported if int(d) in self.coord.updates], dtype=np.int64)
-        met = {int(d): self.coord.metrics[int(d)] for d in reported}
-        losses = np.full(n, np.nan)
-        tx_s, rx_s = np.zeros(n), np.zeros(n)
-        sent_b, recv_b, lost = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        n_sent, n_recv = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-        compute_wall = np.zeros(n)
-        for d, m in met.items():
-            losses[d] = m.get("train_loss", np.nan)
-            compute_wall[d] = float(m.get("compute_s", 0.0))
-            self.local_rounds[d] = int(m.get("local_rounds", self.local_rounds[d]))
-            for dst, nbytes, link_s, lost_p, ok in m.get("sent", []):
-                if not ok:
-                    continue
-                tx_s[d] += link_s
-                rx_s[int(dst)] += link_s
-                sent_b[d] += int(nbytes)
-                lost[d] += int(lost_p)
-                n_sent[d] += 1
-            for _, nbytes in m.get("received", []):
-                recv_b[d] += int(nbytes)
-                n_recv[d] += 1
-            self.merge_timeouts += len(m.get("timeouts", []))
-            self.gist_merges += int(bool(m.get("gist_merged")))
-            if "qemu_rss_kb" in m:  # firmware devices report their QEMU's memory and instructions
-                cur = self.qemu_mem.setdefault(d, {})
-                for k in ("qemu_rss_kb", "qemu_pss_kb"):
-                    cur[k] = max(cur.get(k, 0), int(m.get(k, 0)))
-            if "insns" in m:
-                self.fw_rounds.append(
-                    (int(m["insns"]), float(m["firmware_compute_s"]), float(m["cost_model_compute_s"]))
-                )
-            if "merge_insns" in m:
-                self.fw_merge_insns.append(int(m["merge_insns"]))
-            prev = st["device_rejected"].get(d, {})  # the device reports running totals
-            diff = {k: v - prev.get(k, 0) for k, v in m.get("rejected", {}).items() if v > prev.get(k, 0)}
-            if diff:
-                events.append(self._event(r, d, "frame_rejected", f"device {d} rejected frames: {diff}"))
-            st["device_rejected"][d] = dict(m.get("rejected", {}))
-        if reported.size:
-            self.lr_sched.on_round_end(reported, self.local_rounds[reported], losses[reported])
-        # modelled busy time and energy of the round (cost model: compute + radio, sync round)
-        compute_model = np.where(np.isin(np.arange(n), reported), self.compute_s, 0.0)
-        busy = compute_model + tx_s + rx_s
-        round_model_s = float(busy[taking].max()) if taking.any() else 0.0
-        energy = energy_joules(exp.fleet.power, compute_model, tx_s, rx_s, round_model_s, taking)
-        self.energy += energy
-        # evaluation and consensus of the survivors' models (the simulator's functions); the
-        # models come in evaluation rounds only, so the consensus distance is recorded then
-        acc, tloss, dist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        consensus = None
-        if with_model.size:
-            w = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in with_model]))
-            a_, l_ = evaluate_many(exp.module, exp.layout, w, self.x_test, self.y_test)
-            acc[with_model], tloss[with_model] = a_.numpy(), l_.numpy()
-            w64 = w.to(torch.float64)
-            dd = (w64 - w64.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
-            dist[with_model] = dd
-            consensus = float(dd.mean())
-            for i, d in enumerate(with_model):
-                self.models[int(d)] = w[i].numpy()
-        survivors = np.zeros(n, dtype=bool)
-        survivors[reported] = True
-        e = plan.edges
-        n_comp, _ = components(n, e[survivors[e[:, 0]] & survivors[e[:, 1]]], survivors)
-        round_s = time.perf_counter() - wall0
-
-        def status(d: int) -> str:
-            if met.get(d) is not None:
-                return "ok"
-            return "dropped" if d in self.killed else self.dead.get(d, "timeout").split(" ")[0]
-
-        device_rows, metric_rows, rm = round_metric_rows(
-            r,
-            map(int, np.flatnonzero(taking)),
-            status,
-            n_train=self.n_train,
-            compute_s=compute_wall,
-            tx_s=tx_s,
-            rx_s=rx_s,
-            sent_b=sent_b,
-            recv_b=recv_b,
-            lost=lost,
-            energy=energy,
-            losses=losses,
-            acc=acc,
-            test_loss=tloss,
-            dist=dist,
-            lr=self.lr_sched.lr,
-            local_rounds=self.local_rounds,
-            n_sent=n_sent,
-            n_recv=n_recv,
-            consensus=consensus,
-            components=n_comp,
-            messages=int(n_sent.sum()),
-        )
-        mean_acc = rm["acc_mean"]
-        finite = losses[~np.isnan(losses)]
-        st["round"] = r
-        st["bytes_up"] += int(sent_b.sum())
-        st["bytes_down"] += int(recv_b.sum())
-        st["messages"] += int(n_sent.sum())
-        st["planned_messages"] += plan.messages
-        if mean_acc is not None:
-            st["accuracies"].append((r, mean_acc))
-        st["round_walls"].append(round_s)
-        st["last_metrics"] = rm
-        row = {
-            "round": r,
-            "sim_time_s": self._wall(),
-            "duration_s": round_s,
-            "selected": int(taking.sum()),
-            "completed": int(reported.size),
-            "dropped": len(victims),
-            "stragglers": 0,
-            "train_loss": float(finite.mean()) if finite.size else None,
-            "test_accuracy": mean_acc,
-            "test_loss": rm["loss_mean"],
-            "bytes_up": int(sent_b.sum()),
-            "bytes_down": int(recv_b.sum()),
-            "energy_j": float(energy.sum()),
-            "wall_time_s": round_s,
-        }
-        dfl_store.write_round(
-            self.store, self.run_id, row, device_rows, events, self._checkpoint(st, row), rm, metric_rows
-        )
-
     # ---- coordinator resume ---------------------------------------------------------------
-    def _checkpoint(self, st: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-        """What the coordinator holds after a committed round (the devices hold their models):
-        the run's totals, the per-device schedule, energy and local rounds, who is gone (and the
-        last model of those: the others report theirs in the last round)."""
-        return {
-            "st": st,
-            "wall": row["sim_time_s"],
-            "offset": self.offset,
-            "dead": dict(self.dead),
-            "killed": set(self.killed),
-            "local_rounds": self.local_rounds,
-            "energy": self.energy,
-            "lr_sched": dict(vars(self.lr_sched)),
-            "models": {d: w for d, w in self.models.items() if d in self.dead},
-            "counters": {
-                k: getattr(self, k)
-                for k in (
-                    "control_bytes",
-                    "peer_down_sent",
-                    "merge_timeouts",
-                    "gist_merges",
-                    "fw_rounds",
-                    "fw_merge_insns",
-                    "qemu_mem",
-                    "torch_devices",
-                    "reconnects",
-                )
-            },
-        }
-
-    def restore(self, ck: dict[str, Any]) -> dict[str, Any]:
-        """The coordinator's state after the checkpoint's round; returns the run's totals (``st``)."""
-        self.wall_offset = float(ck["wall"])
-        self.offset = int(ck["offset"]) + WIRE_STRIDE
-        self.dead, self.killed = dict(ck["dead"]), set(ck["killed"])
-        self.local_rounds, self.energy = np.array(ck["local_rounds"]), np.array(ck["energy"])
-        self.lr_sched.__dict__.update(ck["lr_sched"])
-        self.models = dict(ck["models"])
-        for k, v in ck["counters"].items():
-            setattr(self, k, v)
-        return ck["st"]
-
-    async def _resume_devices(self, st: dict[str, Any]) -> None:
-        """Adopt the device processes of the killed coordinator, wait until they call again
-        (each finishes the round it was in first), tell them to continue after round R (a device
-        that played round R + 1 rolls back to its state after R), and record who did not return."""
-        R = int(st["round"])
-        events: list[dict[str, Any]] = []
-        adopt_recorded(self.procs.adopt, self.edir / PEERS_FILE, skip=self.dead)
-        adopted = sorted(self.procs.adopted)
-        wait = self.opt.start_timeout_s + self.opt.merge_timeout_s
-
-        async def hello(d: int) -> None:
-            try:
-                await asyncio.wait_for(self.hello[d].wait(), wait)
-            except TimeoutError:
-                pass
-
-        await asyncio.gather(*(hello(d) for d in adopted))
-        back = [d for d in adopted if d in self.writers]
-        self.coord.round, self.coord.expect, self.coord.metrics = R + self.offset, set(back), {}
-        self.resume_done = asyncio.Event()
-        if not back:
-            self.resume_done.set()
-        await asyncio.gather(
-            *(self._send_control(d, R, {"cmd": "resume", "round": R, "wire": R + self.offset}) for d in back)
-        )
-        try:
-            await asyncio.wait_for(self.resume_done.wait(), self.opt.start_timeout_s)
-        except TimeoutError:
-            pass
-        failing_next = {d for d, kind in self.exp.timeline.changes(R + 1) if kind == "failure"}
-        ok = [d for d in back if self.resumed.get(d, {}).get("ok")]
-        gone = 0
-        for d in range(self.n):
-            if d in self.dead or d in ok:
-                continue
-            self.procs.kill(d)
-            gone += 1
-            if d in failing_next:  # killed in the abandoned attempt of round R + 1: it is again
-                self.absent.add(d)
-                continue
-            why = (
-                "did not call the coordinator again"
-                if d not in back
-                else "could not roll back to round %d" % R
-                if d in self.resumed
-                else "did not confirm the resume"
-            )
-            self.dead[d] = "lost"
-            st["dead_recorded"].add(d)
-            events.append(self._event(R, d, "lost", f"device {d} {why}; out of the run"))
-            await self._notify_down(d)
-        events.append(
-            self._event(
-                R,
-                None,
-                "devices_resumed",
-                f"{len(ok)} device processes of the killed coordinator reconnected and continue "
-                f"after round {R}; {gone} did not",
-            )
-        )
-        self.store.add_events(self.run_id, events)
-
     # ---- the whole run --------------------------------------------------------------------
-    @staticmethod
-    def initial_st() -> dict[str, Any]:
-        return {
-            "round": 0,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "messages": 0,
-            "planned_messages": 0,
-            "accuracies": [],
-            "round_walls": [],
-            "last_metrics": {},
-            "dead_recorded": set(),
-            "device_rejected": {},
-        }
-
     async def run(self, progress: ProgressFn | None = None, st: dict[str, Any] | None = None) -> dict[str, Any]:
         """Emulate the rounds after ``st`` (None: a new run; else a resume: adopt the devices)."""
         self.t_start = time.perf_counter()
@@ -993,10 +576,11 @@ class DflEmulation:
         self.startup_s = getattr(self, "startup_s", time.perf_counter() - self.t_start)
         try:
             for r in range(int(st["round"]) + 1, spec.rounds + 1):
+                self.modelled_s = float(st.get("sim_time_s", 0.0))
                 await self._round(r, st)
                 if progress is not None:
                     acc = st["accuracies"][-1][1] if st["accuracies"] and st["accuracies"][-1][0] == r else None
-                    progress(r, {"accuracy": acc, "sim_time_s": self._wall()})
+                    progress(r, {"accuracy": acc, "sim_time_s": st["sim_time_s"]})
             self.stopping = True
             await asyncio.gather(*(self._send_control(d, st["round"], {"cmd": "stop"}) for d in list(self.writers)))
             finished = True
@@ -1009,167 +593,3 @@ class DflEmulation:
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         st["coordinator_cpu_s"] = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         return st
-
-    def summary(self, st: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
-        exp, spec, a = self.exp, self.exp.spec, self.a
-        m = st["last_metrics"]
-        devices = [v for k, v in self.mem_max.items() if isinstance(k, int)]
-        walls = st["round_walls"]
-        rejected = Counter(self.coord.rejected)
-        for counts in st["device_rejected"].values():
-            rejected.update(counts)
-        lr_part = f", lr {a.lr_schedule.name}" if a.lr_schedule.name != "none" else ""
-        return {
-            **common_summary(
-                st["accuracies"],
-                st["round"],
-                self.wall_offset + wall_time_s,
-                st["bytes_up"],
-                st["bytes_down"],
-                self.energy,
-                self.plans,
-                wall_time_s,
-            ),
-            "num_devices": self.n,
-            "algorithm": f"{a.name} (sync{lr_part})",
-            "dataset": spec.dataset.name,
-            "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
-            "final_accuracy_across_devices": {k: m.get(f"acc_{k}") for k in ("mean", "min", "max", "std")},
-            "final_consensus_distance": m.get("consensus_distance"),
-            "messages": st["messages"],
-            "topology": self.net.describe(),
-            "message_payload_bytes": self.payload_bytes,
-            "emulate": {
-                "time_scale": self.opt.time_scale,
-                "startup_s": getattr(self, "startup_s", None),
-                **run_stats(walls, devices),
-                "process_starts": len(self.procs.pids),
-                "control_bytes": self.control_bytes,
-                "frames_rejected": dict(rejected),
-                "devices_with_torch": len(self.torch_devices),
-                "coordinator_cpu_s": st.get("coordinator_cpu_s"),
-                "devices_cpu_s": self.devices_cpu_s,
-                "memory_sampling_s": self.sampling_s,
-                "coordinator_kb": self.mem_max.get("coordinator", {}),
-                "forkserver_kb": self.mem_max.get("forkserver", {}),
-                "all_processes_kb": dict(self.total_mem_kb),
-                "messages_planned": st["planned_messages"],
-                "peer_down_sent": self.peer_down_sent,
-                "merge_timeouts": self.merge_timeouts,
-                "devices_lost": {str(d): how for d, how in sorted(self.dead.items())},
-                "reconnects": self.reconnects,
-                **({"gist_merges": self.gist_merges} if a.name == "gist" else {}),
-                **({"firmware": self._firmware_summary()} if self.firmware else {}),
-            },
-        }
-
-    def _firmware_summary(self) -> dict[str, Any]:
-        """The centralized twin's firmware summary plus the merges' instruction counts."""
-        return {
-            **firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds),
-            "merge_insns_per_round_median": float(np.median(self.fw_merge_insns)) if self.fw_merge_insns else None,
-        }
-
-
-def start_dfl_emulation(
-    spec: ExperimentSpec,
-    spec_yaml: str,
-    out: Path,
-    base_dir: Path | None,
-    options: EmulateOptions | None = None,
-    progress: ProgressFn | None = None,
-    run_dir: Path | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Check everything, create the run folder, emulate every round, write the report."""
-    options = options_as(options, DflOptions)
-    check_dfl_emulatable(spec)
-    if getattr(options, "netns", False):
-        raise TinyTwinError(
-            "emulate --netns shapes links to a server; decentralized runs use the userspace link shaper only for now"
-        )
-    exp = prepare(spec, base_dir)
-    _linears(exp)
-    network = _check_family(exp, base_dir)
-    if on_prepared is not None:
-        on_prepared(exp)
-    run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
-    dfl_store.ensure_tables(store)
-    a = spec.algorithm
-    n_train = np.array([len(q[: a.train_samples] if a.train_samples else q) for q in exp.parts], dtype=np.int64)
-    store.add_devices(run_id, exp.device_rows(n_train))
-    info = network.describe()
-    store.add_events(
-        run_id,
-        [
-            {
-                "round": 0,
-                "sim_time_s": 0.0,
-                "device": None,
-                "kind": "topology",
-                "detail": f"{info['kind']} topology: {info['devices']} devices, {info['links']} links, "
-                f"degree {info['degree_min']}..{info['degree_max']}, "
-                f"{info['components']} connected component(s)",
-            }
-        ],
-    )
-    wall0 = time.perf_counter()
-    with coordinator_run(store, run_id, run_dir, log):
-        emu = DflEmulation(exp, network, store, run_id, run_dir, options)
-        state = asyncio.run(emu.run(progress))
-        summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_dfl_run(store, run_id, run_dir, summary, report)
-
-
-def dfl_options_from_json(data: dict[str, Any]) -> DflOptions:
-    """The options a decentralized emulation was started with (``emulate/coordinator.json``)."""
-    return options_from_json(data, DflOptions)
-
-
-def resume_dfl_emulation(
-    run_dir: Path,
-    store: RunStore,
-    run_id: str,
-    spec: ExperimentSpec,
-    saved: dict[str, Any],
-    base_dir: Path | None,
-    progress: ProgressFn | None = None,
-    on_prepared: Any = None,
-    report: bool = True,
-) -> tuple[Path, dict[str, Any]]:
-    """Continue a killed decentralized emulation after its last committed round: the device
-    processes (which kept their models and call the coordinator's address again for
-    ``reconnect_grace_s``) reconnect and roll back to that round; see docs/emulation.md."""
-    options = dfl_options_from_json(saved["options"])
-
-    def load() -> tuple[Experiment, Network]:
-        exp = prepare(spec, base_dir)
-        return exp, _check_family(exp, base_dir)
-
-    (exp, network), ck = resume_prepared(store, run_id, load, on_prepared, exp_of=lambda x: x[0])
-    done = ck[0] if ck else 0
-    store.add_events(run_id, [resume_event(done, float(ck[1]["wall"]) if ck else 0.0)])
-    wall0 = time.perf_counter()
-    with coordinator_run(store, run_id, run_dir, log):
-        emu = DflEmulation(exp, network, store, run_id, run_dir, options, resume=True)
-        st = emu.restore(ck[1]) if ck else emu.initial_st()
-        if not ck:
-            emu.offset = WIRE_STRIDE
-        state = asyncio.run(emu.run(progress, st))
-        summary = emu.summary(state, time.perf_counter() - wall0)
-    return finish_dfl_run(store, run_id, run_dir, summary, report)
-
-
-def finish_dfl_run(
-    store: RunStore, run_id: str, run_dir: Path, summary: dict[str, Any], report: bool
-) -> tuple[Path, dict[str, Any]]:
-    """A decentralized or hierarchical emulation's end: the run complete, its store closed,
-    the report's extras written (``report``)."""
-    store.finish_run(run_id, "complete", summary)
-    store.close()
-    if report:
-        from tinytwin.report.dfl import write_dfl_extras
-
-        write_dfl_extras(run_dir)
-    return run_dir, summary

@@ -31,18 +31,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from tinytwin.algorithms.gossip import choose_peers
-from tinytwin.algorithms.mixing import serverfree_weights
-from tinytwin.algorithms.segments import choose_replicas, contiguous_bounds
+from tinytwin.emulate.dfl_algorithms import PlanContext, lookup
 from tinytwin.engines.network import Network
-from tinytwin.net.topology import full, metropolis_hastings
-from tinytwin.rng import Stream, stream_rng
+from tinytwin.net.topology import full
 from tinytwin.spec.schema import AlgorithmSpec
 
 
@@ -55,21 +50,12 @@ def link_key(run_key: bytes, a: int, b: int) -> bytes:
 def link_partners(alg: AlgorithmSpec, network: Network) -> list[list[int]]:
     """For every device, the devices it may ever exchange frames with (sorted)."""
     n = network.topology.num_nodes
-    edges = full(n).edges if _random_peers(alg) else network.topology.edges
+    edges = full(n).edges if lookup(alg).random_peers(alg) else network.topology.edges
     out: list[list[int]] = [[] for _ in range(n)]
     for u, v in edges.tolist():
         out[u].append(v)
         out[v].append(u)
     return [sorted(p) for p in out]
-
-
-def _random_peers(alg: AlgorithmSpec) -> bool:
-    """Peers drawn from every online device (a complete overlay), not from graph neighbours."""
-    return (
-        (alg.name == "gossip" and alg.gossip.peer == "random")
-        or (alg.name == "gist" and alg.gist.peer == "random")
-        or (alg.name == "segmented_gossip" and alg.segments.peer == "random")
-    )
 
 
 @dataclass
@@ -117,83 +103,14 @@ def plan_round(
     num_params: int = 0,
     data_sizes: np.ndarray | None = None,
 ) -> RoundPlan:
-    """The round-``r`` directory entry of every device (offline ones: ``online=False``).
+    """The round-``r`` directory entry of every device (offline ones: ``online=False``), by the
+    algorithm's registered planner (:mod:`tinytwin.emulate.dfl_algorithms`).
 
     Segmented gossip also needs the model's ``num_params`` (how many segments there are) and
     every device's ``data_sizes`` (the merge weights of the pulled segments)."""
     topo = network.topology
-    n = topo.num_nodes
     edges = topo.active_edges(network.links.edge_up(r), online)
-    entries = {d: RoundEntry(bool(online[d])) for d in range(n)}
-    steps = 1
-    if alg.name in ("decfedavg", "serverfree"):
-        w = (
-            metropolis_hastings(n, edges, online) if alg.name == "decfedavg" else serverfree_weights(n, edges, online)
-        ).tocsr()
-        steps = alg.decfedavg.mixing_steps if alg.name == "decfedavg" else 1
-        for d in np.flatnonzero(online).tolist():
-            lo, hi = w.indptr[d], w.indptr[d + 1]
-            row = {int(j): float(v) for j, v in zip(w.indices[lo:hi], w.data[lo:hi])}
-            e = entries[d]
-            e.self_weight = row.pop(d, 0.0)
-            e.weights = row
-            e.send = sorted(row)
-            e.expect = {j: 1 for j in sorted(row)}
-    elif alg.name in ("gossip", "gist"):
-        g = alg.gossip if alg.name == "gossip" else alg.gist
-        ids = np.flatnonzero(online)
-        src, dst = choose_peers(
-            stream_rng(seed, Stream.PEERS, r),
-            ids,
-            g.sends,
-            online,
-            None if g.peer == "random" else topo.neighbours(edges),
-        )
-        inbound: dict[int, Counter[int]] = {}
-        for m, (s, t) in enumerate(zip(src.tolist(), dst.tolist())):
-            if alg.name == "gist" and not entries[s].send:
-                entries[s].extra["offset"] = m  # its first message: where its band draws start
-            entries[s].send.append(t)
-            inbound.setdefault(t, Counter())[s] += 1
-        for t, c in inbound.items():
-            entries[t].expect = dict(sorted(c.items()))
-        if alg.name == "gist":
-            # Gist: the device's row among the round's senders (SDFA's random segments) and the
-            # position of its first message in the round's message list (its band draws)
-            for row, d in enumerate(ids.tolist()):
-                entries[d].extra = {"gist": {"row": row, "offset": entries[d].extra.get("offset", 0)}}
-    elif alg.name == "segmented_gossip":
-        # every device pulls each segment from `replicas` peers (choose_replicas, the simulator's
-        # PEERS draws): a request to each, in order (segment, replica); the peer answers each
-        # request with its trained copy of that segment
-        sg = alg.segments
-        ids = np.flatnonzero(online)
-        num_segments = len(contiguous_bounds(int(num_params), sg.count)) - 1
-        peers = choose_replicas(
-            stream_rng(seed, Stream.PEERS, r),
-            ids,
-            num_segments,
-            sg.replicas,
-            online,
-            None if sg.peer == "random" else topo.neighbours(edges),
-        )
-        sizes = np.ones(n) if data_sizes is None else np.asarray(data_sizes, dtype=np.float64)
-        requests: dict[int, Counter[int]] = {}
-        for i, d in enumerate(ids.tolist()):
-            e = entries[d]
-            pulls: list[list[Any]] = []
-            for seg in range(num_segments):
-                for p in peers[i, seg].tolist():
-                    if p < 0:
-                        continue
-                    e.send.append(p)
-                    pulls.append([seg, p, float(sizes[p])])
-                    e.expect[p] = e.expect.get(p, 0) + 1
-                    requests.setdefault(p, Counter())[d] += 1
-            e.extra = {"pulls": pulls, "own_weight": float(sizes[d])}
-        for d in ids.tolist():
-            entries[d].expect = dict(sorted(entries[d].expect.items()))
-            entries[d].extra["requests"] = {str(k): v for k, v in sorted(requests.get(d, Counter()).items())}
-    else:
-        raise ValueError(f"no emulated directory for {alg.name}")
+    entries = {d: RoundEntry(bool(online[d])) for d in range(topo.num_nodes)}
+    ctx = PlanContext(alg, seed, r, topo, online, edges, entries, num_params, data_sizes)
+    steps = lookup(alg).plan(ctx)
     return RoundPlan(r, online, edges, entries, steps)

@@ -28,9 +28,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
-import numpy as np
-
 from tinytwin.emulate import peer
+from tinytwin.emulate.runtime_env import warm_blas
 
 
 def _child(cfg_path: str, log_path: str, main: Callable[[list[str]], int] | None = None) -> None:
@@ -61,7 +60,7 @@ def _say(line: str) -> None:
 
 def serve(main: Callable[[list[str]], int] | None = None) -> int:
     """Fork children that run ``main(["CONFIG"])`` (default: the peer runtime)."""
-    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)  # OpenBLAS buffers, before fork
+    warm_blas()  # OpenBLAS's buffers, before fork: shared by the children, in their baseline
     # Keep the children's garbage collector off the inherited objects, so that a collection does
     # not write to (and copy) their shared pages (Python docs, gc.freeze; measured: ~1 MB less PSS
     # per device — most of a device's ~10 MB PSS is its own heap, data and BLAS buffers).

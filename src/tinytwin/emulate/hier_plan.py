@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytwin.engines.round_costs import shared_medium_waits
 from tinytwin.fleet.cost import (
     LinkArrays,
     PowerArrays,
@@ -33,6 +34,7 @@ from tinytwin.fleet.cost import (
     take_links,
     transfer_cost,
 )
+from tinytwin.net.medium import MediumArrays, dedicated
 from tinytwin.rng import Stream, stream_rng
 
 __all__ = ["HierRoundPlan", "LocalPlan", "ModelledRound", "modelled_costs", "plan_round"]
@@ -43,6 +45,8 @@ class LocalPlan:
     key: int  # training key and frame round of this local round
     down: Transfer  # over ``HierRoundPlan.ids``
     up: Transfer
+    wait_down_s: np.ndarray  # waits for the shared radio medium before the download / upload (idle time)
+    wait_up_s: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,17 @@ def plan_round(
     ids: np.ndarray,
     up_bytes: int,
     down_bytes: int,
+    medium: MediumArrays | None = None,
+    compute_s: np.ndarray | None = None,
 ) -> HierRoundPlan:
-    """The link figures of global round ``r`` for the online devices ``ids`` (the engine's draws)."""
+    """The link figures of global round ``r`` for the online devices ``ids`` (the engine's draws).
+
+    ``medium`` (the fleet's, all devices) and ``compute_s`` (per device) give the waits for a
+    shared radio medium, as the engine queues them; without them every link is independent."""
     ids = np.asarray(ids, dtype=np.int64)
     links = take_links(fleet_links, ids)
+    on_medium = (medium or dedicated(fleet_links.mtu_bytes.size)).take(ids)
+    comp = np.zeros(ids.size) if compute_s is None else np.asarray(compute_s, dtype=np.float64)[ids]
     local = []
     for l in range(1, local_rounds + 1):
         key = (r - 1) * local_rounds + l
@@ -79,7 +90,10 @@ def plan_round(
         down = transfer_cost(down_bytes, links.down_bps, links, lost_d)
         lost_u = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, key, 1), up_bytes, links)
         up = transfer_cost(up_bytes, links.up_bps, links, lost_u)
-        local.append(LocalPlan(key, down, up))
+        wait_d, wait_u = shared_medium_waits(
+            on_medium, links, down, up, down_bytes, up_bytes, comp, np.zeros(ids.size, dtype=bool)
+        )
+        local.append(LocalPlan(key, down, up, wait_d, wait_u))
     present = np.unique(assign[ids])
     la_l = take_links(la_links, present)
     la_up = transfer_cost(
@@ -138,7 +152,8 @@ def modelled_costs(
         for d in sorted(got):
             i = idx.get(d)
             down = float(lp.down.time_s[i]) if i is not None else float(extra_down.get(d, 0.0))
-            total = down
+            wait_d = float(lp.wait_down_s[i]) if i is not None else 0.0
+            total = wait_d + down
             down_s[d] += down
             if i is not None:
                 lost[d] += int(lp.down.lost_packets[i])
@@ -146,7 +161,7 @@ def modelled_costs(
                 comp[d] += float(compute_s[d])
                 up_s[d] += float(lp.up.time_s[i])
                 lost[d] += int(lp.up.lost_packets[i])
-                total = down + float(compute_s[d]) + float(lp.up.time_s[i])  # the engine's order
+                total = wait_d + down + float(compute_s[d]) + float(lp.wait_up_s[i]) + float(lp.up.time_s[i])
             c = int(assign[d])
             per_cluster[c] = max(per_cluster.get(c, 0.0), total)
         for c, t in per_cluster.items():

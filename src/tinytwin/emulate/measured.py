@@ -102,7 +102,7 @@ def rows(store: RunStore, run_id: str) -> list[dict[str, Any]]:
 
 
 def export_csv(store: RunStore, run_id: str, out_dir: Path) -> Path:
-    from tinytwin.report.export import _table, atomic_write
+    from tinytwin.report.export import atomic_write, csv_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out_dir / "emulate_device_rounds.csv", _table(rows(store, run_id), COLUMNS))
+    return atomic_write(out_dir / "emulate_device_rounds.csv", csv_table(rows(store, run_id), COLUMNS))

@@ -62,6 +62,7 @@ from tinytwin.emulate.device import NO_COORDINATOR_EXIT, _arena, log, proc_statu
 from tinytwin.emulate.peer_merge import Fifo
 from tinytwin.emulate.peer_net import COORDINATOR_CONN, PeerNet
 from tinytwin.emulate.peer_trainer import NumpyPeerTrainer, make_peer_trainer
+from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire
 from tinytwin.rng import Stream, stream_rng
@@ -831,15 +832,14 @@ def run(cfg: dict[str, Any]) -> int:
         log(f"device {rt.id}: firmware fault at start-up {fault.kind}: {fault.detail}")
         return FIRMWARE_FAULT_EXIT
     net = PeerNet(int(cfg["max_frame"]))
-    # The first BLAS call makes OpenBLAS allocate its buffers: before the baseline (device.py).
-    _ = np.ones((8, 8), np.float32) @ np.ones((8, 8), np.float32)
+    warm_blas()  # BLAS's work buffers belong to the baseline, not to the budget (runtime_env)
     try:
         net.connect_coordinator(cfg["host"], int(cfg["port"]))
     except OSError as exc:
         log(f"device {rt.id}: cannot connect to the coordinator: {exc}")
         return NO_COORDINATOR_EXIT
     net.start()
-    baseline = proc_status_kb("VmData") * 1024
+    baseline = vm_data_bytes()
     cap = baseline + int(cfg["mem_budget_bytes"])
     hello = {"pid": os.getpid(), "port": net.port, "vmdata_baseline": baseline, "rlimit_data": cap}
     net.send_coordinator(rt.make(rt.frame.MsgType.HELLO, COORDINATOR_ID, 0, "none", json.dumps(hello).encode()))

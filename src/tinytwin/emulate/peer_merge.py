@@ -75,4 +75,10 @@ class Fifo:
         self.count = min(self.count + 1, len(self.slots))
 
     def mean(self) -> np.ndarray:
-        return (self.slots[: self.count].sum(axis=0) / np.float32(max(self.count, 1))).astype(np.float32)
+        return fifo_mean(self.slots[: self.count])
+
+
+def fifo_mean(slots: np.ndarray) -> np.ndarray:
+    """The mean of a FIFO buffer's filled slots in float32 (gossip's ``fifo`` merge; the
+    numpy kernel of :func:`tinytwin.algorithms.gossip.fifo_mean`)."""
+    return (slots.sum(axis=0) / np.float32(max(len(slots), 1))).astype(np.float32)

@@ -36,7 +36,7 @@ import numpy as np
 
 from tinytwin.algorithms import gist_np
 from tinytwin.emulate import mlp_np
-from tinytwin.emulate.peer_merge import merge_age, merge_average, mix_row
+from tinytwin.emulate.peer_merge import fifo_mean, merge_age, merge_average, mix_row
 from tinytwin.emulate.trainers import DeviceFault, RoundResult
 
 
@@ -77,7 +77,7 @@ class NumpyPeerTrainer:
         return merge_age(own, own_age, received)
 
     def fifo_mean(self, slots: np.ndarray) -> np.ndarray:
-        return (slots.sum(axis=0) / np.float32(max(len(slots), 1))).astype(np.float32)
+        return fifo_mean(slots)
 
     def gist(
         self, own: np.ndarray, local_weight: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]

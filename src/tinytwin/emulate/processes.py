@@ -17,6 +17,7 @@ from typing import Any, Union
 
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.rundir import PIDS_FILE, AdoptedProcess, device_process_alive, read_json, write_json
+from tinytwin.emulate.runtime_env import pinned_env
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, read_fault
 
 Process = Union["subprocess.Popen[bytes]", AdoptedProcess]
@@ -24,9 +25,7 @@ Process = Union["subprocess.Popen[bytes]", AdoptedProcess]
 
 def child_env() -> dict[str, str]:
     """The environment of a fork server / device process: one BLAS thread, this source tree first."""
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
+    env = pinned_env()
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -54,17 +53,46 @@ def adopt_recorded(
             adopt(int(d), int(pid), parents.get(int(d), parent))
 
 
-def exit_kind(rc: int | None, *, killed: bool = False, workdir: Path | None = None) -> str:
+OOM_MARKERS = (
+    "Memory allocation still failed",  # OpenBLAS, which then exits 1
+    "out of memory",  # run_main's own line (device.py)
+    "MemoryError",
+    "Cannot allocate memory",
+)
+"""What a device log says when its process died of the memory cap without reaching run_main's
+handler (a C library's allocation failing under ``RLIMIT_DATA`` exits on its own)."""
+START_MARKER = "VmData baseline"
+"""Every device process logs this line once its cap is set: the log of its latest process starts there."""
+
+
+def oom_in_log(log_file: Path | None, tail_bytes: int = 16384) -> bool:
+    """Whether the latest process in ``log_file`` (the part after its last :data:`START_MARKER`
+    line) reported running out of memory."""
+    if log_file is None:
+        return False
+    try:
+        with open(log_file, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - tail_bytes))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return False
+    latest = text[text.rfind(START_MARKER) :] if START_MARKER in text else text
+    return any(m in latest for m in OOM_MARKERS)
+
+
+def exit_kind(
+    rc: int | None, *, killed: bool = False, workdir: Path | None = None, log_file: Path | None = None
+) -> str:
     """Why a process's connection closed: ``killed`` (by the twin), a firmware fault (``workdir``:
     a firmware device's work folder, whose fault file is written before the exit, so it decides
-    even when the exit status has not been collected yet), ``oom``, ``disconnected`` (no exit
-    status) or ``crash (exit N)``."""
+    even when the exit status has not been collected yet), ``oom`` (its exit code, or ``log_file``,
+    its log, says the memory cap was hit), ``disconnected`` (no exit status) or ``crash (exit N)``."""
     if killed:
         return "killed"
     fault = read_fault(workdir) if workdir is not None else None
     if rc == FIRMWARE_FAULT_EXIT or fault is not None:
         return f"firmware_fault ({fault['kind']}: {fault['detail']})" if fault else "firmware_fault"
-    if rc == OOM_EXIT:
+    if rc == OOM_EXIT or (rc is not None and oom_in_log(log_file)):
         return "oom"
     return "disconnected" if rc is None else f"crash (exit {rc})"
 
@@ -110,11 +138,7 @@ class DeviceProcesses:
         return self.edir / "devices" / f"d{d}.json"
 
     def spawn(self, d: int) -> None:
-        env = dict(os.environ)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = "1"
-        src = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = child_env()
         self.spawns[d] += 1
         prefix = self.exec_prefix(d) if self.exec_prefix else []
         with open(self.edir / "logs" / f"d{d}.log", "ab") as errf:

@@ -56,6 +56,8 @@ class BatchedMLPGrad:
 
         ``params`` is (D, P), or (P,) shared by ``d`` devices (copied once per device)."""
         if params.dim() == 1:
+            if d is None:
+                raise ValueError("a shared (P,) parameter vector needs the device count d")
             return [t.expand(d, *t.shape[1:]).contiguous() for t in self.split(params.unsqueeze(0))]
         n = params.shape[0]
         out: list[torch.Tensor] = []

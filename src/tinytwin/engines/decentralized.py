@@ -585,7 +585,7 @@ class DecentralizedSimulator:
         a = spec.algorithm
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, 0.0)
+        self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
         self.x_train = torch.from_numpy(ds.x_train)
         self.y_train = torch.from_numpy(ds.y_train)

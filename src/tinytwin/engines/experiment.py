@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tinytwin.data.datasets import Dataset, load_dataset
 from tinytwin.data.partition import class_histogram, partition
@@ -22,10 +22,15 @@ from tinytwin.fleet.failures import Timeline, build_timeline
 from tinytwin.fleet.memory import MemoryPlan, message_bytes, plan_memory
 from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_step_flops
 from tinytwin.models.params import ParamLayout
-from tinytwin.models.zoo import LayerModule, ModelDef, make_model
+from tinytwin.models.zoo import ModelDef, make_model
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.wire.encoding import encoded_size
 from tinytwin.wire.frame import MAX_PAYLOAD
+
+if TYPE_CHECKING:  # `plan` and the other torch-free commands never build the module
+    import torch
+
+    from tinytwin.models.zoo import LayerModule
 
 
 @dataclass

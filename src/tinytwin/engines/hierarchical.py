@@ -38,12 +38,14 @@ from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.network import Network
+from tinytwin.engines.round_costs import shared_medium_waits
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.errors import SpecError
 from tinytwin.fleet.build import _extra
 from tinytwin.fleet.cost import LinkArrays, compute_flops, draw_lost_packets, energy_joules, take_links, transfer_cost
 from tinytwin.net.links import LinkModel, load_link_catalog
+from tinytwin.net.medium import dedicated
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
@@ -113,7 +115,7 @@ class HierarchicalSimulator:
         self.h = a.hierarchical
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
+        self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
         self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
         self.x_test, self.y_test = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
@@ -185,6 +187,7 @@ class HierarchicalSimulator:
         online = exp.timeline.online(r)
         ids = np.flatnonzero(online)
         links = take_links(exp.fleet.links, ids)
+        medium = (exp.fleet.medium or dedicated(exp.fleet.num_devices)).take(ids)
         la_models = st.global_params.expand(k, -1).clone()
         losses = np.full(n, np.nan)
         compute_s, up_s, down_s = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -203,9 +206,13 @@ class HierarchicalSimulator:
             down = transfer_cost(self.down_bytes, links.down_bps, links, lost_d)
             lost_u = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 1), self.up_bytes, links)
             up = transfer_cost(self.up_bytes, links.up_bps, links, lost_u)
+            # devices behind one AP / central / gateway queue for its airtime (docs/cost-model.md); waiting is idle
+            wait_d, wait_u = shared_medium_waits(
+                medium, links, down, up, self.down_bytes, self.up_bytes, self.compute_s[ids], np.zeros(ids.size, bool)
+            )
             res = self.trainer.train(la_models[torch.from_numpy(cl)], key, ids, [self.train_idx[d] for d in ids])
             losses[ids] = res.train_loss
-            total = down.time_s + self.compute_s[ids] + up.time_s
+            total = wait_d + down.time_s + self.compute_s[ids] + wait_u + up.time_s
             compute_s[ids] += self.compute_s[ids]
             up_s[ids] += up.time_s
             down_s[ids] += down.time_s
@@ -281,8 +288,8 @@ class HierarchicalSimulator:
             else:
                 dev_acc[ids] = gacc
         ev = dev_acc[~np.isnan(dev_acc)]
-        w = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
-        consensus = float((w - w.mean(0, keepdim=True)).norm(dim=1).mean()) if w is not None else None
+        w64 = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
+        consensus = float((w64 - w64.mean(0, keepdim=True)).norm(dim=1).mean()) if w64 is not None else None
         ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, L, ids)
         for row in ledger:
             row["round"] = r
@@ -301,7 +308,7 @@ class HierarchicalSimulator:
             "messages": int(2 * L * ids.size + 2 * present.size),
         }
         device_rows, metric_rows = [], []
-        for d in ids:
+        for d in ids.tolist():
             device_rows.append(
                 {
                     "round": r,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinytwin import __version__
+from tinytwin.core.preflight import check_family
 from tinytwin.engines.device import resolve_device
-from tinytwin.engines.experiment import Experiment, prepare, refuse_if_unfit
+from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec import strict_yaml
@@ -27,6 +27,7 @@ from tinytwin.store.db import SCHEMA, RunInfo, RunStore
 from tinytwin.store.dfl import DFL_SCHEMA
 from tinytwin.store.files import new_private_run_folder
 from tinytwin.store.reader import open_checked
+from tinytwin.version import __version__
 
 DB_NAME = "results.db"
 
@@ -61,7 +62,7 @@ def start_run(
     """Check everything, then create the run folder and simulate every round."""
     exp = prepare(spec, base_dir)
     resolve_device(spec.engine.device)  # a missing GPU is refused before the run folder exists
-    network = _check_family(exp, base_dir)
+    network = check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
     run_dir = run_dir or new_run_dir(out, spec.name)
@@ -77,26 +78,6 @@ def start_run(
     sim = make_engine(exp, store, run_id, network, base_dir)
     sim.register()
     return _drive(sim, store, run_id, sim.initial_state(), run_dir, progress, report)
-
-
-def _check_family(exp: Experiment, base_dir: Path | None) -> Any:
-    """Everything a decentralized or hierarchical run needs checked before its folder exists:
-    the network (topology, link timeline) and the memory of the algorithm's buffers."""
-    family = exp.spec.algorithm.family
-    if family == "centralized":
-        return None
-    from tinytwin.engines.network import build_network
-
-    network = build_network(exp.spec, exp.fleet, base_dir)
-    if family == "decentralized":
-        from tinytwin.engines.decentralized import memory_plans
-
-        refuse_if_unfit(memory_plans(exp))
-    else:
-        from tinytwin.engines.hierarchical import check_hierarchical
-
-        check_hierarchical(exp, base_dir)
-    return network
 
 
 def make_engine(
@@ -128,7 +109,7 @@ def resume_run(
     if spec is not None:
         stored = stored.model_copy(update={"engine": spec.engine})
     exp = prepare(stored, base_dir)
-    network = _check_family(exp, base_dir)
+    network = check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
     sim = make_engine(exp, store, info.run_id, network, base_dir)

@@ -54,10 +54,10 @@ def hash_keys(*parts: torch.Tensor | int) -> torch.Tensor:
             acc = _mix_scalar((acc + part * _GOLDEN_U + _GOLDEN_U) % _U64)
             continue
         base = keys if keys is not None else _s64(acc)
-        step = (
+        step: torch.Tensor | int = (
             part * _GOLDEN + _GOLDEN if isinstance(part, torch.Tensor) else _s64((part * _GOLDEN_U + _GOLDEN_U) % _U64)
         )
-        keys = _mix64(base + step)
+        keys = _mix64(torch.as_tensor(base + step))
     if keys is None:
         raise ValueError("hash_keys needs at least one tensor part")
     return keys

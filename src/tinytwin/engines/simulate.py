@@ -62,7 +62,7 @@ class Simulator:
         self.run_id = run_id
         spec = exp.spec
         a = spec.algorithm
-        self.cfg = LocalTraining(a.local_epochs, a.batch_size, a.lr, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
+        self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
         eng = spec.engine
         self.device = resolve_device(eng.device)

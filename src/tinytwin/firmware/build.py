@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tinytwin import cache
+import tinytwin.cache as cache
 from tinytwin.errors import MemoryPlanError, TinyTwinError
 
 __all__ = [

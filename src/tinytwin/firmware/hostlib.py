@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytwin import cache
+import tinytwin.cache as cache
 from tinytwin.errors import TinyTwinError
 
 __all__ = [

@@ -119,8 +119,8 @@ def _plots(runs: list[_Run], out_dir: Path) -> dict[str, Path]:
         ),
         "accuracy_time": _overlay(
             runs,
-            f"Test accuracy by simulated time ({n})",
-            f"Simulated time ({t_unit})",
+            f"Test accuracy by modelled time ({n})",
+            f"Modelled time, the cost model's clock ({t_unit})",
             "Test accuracy (%)",
             out_dir / "compare_accuracy_time.png",
             lambda r: (acc[id(r)][1] / t_div, acc[id(r)][2]),
@@ -166,12 +166,12 @@ def _summary_table(runs: list[_Run]) -> str:
         ("Rounds done / planned", [f"{r.info.rounds_done} / {r.info.rounds_planned}" for r in runs]),
         ("Final accuracy", [esc(format_accuracy(f["final_accuracy"])) for f in figs]),
         ("Best accuracy", [esc(format_accuracy(f["best_accuracy"])) for f in figs]),
-        ("Simulated time", [esc(format_seconds(f["sim_time_s"])) for f in figs]),
+        ("Modelled time (cost model)", [esc(format_seconds(f["sim_time_s"])) for f in figs]),
         ("Bytes up", [esc(format_bytes(f["bytes_up"])) for f in figs]),
         ("Bytes down", [esc(format_bytes(f["bytes_down"])) for f in figs]),
         ("Energy, all devices", [esc(format_energy(f["energy_j"])) for f in figs]),
         ("Energy per device (median)", [esc(_median_energy(r.info.summary)) for r in runs]),
-        ("Wall-clock time", [esc(format_seconds(f["wall_time_s"])) for f in figs]),
+        ("Wall-clock time (measured, rounds)", [esc(format_seconds(f["wall_time_s"])) for f in figs]),
         ("Seed", [esc(format_number(r.info.seed)) for r in runs]),
     ]
     for key, label in (
@@ -194,7 +194,8 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     plots = _plots(runs, out_dir)
     captions = {
         "accuracy_round": "Test accuracy against round.",
-        "accuracy_time": "Test accuracy against simulated time.",
+        "accuracy_time": "Test accuracy against modelled time: the simulator's virtual clock, and the same "
+        "cost model's figures for the rounds an emulation ran (its wall-clock time is in the table).",
         "bytes": "Cumulative bytes sent up and down, all devices.",
         "energy": "Cumulative energy of all devices.",
     }

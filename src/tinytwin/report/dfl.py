@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinytwin.report.export import _table, atomic_write, export_csv, open_run
+from tinytwin.report.export import atomic_write, csv_table, export_csv, open_run
 from tinytwin.report.html import render_report
+from tinytwin.report.interactive import charts_section
 from tinytwin.report.plots import PALETTE, make_plots, new_axes, note_empty, save
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
@@ -84,16 +85,16 @@ def export_dfl_csv(store: RunStore, run_id: str, out_dir: Path) -> list[Path]:
     out = [
         atomic_write(
             out_dir / "round_metrics.csv",
-            _table(dfl_store.round_metrics(store, run_id), dfl_store.ROUND_METRIC_COLUMNS),
+            csv_table(dfl_store.round_metrics(store, run_id), dfl_store.ROUND_METRIC_COLUMNS),
         ),
         atomic_write(
             out_dir / "device_metrics.csv",
-            _table(dfl_store.device_metrics(store, run_id), dfl_store.DEVICE_METRIC_COLUMNS),
+            csv_table(dfl_store.device_metrics(store, run_id), dfl_store.DEVICE_METRIC_COLUMNS),
         ),
     ]
     ledger = dfl_store.ledger(store, run_id)
     if ledger:
-        out.append(atomic_write(out_dir / "ledger.csv", _table(ledger, dfl_store.LEDGER_COLUMNS)))
+        out.append(atomic_write(out_dir / "ledger.csv", csv_table(ledger, dfl_store.LEDGER_COLUMNS)))
     return out
 
 
@@ -109,4 +110,5 @@ def write_dfl_extras(run_dir: Path) -> Path:
         rounds, events = store.rounds(info.run_id), store.events(info.run_id)
     finally:
         store.close()
-    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files))
+    charts = charts_section(run_dir / "results.db")
+    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files, charts))

@@ -62,7 +62,7 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+def csv_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return _csv_text(columns, ([r.get(c) for c in columns] for r in rows))
 
 
@@ -89,8 +89,8 @@ def export_csv(store: RunStore, run_id: str, out_dir: Path) -> list[Path]:
         for d in devices
     )
     return [
-        atomic_write(out_dir / "rounds.csv", _table(store.rounds(run_id), ROUND_COLUMNS)),
-        atomic_write(out_dir / "device_rounds.csv", _table(store.device_rounds(run_id), DEVICE_ROUND_COLUMNS)),
+        atomic_write(out_dir / "rounds.csv", csv_table(store.rounds(run_id), ROUND_COLUMNS)),
+        atomic_write(out_dir / "device_rounds.csv", csv_table(store.device_rounds(run_id), DEVICE_ROUND_COLUMNS)),
         atomic_write(out_dir / "devices.csv", _csv_text(dev_header, dev_rows)),
-        atomic_write(out_dir / "events.csv", _table(store.events(run_id), EVENT_COLUMNS)),
+        atomic_write(out_dir / "events.csv", csv_table(store.events(run_id), EVENT_COLUMNS)),
     ]

@@ -1,8 +1,10 @@
 """One self-contained HTML report per run.
 
 The report must survive being mailed, attached to a ticket or opened offline years later,
-so it carries everything inline: CSS in a <style> block, plots as base64 PNG data URIs, no
-scripts, no external links to load. All text from the database goes through
+so it carries everything inline: CSS in a <style> block, interactive Plotly charts with
+plotly.js and their data embedded (:mod:`tinytwin.report.interactive`; zoom, hover, the
+fleet coloured by a chosen metric), the remaining plots as base64 PNG data URIs, and no
+external links to load. The PNGs are still written to ``plots/`` for papers and slides. All text from the database goes through
 ``html.escape`` (run names, event details and the spec are user-controlled). The file is
 written to a temp name and renamed, so a crash never leaves a half-written report.html.
 """
@@ -16,7 +18,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from tinytwin import __version__
 from tinytwin.report.export import atomic_write, export_csv, open_run
 from tinytwin.report.format import (
     MISSING,
@@ -26,8 +27,13 @@ from tinytwin.report.format import (
     format_number,
     format_seconds,
 )
+from tinytwin.report.interactive import CSS as CHART_CSS
+from tinytwin.report.interactive import charts_section
+from tinytwin.report.labels import label as key_label
+from tinytwin.report.labels import unit_of, value_text
 from tinytwin.report.plots import make_plots
 from tinytwin.store.db import RunInfo
+from tinytwin.version import __version__
 
 MAX_EVENTS = 200
 MAX_ROUND_ROWS = 500  # above this the round table shows its head and tail; the CSV has all
@@ -63,7 +69,7 @@ def page(title: str, body: str) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+        f"<title>{esc(title)}</title><style>{CSS}{CHART_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
 
@@ -104,12 +110,15 @@ def _yes_no(v: object) -> str:
     return '<span class="good">yes</span>' if v else '<span class="bad">no</span>'
 
 
-def render_value(v: Any) -> str:
-    """Generic, readable markup for any JSON value: dicts as key/value tables, lists of dicts as tables."""
+def render_value(v: Any, key: str = "", unit: Callable[[Any], str] | None = None) -> str:
+    """Readable markup for any JSON value: dicts as key/value tables with tidy labels, lists of dicts
+    as tables; numbers in the unit their key names (``_s``, ``_j``, ``_bytes``), inherited by nested
+    statistics (``energy_j_per_device: {min, median, max}``)."""
+    unit = unit_of(key) or unit
     if isinstance(v, Mapping):
         if not v:
             return MISSING
-        rows = [(f"<th>{esc(k)}</th>", render_value(x)) for k, x in v.items()]
+        rows = [(f"<th>{esc(key_label(k))}</th>", render_value(x, k, unit)) for k, x in v.items()]
         return (
             '<table class="inner kv"><tbody>'
             + "".join(f"<tr>{k}<td>{x}</td></tr>" for k, x in rows)
@@ -118,11 +127,14 @@ def render_value(v: Any) -> str:
     if isinstance(v, list):
         if v and all(isinstance(x, Mapping) for x in v):
             cols = list(dict.fromkeys(k for x in v for k in x))
-            return table(cols, ([render_value(x.get(c)) for c in cols] for x in v), cls="inner")
-        return ", ".join(render_value(x) for x in v) if v else MISSING
+            return table(
+                [key_label(c) for c in cols], ([render_value(x.get(c), c, unit) for c in cols] for x in v), cls="inner"
+            )
+        return ", ".join(render_value(x, key, unit) for x in v) if v else MISSING
     if isinstance(v, bool):
         return _yes_no(v)
-    return esc(format_number(v))
+    text = value_text(key, v, unit)
+    return _titled(text, v) if text != format_number(v) else esc(text)
 
 
 def _energy_stats(v: Mapping[str, Any]) -> str:
@@ -132,7 +144,7 @@ def _energy_stats(v: Mapping[str, Any]) -> str:
 
 
 def _components(c: Mapping[str, Any]) -> str:
-    return esc(", ".join(f"{k} {format_bytes(b)}" for k, b in c.items()))
+    return esc(", ".join(f"{k.replace('_', ' ')} {format_bytes(b)}" for k, b in c.items()))
 
 
 def _memory(groups: list[Mapping[str, Any]]) -> str:
@@ -155,6 +167,7 @@ def _memory(groups: list[Mapping[str, Any]]) -> str:
         "flash_available_bytes",
         "fits",
         "components",
+        "flash_components",
     }
     rows = []
     for g in groups:
@@ -168,7 +181,10 @@ def _memory(groups: list[Mapping[str, Any]]) -> str:
                     for k in ("needed_bytes", "available_bytes", "flash_needed_bytes", "flash_available_bytes")
                 ),
                 _yes_no(g.get("fits")),
-                _components(g.get("components") or {}) + (render_value(extra) if extra else ""),
+                "RAM: "
+                + _components(g.get("components") or {})
+                + ("<br>flash: " + _components(g["flash_components"]) if g.get("flash_components") else "")
+                + (render_value(extra) if extra else ""),
             ]
         )
     return table(header, rows, cls="inner")
@@ -187,6 +203,7 @@ SUMMARY_KEYS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "bytes_up": ("Bytes up (all devices)", _fmt(format_bytes)),
     "bytes_down": ("Bytes down (all devices)", _fmt(format_bytes)),
     "energy_j": ("Energy (all devices)", _fmt(format_energy)),
+    "energy_j_total": ("Energy (all devices)", _fmt(format_energy)),
     "energy_j_per_device": ("Energy per device", _energy_stats),
     "memory_fits": ("Memory fits every device", _yes_no),
     "memory": ("Memory plan per group", _memory),
@@ -197,21 +214,17 @@ SUMMARY_KEYS: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
-def _generic_label(key: str) -> str:
-    return key.replace("_", " ").strip().capitalize()
-
-
 def render_summary(summary: Mapping[str, Any]) -> str:
     """Known keys first, prettified; any other key rendered generically so nothing is hidden."""
     rows = []
     ordered = [k for k in SUMMARY_KEYS if k in summary] + [k for k in summary if k not in SUMMARY_KEYS]
     for key in ordered:
         value = summary[key]
-        label, fmt = SUMMARY_KEYS.get(key, (_generic_label(key), render_value))
+        label, fmt = SUMMARY_KEYS.get(key, (key_label(key), render_value))
         try:
-            cell = fmt(value)
+            cell = fmt(value) if key in SUMMARY_KEYS else render_value(value, key)
         except (TypeError, ValueError, AttributeError, KeyError):
-            cell = render_value(value)  # unexpected shape: show it as-is rather than fail the report
+            cell = render_value(value, key)  # unexpected shape: show it generically rather than fail the report
         rows.append(f"<tr><th>{esc(label)}</th><td>{cell}</td></tr>")
     return f'<table class="kv"><tbody>{"".join(rows)}</tbody></table>'
 
@@ -331,14 +344,21 @@ def render_report(
     events: list[dict[str, Any]],
     plots: Mapping[str, Path],
     csv_files: Sequence[Path],
+    charts: str = "",
 ) -> str:
+    """The page. ``charts`` is the interactive section (:func:`charts_section`); PNGs it already
+    covers are then only listed (they are in ``plots/``), the others are embedded as images."""
     summary = (
         render_summary(info.summary)
         if info.summary
         else '<p class="note">No summary recorded (the run did not finish); figures from the finished rounds:</p>'
         + render_summary(key_figures(rounds))
     )
-    figs = "".join(figure(p, PLOT_CAPTIONS.get(k, k)) for k, p in plots.items())
+    shown = {k: p for k, p in plots.items() if not charts or k not in PLOT_CAPTIONS}
+    figs = charts + "".join(figure(p, PLOT_CAPTIONS.get(k, k)) for k, p in shown.items())
+    if charts:
+        pngs = ", ".join(f"plots/{esc(p.name)}" for k, p in plots.items() if k in PLOT_CAPTIONS)
+        figs += f'<p class="note">Drag to zoom, double-click to reset, hover for values. PNG versions: {pngs}.</p>'
     csv_list = ", ".join(f"csv/{esc(p.name)}" for p in csv_files)
     body = f"""
 <h1>{esc(info.name)}</h1>
@@ -369,4 +389,5 @@ def write_report(run_dir: Path) -> Path:
         rounds, events = store.rounds(info.run_id), store.events(info.run_id)
     finally:
         store.close()
-    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files))
+    charts = charts_section(run_dir / "results.db")
+    return atomic_write(run_dir / "report.html", render_report(info, rounds, events, plots, csv_files, charts))

@@ -210,8 +210,8 @@ def _children(node: Node) -> list[Node]:
 
 
 class CoreDumper(yaml.emitter.Emitter, yaml.serializer.Serializer, yaml.representer.SafeRepresenter, CoreResolver):
-    """Writes YAML that :func:`parse` reads back to the same values: strings that the core schema
-    would take for numbers, booleans or null are quoted, and nothing relies on YAML 1.1 rules."""
+    """Writes YAML that :func:`parse` and ``yaml.safe_load`` both read back to the same values:
+    strings that either schema would take for numbers, booleans or null are quoted."""
 
     def __init__(self, stream: Any, **kwds: Any) -> None:
         yaml.emitter.Emitter.__init__(
@@ -238,6 +238,19 @@ class CoreDumper(yaml.emitter.Emitter, yaml.serializer.Serializer, yaml.represen
             sort_keys=kwds.get("sort_keys", True),
         )
         CoreResolver.__init__(self)
+
+    _yaml11 = yaml.resolver.Resolver()
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        """Core-schema tags, except that a string YAML 1.1 would read as something else (``on``,
+        ``1:30``) is reported with 1.1's tag, so it gets quoted: every reader, strict or not
+        (``yaml.safe_load`` in the dashboard and API), then reads the same text back."""
+        tag = CoreResolver.resolve(self, kind, value, implicit)
+        if tag == "tag:yaml.org,2002:str" and kind is yaml.ScalarNode and implicit[0]:
+            other = self._yaml11.resolve(kind, value, implicit)
+            if other != tag:
+                return other
+        return tag
 
 
 def dump(data: Any) -> str:

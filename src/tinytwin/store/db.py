@@ -8,7 +8,11 @@ Schema (see docs/results.md):
 
 - ``runs``          one row per run: spec, seed, twin, status (running/complete/incomplete/failed)
 - ``devices``       one row per device: group, profile, link, sample count, class histogram
-- ``rounds``        one row per finished round: accuracy, loss, simulated time, bytes, energy
+- ``rounds``        one row per finished round: accuracy, loss, time, bytes, energy. Time is
+  named for what it is: ``sim_time_s`` is the modelled time (the cost model's clock: the
+  simulator's virtual clock, and the same model's figures for the rounds an emulation ran),
+  ``wall_time_s`` the round's measured wall-clock seconds (the emulation's start-up, outside
+  any round, is in its summary's ``emulate.elapsed_wall_s``)
 - ``device_rounds`` one row per device per round: status, times, bytes, energy, loss
 - ``events``        dropouts, stragglers, joins, leaves, failures, refusals
 - ``checkpoints``   the latest state needed to resume (global model, optimizer state)

@@ -1,0 +1,33 @@
+"""What a device process trains, as plain rows its torch-free runtime reads: an MLP's linear
+layers (:mod:`tinytwin.emulate.mlp_np`) or any zoo model's layer list (:mod:`tinytwin.emulate.layers_np`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinytwin.emulate import layers_np
+from tinytwin.engines.batched_mlp import BatchedMLPGrad
+from tinytwin.engines.experiment import Experiment
+from tinytwin.errors import TinyTwinError
+
+
+def mlp_rows(exp: Experiment) -> list[list[Any]]:
+    fast = BatchedMLPGrad.for_layers(exp.model.layers)
+    if fast is None:
+        raise TinyTwinError(
+            f"emulate supports MLP models only for now in this kind of run (centralized runs also "
+            f"train CNNs); {exp.model.name} has other layers"
+        )
+    return [[l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after] for l in fast.linears]
+
+
+def model_rows(exp: Experiment) -> tuple[list[list[Any]] | None, list[dict[str, Any]] | None]:
+    """What a centralized device trains: (MLP rows for ``mlp_np``, None), or for any other zoo
+    model (CNNs) (None, the layer list for ``layers_np``) — issue #5."""
+    if BatchedMLPGrad.for_layers(exp.model.layers) is not None:
+        return mlp_rows(exp), None
+    try:
+        return None, layers_np.describe(exp.model.layers)
+    except ValueError as exc:
+        raise TinyTwinError(f"emulate: model {exp.model.name}: {exc}") from None
