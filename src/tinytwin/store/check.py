@@ -26,10 +26,11 @@ def connect_read_only(db: Path) -> sqlite3.Connection:
 
     A database whose writer closed cleanly has no ``-wal`` file: it is opened ``immutable``
     (no locks, no ``-shm``). One with a ``-wal`` (a run in progress, or killed) is opened
-    ``mode=ro`` so the committed rounds in its WAL are seen.
+    ``mode=ro``, so the committed rounds in its WAL are seen and a live writer is respected.
     """
-    wal = db.with_name(db.name + "-wal")
-    has_wal = wal.exists() and wal.stat().st_size > 0
+    # A writer in WAL mode keeps the -wal file for as long as it is connected (even empty), so
+    # "no -wal" means nobody is writing and nothing committed is outside the main file.
+    has_wal = db.with_name(db.name + "-wal").exists()
     uri = db.resolve().as_uri() + ("?mode=ro" if has_wal else "?mode=ro&immutable=1")
     try:
         return sqlite3.connect(uri, uri=True)
