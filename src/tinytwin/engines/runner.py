@@ -19,9 +19,9 @@ from tinytwin.engines.device import resolve_device
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
-from tinytwin.spec import strict_yaml
 from tinytwin.spec.load import validate_spec
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.spec.strict_yaml import parse as parse_yaml
 from tinytwin.store.check import check_store
 from tinytwin.store.db import SCHEMA, RunInfo, RunStore
 from tinytwin.store.dfl import DFL_SCHEMA
@@ -161,7 +161,7 @@ def _check_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> t
                 + (f"; resume it with `{command}`" if command else "")
             )
         try:
-            stored = validate_spec(strict_yaml.parse(info.spec_yaml, f"{run_dir / DB_NAME} (runs.spec_yaml)"))
+            stored = validate_spec(parse_yaml(info.spec_yaml, f"{run_dir / DB_NAME} (runs.spec_yaml)"))
         except TinyTwinError as exc:
             raise TinyTwinError(f"{run_dir}: the experiment stored in {DB_NAME} is invalid: {exc}") from None
         # engine (device, threads, chunks) says how to compute, not what: a run may resume elsewhere

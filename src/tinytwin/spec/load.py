@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tinytwin.errors import SpecError
-from tinytwin.spec import strict_yaml
 from tinytwin.spec.bounds import check_values
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.spec.strict_yaml import decode, dump, parse
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> tuple[ExperimentSpec, str]:
@@ -30,13 +30,13 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Experime
         data = path.read_bytes()
     except OSError as exc:
         raise SpecError("", f"cannot read experiment file {path}: {exc.strerror}") from None
-    raw = strict_yaml.parse(strict_yaml.decode(data, str(path)), str(path))
+    raw = parse(decode(data, str(path)), str(path))
     if not isinstance(raw, dict):
         raise SpecError("", f"{path} must contain a mapping of keys (name, rounds, dataset, fleet, ...)")
     for item in overrides:
         apply_override(raw, item)
     spec = validate_spec(raw)
-    return spec, strict_yaml.dump(raw)
+    return spec, dump(raw)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -48,7 +48,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not parts:
         raise SpecError("--set", f"{item!r} has an empty key path")
     try:
-        value = strict_yaml.parse(text, f"--set {key.strip()}")
+        value = parse(text, f"--set {key.strip()}")
     except SpecError as exc:
         if "not valid YAML" not in str(exc):
             raise

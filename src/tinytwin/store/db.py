@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinytwin.store import checkpoint as checkpoint_format
 from tinytwin.store.check import ResultsError, check_store, connect_read_only, expected_columns
+from tinytwin.store.checkpoint import CheckpointFormatError, decode, encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -312,9 +312,9 @@ class RunStore:
             return None
         try:
             if not isinstance(row[1], bytes) or isinstance(row[0], bool) or not isinstance(row[0], int):
-                raise checkpoint_format.CheckpointFormatError("the checkpoint row has the wrong column types")
+                raise CheckpointFormatError("the checkpoint row has the wrong column types")
             return int(row[0]), _from_blob(row[1])
-        except checkpoint_format.CheckpointFormatError as exc:
+        except CheckpointFormatError as exc:
             raise ResultsError(f"{self.path}: cannot resume: {exc}; start the run again") from None
 
     def _dicts(self, query: str, *args: Any) -> list[dict[str, Any]]:
@@ -356,8 +356,8 @@ def open_store(path: Path) -> RunStore:
 
 
 def _to_blob(state: Mapping[str, Any]) -> bytes:
-    return checkpoint_format.encode(state)
+    return encode(state)
 
 
 def _from_blob(blob: bytes) -> dict[str, Any]:
-    return checkpoint_format.decode(blob)
+    return decode(blob)
