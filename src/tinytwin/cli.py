@@ -6,6 +6,8 @@ exit status 2; nothing a user can cause ends in a traceback.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -461,6 +463,26 @@ def main() -> None:
     except usage_errors as exc:
         err_console.print(f"[red]error:[/] {escape(_usage_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as exc:  # a full or read-only disk met outside the places that name their folder
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc) and "readonly" not in str(exc):
+            raise
+        err_console.print(
+            f"[red]error:[/] {escape(str(exc))}; free space or make the run folder writable, then --resume it",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 if __name__ == "__main__":

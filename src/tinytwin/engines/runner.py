@@ -7,13 +7,12 @@ only after the spec, the data and the memory plan have all been checked.
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from tinytwin.core.preflight import check_family
 from tinytwin.engines.device import resolve_device
@@ -22,7 +21,12 @@ from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.load import validate_spec
 from tinytwin.spec.schema import ExperimentSpec
-from tinytwin.store.db import RunInfo, RunStore
+from tinytwin.spec.strict_yaml import parse as parse_yaml
+from tinytwin.store.check import check_store
+from tinytwin.store.db import SCHEMA, RunInfo, RunStore
+from tinytwin.store.dfl import DFL_SCHEMA
+from tinytwin.store.files import new_private_run_folder
+from tinytwin.store.reader import open_checked
 from tinytwin.version import __version__
 
 DB_NAME = "results.db"
@@ -62,9 +66,13 @@ def start_run(
     if on_prepared is not None:
         on_prepared(exp)
     run_dir = run_dir or new_run_dir(out, spec.name)
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "spec.yaml").write_text(spec_yaml)
-    store = RunStore(run_dir / DB_NAME)
+    # 0700 folder, 0600 files; results.db created empty and private before SQLite opens it
+    new_private_run_folder(run_dir, {"spec.yaml": spec_yaml.encode(), DB_NAME: b""})
+    try:
+        store = RunStore(run_dir / DB_NAME)
+    except TinyTwinError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was run: leave no folder
+        raise
     run_id = uuid.uuid4().hex[:12]
     store.create_run(run_id, spec.name, "simulate", spec.seed, spec_yaml, spec.rounds, __version__)
     sim = make_engine(exp, store, run_id, network, base_dir)
@@ -130,22 +138,32 @@ def resume_run(
 def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tuple[RunStore, RunInfo, ExperimentSpec]:
     """Open an incomplete run of ``twin`` for resuming: its store, its ``runs`` row and its own spec.
 
-    Refuses (one line) a folder without a database, a run of another twin, an experiment
-    file other than the run's own, and a run that is already complete.
+    Refuses (one line) a folder without a database, a damaged or altered database, a run of
+    another twin, an experiment file other than the run's own, and a run that is already
+    complete — all checked read-only, so a refused database is left exactly as it was.
     """
     db = run_dir / DB_NAME
     if not db.is_file():
         raise TinyTwinError(f"{run_dir} is not a tinytwin run folder (no {DB_NAME}); pass the folder a run created")
+    info, stored = _check_resumable(run_dir, spec, twin)
     store = RunStore(db)
+    return store, info, stored
+
+
+def _check_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tuple[RunInfo, ExperimentSpec]:
+    """Everything :func:`open_resumable` refuses, found through a read-only connection."""
+    reader, info = open_checked(run_dir)
     try:
-        info = store.run_info()
         if info.twin != twin:
             command = {"simulate": "tinytwin run --resume", "emulate": "tinytwin emulate --resume"}.get(info.twin)
             raise TinyTwinError(
                 f"{run_dir} is a {info.twin} run, not a {twin} run"
                 + (f"; resume it with `{command}`" if command else "")
             )
-        stored = validate_spec(yaml.safe_load(info.spec_yaml))
+        try:
+            stored = validate_spec(parse_yaml(info.spec_yaml, f"{run_dir / DB_NAME} (runs.spec_yaml)"))
+        except TinyTwinError as exc:
+            raise TinyTwinError(f"{run_dir}: the experiment stored in {DB_NAME} is invalid: {exc}") from None
         # engine (device, threads, chunks) says how to compute, not what: a run may resume elsewhere
         if spec is not None and spec.model_dump(exclude={"engine"}) != stored.model_dump(exclude={"engine"}):
             raise TinyTwinError(
@@ -154,10 +172,12 @@ def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tup
             )
         if info.status == "complete":
             raise TinyTwinError(f"{run_dir} is already complete ({info.rounds_done} rounds); nothing to resume")
-    except BaseException:
-        store.close()
-        raise
-    return store, info, stored
+        check_store(reader.conn, run_dir, SCHEMA, whole=False)  # the checkpoints table too, this time
+        if stored.algorithm.family != "centralized" and info.rounds_done > 0:  # resuming would recreate them empty
+            check_store(reader.conn, run_dir, DFL_SCHEMA, whole=False)
+    finally:
+        reader.close()
+    return info, stored
 
 
 def _drive(
@@ -167,7 +187,10 @@ def _drive(
     try:
         state = sim.run(state, progress)
     except BaseException:
-        store.set_status(run_id, "incomplete")
+        try:
+            store.set_status(run_id, "incomplete")
+        except TinyTwinError:  # e.g. the disk is full: keep the error that stopped the run
+            pass
         store.close()
         raise
     summary = sim.summary(state, time.perf_counter() - wall0)

@@ -11,8 +11,8 @@ class Checkpointed:
     """Mixin for the dataclasses that carry an engine from one round to the next.
 
     The checkpoint is the dataclass's fields as a dict (tensors and arrays included); the
-    store pickles it with ``torch.save`` in the same transaction as the round, and resuming
-    rebuilds the state from exactly those fields.
+    store writes it as plain data and arrays (:mod:`tinytwin.store.checkpoint`, never a pickle)
+    in the same transaction as the round, and resuming rebuilds the state from exactly those fields.
     """
 
     def to_checkpoint(self) -> dict[str, Any]:

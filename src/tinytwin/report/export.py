@@ -12,67 +12,46 @@ import csv
 import io
 import os
 import secrets
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tinytwin.errors import TinyTwinError
 from tinytwin.store.db import DEVICE_ROUND_COLUMNS, EVENT_COLUMNS, ROUND_COLUMNS, RunInfo, RunStore
+from tinytwin.store.files import write_error_line
+from tinytwin.store.reader import open_checked
 
 DB_NAME = "results.db"
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    A folder that is read-only or full gives one line (:class:`TinyTwinError`), and no temp file is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     # Not mkstemp: its 0600 mode would make reports unreadable to a web server or teammate;
     # O_EXCL with mode 0666 gives the same uniqueness guarantee and honours the umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise TinyTwinError(write_error_line(path.parent, exc)) from None
     return path
 
 
 def open_run(run_dir: Path) -> tuple[RunStore, RunInfo]:
-    """Open the run in ``run_dir`` or raise a one-line :class:`TinyTwinError` saying what is missing.
-
-    The database is probed read-only first: ``RunStore`` creates its schema on open, and we
-    must not plant tinytwin tables into some unrelated ``results.db`` a user pointed us at.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TinyTwinError(f"{run_dir}: run folder does not exist")
-    db = run_dir / DB_NAME
-    if not db.is_file():
-        raise TinyTwinError(f"{run_dir}: not a tinytwin run folder (no {DB_NAME})")
-    try:
-        probe = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            has_runs = probe.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
-        finally:
-            probe.close()
-        if not has_runs:
-            raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a tinytwin results database (no runs table)")
-    except sqlite3.OperationalError:
-        pass  # e.g. a WAL database we cannot open read-only; let RunStore try normally
-    except sqlite3.DatabaseError as exc:
-        raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a readable SQLite database ({exc})") from None
-    store = RunStore(db)
-    try:
-        info = store.run_info()
-    except LookupError:
-        store.close()
-        raise TinyTwinError(f"{run_dir}: {DB_NAME} holds no run") from None
-    return store, info
+    """Open the run in ``run_dir`` read-only and checked (:func:`tinytwin.store.reader.open_checked`)."""
+    return open_checked(Path(run_dir))
 
 
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

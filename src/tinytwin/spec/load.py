@@ -7,11 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from tinytwin.errors import SpecError
+from tinytwin.spec.bounds import check_values
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.spec.strict_yaml import decode, dump, parse
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> tuple[ExperimentSpec, str]:
@@ -26,17 +27,16 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Experime
             "", f"experiment file {path} not found; pass the path of a YAML file such as examples/quickstart.yaml"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError("", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError("", f"cannot read experiment file {path}: {exc.strerror}") from None
+    raw = parse(decode(data, str(path)), str(path))
     if not isinstance(raw, dict):
         raise SpecError("", f"{path} must contain a mapping of keys (name, rounds, dataset, fleet, ...)")
     for item in overrides:
         apply_override(raw, item)
     spec = validate_spec(raw)
-    return spec, yaml.safe_dump(raw, sort_keys=False)
+    return spec, dump(raw)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -48,9 +48,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not parts:
         raise SpecError("--set", f"{item!r} has an empty key path")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
+        value = parse(text, f"--set {key.strip()}")
+    except SpecError as exc:
+        if "not valid YAML" not in str(exc):
+            raise
+        value = text  # not YAML: the text itself (a name, a path)
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         node = _child(node, part, parts[: i + 1])
@@ -82,6 +84,7 @@ def _index(node: list[Any], part: str, path: list[str]) -> int:
 
 def validate_spec(raw: dict[str, Any]) -> ExperimentSpec:
     """Validate a raw mapping; the first error becomes a :class:`SpecError` naming its key path."""
+    check_values(raw)
     try:
         return ExperimentSpec.model_validate(raw)
     except ValidationError as exc:

@@ -7,13 +7,21 @@ a default. docs/experiment-file.md documents each key; keep the two in step.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Documented maxima (docs/experiment-file.md): far above any real experiment, low enough that a
+# typo such as local_epochs: 1e9 is refused at once instead of running for a lifetime.
+MAX_ROUNDS = 1_000_000
+MAX_STEPS = 10_000  # local_epochs, mixing_steps, local_rounds
+MAX_DEVICES = 10_000_000  # per group
+MAX_SEED = 10**15  # within the ±1e15 every number of a spec keeps (spec/bounds.py)
+StepCount = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 
 
 class Strict(BaseModel):
@@ -38,7 +46,7 @@ class PartitionSpec(Strict):
     sigma: Annotated[float, Field(gt=0.0)] = 1.0
     min_samples: NonNegInt = 1
     samples_per_device: PositiveInt | None = None
-    overlap: bool = Field(default=False, description="iid + samples_per_device: devices may share samples")
+    overlap: StrictBool = Field(default=False, description="iid + samples_per_device: devices may share samples")
 
 
 class ModelSpec(Strict):
@@ -68,7 +76,7 @@ class ModelSpec(Strict):
 class GroupSpec(Strict):
     name: str | None = None
     profile: str = Field(description="a device catalog name (tinytwin devices) or a custom profile name")
-    count: PositiveInt
+    count: Annotated[int, Field(ge=1, le=MAX_DEVICES)]
     link: str = Field(default="wifi", description="a link catalog name: wifi, ble, ieee802154, lora, ethernet, uart")
     overrides: dict[str, Any] = Field(default_factory=dict, description="device profile fields to change")
     link_overrides: dict[str, Any] = Field(default_factory=dict, description="link model fields to change")
@@ -140,7 +148,7 @@ class LRScheduleSpec(Strict):
 
 
 class DecFedAvgSpec(Strict):
-    mixing_steps: PositiveInt = 1
+    mixing_steps: StepCount = 1
 
 
 class GossipSpec(Strict):
@@ -171,7 +179,7 @@ class GistSpec(Strict):
     segmentation: Literal["importance", "random"] = "importance"
     selection: Literal["proportional", "softmax", "uniform"] = "proportional"
     exp_base: Annotated[float, Field(gt=1.0)] = 2.718281828459045
-    drop_lowest: bool = False
+    drop_lowest: StrictBool = False
     sends: PositiveInt = 7
     peer: PeerMode = "neighbour"
     buffer_size: PositiveInt = 10
@@ -190,7 +198,7 @@ class GistSpec(Strict):
 
 
 class HierarchicalSpec(Strict):
-    local_rounds: PositiveInt = 1
+    local_rounds: StepCount = 1
     num_clusters: PositiveInt = 1
     assignment: Literal["balanced", "given", "min_comm_cost"] = "balanced"
     clusters: list[list[NonNegInt]] | None = Field(default=None, description="device ids of each cluster")
@@ -225,7 +233,7 @@ class AlgorithmSpec(Strict):
     clients_per_round: StrictInt | StrictFloat = Field(
         default=1.0, description="a fraction in (0, 1] of the available devices, or a whole count >= 1"
     )
-    local_epochs: PositiveInt = 1
+    local_epochs: StepCount = 1
     batch_size: PositiveInt = 16
     lr: Annotated[float, Field(gt=0.0)] = 0.1
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -346,7 +354,7 @@ class TopologySpec(Strict):
 
 class EvaluationSpec(Strict):
     every: PositiveInt = 1
-    per_device: bool = False
+    per_device: StrictBool = False
 
 
 class EngineSpec(Strict):
@@ -365,9 +373,9 @@ class EngineSpec(Strict):
 
 
 class ExperimentSpec(Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "experiment"
-    seed: NonNegInt = 0
-    rounds: PositiveInt = 10
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] = "experiment"
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)] = 10
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -398,6 +406,7 @@ class ExperimentSpec(Strict):
         c = self.algorithm.clients_per_round
         if isinstance(c, int) and c > n:
             raise ValueError(f"algorithm.clients_per_round: {c} is more than the {n} devices of the fleet")
+        self._check_krum(c if isinstance(c, int) else max(1, math.ceil(c * n)))
         names = [g.name for g in self.fleet.groups if g.name]
         if len(names) != len(set(names)):
             raise ValueError("fleet.groups: group names must be unique")
@@ -422,6 +431,24 @@ class ExperimentSpec(Strict):
                     f"algorithm.clients_per_round: every online device takes part in {a.name}; leave it at 1.0"
                 )
         return self
+
+    def _check_krum(self, k: int) -> None:
+        """Krum scores each update against its K - f - 2 nearest: it needs K >= 2f + 3 updates
+        per round and selects m <= K - f of them (Blanchard et al. 2017)."""
+        agg = self.algorithm.aggregator
+        if agg.name != "krum":
+            return
+        f, m = agg.num_byzantine, agg.num_selected
+        if k < 2 * f + 3:
+            raise ValueError(
+                f"algorithm.aggregator.num_byzantine: krum with f={f} needs at least {2 * f + 3} clients per "
+                f"round, this experiment has {k}; lower num_byzantine or raise clients_per_round"
+            )
+        if m > k - f:
+            raise ValueError(
+                f"algorithm.aggregator.num_selected: {m} is more than the {k - f} honest clients "
+                f"(clients per round {k} minus num_byzantine {f})"
+            )
 
     def _check_topology(self, n: int) -> None:
         t = self.topology

@@ -20,14 +20,17 @@ Schema (see docs/results.md):
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tinytwin.store.check import ResultsError, check_store, connect_read_only, expected_columns
+from tinytwin.store.checkpoint import CheckpointFormatError, decode, encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -154,21 +157,43 @@ class RunInfo:
 
 
 class RunStore:
-    """One run's database. Every write of a round is one transaction."""
+    """One run's database. Every write of a round is one transaction.
 
-    def __init__(self, path: Path) -> None:
+    ``read_only=True`` opens it for readers (report, compare, the checks before a resume): no
+    schema is created and nothing is written, not even journal files.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(str(self.path))
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        self.read_only = read_only
+        if read_only:
+            self.conn = connect_read_only(self.path)
+            return
+        with writing(self.path):
+            self.conn = sqlite3.connect(str(self.path))
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(SCHEMA)
+                self.conn.commit()
+            except BaseException:
+                self.conn.close()
+                raise
+
+    def check(self, optional: tuple[str, ...] = (), extra_schema: str = "") -> None:
+        """Refuse (one line) a damaged or altered database; see :mod:`tinytwin.store.check`.
+
+        ``extra_schema``: more tables to check when present (decentralized runs' own tables)."""
+        check_store(self.conn, self.path.parent, SCHEMA, optional)
+        if extra_schema:
+            tables = tuple(expected_columns(extra_schema))
+            check_store(self.conn, self.path.parent, extra_schema, optional=tables, whole=False)
 
     # ---- writing -------------------------------------------------------------------
     def create_run(
         self, run_id: str, name: str, twin: str, seed: int, spec_yaml: str, rounds_planned: int, version: str
     ) -> None:
-        with self.conn:
+        with writing(self.path), self.conn:
             self.conn.execute(
                 "INSERT INTO runs (run_id, name, twin, seed, spec_yaml, status, rounds_planned,"
                 " rounds_done, started_at, version) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -176,7 +201,7 @@ class RunStore:
             )
 
     def add_devices(self, run_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        with self.conn:
+        with writing(self.path), self.conn:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?)",
                 [
@@ -202,7 +227,7 @@ class RunStore:
         checkpoint: Mapping[str, Any] | None,
     ) -> None:
         """Commit one finished round, its per-device rows, events and the resume checkpoint atomically."""
-        with self.conn:
+        with writing(self.path), self.conn:
             self.conn.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
                 f"VALUES (?{', ?' * len(ROUND_COLUMNS)})",
@@ -222,7 +247,7 @@ class RunStore:
             self.conn.execute("UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id))
 
     def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
-        with self.conn:
+        with writing(self.path), self.conn:
             self._insert_events(run_id, events)
 
     def _insert_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
@@ -232,14 +257,14 @@ class RunStore:
         )
 
     def finish_run(self, run_id: str, status: str, summary: Mapping[str, Any]) -> None:
-        with self.conn:
+        with writing(self.path), self.conn:
             self.conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?",
                 (status, time.time(), json.dumps(summary), run_id),
             )
 
     def set_status(self, run_id: str, status: str) -> None:
-        with self.conn:
+        with writing(self.path), self.conn:
             self.conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
     # ---- reading -------------------------------------------------------------------
@@ -254,7 +279,8 @@ class RunStore:
         )
         if row is None:
             raise LookupError(f"no run in {self.path}")
-        return RunInfo(*row[:8], summary=json.loads(row[8]) if row[8] else {})
+        summary = json.loads(row[8]) if row[8] else {}
+        return RunInfo(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], summary=summary)
 
     def rounds(self, run_id: str) -> list[dict[str, Any]]:
         return self._dicts(f"SELECT {', '.join(ROUND_COLUMNS)} FROM rounds WHERE run_id = ? ORDER BY round", run_id)
@@ -279,8 +305,17 @@ class RunStore:
         return self._dicts(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY rowid", run_id)
 
     def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The last committed round and its state; a checkpoint that is not plain data (a pickle,
+        a damaged blob) is refused with one line and never executed."""
         row = self.conn.execute("SELECT round, state FROM checkpoints WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else (int(row[0]), _from_blob(row[1]))
+        if row is None:
+            return None
+        try:
+            if not isinstance(row[1], bytes) or isinstance(row[0], bool) or not isinstance(row[0], int):
+                raise CheckpointFormatError("the checkpoint row has the wrong column types")
+            return int(row[0]), _from_blob(row[1])
+        except CheckpointFormatError as exc:
+            raise ResultsError(f"{self.path}: cannot resume: {exc}; start the run again") from None
 
     def _dicts(self, query: str, *args: Any) -> list[dict[str, Any]]:
         cur = self.conn.execute(query, args)
@@ -291,20 +326,38 @@ class RunStore:
         self.conn.close()
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn SQLite's write failures into one line naming the run folder and what to do.
+
+    The transaction that failed is rolled back by SQLite, so every round committed before it
+    stays, and the run resumes once the cause is gone.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        folder, text = path.parent, str(exc)
+        if "full" in text:
+            raise ResultsError(
+                f"{folder}: the disk is full ({text}); free some space there, then finish the run with --resume {folder}"
+            ) from None
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            raise ResultsError(
+                f"{folder} is not writable ({text}); make it writable, or copy the run folder somewhere writable"
+            ) from None
+        raise ResultsError(f"{folder}: cannot write results.db ({text})") from None
+    except sqlite3.DatabaseError as exc:
+        raise ResultsError(f"{path.parent}: results.db is damaged ({exc}); it cannot be written") from None
+
+
 def open_store(path: Path) -> RunStore:
     """Open (creating if needed) the results database at ``path``."""
     return RunStore(path)
 
 
 def _to_blob(state: Mapping[str, Any]) -> bytes:
-    import torch  # here, not at the top: report, compare and export read stores without torch
-
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    return buf.getvalue()
+    return encode(state)
 
 
 def _from_blob(blob: bytes) -> dict[str, Any]:
-    import torch
-
-    return torch.load(io.BytesIO(blob), weights_only=False)
+    return decode(blob)

@@ -1,0 +1,94 @@
+"""Files of a run folder: private modes, created atomically, and one-line errors when the disk says no.
+
+Why private: a run folder holds the experiment, the data partition and the results, and for
+emulated runs the keys that authenticate frames. Created 0700 / 0600 from the start (the mode
+is given to ``mkdir`` / ``open`` itself, then fixed against the umask), there is no moment at
+which another user of the machine can open them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from tinytwin.errors import TinyTwinError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def write_error_line(folder: Path, exc: OSError) -> str:
+    """One line for a failed write: which folder, why, and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{folder}: the disk is full ({exc.strerror}); free some space there and try again"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{folder} is not writable ({exc.strerror}); choose a writable folder or make it writable"
+    return f"{folder}: cannot write ({exc.strerror or exc})"
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (not its parents' modes) as 0700; it must not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(path, DIR_MODE)
+    os.chmod(path, DIR_MODE)  # the umask may have taken bits away; never adds any beyond 0700
+    return path
+
+
+def create_private_file(path: Path, data: bytes = b"") -> Path:
+    """Create ``path`` as 0600 (``O_EXCL``: never reuses a file someone planted) holding ``data``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+    finally:
+        os.close(fd)
+    return path
+
+
+def new_private_run_folder(run_dir: Path, files: dict[str, bytes]) -> Path:
+    """Create a run folder (0700) with its first files (0600); on any failure remove what was made
+    and raise one line, so a refused run never leaves half a folder behind."""
+    made = False
+    try:
+        make_private_dir(run_dir)
+        made = True
+        for name, data in files.items():
+            create_private_file(run_dir / name, data)
+    except OSError as exc:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        folder = run_dir if made else run_dir.parent
+        raise TinyTwinError(write_error_line(folder, exc)) from None
+    return run_dir
+
+
+def private_dirs(*paths: Path) -> None:
+    """Create each folder (if missing) as 0700, and make an existing one 0700."""
+    for path in paths:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+
+
+def write_private(path: Path, data: bytes | str) -> Path:
+    """Replace ``path`` atomically with ``data``, mode 0600 from its first byte (key files, configs,
+    shards): written to a temp name created 0600 with ``O_EXCL``, then renamed over ``path``."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        create_private_file(tmp, payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """``open(path, "ab")`` for logs, but a new file is created 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    return os.fdopen(fd, "ab")
