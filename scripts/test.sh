@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Quick start, step 2: install what the tests need and run the whole test suite.
+# Quick start, step 2: install what the tests need and run the whole test suite, after the
+# style and type checks (ruff lint, ruff format, mypy on src/), so CI fails on a regression.
 # Tests that use real datasets read them from ../shared/data (or $TINYTWIN_SHARED_DATA).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh" test
+bash "$ROOT/scripts/setup_env.sh" test,ray,dashboard
 cd "$ROOT"
+echo "ruff check / ruff format --check / mypy" >&2
+.venv/bin/ruff check -q src tests benchmarks
+.venv/bin/ruff format --check -q src tests benchmarks
+.venv/bin/mypy --no-error-summary
 exec .venv/bin/python -m pytest -q "$@"
