@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from tinytwin.engines.runner import DB_NAME, new_run_dir
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.db import RunStore
+from tinytwin.store.files import new_private_run_folder, write_private
 from tinytwin.version import __version__
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
@@ -34,8 +34,7 @@ def load_run_key(edir: Path, resume: bool) -> bytes:
     if resume and key_file.is_file():
         return key_file.read_bytes()
     run_key = secrets.token_bytes(32)
-    key_file.write_bytes(run_key)
-    os.chmod(key_file, 0o600)
+    write_private(key_file, run_key)  # 0600 from its first byte, never readable by another user
     return run_key
 
 
@@ -103,8 +102,8 @@ def create_emulation_run(
     """The run folder (``run_dir``, or a new one under ``out``) with its spec, and its results
     store with the run registered: ``(run_dir, store, run_id)``."""
     run_dir = run_dir or new_run_dir(out, spec.name + "-emulate")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "spec.yaml").write_text(spec_yaml)
+    # 0700 with its first files 0600: keys, shards and logs written inside later are private too
+    new_private_run_folder(run_dir, {"spec.yaml": spec_yaml.encode(), DB_NAME: b""})
     store = RunStore(run_dir / DB_NAME)
     run_id = uuid.uuid4().hex[:12]
     store.create_run(run_id, spec.name, "emulate", spec.seed, spec_yaml, spec.rounds, __version__)
