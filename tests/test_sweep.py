@@ -151,3 +151,17 @@ def test_the_example_sweep_file_plans_its_twelve_paired_runs() -> None:
     assert spec_file.resolve() == sweep_file.parents[1] / "quickstart.yaml"
     _, runs = build_plan(spec_file, [], grid, seeds or 1)
     assert len(runs) == 12 and len({r.seed for r in runs}) == 3
+
+
+def test_sweep_files_and_grid_values_are_read_as_strict_yaml(tmp_path: Path) -> None:
+    from tinytwin.errors import SpecError
+    from tinytwin.sweep.grid import load_sweep_file, parse_grid_options
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("spec: a.yaml\nseeds: 2\nseeds: 3\n")
+    with pytest.raises(SpecError, match="appears twice"):
+        load_sweep_file(dup)
+    assert parse_grid_options(["algorithm.lr=0.05,0.1", "name=on,1:30"]) == {
+        "algorithm.lr": [0.05, 0.1],
+        "name": ["on", "1:30"],  # YAML 1.2 core: text, not True and 90
+    }

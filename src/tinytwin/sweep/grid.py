@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tinytwin.errors import SpecError, TinyTwinError
+from tinytwin.spec import strict_yaml
 from tinytwin.spec.load import apply_override, validate_spec
 
 SEED_KEY = "seed"
@@ -105,18 +106,20 @@ def parse_grid_options(items: Iterable[str]) -> dict[str, list[Any]]:
 
 
 def _yaml_value(text: str) -> Any:
+    """A grid value read as the experiment file's strict YAML 1.2 reads it (``on`` stays text)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return strict_yaml.parse(text, f"--grid value {text!r}")
+    except SpecError:
         return text
 
 
 def load_sweep_file(path: Path) -> tuple[Path, dict[str, list[Any]], int | None]:
     """A sweep file: ``spec`` (path, relative to the sweep file), ``grid`` (key: [values]) and ``seeds``."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TinyTwinError(f"{path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TinyTwinError(f"cannot read {path}: {exc.strerror}") from None
+    raw = strict_yaml.parse(strict_yaml.decode(data, str(path)), str(path))  # the experiment file's limits
     if not isinstance(raw, dict) or "spec" not in raw:
         raise SpecError("", f"{path} must be an experiment file, or a sweep file with keys spec, grid, seeds")
     unknown = set(raw) - {"spec", "grid", "seeds"}
@@ -137,8 +140,8 @@ def load_sweep_file(path: Path) -> tuple[Path, dict[str, list[Any]], int | None]
 def is_sweep_file(path: Path) -> bool:
     """True when ``path`` is a sweep file (has a top-level ``spec`` key) rather than an experiment file."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = strict_yaml.parse(strict_yaml.decode(path.read_bytes(), str(path)), str(path))
+    except (OSError, SpecError):
         return False
     return isinstance(raw, dict) and "spec" in raw and "fleet" not in raw
 
