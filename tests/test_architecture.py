@@ -20,7 +20,6 @@ PKG = SRC / "tinytwin"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
 UNFINISHED = {  # still over a limit: to be split (issue #10)
-    "tinytwin/data/datasets.py",
     "tinytwin/firmware/qemu.py",
 }
 
