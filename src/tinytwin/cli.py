@@ -11,7 +11,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.table import Table
 from tinytwin.cli_dashboard import dashboard as _dashboard
 from tinytwin.cli_dashboard import start_dashboard
 from tinytwin.errors import TinyTwinError
+
+if TYPE_CHECKING:
+    from tinytwin.spec.schema import ExperimentSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -100,26 +103,9 @@ def emulate(
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
-    from tinytwin.emulate.coordinator import EmulateOptions, check_emulatable, resume_emulation, start_emulation
-    from tinytwin.emulate.netns import require_netns
-    from tinytwin.spec.load import load_spec
+    from tinytwin.emulate.coordinator import EmulateOptions, resume_emulation, start_emulation
 
-    if time_scale < 0:
-        raise TinyTwinError("--time-scale must be >= 0")
-    if twin not in (None, "process", "firmware"):
-        raise TinyTwinError(f"--twin must be 'process' or 'firmware', not {twin!r}")
-    if netns:
-        require_netns()
-    spec, spec_yaml = load_spec(spec_file, set_ or [])
-    if twin == "process":  # every group as numpy processes, whatever the spec says
-        spec = spec.model_copy(
-            update={
-                "fleet": spec.fleet.model_copy(
-                    update={"groups": [g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]}
-                )
-            }
-        )
-    check_emulatable(spec)
+    spec, spec_yaml = _emulate_spec(spec_file, set_, time_scale, netns, twin)
     if dashboard:
         start_dashboard(resume.parent if resume is not None else out)
     with _progress(quiet) as progress:
@@ -145,7 +131,38 @@ def emulate(
         err_console.print(f"[red]run failed:[/] {summary['failure']} ({run_dir})", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     _print_summary(summary, run_dir)
-    e = summary["emulate"]
+    _print_emulate_summary(summary["emulate"])
+
+
+def _emulate_spec(
+    spec_file: Path, set_: list[str] | None, time_scale: float, netns: bool, twin: str | None
+) -> tuple[ExperimentSpec, str]:
+    """Check `emulate`'s options, load the spec (with --twin process applied) and check it can be emulated."""
+    from tinytwin.emulate.coordinator import check_emulatable
+    from tinytwin.emulate.netns import require_netns
+    from tinytwin.spec.load import load_spec
+
+    if time_scale < 0:
+        raise TinyTwinError("--time-scale must be >= 0")
+    if twin not in (None, "process", "firmware"):
+        raise TinyTwinError(f"--twin must be 'process' or 'firmware', not {twin!r}")
+    if netns:
+        require_netns()
+    spec, spec_yaml = load_spec(spec_file, set_ or [])
+    if twin == "process":  # every group as numpy processes, whatever the spec says
+        spec = spec.model_copy(
+            update={
+                "fleet": spec.fleet.model_copy(
+                    update={"groups": [g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]}
+                )
+            }
+        )
+    check_emulatable(spec)
+    return spec, spec_yaml
+
+
+def _print_emulate_summary(e: dict[str, Any]) -> None:
+    """The emulation's own lines after the summary: device processes, link shaping, firmware devices."""
     console.print(
         f"device processes: RSS median {e['device_rss_kb']['median'] / 1024:.1f} MiB "
         f"(max {e['device_rss_kb']['max'] / 1024:.1f}), PSS median {e['device_pss_kb']['median'] / 1024:.1f} MiB; "

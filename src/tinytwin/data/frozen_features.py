@@ -228,6 +228,70 @@ def _spatial_pad(
     return x
 
 
+def _conv(layer: dict[str, Any], x: Any) -> Any:
+    """A Keras Conv2D or DepthwiseConv2D layer (with its activation) on NCHW ``x``."""
+    import torch.nn.functional as F
+
+    kind, cfg = layer["kind"], layer["config"]
+    k, s = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
+    d = _pair(cfg.get("dilation_rate", 1))
+    if cfg.get("padding", "valid") == "same":
+        x = _spatial_pad(x, k, s, d)
+    bias = _need(layer, "bias") if cfg.get("use_bias", True) else None
+    if kind == "Conv2D":
+        if int(cfg.get("groups", 1)) != 1:
+            raise DataError(f"Keras model: grouped Conv2D {layer['name']} is not supported")
+        kernel = _need(layer, "kernel").permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        x = F.conv2d(x, kernel.contiguous(), bias, stride=s, dilation=d)
+    else:
+        # Keras / tf.nn.depthwise_conv2d: depthwise_kernel (kh, kw, in_channels, depth_multiplier),
+        # output channel c * depth_multiplier + m. A grouped torch conv with groups=in_channels
+        # puts output channel o in group o // dm, which is the same order.
+        dw = _need(layer, "depthwise_kernel")
+        kh, kw, cin, dm = dw.shape
+        if cin != x.shape[1]:
+            raise DataError(f"Keras model: {layer['name']} expects {cin} channels, got {x.shape[1]}")
+        kernel = dw.reshape(kh, kw, cin * dm).permute(2, 0, 1).unsqueeze(1)
+        x = F.conv2d(x, kernel.contiguous(), bias, stride=s, dilation=d, groups=cin)
+    return _activation(cfg.get("activation", "linear"), x)
+
+
+def _batch_norm(layer: dict[str, Any], x: Any) -> Any:
+    """A Keras BatchNormalization layer (inference: moving statistics) over the channel axis."""
+    import torch
+
+    cfg = layer["config"]
+    axis = cfg.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) else axis
+    if axis not in (-1, x.dim() - 1):
+        raise DataError(f"Keras model: BatchNormalization {layer['name']} over axis {axis} is not supported")
+    c = x.shape[1]
+    gamma = _need(layer, "gamma") if cfg.get("scale", True) else torch.ones(c)
+    beta = _need(layer, "beta") if cfg.get("center", True) else torch.zeros(c)
+    scale = gamma / torch.sqrt(_need(layer, "moving_variance") + float(cfg.get("epsilon", 1e-3)))
+    shift = beta - _need(layer, "moving_mean") * scale
+    shape = (1, c) + (1,) * (x.dim() - 2)
+    return x * scale.reshape(shape) + shift.reshape(shape)
+
+
+def _pool(layer: dict[str, Any], x: Any) -> Any:
+    """A Keras AveragePooling2D or MaxPooling2D layer; "same" padding as TF pads it."""
+    import torch
+    import torch.nn.functional as F
+
+    kind, cfg = layer["kind"], layer["config"]
+    p = _pair(cfg.get("pool_size", 2))
+    s = _pair(cfg["strides"]) if cfg.get("strides") is not None else p
+    same = cfg.get("padding", "valid") == "same"
+    if kind == "MaxPooling2D":
+        return F.max_pool2d(_spatial_pad(x, p, s, value=float("-inf")) if same else x, p, s)
+    if not same:
+        return F.avg_pool2d(x, p, s)
+    # TF averages over the valid (unpadded) pixels of each window only.
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+    return F.avg_pool2d(_spatial_pad(x, p, s), p, s) / F.avg_pool2d(_spatial_pad(ones, p, s), p, s)
+
+
 def _apply(layer: dict[str, Any], ins: list[Any], x_in: Any) -> Any:
     import torch
     import torch.nn.functional as F
@@ -241,39 +305,9 @@ def _apply(layer: dict[str, Any], ins: list[Any], x_in: Any) -> Any:
             f"Keras model: layer {layer['name']} uses data_format {cfg['data_format']}; only channels_last is supported"
         )
     if kind in ("Conv2D", "DepthwiseConv2D"):
-        k, s = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
-        d = _pair(cfg.get("dilation_rate", 1))
-        if cfg.get("padding", "valid") == "same":
-            x = _spatial_pad(x, k, s, d)
-        bias = _need(layer, "bias") if cfg.get("use_bias", True) else None
-        if kind == "Conv2D":
-            if int(cfg.get("groups", 1)) != 1:
-                raise DataError(f"Keras model: grouped Conv2D {layer['name']} is not supported")
-            kernel = _need(layer, "kernel").permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
-            x = F.conv2d(x, kernel.contiguous(), bias, stride=s, dilation=d)
-        else:
-            # Keras / tf.nn.depthwise_conv2d: depthwise_kernel (kh, kw, in_channels, depth_multiplier),
-            # output channel c * depth_multiplier + m. A grouped torch conv with groups=in_channels
-            # puts output channel o in group o // dm, which is the same order.
-            dw = _need(layer, "depthwise_kernel")
-            kh, kw, cin, dm = dw.shape
-            if cin != x.shape[1]:
-                raise DataError(f"Keras model: {layer['name']} expects {cin} channels, got {x.shape[1]}")
-            kernel = dw.reshape(kh, kw, cin * dm).permute(2, 0, 1).unsqueeze(1)
-            x = F.conv2d(x, kernel.contiguous(), bias, stride=s, dilation=d, groups=cin)
-        return _activation(cfg.get("activation", "linear"), x)
+        return _conv(layer, x)
     if kind == "BatchNormalization":
-        axis = cfg.get("axis", -1)
-        axis = axis[0] if isinstance(axis, list) else axis
-        if axis not in (-1, x.dim() - 1):
-            raise DataError(f"Keras model: BatchNormalization {layer['name']} over axis {axis} is not supported")
-        c = x.shape[1]
-        gamma = _need(layer, "gamma") if cfg.get("scale", True) else torch.ones(c)
-        beta = _need(layer, "beta") if cfg.get("center", True) else torch.zeros(c)
-        scale = gamma / torch.sqrt(_need(layer, "moving_variance") + float(cfg.get("epsilon", 1e-3)))
-        shift = beta - _need(layer, "moving_mean") * scale
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        return x * scale.reshape(shape) + shift.reshape(shape)
+        return _batch_norm(layer, x)
     if kind == "Activation":
         return _activation(cfg["activation"], x)
     if kind == "ReLU":
@@ -287,16 +321,7 @@ def _apply(layer: dict[str, Any], ins: list[Any], x_in: Any) -> Any:
             out = out + other
         return out
     if kind in ("AveragePooling2D", "MaxPooling2D"):
-        p = _pair(cfg.get("pool_size", 2))
-        s = _pair(cfg["strides"]) if cfg.get("strides") is not None else p
-        same = cfg.get("padding", "valid") == "same"
-        if kind == "MaxPooling2D":
-            return F.max_pool2d(_spatial_pad(x, p, s, value=float("-inf")) if same else x, p, s)
-        if not same:
-            return F.avg_pool2d(x, p, s)
-        # TF averages over the valid (unpadded) pixels of each window only.
-        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
-        return F.avg_pool2d(_spatial_pad(x, p, s), p, s) / F.avg_pool2d(_spatial_pad(ones, p, s), p, s)
+        return _pool(layer, x)
     if kind == "GlobalAveragePooling2D":
         return x.mean(dim=(2, 3), keepdim=bool(cfg.get("keepdims", False)))
     if kind == "ZeroPadding2D":

@@ -43,9 +43,17 @@ from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.errors import SpecError
 from tinytwin.fleet.build import _extra
-from tinytwin.fleet.cost import LinkArrays, compute_flops, draw_lost_packets, energy_joules, take_links, transfer_cost
+from tinytwin.fleet.cost import (
+    LinkArrays,
+    Transfer,
+    compute_flops,
+    draw_lost_packets,
+    energy_joules,
+    take_links,
+    transfer_cost,
+)
 from tinytwin.net.links import LinkModel, load_link_catalog
-from tinytwin.net.medium import dedicated
+from tinytwin.net.medium import MediumArrays, dedicated
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
@@ -98,6 +106,22 @@ class HState(Checkpointed):
     cost_spent: float = 0.0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _LocalPhase:
+    """What a global round's local rounds leave: the LAs' models, per-device costs (summed over the
+    local rounds) and last training loss, and every cluster's time."""
+
+    la_models: torch.Tensor
+    losses: np.ndarray
+    compute_s: np.ndarray
+    up_s: np.ndarray
+    down_s: np.ndarray
+    bytes_up: np.ndarray
+    bytes_down: np.ndarray
+    lost: np.ndarray
+    cluster_time: np.ndarray
 
 
 class HierarchicalSimulator:
@@ -177,178 +201,37 @@ class HierarchicalSimulator:
 
     def step(self, st: HState, r: int) -> HState:
         wall0 = time.perf_counter()
-        exp, spec = self.exp, self.exp.spec
-        a = spec.algorithm
-        n, k, L = self.n, self.k, self.h.local_rounds
+        exp = self.exp
+        k = self.k
         t0 = st.sim_time_s
         events: list[dict[str, Any]] = []
         for d, kind in exp.timeline.changes(r):
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
         online = exp.timeline.online(r)
         ids = np.flatnonzero(online)
-        links = take_links(exp.fleet.links, ids)
-        medium = (exp.fleet.medium or dedicated(exp.fleet.num_devices)).take(ids)
-        la_models = st.global_params.expand(k, -1).clone()
-        losses = np.full(n, np.nan)
-        compute_s, up_s, down_s = np.zeros(n), np.zeros(n), np.zeros(n)
-        bytes_up, bytes_down, lost = (
-            np.zeros(n, dtype=np.int64),
-            np.zeros(n, dtype=np.int64),
-            np.zeros(n, dtype=np.int64),
-        )
-        cluster_time = np.zeros(k)
         cl = self.assign[ids]
-        for l in range(1, L + 1):
-            key = (r - 1) * L + l
-            if not ids.size:
-                break
-            lost_d = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 0), self.down_bytes, links)
-            down = transfer_cost(self.down_bytes, links.down_bps, links, lost_d)
-            lost_u = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 1), self.up_bytes, links)
-            up = transfer_cost(self.up_bytes, links.up_bps, links, lost_u)
-            # devices behind one AP / central / gateway queue for its airtime (docs/cost-model.md); waiting is idle
-            wait_d, wait_u = shared_medium_waits(
-                medium, links, down, up, self.down_bytes, self.up_bytes, self.compute_s[ids], np.zeros(ids.size, bool)
-            )
-            res = self.trainer.train(la_models[torch.from_numpy(cl)], key, ids, [self.train_idx[d] for d in ids])
-            losses[ids] = res.train_loss
-            total = wait_d + down.time_s + self.compute_s[ids] + wait_u + up.time_s
-            compute_s[ids] += self.compute_s[ids]
-            up_s[ids] += up.time_s
-            down_s[ids] += down.time_s
-            bytes_up[ids] += up.wire_bytes
-            bytes_down[ids] += down.wire_bytes
-            lost[ids] += lost_d + lost_u
-            for c in np.unique(cl):
-                m = np.flatnonzero(cl == c)
-                cluster_time[c] += float(total[m].max())
-                start = la_models[c]
-                deltas = res.params[torch.from_numpy(m)] - start
-                received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
-                w = torch.from_numpy(self.n_train[ids[m]]).to(received.dtype)
-                la_models[c] = start + self._aggregate(received, w)
+        lp = self._local_rounds(st, r, ids, cl)
         present = np.unique(cl)
-        # LA -> GA and GA -> LA transfers over the aggregator link
-        la_l = take_links(self.la_links, present)
-        la_up = transfer_cost(
-            self.up_bytes,
-            la_l.up_bps,
-            la_l,
-            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 2), self.up_bytes, la_l),
-        )
-        la_down = transfer_cost(
-            self.down_bytes,
-            la_l.down_bps,
-            la_l,
-            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 3), self.down_bytes, la_l),
-        )
-        if present.size == 1 and k == 1:
-            proposal = la_models[0]
-        elif present.size:
-            cw = torch.tensor([float(self.n_train[ids[cl == c]].sum()) for c in present], dtype=la_models.dtype)
-            deltas = roundtrip_torch(
-                la_models[torch.from_numpy(present)] - st.global_params, a.encoding, tensor_sizes=exp.model.tensor_sizes
-            )
-            proposal = st.global_params + weighted_mean(deltas, cw)
-        else:
-            proposal = st.global_params
-            events.append(
-                {
-                    "round": r,
-                    "sim_time_s": t0,
-                    "device": None,
-                    "kind": "empty_round",
-                    "detail": "no client online; the global model is unchanged",
-                }
-            )
-        new_global, server_state = (
-            self.server_opt.step(st.global_params, proposal, st.server_state)
-            if present.size
-            else (st.global_params, st.server_state)
-        )
-        if a.downlink_encoding != "float32":
-            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
-        per_cluster = cluster_time[present] + (la_up.time_s + la_down.time_s if k > 1 else 0.0)
+        la_up, la_down = self._aggregator_transfers(r, present)
+        new_global, server_state = self._global_aggregate(st, r, lp.la_models, ids, cl, present, events)
+        per_cluster = lp.cluster_time[present] + (la_up.time_s + la_down.time_s if k > 1 else 0.0)
         round_s = float(per_cluster.max()) if present.size else 0.0
-        energy = energy_joules(exp.fleet.power, compute_s, up_s, down_s, round_s, online)
-
-        # evaluation: the global model, and every cluster's model (what its clients hold)
-        acc = loss = None
-        dev_acc = np.full(n, np.nan)
-        gacc = None
-        if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
-            gacc = acc
-            if k > 1 and present.size:
-                ca, _ = evaluate_many(
-                    exp.module, exp.layout, la_models[torch.from_numpy(present)], self.x_test, self.y_test
-                )
-                by_c = dict(zip(present.tolist(), ca.numpy().tolist()))
-                dev_acc[ids] = [by_c[int(c)] for c in cl]
-            else:
-                dev_acc[ids] = gacc
-        ev = dev_acc[~np.isnan(dev_acc)]
-        w64 = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
-        consensus = float((w64 - w64.mean(0, keepdim=True)).norm(dim=1).mean()) if w64 is not None else None
-        ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, L, ids)
-        for row in ledger:
-            row["round"] = r
-            row["bytes"] = int(round(row.pop("mb") * H.MB))
-        cost = float(sum(row["cost"] for row in ledger))
-        rm = {
-            "round": r,
-            "acc_mean": float(ev.mean()) if ev.size else None,
-            "acc_min": float(ev.min()) if ev.size else None,
-            "acc_max": float(ev.max()) if ev.size else None,
-            "acc_std": float(ev.std()) if ev.size else None,
-            "loss_mean": loss,
-            "consensus_distance": consensus,
-            "global_accuracy": gacc,
-            "components": int(present.size),
-            "messages": int(2 * L * ids.size + 2 * present.size),
-        }
-        device_rows, metric_rows = [], []
-        for d in ids.tolist():
-            device_rows.append(
-                {
-                    "round": r,
-                    "device": int(d),
-                    "status": "ok",
-                    "num_samples": int(self.n_train[d]),
-                    "compute_s": float(compute_s[d]),
-                    "up_s": float(up_s[d]),
-                    "down_s": float(down_s[d]),
-                    "bytes_up": int(bytes_up[d]),
-                    "bytes_down": int(bytes_down[d]),
-                    "packets_lost": int(lost[d]),
-                    "energy_j": float(energy[d]),
-                    "train_loss": None if np.isnan(losses[d]) else float(losses[d]),
-                    "accuracy": None,
-                }
-            )
-            metric_rows.append(
-                {
-                    "round": r,
-                    "device": int(d),
-                    "test_accuracy": None if np.isnan(dev_acc[d]) else float(dev_acc[d]),
-                    "test_loss": None,
-                    "distance_to_mean": None,
-                    "lr": float(a.lr),
-                    "local_rounds": int(r * L),
-                    "messages_sent": L,
-                    "messages_received": L,
-                    "airtime_s": float(up_s[d] + down_s[d]),
-                }
-            )
-        finite = losses[~np.isnan(losses)]
+        energy = energy_joules(exp.fleet.power, lp.compute_s, lp.up_s, lp.down_s, round_s, online)
+        acc, loss, dev_acc = self._evaluate(r, new_global, lp.la_models, ids, cl, present)
+        ledger, cost = self._ledger(r, ids)
+        rm = self._round_metrics(r, loss, acc, dev_acc, lp.la_models, ids, present)
+        device_rows, metric_rows = self._device_rows(r, ids, lp, energy, dev_acc)
+        bytes_up = int(lp.bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0)
+        bytes_down = int(lp.bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0)
+        finite = lp.losses[~np.isnan(lp.losses)]
         st = HState(
             r,
             new_global,
             server_state,
             t0 + round_s,
             st.energy_j + energy,
-            st.bytes_up + int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
-            st.bytes_down + int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
+            st.bytes_up + bytes_up,
+            st.bytes_down + bytes_down,
             st.cost_spent + cost,
             st.accuracies + ([(r, acc)] if acc is not None else []),
             rm,
@@ -364,8 +247,8 @@ class HierarchicalSimulator:
             "train_loss": float(finite.mean()) if finite.size else None,
             "test_accuracy": acc,
             "test_loss": loss,
-            "bytes_up": int(bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0),
-            "bytes_down": int(bytes_down.sum()) + (int(la_down.wire_bytes.sum()) if k > 1 else 0),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
             "energy_j": float(energy.sum()),
             "wall_time_s": time.perf_counter() - wall0,
         }
@@ -373,6 +256,220 @@ class HierarchicalSimulator:
             self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm, metric_rows, ledger
         )
         return st
+
+    # ---- phases of a global round ---------------------------------------------------
+    def _local_rounds(self, st: HState, r: int, ids: np.ndarray, cl: np.ndarray) -> _LocalPhase:
+        """The round's L local rounds: every online client trains from its LA's model, each LA aggregates."""
+        exp, n, L = self.exp, self.n, self.h.local_rounds
+        links = take_links(exp.fleet.links, ids)
+        medium = (exp.fleet.medium or dedicated(exp.fleet.num_devices)).take(ids)
+        lp = _LocalPhase(
+            la_models=st.global_params.expand(self.k, -1).clone(),
+            losses=np.full(n, np.nan),
+            compute_s=np.zeros(n),
+            up_s=np.zeros(n),
+            down_s=np.zeros(n),
+            bytes_up=np.zeros(n, dtype=np.int64),
+            bytes_down=np.zeros(n, dtype=np.int64),
+            lost=np.zeros(n, dtype=np.int64),
+            cluster_time=np.zeros(self.k),
+        )
+        for l in range(1, L + 1):
+            if not ids.size:
+                break
+            self._local_round(lp, (r - 1) * L + l, ids, cl, links, medium)
+        return lp
+
+    def _local_round(
+        self, lp: _LocalPhase, key: int, ids: np.ndarray, cl: np.ndarray, links: LinkArrays, medium: MediumArrays
+    ) -> None:
+        """One local round (training key ``key``): client costs and training, then per-cluster aggregation."""
+        lost_d = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 0), self.down_bytes, links)
+        down = transfer_cost(self.down_bytes, links.down_bps, links, lost_d)
+        lost_u = draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, key, 1), self.up_bytes, links)
+        up = transfer_cost(self.up_bytes, links.up_bps, links, lost_u)
+        # devices behind one AP / central / gateway queue for its airtime (docs/cost-model.md); waiting is idle
+        wait_d, wait_u = shared_medium_waits(
+            medium, links, down, up, self.down_bytes, self.up_bytes, self.compute_s[ids], np.zeros(ids.size, bool)
+        )
+        la_models = lp.la_models
+        res = self.trainer.train(la_models[torch.from_numpy(cl)], key, ids, [self.train_idx[d] for d in ids])
+        lp.losses[ids] = res.train_loss
+        total = wait_d + down.time_s + self.compute_s[ids] + wait_u + up.time_s
+        lp.compute_s[ids] += self.compute_s[ids]
+        lp.up_s[ids] += up.time_s
+        lp.down_s[ids] += down.time_s
+        lp.bytes_up[ids] += up.wire_bytes
+        lp.bytes_down[ids] += down.wire_bytes
+        lp.lost[ids] += lost_d + lost_u
+        a, exp = self.exp.spec.algorithm, self.exp
+        for c in np.unique(cl):
+            m = np.flatnonzero(cl == c)
+            lp.cluster_time[c] += float(total[m].max())
+            start = la_models[c]
+            deltas = res.params[torch.from_numpy(m)] - start
+            received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
+            w = torch.from_numpy(self.n_train[ids[m]]).to(received.dtype)
+            la_models[c] = start + self._aggregate(received, w)
+
+    def _aggregator_transfers(self, r: int, present: np.ndarray) -> tuple[Transfer, Transfer]:
+        """LA -> GA and GA -> LA transfers of the present clusters over the aggregator link."""
+        la_l = take_links(self.la_links, present)
+        la_up = transfer_cost(
+            self.up_bytes,
+            la_l.up_bps,
+            la_l,
+            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 2), self.up_bytes, la_l),
+        )
+        la_down = transfer_cost(
+            self.down_bytes,
+            la_l.down_bps,
+            la_l,
+            draw_lost_packets(stream_rng(self.seed, Stream.LINK_LOSS, r, 3), self.down_bytes, la_l),
+        )
+        return la_up, la_down
+
+    def _global_aggregate(
+        self,
+        st: HState,
+        r: int,
+        la_models: torch.Tensor,
+        ids: np.ndarray,
+        cl: np.ndarray,
+        present: np.ndarray,
+        events: list[dict[str, Any]],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The GA's new global model (and server state) from the LAs' models; an empty round is an event."""
+        exp, k = self.exp, self.k
+        a = exp.spec.algorithm
+        if present.size == 1 and k == 1:
+            proposal = la_models[0]
+        elif present.size:
+            cw = torch.tensor([float(self.n_train[ids[cl == c]].sum()) for c in present], dtype=la_models.dtype)
+            deltas = roundtrip_torch(
+                la_models[torch.from_numpy(present)] - st.global_params, a.encoding, tensor_sizes=exp.model.tensor_sizes
+            )
+            proposal = st.global_params + weighted_mean(deltas, cw)
+        else:
+            proposal = st.global_params
+            events.append(
+                {
+                    "round": r,
+                    "sim_time_s": st.sim_time_s,
+                    "device": None,
+                    "kind": "empty_round",
+                    "detail": "no client online; the global model is unchanged",
+                }
+            )
+        new_global, server_state = (
+            self.server_opt.step(st.global_params, proposal, st.server_state)
+            if present.size
+            else (st.global_params, st.server_state)
+        )
+        if a.downlink_encoding != "float32":
+            new_global = roundtrip_torch(new_global[None], a.downlink_encoding, tensor_sizes=exp.model.tensor_sizes)[0]
+        return new_global, server_state
+
+    def _evaluate(
+        self,
+        r: int,
+        new_global: torch.Tensor,
+        la_models: torch.Tensor,
+        ids: np.ndarray,
+        cl: np.ndarray,
+        present: np.ndarray,
+    ) -> tuple[float | None, float | None, np.ndarray]:
+        """(global accuracy, global loss, every device's accuracy): the global model, and every cluster's
+        model (what its clients hold), on evaluation rounds; None / NaN otherwise."""
+        exp, spec = self.exp, self.exp.spec
+        acc = loss = None
+        dev_acc = np.full(self.n, np.nan)
+        if r % spec.evaluation.every == 0 or r == spec.rounds:
+            acc, loss = accuracy_and_loss(exp.module, exp.layout, new_global, self.x_test, self.y_test)
+            if self.k > 1 and present.size:
+                ca, _ = evaluate_many(
+                    exp.module, exp.layout, la_models[torch.from_numpy(present)], self.x_test, self.y_test
+                )
+                by_c = dict(zip(present.tolist(), ca.numpy().tolist()))
+                dev_acc[ids] = [by_c[int(c)] for c in cl]
+            else:
+                dev_acc[ids] = acc
+        return acc, loss, dev_acc
+
+    def _ledger(self, r: int, ids: np.ndarray) -> tuple[list[dict[str, Any]], float]:
+        """The round's RVA cost ledger rows (per level and link) and their total cost."""
+        ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds, ids)
+        for row in ledger:
+            row["round"] = r
+            row["bytes"] = int(round(row.pop("mb") * H.MB))
+        return ledger, float(sum(row["cost"] for row in ledger))
+
+    def _round_metrics(
+        self,
+        r: int,
+        loss: float | None,
+        gacc: float | None,
+        dev_acc: np.ndarray,
+        la_models: torch.Tensor,
+        ids: np.ndarray,
+        present: np.ndarray,
+    ) -> dict[str, Any]:
+        """The round's metrics row: accuracy across devices, consensus of the clusters' models, messages."""
+        ev = dev_acc[~np.isnan(dev_acc)]
+        w64 = la_models[torch.from_numpy(present)].to(torch.float64) if present.size else None
+        consensus = float((w64 - w64.mean(0, keepdim=True)).norm(dim=1).mean()) if w64 is not None else None
+        return {
+            "round": r,
+            "acc_mean": float(ev.mean()) if ev.size else None,
+            "acc_min": float(ev.min()) if ev.size else None,
+            "acc_max": float(ev.max()) if ev.size else None,
+            "acc_std": float(ev.std()) if ev.size else None,
+            "loss_mean": loss,
+            "consensus_distance": consensus,
+            "global_accuracy": gacc,
+            "components": int(present.size),
+            "messages": int(2 * self.h.local_rounds * ids.size + 2 * present.size),
+        }
+
+    def _device_rows(
+        self, r: int, ids: np.ndarray, lp: _LocalPhase, energy: np.ndarray, dev_acc: np.ndarray
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every online device's cost row and metric row for the round."""
+        L, lr = self.h.local_rounds, float(self.exp.spec.algorithm.lr)
+        device_rows, metric_rows = [], []
+        for d in ids.tolist():
+            device_rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "status": "ok",
+                    "num_samples": int(self.n_train[d]),
+                    "compute_s": float(lp.compute_s[d]),
+                    "up_s": float(lp.up_s[d]),
+                    "down_s": float(lp.down_s[d]),
+                    "bytes_up": int(lp.bytes_up[d]),
+                    "bytes_down": int(lp.bytes_down[d]),
+                    "packets_lost": int(lp.lost[d]),
+                    "energy_j": float(energy[d]),
+                    "train_loss": None if np.isnan(lp.losses[d]) else float(lp.losses[d]),
+                    "accuracy": None,
+                }
+            )
+            metric_rows.append(
+                {
+                    "round": r,
+                    "device": int(d),
+                    "test_accuracy": None if np.isnan(dev_acc[d]) else float(dev_acc[d]),
+                    "test_loss": None,
+                    "distance_to_mean": None,
+                    "lr": lr,
+                    "local_rounds": int(r * L),
+                    "messages_sent": L,
+                    "messages_received": L,
+                    "airtime_s": float(lp.up_s[d] + lp.down_s[d]),
+                }
+            )
+        return device_rows, metric_rows
 
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: HState, wall_time_s: float) -> dict[str, Any]:

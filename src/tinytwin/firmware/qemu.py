@@ -17,9 +17,9 @@ Why this shape (measured facts: ``../shared/reference/qemu-cortex-m.md``):
   ("!FAULT" + exit code 3), a QEMU lockup (SIGABRT with "Lockup" on stderr) or a timeout all
   become one exception, :class:`FirmwareFault`.
 
-The file formats of protocol v1 (``firmware/include/tt_client.h``) are pure functions
-(:func:`round_bytes`, :func:`data_bytes`, :func:`mix_bytes`, :func:`gist_bytes`) so any driver
-can reuse them.  :class:`QemuDevice` runs a built image, :class:`HostDevice` the host build of
+The file formats of protocol v1 (``firmware/include/tt_client.h``) are pure functions in
+:mod:`tinytwin.firmware.protocol` (:func:`round_bytes`, :func:`data_bytes`, :func:`mix_bytes`,
+:func:`gist_bytes`, re-exported here) so any driver can reuse them.  :class:`QemuDevice` runs a built image, :class:`HostDevice` the host build of
 the same client; both are :class:`FirmwareDevice`.  :class:`SyncDevice` wraps either for
 synchronous code.
 """
@@ -44,6 +44,21 @@ import numpy as np
 
 from tinytwin.errors import TinyTwinError
 from tinytwin.firmware.build import FirmwareImage, HostClient
+from tinytwin.firmware.protocol import (
+    PROTOCOL_VERSION,
+    FirmwareError,
+    batch_order,
+    data_bytes,
+    f32,
+    gist_bytes,
+    mix_bytes,
+    param_count,
+    params_from,
+    parse_fields,
+    read_params,
+    round_bytes,
+    serial_seconds,
+)
 
 __all__ = [
     "FirmwareDevice",
@@ -66,9 +81,7 @@ __all__ = [
     "serial_seconds",
 ]
 
-PROTOCOL_VERSION = 1
 QEMU_BINARY = "qemu-system-arm"
-MAGIC_ROUND, MAGIC_DATA, MAGIC_MIX, MAGIC_GIST = 0x31525454, 0x31445454, 0x314D5454, 0x31475454
 _STDERR_CAP = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 try:  # loaded in the parent: the forked child must not run the dynamic loader
@@ -91,10 +104,6 @@ class FirmwareFault(TinyTwinError):
         self.fields = parse_fields(detail)
         where = f"{device}: " if device else ""
         super().__init__(f"{where}firmware fault {kind}: {detail} (exit status {returncode})")
-
-
-class FirmwareError(TinyTwinError):
-    """The device refused a command ("ERR <reason>"); it is still running."""
 
 
 @dataclass(frozen=True)
@@ -133,116 +142,6 @@ class MergeResult:
     params: np.ndarray
     ticks: int
     insns: int
-
-
-# ---------------------------------------------------------------------------------- file formats
-
-
-def _f32(a: Any) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype="<f4").reshape(-1)
-
-
-def _i32(a: Any) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype="<i4").reshape(-1)
-
-
-def round_bytes(
-    params: np.ndarray,
-    sizes: Sequence[int],
-    relu: Sequence[bool],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    order: np.ndarray,
-) -> bytes:
-    """round.bin. ``order``: (epochs, n_samples) positions into data.bin, epoch after epoch."""
-    order = np.asarray(order)
-    if order.ndim == 1:
-        order = order.reshape(max(epochs, 1), -1) if epochs else order.reshape(0, -1)
-    if order.shape[0] != epochs:
-        raise ValueError(f"order has {order.shape[0]} epochs, expected {epochs}")
-    n_samples = order.shape[1] if order.ndim == 2 else 0
-    if len(relu) != len(sizes) - 1:
-        raise ValueError("relu needs one flag per layer")
-    head = struct.pack("<Ii", MAGIC_ROUND, len(sizes) - 1)
-    head += _i32(sizes).tobytes() + _i32([int(bool(r)) for r in relu]).tobytes()
-    head += struct.pack("<iiifff", epochs, batch_size, n_samples, lr, momentum, weight_decay)
-    return head + _f32(params).tobytes() + _i32(order).tobytes()
-
-
-def data_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
-    """data.bin: the device's shard (x flattened per sample, integer labels)."""
-    x = np.asarray(x).reshape(len(x), -1)
-    return struct.pack("<Iii", MAGIC_DATA, x.shape[0], x.shape[1]) + _f32(x).tobytes() + _i32(y).tobytes()
-
-
-def mix_bytes(weights: Sequence[float], models: Sequence[np.ndarray]) -> bytes:
-    """mix.bin: model 0 is the device's own."""
-    ms = [_f32(m) for m in models]
-    if not ms or len(weights) != len(ms) or any(m.size != ms[0].size for m in ms):
-        raise ValueError("mix needs one weight per model and models of equal length")
-    return (
-        struct.pack("<Iii", MAGIC_MIX, ms[0].size, len(ms))
-        + _f32(weights).tobytes()
-        + b"".join(m.tobytes() for m in ms)
-    )
-
-
-def gist_bytes(own: np.ndarray, a_local: float, segments: Sequence[tuple[float, np.ndarray, np.ndarray]]) -> bytes:
-    """gist.bin. ``segments``: (sender weight a, values, mask) with full-length values and a
-    boolean mask (the convention of :func:`tinytwin.algorithms.gist.merge_reference`)."""
-    w = _f32(own)
-    parts = [struct.pack("<Iiif", MAGIC_GIST, w.size, len(segments), a_local), w.tobytes()]
-    for a, values, mask in segments:
-        m = np.asarray(mask, dtype=bool).reshape(-1)
-        if m.size != w.size:
-            raise ValueError("each segment's mask must cover every parameter")
-        vals = _f32(values)
-        vals = vals[m] if vals.size == w.size else vals
-        if vals.size != int(m.sum()):
-            raise ValueError("values must be full-length or one per set mask bit")
-        bitmap = np.packbits(m, bitorder="little")
-        parts += [struct.pack("<f", a), bitmap.tobytes(), struct.pack("<i", vals.size), vals.tobytes()]
-    return b"".join(parts)
-
-
-def read_params(path: Path, n_params: int) -> np.ndarray:
-    """An output file (update.bin, mixed.bin, merged.bin): ``n_params`` float32."""
-    return _params_from(Path(path).read_bytes(), Path(path).name, n_params)
-
-
-def _params_from(raw: bytes, name: str, n_params: int) -> np.ndarray:
-    if len(raw) != 4 * n_params:
-        raise FirmwareError(f"{name} holds {len(raw)} B, expected {4 * n_params} B")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
-
-def serial_seconds(nbytes: int, baud: float, bits_per_byte: int = 10) -> float:
-    """Modelled time of ``nbytes`` on a real UART: 8N1 frames are 10 bits a byte (start, 8
-    data, stop), so 2056 B (514 float32) at 9600 baud take 2.14 s.  Pure: no flow-control
-    gaps, no protocol turn-arounds."""
-    if baud <= 0:
-        raise ValueError("baud must be positive")
-    return nbytes * bits_per_byte / baud
-
-
-def batch_order(seed: int, round_: int, device: int, n_samples: int, epochs: int) -> np.ndarray:
-    """The simulator's batch order of one device and round: (epochs, n_samples) positions."""
-    from tinytwin.rng import device_permutations
-
-    rows = [device_permutations(seed, round_, e, np.array([device]), np.array([n_samples]))[0] for e in range(epochs)]
-    return np.array(rows, dtype=np.int32).reshape(epochs, n_samples)
-
-
-def parse_fields(line: str) -> dict[str, str]:
-    """``key=value`` tokens of a reply or fault line."""
-    return dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
-
-
-def _param_count(sizes: Sequence[int]) -> int:
-    return sum(int(sizes[i]) * int(sizes[i + 1]) + int(sizes[i + 1]) for i in range(len(sizes) - 1))
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -409,7 +308,7 @@ class FirmwareDevice:
                 "the firmware client trains with SGD (momentum, weight decay) only; "
                 f"got optimizer={getattr(cfg, 'optimizer', 'sgd')} prox_mu={getattr(cfg, 'prox_mu', 0.0)}"
             )
-        n_params = _param_count(sizes)
+        n_params = param_count(sizes)
         payload = round_bytes(
             params,
             sizes,
@@ -429,7 +328,7 @@ class FirmwareDevice:
         f = await self.command("T", timeout)
         if transport == "uart":
             raw, down = await self.download_update(timeout)
-            out = _params_from(raw, "update.bin (over the UART)", n_params)
+            out = params_from(raw, "update.bin (over the UART)", n_params)
         else:
             out = read_params(self.workdir / "update.bin", n_params)
         bits = f.get("ce_bits")
@@ -507,7 +406,7 @@ class FirmwareDevice:
         payload = mix_bytes(weights, models)
         (self.workdir / "mix.bin").write_bytes(payload)
         f = await self.command("M", timeout)
-        out = read_params(self.workdir / "mixed.bin", _f32(models[0]).size)
+        out = read_params(self.workdir / "mixed.bin", f32(models[0]).size)
         return MergeResult(out, int(f["ticks"]), int(f["insns"]))
 
     async def gist(
@@ -520,7 +419,7 @@ class FirmwareDevice:
         """Gist merge ("G") of (weight, values, mask) segments into ``own``."""
         (self.workdir / "gist.bin").write_bytes(gist_bytes(own, a_local, segments))
         f = await self.command("G", timeout)
-        out = read_params(self.workdir / "merged.bin", _f32(own).size)
+        out = read_params(self.workdir / "merged.bin", f32(own).size)
         return MergeResult(out, int(f["ticks"]), int(f["insns"]))
 
     async def poke(self, addr: int, timeout: float | None = None) -> None:
