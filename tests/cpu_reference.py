@@ -1,8 +1,11 @@
 """Per-round metrics of fixed small runs, stored once so the CPU path can be held bit-identical.
 
-``python tests/cpu_reference.py`` rewrites ``tests/data/cpu_reference.json``; it was written
-on the code before the device option existed, and must only be regenerated when a change
-of results is intended (and explained in the commit).
+Bit-identical holds only for one CPU kernel family: PyTorch dispatches different vectorised
+kernels by instruction set (AVX2, AVX512, ...), whose float sums round differently in the last
+bits. The file therefore holds one reference per ``torch.backends.cpu.get_cpu_capability()``.
+``python tests/cpu_reference.py`` records this machine's entry (keeping the others); an entry
+must only be rewritten when a change of results is intended (and explained in the commit).
+The entry ``unknown`` was recorded before the references were keyed by instruction set.
 """
 
 from __future__ import annotations
@@ -56,10 +59,23 @@ def run_case(spec_dict: dict[str, Any], **engine: Any) -> list[dict[str, Any]]:
     return [{k: row[k] for k in KEYS} for row in rows]
 
 
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels were dispatched for on this machine."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def load_references() -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every recorded reference, by CPU capability."""
+    return json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+
+
 def main() -> None:
-    data = {name: run_case(spec) for name, spec in cases().items()}
+    data = load_references()
+    data[cpu_capability()] = {name: run_case(spec) for name, spec in cases().items()}
     REFERENCE.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"wrote {REFERENCE}", file=sys.stderr)
+    print(f"wrote {REFERENCE} [{cpu_capability()}]", file=sys.stderr)
 
 
 if __name__ == "__main__":
