@@ -57,10 +57,12 @@ def run(
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
-    from tinytwin.engines.runner import resume_run, start_run
     from tinytwin.spec.load import load_spec
 
+    # The spec is checked before the engine (and torch, ~2 s) is imported: a refusal is instant.
     spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *([f"engine.device={device}"] if device else [])])
+    from tinytwin.engines.runner import resume_run, start_run
+
     if dashboard:
         start_dashboard(resume.parent if resume is not None else out)
     base_dir = spec_file.resolve().parent
@@ -103,9 +105,9 @@ def emulate(
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
+    spec, spec_yaml = _emulate_spec(spec_file, set_, time_scale, netns, twin)
     from tinytwin.emulate.coordinator import EmulateOptions, resume_emulation, start_emulation
 
-    spec, spec_yaml = _emulate_spec(spec_file, set_, time_scale, netns, twin)
     if dashboard:
         start_dashboard(resume.parent if resume is not None else out)
     with _progress(quiet) as progress:
@@ -138,7 +140,6 @@ def _emulate_spec(
     spec_file: Path, set_: list[str] | None, time_scale: float, netns: bool, twin: str | None
 ) -> tuple[ExperimentSpec, str]:
     """Check `emulate`'s options, load the spec (with --twin process applied) and check it can be emulated."""
-    from tinytwin.emulate.coordinator import check_emulatable
     from tinytwin.emulate.netns import require_netns
     from tinytwin.spec.load import load_spec
 
@@ -157,6 +158,8 @@ def _emulate_spec(
                 )
             }
         )
+    from tinytwin.emulate.coordinator import check_emulatable  # torch: after the spec has passed
+
     check_emulatable(spec)
     return spec, spec_yaml
 
