@@ -63,3 +63,11 @@ def test_run_still_imports_torch_to_train(tmp_path):
 
 def test_plan_does_not_import_torch():
     assert probe("plan", "examples/quickstart.yaml") == {"code": 0, "torch": False}
+
+
+@pytest.mark.parametrize("command", ["run", "emulate", "sweep"])
+def test_a_refused_spec_is_refused_before_torch_is_imported(command, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nrounds: 3\nbogus: 1\n")
+    assert probe(command, str(bad), "--out", str(tmp_path / "runs")) == {"code": 2, "torch": False}
+    assert not (tmp_path / "runs").exists()
