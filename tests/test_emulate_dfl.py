@@ -71,7 +71,10 @@ def _tables(run_dir: Path):
         },
         {
             "algorithm__name": "decfedavg",
-            "failures": {"leave": [{"device": 2, "round": 2}], "join": [{"device": 5, "round": 3}]},
+            "failures": {
+                "leave": [{"device": 2, "round": 2}],
+                "join": [{"device": 5, "round": 3}, {"device": 2, "round": 4}],
+            },
             "topology": {
                 "kind": "ring",
                 "link_events": [

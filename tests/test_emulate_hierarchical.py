@@ -93,7 +93,10 @@ def _tables(run_dir: Path):
             {"num_clusters": 3, "local_rounds": 2, "assignment": "given", "clusters": [[0, 3, 6], [1, 4, 7], [2, 5]]},
             {
                 "algorithm": {"server_optimizer": {"name": "fedavgm", "lr": 1.0, "momentum": 0.5}},
-                "failures": {"leave": [{"device": 4, "round": 2}], "join": [{"device": 7, "round": 3}]},
+                "failures": {
+                    "leave": [{"device": 4, "round": 2}],
+                    "join": [{"device": 7, "round": 3}, {"device": 4, "round": 4}],  # 4 rejoins
+                },
             },
             False,
         ),

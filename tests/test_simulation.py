@@ -163,18 +163,19 @@ def test_leave_join_and_permanent_failures(tmp_path):
         rounds=4,
         failures={
             "leave": [{"device": 1, "round": 2}],
-            "join": [{"device": 2, "round": 3}],
+            "join": [{"device": 2, "round": 3}, {"device": 1, "round": 4}],
             "permanent": [{"device": 3, "round": 2}],
         },
     )
     by_round = {}
     for r in store.device_rounds(run_id):
         by_round.setdefault(r["round"], set()).add(r["device"])
-    assert 1 in by_round[1] and 1 not in by_round[2]
+    # device 1 leaves at round 2 and rejoins at round 4: offline in exactly rounds 2 and 3
+    assert 1 in by_round[1] and 1 not in by_round[2] and 1 not in by_round[3] and 1 in by_round[4]
     assert 2 not in by_round[2] and 2 in by_round[3]
     assert 3 in by_round[1] and all(3 not in by_round[r] for r in (2, 3, 4))
     kinds = [(e["device"], e["kind"]) for e in store.events(run_id)]
-    assert (1, "leave") in kinds and (2, "join") in kinds and (3, "failure") in kinds
+    assert (1, "leave") in kinds and (2, "join") in kinds and (3, "failure") in kinds and (1, "join") in kinds
 
 
 def test_batched_engine_equals_per_device_reference(tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytwin.rng import Stream, stream_rng
+from tinytwin.spec.presence import presence_events
 from tinytwin.spec.schema import FailureSpec
 
 ONLINE, OFFLINE, FAILED = 0, 1, 2
@@ -73,10 +74,15 @@ class Timeline:
 
 def build_timeline(spec: FailureSpec, num_devices: int, rounds: int, seed: int) -> Timeline:
     state = np.zeros((rounds, num_devices), dtype=np.int8)
-    for item in spec.join:
-        state[: item.round - 1, item.device] = OFFLINE
-    for item in spec.leave:
-        state[item.round - 1 :, item.device] = OFFLINE
+    for device, events in presence_events(spec.leave, spec.join).items():
+        # Offline exactly between a leave and the next join; before a first join (a new device).
+        present, since = events[0][1] == "leave", 1
+        for round_, kind in events:
+            if not present:
+                state[since - 1 : round_ - 1, device] = OFFLINE
+            present, since = kind == "join", round_
+        if not present:
+            state[since - 1 :, device] = OFFLINE
     failed = np.zeros(num_devices, dtype=bool)
     fail_round = {item.device: item.round for item in spec.permanent}
     for r in range(1, rounds + 1):

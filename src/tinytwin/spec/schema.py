@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.presence import check_presence_events
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -315,12 +317,19 @@ class LinkOutage(Strict):
 class FailureSpec(Strict):
     dropout: Probability = 0.0
     permanent_probability: Probability = 0.0
-    leave: list[DeviceRound] = Field(default_factory=list, description="devices that go offline from a round on")
-    join: list[DeviceRound] = Field(default_factory=list, description="devices that are offline until a round")
+    leave: list[DeviceRound] = Field(default_factory=list, description="devices that go offline at a round")
+    join: list[DeviceRound] = Field(
+        default_factory=list, description="devices that come (back) online at a round; offline before it if new"
+    )
     permanent: list[DeviceRound] = Field(default_factory=list, description="devices that fail for good at a round")
     link_down: list[LinkOutage] = Field(
         default_factory=list, description="device-server links down for an interval (fedavg, fedprox)"
     )
+
+    @model_validator(mode="after")
+    def _check_presence_timelines(self) -> FailureSpec:
+        check_presence_events(self.leave, self.join)
+        return self
 
 
 class LinkEvent(Strict):
@@ -395,6 +404,8 @@ class ExperimentSpec(Strict):
                     raise ValueError(
                         f"failures.{key}.{i}.device: {item.device} is not a device; the fleet has devices 0..{n - 1}"
                     )
+                if item.round > self.rounds:
+                    raise ValueError(f"failures.{key}.{i}.round: {item.round} is after the last round ({self.rounds})")
         for i, item in enumerate(self.failures.link_down):
             bad = [d for d in item.devices if d >= n]
             if bad:
