@@ -81,6 +81,11 @@ MiB = 2**20
 def check_hier_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, in one line, what the hierarchical emulation does not run."""
     a = spec.algorithm
+    if a.hierarchical.orchestration is not None:
+        raise TinyTwinError(
+            "emulate: algorithm.hierarchical.orchestration (reconfiguration, budget stop, RVA) is "
+            "simulation-only so far (tinytwin run)"
+        )
     if a.aggregator.name != "fedavg":
         raise TinyTwinError(
             f"emulate: local aggregators run FedAvg (numpy); aggregator.name {a.aggregator.name!r} "

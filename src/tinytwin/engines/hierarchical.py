@@ -38,6 +38,7 @@ from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.network import Network
+from tinytwin.engines.orchestrator import Orchestrator, OrchestratorState
 from tinytwin.engines.round_costs import shared_medium_waits
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
@@ -106,6 +107,7 @@ class HState(Checkpointed):
     cost_spent: float = 0.0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    orch: OrchestratorState | None = None  # algorithm.hierarchical.orchestration's state
 
 
 @dataclass
@@ -155,6 +157,12 @@ class HierarchicalSimulator:
         self.up_bytes = exp.uplink_bytes()
         self.down_bytes = exp.downlink_bytes()
         self.model_mb = self.up_bytes / H.MB
+        o = self.h.orchestration
+        self.orch = (
+            None
+            if o is None
+            else Orchestrator(o, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds)
+        )
         flops = compute_flops(self.n_train, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
         self.compute_s = flops / exp.fleet.flops_per_s
         la = aggregator_link(exp, base_dir)
@@ -168,7 +176,11 @@ class HierarchicalSimulator:
     # ---- lifecycle ----------------------------------------------------------------
     def initial_state(self) -> HState:
         params = self.exp.initial_params()
-        return HState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.n))
+        st = HState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.n))
+        if self.orch is not None:  # the first configuration holds the devices online in round 1
+            st.orch = OrchestratorState(self.orch.configure(self.exp.timeline.online(1)))
+            self.assign = st.orch.assign
+        return st
 
     def state_from_checkpoint(self, ck: dict[str, Any]) -> HState:
         return HState.from_checkpoint(ck)
@@ -188,6 +200,8 @@ class HierarchicalSimulator:
 
     def run(self, state: HState, progress: ProgressFn | None = None) -> HState:
         for r in range(state.round + 1, self.exp.spec.rounds + 1):
+            if state.orch is not None and state.orch.stopped_round is not None:
+                break  # the communication budget is spent
             state = self.step(state, r)
             if progress is not None:
                 acc = state.accuracies[-1][1] if state.accuracies and state.accuracies[-1][0] == r else None
@@ -208,7 +222,8 @@ class HierarchicalSimulator:
         for d, kind in exp.timeline.changes(r):
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
         online = exp.timeline.online(r)
-        ids = np.flatnonzero(online)
+        change_cost = self._reconfigure(st, r, bool(events), online, events)
+        ids = np.flatnonzero(online & (self.assign >= 0))
         cl = self.assign[ids]
         lp = self._local_rounds(st, r, ids, cl)
         present = np.unique(cl)
@@ -219,6 +234,14 @@ class HierarchicalSimulator:
         energy = energy_joules(exp.fleet.power, lp.compute_s, lp.up_s, lp.down_s, round_s, online)
         acc, loss, dev_acc = self._evaluate(r, new_global, lp.la_models, ids, cl, present)
         ledger, cost = self._ledger(r, ids)
+        accs = st.accuracies + ([(r, acc)] if acc is not None else [])
+        revert_cost = self._validate(st, r, online, accs, st.cost_spent + cost + change_cost, events)
+        for level, extra in (("change", change_cost), ("revert", revert_cost)):
+            if extra:  # RVA's ledger: a reconfiguration's downloads are charged in its round
+                ledger.append(
+                    {"round": r, "level": level, "src": "orchestrator", "dst": "clients", "bytes": 0, "cost": extra}
+                )
+                cost += extra
         rm = self._round_metrics(r, loss, acc, dev_acc, lp.la_models, ids, present)
         device_rows, metric_rows = self._device_rows(r, ids, lp, energy, dev_acc)
         bytes_up = int(lp.bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0)
@@ -235,6 +258,7 @@ class HierarchicalSimulator:
             st.cost_spent + cost,
             st.accuracies + ([(r, acc)] if acc is not None else []),
             rm,
+            st.orch,
         )
         round_row = {
             "round": r,
@@ -256,6 +280,26 @@ class HierarchicalSimulator:
             self.store, self.run_id, round_row, device_rows, events, st.to_checkpoint(), rm, metric_rows, ledger
         )
         return st
+
+    # ---- orchestration (algorithm.hierarchical.orchestration) -----------------------
+    def _reconfigure(self, st: HState, r: int, changed: bool, online: np.ndarray, events: list) -> float:
+        """Apply the orchestrator's reconfiguration for the round's joins and leaves; its change cost."""
+        if self.orch is None or st.orch is None:
+            return 0.0
+        self.assign = st.orch.assign
+        new_events, cost = self.orch.before_round(st.orch, r, changed, online, st.accuracies, st.cost_spent)
+        self.assign = st.orch.assign
+        events.extend({**e, "sim_time_s": st.sim_time_s} for e in new_events)
+        return cost
+
+    def _validate(self, st: HState, r: int, online: np.ndarray, accuracies: list, spent: float, events: list) -> float:
+        """RVA's decision and the budget stop at the end of round ``r``; the revert's cost."""
+        if self.orch is None or st.orch is None:
+            return 0.0
+        new_events, back = self.orch.after_round(st.orch, r, online, accuracies, spent)
+        events.extend({**e, "sim_time_s": st.sim_time_s} for e in new_events)
+        self.assign = st.orch.assign
+        return back
 
     # ---- phases of a global round ---------------------------------------------------
     def _local_rounds(self, st: HState, r: int, ids: np.ndarray, cl: np.ndarray) -> _LocalPhase:
@@ -501,4 +545,16 @@ class HierarchicalSimulator:
             },
             "uplink_message_bytes": self.up_bytes,
             "downlink_message_bytes": self.down_bytes,
+            **({} if state.orch is None else {"orchestration": self._orchestration_summary(state)}),
+        }
+
+    def _orchestration_summary(self, state: HState) -> dict[str, Any]:
+        o = self.h.orchestration
+        assert o is not None and state.orch is not None
+        return {
+            "strategy": o.strategy,
+            "budget": o.budget,
+            "rva": o.rva.enabled,
+            "stopped_round": state.orch.stopped_round,
+            "rva_decisions": [d["decision"] for d in state.orch.decisions],
         }

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -211,6 +212,9 @@ class HierarchicalSpec(Strict):
         default=None, description="cost per MB of each local aggregator's link to the global aggregator (K)"
     )
     aggregator_link: str = Field(default="ethernet", description="link of the local aggregators to the global one")
+    orchestration: OrchestrationSpec | None = Field(
+        default=None, description="reconfigure on joins and leaves, budget stop, RVA (docs/orchestration.md)"
+    )
 
 
 class AsyncSpec(Strict):

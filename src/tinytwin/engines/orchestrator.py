@@ -1,0 +1,160 @@
+"""The adaptive orchestrator of a hierarchical run (seed 004 §2; reference §5).
+
+At the start of a round in which devices join or leave, it recomputes the cluster
+configuration over the devices that are online with the spec's strategy, applies it and
+charges ``C_change`` (moved or new clients download the model from their new parent). With
+RVA, a configuration that affords fewer rounds of the budget than the current one is
+validated: after W rounds the two accuracy curves are fitted and the original configuration
+is restored (charging the change back) when it is predicted higher at the round the budget
+would run out. Once the spent cost reaches the budget, training stops.
+
+A device outside the configuration (``assign == -1``: not yet joined, or a joiner dropped
+by a revert) takes no part. The orchestrator's state is plain data in the run's checkpoint,
+so a resumed run makes the same decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tinytwin.algorithms import hierarchical as H
+from tinytwin.algorithms.rva import LogFit, fit_log, should_validate, validation_decision
+from tinytwin.spec.orchestration import OrchestrationSpec
+
+NOT_CONFIGURED = -1
+
+
+@dataclass
+class OrchestratorState:
+    assign: np.ndarray  # cluster of every device, NOT_CONFIGURED outside the configuration
+    stopped_round: int | None = None  # the round after which the budget was spent
+    pending: dict[str, Any] | None = None  # an RVA validation under way
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Orchestrator:
+    """Decisions over ``OrchestratorState``; costs from the hierarchical cost model (``H``)."""
+
+    def __init__(
+        self,
+        spec: OrchestrationSpec,
+        client_costs: np.ndarray,
+        agg_costs: np.ndarray,
+        model_mb: float,
+        local_rounds: int,
+    ) -> None:
+        self.spec = spec
+        self.cc, self.ac = client_costs, agg_costs
+        self.model_mb, self.local_rounds = model_mb, local_rounds
+        self.k = client_costs.shape[1]
+
+    # ---- configurations and their costs ----------------------------------------------
+    def configure(self, present: np.ndarray) -> np.ndarray:
+        """The strategy's configuration of the ``present`` devices (the others NOT_CONFIGURED)."""
+        ids = np.flatnonzero(present)
+        assign = np.full(present.size, NOT_CONFIGURED, dtype=np.int64)
+        if self.spec.strategy == "min_comm_cost":
+            assign[ids] = H.min_comm_cost(self.cc[ids], self.ac)
+        else:
+            assign[ids] = H.balanced_assignment(ids.size, self.k)
+        return assign
+
+    def round_cost(self, assign: np.ndarray, online: np.ndarray) -> float:
+        """``C_round`` of ``assign`` with the clients that would take part (online and configured)."""
+        ids = np.flatnonzero(online & (assign != NOT_CONFIGURED))
+        rows = H.round_ledger(assign, self.cc, self.ac, self.model_mb, self.local_rounds, ids)
+        return float(sum(r["cost"] for r in rows))
+
+    def change_cost(self, old: np.ndarray, new: np.ndarray, online: np.ndarray) -> float:
+        """``C_change``: online clients of ``new`` that are new to the configuration or moved."""
+        ids = np.flatnonzero(online & (new != NOT_CONFIGURED))
+        return H.change_cost(old[ids], new[ids], self.cc[ids], self.model_mb, present_before=old[ids] != NOT_CONFIGURED)
+
+    # ---- the round hooks ------------------------------------------------------------------
+    def before_round(
+        self, st: OrchestratorState, r: int, changed: bool, online: np.ndarray, accuracies: list, spent: float
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Reconfigure on a join or leave; the events to record and the change cost charged."""
+        if not changed:
+            return [], 0.0
+        old = st.assign
+        new = self.configure(online)
+        c_change = self.change_cost(old, new, online)
+        c_old, c_new = self.round_cost(old, online), self.round_cost(new, online)
+        st.assign = new
+        detail = {
+            "old": _clusters(old, self.k),
+            "new": _clusters(new, self.k),
+            "change_cost": c_change,
+            "round_cost_old": c_old,
+            "round_cost_new": c_new,
+        }
+        events = [_event(r, "reconfigure", detail)]
+        budget, rva = self.spec.budget, self.spec.rva
+        if st.pending is not None:  # a newer event supersedes the validation under way
+            events.append(_event(r, "rva_cancelled", {"since": st.pending["t_change"]}))
+            st.pending = None
+        if (
+            rva.enabled
+            and budget is not None
+            and accuracies
+            and should_validate(budget - spent, c_old, c_new, c_change)
+        ):
+            f_old = fit_log([t for t, _ in accuracies], [a for _, a in accuracies])
+            st.pending = {
+                "t_change": r,
+                "old_assign": old,
+                "f_old": [f_old.a, f_old.b],
+                "eval_round": r + rva.window - 1,
+            }
+            events.append(_event(r, "rva_validating", {"until_round": r + rva.window - 1, "f_old": [f_old.a, f_old.b]}))
+        return events, c_change
+
+    def after_round(
+        self, st: OrchestratorState, r: int, online: np.ndarray, accuracies: list, spent: float
+    ) -> tuple[list[dict[str, Any]], float]:
+        """RVA's decision at the end of the window, then the budget stop; events and revert cost."""
+        events: list[dict[str, Any]] = []
+        c_back = 0.0
+        p, budget = st.pending, self.spec.budget
+        if p is not None and budget is not None and r >= p["eval_round"]:
+            window = [(t, a) for t, a in accuracies if t >= p["t_change"]]
+            f_old, f_new = LogFit(*p["f_old"]), fit_log([t for t, _ in window], [a for _, a in window])
+            old = p["old_assign"]
+            back = self.change_cost(st.assign, old, online)
+            d = validation_decision(
+                f_old, f_new, r, budget - spent, back, self.round_cost(old, online), self.round_cost(st.assign, online)
+            )
+            decision = {
+                "round": r,
+                "decision": "revert" if d.revert else "keep",
+                "f_old": [f_old.a, f_old.b],
+                "f_new": [f_new.a, f_new.b],
+                "budget_round_old": d.round_old,
+                "budget_round_new": d.round_new,
+                "predicted_old": d.predicted_old,
+                "predicted_new": d.predicted_new,
+                "revert_cost": back if d.revert else 0.0,
+            }
+            st.decisions.append(decision)
+            events.append(_event(r, f"rva_{decision['decision']}", decision))
+            if d.revert:
+                st.assign, c_back = old, back
+            st.pending = None
+        if budget is not None and spent + c_back >= budget:
+            st.stopped_round = r
+            events.append(_event(r, "budget_spent", {"spent": spent + c_back, "budget": budget}))
+        return events, c_back
+
+
+def _clusters(assign: np.ndarray, k: int) -> list[list[int]]:
+    return [np.flatnonzero(assign == c).tolist() for c in range(k)]
+
+
+def _event(r: int, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {"round": r, "device": None, "kind": kind, "detail": json.dumps(detail, default=float)}

@@ -1,0 +1,34 @@
+"""``algorithm.hierarchical.orchestration``: the adaptive orchestrator of a hierarchical run.
+
+Seed 004 §2 / reference §5: on every join or leave the orchestrator recomputes the cluster
+configuration with a strategy, charges the change cost, and (with RVA) validates a costlier
+configuration over a window of rounds, reverting when the original is predicted better at the
+round the budget runs out. Training stops once the communication-cost budget is spent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+
+class RvaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: StrictBool = True
+    window: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5, description="rounds W the new configuration runs before RVA keeps or reverts it"
+    )
+
+
+class OrchestrationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: Literal["min_comm_cost", "balanced"] = Field(
+        default="min_comm_cost", description="how a configuration is recomputed after a join or leave"
+    )
+    budget: Annotated[float, Field(gt=0.0, le=1e15)] | None = Field(
+        default=None, description="communication-cost budget (cost units); training stops once it is spent"
+    )
+    rva: RvaSpec = Field(default_factory=lambda: RvaSpec(enabled=False))

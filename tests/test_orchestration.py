@@ -1,0 +1,138 @@
+"""The adaptive orchestrator of hierarchical runs: reconfiguration on joins and leaves with its
+change cost, the budget stop, and RVA's keep-or-revert decision (reference/algorithms.md §5)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_spec
+from dfl_util import run_engine, spec_dict
+from tinytwin.algorithms.rva import fit_log, should_validate, validation_decision
+from tinytwin.engines.experiment import prepare
+from tinytwin.errors import SpecError
+from tinytwin.spec.load import validate_spec
+from tinytwin.store.dfl import ledger
+
+# devices 0-2 are cheap to LA 0, 3-5 cheap to LA 1; LA links cost 5 and 7 per MB
+COSTS = {"client_costs": [[1, 9]] * 3 + [[9, 1]] * 3, "aggregator_costs": [5, 7]}
+
+
+def _raw(orchestration: dict, failures: dict, rounds: int = 10, count: int = 6, costs: dict = COSTS) -> dict:
+    hier = {"num_clusters": 2, "local_rounds": 1, "assignment": "min_comm_cost", **costs}
+    return spec_dict(
+        rounds=rounds,
+        fleet={"groups": [{"profile": "esp32-s3", "count": count, "link": "wifi"}]},
+        algorithm={
+            "name": "hierarchical",
+            "local_epochs": 1,
+            "batch_size": 8,
+            "lr": 0.1,
+            "hierarchical": {**hier, "orchestration": orchestration},
+        },
+        failures=failures,
+    )
+
+
+def _model_mb(raw: dict) -> float:
+    return prepare(validate_spec(raw)).uplink_bytes() / 1e6
+
+
+def test_fit_log_and_decisions_equal_a_hand_computation():
+    rounds, acc = [1, 2, 3, 4], [0.50, 0.62, 0.68, 0.73]
+    f = fit_log(rounds, acc)
+    x = np.log(rounds)
+    b = ((x - x.mean()) * (np.array(acc) - np.mean(acc))).sum() / ((x - x.mean()) ** 2).sum()
+    assert f.b == pytest.approx(b) and f.a == pytest.approx(np.mean(acc) - b * x.mean())
+    assert f(10) == pytest.approx(f.a + f.b * math.log(10))
+    # the new configuration costs more per round: validated only when it affords fewer rounds
+    assert should_validate(100.0, 10.0, 12.0, 3.0)  # 8 rounds < 10
+    assert not should_validate(100.0, 10.0, 9.0, 0.0)  # 11 rounds >= 10
+    # must revert: the new curve is flat and lower; old affords (100-4)//10 = 9 rounds, new 100//12 = 8
+    old, flat = fit_log([1, 2, 3, 4], [0.5, 0.6, 0.66, 0.7]), fit_log([5, 6], [0.6, 0.6])
+    d = validation_decision(old, flat, 6, 100.0, 4.0, 10.0, 12.0)
+    assert (d.round_old, d.round_new) == (15, 14)
+    assert d.predicted_old == pytest.approx(old.a + old.b * math.log(15)) and d.predicted_new == pytest.approx(0.6)
+    assert d.revert
+    # must keep: the new configuration learns faster than the old curve predicts
+    fast = fit_log([5, 6], [0.72, 0.80])
+    keep = validation_decision(old, fast, 6, 100.0, 4.0, 10.0, 12.0)
+    assert keep.predicted_new == pytest.approx(fast.a + fast.b * math.log(14))
+    assert keep.predicted_new > keep.predicted_old and not keep.revert
+
+
+def test_leave_and_rejoin_reconfigure_charge_the_change_cost_and_the_budget_stops(tmp_path):
+    failures = {"leave": [{"device": 5, "round": 3}], "join": [{"device": 5, "round": 5}]}
+    m = _model_mb(_raw({}, failures))
+    # hand calculation: C_round = (5 + 7)·M + Σ c(client, parent)·M
+    #   rounds 1-2: 6 clients at cost 1 -> 18 M; rounds 3-4 (device 5 away): 17 M
+    #   round 5: device 5 rejoins LA 1, C_change = 1/2 · M; round 6: 18 M
+    spent_after = np.cumsum([18, 18, 17, 17, 18.5, 18, 18, 18]) * m
+    budget = 100 * m  # spent 88.5 M after round 5, 106.5 M after round 6: stop after round 6
+    sim, st, store, run_id = run_engine(tmp_path, _raw({"budget": budget}, failures))
+    assert st.round == 6 and st.orch.stopped_round == 6
+    assert st.cost_spent == pytest.approx(spent_after[5])
+    rows = ledger(store, run_id)
+    changes = [(r["round"], r["cost"]) for r in rows if r["level"] == "change"]
+    assert changes == [(5, pytest.approx(0.5 * m))]  # a charge at the rejoin, none at the leave
+    events = {(e["round"], e["kind"]) for e in store.events(run_id)}
+    assert {(3, "reconfigure"), (5, "reconfigure"), (6, "budget_spent")} <= events
+    assert [r["round"] for r in store.rounds(run_id)] == list(range(1, 7))
+    summary = sim.summary(st, 0.0)
+    assert summary["orchestration"]["stopped_round"] == 6 and summary["clusters"] == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_rva_validates_a_costlier_configuration_and_decides_from_the_fitted_curves(tmp_path):
+    # device 6 is new: offline until round 4, expensive to both LAs (a costlier configuration)
+    costs = {"client_costs": [[1, 9]] * 3 + [[9, 1]] * 3 + [[30, 30]], "aggregator_costs": [5, 7]}
+    failures = {"join": [{"device": 6, "round": 4}]}
+    raw = _raw(
+        {"budget": 2000 * _model_mb(_raw({}, failures, count=7, costs=costs)), "rva": {"window": 3}},
+        failures,
+        rounds=9,
+        count=7,
+        costs=costs,
+    )
+    sim, st, store, run_id = run_engine(tmp_path, raw)
+    events = {e["kind"]: e for e in store.events(run_id) if e["kind"].startswith("rva_")}
+    assert events["rva_validating"]["round"] == 4
+    (decision,) = st.orch.decisions
+    assert decision["round"] == 6  # the window: rounds 4, 5, 6
+    accs = [(r["round"], r["test_accuracy"]) for r in store.rounds(run_id)]
+    f_old = fit_log([r for r, _ in accs[:3]], [a for _, a in accs[:3]])
+    f_new = fit_log([r for r, _ in accs[3:6]], [a for _, a in accs[3:6]])
+    assert decision["f_old"] == pytest.approx([f_old.a, f_old.b]) and decision["f_new"] == pytest.approx(
+        [f_new.a, f_new.b]
+    )
+    assert decision["decision"] in ("keep", "revert")
+    assert events[f"rva_{decision['decision']}"]["round"] == 6
+    in_round_7 = {d["device"] for d in store.device_rounds(run_id) if d["round"] == 7}
+    assert (6 in in_round_7) == (decision["decision"] == "keep")  # a revert drops the joiner again
+    detail = json.loads(events[f"rva_{decision['decision']}"]["detail"])
+    assert detail["predicted_old"] == pytest.approx(decision["predicted_old"])
+
+
+@pytest.mark.parametrize(
+    ("orchestration", "message"),
+    [
+        ({"rva": {"window": 0}}, "window"),
+        ({"budget": 0}, "budget"),
+        ({"budget": -5}, "budget"),
+        ({"strategy": "fastest"}, "strategy"),
+    ],
+)
+def test_bad_orchestration_is_refused(orchestration, message):
+    with pytest.raises(SpecError, match=message):
+        validate_spec(_raw(orchestration, {}))
+
+
+def test_emulating_an_orchestrated_run_is_refused_in_one_line(tmp_path):
+    import yaml
+
+    spec = write_spec(tmp_path / "o.yaml", yaml.safe_dump(_raw({"budget": 10.0}, {})))
+    r = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"))
+    assert r.returncode != 0 and "orchestration" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
