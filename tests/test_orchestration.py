@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_spec
-from dfl_util import run_engine, spec_dict
+from dfl_util import resume_engine, run_engine, spec_dict
 from tinytwin.algorithms.rva import fit_log, should_validate, validation_decision
 from tinytwin.engines.experiment import prepare
 from tinytwin.errors import SpecError
@@ -136,3 +136,23 @@ def test_emulating_an_orchestrated_run_is_refused_in_one_line(tmp_path):
     r = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"))
     assert r.returncode != 0 and "orchestration" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_orchestrated_run_makes_the_same_decisions(tmp_path):
+    costs = {"client_costs": [[1, 9]] * 3 + [[9, 1]] * 3 + [[30, 30]], "aggregator_costs": [5, 7]}
+    failures = {"join": [{"device": 6, "round": 3}]}
+    raw = _raw(
+        {"budget": 60 * _model_mb(_raw({}, failures, count=7, costs=costs)), "rva": {"window": 2}},
+        failures,
+        rounds=8,
+        count=7,
+        costs=costs,
+    )
+    _, whole, _, _ = run_engine(tmp_path, raw, name="whole")
+    run_engine(tmp_path, raw, name="killed", stop_after=3)  # killed during the validation window
+    _, resumed, _, _ = resume_engine(tmp_path, raw, "killed")
+    assert whole.orch.decisions and whole.orch.stopped_round == 5  # measured: RVA decided at 4, budget spent at 5
+    assert resumed.round == whole.round and resumed.orch.stopped_round == whole.orch.stopped_round
+    assert resumed.orch.decisions == whole.orch.decisions and resumed.cost_spent == whole.cost_spent
+    assert np.array_equal(resumed.orch.assign, whole.orch.assign)
+    assert np.array_equal(resumed.global_params.numpy(), whole.global_params.numpy())
