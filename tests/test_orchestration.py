@@ -142,7 +142,7 @@ def test_a_resumed_orchestrated_run_makes_the_same_decisions(tmp_path):
     costs = {"client_costs": [[1, 9]] * 3 + [[9, 1]] * 3 + [[30, 30]], "aggregator_costs": [5, 7]}
     failures = {"join": [{"device": 6, "round": 3}]}
     raw = _raw(
-        {"budget": 60 * _model_mb(_raw({}, failures, count=7, costs=costs)), "rva": {"window": 2}},
+        {"budget": 150 * _model_mb(_raw({}, failures, count=7, costs=costs)), "rva": {"window": 2}},
         failures,
         rounds=8,
         count=7,
