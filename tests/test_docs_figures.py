@@ -70,3 +70,15 @@ def test_gpu_table_in_benchmarks_doc_matches_the_gpu_results_file() -> None:
             f"| {size['peak_gpu_memory_gb']:.1f} GB |"
         ).replace(",", " ")
         assert row in block.group(0), f"GPU row for {size['devices']} devices differs from the results file"
+
+
+def test_orchestration_doc_is_the_one_rendered_from_its_results_file() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_orchestration", REPO / "benchmarks" / "reproduce_orchestration.py"
+    )
+    assert spec and spec.loader
+    ro = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ro)
+    results = json.loads(ro.RESULTS.read_text())
+    assert ro.render(results) in ro.DOC.read_text()
+    assert results["rejoin"]["change_cost_m"][10] == 0 and results["rejoin"]["change_cost_m"][20] > 0
