@@ -11,7 +11,14 @@ import pytest
 
 from conftest import run_cli, write_spec
 from dfl_util import resume_engine, run_engine, spec_dict
-from tinytwin.algorithms.rva import fit_log, should_validate, validation_decision
+from tinytwin.algorithms.rva import (
+    LogFit,
+    fit_log,
+    should_validate,
+    should_validate_for_target,
+    target_decision,
+    validation_decision,
+)
 from tinytwin.engines.experiment import prepare
 from tinytwin.errors import SpecError
 from tinytwin.spec.load import validate_spec
@@ -122,6 +129,9 @@ def test_rva_validates_a_costlier_configuration_and_decides_from_the_fitted_curv
         ({"budget": 0}, "budget"),
         ({"budget": -5}, "budget"),
         ({"strategy": "fastest"}, "strategy"),
+        ({"rva": {"window": 3}}, "set orchestration.budget or orchestration.target_accuracy"),
+        ({"target_accuracy": 1.5}, "target_accuracy"),
+        ({"energy_budget_j": 0}, "energy_budget_j"),
     ],
 )
 def test_bad_orchestration_is_refused(orchestration, message):
@@ -156,3 +166,36 @@ def test_a_resumed_orchestrated_run_makes_the_same_decisions(tmp_path):
     assert resumed.orch.decisions == whole.orch.decisions and resumed.cost_spent == whole.cost_spent
     assert np.array_equal(resumed.orch.assign, whole.orch.assign)
     assert np.array_equal(resumed.global_params.numpy(), whole.global_params.numpy())
+
+
+def test_target_mode_decisions_equal_a_hand_computation():
+    old = LogFit(0.5, 0.1)  # reaches 0.8 at r = e^3 ≈ 20.1
+    assert old.round_reaching(0.8) == pytest.approx(math.exp(3.0))
+    assert LogFit(0.5, 0.0).round_reaching(0.8) == math.inf
+    # at t = 6 the old configuration needs 14.1 more rounds at cost 10: 141 - 5 buys 11.3 rounds at 12
+    assert should_validate_for_target(old, 6, 0.8, 10.0, 12.0, 5.0)
+    assert not should_validate_for_target(old, 6, 0.8, 10.0, 9.0, 5.0)
+    fast = LogFit(0.45, 0.15)  # reaches 0.8 at e^(0.35/0.15) ≈ 10.3
+    d = target_decision(old, fast, 6, 0.8, 5.0, 10.0, 12.0)
+    assert d.predicted_old == pytest.approx(5.0 + (math.exp(3.0) - 6) * 10.0)
+    assert d.predicted_new == pytest.approx((math.exp(0.35 / 0.15) - 6) * 12.0)
+    assert not d.revert  # the new configuration reaches the target for less
+    assert target_decision(old, LogFit(0.5, 0.05), 6, 0.8, 5.0, 10.0, 12.0).revert
+
+
+@pytest.mark.parametrize("objective", ["target_accuracy", "energy_budget_j"])
+def test_target_and_energy_objectives_stop_at_the_round_the_records_give(tmp_path, objective):
+    free = _raw({}, {}, rounds=8)
+    _, _, store, run_id = run_engine(tmp_path, free, name="free")
+    rounds = store.rounds(run_id)
+    if objective == "target_accuracy":
+        limit = rounds[4]["test_accuracy"]  # reached for the first time by round 5 at the latest
+        expected = next(r["round"] for r in rounds if r["test_accuracy"] >= limit)
+    else:
+        energy = np.cumsum([r["energy_j"] for r in rounds])
+        limit = float((energy[2] + energy[3]) / 2)  # spent during round 4
+        expected = 4
+    _, st, store2, run2 = run_engine(tmp_path, _raw({objective: limit}, {}, rounds=8), name="stop")
+    assert st.orch.stopped_round == expected and len(store2.rounds(run2)) == expected
+    kind = "target_reached" if objective == "target_accuracy" else "energy_spent"
+    assert (expected, kind) in {(e["round"], e["kind"]) for e in store2.events(run2)}

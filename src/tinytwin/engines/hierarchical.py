@@ -235,7 +235,9 @@ class HierarchicalSimulator:
         acc, loss, dev_acc = self._evaluate(r, new_global, lp.la_models, ids, cl, present)
         ledger, cost = self._ledger(r, ids)
         accs = st.accuracies + ([(r, acc)] if acc is not None else [])
-        revert_cost = self._validate(st, r, online, accs, st.cost_spent + cost + change_cost, events)
+        revert_cost = self._validate(
+            st, r, online, accs, st.cost_spent + cost + change_cost, float((st.energy_j + energy).sum()), events
+        )
         for level, extra in (("change", change_cost), ("revert", revert_cost)):
             if extra:  # RVA's ledger: a reconfiguration's downloads are charged in its round
                 ledger.append(
@@ -292,11 +294,13 @@ class HierarchicalSimulator:
         events.extend({**e, "sim_time_s": st.sim_time_s} for e in new_events)
         return cost
 
-    def _validate(self, st: HState, r: int, online: np.ndarray, accuracies: list, spent: float, events: list) -> float:
-        """RVA's decision and the budget stop at the end of round ``r``; the revert's cost."""
+    def _validate(
+        self, st: HState, r: int, online: np.ndarray, accuracies: list, spent: float, energy_j: float, events: list
+    ) -> float:
+        """RVA's decision and the objectives' stops at the end of round ``r``; the revert's cost."""
         if self.orch is None or st.orch is None:
             return 0.0
-        new_events, back = self.orch.after_round(st.orch, r, online, accuracies, spent)
+        new_events, back = self.orch.after_round(st.orch, r, online, accuracies, spent, energy_j)
         events.extend({**e, "sim_time_s": st.sim_time_s} for e in new_events)
         self.assign = st.orch.assign
         return back

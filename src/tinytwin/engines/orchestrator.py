@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from tinytwin.algorithms import hierarchical as H
-from tinytwin.algorithms.rva import LogFit, fit_log, should_validate, validation_decision
+from tinytwin.algorithms.rva import (
+    Decision,
+    LogFit,
+    fit_log,
+    should_validate,
+    should_validate_for_target,
+    target_decision,
+    validation_decision,
+)
 from tinytwin.spec.orchestration import OrchestrationSpec
 
 NOT_CONFIGURED = -1
@@ -93,40 +101,48 @@ class Orchestrator:
             "round_cost_new": c_new,
         }
         events = [_event(r, "reconfigure", detail)]
-        budget, rva = self.spec.budget, self.spec.rva
         if st.pending is not None:  # a newer event supersedes the validation under way
             events.append(_event(r, "rva_cancelled", {"since": st.pending["t_change"]}))
             st.pending = None
-        if (
-            rva.enabled
-            and budget is not None
-            and accuracies
-            and should_validate(budget - spent, c_old, c_new, c_change)
-        ):
+        if self.spec.rva.enabled and accuracies:
             f_old = fit_log([t for t, _ in accuracies], [a for _, a in accuracies])
-            st.pending = {
-                "t_change": r,
-                "old_assign": old,
-                "f_old": [f_old.a, f_old.b],
-                "eval_round": r + rva.window - 1,
-            }
-            events.append(_event(r, "rva_validating", {"until_round": r + rva.window - 1, "f_old": [f_old.a, f_old.b]}))
+            if self._worth_validating(f_old, r, spent, c_old, c_new, c_change):
+                until = r + self.spec.rva.window - 1
+                st.pending = {"t_change": r, "old_assign": old, "f_old": [f_old.a, f_old.b], "eval_round": until}
+                events.append(_event(r, "rva_validating", {"until_round": until, "f_old": [f_old.a, f_old.b]}))
         return events, c_change
 
+    def _worth_validating(
+        self, f_old: LogFit, r: int, spent: float, c_old: float, c_new: float, c_change: float
+    ) -> bool:
+        """RVA validates a configuration that affords fewer rounds (budget) or costs more to the target."""
+        if self.spec.budget is not None:
+            return should_validate(self.spec.budget - spent, c_old, c_new, c_change)
+        assert self.spec.target_accuracy is not None
+        return should_validate_for_target(f_old, r, self.spec.target_accuracy, c_old, c_new, c_change)
+
+    def _decide(
+        self, f_old: LogFit, f_new: LogFit, r: int, spent: float, back: float, c_old: float, c_new: float
+    ) -> Decision:
+        if self.spec.budget is not None:
+            return validation_decision(f_old, f_new, r, self.spec.budget - spent, back, c_old, c_new)
+        assert self.spec.target_accuracy is not None
+        return target_decision(f_old, f_new, r, self.spec.target_accuracy, back, c_old, c_new)
+
     def after_round(
-        self, st: OrchestratorState, r: int, online: np.ndarray, accuracies: list, spent: float
+        self, st: OrchestratorState, r: int, online: np.ndarray, accuracies: list, spent: float, energy_j: float
     ) -> tuple[list[dict[str, Any]], float]:
-        """RVA's decision at the end of the window, then the budget stop; events and revert cost."""
+        """RVA's decision at the end of the window, then the objectives' stops; events and revert cost."""
         events: list[dict[str, Any]] = []
         c_back = 0.0
-        p, budget = st.pending, self.spec.budget
-        if p is not None and budget is not None and r >= p["eval_round"]:
+        p = st.pending
+        if p is not None and r >= p["eval_round"]:
             window = [(t, a) for t, a in accuracies if t >= p["t_change"]]
             f_old, f_new = LogFit(*p["f_old"]), fit_log([t for t, _ in window], [a for _, a in window])
             old = p["old_assign"]
             back = self.change_cost(st.assign, old, online)
-            d = validation_decision(
-                f_old, f_new, r, budget - spent, back, self.round_cost(old, online), self.round_cost(st.assign, online)
+            d = self._decide(
+                f_old, f_new, r, spent, back, self.round_cost(old, online), self.round_cost(st.assign, online)
             )
             decision = {
                 "round": r,
@@ -144,10 +160,23 @@ class Orchestrator:
             if d.revert:
                 st.assign, c_back = old, back
             st.pending = None
-        if budget is not None and spent + c_back >= budget:
-            st.stopped_round = r
-            events.append(_event(r, "budget_spent", {"spent": spent + c_back, "budget": budget}))
+        events += self._stops(st, r, accuracies, spent + c_back, energy_j)
         return events, c_back
+
+    def _stops(self, st: OrchestratorState, r: int, accuracies: list, spent: float, energy_j: float) -> list:
+        """The objectives' stops after round ``r``: budget spent, target reached, energy spent."""
+        o = self.spec
+        reasons = []
+        if o.budget is not None and spent >= o.budget:
+            reasons.append(_event(r, "budget_spent", {"spent": spent, "budget": o.budget}))
+        reached = bool(accuracies) and accuracies[-1][0] == r and accuracies[-1][1] >= (o.target_accuracy or 2.0)
+        if reached:
+            reasons.append(_event(r, "target_reached", {"accuracy": accuracies[-1][1], "spent": spent}))
+        if o.energy_budget_j is not None and energy_j >= o.energy_budget_j:
+            reasons.append(_event(r, "energy_spent", {"energy_j": energy_j, "budget_j": o.energy_budget_j}))
+        if reasons:
+            st.stopped_round = r
+        return reasons
 
 
 def _clusters(assign: np.ndarray, k: int) -> list[list[int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 
 class RvaSpec(BaseModel):
@@ -31,4 +31,19 @@ class OrchestrationSpec(BaseModel):
     budget: Annotated[float, Field(gt=0.0, le=1e15)] | None = Field(
         default=None, description="communication-cost budget (cost units); training stops once it is spent"
     )
+    target_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        default=None, description="stop once the global model reaches this test accuracy (least cost to a target)"
+    )
+    energy_budget_j: Annotated[float, Field(gt=0.0, le=1e15)] | None = Field(
+        default=None, description="the fleet's energy budget (J, from the cost model); training stops once spent"
+    )
     rva: RvaSpec = Field(default_factory=lambda: RvaSpec(enabled=False))
+
+    @model_validator(mode="after")
+    def _rva_needs_an_objective(self) -> OrchestrationSpec:
+        if self.rva.enabled and self.budget is None and self.target_accuracy is None:
+            raise ValueError(
+                "orchestration.rva: RVA compares configurations against a budget or a target; "
+                "set orchestration.budget or orchestration.target_accuracy"
+            )
+        return self
