@@ -82,3 +82,13 @@ def test_orchestration_doc_is_the_one_rendered_from_its_results_file() -> None:
     results = json.loads(ro.RESULTS.read_text())
     assert ro.render(results) in ro.DOC.read_text()
     assert results["rejoin"]["change_cost_m"][10] == 0 and results["rejoin"]["change_cost_m"][20] > 0
+
+
+def test_sweep_benchmark_table_is_the_one_rendered_from_its_results_file() -> None:
+    spec = importlib.util.spec_from_file_location("bench_sweep", REPO / "benchmarks" / "bench_sweep.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = json.loads((REPO / "docs" / "results" / "sweep-bench.json").read_text())
+    assert result["runs"] == 48 and {r["mode"] for r in result["rows"]} == {"sequential", "pool", "ray"}
+    assert bench.render(result) in bench.DOC.read_text()
