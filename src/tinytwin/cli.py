@@ -426,6 +426,9 @@ def compare(
 from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
 
 _register_sweep(app)
+from tinytwin.cli_search import register as _register_search  # noqa: E402  (search)
+
+_register_search(app)
 
 
 def _usage_exception_types() -> tuple[type[BaseException], ...]:
