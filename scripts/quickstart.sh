@@ -3,6 +3,6 @@
 # digits dataset. Prints a summary and writes runs/quickstart-*/report.html.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh" ray,dashboard
+bash "$ROOT/scripts/setup_env.sh" ray,dashboard,search
 cd "$ROOT"
 exec .venv/bin/tinytwin run examples/quickstart.yaml "$@"
