@@ -55,6 +55,7 @@ from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.db import RunStore
+from tinytwin.store.files import private_dirs
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
@@ -104,8 +105,7 @@ class Emulation(CoordinatorClock):
         a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
         self.edir = run_dir / "emulate"
-        for sub in ("keys", "devices", "logs"):
-            (self.edir / sub).mkdir(parents=True, exist_ok=True)
+        private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "logs")))
         self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
         self.linears = mlp_np.linears_from(self.linears_rows) if self.linears_rows else None

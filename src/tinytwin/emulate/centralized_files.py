@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.options import EmulateOptions
 from tinytwin.engines.experiment import Experiment
+from tinytwin.store.files import save_npz_private, write_private
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -23,14 +23,12 @@ def write_shards(edir: Path, exp: Experiment, keys: list[bytes] | dict[int, byte
     """Every device's training shard (flattened samples) and its frame key."""
     ds = exp.dataset
     for d in range(exp.fleet.num_devices):
-        np.savez(
+        save_npz_private(
             edir / "devices" / f"d{d}.npz",
             x=ds.x_train[exp.parts[d]].reshape(len(exp.parts[d]), -1),
             y=ds.y_train[exp.parts[d]],
         )
-        kf = edir / "keys" / f"d{d}.key"
-        kf.write_bytes(keys[d])
-        os.chmod(kf, 0o600)
+        write_private(edir / "keys" / f"d{d}.key", keys[d])
 
 
 def write_device_configs(

@@ -28,6 +28,7 @@ from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json
 from tinytwin.engines.runner import open_resumable
 from tinytwin.errors import TinyTwinError
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.store.files import private_umask
 
 __all__ = [
     "Coordinator",
@@ -66,7 +67,8 @@ def start_emulation(
     start = {"decentralized": start_dfl_emulation, "hierarchical": start_hier_emulation}.get(
         spec.algorithm.family, start_centralized
     )
-    return start(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
+    with private_umask():  # every file of the run, the device processes' included, is 0600
+        return start(spec, spec_yaml, out, base_dir, options, progress, run_dir, on_prepared, report)
 
 
 def resume_emulation(
@@ -79,6 +81,18 @@ def resume_emulation(
 ) -> tuple[Path, dict[str, Any]]:
     """Continue a killed emulation from its last committed round, with the options it was
     started with; device processes still running reconnect, the others start again."""
+    with private_umask():
+        return _resume(run_dir, spec, base_dir, progress, on_prepared, report)
+
+
+def _resume(
+    run_dir: Path,
+    spec: ExperimentSpec | None,
+    base_dir: Path | None,
+    progress: ProgressFn | None,
+    on_prepared: Any,
+    report: bool,
+) -> tuple[Path, dict[str, Any]]:
     store, info, stored = open_resumable(run_dir, spec, "emulate")
     saved = read_json(run_dir / "emulate" / COORDINATOR_FILE)
     if saved is None:

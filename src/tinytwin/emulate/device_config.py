@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytwin.algorithms.local_config import LocalTraining
+from tinytwin.store.files import write_private
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DeviceConfig:
         return {**data, **self.extra}
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.as_json()))
+        write_private(path, json.dumps(self.as_json()))  # it names the device's key file: 0600
 
 
 def memory_budget(options: Any, ram_available: int, device: int) -> int:

@@ -68,6 +68,7 @@ from tinytwin.emulate.serving import accepted_frames
 from tinytwin.errors import TinyTwinError
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.store.files import save_npy_private, save_npz_private, write_private
 from tinytwin.wire import frame as fm
 
 log = logging.getLogger("tinytwin.emulate.dfl")
@@ -109,10 +110,12 @@ class DflEmulation(DflRecording, DflSummary):
     def _write_device_files(self, port: int) -> None:
         exp, a = self.exp, self.a
         ds = exp.dataset
-        np.save(self.edir / "devices" / "initial.npy", exp.initial_params().numpy())
+        save_npy_private(self.edir / "devices" / "initial.npy", exp.initial_params().numpy())
         if a.name == "gist":  # the shared validation set every device scores itself on (the simulator's)
             val = gist_np.validation_indices(exp.spec.seed, len(ds.y_test), a.gist.validation_size)
-            np.savez(self.edir / "devices" / "validation.npz", x=ds.x_test[val].reshape(len(val), -1), y=ds.y_test[val])
+            save_npz_private(
+                self.edir / "devices" / "validation.npz", x=ds.x_test[val].reshape(len(val), -1), y=ds.y_test[val]
+            )
         plan_of = {pl.group: pl for pl in self.plans}
         p = exp.model.num_params
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
@@ -122,19 +125,19 @@ class DflEmulation(DflRecording, DflSummary):
             plan = plan_of[g.name]
             for d in map(int, g.devices):
                 idx = self.train_idx[d]
-                np.savez(
+                save_npz_private(
                     self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1), y=ds.y_train[idx]
                 )
                 kf = self.edir / "keys" / f"d{d}.json"
-                kf.write_text(
+                write_private(
+                    kf,
                     json.dumps(
                         {
                             "coordinator": self.coord.keys[d].hex(),
                             "links": {str(j): link_key(self.run_key, d, j).hex() for j in self.partners[d]},
                         }
-                    )
+                    ),
                 )
-                os.chmod(kf, 0o600)
                 DeviceConfig(
                     device=d,
                     host="127.0.0.1",

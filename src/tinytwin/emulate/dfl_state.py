@@ -35,6 +35,7 @@ from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.network import Network
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.store.db import RunStore
+from tinytwin.store.files import private_dirs
 from tinytwin.wire import frame as fm
 
 
@@ -75,8 +76,7 @@ class DflState(CoordinatorClock):
         self.a = exp.spec.algorithm
         self.n = exp.fleet.num_devices
         self.edir = run_dir / "emulate"
-        for sub in ("keys", "devices", "logs"):
-            (self.edir / sub).mkdir(parents=True, exist_ok=True)
+        private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "logs")))
         # resumed: the devices of the killed coordinator hold keys from it
         self.run_key = load_run_key(self.edir, resume)
         self.resume = resume

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tinytwin.errors import TinyTwinError
+from tinytwin.store.files import open_private_append
 
 PEERS_FILE = "peers.json"
 """``emulate/peers.json``: the fork server's pid and every device process's pid (a resumed
@@ -46,7 +47,7 @@ class ForkServer:
         self.adopted: dict[int, int] = {}  # device -> its (killed coordinator's) fork server's pid
 
     async def start(self, env: dict[str, str], log_path: Path) -> None:
-        with open(log_path, "ab") as errf:
+        with open_private_append(log_path) as errf:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -140,7 +141,7 @@ class HierForkServer(ForkServer):
     :mod:`tinytwin.emulate.hier_procs` and may be started again after they died."""
 
     async def start(self, env: dict[str, str], log_path: Path) -> None:
-        with open(log_path, "ab") as errf:
+        with open_private_append(log_path) as errf:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",

@@ -35,7 +35,7 @@ from tinytwin.emulate.runtime_env import warm_blas
 def _child(cfg_path: str, log_path: str, main: Callable[[list[str]], int] | None = None) -> None:
     code = 1
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # logs: private like the rest
         os.dup2(fd, 2)
         os.close(fd)
         null = os.open(os.devnull, os.O_RDWR)

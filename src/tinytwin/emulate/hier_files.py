@@ -7,16 +7,14 @@ writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-import numpy as np
 
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.hier_state import HierState
 from tinytwin.emulate.wire_np import derive_key
+from tinytwin.store.files import save_npz_private, write_private
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 
@@ -27,15 +25,15 @@ class HierFiles(HierState):
     def _la_config(self, c: int, first: bool) -> Path:
         kf = self.edir / "keys" / f"la{c}.json"
         if first:
-            kf.write_text(
+            write_private(
+                kf,
                 json.dumps(
                     {
                         "coordinator": self.coord.keys[aggregator_id(c)].hex(),
                         "devices": {str(d): derive_key(self.run_key, d).hex() for d in self.members[c]},
                     }
-                )
+                ),
             )
-            os.chmod(kf, 0o600)
         a = self.a
         cfg = {
             "role": "aggregator",
@@ -55,7 +53,7 @@ class HierFiles(HierState):
             "announce_ready": first,
         }
         path = self.edir / "aggregators" / f"la{c}.json"
-        path.write_text(json.dumps(cfg))
+        write_private(path, json.dumps(cfg))
         return path
 
     def _write_devices(self) -> None:
@@ -63,10 +61,10 @@ class HierFiles(HierState):
         ds = exp.dataset
         for d in range(self.n):
             idx = sim.train_idx[d]
-            np.savez(self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1), y=ds.y_train[idx])
-            kf = self.edir / "keys" / f"d{d}.key"
-            kf.write_bytes(derive_key(self.run_key, d))
-            os.chmod(kf, 0o600)
+            save_npz_private(
+                self.edir / "devices" / f"d{d}.npz", x=ds.x_train[idx].reshape(len(idx), -1), y=ds.y_train[idx]
+            )
+            write_private(self.edir / "keys" / f"d{d}.key", derive_key(self.run_key, d))
             self._device_config(d)
 
     def _device_config(self, d: int) -> None:

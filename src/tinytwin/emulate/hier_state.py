@@ -29,6 +29,7 @@ from tinytwin.emulate.skeleton import CoordinatorClock
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.hierarchical import HierarchicalSimulator
 from tinytwin.store.db import RunStore
+from tinytwin.store.files import private_dirs
 
 
 @dataclass
@@ -108,8 +109,7 @@ class HierState(CoordinatorClock):
         self.a = a
         self.n, self.k, self.L = sim.n, sim.k, sim.h.local_rounds
         self.edir = run_dir / "emulate"
-        for sub in ("keys", "devices", "aggregators", "logs"):
-            (self.edir / sub).mkdir(parents=True, exist_ok=True)
+        private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "aggregators", "logs")))
         self.resume = resume
         # resumed: the processes of the killed coordinator hold keys from it
         self.run_key = load_run_key(self.edir, resume)

@@ -25,7 +25,7 @@ from tinytwin.spec.strict_yaml import parse as parse_yaml
 from tinytwin.store.check import check_store
 from tinytwin.store.db import SCHEMA, RunInfo, RunStore
 from tinytwin.store.dfl import DFL_SCHEMA
-from tinytwin.store.files import new_private_run_folder
+from tinytwin.store.files import new_private_run_folder, with_private_umask
 from tinytwin.store.reader import open_checked
 from tinytwin.version import __version__
 
@@ -49,6 +49,7 @@ def new_run_dir(out: Path, name: str) -> Path:
     return path
 
 
+@with_private_umask
 def start_run(
     spec: ExperimentSpec,
     spec_yaml: str,
@@ -96,6 +97,7 @@ def make_engine(
     return Simulator(exp, store, run_id)
 
 
+@with_private_umask
 def resume_run(
     run_dir: Path,
     spec: ExperimentSpec | None,

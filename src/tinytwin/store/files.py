@@ -8,15 +8,21 @@ which another user of the machine can open them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import io
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
 from tinytwin.errors import TinyTwinError
 
+P = ParamSpec("P")
+R = TypeVar("R")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -86,6 +92,46 @@ def write_private(path: Path, data: bytes | str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_npz_private(path: Path, **arrays: Any) -> Path:
+    """``np.savez(path, **arrays)`` written through :func:`write_private` (data shards: 0600)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_private(path, buf.getvalue())
+
+
+def save_npy_private(path: Path, array: Any) -> Path:
+    """``np.save(path, array)`` written through :func:`write_private`."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return write_private(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Run the block with umask 077, so every file and folder it (or a child process) creates —
+    logs, CSV exports, the processes' own files — is private to this user; restored afterwards."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def with_private_umask(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a run's entry point so that everything it writes is private (:func:`private_umask`)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with private_umask():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def open_private_append(path: Path) -> BinaryIO:
