@@ -82,6 +82,7 @@ def test_fuzz_coordinator_and_device_handlers_reject_everything() -> None:
     ]
     reasons = {}
     for data in authentic:
+        coord.expect = {1, 2}  # a refused update ends its sender's round (below): start each case afresh
         res = coord.handle(data, 1 if data[4] != 3 else 3)
         assert res is None
     reasons = dict(coord.rejected)
@@ -192,3 +193,18 @@ def test_fuzz_over_real_socket(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_a_refused_update_takes_its_sender_out_of_the_round_at_once() -> None:
+    coord = Coordinator(4, KEY, N, SIZES, "float32")
+    coord.round, coord.expect = 5, {1, 2}
+    dropped: list[tuple[int, str]] = []
+    coord.on_drop = lambda d, reason: dropped.append((d, reason))
+    nan = enc.encode(np.full(N, np.nan, dtype=np.float32), "float32")
+    assert (
+        coord.handle(_signed(1, COORDINATOR_ID, 5, fm.MsgType.UPDATE, "float32", nan, 1, derive_key(KEY, 1)), 1) is None
+    )
+    assert dropped == [(1, "non_finite")] and coord.expect == {2}
+    # a forged frame (wrong key) naming device 2 does not take device 2 out
+    forged = _signed(2, COORDINATOR_ID, 5, fm.MsgType.UPDATE, "float32", nan, 2, b"k" * 32)
+    assert coord.handle(forged, 2) is None and coord.expect == {2} and len(dropped) == 1

@@ -92,6 +92,7 @@ class LocalAggregator:
         # towards its devices it is the coordinator (the coordinator's checks, its members' keys only)
         self.down = Coordinator(0, b"", p, sizes, self.enc_up)
         self.down.keys = {int(d): bytes.fromhex(k) for d, k in keys["devices"].items()}
+        self.down.on_drop = self._drop_update
         self.n_train = {int(d): int(v) for d, v in cfg["members"].items()}
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.pids: dict[int, int] = {}
@@ -148,6 +149,11 @@ class LocalAggregator:
                     self.down.expect.discard(device)
                     self._check_done()
             writer.close()
+
+    def _drop_update(self, device: int, reason: str) -> None:
+        """A member's update was refused for its content: it is out of this local round now."""
+        self.failed[device] = reason
+        self._check_done()
 
     def _check_done(self) -> None:
         if self.down.expect <= set(self.down.updates):

@@ -121,6 +121,7 @@ class Emulation(CoordinatorClock):
         self.coord = Coordinator(
             self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes), a.encoding
         )
+        self.coord.on_drop = self._drop_update
         so = a.server_optimizer
         self.server_opt = make_server_optimizer(
             so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
@@ -265,6 +266,11 @@ class Emulation(CoordinatorClock):
                     self.coord.expect.discard(device)
                     self._check_done()
             writer.close()
+
+    def _drop_update(self, device: int, reason: str) -> None:
+        """An expected update was refused for its content: the device is out of this round now."""
+        self.failed[device] = reason
+        self._check_done()
 
     def _check_done(self) -> None:
         if self.coord.expect <= set(self.coord.updates):

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,10 @@ class Coordinator:
         self.metrics: dict[int, dict[str, Any]] = {}
         self.rejected: Counter[str] = Counter()
         self.reject_events: list[tuple[int | None, str]] = []
+        # Called with (device, reason) when an expected device's authentic update is refused for
+        # its content (NaN, bad payload): it leaves the round's expected set at once, so the round
+        # does not wait for its timeout.
+        self.on_drop: Callable[[int, str], None] | None = None
         self.max_frame = max(
             fm.frame_size(enc.encoded_size(num_params, encoding, tensor_sizes=tensor_sizes)), 64 * 1024
         )
@@ -92,9 +97,9 @@ class Coordinator:
             try:
                 values, _ = enc.decode(fr.payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
             except ValueError as exc:
-                raise Rejected("bad_payload", str(exc)) from None
+                raise Rejected("bad_payload", str(exc), sender=fr.sender) from None
             if not fm.payload_is_finite(values):
-                raise Rejected("non_finite", "update contains NaN or Inf")
+                raise Rejected("non_finite", "update contains NaN or Inf", sender=fr.sender)
             return fr, values
         raise Rejected("unexpected_type", f"{t.name} is not sent to the coordinator")
 
@@ -105,4 +110,8 @@ class Coordinator:
             self.rejected[exc.reason] += 1
             self.reject_events.append((conn_device, f"{exc.reason}: {exc.detail}"))
             log.warning("rejected frame (connection of device %s): %s", conn_device, exc)
+            if exc.sender is not None and exc.sender in self.expect:
+                self.expect.discard(exc.sender)
+                if self.on_drop is not None:
+                    self.on_drop(exc.sender, exc.reason)
             return None

@@ -36,9 +36,10 @@ class Rejected(Exception):
     ``wrong_receiver``, ``wrong_sender``, ``stale_round``, ``unexpected_type``,
     ``bad_payload``, ``non_finite``, ``oversized``, ``not_expected``, ``no_hello``)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", sender: int | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.sender = sender  # an authentic update refused for its content: its sender's round is over
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
