@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from tinytwin.algorithms.norm_bounds import apply_norm_bound
 
 __all__ = [
     "AGGREGATORS",
@@ -292,11 +294,14 @@ def get_aggregator(name: str) -> Callable[..., Tensor]:
 _RULE_PARAMS = {"fedavg": (), "median": (), "trimmed_mean": ("beta",), "krum": ("num_byzantine", "num_selected")}
 
 
-def aggregate(name: str, updates: Tensor, weights: Tensor | None, **options: float) -> Tensor:
+def aggregate(name: str, updates: Tensor, weights: Tensor | None, **options: Any) -> Tensor:
     """Apply rule ``name``, taking from ``options`` only the parameters that rule uses.
 
     Lets every engine hand over the experiment file's whole aggregator section
-    (``beta``, ``num_byzantine``, ``num_selected``) whatever the rule, in one call.
+    (``beta``, ``num_byzantine``, ``num_selected``, ``norm_bound``) whatever the rule, in one
+    call; a ``norm_bound`` (:mod:`tinytwin.algorithms.norm_bounds`) is applied to the updates first.
     """
     rule = get_aggregator(name)
+    if options.get("norm_bound"):
+        updates, weights = apply_norm_bound(updates, weights, options["norm_bound"])
     return rule(updates, weights, **{k: options[k] for k in _RULE_PARAMS[name] if k in options})

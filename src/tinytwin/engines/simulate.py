@@ -337,7 +337,7 @@ def learn_round(
     Returns the aggregate delta on the trainer's device (``None`` if the rule refused),
     the devices' training losses and the rule's reason for refusing. FedAvg over more
     devices than one chunk streams (:func:`stream_fedavg`); other rules see every row."""
-    if aggregator.name == "fedavg" and len(parts) > trainer.chunk_size:
+    if aggregator.name == "fedavg" and aggregator.norm_bound is None and len(parts) > trainer.chunk_size:
         return stream_fedavg(trainer, start, r, device_ids, parts, n_samples, encoding, tensor_sizes)
     result = trainer.train(start, r, device_ids, parts)
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)

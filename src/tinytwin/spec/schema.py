@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
+from tinytwin.spec.robust import NormBoundSpec
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -117,6 +118,9 @@ class AggregatorSpec(Strict):
     beta: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.1
     num_byzantine: NonNegInt = 0
     num_selected: PositiveInt = 1
+    norm_bound: NormBoundSpec | None = Field(
+        default=None, description="bound every update's L2 norm before the rule: clip or reject (every twin)"
+    )
 
 
 class ServerOptimizerSpec(Strict):
@@ -288,6 +292,11 @@ class AlgorithmSpec(Strict):
             raise ValueError(
                 f"aggregator.name: {self.name} merges with its own rule; "
                 "robust aggregators apply to fedavg, fedprox and hierarchical"
+            )
+        if self.family != "centralized" and self.aggregator.norm_bound is not None:
+            raise ValueError(
+                f"aggregator.norm_bound: applies to fedavg and fedprox (the server bounds each update); "
+                f"not yet to {self.name}"
             )
         return self
 
