@@ -36,6 +36,7 @@ __all__ = [
     "AGGREGATORS",
     "Aggregate",
     "aggregate",
+    "aggregate_spec",
     "coordinate_median",
     "get_aggregator",
     "krum",
@@ -305,3 +306,12 @@ def aggregate(name: str, updates: Tensor, weights: Tensor | None, **options: Any
     if options.get("norm_bound"):
         updates, weights = apply_norm_bound(updates, weights, options["norm_bound"])
     return rule(updates, weights, **{k: options[k] for k in _RULE_PARAMS[name] if k in options})
+
+
+def aggregate_spec(spec: Any, updates: Tensor, weights: Tensor | None) -> tuple[Tensor | None, str | None]:
+    """:func:`aggregate` with an experiment file's aggregator section (``AggregatorSpec``):
+    ``(aggregate, None)``, or ``(None, reason)`` when the rule refuses the round's updates."""
+    try:
+        return aggregate(spec.name, updates, weights, **spec.model_dump(exclude={"name"})), None
+    except ValueError as exc:
+        return None, str(exc)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinytwin.algorithms.aggregators import aggregate
+from tinytwin.algorithms.aggregators import aggregate_spec
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import layers_np, measured, mlp_np, shaper
 from tinytwin.emulate.centralized_files import write_device_configs, write_shards
@@ -267,8 +267,7 @@ class Emulation(CoordinatorClock):
                     self._check_done()
             writer.close()
 
-    def _drop_update(self, device: int, reason: str) -> None:
-        """An expected update was refused for its content: the device is out of this round now."""
+    def _drop_update(self, device: int, reason: str) -> None:  # its update was refused: out of the round
         self.failed[device] = reason
         self._check_done()
 
@@ -315,16 +314,6 @@ class Emulation(CoordinatorClock):
         return Sent(len(data), time.perf_counter() - t0, mono0, wait)
 
     # ---- rounds -----------------------------------------------------------------------
-    def _aggregate(
-        self, received: torch.Tensor, weights: torch.Tensor, events: list[dict[str, Any]], r: int
-    ) -> torch.Tensor | None:
-        agg = self.exp.spec.algorithm.aggregator
-        try:
-            return aggregate(agg.name, received, weights, **agg.model_dump(exclude={"name"}))
-        except ValueError as exc:
-            events.append(self._event(r, None, "aggregation_skipped", f"{agg.name}: {exc}"))
-            return None
-
     def _sender_wait_s(self, link_s: float, nbytes: int, bps: float, link: Any, medium_wait_s: float) -> float:
         """Wall seconds the sender sleeps for a transfer: the part of its modelled time no kernel qdisc shapes."""
         wait = shaper.userspace_share(float(link_s), nbytes, bps, link, self.kernel, float(medium_wait_s))
@@ -411,7 +400,9 @@ class Emulation(CoordinatorClock):
         if completed.size:
             received = torch.from_numpy(np.stack([got.updates[int(d)] for d in completed]))
             weights = torch.from_numpy(exp.num_samples[completed]).to(received.dtype)
-            agg = self._aggregate(received, weights, events, r)
+            agg, refused = aggregate_spec(a.aggregator, received, weights)
+            if refused is not None:
+                events.append(self._event(r, None, "aggregation_skipped", f"{a.aggregator.name}: {refused}"))
             if agg is not None:
                 new_global, server_state = self.server_opt.step(g, g + agg, server_state)
         else:

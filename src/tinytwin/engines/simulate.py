@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinytwin.algorithms.aggregators import aggregate
+from tinytwin.algorithms.aggregators import aggregate_spec
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.device import default_chunk, resolve_device
@@ -342,11 +342,8 @@ def learn_round(
     result = trainer.train(start, r, device_ids, parts)
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
     weights = torch.from_numpy(n_samples).to(received.dtype)
-    try:
-        agg = aggregate(aggregator.name, received, weights, **aggregator.model_dump(exclude={"name"}))
-    except ValueError as exc:
-        return None, result.train_loss, str(exc)
-    return agg, result.train_loss, None
+    agg, refused = aggregate_spec(aggregator, received, weights)
+    return agg, result.train_loss, refused
 
 
 def stream_fedavg(
