@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, write_spec
+from conftest import REPO, run_cli, write_spec
 from tinytwin.engines.decentralized import Messages
 from tinytwin.store import checkpoint
 
@@ -130,3 +130,35 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, kind: str):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "cannot resume" in lines[0] and "pickle" in lines[0]
     assert not marker.exists()
+
+
+def test_a_second_resume_of_a_folder_still_being_written_is_refused(tmp_path):
+    """A run holds its folder's lock while it writes; --resume from another process is refused in one line."""
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "tinytwin.cli", "run", str(REPO / "examples" / "quickstart.yaml"), "--set",
+         "rounds=400", "--set", "fleet.groups.0.count=40", "--out", str(runs), "--quiet", "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs.exists() and any(runs.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (run_dir,) = runs.iterdir()
+        time.sleep(1.0)  # a few rounds in: the database is being written
+        r = run_cli("run", str(run_dir / "spec.yaml"), "--resume", str(run_dir), "--quiet", "--no-report")
+        assert slow.poll() is None, "the run ended before the resume was tried; make it longer"
+        assert r.returncode == 2 and "being written by another tinytwin process" in r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        slow.kill()
+        slow.wait()
+    # killed (-9): the kernel dropped the lock with the process; the folder can be taken again
+    from tinytwin.store.files import lock_run_folder, private_umask
+
+    with private_umask():
+        lock_run_folder(run_dir)

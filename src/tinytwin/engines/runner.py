@@ -25,7 +25,7 @@ from tinytwin.spec.strict_yaml import parse as parse_yaml
 from tinytwin.store.check import check_store
 from tinytwin.store.db import SCHEMA, RunInfo, RunStore
 from tinytwin.store.dfl import DFL_SCHEMA
-from tinytwin.store.files import new_private_run_folder, with_private_umask
+from tinytwin.store.files import lock_run_folder, new_private_run_folder, with_private_umask
 from tinytwin.store.reader import open_checked
 from tinytwin.version import __version__
 
@@ -148,6 +148,7 @@ def open_resumable(run_dir: Path, spec: ExperimentSpec | None, twin: str) -> tup
     if not db.is_file():
         raise TinyTwinError(f"{run_dir} is not a tinytwin run folder (no {DB_NAME}); pass the folder a run created")
     info, stored = _check_resumable(run_dir, spec, twin)
+    lock_run_folder(run_dir)  # after the read-only checks: a refused folder is never written to
     store = RunStore(db)
     return store, info, stored
 

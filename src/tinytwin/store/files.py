@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import io
 import os
@@ -65,6 +66,7 @@ def new_private_run_folder(run_dir: Path, files: dict[str, bytes]) -> Path:
         made = True
         for name, data in files.items():
             create_private_file(run_dir / name, data)
+        lock_run_folder(run_dir)
     except OSError as exc:
         if made:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -112,15 +114,52 @@ def save_npy_private(path: Path, array: Any) -> Path:
     return write_private(path, buf.getvalue())
 
 
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # run folder -> descriptor holding its lock (this process)
+
+
+def lock_run_folder(run_dir: Path) -> None:
+    """Hold ``run_dir``'s lock (``flock`` on ``RUN_DIR/.lock``) for this process, or refuse in one line.
+
+    A run and every resume of it hold the lock while they write, so a second ``--resume`` of a
+    folder that is still being written (by a run thought dead, or another shell) is refused
+    instead of interleaving two writers. The kernel drops the lock when its process dies,
+    ``kill -9`` included, so a killed run never leaves a stale lock behind."""
+    key = run_dir.resolve()
+    if key in _HELD:
+        return
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise TinyTwinError(write_error_line(run_dir, exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TinyTwinError(
+            f"{run_dir} is being written by another tinytwin process (a run or a resume of it); "
+            "wait for it to end, or stop it, then resume"
+        ) from None
+    _HELD[key] = fd
+
+
+def _release_locks_since(held_before: set[Path]) -> None:
+    for key in [k for k in _HELD if k not in held_before]:
+        os.close(_HELD.pop(key))  # closing the descriptor releases the flock
+
+
 @contextlib.contextmanager
 def private_umask() -> Iterator[None]:
     """Run the block with umask 077, so every file and folder it (or a child process) creates —
-    logs, CSV exports, the processes' own files — is private to this user; restored afterwards."""
+    logs, CSV exports, the processes' own files — is private to this user; restored afterwards.
+    Run folders locked inside the block (:func:`lock_run_folder`) are released when it ends."""
     old = os.umask(0o077)
+    held_before = set(_HELD)
     try:
         yield
     finally:
         os.umask(old)
+        _release_locks_since(held_before)
 
 
 def with_private_umask(fn: Callable[P, R]) -> Callable[P, R]:
