@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.hetero import ModelRate, check_hetero
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -91,6 +93,11 @@ class GroupSpec(Strict):
         description="tinytwin emulate: run these devices as numpy processes or as the C "
         "firmware on emulated Cortex-M boards (QEMU)",
     )
+    model_rate: ModelRate = Field(
+        default=1.0,
+        description="fraction of each hidden layer these devices train (nested sub-model, aggregator "
+        "nested), or auto: the largest of 1, 0.5, 0.25, 0.125 that fits the device's memory",
+    )
     firmware_transport: Literal["files", "uart"] = Field(
         default="files",
         description="firmware devices: weights through semihosting files (fast) or through the "
@@ -110,7 +117,7 @@ class FleetSpec(Strict):
 
 
 class AggregatorSpec(Strict):
-    name: Literal["fedavg", "median", "trimmed_mean", "krum"] = "fedavg"
+    name: Literal["fedavg", "median", "trimmed_mean", "krum", "nested"] = "fedavg"
     beta: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.1
     num_byzantine: NonNegInt = 0
     num_selected: PositiveInt = 1
@@ -412,6 +419,7 @@ class ExperimentSpec(Strict):
             raise ValueError("fleet.groups: group names must be unique")
         self._check_topology(n)
         self._check_hierarchical(n)
+        check_hetero(self)
         a = self.algorithm
         if a.family != "centralized":
             if self.failures.dropout:
