@@ -154,8 +154,9 @@ def test_wrong_shape_rejected() -> None:
 def test_registry_uniform_signature() -> None:
     u = planted(5)
     w = torch.arange(1.0, 10.0)
-    assert set(AGGREGATORS) == {"fedavg", "median", "trimmed_mean", "krum"}
+    assert set(AGGREGATORS) == {"fedavg", "median", "trimmed_mean", "krum", "nested"}
     torch.testing.assert_close(AGGREGATORS["fedavg"](u, w), weighted_mean(u, w))
+    assert torch.equal(AGGREGATORS["nested"](u, w), weighted_mean(u, w))  # full-size rows: FedAvg
     torch.testing.assert_close(AGGREGATORS["fedavg"](u, None), u.mean(dim=0))
     torch.testing.assert_close(AGGREGATORS["median"](u, w), coordinate_median(u))
     torch.testing.assert_close(AGGREGATORS["trimmed_mean"](u, w, beta=0.25), trimmed_mean(u, 0.25))

@@ -275,6 +275,9 @@ AGGREGATORS: dict[str, Callable[..., Tensor]] = {
     "median": _median,
     "trimmed_mean": _trimmed_mean,
     "krum": _krum,
+    # Nested averaging (HeteroFL, algorithms/nested.py) over rows that are all the full model is
+    # one coverage class: FedAvg by definition (tests/test_nested.py holds them equal bit for bit).
+    "nested": _fedavg,
 }
 """Name -> ``aggregate(updates, weights, **params)``; see :class:`Aggregate`.
 
@@ -292,7 +295,13 @@ def get_aggregator(name: str) -> Callable[..., Tensor]:
         raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
 
 
-_RULE_PARAMS = {"fedavg": (), "median": (), "trimmed_mean": ("beta",), "krum": ("num_byzantine", "num_selected")}
+_RULE_PARAMS = {
+    "fedavg": (),
+    "nested": (),
+    "median": (),
+    "trimmed_mean": ("beta",),
+    "krum": ("num_byzantine", "num_selected"),
+}
 
 
 def aggregate(name: str, updates: Tensor, weights: Tensor | None, **options: Any) -> Tensor:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.hetero import ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
 from tinytwin.spec.robust import NormBoundSpec
@@ -95,6 +96,11 @@ class GroupSpec(Strict):
         description="tinytwin emulate: run these devices as numpy processes or as the C "
         "firmware on emulated Cortex-M boards (QEMU)",
     )
+    model_rate: ModelRate = Field(
+        default=1.0,
+        description="fraction of each hidden layer these devices train (nested sub-model, aggregator "
+        "nested), or auto: the largest of 1, 0.5, 0.25, 0.125 that fits the device's memory",
+    )
     firmware_transport: Literal["files", "uart"] = Field(
         default="files",
         description="firmware devices: weights through semihosting files (fast) or through the "
@@ -114,7 +120,7 @@ class FleetSpec(Strict):
 
 
 class AggregatorSpec(Strict):
-    name: Literal["fedavg", "median", "trimmed_mean", "krum"] = "fedavg"
+    name: Literal["fedavg", "median", "trimmed_mean", "krum", "nested"] = "fedavg"
     beta: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.1
     num_byzantine: NonNegInt = 0
     num_selected: PositiveInt = 1
@@ -436,6 +442,7 @@ class ExperimentSpec(Strict):
             raise ValueError("fleet.groups: group names must be unique")
         self._check_topology(n)
         self._check_hierarchical(n)
+        check_hetero(self)
         a = self.algorithm
         if a.family != "centralized":
             if self.failures.dropout:

@@ -1,0 +1,63 @@
+"""Heterogeneous fleets: each device group may train a width-nested sub-model (issue #11).
+
+``fleet.groups[i].model_rate`` is the fraction of each hidden layer's units the group's devices
+train (HeteroFL, Diao et al. 2021; :mod:`tinytwin.algorithms.nested` defines the sub-model
+and the average). ``auto`` leaves the choice to the memory planner. Kept out of
+``spec/schema.py`` so the rules of mixed models live in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+
+
+def _parse_rate(value: object) -> object:
+    """``auto`` or a number in (0, 1]; anything else is refused with the allowed values."""
+    if value == "auto":
+        return value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0.0 < float(value) <= 1.0:  # type: ignore[arg-type]
+        raise ValueError(f"must be a number in (0, 1] or auto, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+ModelRate = Annotated[float | Literal["auto"], BeforeValidator(_parse_rate)]
+"""A group's sub-model width: a fraction in (0, 1] of each hidden layer, or ``auto``."""
+
+AUTO_RATES = (1.0, 0.5, 0.25, 0.125)
+"""The rates ``auto`` considers, largest first; the planner takes the first that fits."""
+
+
+def is_heterogeneous(spec: Any) -> bool:
+    """True when some group trains less than the full model (or lets the planner choose)."""
+    return any(g.model_rate != 1.0 for g in spec.fleet.groups)
+
+
+def check_hetero(spec: Any) -> None:
+    """Refuse mixed-model experiments the twins cannot run, naming the key and the fix."""
+    if spec.algorithm.aggregator.name == "nested" and spec.algorithm.family != "centralized":
+        raise ValueError(
+            f"algorithm.aggregator.name: nested averaging applies to fedavg and fedprox, not {spec.algorithm.name}"
+        )
+    if not is_heterogeneous(spec):
+        return
+    where = next(i for i, g in enumerate(spec.fleet.groups) if g.model_rate != 1.0)
+    key = f"fleet.groups.{where}.model_rate"
+    if spec.model.name != "mlp":
+        raise ValueError(f"{key}: sub-model rates apply to the mlp model so far, not {spec.model.name}; use 1.0")
+    if spec.algorithm.family != "centralized":
+        raise ValueError(f"{key}: sub-model rates apply to fedavg and fedprox so far, not {spec.algorithm.name}")
+    if spec.algorithm.aggregator.name != "nested":
+        raise ValueError(
+            f"{key}: groups of different model rates need algorithm.aggregator.name: nested "
+            f"(not {spec.algorithm.aggregator.name})"
+        )
+    # The definitions (algorithms/nested.py) exist; no twin trains sub-models yet, so refuse
+    # rather than silently train the full model everywhere.
+    raise ValueError(
+        f"{key}: {spec.fleet.groups[where].model_rate} is not run by the twins yet (issue #11: nested averaging "
+        "is defined, the batched per-shape simulator is not); use 1.0"
+    )

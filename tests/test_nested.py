@@ -1,0 +1,72 @@
+"""Nested sub-model extraction and averaging (HeteroFL), against FedAvg and a hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinytwin.algorithms.aggregators import weighted_mean
+from tinytwin.algorithms.nested import RateGroup, nested_average, sub_widths, submodel_index
+
+# 2 inputs -> 4 hidden -> 1 output: W1 (4,2) at 0..7, b1 at 8..11, W2 (1,4) at 12..15, b2 at 16.
+N_IN, HIDDEN, N_OUT, P = 2, [4], 1, 17
+
+
+def test_sub_widths_take_the_ceiling():
+    assert sub_widths([4, 10], 0.25) == (1, 3)
+    assert sub_widths([256, 128], 0.125) == (32, 16)
+    assert sub_widths([3], 0.01) == (1,)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        sub_widths([4], 1.5)
+
+
+def test_submodel_index_matches_hand_layout():
+    assert submodel_index(N_IN, HIDDEN, N_OUT, 1.0).tolist() == list(range(P))
+    assert submodel_index(N_IN, HIDDEN, N_OUT, 0.5).tolist() == [0, 1, 2, 3, 8, 9, 12, 13, 16]
+    assert submodel_index(N_IN, HIDDEN, N_OUT, 0.25).tolist() == [0, 1, 8, 12, 16]
+
+
+def test_extracted_submodel_is_the_first_units_of_each_hidden_layer():
+    g = np.arange(784 * 8 + 8 + 8 * 4 + 4 + 4 * 10 + 10, dtype=np.float32)
+    idx = submodel_index(784, [8, 4], 10, 0.5)
+    sub = g[idx]
+    w1 = g[: 8 * 784].reshape(8, 784)
+    assert np.array_equal(sub[: 4 * 784].reshape(4, 784), w1[:4])
+    off_w2 = 8 * 784 + 8
+    w2 = g[off_w2 : off_w2 + 32].reshape(4, 8)
+    assert np.array_equal(sub[4 * 784 + 4 : 4 * 784 + 4 + 8].reshape(2, 4), w2[:2, :4])
+    assert sub.size == 4 * 784 + 4 + 2 * 4 + 2 + 10 * 2 + 10
+
+
+def test_nested_average_equals_a_hand_computation():
+    groups = [
+        RateGroup(submodel_index(N_IN, HIDDEN, N_OUT, 1.0), torch.full((1, 17), 1.0), torch.tensor([1.0])),
+        RateGroup(submodel_index(N_IN, HIDDEN, N_OUT, 0.5), torch.full((1, 9), 4.0), torch.tensor([2.0])),
+        RateGroup(submodel_index(N_IN, HIDDEN, N_OUT, 0.25), torch.full((1, 5), 8.0), torch.tensor([1.0])),
+    ]
+    out = nested_average(torch.zeros(P), groups)
+    expected = torch.ones(P)
+    expected[[0, 1, 8, 12, 16]] = (1 * 1 + 2 * 4 + 1 * 8) / 4  # held by all three
+    expected[[2, 3, 9, 13]] = (1 * 1 + 2 * 4) / 3  # held by rates 1 and 0.5
+    assert torch.equal(out, expected)
+
+
+def test_parameters_held_by_no_device_keep_their_value():
+    g = torch.arange(P, dtype=torch.float32)
+    groups = [RateGroup(submodel_index(N_IN, HIDDEN, N_OUT, 0.25), torch.tensor([[1.0] * 5, [3.0] * 5]), [1.0, 1.0])]
+    out = nested_average(g, groups)
+    held = [0, 1, 8, 12, 16]
+    assert torch.equal(out[held], torch.full((5,), 2.0))
+    rest = [i for i in range(P) if i not in held]
+    assert torch.equal(out[rest], g[rest])
+    assert torch.equal(g, torch.arange(P, dtype=torch.float32))  # input untouched
+
+
+def test_every_rate_one_is_fedavg_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    updates = torch.randn(7, 784 * 32 + 32 + 32 * 10 + 10, generator=gen)
+    weights = torch.randint(10, 600, (7,), generator=gen).float()
+    idx = submodel_index(784, [32], 10, 1.0)
+    out = nested_average(torch.zeros(updates.shape[1]), [RateGroup(idx, updates, weights)])
+    assert torch.equal(out, weighted_mean(updates, weights))
