@@ -74,6 +74,15 @@ def _trap_kind(trap: wasmtime.Trap) -> str:
     return "trap"
 
 
+def _trap_detail(trap: wasmtime.Trap) -> str:
+    """Wasmtime's reasons on one line, e.g. "memory_out_of_bounds: memory fault at wasm address
+    0x10000 in linear memory of size 0x10000; wasm trap: out of bounds memory access"."""
+    cause = trap.message.split("Caused by:")[-1]
+    reasons = [ln.strip().split(": ", 1)[-1] for ln in cause.splitlines() if ln.strip()]
+    code = trap.trap_code
+    return f"{code.name.lower() if code else 'trap'}: {'; '.join(reasons[:2])}"
+
+
 def run(path: str, memory_bytes: int = 0) -> int:
     """Instantiate and run the module on this process's stdin/stdout; return its exit code."""
     eng = engine()
@@ -112,7 +121,7 @@ def run(path: str, memory_bytes: int = 0) -> int:
     except wasmtime.ExitTrap as exc:
         return int(exc.code)
     except wasmtime.Trap as trap:
-        _say(f"!FAULT {_trap_kind(trap)} {trap.message.splitlines()[0]}")
+        _say(f"!FAULT {_trap_kind(trap)} {_trap_detail(trap)}")
         return EXIT_FAULT
     return 0
 
