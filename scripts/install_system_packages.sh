@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages of the emulation and firmware twins (Debian/Ubuntu): the C compiler for the
 # host build of the firmware library, the Arm cross compiler + newlib, QEMU for the emulated
-# Cortex-M boards, and iproute2 for the optional network-namespace mode. Installs only what is
+# Cortex-M boards, clang + lld + wasi-libc (+ compiler-rt's wasm32 builtins) for the WebAssembly
+# devices, and iproute2 for the optional network-namespace mode. Installs only what is
 # missing; with everything present it does nothing (and needs neither root nor apt).
 set -euo pipefail
 need=()
@@ -9,6 +10,11 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v arm-none-eabi-gcc >/dev/null 2>&1 || need+=(gcc-arm-none-eabi)
 [ -d /usr/lib/arm-none-eabi/newlib ] || need+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || need+=(lld)
+[ -f /usr/lib/wasm32-wasi/libc.a ] || need+=(wasi-libc)
+ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1 \
+  || need+=("libclang-rt-$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1 | grep . || echo 14)-dev-wasm32")
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
 if [ "${#need[@]}" -eq 0 ]; then

@@ -4,7 +4,7 @@
 # Tests that use real datasets read them from ../shared/data (or $TINYTWIN_SHARED_DATA).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh" test,ray,dashboard,search
+bash "$ROOT/scripts/setup_env.sh" test,ray,dashboard,search,wasm
 cd "$ROOT"
 echo "ruff check / ruff format --check / mypy" >&2
 .venv/bin/ruff check -q src tests benchmarks

@@ -103,7 +103,7 @@ def test_cli_twin_option_is_checked(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2
-    assert "--twin must be 'process' or 'firmware'" in proc.stderr + proc.stdout
+    assert "--twin must be 'process', 'firmware' or 'wasm'" in proc.stderr + proc.stdout
     assert not any(tmp_path.iterdir())
 
 

@@ -98,7 +98,7 @@ def emulate(
     twin: str | None = typer.Option(
         None,
         "--twin",
-        help="firmware: every device runs the C firmware on an emulated Cortex-M board (QEMU); process: numpy processes; default: each group's `twin`",
+        help="firmware: every device runs the C firmware on an emulated Cortex-M board (QEMU); wasm: the C client compiled to WebAssembly under Wasmtime; process: numpy processes; default: each group's `twin`",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
@@ -145,16 +145,16 @@ def _emulate_spec(
 
     if time_scale < 0:
         raise TinyTwinError("--time-scale must be >= 0")
-    if twin not in (None, "process", "firmware"):
-        raise TinyTwinError(f"--twin must be 'process' or 'firmware', not {twin!r}")
+    if twin not in (None, "process", "firmware", "wasm"):
+        raise TinyTwinError(f"--twin must be 'process', 'firmware' or 'wasm', not {twin!r}")
     if netns:
         require_netns()
     spec, spec_yaml = load_spec(spec_file, set_ or [])
-    if twin == "process":  # every group as numpy processes, whatever the spec says
+    if twin in ("process", "wasm"):  # every group as numpy processes / WebAssembly devices, whatever the spec says
         spec = spec.model_copy(
             update={
                 "fleet": spec.fleet.model_copy(
-                    update={"groups": [g.model_copy(update={"twin": "process"}) for g in spec.fleet.groups]}
+                    update={"groups": [g.model_copy(update={"twin": twin}) for g in spec.fleet.groups]}
                 )
             }
         )

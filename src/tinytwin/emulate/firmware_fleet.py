@@ -19,14 +19,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tinytwin.emulate.wasm_fleet import check_wasm_groups, in_group, wasm_group_config
 from tinytwin.engines.experiment import Experiment
 from tinytwin.errors import TinyTwinError
 
 
 def firmware_groups(exp: Experiment, all_firmware: bool = False) -> set[str]:
-    """Names of the groups whose devices run as firmware."""
+    """Names of the groups whose devices run the C client: on QEMU (``twin: firmware``) or
+    under Wasmtime (``twin: wasm``, :mod:`tinytwin.emulate.wasm_fleet`)."""
     spec_groups = exp.spec.fleet.groups
-    return {g.name for g, s in zip(exp.fleet.groups, spec_groups) if all_firmware or s.twin == "firmware"}
+    return {g.name for g, s in zip(exp.fleet.groups, spec_groups) if all_firmware or s.twin in ("firmware", "wasm")}
 
 
 def check_firmware_spec(exp: Experiment) -> None:
@@ -42,6 +44,10 @@ def check_firmware_spec(exp: Experiment) -> None:
             f"firmware devices train with SGD (momentum, weight decay) only; algorithm uses "
             f"optimizer={a.optimizer} prox_mu={a.prox_mu}"
         )
+    if any(s.twin == "wasm" for s in exp.spec.fleet.groups):
+        from tinytwin.emulate.model_rows import mlp_rows
+
+        check_wasm_groups(exp, mlp_shape(mlp_rows(exp))[0])
 
 
 def mlp_shape(linears_rows: list[list[Any]]) -> tuple[list[int], list[bool]]:
@@ -72,14 +78,26 @@ def firmware_configs(
     plan_of = {p.group: p for p in exp.memory}
     out: dict[int, dict[str, Any]] = {}
     transport = {g.name: s.firmware_transport for g, s in zip(exp.fleet.groups, exp.spec.fleet.groups)}
+    runtime = {g.name: s.twin for g, s in zip(exp.fleet.groups, exp.spec.fleet.groups)}
     for g in exp.fleet.groups:
         if g.name not in groups:
+            continue
+        if runtime[g.name] == "wasm":
+            own_wasm = wasm_group_config(g, plan_of[g.name].ram_available, arena, workroot)
+            for d in g.devices:
+                out[int(d)] = {
+                    "twin": "firmware",
+                    "firmware": {
+                        **own_wasm,
+                        **_device_fields(exp, g, d, sizes, relu, workroot, timeout_s, transport[g.name]),
+                    },
+                }
             continue
         target = target_for(g.profile.name)
         try:
             image = build_firmware(target.board, plan_of[g.name].ram_available, arena)
         except TinyTwinError as exc:
-            raise type(exc)(f"fleet group {g.name!r} ({g.profile.name}): {exc}") from None
+            raise in_group(exc, g) from None
         for d in g.devices:
             d = int(d)
             own = image
@@ -91,12 +109,28 @@ def firmware_configs(
                     "image": image_dict(own),
                     "board": target.board,
                     "cpi": target.cpi,
-                    "clock_hz": float(g.profile.clock_hz),
-                    "sizes": sizes,
-                    "relu": relu,
-                    "workdir": str(workroot / f"d{d}"),
-                    "timeout_s": timeout_s,
-                    "transport": transport[g.name],
+                    **_device_fields(exp, g, d, sizes, relu, workroot, timeout_s, transport[g.name]),
                 },
             }
     return out
+
+
+def _device_fields(
+    exp: Experiment,
+    g: Any,
+    d: int,
+    sizes: list[int],
+    relu: list[bool],
+    workroot: Path,
+    timeout_s: float,
+    transport: str,
+) -> dict[str, Any]:
+    """The fields of a device's ``firmware`` config that do not depend on its runtime."""
+    return {
+        "clock_hz": float(g.profile.clock_hz),
+        "sizes": sizes,
+        "relu": relu,
+        "workdir": str(workroot / f"d{int(d)}"),
+        "timeout_s": timeout_s,
+        "transport": transport,
+    }

@@ -84,11 +84,9 @@ class FirmwareTrainer:
     caps_process_memory = False  # the board's RAM budget is enforced by the linker and the MPU
 
     def __init__(self, cfg: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
-        from tinytwin.firmware.build import FirmwareImage
-        from tinytwin.firmware.qemu import QemuDevice, SyncDevice
+        from tinytwin.firmware.qemu import SyncDevice
 
         fw = cfg["firmware"]
-        image = FirmwareImage(**{**fw["image"], "elf": Path(fw["image"]["elf"])})
         self.workdir = Path(fw["workdir"])
         self.fault_file = self.workdir / "fault.json"
         self.fault_file.unlink(missing_ok=True)
@@ -102,7 +100,7 @@ class FirmwareTrainer:
         self.device = int(cfg["device"])
         self.cost_model_s = float(cfg["compute_s"])
         self.n = len(y)
-        self.dev = SyncDevice(QemuDevice(image, self.workdir, timeout=self.timeout, name=f"d{self.device}"))
+        self.dev = SyncDevice(_device(fw, self.workdir, self.timeout, f"d{self.device}"))
         self.dev.__enter__()
         self.dev.write_data(x.reshape(len(x), -1), y)
 
@@ -143,8 +141,24 @@ class FirmwareTrainer:
         self.dev.close()
 
 
+def _device(fw: dict[str, Any], workdir: Path, timeout: float, name: str) -> Any:
+    """The board of a ``firmware`` config: a QEMU instance, or a Wasmtime process (``runtime: wasm``)."""
+    if fw.get("runtime") == "wasm":
+        from tinytwin.firmware.wasm import WasmDevice
+        from tinytwin.firmware.wasm_build import WasmModule
+
+        m = fw["module"]
+        module = WasmModule(**{**m, "wasm": Path(m["wasm"]), "cwasm": Path(m["cwasm"])})
+        return WasmDevice(module, workdir, int(fw["memory_bytes"]), timeout=timeout, name=name)
+    from tinytwin.firmware.build import FirmwareImage
+    from tinytwin.firmware.qemu import QemuDevice
+
+    image = FirmwareImage(**{**fw["image"], "elf": Path(fw["image"]["elf"])})
+    return QemuDevice(image, workdir, timeout=timeout, name=name)
+
+
 def _memory_kb(pid: int | None) -> dict[str, int]:
-    """Rss and Pss of the QEMU instance (kB), from /proc/PID/smaps_rollup."""
+    """Rss and Pss of the QEMU instance (or the Wasmtime process) in kB, from /proc/PID/smaps_rollup."""
     out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:

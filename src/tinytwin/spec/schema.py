@@ -91,10 +91,11 @@ class GroupSpec(Strict):
         "group naming the same medium; 'dedicated' or 'none': one independent link per device; unset: one "
         "medium per group on a radio link (wifi, ble, ieee802154, lora), dedicated on wired links",
     )
-    twin: Literal["process", "firmware"] = Field(
+    twin: Literal["process", "firmware", "wasm"] = Field(
         default="process",
-        description="tinytwin emulate: run these devices as numpy processes or as the C "
-        "firmware on emulated Cortex-M boards (QEMU)",
+        description="tinytwin emulate: run these devices as numpy processes, as the C "
+        "firmware on emulated Cortex-M boards (QEMU), or as the C client compiled to "
+        "WebAssembly under Wasmtime (wasm)",
     )
     model_rate: ModelRate = Field(
         default=1.0,
@@ -103,7 +104,7 @@ class GroupSpec(Strict):
     )
     firmware_transport: Literal["files", "uart"] = Field(
         default="files",
-        description="firmware devices: weights through semihosting files (fast) or through the "
+        description="firmware and wasm devices: weights through files (fast) or through the "
         "emulated UART (realistic serial cost, ~36 KiB/s into the device)",
     )
 
