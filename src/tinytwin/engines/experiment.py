@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tinytwin.data.datasets import Dataset, load_dataset
 from tinytwin.data.partition import class_histogram, partition
+from tinytwin.data.partition_rules import per_device_partition
 from tinytwin.errors import MemoryPlanError, SpecError, TinyTwinError
 from tinytwin.fleet.build import Fleet, build_fleet
 from tinytwin.fleet.failures import Timeline, build_timeline
@@ -125,17 +126,10 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
             f"{n} devices but {spec.dataset.name} has only {len(dataset.y_train)} training samples; use fewer devices",
         )
     try:
-        parts = partition(
-            dataset.y_train,
-            n,
-            method=p.method,
-            seed=spec.seed,
-            alpha=p.alpha,
-            shards_per_device=p.shards_per_device,
-            sigma=p.sigma,
-            min_samples=p.min_samples,
-            samples_per_device=p.samples_per_device,
-            overlap=p.overlap,
+        parts = (
+            per_device_partition(dataset.y_train, p.devices or [], n, spec.seed)
+            if p.method == "per_device"
+            else _partition(dataset.y_train, n, p, spec.seed)
         )
     except ValueError as exc:
         raise SpecError("partition", str(exc)) from None
@@ -219,3 +213,19 @@ def refuse_if_unfit(plans: list[MemoryPlan]) -> None:
 
 
 __all__ = ["Experiment", "prepare", "refuse_if_unfit", "TinyTwinError"]
+
+
+def _partition(labels: Any, n: int, p: Any, seed: int) -> list[Any]:
+    """The built-in partition methods of ``partition`` (data/partition.py)."""
+    return partition(
+        labels,
+        n,
+        method=p.method,
+        seed=seed,
+        alpha=p.alpha,
+        shards_per_device=p.shards_per_device,
+        sigma=p.sigma,
+        min_samples=p.min_samples,
+        samples_per_device=p.samples_per_device,
+        overlap=p.overlap,
+    )

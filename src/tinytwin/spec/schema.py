@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.device_data import DeviceData
 from tinytwin.spec.hetero import ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
@@ -45,7 +46,10 @@ class DatasetSpec(Strict):
 
 
 class PartitionSpec(Strict):
-    method: Literal["iid", "dirichlet", "shards", "quantity"] = "iid"
+    method: Literal["iid", "dirichlet", "shards", "quantity", "per_device"] = "iid"
+    devices: list[DeviceData] | None = Field(
+        default=None, description="per_device: each device's classes and samples per class (spec/device_data.py)"
+    )
     alpha: Annotated[float, Field(gt=0.0)] = 0.5
     shards_per_device: PositiveInt = 2
     sigma: Annotated[float, Field(gt=0.0)] = 1.0
