@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.algorithms.attacks import attack_of
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.options import EmulateOptions
@@ -45,6 +46,7 @@ def write_device_configs(
     a = exp.spec.algorithm
     edir = config_file(0).parents[1]
     plan_of = {p.group: p for p in exp.memory}
+    attacks = [at.model_dump() for at in exp.spec.attacks]
     sizes = list(exp.model.tensor_sizes)
     max_frame = max(
         fm.frame_size(enc.encoded_size(exp.model.num_params, a.downlink_encoding, tensor_sizes=sizes)), 4096
@@ -69,5 +71,10 @@ def write_device_configs(
                 mem_budget_bytes=memory_budget(options, plan.ram_available, d),
                 max_frame=max_frame,
                 reconnect_grace_s=options.reconnect_grace_s,
-                extra={**model, "downlink_encoding": a.downlink_encoding, **firmware.get(d, {})},
+                extra={
+                    **model,
+                    "downlink_encoding": a.downlink_encoding,
+                    "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
+                    **firmware.get(d, {}),
+                },
             ).write(config_file(d))

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.algorithms.attacks import attack_update
 from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundResult, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
@@ -239,6 +240,7 @@ def _round_frames(
         time.sleep(pace)
     compute_s = time.perf_counter() - t0
     delta = result.params - content
+    delta = attack_update(delta, cfg.get("attack"), int(cfg["seed"]), r, rt.id)  # spec attacks (algorithms/attacks.py)
     enc = cfg["encoding"]
     payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
     up_at = time.monotonic()

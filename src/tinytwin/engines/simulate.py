@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms.aggregators import aggregate_spec
+from tinytwin.algorithms.attacks import attack_of, attack_update
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.device import default_chunk, resolve_device
@@ -294,7 +295,18 @@ class Simulator:
         exp, a = self.exp, self.exp.spec.algorithm
         parts = [exp.parts[d] for d in completed]
         agg, losses, error = learn_round(
-            self.trainer, start, r, completed, parts, n_samples, a.aggregator, a.encoding, exp.model.tensor_sizes
+            self.trainer,
+            start,
+            r,
+            completed,
+            parts,
+            n_samples,
+            a.aggregator,
+            a.encoding,
+            exp.model.tensor_sizes,
+            attacks=[at.model_dump() for at in exp.spec.attacks],
+            seed=exp.spec.seed,
+            num_devices=exp.fleet.num_devices,
         )
         if error is not None:
             events.append(
@@ -331,16 +343,25 @@ def learn_round(
     aggregator: AggregatorSpec,
     encoding: str,
     tensor_sizes: Any,
+    attacks: Sequence[Mapping[str, Any]] = (),
+    seed: int = 0,
+    num_devices: int = 0,
 ) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
     """One round's learning: local training from ``start``, the server's decoding, aggregation.
 
     Returns the aggregate delta on the trainer's device (``None`` if the rule refused),
     the devices' training losses and the rule's reason for refusing. FedAvg over more
     devices than one chunk streams (:func:`stream_fedavg`); other rules see every row."""
-    if aggregator.name == "fedavg" and aggregator.norm_bound is None and len(parts) > trainer.chunk_size:
+    if (
+        aggregator.name == "fedavg"
+        and aggregator.norm_bound is None
+        and not attacks
+        and len(parts) > trainer.chunk_size
+    ):
         return stream_fedavg(trainer, start, r, device_ids, parts, n_samples, encoding, tensor_sizes)
     result = trainer.train(start, r, device_ids, parts)
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
+    received = attacked_rows(received, device_ids, attacks, seed, r, num_devices)
     weights = torch.from_numpy(n_samples).to(received.dtype)
     agg, refused = aggregate_spec(aggregator, received, weights)
     return agg, result.train_loss, refused
@@ -355,6 +376,9 @@ def stream_fedavg(
     n_samples: np.ndarray,
     encoding: str,
     tensor_sizes: Any,
+    attacks: Sequence[Mapping[str, Any]] = (),
+    seed: int = 0,
+    num_devices: int = 0,
 ) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
     """FedAvg of the received deltas, one chunk of devices at a time (memory: one chunk).
 
@@ -432,3 +456,15 @@ def centralized_summary(
         "uplink_message_bytes": up_bytes,
         "downlink_message_bytes": down_bytes,
     }
+
+
+def attacked_rows(
+    received: torch.Tensor, device_ids: np.ndarray, attacks: Sequence[Mapping[str, Any]], seed: int, r: int, n: int
+) -> torch.Tensor:
+    """``received`` with each attacked device's row replaced by what it sends (algorithms/attacks.py)."""
+    if not attacks:
+        return received
+    rows = received.cpu().numpy().copy()
+    for i, d in enumerate(device_ids):
+        rows[i] = attack_update(rows[i], attack_of(attacks, int(d), n, seed), seed, r, int(d))
+    return torch.from_numpy(rows).to(received.device)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.spec.attacks import AttackSpec
 from tinytwin.spec.device_data import DeviceData
 from tinytwin.spec.hetero import ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
@@ -415,6 +416,7 @@ class ExperimentSpec(Strict):
     fleet: FleetSpec
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
+    attacks: list[AttackSpec] = Field(default_factory=list, max_length=100)  # spec/attacks.py
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
@@ -422,6 +424,8 @@ class ExperimentSpec(Strict):
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:
         n = self.fleet.num_devices
+        if self.attacks and self.algorithm.family != "centralized":
+            raise ValueError("attacks: applied to centralized runs (fedavg, fedprox) only so far; remove the block")
         for key in ("leave", "join", "permanent"):
             for i, item in enumerate(getattr(self.failures, key)):
                 if item.device >= n:
