@@ -92,3 +92,14 @@ def test_sweep_benchmark_table_is_the_one_rendered_from_its_results_file() -> No
     result = json.loads((REPO / "docs" / "results" / "sweep-bench.json").read_text())
     assert result["runs"] == 48 and {r["mode"] for r in result["rows"]} == {"sequential", "pool", "ray"}
     assert bench.render(result) in bench.DOC.read_text()
+
+
+def test_robustness_table_is_the_one_rendered_from_attacks_json() -> None:
+    spec = importlib.util.spec_from_file_location("attack_table", REPO / "benchmarks" / "attack_table.py")
+    assert spec and spec.loader
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    results = json.loads(gen.RESULTS.read_text())
+    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
+    assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/attack_table.py (--from-json)"
+    assert set(results["accuracy_pct"]) == set(gen.RULES)

@@ -1,0 +1,89 @@
+"""Accuracy under attack (#18): the quickstart fleet (10 devices, lossless) with one device
+sending its update x1e4 (or x-1e4), under FedAvg, median, trimmed mean, Krum and FedAvg with
+norm bounds. Writes docs/results/attacks.json and the table in docs/robustness.md between its
+markers; ``--from-json`` only re-renders the table.
+
+    PYTHONPATH=src python benchmarks/attack_table.py [--rounds 20] [--from-json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results" / "attacks.json"
+DOC = REPO / "docs" / "robustness.md"
+BEGIN, END = "<!-- attack-table:begin -->", "<!-- attack-table:end -->"
+BASE = [
+    "fleet.groups.0.count=10",
+    "fleet.groups.0.link_overrides.loss=0",
+    "fleet.groups.0.link_overrides.header_bytes=0",
+]
+RULES = {
+    "fedavg": [],
+    "median": ["algorithm.aggregator.name=median"],
+    "trimmed_mean": ["algorithm.aggregator.name=trimmed_mean", "algorithm.aggregator.beta=0.1"],
+    "krum": ["algorithm.aggregator.name=krum", "algorithm.aggregator.num_byzantine=1"],
+    "fedavg + norm_bound clip x3": ['algorithm.aggregator.norm_bound={"mode": "clip", "multiple": 3.0}'],
+    "fedavg + norm_bound reject x3": ['algorithm.aggregator.norm_bound={"mode": "reject", "multiple": 3.0}'],
+}
+ATTACKS = {
+    "clean": [],
+    "scale x1e4": ['attacks=[{"kind": "scale", "scale": 1e4, "devices": [0]}]'],
+    "scale x-1e4": ['attacks=[{"kind": "scale", "scale": -1e4, "devices": [0]}]'],
+}
+
+
+def measure(rounds: int) -> dict[str, dict[str, float]]:
+    from tinytwin.engines.runner import start_run
+    from tinytwin.spec.load import load_spec
+
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rule, rule_sets in RULES.items():
+            for attack, attack_sets in ATTACKS.items():
+                spec, spec_yaml = load_spec(
+                    REPO / "examples" / "quickstart.yaml", [*BASE, f"rounds={rounds}", *rule_sets, *attack_sets]
+                )
+                run = start_run(
+                    spec, spec_yaml, Path(tmp) / f"{rule}-{attack}".replace(" ", "_"), REPO / "examples", report=False
+                )
+                out.setdefault(rule, {})[attack] = round(100 * float(run.summary["final_accuracy"]), 1)
+    return out
+
+
+def render_table(results: dict) -> str:
+    attacks = list(ATTACKS)
+    lines = [BEGIN, "", "| aggregator | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+    for rule, row in results["accuracy_pct"].items():
+        lines.append(f"| {rule} | " + " | ".join(f"{row[a]:.1f} %" for a in attacks) + " |")
+    lines += ["", f"Final test accuracy after {results['rounds']} rounds; command: `{results['command']}`.", "", END]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--from-json", action="store_true")
+    args = ap.parse_args()
+    if args.from_json:
+        results = json.loads(RESULTS.read_text())
+    else:
+        results = {
+            "rounds": args.rounds,
+            "command": f"python benchmarks/attack_table.py --rounds {args.rounds}",
+            "accuracy_pct": measure(args.rounds),
+        }
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    text = DOC.read_text()
+    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: render_table(results), text, flags=re.DOTALL)
+    DOC.write_text(text)
+    print(render_table(results))
+
+
+if __name__ == "__main__":
+    main()
