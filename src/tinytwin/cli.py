@@ -420,9 +420,11 @@ def compare(
         console.print(f"groups:     {compare_groups(groups, path.parent)}")
 
 
+from tinytwin.cli_energy import register as _register_energy  # noqa: E402  (energy integrate, energy fit)
 from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
 
 _register_sweep(app)
+_register_energy(app)
 
 
 def _usage_exception_types() -> tuple[type[BaseException], ...]:
