@@ -74,7 +74,7 @@ def _write_idx_set(folder: Path, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.nd
 
 
 def test_dataset_names_and_unknown_name() -> None:
-    assert DATASET_NAMES == ("digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww")
+    assert DATASET_NAMES == ("digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww", "cifar100")
     with pytest.raises(DataError, match="unknown dataset 'imagenet'.*digits, mnist, fashion-mnist, cifar10"):
         load_dataset("imagenet")
 

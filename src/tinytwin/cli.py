@@ -258,18 +258,21 @@ def plan(
     set_: list[str] | None = typer.Option(None, "--set", help="override a key"),
 ) -> None:
     """Per device group, without training: model size, memory vs RAM/flash, time, energy and bytes per round."""
+    from tinytwin.data.datasets import is_stand_in
     from tinytwin.engines.experiment import prepare
     from tinytwin.engines.planning import plan_groups
     from tinytwin.spec.load import load_spec
 
     spec, _ = load_spec(spec_file, set_ or [])
-    exp = prepare(spec, spec_file.resolve().parent, check_memory=False)
+    exp = prepare(spec, spec_file.resolve().parent, check_memory=False, plan_only=True)
     fmt = _fmt()
     console.print(
         f"[bold]{spec.name}[/]: {exp.model.name}, {exp.model.num_params:,} parameters, "
         f"{exp.flops_per_sample:,} training FLOPs per sample, "
         f"{exp.fleet.num_devices} devices"
     )
+    if is_stand_in(exp.dataset):
+        console.print(f"{spec.dataset.name}: files not found, planned with its published sizes (no pixels needed)")
     for row in plan_groups(exp):
         m = row["memory"]
         table = Table(
@@ -423,12 +426,14 @@ def compare(
         console.print(f"groups:     {compare_groups(groups, path.parent)}")
 
 
+from tinytwin.cli_energy import register as _register_energy  # noqa: E402  (energy integrate, energy fit)
 from tinytwin.cli_sweep import register as _register_sweep  # noqa: E402  (sweep, sweep-report)
 
 _register_sweep(app)
 from tinytwin.cli_search import register as _register_search  # noqa: E402  (search)
 
 _register_search(app)
+_register_energy(app)
 
 
 def _usage_exception_types() -> tuple[type[BaseException], ...]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import tinytwin.cache as cache
+from tinytwin.data import cifar100
 from tinytwin.data.atomic_npy import save_atomic
 from tinytwin.data.file_formats import (
     IDX_FILES,
@@ -50,7 +51,7 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww")
+DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww", "cifar100")
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASSES = (
@@ -168,7 +169,32 @@ def load_dataset(
         )
     if key == "cifar10-cat-vww":
         return _load_cifar10_cat_vww(root, test_size)
+    if key == "cifar100":
+        return _load_cifar100(root, test_size)
     return _load_cifar10(root, test_size)
+
+
+def _load_cifar100(root: Path | None, test_size: int | None) -> Dataset:
+    dirs = _search_dirs(root, "cifar100")
+    folder = cifar100.find_folder(dirs)
+    if folder is None:
+        raise _missing_error("cifar100", "the python version: cifar-100-python/{train,test,meta}", root, dirs, [])
+    return _finish("cifar100", *cifar100.read_folder(folder), str(folder), test_size)
+
+
+def published_stand_in(name: str) -> Dataset | None:
+    """A dataset with ``name``'s published shapes and class sizes but no pixels, for ``plan``
+    when the files are absent (:func:`tinytwin.data.cifar100.published_layout`); None if
+    tinytwin knows no published layout for it."""
+    if name != "cifar100":
+        return None
+    x_train, y_train, x_test, y_test, classes = cifar100.published_layout()
+    return Dataset("cifar100", x_train, y_train, x_test, y_test, len(classes), classes)
+
+
+def is_stand_in(dataset: Dataset) -> bool:
+    """Whether ``dataset`` came from :func:`published_stand_in` (its images are one broadcast zero)."""
+    return len(dataset.x_train) > 1 and dataset.x_train.strides[0] == 0
 
 
 def _load_cifar10_cat_vww(root: Path | None, test_size: int | None) -> Dataset:

@@ -60,6 +60,8 @@ def describe(layers: Iterable[Any]) -> list[dict[str, Any]]:
     for layer in layers:
         if layer.kind not in KINDS:
             raise ValueError(f"the numpy runtime has no {layer.kind!r} layer")
+        if not getattr(layer, "bias", True):
+            raise ValueError(f"the numpy runtime has no {layer.kind!r} layer without bias")
         row = {
             "kind": layer.kind,
             "in_shape": list(layer.in_shape),
@@ -102,8 +104,8 @@ def layers_from(rows: Sequence[dict[str, Any]]) -> list[NpLayer]:
             int(r.get("stride", 1)),
             int(r.get("padding", 0)),
             int(r.get("groups", 1)),
-            int(r.get("w_offset", -1)),
-            int(r.get("b_offset", -1)),
+            w_offset=int(r.get("w_offset", -1)),
+            b_offset=int(r.get("b_offset", -1)),
         )
         for r in rows
     ]

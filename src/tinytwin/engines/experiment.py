@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytwin.data.datasets import Dataset, load_dataset
+from tinytwin.data.datasets import Dataset, load_dataset, published_stand_in
 from tinytwin.data.partition import class_histogram, partition
 from tinytwin.data.partition_rules import per_device_partition
-from tinytwin.errors import MemoryPlanError, SpecError, TinyTwinError
+from tinytwin.errors import DataError, MemoryPlanError, SpecError, TinyTwinError
 from tinytwin.fleet.build import Fleet, build_fleet
 from tinytwin.fleet.failures import Timeline, build_timeline
 from tinytwin.fleet.memory import MemoryPlan, message_bytes, plan_memory
@@ -103,8 +103,15 @@ class Experiment:
         return self.layout.flatten(self.module)
 
 
-def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory: bool = True) -> Experiment:
-    """Build and check everything; raises before any result is written."""
+def prepare(
+    spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory: bool = True, plan_only: bool = False
+) -> Experiment:
+    """Build and check everything; raises before any result is written.
+
+    ``plan_only`` (``tinytwin plan``): a dataset whose files are absent but whose published
+    sizes tinytwin knows is replaced by a pixel-free stand-in (``data.datasets.published_stand_in``);
+    the plan needs shapes and labels only.
+    """
     fleet = build_fleet(spec, base_dir)
     data_dir = spec.dataset.data_dir
     if (
@@ -115,9 +122,15 @@ def prepare(spec: ExperimentSpec, base_dir: Path | None = None, *, check_memory:
         and (base_dir / data_dir).exists()
     ):
         data_dir = str(base_dir / data_dir)
-    dataset = load_dataset(
-        spec.dataset.name, data_dir, test_size=spec.dataset.test_size, digits_split=spec.dataset.split
-    )
+    try:
+        dataset = load_dataset(
+            spec.dataset.name, data_dir, test_size=spec.dataset.test_size, digits_split=spec.dataset.split
+        )
+    except DataError:
+        stand_in = published_stand_in(spec.dataset.name) if plan_only else None
+        if stand_in is None:
+            raise
+        dataset = stand_in
     p = spec.partition
     n = fleet.num_devices
     if n > len(dataset.y_train) and not p.overlap:

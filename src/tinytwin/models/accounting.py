@@ -8,6 +8,9 @@ measured, with the conventions below, documented in docs/cost-model.md:
 - backward of a linear/conv layer = weight gradient (2·MACs) + bias gradient + input gradient
   (2·MACs), except for the first parameterised layer, whose input gradient is not needed;
 - softmax cross-entropy: 4 FLOPs per class forward, 1 per class backward;
+- group norm: 7 FLOPs per element forward (mean 1, variance 2, normalise 2, scale and shift 2),
+  8 backward; a residual sum 1 per element each way; a residual block counts as its parts
+  (:func:`tinytwin.models.layers.block_parts`), convolutions without bias add no bias FLOPs;
 - float32 everywhere (4 bytes per value); training stores every layer's output for backward.
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tinytwin.models.layers import Layer
+from tinytwin.models.layers import Layer, expand_blocks
 
 BYTES_PER_VALUE = 4  # float32
 
@@ -24,10 +27,12 @@ BYTES_PER_VALUE = 4  # float32
 def forward_flops(layers: Sequence[Layer], num_classes: int) -> int:
     """FLOPs of one forward pass for one sample, including the loss."""
     total = 0
-    for layer in layers:
+    for layer in expand_blocks(layers):
         if layer.kind in ("linear", "conv"):
-            total += 2 * layer.macs + layer.out_size
-        elif layer.kind == "relu":
+            total += 2 * layer.macs + (layer.out_size if layer.bias else 0)
+        elif layer.kind == "groupnorm":
+            total += 7 * layer.out_size
+        elif layer.kind in ("relu", "add"):
             total += layer.out_size
         elif layer.kind == "maxpool":
             total += layer.out_size * (layer.kernel * layer.kernel - 1)
@@ -39,13 +44,16 @@ def forward_flops(layers: Sequence[Layer], num_classes: int) -> int:
 def backward_flops(layers: Sequence[Layer], num_classes: int) -> int:
     """FLOPs of one backward pass for one sample (gradients of weights, biases and inputs)."""
     total = num_classes
+    layers = expand_blocks(layers)
     first_param = next((i for i, layer in enumerate(layers) if layer.num_params), None)
     for i, layer in enumerate(layers):
         if layer.kind in ("linear", "conv"):
-            total += 2 * layer.macs + layer.out_size
+            total += 2 * layer.macs + (layer.out_size if layer.bias else 0)
             if i != first_param:
                 total += 2 * layer.macs
-        elif layer.kind in ("relu", "maxpool"):
+        elif layer.kind == "groupnorm":
+            total += 8 * layer.out_size
+        elif layer.kind in ("relu", "maxpool", "add"):
             total += layer.out_size
         elif layer.kind == "avgpool":
             total += layer.in_size
@@ -70,11 +78,11 @@ def activation_values(layers: Sequence[Layer]) -> int:
     """Values stored per sample for backward: the input plus every layer's output."""
     if not layers:
         return 0
-    return layers[0].in_size + sum(layer.out_size for layer in layers)
+    return layers[0].in_size + sum(layer.out_size for layer in expand_blocks(layers))
 
 
 def largest_activation(layers: Sequence[Layer]) -> int:
-    return max([layers[0].in_size] + [layer.out_size for layer in layers]) if layers else 0
+    return max([layers[0].in_size] + [layer.out_size for layer in expand_blocks(layers)]) if layers else 0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from the same list, so they cannot disagree about what the model is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -16,7 +17,14 @@ Shape = tuple[int, ...]  # per-sample shape, no batch dimension
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer. ``kind`` is one of: linear, conv, relu, maxpool, avgpool, flatten."""
+    """One layer. ``kind`` is one of: linear, conv, relu, maxpool, avgpool, flatten, groupnorm,
+    add, resblock.
+
+    ``groupnorm`` normalises each sample over ``groups`` channel groups (a scale and a shift
+    per channel); ``resblock`` is a residual basic block (:func:`block_parts` lists what it is
+    made of; ``add`` is its skip connection's sum). ``bias`` is False for convolutions
+    followed by a normalisation, as in ResNets.
+    """
 
     kind: str
     in_shape: Shape
@@ -27,6 +35,7 @@ class Layer:
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    bias: bool = True
 
     @property
     def weight_shape(self) -> Shape | None:
@@ -37,13 +46,26 @@ class Layer:
         return None
 
     @property
-    def num_params(self) -> int:
+    def param_shapes(self) -> list[Shape]:
+        """Shapes of the parameter tensors, in the order the torch module registers them."""
+        if self.kind == "resblock":
+            return [shape for part in block_parts(self) for shape in part.param_shapes]
+        if self.kind == "groupnorm":
+            return [(self.out_features,), (self.out_features,)]
         shape = self.weight_shape
-        return 0 if shape is None else prod(shape) + self.out_features
+        if shape is None:
+            return []
+        return [shape, (self.out_features,)] if self.bias else [shape]
+
+    @property
+    def num_params(self) -> int:
+        return sum(prod(shape) for shape in self.param_shapes)
 
     @property
     def macs(self) -> int:
         """Multiply-accumulates of one forward pass for one sample."""
+        if self.kind == "resblock":
+            return sum(part.macs for part in block_parts(self))
         if self.kind == "linear":
             return self.in_features * self.out_features
         if self.kind == "conv":
@@ -82,7 +104,9 @@ class LayerStack:
         n_in = self.shape[0]
         return self._add(Layer("linear", self.shape, (out_features,), in_features=n_in, out_features=out_features))
 
-    def conv(self, out_channels: int, kernel: int, *, stride: int = 1, padding: int = 0, groups: int = 1) -> LayerStack:
+    def conv(
+        self, out_channels: int, kernel: int, *, stride: int = 1, padding: int = 0, groups: int = 1, bias: bool = True
+    ) -> LayerStack:
         c, h, w = self.shape
         h_out = (h + 2 * padding - kernel) // stride + 1
         w_out = (w + 2 * padding - kernel) // stride + 1
@@ -99,6 +123,7 @@ class LayerStack:
                 stride=stride,
                 padding=padding,
                 groups=groups,
+                bias=bias,
             )
         )
 
@@ -112,3 +137,47 @@ class LayerStack:
     def global_avgpool(self) -> LayerStack:
         c, h, w = self.shape
         return self._add(Layer("avgpool", self.shape, (c,), kernel=h))
+
+    def groupnorm(self, groups: int) -> LayerStack:
+        c = self.shape[0]
+        if c % groups:
+            raise ValueError(f"group norm: {c} channels do not split into {groups} groups")
+        return self._add(Layer("groupnorm", self.shape, self.shape, in_features=c, out_features=c, groups=groups))
+
+    def resblock(self, out_channels: int, stride: int, norm_groups: int) -> LayerStack:
+        """A residual basic block (two 3x3 convolutions; see :func:`block_parts`)."""
+        c, h, w = self.shape
+        out = (out_channels, (h - 1) // stride + 1, (w - 1) // stride + 1)
+        return self._add(
+            Layer(
+                "resblock", self.shape, out, in_features=c, out_features=out_channels, kernel=3, stride=stride,
+                padding=1, groups=norm_groups, bias=False,
+            )
+        )  # fmt: skip
+
+
+def block_parts(block: Layer) -> list[Layer]:
+    """What a ``resblock`` computes, in order, as plain layers (its accounting is theirs).
+
+    Main path: conv 3x3 (stride) → group norm → ReLU → conv 3x3 → group norm; shortcut:
+    identity, or conv 1x1 (stride) → group norm when the shape changes; then the sum
+    (``add``) and a ReLU (the post-activation basic block of He et al., as in seed 004's
+    Table 7). ``block.groups`` is the group count of each of its normalisations.
+    """
+    cout, g = block.out_features, block.groups
+    main = LayerStack(block.in_shape).conv(cout, 3, stride=block.stride, padding=1, bias=False).groupnorm(g).relu()
+    main.conv(cout, 3, padding=1, bias=False).groupnorm(g)
+    parts = list(main.layers)
+    if block.in_shape != block.out_shape:
+        parts += LayerStack(block.in_shape).conv(cout, 1, stride=block.stride, bias=False).groupnorm(g).layers
+    parts.append(Layer("add", block.out_shape, block.out_shape))
+    parts.append(Layer("relu", block.out_shape, block.out_shape))
+    return parts
+
+
+def expand_blocks(layers: Sequence[Layer]) -> list[Layer]:
+    """``layers`` with every ``resblock`` replaced by its :func:`block_parts`."""
+    out: list[Layer] = []
+    for layer in layers:
+        out += block_parts(layer) if layer.kind == "resblock" else [layer]
+    return out

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tinytwin.models.layers import Layer
+from tinytwin.models.layers import Layer, block_parts
 
 
 class LayerModule(nn.Module):
@@ -30,6 +30,24 @@ class LayerModule(nn.Module):
         return self.body(x)
 
 
+class ResBlock(nn.Module):
+    """A residual basic block: ``main(x) + shortcut(x)``, then ReLU (:func:`block_parts`).
+
+    Its parameters register in :func:`block_parts` order (main path, then shortcut), the
+    order :attr:`Layer.param_shapes` promises for the flat vector.
+    """
+
+    def __init__(self, layer: Layer) -> None:
+        super().__init__()
+        parts = block_parts(layer)
+        main = 5  # conv, norm, ReLU, conv, norm; then the shortcut's layers, the sum and the ReLU
+        self.main = nn.Sequential(*(_torch_layer(p) for p in parts[:main]))
+        self.shortcut = nn.Sequential(*(_torch_layer(p) for p in parts[main:-2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.main(x) + self.shortcut(x))
+
+
 def _torch_layer(layer: Layer) -> nn.Module:
     if layer.kind == "linear":
         return nn.Linear(layer.in_features, layer.out_features)
@@ -41,7 +59,12 @@ def _torch_layer(layer: Layer) -> nn.Module:
             stride=layer.stride,
             padding=layer.padding,
             groups=layer.groups,
+            bias=layer.bias,
         )
+    if layer.kind == "groupnorm":
+        return nn.GroupNorm(layer.groups, layer.out_features)
+    if layer.kind == "resblock":
+        return ResBlock(layer)
     if layer.kind == "relu":
         return nn.ReLU()
     if layer.kind == "maxpool":

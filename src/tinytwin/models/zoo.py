@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import prod
 from typing import TYPE_CHECKING, Any
 
 from tinytwin.models.layers import Layer, LayerStack, Shape
+from tinytwin.models.wideresnet import wideresnet_layers
 
 if TYPE_CHECKING:
     from tinytwin.models.torch_module import LayerModule
@@ -64,6 +66,7 @@ ARCHITECTURES: dict[str, Callable[..., list[Layer]]] = {
     "mlp": mlp_layers,
     "lenet5": lenet5_layers,
     "dscnn": dscnn_layers,
+    "wideresnet": wideresnet_layers,
 }
 
 
@@ -82,16 +85,8 @@ class ModelDef:
 
     @property
     def tensor_sizes(self) -> list[int]:
-        """Sizes of the parameter tensors in flat order (weight, bias per layer)."""
-        sizes: list[int] = []
-        for layer in self.layers:
-            shape = layer.weight_shape
-            if shape is not None:
-                n = 1
-                for d in shape:
-                    n *= d
-                sizes += [n, layer.out_features]
-        return sizes
+        """Sizes of the parameter tensors in flat order (weight, bias per layer; a block's in its order)."""
+        return [prod(shape) for layer in self.layers for shape in layer.param_shapes]
 
     def build(self, seed: int) -> LayerModule:
         """A freshly initialised torch module; the same seed gives the same weights."""

@@ -36,7 +36,7 @@ class Strict(BaseModel):
 
 
 class DatasetSpec(Strict):
-    name: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww"] = "digits"
+    name: Literal["digits", "mnist", "fashion-mnist", "cifar10", "cifar10-cat-vww", "cifar100"] = "digits"
     data_dir: str | None = Field(default=None, description="folder with the dataset files; default $TINYTWIN_DATA")
     test_size: PositiveInt | None = Field(
         default=None, description="use a fixed random subset (seed 0) of N test samples"
@@ -60,9 +60,12 @@ class PartitionSpec(Strict):
 
 
 class ModelSpec(Strict):
-    name: Literal["mlp", "lenet5", "dscnn"] = "mlp"
+    name: Literal["mlp", "lenet5", "dscnn", "wideresnet"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [32], description="mlp hidden widths")
-    channels: list[PositiveInt] | None = Field(default=None, description="conv widths (lenet5: 2, dscnn: >= 1)")
+    channels: list[PositiveInt] | None = Field(
+        default=None, description="conv widths (lenet5: 2, dscnn: >= 1, wideresnet: one per stage)"
+    )
+    blocks: PositiveInt | None = Field(default=None, description="wideresnet: residual blocks per stage (4)")
     fc: list[PositiveInt] | None = Field(default=None, description="lenet5 fully connected widths")
 
     def options(self) -> dict[str, Any]:
@@ -74,6 +77,8 @@ class ModelSpec(Strict):
             opts["channels"] = tuple(self.channels)
         if self.name == "lenet5" and self.fc is not None:
             opts["fc"] = tuple(self.fc)
+        if self.name == "wideresnet" and self.blocks is not None:
+            opts["blocks"] = self.blocks
         return opts
 
     @model_validator(mode="after")
