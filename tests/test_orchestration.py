@@ -199,3 +199,13 @@ def test_target_and_energy_objectives_stop_at_the_round_the_records_give(tmp_pat
     assert st.orch.stopped_round == expected and len(store2.rounds(run2)) == expected
     kind = "target_reached" if objective == "target_accuracy" else "energy_spent"
     assert (expected, kind) in {(e["round"], e["kind"]) for e in store2.events(run2)}
+
+
+def test_the_cost_models_size_factor_sets_m_for_costs_but_not_bytes(tmp_path):
+    failures = {"leave": [{"device": 5, "round": 2}], "join": [{"device": 5, "round": 3}]}
+    _, st, store, run_id = run_engine(tmp_path, _raw({"model_mb": 3.3}, failures, rounds=3))
+    rows = ledger(store, run_id)
+    assert [(r["round"], r["cost"]) for r in rows if r["level"] == "change"] == [(3, pytest.approx(0.5 * 3.3))]
+    assert st.cost_spent == pytest.approx((18 + 17 + 18.5) * 3.3)
+    m_bytes = _model_mb(_raw({}, failures)) * 1e6
+    assert {r["bytes"] for r in rows if r["level"] == "client-la"} == {round(m_bytes)}  # real bytes, one model

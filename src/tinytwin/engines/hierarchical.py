@@ -156,8 +156,9 @@ class HierarchicalSimulator:
         self.k = self.client_costs.shape[1]
         self.up_bytes = exp.uplink_bytes()
         self.down_bytes = exp.downlink_bytes()
-        self.model_mb = self.up_bytes / H.MB
         o = self.h.orchestration
+        # M of the cost model: the model's megabytes, or the spec's size factor (costs only, not bytes)
+        self.model_mb = o.model_mb if o is not None and o.model_mb is not None else self.up_bytes / H.MB
         self.orch = (
             None
             if o is None
@@ -449,7 +450,7 @@ class HierarchicalSimulator:
         ledger = H.round_ledger(self.assign, self.client_costs, self.agg_costs, self.model_mb, self.h.local_rounds, ids)
         for row in ledger:
             row["round"] = r
-            row["bytes"] = int(round(row.pop("mb") * H.MB))
+            row["bytes"] = int(round(row.pop("mb") / self.model_mb * self.up_bytes))
         return ledger, float(sum(row["cost"] for row in ledger))
 
     def _round_metrics(

@@ -37,6 +37,9 @@ class OrchestrationSpec(BaseModel):
     energy_budget_j: Annotated[float, Field(gt=0.0, le=1e15)] | None = Field(
         default=None, description="the fleet's energy budget (J, from the cost model); training stops once spent"
     )
+    model_mb: Annotated[float, Field(gt=0.0, le=1e9)] | None = Field(
+        default=None, description="M of the cost model (the reference's model size factor); default: the model's MB"
+    )
     rva: RvaSpec = Field(default_factory=lambda: RvaSpec(enabled=False))
 
     @model_validator(mode="after")
