@@ -49,7 +49,8 @@ def scaled_laplacian(adj: np.ndarray) -> np.ndarray:
     deg = a.sum(axis=1)
     inv = np.where(deg > 0, 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0)), 0.0)
     lap = np.eye(len(a)) - inv[:, None] * a * inv[None, :]
-    lam = float(np.linalg.eigvalsh(lap).max()) if len(a) > 1 else 0.0
+    # torch's solver, so that the caller's intra-op thread setting governs it (numpy's BLAS may spin)
+    lam = float(torch.linalg.eigvalsh(torch.from_numpy(lap)).max()) if len(a) > 1 else 0.0
     lam = lam if lam > 1e-9 else 2.0
     return 2.0 * lap / lam - np.eye(len(a))
 
@@ -98,14 +99,15 @@ class ChebConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight.view(k * c_in, c_out), a=5**0.5)
 
     def forward(self, x: torch.Tensor, gso: torch.Tensor) -> torch.Tensor:
-        xt = x.permute(0, 2, 3, 1)  # (B, T, N, C)
-        terms = [xt]
+        # x @ L̃ᵀ over the node axis (last, contiguous): one GEMM of (B·C·T, N) × (N, N)
+        terms = [x]
         if self.weight.shape[0] > 1:
-            terms.append(torch.matmul(gso, xt))
+            terms.append(torch.matmul(x, gso.T))
         for _ in range(2, self.weight.shape[0]):
-            terms.append(2.0 * torch.matmul(gso, terms[-1]) - terms[-2])
-        out = sum(torch.matmul(t, w) for t, w in zip(terms, self.weight, strict=True))
-        return (out + self.bias).permute(0, 3, 1, 2)
+            terms.append(2.0 * torch.matmul(terms[-1], gso.T) - terms[-2])
+        k, c_in, c_out = self.weight.shape
+        out = torch.einsum("bctn,cd->bdtn", torch.cat(terms, dim=1), self.weight.reshape(k * c_in, c_out))
+        return out + self.bias[None, :, None, None]
 
 
 class GraphConv(nn.Module):
