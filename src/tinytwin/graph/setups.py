@@ -69,6 +69,11 @@ def _site(nodes: np.ndarray, owned: np.ndarray, adj: np.ndarray, base: Stgcn, cf
     return site
 
 
+def site_sizes(part: Partition, setup: str) -> list[int]:
+    """Node count of each trainer's subgraph: every kept sensor (centralized) or each cloudlet's halo."""
+    return [len(part.kept)] if setup == "centralized" else [len(c.halo) for c in part.cloudlets]
+
+
 def make_sites(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> list[Site]:
     """Same initial model everywhere (seeded); centralized is one site over every kept sensor."""
     if setup not in SETUPS:
@@ -144,21 +149,22 @@ def before_epoch(setup: str, sites: list[Site]) -> None:
         s.model.load_state_dict(_mean_state(own + list(s.buffer)))
 
 
-def costs(setup: str, sites: list[Site], part: Partition, data: ForecastData, cfg: TrainConfig) -> dict[str, float]:
-    """Per-epoch overheads (Table 6): model bytes sent per cloudlet, node-feature bytes, FLOPs."""
+def costs(setup: str, sizes: list[int], part: Partition, data: ForecastData, cfg: TrainConfig) -> dict[str, float]:
+    """Per-epoch overheads (Table 6) from the trainers' subgraph sizes: model bytes sent per cloudlet,
+    node-feature bytes, training and aggregation FLOPs (no training needed to count them)."""
     p = param_count(cfg.model)
     steps = len(data.train.x) + data.history + max(data.horizons) - 1
-    n = len(sites)
+    n = len(sizes)
     sends = {"traditional": 1.0, "serverfree": float(np.mean([len(v) for v in part.neighbours])), "gossip": 1.0}
     merged = {"traditional": n, "serverfree": sum(len(v) + 1 for v in part.neighbours), "gossip": 2 * n}
     sends["gossip-merge"], merged["gossip-merge"] = 1.0, 3 * n
-    feature = [node_feature_bytes(len(s.nodes), steps, BYTES_PER_VALUE) for s in sites]
+    feature = [node_feature_bytes(size, steps, BYTES_PER_VALUE) for size in sizes]
     return {
         "params": p,
         "model_bytes_per_epoch_per_cloudlet": 0.0 if setup == "centralized" else sends[setup] * p * BYTES_PER_VALUE,
         "feature_bytes_per_epoch_per_site": float(np.mean(feature)),
         "feature_bytes_per_epoch_total": float(sum(feature)),
-        "train_flops_per_epoch": float(sum(train_flops(cfg.model, len(s.nodes), len(data.train.x)) for s in sites)),
+        "train_flops_per_epoch": float(sum(train_flops(cfg.model, size, len(data.train.x)) for size in sizes)),
         "aggregation_flops_per_epoch": 0.0 if setup == "centralized" else float(merged[setup] * p),
     }
 
@@ -186,11 +192,12 @@ def run_setup(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig)
 
 def _run(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> dict[str, object]:
     sites = make_sites(data, part, setup, cfg)
+    sizes = [len(s.nodes) for s in sites]
     x = torch.from_numpy(data.train.x)
     yz = torch.from_numpy(((data.train.y - data.mean) / data.std).astype(np.float32))
     rng = np.random.default_rng([cfg.seed, 99])
     kept, curve, best, best_epoch, best_states = part.kept, [], np.inf, 0, None
-    flops_epoch = costs(setup, sites, part, data, cfg)["train_flops_per_epoch"]
+    flops_epoch = costs(setup, sizes, part, data, cfg)["train_flops_per_epoch"]
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         before_epoch(setup, sites)
@@ -224,5 +231,5 @@ def _run(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> d
         "test": metrics_per_horizon(data.test.y[:, :, kept], pred[:, :, kept], data.horizons),
         "per_cloudlet": per_cloudlet(data.test.y, pred, part, data.horizons),
         "curve": curve,
-        "costs": costs(setup, sites, part, data, cfg),
+        "costs": costs(setup, sizes, part, data, cfg),
     }
