@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tinytwin.engines.threads import intra_op_threads, threads_for
+from tinytwin.graph import merges
 from tinytwin.graph.cloudlets import Partition, node_feature_bytes
 from tinytwin.graph.forecasting import ForecastData, Windows, forecast_metrics, metrics_per_horizon
 from tinytwin.graph.stgcn import Stgcn, StgcnConfig, forward_flops, param_count, scaled_laplacian, train_flops
@@ -55,6 +56,7 @@ class Site:
     opt: torch.optim.Adam
     sched: torch.optim.lr_scheduler.StepLR
     rng: np.random.Generator
+    torch_seed: int  # dropout masks: seeded per site and epoch, so no site's draws depend on another's
     buffer: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=2))
 
 
@@ -64,7 +66,9 @@ def _site(nodes: np.ndarray, owned: np.ndarray, adj: np.ndarray, base: Stgcn, cf
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     gso = torch.from_numpy(scaled_laplacian(adj[np.ix_(nodes, nodes)])).float()
     own = np.searchsorted(nodes, owned)
-    site = Site(nodes, own, gso, model, opt, sched, np.random.default_rng([cfg.seed, i]))
+    site = Site(
+        nodes, own, gso, model, opt, sched, np.random.default_rng([cfg.seed, i]), 1_000_003 * cfg.seed + 1009 * i
+    )
     site.buffer.extend([copy.deepcopy(base.state_dict()), copy.deepcopy(base.state_dict())])
     return site
 
@@ -89,6 +93,7 @@ def make_sites(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig
 def train_epoch(site: Site, x: torch.Tensor, yz: torch.Tensor, batch_size: int) -> float:
     """One pass over the training windows in a site-seeded order; MAE on owned nodes (z-space)."""
     site.model.train()
+    torch.manual_seed(site.torch_seed + site.sched.last_epoch)
     order = site.rng.permutation(len(x))
     nodes, own = torch.from_numpy(site.nodes), torch.from_numpy(site.own)
     total = 0.0
@@ -120,33 +125,20 @@ def predict(sites: list[Site], data: ForecastData, part: Windows) -> np.ndarray:
     return out
 
 
-def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {k: torch.stack([s[k] for s in states]).mean(dim=0) for k in states[0]}
+def _load(sites: list[Site], states: list[merges.State] | None) -> None:
+    for s, st in zip(sites, states or [], strict=False):
+        s.model.load_state_dict(st)
 
 
 def aggregate(setup: str, sites: list[Site], part: Partition, rng: np.random.Generator) -> None:
     """After a local epoch: the master's mean, the neighbourhood mean, or one gossip push each."""
-    if setup == "traditional":
-        mean = _mean_state([s.model.state_dict() for s in sites])
-        for s in sites:
-            s.model.load_state_dict(mean)
-    elif setup == "serverfree":
-        states = [copy.deepcopy(s.model.state_dict()) for s in sites]
-        for j, s in enumerate(sites):
-            s.model.load_state_dict(_mean_state([states[j]] + [states[i] for i in part.neighbours[j]]))
-    elif setup.startswith("gossip") and len(sites) > 1:
-        for j, s in enumerate(sites):
-            target = int(rng.choice([i for i in range(len(sites)) if i != j]))
-            sites[target].buffer.append(copy.deepcopy(s.model.state_dict()))
+    states = [s.model.state_dict() for s in sites]
+    _load(sites, merges.after_epoch(setup, states, part.neighbours, [s.buffer for s in sites], rng))
 
 
 def before_epoch(setup: str, sites: list[Site]) -> None:
     """Gossip: the local model becomes the mean of the FIFO buffer (or of it and itself, merge variant)."""
-    if not setup.startswith("gossip"):
-        return
-    for s in sites:
-        own = [s.model.state_dict()] if setup == "gossip-merge" else []
-        s.model.load_state_dict(_mean_state(own + list(s.buffer)))
+    _load(sites, merges.before_epoch(setup, [s.model.state_dict() for s in sites], [s.buffer for s in sites]))
 
 
 def costs(setup: str, sizes: list[int], part: Partition, data: ForecastData, cfg: TrainConfig) -> dict[str, float]:
