@@ -21,6 +21,7 @@ from rich.table import Table
 
 from tinytwin.cli_dashboard import dashboard as _dashboard
 from tinytwin.cli_dashboard import start_dashboard
+from tinytwin.cli_forecast import forecast as _forecast
 from tinytwin.errors import TinyTwinError
 
 if TYPE_CHECKING:
@@ -471,6 +472,7 @@ def _command_names() -> list[str]:
 
 
 app.command(name="dashboard")(_dashboard)
+app.command(name="forecast")(_forecast)
 
 
 def main() -> None:
