@@ -23,7 +23,7 @@ import torch
 from tinytwin.graph import merges
 from tinytwin.graph.cloudlets import Partition
 from tinytwin.graph.forecasting import ForecastData, Windows, make_windows, metrics_per_horizon
-from tinytwin.graph.setups import TrainConfig, new_site, per_cloudlet, train_epoch
+from tinytwin.graph.setups import TrainConfig, costs, new_site, per_cloudlet, site_sizes, train_epoch
 from tinytwin.graph.stgcn import Stgcn
 
 FEATURE_HEADER = 16  # bytes of a feature frame's header: source, destination, node count, step count
@@ -149,6 +149,8 @@ def _assemble(data: ForecastData, part: Partition, preds: list[Any], shape: tupl
 
 def run_emulated(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> dict[str, object]:
     """Run a cloudlet ``setup`` with one process per cloudlet; metrics as ``run_setup`` reports them."""
+    if setup == "centralized":
+        raise ValueError("centralized training has no cloudlets to emulate; run it with run_setup")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["tinytwin.graph.emulated"])
     jobs = _jobs(data, part, cfg)
@@ -184,6 +186,7 @@ def _epochs(
     rng = np.random.default_rng([cfg.seed, 99])
     kept, curve, best, best_epoch, best_states, model_bytes = part.kept, [], np.inf, 0, states, 0
     size = len(_flat(init))
+    cost = costs(setup, site_sizes(part, setup), part, data, cfg)
     for epoch in range(1, cfg.epochs + 1):
         pre = merges.before_epoch(setup, states, buffers)
         replies = _ask(conns, "train", pre, None)
@@ -196,7 +199,14 @@ def _epochs(
         val_pred = _assemble(data, part, _ask(conns, "predict", post, 1), data.val.y.shape)
         val = metrics_per_horizon(data.val.y[:, :, kept], val_pred[:, :, kept], data.horizons)
         first = next(iter(val))
-        curve.append({"epoch": epoch, "train_loss": float(np.mean([r[1] for r in replies])), "val": val})
+        curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean([r[1] for r in replies])),
+                "val": val,
+                "train_flops": epoch * cost["train_flops_per_epoch"],
+            }
+        )
         if val[first]["mae"] < best:
             best, best_epoch, best_states = val[first]["mae"], epoch, states
     pred = _assemble(data, part, _ask(conns, "predict", best_states, 2), data.test.y.shape)
@@ -207,5 +217,6 @@ def _epochs(
         "test": metrics_per_horizon(data.test.y[:, :, kept], pred[:, :, kept], data.horizons),
         "per_cloudlet": per_cloudlet(data.test.y, pred, part, data.horizons),
         "curve": curve,
+        "costs": cost,
         "model_bytes_sent": model_bytes,
     }
