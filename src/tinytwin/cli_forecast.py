@@ -15,6 +15,7 @@ def forecast(
     ),
     set_: list[str] | None = typer.Option(None, "--set", help="override a key: --set train.epochs=2"),
     out: Path | None = typer.Option(None, "--out", help="write the results (JSON) to this file"),
+    emulate: bool = typer.Option(False, "--emulate", help="run the cloudlet setups as one process per cloudlet"),
 ) -> None:
     """Train every setup of a forecasting file; print MAE / RMSE / WMAPE per horizon and the overheads."""
     from tinytwin.graph.experiment import run_forecast
@@ -27,7 +28,7 @@ def forecast(
     def done(setup: str, res: dict[str, object]) -> None:
         console.print(f"{setup}: {res['epochs']} epochs in {res['wall_s']:.1f} s", highlight=False)
 
-    result = run_forecast(spec, spec_file.resolve().parent, done)
+    result = run_forecast(spec, spec_file.resolve().parent, done, emulate)
     console.print(table5(result), highlight=False, soft_wrap=True)
     console.print(table6(result), highlight=False, soft_wrap=True)
     if out is not None:

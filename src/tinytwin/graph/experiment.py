@@ -22,6 +22,7 @@ from tinytwin.graph.cloudlets import (
     project_xy,
     read_centres,
 )
+from tinytwin.graph.emulated import run_emulated
 from tinytwin.graph.forecasting import (
     ForecastData,
     SensorGraph,
@@ -91,9 +92,14 @@ def pems_bay_partition(spec: ForecastSpec, base_dir: Path, steps: int) -> dict[s
 
 
 def run_forecast(
-    spec: ForecastSpec, base_dir: Path, on_setup: Callable[[str, dict[str, object]], None] | None = None
+    spec: ForecastSpec,
+    base_dir: Path,
+    on_setup: Callable[[str, dict[str, object]], None] | None = None,
+    emulate: bool = False,
 ) -> dict[str, object]:
-    """Every setup of the file, the persistence baseline and both partitions, as one JSON-able dict."""
+    """Every setup of the file, the persistence baseline and both partitions, as one JSON-able dict.
+
+    ``emulate``: the cloudlet setups run as one process per cloudlet (``graph.emulated``)."""
     cfg = train_config(spec)
     data = load_forecast(
         spec.dataset.name, data_folder(spec, base_dir), spec.dataset.history, tuple(spec.dataset.horizons)
@@ -103,7 +109,9 @@ def run_forecast(
     results: dict[str, object] = {}
     for setup in spec.setups:
         t0 = time.perf_counter()
-        res = run_setup(data, part, setup, cfg)
+        twin = run_emulated if emulate and setup != "centralized" else run_setup
+        res = twin(data, part, setup, cfg)
+        res["twin"] = "emulate" if twin is run_emulated else "simulate"
         res["wall_s"] = time.perf_counter() - t0
         results[setup] = res
         if on_setup is not None:

@@ -61,6 +61,8 @@ class ForecastData:
     std: np.ndarray  # (nodes,) training-part standard deviation per sensor
     history: int
     horizons: tuple[int, ...]
+    speed: np.ndarray | None = None  # (steps, nodes) raw series: what each cloudlet's sensors hold
+    bounds: tuple[int, int] = (0, 0)  # ends of the training and validation parts (time steps)
 
     def unscale(self, z: np.ndarray) -> np.ndarray:
         """Speeds (mph) from z-scores; the node axis is last."""
@@ -123,7 +125,7 @@ def load_forecast(
     std = np.where(std > 0, std, 1.0)
     scaled = (speed - mean) / std
     parts = [make_windows(speed[s], scaled[s], history, horizons) for s in (slice(0, a), slice(a, b), slice(b, None))]
-    return ForecastData(graph, parts[0], parts[1], parts[2], mean, std, history, tuple(horizons))
+    return ForecastData(graph, parts[0], parts[1], parts[2], mean, std, history, tuple(horizons), speed, (a, b))
 
 
 def forecast_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

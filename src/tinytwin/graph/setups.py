@@ -60,7 +60,7 @@ class Site:
     buffer: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=2))
 
 
-def _site(nodes: np.ndarray, owned: np.ndarray, adj: np.ndarray, base: Stgcn, cfg: TrainConfig, i: int) -> Site:
+def new_site(nodes: np.ndarray, owned: np.ndarray, adj: np.ndarray, base: Stgcn, cfg: TrainConfig, i: int) -> Site:
     model = copy.deepcopy(base)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -86,8 +86,8 @@ def make_sites(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig
     base = Stgcn(cfg.model)
     adj = data.graph.adj
     if setup == "centralized":
-        return [_site(part.kept, part.kept, adj, base, cfg, 0)]
-    return [_site(c.halo, c.owned, adj, base, cfg, c.index) for c in part.cloudlets]
+        return [new_site(part.kept, part.kept, adj, base, cfg, 0)]
+    return [new_site(c.halo, c.owned, adj, base, cfg, c.index) for c in part.cloudlets]
 
 
 def train_epoch(site: Site, x: torch.Tensor, yz: torch.Tensor, batch_size: int) -> float:
