@@ -27,8 +27,8 @@ def _flat_metrics(res: dict[str, object]) -> list[float]:
     return [v for h in test.values() for v in h.values()]
 
 
-def test_cloudlet_processes_match_the_simulator() -> None:
-    setup = "gossip"  # random pushes, FIFO buffers and replacement: the most state to keep equal
+@pytest.mark.parametrize("setup", ["traditional", "gossip"])  # a master's mean; random pushes into FIFO buffers
+def test_cloudlet_processes_match_the_simulator(setup: str) -> None:
     d = load_forecast("metr-la-week", DATA)
     cut = [Windows(w.x[:24], w.y[:24]) for w in (d.train, d.val, d.test)]
     d = dataclasses.replace(d, train=cut[0], val=cut[1], test=cut[2])

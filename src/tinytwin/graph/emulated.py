@@ -24,7 +24,7 @@ from tinytwin.graph import merges
 from tinytwin.graph.cloudlets import Partition
 from tinytwin.graph.forecasting import ForecastData, Windows, make_windows, metrics_per_horizon
 from tinytwin.graph.setups import TrainConfig, costs, new_site, per_cloudlet, site_sizes, train_epoch
-from tinytwin.graph.stgcn import Stgcn
+from tinytwin.graph.stgcn import Stgcn, scaled_laplacian
 
 FEATURE_HEADER = 16  # bytes of a feature frame's header: source, destination, node count, step count
 
@@ -72,7 +72,8 @@ def cloudlet_main(conn: Connection, job: dict[str, Any]) -> None:
     ]  # as many as the coordinator's
     torch.manual_seed(cfg.seed)
     base = Stgcn(cfg.model)
-    site = new_site(np.arange(len(job["halo"])), job["own_pos"], job["sub_adj"], base, cfg, job["index"])
+    # the graph operator comes from the coordinator: a LAPACK call in a forked child can stall for seconds
+    site = new_site(np.arange(len(job["halo"])), job["own_pos"], job["sub_adj"], base, cfg, job["index"], job["gso"])
     x = torch.from_numpy(parts[0].x)
     yz = np.zeros((len(x), len(job["horizons"]), len(job["halo"])), np.float32)
     yz[:, :, job["own_pos"]] = ((parts[0].y - job["mean"]) / job["std"]).astype(np.float32)
@@ -115,6 +116,7 @@ def _jobs(data: ForecastData, part: Partition, cfg: TrainConfig) -> list[dict[st
                 "mean": data.mean[c.owned],
                 "std": data.std[c.owned],
                 "sub_adj": data.graph.adj[np.ix_(c.halo, c.halo)],
+                "gso": scaled_laplacian(data.graph.adj[np.ix_(c.halo, c.halo)]),
                 "bounds": data.bounds,
                 "history": data.history,
                 "horizons": data.horizons,
@@ -152,7 +154,8 @@ def run_emulated(data: ForecastData, part: Partition, setup: str, cfg: TrainConf
     if setup == "centralized":
         raise ValueError("centralized training has no cloudlets to emulate; run it with run_setup")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["tinytwin.graph.emulated"])
+    # torch._dynamo: torch.optim imports it when the first optimizer is built (~1 s a process); load it once
+    ctx.set_forkserver_preload(["tinytwin.graph.emulated", "torch._dynamo"])
     jobs = _jobs(data, part, cfg)
     pipes = [ctx.Pipe() for _ in jobs]
     procs = [

@@ -60,14 +60,24 @@ class Site:
     buffer: deque[dict[str, torch.Tensor]] = field(default_factory=lambda: deque(maxlen=2))
 
 
-def new_site(nodes: np.ndarray, owned: np.ndarray, adj: np.ndarray, base: Stgcn, cfg: TrainConfig, i: int) -> Site:
+def new_site(
+    nodes: np.ndarray,
+    owned: np.ndarray,
+    adj: np.ndarray,
+    base: Stgcn,
+    cfg: TrainConfig,
+    i: int,
+    gso: np.ndarray | None = None,
+) -> Site:
+    """A trainer on ``adj``'s subgraph over ``nodes``; ``gso``: its scaled Laplacian, if already computed."""
     model = copy.deepcopy(base)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    gso = torch.from_numpy(scaled_laplacian(adj[np.ix_(nodes, nodes)])).float()
+    lap = scaled_laplacian(adj[np.ix_(nodes, nodes)]) if gso is None else gso
+    gso_t = torch.from_numpy(lap).float()
     own = np.searchsorted(nodes, owned)
     site = Site(
-        nodes, own, gso, model, opt, sched, np.random.default_rng([cfg.seed, i]), 1_000_003 * cfg.seed + 1009 * i
+        nodes, own, gso_t, model, opt, sched, np.random.default_rng([cfg.seed, i]), 1_000_003 * cfg.seed + 1009 * i
     )
     site.buffer.extend([copy.deepcopy(base.state_dict()), copy.deepcopy(base.state_dict())])
     return site
