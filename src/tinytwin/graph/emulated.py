@@ -23,7 +23,7 @@ import torch
 from tinytwin.graph import merges
 from tinytwin.graph.cloudlets import Partition
 from tinytwin.graph.forecasting import ForecastData, Windows, make_windows, metrics_per_horizon
-from tinytwin.graph.setups import TrainConfig, costs, new_site, per_cloudlet, site_sizes, train_epoch
+from tinytwin.graph.setups import TrainConfig, costs, new_site, setup_result, site_sizes, train_epoch
 from tinytwin.graph.stgcn import Stgcn, scaled_laplacian
 
 FEATURE_HEADER = 16  # bytes of a feature frame's header: source, destination, node count, step count
@@ -214,12 +214,6 @@ def _epochs(
             best, best_epoch, best_states = val[first]["mae"], epoch, states
     pred = _assemble(data, part, _ask(conns, "predict", best_states, 2), data.test.y.shape)
     return {
-        "setup": setup,
-        "epochs": cfg.epochs,
-        "best_epoch": best_epoch,
-        "test": metrics_per_horizon(data.test.y[:, :, kept], pred[:, :, kept], data.horizons),
-        "per_cloudlet": per_cloudlet(data.test.y, pred, part, data.horizons),
-        "curve": curve,
-        "costs": cost,
+        **setup_result(setup, cfg, best_epoch, data, part, kept, pred, curve, cost),
         "model_bytes_sent": model_bytes,
     }

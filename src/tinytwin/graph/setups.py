@@ -16,6 +16,7 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,6 +227,22 @@ def _run(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> d
     for s, st in zip(sites, best_states, strict=True):
         s.model.load_state_dict(st)
     pred = predict(sites, data, data.test)
+    return setup_result(setup, cfg, best_epoch, data, part, kept, pred, curve, costs(setup, sizes, part, data, cfg))
+
+
+def setup_result(
+    setup: str,
+    cfg: TrainConfig,
+    best_epoch: int,
+    data: ForecastData,
+    part: Partition,
+    kept: Any,
+    pred: np.ndarray,
+    curve: list[dict[str, Any]],
+    cost: dict[str, Any],
+) -> dict[str, Any]:
+    """What a setup's run reports, in either twin: test metrics of the best epoch's models on the
+    kept sensors, per-cloudlet metrics, the validation curve and the overhead counts."""
     return {
         "setup": setup,
         "epochs": cfg.epochs,
@@ -233,5 +250,5 @@ def _run(data: ForecastData, part: Partition, setup: str, cfg: TrainConfig) -> d
         "test": metrics_per_horizon(data.test.y[:, :, kept], pred[:, :, kept], data.horizons),
         "per_cloudlet": per_cloudlet(data.test.y, pred, part, data.horizons),
         "curve": curve,
-        "costs": costs(setup, sizes, part, data, cfg),
+        "costs": cost,
     }
