@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -58,3 +60,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module, for the tests that check a doc against its results file."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec and spec.loader, f"benchmarks/{name}.py is missing"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
+
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("example_results", REPO / "benchmarks" / "example_results.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_results_table_is_the_one_rendered_from_the_results_file() -> None:
-    gen = _load_generator()
+    gen = load_benchmark("example_results")
     results = json.loads(gen.RESULTS.read_text())
     readme = gen.README.read_text()
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), readme, re.DOTALL)
@@ -33,7 +24,7 @@ def test_readme_results_table_is_the_one_rendered_from_the_results_file() -> Non
 
 
 def test_every_example_row_has_its_results_and_its_command() -> None:
-    gen = _load_generator()
+    gen = load_benchmark("example_results")
     results = json.loads(gen.RESULTS.read_text())
     for example in gen.EXAMPLES:
         assert example.key in results, f"{example.key} missing from {gen.RESULTS}"
@@ -42,7 +33,7 @@ def test_every_example_row_has_its_results_and_its_command() -> None:
 
 
 def test_the_rendered_row_carries_the_stored_accuracy() -> None:
-    gen = _load_generator()
+    gen = load_benchmark("example_results")
     results = {
         "quickstart": {
             "final_accuracy": 0.95623,
@@ -73,32 +64,21 @@ def test_gpu_table_in_benchmarks_doc_matches_the_gpu_results_file() -> None:
 
 
 def test_orchestration_doc_is_the_one_rendered_from_its_results_file() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "reproduce_orchestration", REPO / "benchmarks" / "reproduce_orchestration.py"
-    )
-    assert spec and spec.loader
-    ro = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ro)
+    ro = load_benchmark("reproduce_orchestration")
     results = json.loads(ro.RESULTS.read_text())
     assert ro.render(results) in ro.DOC.read_text()
     assert results["rejoin"]["change_cost_m"][10] == 0 and results["rejoin"]["change_cost_m"][20] > 0
 
 
 def test_sweep_benchmark_table_is_the_one_rendered_from_its_results_file() -> None:
-    spec = importlib.util.spec_from_file_location("bench_sweep", REPO / "benchmarks" / "bench_sweep.py")
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_sweep")
     result = json.loads((REPO / "docs" / "results" / "sweep-bench.json").read_text())
     assert result["runs"] == 48 and {r["mode"] for r in result["rows"]} == {"sequential", "pool", "ray"}
     assert bench.render(result) in bench.DOC.read_text()
 
 
 def test_robustness_table_is_the_one_rendered_from_attacks_json() -> None:
-    spec = importlib.util.spec_from_file_location("attack_table", REPO / "benchmarks" / "attack_table.py")
-    assert spec and spec.loader
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_benchmark("attack_table")
     results = json.loads(gen.RESULTS.read_text())
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
     assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/attack_table.py (--from-json)"

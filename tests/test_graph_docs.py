@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
+
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("reproduce_stgnn", REPO / "benchmarks" / "reproduce_stgnn.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_doc_block_is_the_one_rendered_from_the_results_file() -> None:
-    gen = _generator()
+    gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
     assert block, "docs/graph-forecasting.md lost its generated block"
@@ -29,7 +20,7 @@ def test_doc_block_is_the_one_rendered_from_the_results_file() -> None:
 
 
 def test_quoted_headline_figures_match_the_json() -> None:
-    gen = _generator()
+    gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())
     bench = results["bench"]
     central = bench["setups"]["centralized"]["test"]["15min"]["mae"]

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
+
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("hetero_arms", REPO / "benchmarks" / "hetero_arms.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_table_is_rendered_from_the_results_file():
-    gen = _script()
+    gen = load_benchmark("hetero_arms")
     results = json.loads(gen.OUT.read_text())
     doc = gen.DOC.read_text()
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), doc, re.DOTALL)
@@ -30,7 +21,7 @@ def test_table_is_rendered_from_the_results_file():
 
 
 def test_the_prose_figures_and_verdict_match_the_results():
-    gen = _script()
+    gen = load_benchmark("hetero_arms")
     arms = json.loads(gen.OUT.read_text())["arms"]
     doc = gen.DOC.read_text()
     for key in ("iid/nested", "iid/smallest", "dirichlet/nested", "dirichlet/smallest"):
