@@ -115,6 +115,7 @@ class LocalAggregator:
         try:
             async for fr, content, size in accepted_frames(
                 reader,
+                writer,
                 self.down,
                 lambda: device,
                 on_reject=lambda dev, exc: log(

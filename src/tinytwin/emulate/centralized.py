@@ -224,6 +224,7 @@ class Emulation(CoordinatorClock):
         try:
             async for fr, content, total in accepted_frames(
                 reader,
+                writer,
                 self.coord,
                 lambda: device,
                 body_timeout=60,
@@ -383,9 +384,8 @@ class Emulation(CoordinatorClock):
         for d, kind in sorted(self.failed.items()):
             if kind != "killed":
                 events.append(self._event(r, d, kind.split(" ")[0], f"device {d}: {kind}"))
-        for dev, detail in self.coord.reject_events:
+        for dev, detail in self.coord.drain_rejects():
             events.append(self._event(r, dev, "frame_rejected", detail))
-        self.coord.reject_events = []
         got = Gathered(self.coord.updates, self.coord.update_bytes, self.coord.metrics, self.update_at, self.failed)
         return list(sends), round_mono, got
 

@@ -173,6 +173,7 @@ class DflEmulation(DflRecording, DflSummary):
         try:
             async for fr, content, total in accepted_frames(
                 reader,
+                writer,
                 self.coord,
                 lambda: device,
                 on_reject=lambda dev, exc: log.warning(
@@ -323,9 +324,8 @@ class DflEmulation(DflRecording, DflSummary):
             st["dead_recorded"].add(d)
             if self.dead[d] != "killed":
                 events.append(self._event(r, d, self.dead[d].split(" ")[0], f"device {d}: {self.dead[d]}"))
-        for dev, detail in self.coord.reject_events:
+        for dev, detail in self.coord.drain_rejects():
             events.append(self._event(r, dev, "frame_rejected", f"coordinator: {detail}"))
-        self.coord.reject_events = []
         self._record(r, st, plan, taking, victims, events, wall0)
         if r == 1 or r % max(1, self.opt.memory_sample_every) == 0 or r == spec.rounds:
             t0 = time.perf_counter()  # after the round's wall time was taken: not part of it

@@ -10,10 +10,11 @@ from ``emulate/coordinator.py``, which re-exports it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,15 @@ from tinytwin.wire import frame as fm
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("tinytwin.emulate")
+
+# Rejections recorded (event and log line) per round, one by one; beyond this they are counted
+# and recorded as one summary line, so a flood of forged frames cannot fill the log or database.
+REJECT_EVENTS_PER_ROUND = 20
+# Connections that have not yet sent an authentic HELLO, at once (serving._admit decides who goes
+# beyond it), so idle or forged connections cannot exhaust the file descriptors.
+MAX_UNAUTHENTICATED = 256
+# Seconds a new connection may take to send its HELLO before it is closed (slow-loris).
+HELLO_TIMEOUT_S = 10.0
 
 
 class Coordinator:
@@ -47,6 +57,12 @@ class Coordinator:
         self.metrics: dict[int, dict[str, Any]] = {}
         self.rejected: Counter[str] = Counter()
         self.reject_events: list[tuple[int | None, str]] = []
+        self.reject_overflow: Counter[str] = Counter()
+        # Open connections that have not said an authentic HELLO yet, oldest first: their writers
+        # and when they were opened (time.monotonic()).
+        self.unauthenticated: OrderedDict[int, tuple[asyncio.StreamWriter, float]] = OrderedDict()
+        self.max_unauthenticated = MAX_UNAUTHENTICATED
+        self.hello_timeout_s = HELLO_TIMEOUT_S
         # Called with (device, reason) when an expected device's authentic update is refused for
         # its content (NaN, bad payload): it leaves the round's expected set at once, so the round
         # does not wait for its timeout.
@@ -107,11 +123,30 @@ class Coordinator:
         try:
             return self.accept(data, conn_device)
         except Rejected as exc:
-            self.rejected[exc.reason] += 1
-            self.reject_events.append((conn_device, f"{exc.reason}: {exc.detail}"))
-            log.warning("rejected frame (connection of device %s): %s", conn_device, exc)
+            self.note_reject(conn_device, exc.reason, f"{exc.reason}: {exc.detail}")
             if exc.sender is not None and exc.sender in self.expect:
                 self.expect.discard(exc.sender)
                 if self.on_drop is not None:
                     self.on_drop(exc.sender, exc.reason)
             return None
+
+    def note_reject(self, device: int | None, reason: str, detail: str) -> None:
+        """Count a rejection; record it as an event and a log line while this round has had fewer
+        than :data:`REJECT_EVENTS_PER_ROUND`, else only count it (summarised by :meth:`drain_rejects`)."""
+        self.rejected[reason] += 1
+        if len(self.reject_events) < REJECT_EVENTS_PER_ROUND:
+            self.reject_events.append((device, detail))
+            log.warning("rejected frame (connection of device %s): %s", device, detail)
+        else:
+            self.reject_overflow[reason] += 1
+
+    def drain_rejects(self) -> list[tuple[int | None, str]]:
+        """The rejections recorded since the last call, plus one line summing those only counted."""
+        events = self.reject_events
+        if self.reject_overflow:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.reject_overflow.items()))
+            events.append(
+                (None, f"{sum(self.reject_overflow.values())} more rejected ({counts}); not listed one by one")
+            )
+        self.reject_events, self.reject_overflow = [], Counter()
+        return events

@@ -125,7 +125,7 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
         wid: int | None = None
         try:
             async for fr, content, total in accepted_frames(
-                reader, self.coord, lambda: wid, reject_device=lambda: None
+                reader, writer, self.coord, lambda: wid, reject_device=lambda: None
             ):
                 if fr.msg_type == fm.MsgType.HELLO:
                     wid, cluster = fr.sender, fr.sender - AGGREGATOR_BASE

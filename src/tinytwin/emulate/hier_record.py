@@ -147,8 +147,9 @@ class HierRecording(HierResume):
         messages = int(t.recv.sum() + t.sent.sum()) + len(rs.model_bytes) + len(reporting)
         rm = _round_metrics(r, dev_acc, acc, loss, [cluster_models[c] for c in reporting], messages)
         device_rows, metric_rows = self._device_rows(r, taking, t, mr, dev_acc)
-        events += [self._event(r, d, "frame_rejected", f"global coordinator: {x}") for d, x in self.coord.reject_events]
-        self.coord.reject_events = []
+        events += [
+            self._event(r, d, "frame_rejected", f"global coordinator: {x}") for d, x in self.coord.drain_rejects()
+        ]
         bytes_up = int(t.b_up.sum()) + (la_up_b if k > 1 else 0)
         bytes_down = int(t.b_down.sum()) + (la_down_b if k > 1 else 0)
         round_s = time.perf_counter() - wall0
