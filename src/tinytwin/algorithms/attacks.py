@@ -5,10 +5,13 @@ torch), used by the simulator and by the emulated devices alike.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+HUGE_VALUE = 1e30  # the ``huge`` attack's coordinates: finite in float32, and destroys a plain mean
 
 
 def attacked_devices(attack: Mapping[str, Any], num_devices: int, seed: int) -> set[int]:
@@ -42,6 +45,40 @@ def attack_update(
         return (delta + rng.normal(0.0, float(attack.get("sigma", 1.0)), delta.shape)).astype(delta.dtype)
     if kind == "nan":
         return np.full_like(delta, np.nan)
+    if kind == "huge":  # finite but enormous: +1e30 in every coordinate (beyond any spec number)
+        return np.full_like(delta, HUGE_VALUE)
     if kind == "free_ride":
         return np.zeros_like(delta)
+    if kind == "label_flip":  # its data was poisoned (flip_labels); it sends its honest update on it
+        return delta
     raise ValueError(f"unknown attack kind {kind!r}")
+
+
+DatasetT = TypeVar("DatasetT")
+
+
+def flip_labels(
+    dataset: DatasetT, parts: list[np.ndarray], attacks: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[DatasetT, list[np.ndarray]]:
+    """The dataset and partition with every ``label_flip`` device's samples relabelled ``C-1-y``.
+
+    Why copies: devices share the training arrays (and partitions may overlap), so a flipped
+    device gets its own copies of its samples, appended to the training set, and its part
+    points at them; honest devices see exactly the data they had. Every twin reads the
+    partition, so the poisoned shard is the same in all of them."""
+    n = len(parts)
+    flipped = [d for d in range(n) if (a := attack_of(attacks, d, n, seed)) and a["kind"] == "label_flip"]
+    if not flipped:
+        return dataset, parts
+    x, y = dataset.x_train, dataset.y_train  # type: ignore[attr-defined]
+    num_classes = int(dataset.num_classes)  # type: ignore[attr-defined]
+    picks = [parts[d] for d in flipped]
+    start = len(y)
+    new_parts = list(parts)
+    for d, idx in zip(flipped, picks):
+        new_parts[d] = np.arange(start, start + len(idx), dtype=parts[d].dtype)
+        start += len(idx)
+    every = np.concatenate(picks)
+    x_new = np.concatenate([x, x[every]])
+    y_new = np.concatenate([y, (num_classes - 1 - y[every]).astype(y.dtype)])
+    return dataclasses.replace(dataset, x_train=x_new, y_train=y_new), new_parts  # type: ignore[type-var]

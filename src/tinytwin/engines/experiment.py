@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tinytwin.algorithms.attacks import flip_labels
 from tinytwin.data.datasets import Dataset, load_dataset, published_stand_in
 from tinytwin.data.partition import class_histogram, partition
 from tinytwin.data.partition_rules import per_device_partition
@@ -146,6 +147,8 @@ def prepare(
         )
     except ValueError as exc:
         raise SpecError("partition", str(exc)) from None
+    if spec.attacks:
+        dataset, parts = flip_labels(dataset, parts, [a.model_dump() for a in spec.attacks], spec.seed)
     model = _make_model(spec, dataset)
     memory = _plan(spec, model, fleet, parts)  # before any tensor of the model exists (see Experiment.module)
     if check_memory:

@@ -2,7 +2,9 @@
 
 Each entry names a kind and its devices (``devices: [3, 7]`` or ``fraction: 0.1`` of the fleet,
 drawn from the seed). The transform of an attacked device's update is one definition,
-:func:`tinytwin.algorithms.attacks.attack_update`, applied by every twin.
+:func:`tinytwin.algorithms.attacks.attack_update`, applied by every twin; ``label_flip`` poisons
+the device's data instead (label y becomes C-1-y, :func:`tinytwin.algorithms.attacks.flip_labels`),
+once, when the experiment is prepared, so every twin trains on the same flipped shard.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "free_ride"]
+AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "free_ride", "label_flip", "huge"]
 
 
 class AttackSpec(BaseModel):
