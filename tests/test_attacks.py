@@ -96,3 +96,17 @@ def test_label_flip_is_the_same_attack_in_the_simulator_and_the_emulation(tmp_pa
     emulated, _ = _final(tmp_path / "emu", attack, twin="emulate")
     assert simulated < clean  # the flipped devices pull the model away
     assert abs(emulated - simulated) <= 0.002
+
+
+def test_a_median_merge_holds_decentralized_averaging_against_a_poisoning_peer(tmp_path: Path) -> None:
+    from dfl_util import run_engine, spec_dict
+
+    def final(**changes) -> float:
+        raw = spec_dict(rounds=12, algorithm__name="decfedavg", topology={"kind": "full"}, **changes)
+        _, st, _, _ = run_engine(tmp_path, raw, name=str(len(list(tmp_path.iterdir()))))
+        return float(st.accuracies[-1][1])
+
+    poison = [{"kind": "scale", "scale": -20.0, "devices": [0]}]
+    clean = final()
+    assert final(attacks=poison) < clean - 0.3  # one peer wrecks plain averaging
+    assert final(attacks=poison, algorithm__aggregator={"name": "median"}) > clean - 0.1

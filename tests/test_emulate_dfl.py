@@ -104,6 +104,16 @@ def _tables(run_dir: Path):
             "algorithm__segments": {"count": 3, "replicas": 2},
             "failures": {"leave": [{"device": 6, "round": 2}]},
         },
+        {
+            "algorithm__name": "decfedavg",
+            "attacks": [{"kind": "scale", "scale": -5.0, "devices": [1]}],
+            "algorithm__aggregator": {"name": "median"},
+        },
+        {
+            "algorithm__name": "serverfree",
+            "attacks": [{"kind": "gaussian", "sigma": 0.5, "devices": [2]}],
+            "algorithm__aggregator": {"name": "trimmed_mean", "beta": 0.25},
+        },
     ],
     ids=[
         "decfedavg",
@@ -113,6 +123,8 @@ def _tables(run_dir: Path):
         "gist-adastair",
         "gist-sdfa-random-peers-churn",
         "segmented-gossip",
+        "decfedavg-poisoning-peer-median-merge",
+        "serverfree-noisy-peer-trimmed-merge",
     ],
 )
 def test_models_match_the_simulator(tmp_path: Path, changes: dict) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from tinytwin.algorithms.aggregators_np import trim_count
 from tinytwin.algorithms.norm_bounds import apply_norm_bound
 
 __all__ = [
@@ -121,18 +122,6 @@ def coordinate_median(updates: Tensor) -> Tensor:
     if k % 2 == 1:
         return ordered[k // 2].clone()
     return (ordered[k // 2 - 1] + ordered[k // 2]) / 2
-
-
-def trim_count(k: int, beta: float) -> int:
-    """How many values :func:`trimmed_mean` drops at *each* end: ``floor(beta * K)``.
-
-    A 1e-9 tolerance absorbs binary rounding of ``beta * K`` (``0.29 * 100`` is
-    ``28.999999999999996`` in floating point but must drop 29); other twins must use the
-    same formula.
-    """
-    if not 0.0 <= beta < 0.5:
-        raise ValueError(f"trimmed mean needs 0 <= beta < 0.5, got beta={beta}")
-    return int(math.floor(beta * k + 1e-9))
 
 
 def trimmed_mean(updates: Tensor, beta: float) -> Tensor:

@@ -6,6 +6,8 @@ matrix product may sum in another order)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -19,3 +21,33 @@ def weighted_mean(updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
         raise ValueError("weights must be finite and non-negative, with a positive sum")
     return (w / w.sum()) @ updates
+
+
+def coordinate_median(updates: np.ndarray) -> np.ndarray:
+    """Per-coordinate median of the ``(K, P)`` vectors, the mean of the two middle values for even
+    K, as :func:`tinytwin.algorithms.aggregators.coordinate_median` (and ``numpy.median``)."""
+    ordered = np.sort(updates, axis=0)
+    k = len(ordered)
+    if k % 2 == 1:
+        return ordered[k // 2].copy()
+    return (ordered[k // 2 - 1] + ordered[k // 2]) / updates.dtype.type(2)
+
+
+def trimmed_mean(updates: np.ndarray, trim: int) -> np.ndarray:
+    """Coordinate-wise mean after dropping the ``trim`` largest and ``trim`` smallest values,
+    as :func:`tinytwin.algorithms.aggregators.trimmed_mean` with ``trim = trim_count(K, beta)``."""
+    k = len(updates)
+    if trim == 0:
+        return updates.mean(axis=0, dtype=updates.dtype)
+    return np.sort(updates, axis=0)[trim : k - trim].mean(axis=0, dtype=updates.dtype)
+
+
+def trim_count(k: int, beta: float) -> int:
+    """How many values :func:`trimmed_mean` drops at *each* end: ``floor(beta * K)``.
+
+    A 1e-9 tolerance absorbs binary rounding of ``beta * K`` (``0.29 * 100`` is
+    ``28.999999999999996`` in floating point but must drop 29); every twin uses this one.
+    """
+    if not 0.0 <= beta < 0.5:
+        raise ValueError(f"trimmed mean needs 0 <= beta < 0.5, got beta={beta}")
+    return int(math.floor(beta * k + 1e-9))

@@ -30,6 +30,7 @@ import numpy as np
 from tinytwin.algorithms import gist_np
 from tinytwin.algorithms.gossip import choose_peers
 from tinytwin.algorithms.mixing import serverfree_weights
+from tinytwin.algorithms.robust_merge import ROBUST_MERGES
 from tinytwin.algorithms.segments import choose_replicas, contiguous_bounds
 from tinytwin.engines.decentralized import AGE_HEADER_BYTES
 from tinytwin.net.topology import metropolis_hastings
@@ -92,6 +93,13 @@ def segment_payload(a: AlgorithmSpec, p: int, sizes: list[int]) -> int:
 def base_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
     """Mixing (DecFedAvg, server-free FL): whole models, merged with the device's mixing row."""
     return {"name": a.name, "payload": "model", "merge": "mix"}
+
+
+def mixing_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
+    """DecFedAvg / server-free FL: the mixing row, or a robust merge (algorithms/robust_merge.py)."""
+    if a.aggregator.name in ROBUST_MERGES:
+        return {**base_block(a, p), "merge": "robust", "rule": a.aggregator.name, "beta": a.aggregator.beta}
+    return base_block(a, p)
 
 
 def gossip_block(a: AlgorithmSpec, p: int) -> dict[str, Any]:
@@ -243,8 +251,8 @@ def plan_segments(ctx: PlanContext) -> int:
 
 
 for _entry in (
-    EmulatedAlgorithm("decfedavg", plan_mixing, None, model_payload, base_block),
-    EmulatedAlgorithm("serverfree", plan_mixing, None, model_payload, base_block),
+    EmulatedAlgorithm("decfedavg", plan_mixing, None, model_payload, mixing_block),
+    EmulatedAlgorithm("serverfree", plan_mixing, None, model_payload, mixing_block),
     EmulatedAlgorithm("gossip", plan_gossip, lambda a: a.gossip, gossip_payload, gossip_block),
     EmulatedAlgorithm("gist", plan_gist, lambda a: a.gist, gist_payload, gist_block),
     EmulatedAlgorithm("segmented_gossip", plan_segments, lambda a: a.segments, segment_payload, segments_block),

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from tinytwin.algorithms import gist_np
+from tinytwin.algorithms.attacks import attack_of
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.dfl_algorithms import REGISTRY, lookup
@@ -121,6 +122,7 @@ class DflEmulation(DflRecording, DflSummary):
         max_frame = max(fm.frame_size(self.payload_bytes), 64 * 1024)
         L = exp.fleet.links
         algorithm = lookup(a).device_block(a, p)  # what a peer needs of the algorithm (peer.py)
+        attacks = [at.model_dump() for at in exp.spec.attacks]
         for g in exp.fleet.groups:
             plan = plan_of[g.name]
             for d in map(int, g.devices):
@@ -163,6 +165,7 @@ class DflEmulation(DflRecording, DflSummary):
                         "link": self.links[d].__dict__,
                         "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
                         "merge_timeout_s": self.opt.merge_timeout_s,
+                        "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
                         **self.firmware.get(d, {}),
                     },
                 ).write(self.edir / "devices" / f"d{d}.json")

@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.algorithms.attacks import attack_update
+from tinytwin.algorithms.robust_merge import robust_merge
 from tinytwin.emulate import mlp_np, shaper
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, _arena, log, proc_status_kb, run_main
 from tinytwin.emulate.peer_gist import GistPeer
@@ -108,6 +110,8 @@ class Peer:
         self.partner_down_bps = {int(k): float(v) for k, v in cfg["partners"].items()}
         self.ts = float(cfg["time_scale"])
         self.seed = int(cfg["seed"])
+        self.attack = cfg.get("attack")  # a poisoning peer (spec attacks): what it sends (algorithms/attacks.py)
+        self.start = self.params
         self.deferred: list[dict[str, Any]] = []
         self.stopping = False
         # coordinator resume (docs/emulation.md): the state before the latest round, the last
@@ -256,6 +260,7 @@ class Peer:
         if not online:
             return
         tr = self.trainer
+        self.start = self.params.copy()
         res, busy, compute_s = self._train(r, float(cmd["lr"]))
         params, loss, nsteps = res.params, res.train_loss, res.steps
         sent: list[list[Any]] = []
@@ -356,7 +361,7 @@ class Peer:
                 encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
                 self.serving, self.answered = (params, r, sent), 0
             else:
-                payloads = [self._payload(params)] * len(cmd.get("send", []))
+                payloads = [self._payload(self._poisoned(params, r))] * len(cmd.get("send", []))
             for k, dst in enumerate(cmd.get("send", [])):
                 sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
             t_wait = time.perf_counter()
@@ -496,6 +501,12 @@ class Peer:
             out[lo:hi] = self.trainer.pull_merge(params[lo:hi], own_w, pulled)
         return out
 
+    def _poisoned(self, params: np.ndarray, r: int) -> np.ndarray:
+        """The model a poisoning peer sends instead of ``params``: its round's update attacked."""
+        if not self.attack or self.attack["kind"] == "label_flip":
+            return params
+        return self.start + attack_update(params - self.start, self.attack, self.seed, r, self.id)
+
     def _merge(
         self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any], extra: dict[str, Any]
     ) -> np.ndarray:
@@ -509,6 +520,9 @@ class Peer:
             got = [(weights[m.sender], m.values) for m in msgs]
             missing = sum(weights.values()) - sum(w for w, _ in got)
             return tr.mix(params, float(cmd.get("self_weight", 1.0)), got, max(missing, 0.0))
+        if merge == "robust":  # own model and the step's received ones, in sender order (algorithms/robust_merge.py)
+            models = [m.values for m in sorted(msgs, key=lambda m: m.sender)]
+            return robust_merge(params, models, self.alg["rule"], float(self.alg["beta"])) if models else params
         if merge == "gist":
             assert self.gist is not None
             return self.gist.merge(params, msgs, extra, tr)

@@ -15,7 +15,9 @@ from torch import Tensor
 
 from tinytwin.algorithms import gist as G
 from tinytwin.algorithms import gossip as GS
+from tinytwin.algorithms.attacks import attack_of, attack_update
 from tinytwin.algorithms.mixing import mix, mix_received, serverfree_weights
+from tinytwin.algorithms.robust_merge import ROBUST_MERGES, robust_merge
 from tinytwin.algorithms.segments import REQUEST_PAYLOAD_BYTES, choose_replicas, contiguous_bounds, segment_pull
 from tinytwin.engines.dfl_messages import AGE_HEADER_BYTES, Ctx, DState, Messages
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -79,7 +81,19 @@ class Protocol:
 
 
 class MixingProtocol(Protocol):
-    """DecFedAvg (Metropolis–Hastings) and server-free FL (unweighted neighbour mean)."""
+    """DecFedAvg (Metropolis–Hastings) and server-free FL (unweighted neighbour mean); with
+    ``aggregator.name`` median / trimmed_mean, a robust merge (algorithms/robust_merge.py)."""
+
+    def __init__(self, eng: Engine) -> None:
+        super().__init__(eng)
+        spec = eng.exp.spec
+        n = eng.exp.fleet.num_devices
+        attacks = [a.model_dump() for a in spec.attacks]
+        self.attack = {
+            d: a for d in range(n) if (a := attack_of(attacks, d, n, spec.seed)) and a["kind"] != "label_flip"
+        }
+        self.robust = self.a.aggregator.name if self.a.aggregator.name in ROBUST_MERGES else None
+        self.start: Tensor | None = None
 
     def weights(self, ctx: Ctx):
         n = self.eng.n
@@ -87,18 +101,50 @@ class MixingProtocol(Protocol):
             return metropolis_hastings(n, ctx.edges, ctx.online)
         return serverfree_weights(n, ctx.edges, ctx.online)
 
+    def before_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> None:
+        self.start = st.params.clone() if self.attack else None
+
+    def sent(self, x: Tensor, r: int) -> Tensor:
+        """What the neighbours receive: the models (a poisoning peer's attacked one) through the encoding."""
+        if self.attack:
+            assert self.start is not None
+            x = x.clone()
+            for d, attack in self.attack.items():
+                start = self.start[d].cpu().numpy()
+                row = start + attack_update(x[d].cpu().numpy() - start, attack, self.eng.seed, r, d)
+                x[d] = torch.from_numpy(row).to(x.device)
+        return self.decoded(x)
+
     def after_train(self, st: DState, ids: np.ndarray, ctx: Ctx) -> Messages:
         w = self.weights(ctx)
         steps = self.a.decfedavg.mixing_steps if self.name == "decfedavg" else 1
         x = st.params
         for _ in range(steps):
-            x = mix(w, x) if self.a.encoding == "float32" else mix_received(w, x, self.decoded(x))
+            if self.robust:
+                x = self.robust_mix(x, self.sent(x, ctx.key), ctx)
+            elif self.a.encoding == "float32" and not self.attack:
+                x = mix(w, x)
+            else:
+                x = mix_received(w, x, self.sent(x, ctx.key))
         st.params = x
         e = ctx.edges
         src = np.tile(np.concatenate([e[:, 0], e[:, 1]]), steps)
         dst = np.tile(np.concatenate([e[:, 1], e[:, 0]]), steps)
         size = self.message_payload_estimate()
         return Messages(src, dst, np.full(src.size, size, dtype=np.int64), np.full(src.size, ctx.now))
+
+    def robust_mix(self, own: Tensor, received: Tensor, ctx: Ctx) -> Tensor:
+        """Every online device's robust merge of its own model and its online neighbours' (by id)."""
+        assert self.robust is not None
+        e = ctx.edges[ctx.online[ctx.edges[:, 0]] & ctx.online[ctx.edges[:, 1]]]
+        out = own.clone()
+        z, mine = received.cpu().numpy(), own.cpu().numpy()
+        for i in np.flatnonzero(ctx.online):
+            nb = np.unique(np.concatenate([e[e[:, 0] == i, 1], e[e[:, 1] == i, 0]]))
+            if nb.size:
+                merged = robust_merge(mine[i], [z[j] for j in nb], self.robust, self.a.aggregator.beta)
+                out[i] = torch.from_numpy(merged).to(out.device)
+        return out
 
     def sends_per_round(self) -> int:
         return self.a.decfedavg.mixing_steps

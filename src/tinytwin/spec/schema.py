@@ -250,6 +250,9 @@ class AsyncSpec(Strict):
 Encoding = Literal["float32", "float16", "int8"]
 
 
+MIXING = ("decfedavg", "serverfree")  # decentralized averaging with graph neighbours: attacks and robust merges
+
+
 class AlgorithmSpec(Strict):
     name: Literal[
         "fedavg", "fedprox", "decfedavg", "gossip", "serverfree", "segmented_gossip", "gist", "hierarchical"
@@ -305,10 +308,16 @@ class AlgorithmSpec(Strict):
         if self.family == "centralized":
             if self.train_samples is not None:
                 raise ValueError(f"train_samples: is for decentralized and hierarchical algorithms, not {self.name}")
-        if self.family != "centralized" and self.name != "hierarchical" and self.aggregator.name != "fedavg":
+        robust_merge = self.name in MIXING and self.aggregator.name in ("median", "trimmed_mean")
+        if (
+            self.family != "centralized"
+            and self.name != "hierarchical"
+            and self.aggregator.name != "fedavg"
+            and not robust_merge
+        ):
             raise ValueError(
-                f"aggregator.name: {self.name} merges with its own rule; "
-                "robust aggregators apply to fedavg, fedprox and hierarchical"
+                f"aggregator.name: {self.name} merges with its own rule; robust aggregators apply to fedavg, "
+                "fedprox and hierarchical, and median / trimmed_mean to decfedavg and serverfree (robust merge)"
             )
         if self.family != "centralized" and self.aggregator.norm_bound is not None:
             raise ValueError(
@@ -429,8 +438,10 @@ class ExperimentSpec(Strict):
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:
         n = self.fleet.num_devices
-        if self.attacks and self.algorithm.family != "centralized":
-            raise ValueError("attacks: applied to centralized runs (fedavg, fedprox) only so far; remove the block")
+        if self.attacks and self.algorithm.family != "centralized" and self.algorithm.name not in MIXING:
+            raise ValueError(
+                "attacks: applied to fedavg, fedprox, decfedavg and serverfree runs only so far; remove the block"
+            )
         for key in ("leave", "join", "permanent"):
             for i, item in enumerate(getattr(self.failures, key)):
                 if item.device >= n:
