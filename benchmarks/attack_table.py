@@ -1,7 +1,10 @@
 """Accuracy under attack (#18): the quickstart fleet (10 devices, lossless) with one device
-sending its update x1e4 (or x-1e4), under FedAvg, median, trimmed mean, Krum and FedAvg with
-norm bounds. Writes docs/results/attacks.json and the table in docs/robustness.md between its
-markers; ``--from-json`` only re-renders the table.
+sending its update x1e4 (or x-1e4), 30 % of the devices training on flipped labels, or one
+device sending +1e30 and another NaN, under FedAvg, median, trimmed mean, Krum and FedAvg with
+norm bounds; and the same fleet as a decentralized mesh (DecFedAvg on a small-world graph)
+with a poisoning peer, under plain mixing and the robust merges. Writes
+docs/results/attacks.json and the tables in docs/robustness.md between their markers;
+``--from-json`` only re-renders them.
 
     PYTHONPATH=src python benchmarks/attack_table.py [--rounds 20] [--from-json]
 """
@@ -35,32 +38,57 @@ ATTACKS = {
     "clean": [],
     "scale x1e4": ['attacks=[{"kind": "scale", "scale": 1e4, "devices": [0]}]'],
     "scale x-1e4": ['attacks=[{"kind": "scale", "scale": -1e4, "devices": [0]}]'],
+    "label flip 30 %": ['attacks=[{"kind": "label_flip", "fraction": 0.3}]'],
+    "+1e30 and NaN": ['attacks=[{"kind": "huge", "devices": [0]}, {"kind": "nan", "devices": [3]}]'],
+}
+MESH = ["algorithm.name=decfedavg", 'topology={"kind": "small_world", "k": 4, "beta": 0.2}']
+MERGES = {
+    "decfedavg (Metropolis-Hastings mix)": [],
+    "decfedavg + median merge": ["algorithm.aggregator.name=median"],
+    "decfedavg + trimmed-mean merge (beta 0.25)": [
+        "algorithm.aggregator.name=trimmed_mean",
+        "algorithm.aggregator.beta=0.25",
+    ],
+}
+PEER_ATTACKS = {
+    "clean": [],
+    "peer x-20": ['attacks=[{"kind": "scale", "scale": -20, "devices": [0]}]'],
+    "peer gaussian sigma 1": ['attacks=[{"kind": "gaussian", "sigma": 1.0, "devices": [0]}]'],
+    "label flip 30 %": ['attacks=[{"kind": "label_flip", "fraction": 0.3}]'],
 }
 
 
-def measure(rounds: int) -> dict[str, dict[str, float]]:
+def measure(rounds: int, rules: dict[str, list[str]], attacks: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Final accuracy (%) of every rule under every attack (simulation twin)."""
     from tinytwin.engines.runner import start_run
     from tinytwin.spec.load import load_spec
 
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for rule, rule_sets in RULES.items():
-            for attack, attack_sets in ATTACKS.items():
+        for rule, rule_sets in rules.items():
+            for attack, attack_sets in attacks.items():
                 spec, spec_yaml = load_spec(
                     REPO / "examples" / "quickstart.yaml", [*BASE, f"rounds={rounds}", *rule_sets, *attack_sets]
                 )
-                run = start_run(
-                    spec, spec_yaml, Path(tmp) / f"{rule}-{attack}".replace(" ", "_"), REPO / "examples", report=False
-                )
+                folder = Path(tmp) / re.sub(r"[^A-Za-z0-9]+", "_", f"{rule}-{attack}")
+                run = start_run(spec, spec_yaml, folder, REPO / "examples", report=False)
                 out.setdefault(rule, {})[attack] = round(100 * float(run.summary["final_accuracy"]), 1)
     return out
 
 
-def render_table(results: dict) -> str:
-    attacks = list(ATTACKS)
-    lines = [BEGIN, "", "| aggregator | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
-    for rule, row in results["accuracy_pct"].items():
+def _table(rows: dict[str, dict[str, float]], first: str) -> list[str]:
+    attacks = list(next(iter(rows.values())))
+    lines = [f"| {first} | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 1) + "|"]
+    for rule, row in rows.items():
         lines.append(f"| {rule} | " + " | ".join(f"{row[a]:.1f} %" for a in attacks) + " |")
+    return lines
+
+
+def render_table(results: dict) -> str:
+    lines = [BEGIN, "", "Centralized (a server aggregates):", "", *_table(results["accuracy_pct"], "aggregator")]
+    if "decentralized_pct" in results:
+        lines += ["", "Decentralized (every device merges its neighbours' models):", ""]
+        lines += _table(results["decentralized_pct"], "merge")
     lines += ["", f"Final test accuracy after {results['rounds']} rounds; command: `{results['command']}`.", "", END]
     return "\n".join(lines)
 
@@ -76,7 +104,8 @@ def main() -> None:
         results = {
             "rounds": args.rounds,
             "command": f"python benchmarks/attack_table.py --rounds {args.rounds}",
-            "accuracy_pct": measure(args.rounds),
+            "accuracy_pct": measure(args.rounds, RULES, ATTACKS),
+            "decentralized_pct": measure(args.rounds, {k: MESH + v for k, v in MERGES.items()}, PEER_ATTACKS),
         }
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     text = DOC.read_text()

@@ -363,6 +363,11 @@ def learn_round(
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
     received = attacked_rows(received, device_ids, attacks, seed, r, num_devices)
     weights = torch.from_numpy(n_samples).to(received.dtype)
+    finite = torch.isfinite(received).all(dim=1)
+    if not bool(finite.all()):  # the receiver refuses a non-finite payload (frame_checks: non_finite)
+        if not bool(finite.any()):
+            return None, result.train_loss, "every update was non-finite"
+        received, weights = received[finite], weights[finite.to(weights.device)]
     agg, refused = aggregate_spec(aggregator, received, weights)
     return agg, result.train_loss, refused
 

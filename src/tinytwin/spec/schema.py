@@ -442,6 +442,11 @@ class ExperimentSpec(Strict):
             raise ValueError(
                 "attacks: applied to fedavg, fedprox, decfedavg and serverfree runs only so far; remove the block"
             )
+        if self.algorithm.name in MIXING and any(a.kind == "nan" for a in self.attacks):
+            raise ValueError(
+                f"attacks: kind nan in {self.algorithm.name}: every peer refuses a non-finite model, so it is "
+                "a peer that never sends; model that with failures.leave, or use another kind"
+            )
         for key in ("leave", "join", "permanent"):
             for i, item in enumerate(getattr(self.failures, key)):
                 if item.device >= n:
