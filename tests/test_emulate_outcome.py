@@ -101,3 +101,48 @@ def test_cli_exits_non_zero_with_one_line_when_every_update_misses_the_deadline(
     assert len(lines) == 1 and lines[0].startswith("run failed: nothing was learned"), res.stderr
     assert "straggler 6" in lines[0]
     assert "Summary" not in res.stdout
+
+
+def test_a_device_dying_in_its_restart_window_does_not_hold_the_round(tmp_path: Path, monkeypatch) -> None:
+    """Device 0 is killed after round 1; every restart of it exits at once (a real process that
+    dies before its HELLO). The round goes on without it at once, not after start_timeout_s."""
+    import json
+    import os
+    import signal
+    import time
+
+    from tinytwin.emulate.processes import DeviceProcesses
+
+    spawn = DeviceProcesses.spawn
+
+    def dying_restarts(self: DeviceProcesses, d: int) -> None:
+        if d == 0 and self.spawns[0] >= 1:  # `sh -c 'exit 3' python -m tinytwin.emulate.device ...`
+            self.exec_prefix = lambda dev: ["sh", "-c", "exit 3"] if dev == 0 else []
+        spawn(self, d)
+
+    monkeypatch.setattr(DeviceProcesses, "spawn", dying_restarts)
+    spec, spec_yaml = load_spec(QUICK, ["fleet.groups.0.count=3", "rounds=3"])
+    run_dir = tmp_path / "run"
+
+    def kill_device_0(r: int, _info: dict) -> None:
+        if r == 1:
+            pids = json.loads((run_dir / "emulate" / "pids.json").read_text())
+            os.kill(int(pids["0"]), signal.SIGKILL)
+
+    t0 = time.monotonic()
+    _, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path,
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.0, start_timeout_s=60.0),
+        progress=kill_device_0,
+        run_dir=run_dir,
+        report=False,
+    )
+    assert time.monotonic() - t0 < 40  # two restarts waiting 60 s each would take 120 s
+    rounds, _devices, events = stored_rows(run_dir)
+    assert [r["completed"] for r in rounds] == [3, 2, 2]
+    exits = [e for e in events if e["device"] == 0 and "exited before its HELLO" in e["detail"]]
+    # (round 2 restarts it only if the kill was seen before the round began; round 3 always does)
+    assert exits and {e["round"] for e in exits} <= {2, 3} and not any(e["kind"] == "no_hello" for e in events)

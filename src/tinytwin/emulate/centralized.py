@@ -36,6 +36,7 @@ from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
+    await_hello,
     load_run_key,
 )
 from tinytwin.emulate.model_rows import model_rows
@@ -178,9 +179,11 @@ class Emulation(CoordinatorClock):
 
     async def _await_hellos(self, devices: list[int], events: list[dict[str, Any]], r: int) -> None:
         async def one(d: int) -> None:
-            try:
-                await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
-            except TimeoutError:
+            got = await await_hello(self.hello[d], lambda: self.devices.running(d), self.opt.start_timeout_s)
+            if got == "exited":
+                self.failed[d] = kind = await self._exit_kind(d)
+                events.append(self._event(r, d, kind.split(" ")[0], f"device {d} exited before its HELLO ({kind})"))
+            elif got == "timeout":
                 self.failed[d] = "no_hello"
                 events.append(
                     self._event(r, d, "no_hello", f"device {d} did not say HELLO in {self.opt.start_timeout_s} s")

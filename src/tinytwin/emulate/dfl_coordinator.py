@@ -61,6 +61,7 @@ from tinytwin.emulate.dfl_summary import DflSummary
 from tinytwin.emulate.fork_fleet import PEERS_FILE, proc_cpu_s
 from tinytwin.emulate.lifecycle import (
     ProgressFn,
+    await_hello,
     bind_coordinator,
 )
 from tinytwin.emulate.processes import child_env, exit_kind, note_memory
@@ -379,9 +380,8 @@ class DflEmulation(DflRecording, DflSummary):
         )
 
         async def hello(d: int) -> None:
-            try:
-                await asyncio.wait_for(self.hello[d].wait(), self.opt.start_timeout_s)
-            except TimeoutError:
+            got = await await_hello(self.hello[d], lambda: self.procs.alive(d), self.opt.start_timeout_s)
+            if got != "hello":
                 self.dead[d] = "no_hello"
                 st["dead_recorded"].add(d)
                 start_events.append(

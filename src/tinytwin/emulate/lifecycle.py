@@ -60,6 +60,27 @@ async def bind_coordinator(
     return server, port
 
 
+async def await_hello(hello: asyncio.Event, alive: Callable[[], bool], timeout_s: float) -> str:
+    """Wait for a started process's HELLO: ``"hello"``, ``"exited"`` as soon as the process is
+    gone (a device dying in its start or restart window must not hold the round for the whole
+    timeout), or ``"timeout"`` after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not hello.is_set():
+        if not alive():
+            return "hello" if hello.is_set() else "exited"
+        left = deadline - loop.time()
+        if left <= 0:
+            return "timeout"
+        try:
+            await asyncio.wait_for(hello.wait(), min(HELLO_POLL_S, left))
+        except TimeoutError:
+            pass
+    return "hello"
+
+
+HELLO_POLL_S = 0.05  # how often a process that has not said HELLO is checked for having exited
+
 PreparedT = TypeVar("PreparedT")
 
 
