@@ -2,7 +2,8 @@
 sending its update x1e4 (or x-1e4), 30 % of the devices training on flipped labels, or one
 device sending +1e30 and another NaN, under FedAvg, median, trimmed mean, Krum and FedAvg with
 norm bounds; and the same fleet as a decentralized mesh (DecFedAvg on a small-world graph)
-with a poisoning peer, under plain mixing and the robust merges. Writes
+with a poisoning peer, under plain mixing and the robust merges; and as a hierarchical fleet
+(2 local aggregators) under FedAvg, median and trimmed mean at the local aggregators. Writes
 docs/results/attacks.json and the tables in docs/robustness.md between their markers;
 ``--from-json`` only re-renders them.
 
@@ -50,6 +51,20 @@ MERGES = {
         "algorithm.aggregator.beta=0.25",
     ],
 }
+HIER = ["algorithm.name=hierarchical", 'algorithm.hierarchical={"num_clusters": 2, "local_rounds": 2}']
+LOCAL_RULES = {
+    "hierarchical, fedavg at the local aggregators": [],
+    "hierarchical, median at the local aggregators": ["algorithm.aggregator.name=median"],
+    "hierarchical, trimmed mean (beta 0.2) at the local aggregators": [
+        "algorithm.aggregator.name=trimmed_mean",
+        "algorithm.aggregator.beta=0.2",
+    ],
+}
+HIER_ATTACKS = {
+    "clean": [],
+    "scale x-1e4": ['attacks=[{"kind": "scale", "scale": -1e4, "devices": [0]}]'],
+    "label flip 30 %": ['attacks=[{"kind": "label_flip", "fraction": 0.3}]'],
+}
 PEER_ATTACKS = {
     "clean": [],
     "peer x-20": ['attacks=[{"kind": "scale", "scale": -20, "devices": [0]}]'],
@@ -89,6 +104,9 @@ def render_table(results: dict) -> str:
     if "decentralized_pct" in results:
         lines += ["", "Decentralized (every device merges its neighbours' models):", ""]
         lines += _table(results["decentralized_pct"], "merge")
+    if "hierarchical_pct" in results:
+        lines += ["", "Hierarchical (2 local aggregators, 2 local rounds per global round):", ""]
+        lines += _table(results["hierarchical_pct"], "local aggregation")
     lines += ["", f"Final test accuracy after {results['rounds']} rounds; command: `{results['command']}`.", "", END]
     return "\n".join(lines)
 
@@ -106,6 +124,7 @@ def main() -> None:
             "command": f"python benchmarks/attack_table.py --rounds {args.rounds}",
             "accuracy_pct": measure(args.rounds, RULES, ATTACKS),
             "decentralized_pct": measure(args.rounds, {k: MESH + v for k, v in MERGES.items()}, PEER_ATTACKS),
+            "hierarchical_pct": measure(args.rounds, {k: HIER + v for k, v in LOCAL_RULES.items()}, HIER_ATTACKS),
         }
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     text = DOC.read_text()

@@ -100,8 +100,19 @@ def _tables(run_dir: Path):
             },
             False,
         ),
+        (
+            {"num_clusters": 2, "local_rounds": 2, "assignment": "given", "clusters": [[0, 1, 2, 3], [4, 5, 6, 7]]},
+            {
+                "algorithm": {"aggregator": {"name": "median"}},
+                "attacks": [
+                    {"kind": "gaussian", "sigma": 0.3, "devices": [1]},
+                    {"kind": "scale", "scale": -50.0, "devices": [4]},
+                ],
+            },
+            True,
+        ),
     ],
-    ids=["2-clusters-mincommcost", "1-cluster-flat", "3-clusters-lossy-churn-fedavgm"],
+    ids=["2-clusters-mincommcost", "1-cluster-flat", "3-clusters-lossy-churn-fedavgm", "2-clusters-poisoned-median"],
 )
 def test_models_bytes_and_costs_match_the_simulator(tmp_path: Path, hier: dict, changes: dict, lossless: bool) -> None:
     raw = _raw(tmp_path, hier, lossless, **changes)
@@ -292,9 +303,13 @@ def test_aggregator_links_have_their_own_keys_and_the_coordinators_checks() -> N
 
 def test_refused_hierarchical_runs_say_why_in_one_line(tmp_path: Path) -> None:
     raw = spec_dict(
-        algorithm={"name": "hierarchical", "aggregator": {"name": "median"}, "hierarchical": {"num_clusters": 2}}
+        algorithm={
+            "name": "hierarchical",
+            "aggregator": {"name": "krum", "num_byzantine": 1},
+            "hierarchical": {"num_clusters": 2},
+        }
     )
-    with pytest.raises(TinyTwinError, match="FedAvg") as exc:
+    with pytest.raises(TinyTwinError, match="fedavg, median or trimmed_mean") as exc:
         check_emulatable(validate_spec(raw))
     assert "\n" not in str(exc.value)
     ok = spec_dict(algorithm={"name": "hierarchical", "hierarchical": {"num_clusters": 2}})

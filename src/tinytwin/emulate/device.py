@@ -240,7 +240,8 @@ def _round_frames(
         time.sleep(pace)
     compute_s = time.perf_counter() - t0
     delta = result.params - content
-    delta = attack_update(delta, cfg.get("attack"), int(cfg["seed"]), r, rt.id)  # spec attacks (algorithms/attacks.py)
+    # spec attacks (algorithms/attacks.py), keyed by the training key as in the simulator
+    delta = attack_update(delta, cfg.get("attack"), int(cfg["seed"]), int(plan.get("key", r)), rt.id)
     enc = cfg["encoding"]
     payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
     up_at = time.monotonic()

@@ -86,10 +86,11 @@ def check_hier_emulatable(spec: ExperimentSpec) -> None:
             "emulate: algorithm.hierarchical.orchestration (reconfiguration, budget stop, RVA) is "
             "simulation-only so far (tinytwin run)"
         )
-    if a.aggregator.name != "fedavg":
+    if a.aggregator.name not in ("fedavg", "median", "trimmed_mean") or a.aggregator.norm_bound is not None:
         raise TinyTwinError(
-            f"emulate: local aggregators run FedAvg (numpy); aggregator.name {a.aggregator.name!r} "
-            "is simulation-only for hierarchical runs (tinytwin run)"
+            f"emulate: local aggregators run fedavg, median or trimmed_mean (numpy); aggregator.name "
+            f"{a.aggregator.name!r}{' with a norm_bound' if a.aggregator.norm_bound else ''} is simulation-only "
+            "for hierarchical runs (tinytwin run)"
         )
 
 

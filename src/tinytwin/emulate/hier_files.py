@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinytwin.algorithms.attacks import attack_of
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
@@ -20,7 +21,8 @@ from tinytwin.wire import frame as fm
 
 
 class HierFiles(HierState):
-    """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation`: The files a hierarchical emulation's processes start from: each local aggregator's and each"""
+    """Methods of :class:`~tinytwin.emulate.hier_coordinator.HierEmulation` that write the files
+    its processes start from."""
 
     def _la_config(self, c: int, first: bool) -> Path:
         kf = self.edir / "keys" / f"la{c}.json"
@@ -51,6 +53,8 @@ class HierFiles(HierState):
             "round_timeout_s": self.opt.round_timeout_s,
             "reconnect_grace_s": self.opt.reconnect_grace_s,
             "announce_ready": first,
+            "rule": a.aggregator.name,  # fedavg, median or trimmed_mean (local_rule in aggregator.py)
+            "beta": a.aggregator.beta,
         }
         path = self.edir / "aggregators" / f"la{c}.json"
         write_private(path, json.dumps(cfg))
@@ -96,6 +100,7 @@ class HierFiles(HierState):
                 "linears": self.linears_rows,
                 "layers": self.layer_rows,
                 "downlink_encoding": a.downlink_encoding,
+                "attack": attack_of(self.attacks, d, self.n, exp.spec.seed),
                 **self.firmware.get(d, {}),
             },
         ).write(self.edir / "devices" / f"d{d}.json")

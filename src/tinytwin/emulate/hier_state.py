@@ -108,6 +108,7 @@ class HierState(CoordinatorClock):
         sim, a = self.sim, exp.spec.algorithm
         self.a = a
         self.n, self.k, self.L = sim.n, sim.k, sim.h.local_rounds
+        self.attacks = sim.attacks  # poisoned devices: their configs carry the attack
         self.edir = run_dir / "emulate"
         private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "aggregators", "logs")))
         self.resume = resume

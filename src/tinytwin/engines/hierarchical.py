@@ -40,6 +40,7 @@ from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.network import Network
 from tinytwin.engines.orchestrator import Orchestrator, OrchestratorState
 from tinytwin.engines.round_costs import shared_medium_waits
+from tinytwin.engines.simulate import attacked_rows, finite_updates
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.summary import common_summary
 from tinytwin.errors import SpecError
@@ -141,6 +142,7 @@ class HierarchicalSimulator:
         self.h = a.hierarchical
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
+        self.attacks = [at.model_dump() for at in spec.attacks]  # poisoned devices (algorithms/attacks.py)
         self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
         self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
@@ -351,15 +353,18 @@ class HierarchicalSimulator:
         lp.bytes_up[ids] += up.wire_bytes
         lp.bytes_down[ids] += down.wire_bytes
         lp.lost[ids] += lost_d + lost_u
-        a, exp = self.exp.spec.algorithm, self.exp
+        a, exp, n = self.exp.spec.algorithm, self.exp, self.n
         for c in np.unique(cl):
             m = np.flatnonzero(cl == c)
             lp.cluster_time[c] += float(total[m].max())
             start = la_models[c]
             deltas = res.params[torch.from_numpy(m)] - start
             received = roundtrip_torch(deltas, a.encoding, tensor_sizes=exp.model.tensor_sizes)
+            received = attacked_rows(received, ids[m], self.attacks, self.seed, key, n)
             w = torch.from_numpy(self.n_train[ids[m]]).to(received.dtype)
-            la_models[c] = start + self._aggregate(received, w)
+            received, w = finite_updates(received, w)
+            if len(received):  # else every update was refused: the LA keeps its model
+                la_models[c] = start + self._aggregate(received, w)
 
     def _aggregator_transfers(self, r: int, present: np.ndarray) -> tuple[Transfer, Transfer]:
         """LA -> GA and GA -> LA transfers of the present clusters over the aggregator link."""

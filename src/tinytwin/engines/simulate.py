@@ -363,11 +363,9 @@ def learn_round(
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
     received = attacked_rows(received, device_ids, attacks, seed, r, num_devices)
     weights = torch.from_numpy(n_samples).to(received.dtype)
-    finite = torch.isfinite(received).all(dim=1)
-    if not bool(finite.all()):  # the receiver refuses a non-finite payload (frame_checks: non_finite)
-        if not bool(finite.any()):
-            return None, result.train_loss, "every update was non-finite"
-        received, weights = received[finite], weights[finite.to(weights.device)]
+    received, weights = finite_updates(received, weights)
+    if not len(received):
+        return None, result.train_loss, "every update was non-finite"
     agg, refused = aggregate_spec(aggregator, received, weights)
     return agg, result.train_loss, refused
 
@@ -461,6 +459,15 @@ def centralized_summary(
         "uplink_message_bytes": up_bytes,
         "downlink_message_bytes": down_bytes,
     }
+
+
+def finite_updates(received: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The updates (and weights) without the non-finite ones: a receiver refuses a NaN/Inf payload
+    (emulate/frame_checks.py, ``non_finite``), so the simulator aggregates without it too."""
+    finite = torch.isfinite(received).all(dim=1)
+    if bool(finite.all()):
+        return received, weights
+    return received[finite], weights[finite.to(weights.device)]
 
 
 def attacked_rows(

@@ -438,9 +438,10 @@ class ExperimentSpec(Strict):
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:
         n = self.fleet.num_devices
-        if self.attacks and self.algorithm.family != "centralized" and self.algorithm.name not in MIXING:
+        if self.attacks and self.algorithm.family == "decentralized" and self.algorithm.name not in MIXING:
             raise ValueError(
-                "attacks: applied to fedavg, fedprox, decfedavg and serverfree runs only so far; remove the block"
+                "attacks: applied to fedavg, fedprox, hierarchical, decfedavg and serverfree runs only so far; "
+                "remove the block"
             )
         if self.algorithm.name in MIXING and any(a.kind == "nan" for a in self.attacks):
             raise ValueError(
