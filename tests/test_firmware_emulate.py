@@ -129,3 +129,25 @@ def test_tinyfedtl_scenario_on_firmware_equals_the_simulator(tmp_path: Path, sha
     assert rounds[-1]["test_accuracy"] > 0.6  # cat vs not cat, balanced: chance is 0.5
     image = summary["emulate"]["firmware"]["images"][0]
     assert image["board"] == "mps2-an386" and image["ram_budget"] == 196608 and image["bss"] < 16 * 1024
+
+
+def test_firmware_devices_carry_out_the_spec_attacks_as_the_simulator_does(tmp_path: Path) -> None:
+    """A sign-flipping and a label-flipping device on the C firmware: the firmware fleet's run
+    equals the simulator's under the same attacks (the update is attacked by the device's host
+    process, the labels in its shard), and the attacks change the outcome."""
+    attacks = 'attacks=[{"kind": "scale", "scale": -8.0, "devices": [2]}, {"kind": "label_flip", "devices": [5]}]'
+    sets = LOSSLESS + ["rounds=4"]
+    clean = start_run(*load_spec(QUICK, sets), tmp_path / "clean", ROOT / "examples", report=False)
+    sim = start_run(*load_spec(QUICK, [*sets, attacks]), tmp_path / "sim", ROOT / "examples", report=False)
+    spec, spec_yaml = load_spec(QUICK, [*sets, attacks])
+    _, summary = start_emulation(
+        spec,
+        spec_yaml,
+        tmp_path / "fw",
+        ROOT / "examples",
+        EmulateOptions(time_scale=0.0, firmware_all=True),
+        report=False,
+    )
+    assert summary["emulate"]["firmware"]["devices"] == 10
+    assert sim.summary["final_accuracy"] < clean.summary["final_accuracy"] - 0.02
+    assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.005
