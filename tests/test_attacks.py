@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from emulate_util import LOSSLESS, QUICK, ROOT
 from tinytwin.algorithms.attacks import attack_of, attack_update, attacked_devices
@@ -110,3 +112,28 @@ def test_a_median_merge_holds_decentralized_averaging_against_a_poisoning_peer(t
     clean = final()
     assert final(attacks=poison) < clean - 0.3  # one peer wrecks plain averaging
     assert final(attacks=poison, algorithm__aggregator={"name": "median"}) > clean - 0.1
+
+
+def test_a_stale_device_replays_its_update_of_delay_participations_ago() -> None:
+    history: dict[str, np.ndarray] = {}
+    attack = {"kind": "stale", "delay": 2}
+    sent = [attack_update(np.full(3, float(k), np.float32), attack, 0, k, 7, history) for k in range(1, 5)]
+    assert [float(s[0]) for s in sent] == [0.0, 0.0, 1.0, 2.0]  # nothing to replay yet, then rounds 1 and 2
+    assert history["7"].shape == (2, 3) and [float(h[0]) for h in history["7"]] == [3.0, 4.0]
+    with pytest.raises(ValueError, match="history"):
+        attack_update(DELTA.copy(), attack, 0, 1, 7)
+
+
+def test_stale_updates_are_the_same_in_the_simulator_its_resume_and_the_emulation(tmp_path: Path) -> None:
+    from dfl_util import resume_engine, run_engine
+
+    attack = 'attacks=[{"kind": "stale", "delay": 2, "fraction": 0.3}]'
+    simulated, _ = _final(tmp_path / "sim", [attack])
+    emulated, _ = _final(tmp_path / "emu", [attack], twin="emulate")
+    clean, _ = _final(tmp_path / "clean", [])
+    assert simulated != clean and abs(emulated - simulated) <= 0.002
+    raw = yaml.safe_load(load_spec(QUICK, [*LOSSLESS, "rounds=6", attack])[1])
+    _, whole, _, _ = run_engine(tmp_path, raw, name="whole")
+    run_engine(tmp_path, raw, name="cut", stop_after=3)
+    _, resumed, _, _ = resume_engine(tmp_path, raw, name="cut")
+    assert torch.equal(resumed.global_params, whole.global_params)  # the history survives the checkpoint

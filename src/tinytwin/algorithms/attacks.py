@@ -32,12 +32,24 @@ def attack_of(attacks: Sequence[Mapping[str, Any]], device: int, num_devices: in
 
 
 def attack_update(
-    delta: np.ndarray, attack: Mapping[str, Any] | None, seed: int, round_: int, device: int
+    delta: np.ndarray,
+    attack: Mapping[str, Any] | None,
+    seed: int,
+    round_: int,
+    device: int,
+    history: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """What an attacked device sends instead of its honest ``delta`` (float32 row)."""
+    """What an attacked device sends instead of its honest ``delta`` (float32 row).
+
+    ``history`` (mutated) keeps, per device, the honest updates the ``stale`` attack replays:
+    the simulator carries it in its checkpoint, an emulated device in a file of its own."""
     if not attack:
         return delta
     kind = attack["kind"]
+    if kind == "stale":
+        if history is None:
+            raise ValueError("the stale attack needs the device's update history")
+        return stale_update(delta, history, str(device), int(attack.get("delay", 1)))
     if kind in ("sign_flip", "scale"):
         return (delta.astype(np.float64) * float(attack.get("scale", -1.0))).astype(delta.dtype)
     if kind == "gaussian":
@@ -52,6 +64,15 @@ def attack_update(
     if kind == "label_flip":  # its data was poisoned (flip_labels); it sends its honest update on it
         return delta
     raise ValueError(f"unknown attack kind {kind!r}")
+
+
+def stale_update(delta: np.ndarray, history: dict[str, np.ndarray], key: str, delay: int) -> np.ndarray:
+    """A free-rider replaying old work: the update of its ``delay``-th previous participation
+    (zeros until it has one); this round's honest update joins ``history[key]`` (oldest first)."""
+    past = history.get(key, np.zeros((0, delta.size), dtype=delta.dtype))
+    sent = past[0].copy() if len(past) >= delay else np.zeros_like(delta)
+    history[key] = np.concatenate([past, delta[None, :]])[-delay:]
+    return sent
 
 
 DatasetT = TypeVar("DatasetT")

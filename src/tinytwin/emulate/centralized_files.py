@@ -75,6 +75,7 @@ def write_device_configs(
                     **model,
                     "downlink_encoding": a.downlink_encoding,
                     "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
+                    "attack_history_file": str(config_file(d).with_name(f"d{d}.history.npz")),
                     **firmware.get(d, {}),
                 },
             ).write(config_file(d))

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,6 +213,25 @@ class CoordinatorLink:
             self.sock = None
 
 
+def _attacked(delta: np.ndarray, cfg: dict[str, Any], key: int, device: int) -> np.ndarray:
+    """What this device sends (spec attacks, algorithms/attacks.py; keyed by the training key as
+    in the simulator). The stale attack's update history lives in a file of the device's own, so
+    a restarted process replays the same old updates as the simulator's checkpointed history."""
+    attack = cfg.get("attack")
+    if not attack or attack["kind"] != "stale":
+        return attack_update(delta, attack, int(cfg["seed"]), key, device)
+    path = Path(cfg["attack_history_file"])
+    history: dict[str, np.ndarray] = {}
+    if path.is_file():
+        with np.load(path) as stored:
+            history = {k: stored[k] for k in stored.files}
+    sent = attack_update(delta, attack, int(cfg["seed"]), key, device, history)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, allow_pickle=False, **history)
+    os.replace(tmp, path)
+    return sent
+
+
 def _round_frames(
     rt: DeviceRuntime,
     cfg: dict[str, Any],
@@ -240,8 +260,7 @@ def _round_frames(
         time.sleep(pace)
     compute_s = time.perf_counter() - t0
     delta = result.params - content
-    # spec attacks (algorithms/attacks.py), keyed by the training key as in the simulator
-    delta = attack_update(delta, cfg.get("attack"), int(cfg["seed"]), int(plan.get("key", r)), rt.id)
+    delta = _attacked(delta, cfg, int(plan.get("key", r)), rt.id)
     enc = cfg["encoding"]
     payload = rt.enc.encode(delta, enc, tensor_sizes=rt.tensor_sizes)
     up_at = time.monotonic()

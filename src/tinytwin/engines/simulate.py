@@ -52,6 +52,7 @@ class SimState(Checkpointed):
     bytes_up: int = 0
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
+    attack_history: dict[str, np.ndarray] = field(default_factory=dict)  # the stale attack's (attacks.py)
 
 
 class Simulator:
@@ -149,8 +150,9 @@ class Simulator:
 
         # Learning: batched local training of the devices that will report back.
         train_losses = np.full(selected.size, np.nan)
+        history = dict(state.attack_history)  # the stale attack's, carried in the checkpoint
         new_global, server_state = self._update_global(
-            state, r, completed, completed_mask, n_samples, train_losses, events, t0
+            state, r, completed, completed_mask, n_samples, train_losses, events, t0, history
         )
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
@@ -171,6 +173,7 @@ class Simulator:
             state.bytes_up + bytes_up,
             state.bytes_down + bytes_down,
             state.accuracies + ([(r, acc)] if acc is not None else []),
+            history,
         )
         round_row = {
             "round": r,
@@ -201,6 +204,7 @@ class Simulator:
         train_losses: np.ndarray,
         events: list[dict[str, Any]],
         t0: float,
+        history: dict[str, np.ndarray],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Train, aggregate and step the server optimizer; fills ``train_losses`` of the completed devices.
 
@@ -209,7 +213,7 @@ class Simulator:
         new_global, server_state = state.global_params, state.server_state
         if completed.size:
             aggregate, train_losses[completed_mask] = self._learn(
-                state.global_params, r, completed, n_samples[completed_mask], events, t0
+                state.global_params, r, completed, n_samples[completed_mask], events, t0, history
             )
             if aggregate is not None:
                 new_global, server_state = self.server_opt.step(
@@ -284,6 +288,7 @@ class Simulator:
         n_samples: np.ndarray,
         events: list[dict[str, Any]],
         t0: float,
+        history: dict[str, np.ndarray],
     ) -> tuple[torch.Tensor | None, np.ndarray]:
         """Train the completed devices and aggregate what the server receives.
 
@@ -307,6 +312,7 @@ class Simulator:
             attacks=[at.model_dump() for at in exp.spec.attacks],
             seed=exp.spec.seed,
             num_devices=exp.fleet.num_devices,
+            history=history,
         )
         if error is not None:
             events.append(
@@ -346,6 +352,7 @@ def learn_round(
     attacks: Sequence[Mapping[str, Any]] = (),
     seed: int = 0,
     num_devices: int = 0,
+    history: dict[str, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor | None, np.ndarray, str | None]:
     """One round's learning: local training from ``start``, the server's decoding, aggregation.
 
@@ -361,7 +368,7 @@ def learn_round(
         return stream_fedavg(trainer, start, r, device_ids, parts, n_samples, encoding, tensor_sizes)
     result = trainer.train(start, r, device_ids, parts)
     received = roundtrip_torch(result.params - start.to(trainer.device), encoding, tensor_sizes=tensor_sizes)
-    received = attacked_rows(received, device_ids, attacks, seed, r, num_devices)
+    received = attacked_rows(received, device_ids, attacks, seed, r, num_devices, history)
     weights = torch.from_numpy(n_samples).to(received.dtype)
     received, weights = finite_updates(received, weights)
     if not len(received):
@@ -471,12 +478,18 @@ def finite_updates(received: torch.Tensor, weights: torch.Tensor) -> tuple[torch
 
 
 def attacked_rows(
-    received: torch.Tensor, device_ids: np.ndarray, attacks: Sequence[Mapping[str, Any]], seed: int, r: int, n: int
+    received: torch.Tensor,
+    device_ids: np.ndarray,
+    attacks: Sequence[Mapping[str, Any]],
+    seed: int,
+    r: int,
+    n: int,
+    history: dict[str, np.ndarray] | None = None,
 ) -> torch.Tensor:
     """``received`` with each attacked device's row replaced by what it sends (algorithms/attacks.py)."""
     if not attacks:
         return received
     rows = received.cpu().numpy().copy()
     for i, d in enumerate(device_ids):
-        rows[i] = attack_update(rows[i], attack_of(attacks, int(d), n, seed), seed, r, int(d))
+        rows[i] = attack_update(rows[i], attack_of(attacks, int(d), n, seed), seed, r, int(d), history)
     return torch.from_numpy(rows).to(received.device)

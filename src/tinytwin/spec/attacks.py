@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "free_ride", "label_flip", "huge"]
+AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "free_ride", "label_flip", "huge", "stale"]
 
 
 class AttackSpec(BaseModel):
@@ -28,3 +28,6 @@ class AttackSpec(BaseModel):
         default=-1.0, description="sign_flip / scale: the update is multiplied by this"
     )
     sigma: Annotated[float, Field(ge=0.0, le=1e6)] = Field(default=1.0, description="gaussian: noise std added")
+    delay: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=1, description="stale: it sends the update of its delay-th previous participation (zeros before)"
+    )

@@ -443,6 +443,10 @@ class ExperimentSpec(Strict):
                 "attacks: applied to fedavg, fedprox, hierarchical, decfedavg and serverfree runs only so far; "
                 "remove the block"
             )
+        if self.algorithm.family != "centralized" and any(a.kind == "stale" for a in self.attacks):
+            raise ValueError(
+                f"attacks: kind stale (replayed old updates) applies to fedavg and fedprox so far, not {self.algorithm.name}"
+            )
         if self.algorithm.name in MIXING and any(a.kind == "nan" for a in self.attacks):
             raise ValueError(
                 f"attacks: kind nan in {self.algorithm.name}: every peer refuses a non-finite model, so it is "
