@@ -104,6 +104,9 @@ def emulate(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_report: bool = typer.Option(False, "--no-report", help="skip CSV/plots/HTML"),
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
+    tls: bool = typer.Option(
+        False, "--tls", help="devices reach the coordinator over TLS, checked against a CA made for the run"
+    ),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
     spec, spec_yaml = _emulate_spec(spec_file, set_, time_scale, netns, twin)
@@ -126,7 +129,7 @@ def emulate(
                 spec_yaml,
                 out,
                 spec_file.resolve().parent,
-                EmulateOptions(time_scale=time_scale, netns=netns, firmware_all=twin == "firmware"),
+                EmulateOptions(time_scale=time_scale, netns=netns, firmware_all=twin == "firmware", tls=tls),
                 on_round,
                 report=not no_report,
             )

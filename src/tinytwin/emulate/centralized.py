@@ -47,6 +47,7 @@ from tinytwin.emulate.run_stats import firmware_summary, run_stats
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
 from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
+from tinytwin.emulate.tls import server_context_for
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
@@ -487,8 +488,9 @@ class Emulation(CoordinatorClock):
         saved = read_json(self.edir / COORDINATOR_FILE) if resume else None
         want = int(saved["port"]) if saved and saved.get("host") == self.host else 0
         self.hello = {d: asyncio.Event() for d in range(self.n_dev)}  # before anyone can say HELLO
+        tls = server_context_for(self.edir, self.host) if self.opt.tls else None
         try:
-            server = await asyncio.start_server(self._serve, self.host, want)
+            server = await asyncio.start_server(self._serve, self.host, want, ssl=tls)
         except OSError as exc:
             if not want:
                 raise
@@ -500,7 +502,7 @@ class Emulation(CoordinatorClock):
                     f"{self.host}:{want} is taken ({exc}); device processes restarted",
                 )
             )
-            server = await asyncio.start_server(self._serve, self.host, 0)
+            server = await asyncio.start_server(self._serve, self.host, 0, ssl=tls)
         self.port = server.sockets[0].getsockname()[1]
         same_address = saved is not None and (saved.get("host"), saved.get("port")) == (self.host, self.port)
         write_json(

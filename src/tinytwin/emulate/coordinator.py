@@ -64,6 +64,11 @@ def start_emulation(
     report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
+    if options is not None and options.tls and spec.algorithm.family != "centralized":
+        raise TinyTwinError(
+            f"emulate --tls: TLS covers the centralized coordinator's connections so far, not "
+            f"{spec.algorithm.family} runs (peer and aggregator links); leave out --tls"
+        )
     start = {"decentralized": start_dfl_emulation, "hierarchical": start_hier_emulation}.get(
         spec.algorithm.family, start_centralized
     )

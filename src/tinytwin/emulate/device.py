@@ -36,6 +36,7 @@ import numpy as np
 
 from tinytwin.algorithms.attacks import attack_update
 from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
+from tinytwin.emulate.tls import client_context
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundResult, make_trainer
 from tinytwin.emulate.wire_np import COORDINATOR_ID, Rejected, decode_checked, load_wire, read_frame_blocking
 
@@ -171,6 +172,8 @@ class CoordinatorLink:
         self.rt, self.hello = rt, hello
         self.sock: socket.socket | None = None
         self.connects = 0
+        # --tls: the coordinator must prove itself with the run's CA (emulate/tls.py)
+        self.tls = client_context(cfg["tls_ca"]) if cfg.get("tls_ca") else None
 
     def connect(self) -> bool:
         """Connect (retrying within the grace period) and say HELLO; False if nobody answered."""
@@ -179,6 +182,8 @@ class CoordinatorLink:
         while True:
             try:
                 sock = socket.create_connection(self.addr, timeout=5)
+                if self.tls is not None:
+                    sock = self.tls.wrap_socket(sock, server_hostname=self.addr[0])
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 payload = json.dumps({**self.hello, "reconnects": self.connects}).encode()

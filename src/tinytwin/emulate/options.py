@@ -29,6 +29,8 @@ class EmulateOptions:
     """Every group runs as firmware on emulated boards (``--twin firmware``); else each group's ``twin``."""
     firmware_arena_override: dict[int, int] = field(default_factory=dict)
     """device -> arena bytes its firmware image is built with (tests: a run-time arena fault)."""
+    tls: bool = False
+    """Devices reach the coordinator over TLS, verified against a CA made for the run (emulate/tls.py)."""
 
 
 OptionsT = TypeVar("OptionsT", bound=EmulateOptions)
