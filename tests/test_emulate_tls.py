@@ -54,6 +54,24 @@ def test_a_tls_run_equals_the_plaintext_run_and_trusts_only_its_ca(tmp_path: Pat
     assert keys and all(p.stat().st_mode & 0o077 == 0 for p in keys)
 
 
+def test_a_hierarchical_run_over_tls_equals_the_plaintext_run(tmp_path: Path) -> None:
+    """Devices to their local aggregators and the aggregators to the global coordinator, all over
+    TLS with the run's CA; the models are the plaintext run's."""
+    from tinytwin.emulate.hier_state import HierOptions
+
+    sets = [*LOSSLESS[1:], "fleet.groups.0.count=6", "rounds=2", "algorithm.name=hierarchical"]
+    spec, spec_yaml = load_spec(QUICK, [*sets, 'algorithm.hierarchical={"num_clusters": 2}'])
+    run_dir = tmp_path / "tls"
+    _, secure = start_emulation(
+        spec, spec_yaml, tmp_path, ROOT / "examples", HierOptions(time_scale=0.0, tls=True), None, run_dir, report=False
+    )
+    _, plain = start_emulation(spec, spec_yaml, tmp_path / "plain", ROOT / "examples", HierOptions(time_scale=0.0))
+    assert secure["final_accuracy"] == plain["final_accuracy"]
+    assert (run_dir / "emulate" / TLS_DIR / CA_CERT).is_file()
+    cfg = json.loads((run_dir / "emulate" / "devices" / "d0.json").read_text())
+    assert cfg["tls_ca"].endswith(CA_CERT)
+
+
 def test_tls_for_a_decentralized_run_is_refused_in_one_line(tmp_path: Path) -> None:
     proc = run_cli(
         "emulate", str(ROOT / "examples" / "zwe3-decfedavg.yaml"), "--tls", "--out", str(tmp_path), timeout=120

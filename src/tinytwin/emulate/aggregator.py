@@ -54,6 +54,7 @@ from tinytwin.algorithms.aggregators_np import coordinate_median, trim_count, tr
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, DeviceRuntime, log, proc_status_kb
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.serving import accepted_frames, read_frame, send_frame
+from tinytwin.emulate.tls import client_context, server_context
 from tinytwin.emulate.wire_np import Rejected
 from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
@@ -344,7 +345,11 @@ class LocalAggregator:
         deadline = time.monotonic() + grace_s
         while True:
             try:
-                greader, gw = await asyncio.open_connection(str(self.cfg["host"]), int(self.cfg["ga_port"]))
+                host = str(self.cfg["host"])
+                tls = client_context(self.cfg["tls_ca"]) if self.cfg.get("tls_ca") else None
+                greader, gw = await asyncio.open_connection(
+                    host, int(self.cfg["ga_port"]), ssl=tls, server_hostname=host if tls else None
+                )
                 break
             except OSError as exc:
                 if time.monotonic() >= deadline:
@@ -386,13 +391,15 @@ class LocalAggregator:
 
     async def run(self) -> int:
         want = int(self.cfg.get("port", 0))
+        # --tls: devices check this process with the run's CA (it serves the coordinator's certificate)
+        tls = server_context(Path(self.cfg["tls_ca"]).parent) if self.cfg.get("tls_ca") else None
         try:
-            server = await asyncio.start_server(self._serve_device, "127.0.0.1", want)
+            server = await asyncio.start_server(self._serve_device, "127.0.0.1", want, ssl=tls)
         except OSError as exc:
             if not want:
                 raise
             log(f"aggregator {self.cluster}: port {want} is taken ({exc}); listening on another")
-            server = await asyncio.start_server(self._serve_device, "127.0.0.1", 0)
+            server = await asyncio.start_server(self._serve_device, "127.0.0.1", 0, ssl=tls)
         self.port = server.sockets[0].getsockname()[1]
         log(
             f"aggregator {self.cluster}: pid {os.getpid()} listening on port {self.port}, "

@@ -64,10 +64,10 @@ def start_emulation(
     report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
-    if options is not None and options.tls and spec.algorithm.family != "centralized":
+    if options is not None and options.tls and spec.algorithm.family == "decentralized":
         raise TinyTwinError(
-            f"emulate --tls: TLS covers the centralized coordinator's connections so far, not "
-            f"{spec.algorithm.family} runs (peer and aggregator links); leave out --tls"
+            "emulate --tls: TLS covers centralized and hierarchical runs so far, not the peer-to-peer "
+            "links of decentralized ones; leave out --tls"
         )
     start = {"decentralized": start_dfl_emulation, "hierarchical": start_hier_emulation}.get(
         spec.algorithm.family, start_centralized

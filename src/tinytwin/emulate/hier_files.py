@@ -14,6 +14,7 @@ from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.hier_state import HierState
+from tinytwin.emulate.tls import CA_CERT, TLS_DIR
 from tinytwin.emulate.wire_np import derive_key
 from tinytwin.store.files import save_npz_private, write_private
 from tinytwin.wire import encoding as enc
@@ -53,12 +54,17 @@ class HierFiles(HierState):
             "round_timeout_s": self.opt.round_timeout_s,
             "reconnect_grace_s": self.opt.reconnect_grace_s,
             "announce_ready": first,
+            "tls_ca": self._tls_ca(),
             "rule": a.aggregator.name,  # fedavg, median or trimmed_mean (local_rule in aggregator.py)
             "beta": a.aggregator.beta,
         }
         path = self.edir / "aggregators" / f"la{c}.json"
         write_private(path, json.dumps(cfg))
         return path
+
+    def _tls_ca(self) -> str | None:
+        """--tls: the run's CA file (made with the coordinator's certificate when it binds)."""
+        return str(self.edir / TLS_DIR / CA_CERT) if self.opt.tls else None
 
     def _write_devices(self) -> None:
         exp, sim = self.exp, self.sim
@@ -101,6 +107,7 @@ class HierFiles(HierState):
                 "layers": self.layer_rows,
                 "downlink_encoding": a.downlink_encoding,
                 "attack": attack_of(self.attacks, d, self.n, exp.spec.seed),
+                "tls_ca": self._tls_ca(),
                 **self.firmware.get(d, {}),
             },
         ).write(self.edir / "devices" / f"d{d}.json")

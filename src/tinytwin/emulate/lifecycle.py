@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from tinytwin.emulate.options import EmulateOptions, options_to_json
 from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json, write_json
+from tinytwin.emulate.tls import server_context_for
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.runner import DB_NAME, new_run_dir
 from tinytwin.errors import TinyTwinError
@@ -46,8 +47,9 @@ async def bind_coordinator(
     processes that outlived it) call only that address, and refuses to go on when it is taken."""
     saved = read_json(edir / COORDINATOR_FILE) if resume else None
     want = int(saved["port"]) if saved else 0
+    tls = server_context_for(edir, "127.0.0.1") if options.tls else None  # --tls (emulate/tls.py)
     try:
-        server = await asyncio.start_server(serve, "127.0.0.1", want, backlog=backlog)
+        server = await asyncio.start_server(serve, "127.0.0.1", want, backlog=backlog, ssl=tls)
     except OSError as exc:
         if not want:
             raise
