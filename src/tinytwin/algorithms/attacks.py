@@ -66,6 +66,16 @@ def attack_update(
     raise ValueError(f"unknown attack kind {kind!r}")
 
 
+def attacked_model(
+    model: np.ndarray, start: np.ndarray, attack: Mapping[str, Any] | None, seed: int, round_: int, device: int
+) -> np.ndarray:
+    """What a poisoning peer of a decentralized run sends instead of ``model``: its start model
+    plus its attacked update (a label flip poisoned its data instead: it sends its model)."""
+    if not attack or attack["kind"] == "label_flip":
+        return model
+    return start + attack_update(model - start, attack, seed, round_, device)
+
+
 def stale_update(delta: np.ndarray, history: dict[str, np.ndarray], key: str, delay: int) -> np.ndarray:
     """A free-rider replaying old work: the update of its ``delay``-th previous participation
     (zeros until it has one); this round's honest update joins ``history[key]`` (oldest first)."""

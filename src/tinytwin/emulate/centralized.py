@@ -181,13 +181,11 @@ class Emulation(CoordinatorClock):
     async def _await_hellos(self, devices: list[int], events: list[dict[str, Any]], r: int) -> None:
         async def one(d: int) -> None:
             got = await await_hello(self.hello[d], lambda: self.devices.running(d), self.opt.start_timeout_s)
-            if got == "exited":
-                self.failed[d] = kind = await self._exit_kind(d)
-                events.append(self._event(r, d, kind.split(" ")[0], f"device {d} exited before its HELLO ({kind})"))
-            elif got == "timeout":
-                self.failed[d] = "no_hello"
+            if got != "hello":
+                self.failed[d] = kind = await self._exit_kind(d) if got == "exited" else "no_hello"
+                why = f"exited before its HELLO ({kind})" if got == "exited" else "did not say HELLO"
                 events.append(
-                    self._event(r, d, "no_hello", f"device {d} did not say HELLO in {self.opt.start_timeout_s} s")
+                    self._event(r, d, kind.split(" ")[0], f"device {d} {why} in {self.opt.start_timeout_s} s")
                 )
 
         await asyncio.gather(*(one(d) for d in devices))

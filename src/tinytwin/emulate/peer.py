@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin.algorithms.attacks import attack_update
+from tinytwin.algorithms.attacks import attacked_model
 from tinytwin.algorithms.robust_merge import robust_merge
 from tinytwin.emulate import mlp_np, shaper
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, _arena, log, proc_status_kb, run_main
@@ -361,7 +361,8 @@ class Peer:
                 encoding, msg_type = "none", self.rt.frame.MsgType.CONTROL
                 self.serving, self.answered = (params, r, sent), 0
             else:
-                payloads = [self._payload(self._poisoned(params, r))] * len(cmd.get("send", []))
+                sent_model = attacked_model(params, self.start, self.attack, self.seed, r, self.id)  # spec attacks
+                payloads = [self._payload(sent_model)] * len(cmd.get("send", []))
             for k, dst in enumerate(cmd.get("send", [])):
                 sent.append(self._send(int(dst), r, payloads[k], step, k, encoding, msg_type))
             t_wait = time.perf_counter()
@@ -500,12 +501,6 @@ class Peer:
             lo, hi = bounds[seg], bounds[seg + 1]
             out[lo:hi] = self.trainer.pull_merge(params[lo:hi], own_w, pulled)
         return out
-
-    def _poisoned(self, params: np.ndarray, r: int) -> np.ndarray:
-        """The model a poisoning peer sends instead of ``params``: its round's update attacked."""
-        if not self.attack or self.attack["kind"] == "label_flip":
-            return params
-        return self.start + attack_update(params - self.start, self.attack, self.seed, r, self.id)
 
     def _merge(
         self, params: np.ndarray, msgs: list[Received], cmd: dict[str, Any], extra: dict[str, Any]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from tinytwin.algorithms import gist as G
 from tinytwin.algorithms import gossip as GS
-from tinytwin.algorithms.attacks import attack_of, attack_update
+from tinytwin.algorithms.attacks import attack_of, attacked_model
 from tinytwin.algorithms.mixing import mix, mix_received, serverfree_weights
 from tinytwin.algorithms.robust_merge import ROBUST_MERGES, robust_merge
 from tinytwin.algorithms.segments import REQUEST_PAYLOAD_BYTES, choose_replicas, contiguous_bounds, segment_pull
@@ -110,8 +110,7 @@ class MixingProtocol(Protocol):
             assert self.start is not None
             x = x.clone()
             for d, attack in self.attack.items():
-                start = self.start[d].cpu().numpy()
-                row = start + attack_update(x[d].cpu().numpy() - start, attack, self.eng.seed, r, d)
+                row = attacked_model(x[d].cpu().numpy(), self.start[d].cpu().numpy(), attack, self.eng.seed, r, d)
                 x[d] = torch.from_numpy(row).to(x.device)
         return self.decoded(x)
 
