@@ -10,4 +10,6 @@ echo "ruff check / ruff format --check / mypy" >&2
 .venv/bin/ruff check -q src tests benchmarks
 .venv/bin/ruff format --check -q src tests benchmarks
 .venv/bin/mypy --no-error-summary
-exec .venv/bin/python -m pytest -q "$@"
+# One pytest worker per core (at most 4; TINYTWIN_TEST_WORKERS overrides, 0 for none): the suite is
+# mostly waiting on subprocesses, sockets and a browser, so two workers halve its wall time here.
+exec .venv/bin/python -m pytest -q -n "${TINYTWIN_TEST_WORKERS:-auto}" --maxprocesses 4 "$@"
