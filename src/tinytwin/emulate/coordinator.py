@@ -64,11 +64,6 @@ def start_emulation(
     report: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Check everything, create the run folder, emulate every round, write the report."""
-    if options is not None and options.tls and spec.algorithm.family == "decentralized":
-        raise TinyTwinError(
-            "emulate --tls: TLS covers centralized and hierarchical runs so far, not the peer-to-peer "
-            "links of decentralized ones; leave out --tls"
-        )
     start = {"decentralized": start_dfl_emulation, "hierarchical": start_hier_emulation}.get(
         spec.algorithm.family, start_centralized
     )

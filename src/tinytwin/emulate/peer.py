@@ -562,7 +562,7 @@ def run(cfg: dict[str, Any]) -> int:
     except DeviceFault as fault:
         log(f"device {rt.id}: firmware fault at start-up {fault.kind}: {fault.detail}")
         return FIRMWARE_FAULT_EXIT
-    net = PeerNet(int(cfg["max_frame"]))
+    net = PeerNet(int(cfg["max_frame"]), cfg.get("tls_ca"))
     warm_blas()  # BLAS's work buffers belong to the baseline, not to the budget (runtime_env)
     try:
         net.connect_coordinator(cfg["host"], int(cfg["port"]))

@@ -17,6 +17,11 @@ other at the same moment cannot deadlock on full socket buffers.
 A header that cannot be a valid frame (or announces more than the largest legitimate
 frame) is reported as ``("bad_header", conn, reason)`` and that connection is closed:
 a byte stream cannot be resynchronised.
+
+With ``tls_ca`` (``emulate --tls``) every connection is TLS: this peer serves the run's
+certificate (it listens on the same address as the coordinator) and checks the coordinator's
+and its neighbours' against the run's CA (:mod:`tinytwin.emulate.tls`). An inbound handshake
+runs in the reader thread with a time limit, so a client that never completes one cannot stall it.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from __future__ import annotations
 import queue
 import selectors
 import socket
+import ssl
 import threading
+from pathlib import Path
 from typing import Any
 
+from tinytwin.emulate.tls import client_context, server_context
 from tinytwin.emulate.wire_np import load_wire
 
 COORDINATOR_CONN = 0
@@ -35,13 +43,16 @@ COORDINATOR_CONN = 0
 #: Stack of the reader thread: it only shuffles bytes; glibc's default (8 MiB) would count
 #: against the process's RLIMIT_DATA.
 READER_STACK_BYTES = 512 * 1024
+HANDSHAKE_TIMEOUT_S = 5.0  # an inbound TLS handshake must finish within this
 
 
 class PeerNet:
     """Listening socket, coordinator connection, outbound connections and the reader thread."""
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, tls_ca: str | None = None) -> None:
         self.frame, _ = load_wire()
+        self.tls_client = client_context(tls_ca) if tls_ca else None
+        self.tls_server = server_context(Path(tls_ca).parent) if tls_ca else None
         self.max_frame = max_frame
         self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -59,9 +70,15 @@ class PeerNet:
         self._thread: threading.Thread | None = None
 
     # ---- main thread ----------------------------------------------------------------
-    def connect_coordinator(self, host: str, port: int, timeout: float = 30.0) -> None:
+    def _dial(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = socket.create_connection((host, port), timeout=timeout)
+        if self.tls_client is not None:
+            sock = self.tls_client.wrap_socket(sock, server_hostname=host)
         sock.settimeout(None)
+        return sock
+
+    def connect_coordinator(self, host: str, port: int, timeout: float = 30.0) -> None:
+        sock = self._dial(host, port, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.coordinator = sock
         self._register(sock, COORDINATOR_CONN)
@@ -89,8 +106,7 @@ class PeerNet:
             if port is None:
                 return False
             try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                sock.settimeout(None)
+                sock = self._dial("127.0.0.1", port, 10)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 return False
@@ -127,6 +143,14 @@ class PeerNet:
         except OSError:
             return
         sock.setblocking(True)
+        if self.tls_server is not None:
+            try:
+                sock.settimeout(HANDSHAKE_TIMEOUT_S)
+                sock = self.tls_server.wrap_socket(sock, server_side=True)
+                sock.settimeout(None)
+            except (OSError, ssl.SSLError):
+                sock.close()
+                return
         conn = self._next_conn
         self._next_conn += 1
         self._register(sock, conn)
@@ -134,6 +158,8 @@ class PeerNet:
     def _read(self, sock: socket.socket, conn: int) -> None:
         try:
             chunk = sock.recv(1 << 20)
+            while isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes select cannot see
+                chunk += sock.recv(sock.pending())
         except OSError:
             chunk = b""
         if not chunk:
