@@ -183,10 +183,9 @@ class Emulation(CoordinatorClock):
             got = await await_hello(self.hello[d], lambda: self.devices.running(d), self.opt.start_timeout_s)
             if got != "hello":
                 self.failed[d] = kind = await self._exit_kind(d) if got == "exited" else "no_hello"
-                why = f"exited before its HELLO ({kind})" if got == "exited" else "did not say HELLO"
-                events.append(
-                    self._event(r, d, kind.split(" ")[0], f"device {d} {why} in {self.opt.start_timeout_s} s")
-                )
+                wait = f"did not say HELLO in {self.opt.start_timeout_s} s"
+                why = f"exited before its HELLO ({kind})" if got == "exited" else wait
+                events.append(self._event(r, d, kind.split(" ")[0], f"device {d} {why}"))
 
         await asyncio.gather(*(one(d) for d in devices))
 
