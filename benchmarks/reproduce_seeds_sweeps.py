@@ -373,17 +373,33 @@ def main() -> None:
     print(f"wrote {RESULTS}, {MD} and {FIG_DIR}/")
 
 
+def arm_folders(out: Path, rounds_of: Callable[[str], int | None]) -> dict[tuple[str, tuple[str, ...]], Path]:
+    """Every distinct arm's sweep folder: an arm in two experiments (Imp on 200 devices) has one,
+    the first experiment's in EXPERIMENTS order, whichever experiments a call names."""
+    folders: dict[tuple[str, tuple[str, ...]], Path] = {}
+    for name, arms in EXPERIMENTS.items():
+        rounds = rounds_of(name)
+        for label, spec_file, overrides in arms:
+            key = (spec_file, (*overrides, *([f"rounds={rounds}"] if rounds else [])))
+            folders.setdefault(key, out / name / slug(label))
+    return folders
+
+
 def run_experiments(names: list[str], args: argparse.Namespace) -> dict:
+    def rounds_of(name: str) -> int | None:
+        return args.rounds or (QUICK_ROUNDS[name] if args.quick else None)
+
+    folders = arm_folders(args.out, rounds_of)
     done: dict[tuple[str, tuple[str, ...]], list[Path]] = {}
     results = {}
     total = 0
     for name in names:
-        rounds = args.rounds or (QUICK_ROUNDS[name] if args.quick else None)
+        rounds = rounds_of(name)
         arms = {}
         for label, spec_file, overrides in EXPERIMENTS[name]:
             sets = [*overrides, *([f"rounds={rounds}"] if rounds else [])]
-            sweep_dir = args.out / name / slug(label)
             key = (spec_file, tuple(sets))
+            sweep_dir = folders[key]
             if key in done:  # the same arm in two experiments (Imp on 200 devices) runs once
                 print(f"{name} / {label}: same runs as an earlier arm", flush=True)
             else:
