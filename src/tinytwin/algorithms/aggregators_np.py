@@ -51,3 +51,18 @@ def trim_count(k: int, beta: float) -> int:
     if not 0.0 <= beta < 0.5:
         raise ValueError(f"trimmed mean needs 0 <= beta < 0.5, got beta={beta}")
     return int(math.floor(beta * k + 1e-9))
+
+
+NP_RULES = ("fedavg", "median", "trimmed_mean")  # the rules with a numpy twin (torch-free processes)
+
+
+def aggregate_np(rule: str, updates: np.ndarray, weights: np.ndarray | None = None, beta: float = 0.1) -> np.ndarray:
+    """Rule ``rule`` of :data:`NP_RULES` over the ``(K, P)`` vectors, as the torch
+    :func:`tinytwin.algorithms.aggregators.aggregate` computes it (``weights``: FedAvg's only)."""
+    if rule == "median":
+        return coordinate_median(updates)
+    if rule == "trimmed_mean":
+        return trimmed_mean(updates, trim_count(len(updates), beta))
+    if rule == "fedavg" and weights is not None:
+        return weighted_mean(updates, weights)
+    raise ValueError(f"no numpy rule {rule!r} (with these arguments); choose one of {', '.join(NP_RULES)}")

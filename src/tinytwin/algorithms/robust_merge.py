@@ -16,16 +16,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tinytwin.algorithms.aggregators_np import coordinate_median, trim_count, trimmed_mean
+from tinytwin.algorithms.aggregators_np import aggregate_np
 
 ROBUST_MERGES = ("median", "trimmed_mean")
 
 
 def robust_merge(own: np.ndarray, received: Sequence[np.ndarray], rule: str, beta: float = 0.1) -> np.ndarray:
     """The ``rule`` over the own model and the received ones (float32 in and out)."""
+    if rule not in ROBUST_MERGES:
+        raise ValueError(f"unknown robust merge {rule!r}; choose one of {', '.join(ROBUST_MERGES)}")
     stack = np.stack([np.asarray(own, dtype=np.float32), *(np.asarray(z, dtype=np.float32) for z in received)])
-    if rule == "median":
-        return coordinate_median(stack)
-    if rule == "trimmed_mean":
-        return trimmed_mean(stack, trim_count(len(stack), beta))
-    raise ValueError(f"unknown robust merge {rule!r}; choose one of {', '.join(ROBUST_MERGES)}")
+    return aggregate_np(rule, stack, beta=beta)

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from tinytwin.algorithms.aggregators_np import coordinate_median, trim_count, trimmed_mean, weighted_mean
+from tinytwin.algorithms.aggregators_np import aggregate_np
 from tinytwin.emulate.device import NO_COORDINATOR_EXIT, DeviceRuntime, log, proc_status_kb
 from tinytwin.emulate.frame_checks import Coordinator
 from tinytwin.emulate.serving import accepted_frames, read_frame, send_frame
@@ -65,16 +65,6 @@ AGGREGATOR_BASE = 0xFFFF0000
 FIRMWARE_KEYS = ("insns", "firmware_compute_s", "cost_model_compute_s", "qemu_rss_kb", "qemu_pss_kb")
 """What a firmware device's METRICS add (its board's figures), passed on to the GA."""
 """Wire id of local aggregator c is ``AGGREGATOR_BASE + c`` (devices are 0..D−1, the GA 0xFFFFFFFF)."""
-
-
-def local_rule(updates: np.ndarray, weights: np.ndarray, rule: str, beta: float) -> np.ndarray:
-    """The cluster's aggregate by the experiment's rule: the numpy twins of the engine's FedAvg,
-    median and trimmed mean (algorithms/aggregators_np.py)."""
-    if rule == "median":
-        return coordinate_median(updates)
-    if rule == "trimmed_mean":
-        return trimmed_mean(updates, trim_count(len(updates), beta))
-    return weighted_mean(updates, weights)
 
 
 def aggregator_id(cluster: int) -> int:
@@ -259,9 +249,8 @@ class LocalAggregator:
         if completed:
             received = np.stack([self.down.updates[d] for d in completed]).astype(np.float32, copy=False)
             w = np.array([self.n_train[d] for d in completed], dtype=np.float32)
-            model = model + local_rule(
-                received, w, str(self.cfg.get("rule", "fedavg")), float(self.cfg.get("beta", 0.1))
-            )
+            rule = str(self.cfg.get("rule", "fedavg"))  # the numpy twin of the engine's rule
+            model = model + aggregate_np(rule, received, w, float(self.cfg.get("beta", 0.1)))
         devices = {}
         for d in planned:
             m = self.down.metrics.get(d, {})

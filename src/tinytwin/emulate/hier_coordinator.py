@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from tinytwin.algorithms.aggregators_np import NP_RULES
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id
 from tinytwin.emulate.fork_fleet import maps_torch, proc_cpu_s
 from tinytwin.emulate.hier_files import HierFiles
@@ -86,7 +87,7 @@ def check_hier_emulatable(spec: ExperimentSpec) -> None:
             "emulate: algorithm.hierarchical.orchestration (reconfiguration, budget stop, RVA) is "
             "simulation-only so far (tinytwin run)"
         )
-    if a.aggregator.name not in ("fedavg", "median", "trimmed_mean") or a.aggregator.norm_bound is not None:
+    if a.aggregator.name not in NP_RULES or a.aggregator.norm_bound is not None:
         raise TinyTwinError(
             f"emulate: local aggregators run fedavg, median or trimmed_mean (numpy); aggregator.name "
             f"{a.aggregator.name!r}{' with a norm_bound' if a.aggregator.norm_bound else ''} is simulation-only "

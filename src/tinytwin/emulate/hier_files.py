@@ -55,7 +55,7 @@ class HierFiles(HierState):
             "reconnect_grace_s": self.opt.reconnect_grace_s,
             "announce_ready": first,
             "tls_ca": self._tls_ca(),
-            "rule": a.aggregator.name,  # fedavg, median or trimmed_mean (local_rule in aggregator.py)
+            "rule": a.aggregator.name,  # one of aggregators_np.NP_RULES (check_hier_emulatable)
             "beta": a.aggregator.beta,
         }
         path = self.edir / "aggregators" / f"la{c}.json"

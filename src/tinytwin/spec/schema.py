@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from tinytwin.algorithms.robust_merge import ROBUST_MERGES
 from tinytwin.spec.attacks import AttackSpec
 from tinytwin.spec.device_data import DeviceData
 from tinytwin.spec.hetero import ModelRate, check_hetero
@@ -308,7 +309,7 @@ class AlgorithmSpec(Strict):
         if self.family == "centralized":
             if self.train_samples is not None:
                 raise ValueError(f"train_samples: is for decentralized and hierarchical algorithms, not {self.name}")
-        robust_merge = self.name in MIXING and self.aggregator.name in ("median", "trimmed_mean")
+        robust_merge = self.name in MIXING and self.aggregator.name in ROBUST_MERGES
         if (
             self.family != "centralized"
             and self.name != "hierarchical"
