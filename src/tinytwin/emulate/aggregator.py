@@ -332,10 +332,10 @@ class LocalAggregator:
         for ``grace_s`` (a resumed coordinator binds the same address); None if nobody answered.
         The devices keep their connections to this process meanwhile."""
         deadline = time.monotonic() + grace_s
+        host = str(self.cfg["host"])
+        tls = client_context(self.cfg["tls_ca"]) if self.cfg.get("tls_ca") else None  # --tls: the run's CA
         while True:
             try:
-                host = str(self.cfg["host"])
-                tls = client_context(self.cfg["tls_ca"]) if self.cfg.get("tls_ca") else None
                 greader, gw = await asyncio.open_connection(
                     host, int(self.cfg["ga_port"]), ssl=tls, server_hostname=host if tls else None
                 )

@@ -14,7 +14,7 @@ from tinytwin.algorithms.attacks import attack_of
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.options import EmulateOptions
-from tinytwin.emulate.tls import CA_CERT, TLS_DIR
+from tinytwin.emulate.tls import run_ca_file
 from tinytwin.engines.experiment import Experiment
 from tinytwin.store.files import save_npz_private, write_private
 from tinytwin.wire import encoding as enc
@@ -77,7 +77,7 @@ def write_device_configs(
                     "downlink_encoding": a.downlink_encoding,
                     "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
                     "attack_history_file": str(config_file(d).with_name(f"d{d}.history.npz")),
-                    "tls_ca": str(config_file(d).parent.parent / TLS_DIR / CA_CERT) if options.tls else None,
+                    "tls_ca": str(run_ca_file(config_file(d).parent.parent)) if options.tls else None,
                     **firmware.get(d, {}),
                 },
             ).write(config_file(d))

@@ -67,7 +67,7 @@ from tinytwin.emulate.lifecycle import (
 from tinytwin.emulate.processes import child_env, exit_kind, note_memory
 from tinytwin.emulate.rundir import write_json
 from tinytwin.emulate.serving import accepted_frames
-from tinytwin.emulate.tls import CA_CERT, TLS_DIR
+from tinytwin.emulate.tls import run_ca_file
 from tinytwin.errors import TinyTwinError
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
@@ -168,7 +168,7 @@ class DflEmulation(DflRecording, DflSummary):
                         "partners": {str(j): float(L.down_bps[j]) for j in self.partners[d]},
                         "merge_timeout_s": self.opt.merge_timeout_s,
                         "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
-                        "tls_ca": str(self.edir / TLS_DIR / CA_CERT) if self.opt.tls else None,
+                        "tls_ca": str(run_ca_file(self.edir)) if self.opt.tls else None,
                         **self.firmware.get(d, {}),
                     },
                 ).write(self.edir / "devices" / f"d{d}.json")

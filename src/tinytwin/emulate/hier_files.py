@@ -14,7 +14,7 @@ from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.emulate.aggregator import aggregator_id
 from tinytwin.emulate.device_config import DeviceConfig, memory_budget
 from tinytwin.emulate.hier_state import HierState
-from tinytwin.emulate.tls import CA_CERT, TLS_DIR
+from tinytwin.emulate.tls import run_ca_file
 from tinytwin.emulate.wire_np import derive_key
 from tinytwin.store.files import save_npz_private, write_private
 from tinytwin.wire import encoding as enc
@@ -64,7 +64,7 @@ class HierFiles(HierState):
 
     def _tls_ca(self) -> str | None:
         """--tls: the run's CA file (made with the coordinator's certificate when it binds)."""
-        return str(self.edir / TLS_DIR / CA_CERT) if self.opt.tls else None
+        return str(run_ca_file(self.edir)) if self.opt.tls else None
 
     def _write_devices(self) -> None:
         exp, sim = self.exp, self.sim

@@ -62,6 +62,9 @@ async def bind_coordinator(
     return server, port
 
 
+HELLO_POLL_S = 0.05  # how often a process that has not said HELLO is checked for having exited
+
+
 async def await_hello(hello: asyncio.Event, alive: Callable[[], bool], timeout_s: float) -> str:
     """Wait for a started process's HELLO: ``"hello"``, ``"exited"`` as soon as the process is
     gone (a device dying in its start or restart window must not hold the round for the whole
@@ -70,7 +73,7 @@ async def await_hello(hello: asyncio.Event, alive: Callable[[], bool], timeout_s
     deadline = loop.time() + timeout_s
     while not hello.is_set():
         if not alive():
-            return "hello" if hello.is_set() else "exited"
+            return "exited"
         left = deadline - loop.time()
         if left <= 0:
             return "timeout"
@@ -80,8 +83,6 @@ async def await_hello(hello: asyncio.Event, alive: Callable[[], bool], timeout_s
             pass
     return "hello"
 
-
-HELLO_POLL_S = 0.05  # how often a process that has not said HELLO is checked for having exited
 
 PreparedT = TypeVar("PreparedT")
 

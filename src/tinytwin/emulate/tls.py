@@ -57,6 +57,11 @@ def ensure_run_ca(tls_dir: Path, host: str) -> Path:
     return tls_dir / CA_CERT
 
 
+def run_ca_file(edir: Path) -> Path:
+    """Where a run's CA certificate lives (``emulate/tls/ca.pem``): what every client trusts."""
+    return edir / TLS_DIR / CA_CERT
+
+
 def server_context_for(edir: Path, host: str) -> ssl.SSLContext:
     """The coordinator's TLS context, the run's CA made first if needed (``emulate/tls``)."""
     ensure_run_ca(edir / TLS_DIR, host)
