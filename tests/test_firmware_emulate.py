@@ -23,6 +23,16 @@ from tinytwin.spec.load import load_spec
 _rows = stored_rows
 
 
+def _simulated_and_firmware(tmp_path: Path, spec_file: Path, sets: list[str]):
+    """The simulator's run of ``spec_file`` with ``sets`` and the emulation of the same spec with
+    every device on firmware: (simulated run, firmware run folder, firmware summary)."""
+    sim = start_run(*load_spec(spec_file, sets), tmp_path / "sim", spec_file.parent, report=False)
+    spec, spec_yaml = load_spec(spec_file, sets)
+    opts = EmulateOptions(time_scale=0.0, firmware_all=True)
+    run_dir, summary = start_emulation(spec, spec_yaml, tmp_path / "fw", spec_file.parent, opts, report=False)
+    return sim, run_dir, summary
+
+
 def _measured(run_dir: Path) -> list[tuple]:
     with sqlite3.connect(run_dir / "results.db") as conn:
         return conn.execute(
@@ -32,17 +42,7 @@ def _measured(run_dir: Path) -> list[tuple]:
 
 
 def test_firmware_fleet_matches_the_simulator(tmp_path: Path) -> None:
-    sets = LOSSLESS + ["rounds=10"]
-    sim = start_run(*load_spec(QUICK, sets), tmp_path / "sim", ROOT / "examples", report=False)
-    spec, spec_yaml = load_spec(QUICK, sets)
-    run_dir, summary = start_emulation(
-        spec,
-        spec_yaml,
-        tmp_path / "fw",
-        ROOT / "examples",
-        EmulateOptions(time_scale=0.0, firmware_all=True),
-        report=False,
-    )
+    sim, run_dir, summary = _simulated_and_firmware(tmp_path, QUICK, LOSSLESS + ["rounds=10"])
     assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.01
     rounds, _, events = _rows(run_dir)
     sim_rounds, _, _ = _rows(sim.run_dir)
@@ -112,16 +112,7 @@ def test_tinyfedtl_scenario_on_firmware_equals_the_simulator(tmp_path: Path, sha
     batch 1 on nRF52840 firmware learns exactly what the simulator's devices learn."""
     spec_file = ROOT / "examples" / "tinyfedtl.yaml"
     sets = ["rounds=2", "fleet.groups.0.count=3", "partition.samples_per_device=200", f"dataset.data_dir={shared_data}"]
-    sim = start_run(*load_spec(spec_file, sets), tmp_path / "sim", spec_file.parent, report=False)
-    spec, spec_yaml = load_spec(spec_file, sets)
-    run_dir, summary = start_emulation(
-        spec,
-        spec_yaml,
-        tmp_path / "fw",
-        spec_file.parent,
-        EmulateOptions(time_scale=0.0, firmware_all=True),
-        report=False,
-    )
+    sim, run_dir, summary = _simulated_and_firmware(tmp_path, spec_file, sets)
     rounds, _, _ = _rows(run_dir)
     sim_rounds, _, _ = _rows(sim.run_dir)
     # Same correct-prediction counts (the simulator stores float32 accuracies).
@@ -138,16 +129,7 @@ def test_firmware_devices_carry_out_the_spec_attacks_as_the_simulator_does(tmp_p
     attacks = 'attacks=[{"kind": "scale", "scale": -8.0, "devices": [2]}, {"kind": "label_flip", "devices": [5]}]'
     sets = LOSSLESS + ["rounds=4"]
     clean = start_run(*load_spec(QUICK, sets), tmp_path / "clean", ROOT / "examples", report=False)
-    sim = start_run(*load_spec(QUICK, [*sets, attacks]), tmp_path / "sim", ROOT / "examples", report=False)
-    spec, spec_yaml = load_spec(QUICK, [*sets, attacks])
-    _, summary = start_emulation(
-        spec,
-        spec_yaml,
-        tmp_path / "fw",
-        ROOT / "examples",
-        EmulateOptions(time_scale=0.0, firmware_all=True),
-        report=False,
-    )
+    sim, _, summary = _simulated_and_firmware(tmp_path, QUICK, [*sets, attacks])
     assert summary["emulate"]["firmware"]["devices"] == 10
     assert sim.summary["final_accuracy"] < clean.summary["final_accuracy"] - 0.02
     assert abs(summary["final_accuracy"] - sim.summary["final_accuracy"]) <= 0.005
