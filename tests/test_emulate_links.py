@@ -55,9 +55,9 @@ def test_links_partitions_and_deadline_agree_between_twins(tmp_path: Path) -> No
     spec, _ = load_spec(QUICK, BASE)
     exp = prepare(spec, ROOT / "examples")
     every = np.arange(5)
-    c2 = round_costs(exp, 2, every, every, np.zeros(5, bool), exp.uplink_bytes(), exp.downlink_bytes())
+    c2 = round_costs(exp, 2, every, every, np.zeros(5, bool))
     after = float(c2.down.time_s[1] + 0.5 * c2.compute_s[1])
-    c1 = round_costs(exp, 1, every, every, np.zeros(5, bool), exp.uplink_bytes(), exp.downlink_bytes())
+    c1 = round_costs(exp, 1, every, every, np.zeros(5, bool))
     totals = np.sort(c1.total_s)
     deadline = float(totals[-1] + totals[-2]) / 2  # the slowest device of round 1 misses it
     sets = BASE + [

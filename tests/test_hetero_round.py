@@ -28,10 +28,12 @@ def test_all_full_rate_round_is_the_fedavg_round():
     trainers = shape_trainers((1, 4, 4), 2, HIDDEN, [1.0] * 6, x, y, CFG, seed=1)
     st = trainers[1.0]
     g = st.trainer.layout.flatten(st.trainer.module)
-    out = hetero_round(g, trainers, 0, ids, np.ones(6), parts)
-    local = st.trainer.train(g, 0, ids, parts).params
-    assert torch.equal(out, weighted_mean(local, torch.tensor([len(p) for p in parts], dtype=g.dtype)))
-    assert not torch.equal(out, g)
+    out, losses = hetero_round(g, trainers, 0, ids, np.ones(6), parts)
+    local = st.trainer.train(g, 0, ids, parts)
+    weights = torch.tensor([len(p) for p in parts], dtype=g.dtype)
+    assert torch.equal(out, weighted_mean(local.params - g, weights))
+    assert np.array_equal(losses, local.train_loss)
+    assert bool(out.abs().sum() > 0)
 
 
 def test_mixed_rates_train_each_shape_and_keep_unheld_parameters():
@@ -41,8 +43,32 @@ def test_mixed_rates_train_each_shape_and_keep_unheld_parameters():
     assert sorted(trainers) == [0.25, 0.5]
     full = submodel_index(16, HIDDEN, 2, 1.0).size
     g = torch.randn(full, generator=torch.Generator().manual_seed(2))
-    out = hetero_round(g, trainers, 0, np.arange(6), rates, parts)
+    delta, losses = hetero_round(g, trainers, 0, np.arange(6), rates, parts)
     held = np.zeros(full, dtype=bool)
     held[submodel_index(16, HIDDEN, 2, 0.5)] = True
-    assert torch.equal(out[torch.from_numpy(~held)], g[torch.from_numpy(~held)])  # rate-1 units: nobody held them
-    assert not torch.equal(out[torch.from_numpy(held)], g[torch.from_numpy(held)])
+    assert bool((delta[torch.from_numpy(~held)] == 0).all())  # rate-1 units: nobody held them
+    assert bool((delta[torch.from_numpy(held)] != 0).any())
+    assert np.isfinite(losses).all()
+
+
+def test_int8_uplink_is_decoded_per_sub_model():
+    """Each size's update goes through the uplink encoding of its own tensors (one scale per
+    tensor of the sub-model): the merged delta equals the hand merge of the decoded rows."""
+    from tinytwin.algorithms.nested import RateGroup, nested_average
+    from tinytwin.wire.roundtrip import roundtrip_torch
+
+    x, y, parts = planted()
+    rates = np.array([1.0, 0.5, 0.5, 1.0, 0.5, 1.0])
+    trainers = shape_trainers((1, 4, 4), 2, HIDDEN, rates, x, y, CFG, seed=1)
+    g = trainers[1.0].trainer.layout.flatten(trainers[1.0].trainer.module)
+    delta, _ = hetero_round(g, trainers, 3, np.arange(6), rates, parts, encoding="int8")
+    groups = []
+    for rate, st in trainers.items():
+        pos = np.flatnonzero(rates == rate)
+        start = g[torch.from_numpy(st.index)]
+        trained = st.trainer.train(start, 3, pos, [parts[i] for i in pos]).params
+        rows = roundtrip_torch(trained - start, "int8", tensor_sizes=st.tensor_sizes)
+        groups.append(RateGroup(st.index, rows, torch.tensor([len(parts[i]) for i in pos], dtype=g.dtype)))
+    assert torch.equal(delta, nested_average(torch.zeros_like(g), groups))
+    exact, _ = hetero_round(g, trainers, 3, np.arange(6), rates, parts)
+    assert not torch.equal(delta, exact)  # the encoding really was applied

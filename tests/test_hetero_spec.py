@@ -34,7 +34,12 @@ def spec_text(rate: str = "1.0", algo: str = "fedavg", agg: str = "nested") -> s
 CLI_CASES = [
     ("rate-above-one", spec_text(rate="1.5"), "fleet.groups.0.model_rate"),
     ("rate-without-nested", spec_text(rate="0.5", agg="fedavg"), "need algorithm.aggregator.name: nested"),
-    ("rate-not-run-yet", spec_text(rate="0.25"), "0.25 is not run by the twins yet"),
+    (
+        "auto-fits-nothing",
+        spec_text(rate="auto").replace("hidden: [16]", "hidden: [4096, 4096]").replace("esp32-s3", "nrf52840"),
+        "0.125: RAM 5,022,620 of 196,608 B",
+    ),
+    ("attack-on-mixed-sizes", spec_text(rate="0.5") + "attacks: [{kind: sign_flip, devices: [0]}]\n", "attacks"),
 ]
 IN_PROCESS_CASES = [
     ("rate-zero", spec_text(rate="0"), "fleet.groups.0.model_rate"),
@@ -55,6 +60,15 @@ def test_bad_rate_one_line_exit_2_no_run_folder(tmp_path: Path, case_id, text, e
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert expected in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_emulate_refuses_mixed_sizes_in_one_line(tmp_path: Path):
+    spec = write_spec(tmp_path / "spec.yaml", spec_text(rate="0.5"))
+    out = tmp_path / "runs"
+    proc = run_cli("emulate", str(spec), "--out", str(out), "--quiet")
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    assert "model_rate" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -165,8 +165,10 @@ def fake_experiment(link: str, count: int) -> SimpleNamespace:
         spec=spec,
         fleet=build_fleet(spec),
         num_samples=np.full(count, 100),
-        flops_per_sample=FLOPS_PER_SAMPLE,
-        flops_per_step=2 * 2410,
+        device_flops_per_sample=np.full(count, FLOPS_PER_SAMPLE),
+        device_flops_per_step=np.full(count, 2 * 2410),
+        device_uplink_bytes=np.full(count, FRAME),
+        device_downlink_bytes=np.full(count, FRAME),
         timeline=SimpleNamespace(cut_s=lambda r: np.full(count, np.inf)),
     )
 
@@ -180,7 +182,7 @@ def test_more_devices_on_one_medium_never_finish_sooner(link: str) -> None:
     times = []
     for n in range(1, 201):
         sel = ids[:n]
-        costs = round_costs(exp, 1, sel, sel, np.zeros(n, dtype=bool), FRAME, FRAME)
+        costs = round_costs(exp, 1, sel, sel, np.zeros(n, dtype=bool))
         assert costs.round_s >= previous - 1e-9, f"{link}: {n} devices finish sooner than {n - 1}"
         previous = costs.round_s
         times.append(costs.round_s)
@@ -190,9 +192,9 @@ def test_more_devices_on_one_medium_never_finish_sooner(link: str) -> None:
 def test_wired_links_stay_independent() -> None:
     exp = fake_experiment("ethernet", 50)
     sel = np.arange(50)
-    costs = round_costs(exp, 1, sel, sel, np.zeros(50, dtype=bool), FRAME, FRAME)
+    costs = round_costs(exp, 1, sel, sel, np.zeros(50, dtype=bool))
     assert costs.down_wait_s.max() == 0 and costs.up_wait_s.max() == 0
-    one = round_costs(exp, 1, sel[:1], sel[:1], np.zeros(1, dtype=bool), FRAME, FRAME)
+    one = round_costs(exp, 1, sel[:1], sel[:1], np.zeros(1, dtype=bool))
     assert costs.round_s == pytest.approx(one.round_s)
 
 

@@ -239,6 +239,12 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
             f"{verdict}: RAM {fmt.format_bytes(m['needed_bytes'])} of {fmt.format_bytes(m['available_bytes'])}, "
             f"flash {fmt.format_bytes(m['flash_needed_bytes'])} of {fmt.format_bytes(m['flash_available_bytes'])}",
         )
+    for z in s.get("model_sizes", []):
+        table.add_row(
+            f"model rate {z['rate']:g} ({', '.join(z['groups'])})",
+            f"{fmt.format_accuracy(z['test_accuracy'])}, {z['params']:,} parameters, "
+            f"{fmt.format_bytes(z['bytes_up'])} up, {fmt.format_energy(z['energy_j'])}",
+        )
     table.add_row("wall time", fmt.format_seconds(s["wall_time_s"]))
     console.print(table)
     console.print(f"run folder: {run_dir}")
@@ -302,6 +308,16 @@ def plan(
             style=None if m.fits_flash else "red",
         )
         table.add_row("fits", "yes" if m.fits else "[red]NO", "")
+        if exp.models.heterogeneous:
+            table.add_row("model rate", f"{row['model_rate']:g} ({row['model_params']:,} parameters)", "")
+        if row["rate_choice"] is not None:
+            for rate, considered in row["rate_choice"].considered:
+                verdict = "fits" if considered.fits else "[red]does not fit"
+                table.add_row(
+                    f"auto: rate {rate:g}",
+                    f"RAM {fmt.format_bytes(considered.ram_needed)}, flash {fmt.format_bytes(considered.flash_needed)}",
+                    verdict,
+                )
         table.add_row("compute time / round", fmt.format_seconds(row["compute_s"]), "")
         table.add_row(
             "airtime up / down", f"{fmt.format_seconds(row['up_s'])} / {fmt.format_seconds(row['down_s'])}", ""

@@ -140,7 +140,8 @@ class Emulation(CoordinatorClock):
             )
             for d in range(self.n_dev)
         ]
-        flops = compute_flops(exp.num_samples, a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)
+        f_sample, f_step = exp.device_flops_per_sample, exp.device_flops_per_step
+        flops = compute_flops(exp.num_samples, a.local_epochs, a.batch_size, f_sample, f_step)
         self.compute_s = flops / exp.fleet.flops_per_s
         self.up_bytes, self.down_bytes = exp.uplink_bytes(), exp.downlink_bytes()
         self.x_test = exp.dataset.x_test.reshape(len(exp.dataset.x_test), -1).astype(np.float32)
@@ -346,7 +347,7 @@ class Emulation(CoordinatorClock):
             events.append(self._event(r, d, "restart", f"device {d} process restarted"))
         await self._await_hellos(restart, events, r)
         self.killed = set()
-        plan = round_costs(exp, r, online_ids, selected, victim, self.up_bytes, self.down_bytes)
+        plan = round_costs(exp, r, online_ids, selected, victim)
         for d, t in zip(selected[plan.straggler], plan.total_s[plan.straggler]):
             events.append(self._event(r, int(d), "straggler", f"needed {t:.3f} s, deadline {a.deadline_s} s"))
         return Draw(online_ids, reachable, selected, victim, plan)
@@ -429,7 +430,7 @@ class Emulation(CoordinatorClock):
         failed = np.array([plan.completed[i] and int(d) not in got.updates for i, d in enumerate(selected)], dtype=bool)
         if not failed.any():
             return plan
-        return round_costs(self.exp, r, draw.online_ids, selected, draw.victim | failed, self.up_bytes, self.down_bytes)
+        return round_costs(self.exp, r, draw.online_ids, selected, draw.victim | failed)
 
     async def _round(self, r: int, state: EmuState) -> EmuState:
         """One round: draw, serve, aggregate, evaluate, record (one transaction with its checkpoint)."""

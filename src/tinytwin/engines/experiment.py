@@ -21,7 +21,8 @@ from tinytwin.data.partition_rules import per_device_partition
 from tinytwin.errors import DataError, MemoryPlanError, SpecError, TinyTwinError
 from tinytwin.fleet.build import Fleet, build_fleet
 from tinytwin.fleet.failures import Timeline, build_timeline
-from tinytwin.fleet.memory import MemoryPlan, message_bytes, plan_memory
+from tinytwin.fleet.memory import MemoryPlan, message_bytes
+from tinytwin.fleet.model_sizes import FleetModels, plan_fleet_models
 from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_step_flops
 from tinytwin.models.params import ParamLayout
 from tinytwin.models.zoo import ModelDef, make_model
@@ -45,6 +46,7 @@ class Experiment:
     fleet: Fleet
     memory: list[MemoryPlan]
     timeline: Timeline
+    models: FleetModels  # which (sub-)model each device trains
 
     @cached_property
     def module(self) -> LayerModule:
@@ -93,6 +95,35 @@ class Experiment:
             for g in self.fleet.groups
             for d in g.devices
         ]
+
+    @cached_property
+    def device_uplink_bytes(self) -> np.ndarray:
+        """(D,) bytes of one update from each device: of its own (sub-)model."""
+        enc = self.spec.algorithm.encoding
+        return self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+
+    @cached_property
+    def device_downlink_bytes(self) -> np.ndarray:
+        """(D,) bytes of the model each device receives: its own (sub-)model."""
+        enc = self.spec.algorithm.downlink_encoding
+        return self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+
+    @cached_property
+    def device_flops_per_sample(self) -> np.ndarray:
+        """(D,) forward + backward FLOPs of one training sample on each device's (sub-)model."""
+        return self.models.per_device(
+            lambda s: (
+                forward_flops(s.model.layers, s.model.num_classes) + backward_flops(s.model.layers, s.model.num_classes)
+            )
+        )
+
+    @cached_property
+    def device_flops_per_step(self) -> np.ndarray:
+        """(D,) FLOPs of one optimizer step on each device's (sub-)model."""
+        a = self.spec.algorithm
+        return self.models.per_device(
+            lambda s: optimizer_step_flops(s.model.num_params, a.optimizer, a.momentum, a.weight_decay, a.prox_mu)
+        )
 
     def uplink_bytes(self) -> int:
         return message_bytes(self.model.num_params, self.spec.algorithm.encoding, self.model.tensor_sizes)
@@ -150,9 +181,9 @@ def prepare(
     if spec.attacks:
         dataset, parts = flip_labels(dataset, parts, [a.model_dump() for a in spec.attacks], spec.seed)
     model = _make_model(spec, dataset)
-    memory = _plan(spec, model, fleet, parts)  # before any tensor of the model exists (see Experiment.module)
+    models, memory = _plan(spec, model, fleet, parts)  # before any tensor of the model exists (see Experiment.module)
     if check_memory:
-        refuse_if_unfit(memory)
+        refuse_if_unfit(memory, models)
     _refuse_unsendable(spec, model, memory)
     timeline = build_timeline(spec.failures, n, spec.rounds, spec.seed)
     return Experiment(
@@ -164,6 +195,7 @@ def prepare(
         fleet,
         memory,
         timeline,
+        models,
     )
 
 
@@ -174,26 +206,32 @@ def _make_model(spec: ExperimentSpec, dataset: Dataset) -> ModelDef:
         raise SpecError("model", f"{exc} for {spec.dataset.name} inputs {dataset.input_shape}") from None
 
 
-def _plan(spec: ExperimentSpec, model: ModelDef, fleet: Fleet, parts: list[np.ndarray]) -> list[MemoryPlan]:
+def _plan(
+    spec: ExperimentSpec, model: ModelDef, fleet: Fleet, parts: list[np.ndarray]
+) -> tuple[FleetModels, list[MemoryPlan]]:
+    """Each group's model size (``model_rate``, ``auto`` resolved) and its memory plan."""
     a = spec.algorithm
-    plans = []
-    for g in fleet.groups:
-        max_samples = max(len(parts[d]) for d in g.devices)
-        plans.append(
-            plan_memory(
-                g.name,
-                g.profile,
-                model,
-                batch_size=a.batch_size,
-                optimizer=a.optimizer,
-                momentum=a.momentum,
-                prox_mu=a.prox_mu,
-                uplink_encoding=a.encoding,
-                downlink_encoding=a.downlink_encoding,
-                max_samples=max_samples,
-            )
+    options = {
+        "batch_size": a.batch_size,
+        "optimizer": a.optimizer,
+        "momentum": a.momentum,
+        "prox_mu": a.prox_mu,
+        "uplink_encoding": a.encoding,
+        "downlink_encoding": a.downlink_encoding,
+    }
+    hidden = spec.model.hidden if spec.model.name == "mlp" else None
+    try:
+        return plan_fleet_models(
+            fleet.groups,
+            [g.model_rate for g in spec.fleet.groups],
+            model,
+            hidden,
+            fleet.num_devices,
+            [max(len(parts[d]) for d in g.devices) for g in fleet.groups],
+            options,
         )
-    return plans
+    except ValueError as exc:
+        raise SpecError("fleet", str(exc)) from None
 
 
 def _refuse_unsendable(spec: ExperimentSpec, model: ModelDef, memory: list[MemoryPlan]) -> None:
@@ -217,11 +255,15 @@ def _refuse_unsendable(spec: ExperimentSpec, model: ModelDef, memory: list[Memor
     )
 
 
-def refuse_if_unfit(plans: list[MemoryPlan]) -> None:
-    """Memory is a hard constraint: refuse the run, naming every group that does not fit."""
+def refuse_if_unfit(plans: list[MemoryPlan], models: FleetModels | None = None) -> None:
+    """Memory is a hard constraint: refuse the run, naming every group that does not fit
+    (for a ``model_rate: auto`` group, every rate it was planned at)."""
     bad = [p for p in plans if not p.fits]
+    choices = models.choices if models is not None else {}
     if bad:
-        msg = "; ".join(f"group {p.group!r}: {p.explain()}" for p in bad)
+        msg = "; ".join(
+            f"group {p.group!r}: " + (choices[p.group].explain() if p.group in choices else p.explain()) for p in bad
+        )
         raise MemoryPlanError(
             f"local training does not fit: {msg}. Use a smaller model or batch size, "
             "or a device with more memory (see `tinytwin plan`)."

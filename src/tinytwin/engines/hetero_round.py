@@ -3,15 +3,17 @@
 Devices are grouped by model rate; each group is one sub-model shape and trains as one
 batched computation of its own :class:`~tinytwin.engines.local_training.LocalTrainer` (the
 batched MLP engine), started from its slice of the global model
-(:func:`tinytwin.algorithms.nested.submodel_index`). The groups' models are then merged by
+(:func:`tinytwin.algorithms.nested.submodel_index`). What the server receives — each
+device's update, through the uplink encoding of its own sub-model — is merged by
 :func:`tinytwin.algorithms.nested.nested_average`. No Python loop over devices: one loop over
-the (few) distinct shapes. Not yet wired into ``tinytwin run`` (issue #11).
+the (few) distinct shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from tinytwin.algorithms.nested import RateGroup, nested_average, sub_widths, su
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.models.params import ParamLayout
 from tinytwin.models.zoo import make_model
+from tinytwin.wire.roundtrip import roundtrip_torch
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class ShapeTrainer:
     rate: float
     index: np.ndarray
     trainer: LocalTrainer
+    tensor_sizes: list[int]
 
 
 def shape_trainers(
@@ -41,40 +45,132 @@ def shape_trainers(
     y_train: torch.Tensor,
     cfg: LocalTraining,
     seed: int,
+    **trainer_options: Any,
 ) -> dict[float, ShapeTrainer]:
-    """One batched trainer per distinct rate (the module's initial weights are never used:
-    every round starts from the global model's slice)."""
+    """One batched trainer per distinct rate, largest first (the module's initial weights are
+    never used: every round starts from the global model's slice)."""
     n_in = int(np.prod(input_shape))
     out = {}
     for rate in sorted(set(float(r) for r in rates), reverse=True):
         model = make_model("mlp", input_shape, num_classes, hidden=sub_widths(hidden, rate))
         module = model.build(seed)
-        trainer = LocalTrainer(module, ParamLayout.of(module), x_train, y_train, cfg, seed)
-        out[rate] = ShapeTrainer(rate, submodel_index(n_in, hidden, num_classes, rate), trainer)
+        trainer = LocalTrainer(module, ParamLayout.of(module), x_train, y_train, cfg, seed, **trainer_options)
+        index = submodel_index(n_in, hidden, num_classes, rate)
+        out[rate] = ShapeTrainer(rate, index, trainer, model.tensor_sizes)
     return out
 
 
 def hetero_round(
     global_vector: torch.Tensor,
-    trainers: dict[float, ShapeTrainer],
+    trainers: Mapping[float, ShapeTrainer],
     round_: int,
     device_ids: np.ndarray,
     device_rates: np.ndarray,
     indices: list[np.ndarray],
-) -> torch.Tensor:
-    """Train the listed devices, each on its own sub-model, and return the nested average.
+    encoding: str = "float32",
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Train the listed devices, each on its own sub-model; return the nested average of the
+    updates the server decodes (a ``(P,)`` delta: 0 where no device held a parameter) and
+    each device's training loss.
 
     ``device_rates[i]`` is the rate of ``device_ids[i]``; weights are local sample counts.
     """
     groups = []
+    losses = np.full(device_ids.size, np.nan)
+    g = global_vector.cpu()
     for rate, st in trainers.items():
         pos = np.flatnonzero(device_rates == rate)
         if pos.size == 0:
             continue
-        start = global_vector[torch.from_numpy(st.index)]
+        start = g[torch.from_numpy(st.index)]
         result = st.trainer.train(start, round_, device_ids[pos], [indices[i] for i in pos])
-        weights = torch.tensor([len(indices[i]) for i in pos], dtype=global_vector.dtype)
-        groups.append(RateGroup(st.index, result.params, weights))
-    out = nested_average(global_vector, groups)
+        delta = result.params.cpu() - start
+        received = roundtrip_torch(delta, encoding, tensor_sizes=st.tensor_sizes)
+        weights = torch.tensor([len(indices[i]) for i in pos], dtype=g.dtype)
+        groups.append(RateGroup(st.index, received, weights))
+        losses[pos] = result.train_loss
+    out = nested_average(torch.zeros_like(g), groups)
     assert isinstance(out, torch.Tensor)
+    return out, losses
+
+
+def size_accuracies(
+    global_vector: torch.Tensor, trainers: Mapping[float, ShapeTrainer], x: torch.Tensor, y: torch.Tensor
+) -> dict[float, float]:
+    """Test accuracy of each size's slice of the global model (the model a device of that size holds)."""
+    from tinytwin.engines.evaluate import accuracy_and_loss
+
+    out = {}
+    for rate, st in trainers.items():
+        sub = global_vector[torch.from_numpy(st.index)].to(x.device)
+        out[rate] = accuracy_and_loss(st.trainer.module, st.trainer.layout, sub, x, y)[0]
+    return out
+
+
+class NestedFleet:
+    """The simulator's side of a fleet of several model sizes: one trainer per size, the
+    nested round, and each size's accuracy, bytes and energy for the results."""
+
+    def __init__(self, exp: Any, x_train: torch.Tensor, y_train: torch.Tensor, cfg: LocalTraining, **options: Any):
+        self.exp = exp
+        ds, spec = exp.dataset, exp.spec
+        rates = list(exp.models.sizes)
+        self.shapes = shape_trainers(
+            ds.input_shape, ds.num_classes, spec.model.hidden, rates, x_train, y_train, cfg, spec.seed, **options
+        )
+
+    def learn(
+        self, start: torch.Tensor, r: int, device_ids: np.ndarray, parts: list[np.ndarray]
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        rates = self.exp.models.rates[device_ids]
+        return hetero_round(start, self.shapes, r, device_ids, rates, parts, self.exp.spec.algorithm.encoding)
+
+    def accuracies(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Test accuracy of each size, keyed by its rate written ``f"{rate:g}"``."""
+        return {f"{rate:g}": acc for rate, acc in size_accuracies(g, self.shapes, x, y).items()}
+
+    def device_accuracies(
+        self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, devices: np.ndarray
+    ) -> dict[int, float]:
+        """Each device's accuracy on its own data, of the model it holds (its size's slice)."""
+        from tinytwin.engines.evaluate import predict_correct
+
+        out = {}
+        for rate, st in self.shapes.items():
+            mine = devices[self.exp.models.rates[devices] == rate]
+            if mine.size == 0:
+                continue
+            sub = g[torch.from_numpy(st.index)].to(x.device)
+            correct = predict_correct(st.trainer.module, st.trainer.layout, sub, x, y)[0].cpu()
+            for d in mine:
+                out[int(d)] = float(correct[torch.from_numpy(self.exp.parts[d])].float().mean())
+        return out
+
+
+def size_summary(exp: Any, energy_j: np.ndarray, device_rounds: Sequence[Mapping[str, Any]], last: dict) -> list:
+    """Per model size: its groups, widths, parameters, message bytes, total bytes on the wire,
+    total energy and last test accuracy (``last``: rate text → accuracy)."""
+    up = np.zeros(exp.fleet.num_devices, dtype=np.int64)
+    down = np.zeros_like(up)
+    for row in device_rounds:
+        up[row["device"]] += row["bytes_up"]
+        down[row["device"]] += row["bytes_down"]
+    out = []
+    for rate, sub in exp.models.sizes.items():
+        mine = exp.models.rates == rate
+        first = int(np.flatnonzero(mine)[0])
+        out.append(
+            {
+                "rate": rate,
+                "groups": [g.name for g in exp.fleet.groups if exp.models.rates[int(g.devices[0])] == rate],
+                "devices": int(mine.sum()),
+                "hidden": list(sub.hidden),
+                "params": sub.model.num_params,
+                "uplink_message_bytes": int(exp.device_uplink_bytes[first]),
+                "bytes_up": int(up[mine].sum()),
+                "bytes_down": int(down[mine].sum()),
+                "energy_j": float(energy_j[mine].sum()),
+                "test_accuracy": last.get(f"{rate:g}"),
+            }
+        )
     return out

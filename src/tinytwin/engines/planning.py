@@ -25,10 +25,17 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             )
         )
         none_lost = np.zeros(1, dtype=np.int64)
-        up = transfer_cost(exp.uplink_bytes(), arrays.up_bps, arrays, none_lost)
-        down = transfer_cost(exp.downlink_bytes(), arrays.down_bps, arrays, none_lost)
+        d0 = int(g.devices[0])  # every device of a group trains the same (sub-)model
+        up = transfer_cost(int(exp.device_uplink_bytes[d0]), arrays.up_bps, arrays, none_lost)
+        down = transfer_cost(int(exp.device_downlink_bytes[d0]), arrays.down_bps, arrays, none_lost)
         flops = int(
-            compute_flops(np.array([n]), a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step)[0]
+            compute_flops(
+                np.array([n]),
+                a.local_epochs,
+                a.batch_size,
+                int(exp.device_flops_per_sample[d0]),
+                int(exp.device_flops_per_step[d0]),
+            )[0]
         )
         compute_s = flops / g.profile.flops_per_s
         p = g.profile.power
@@ -36,6 +43,9 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
         rows.append(
             {
                 "memory": mem,
+                "model_rate": float(exp.models.rates[d0]),
+                "model_params": exp.models.sizes[float(exp.models.rates[d0])].model.num_params,
+                "rate_choice": exp.models.choices.get(g.name),
                 "link": link.name,
                 **medium_of_group(exp, gi),
                 "count": len(g.devices),
@@ -66,8 +76,8 @@ def medium_of_group(exp: Experiment, group: int) -> dict[str, Any]:
     on = np.flatnonzero(fleet.medium.medium_of == fleet.medium.medium_of[first])
     links = take_links(fleet.links, on)
     none_lost = np.zeros(on.size, dtype=np.int64)
-    wire_up = transfer_cost(exp.uplink_bytes(), links.up_bps, links, none_lost).wire_bytes
-    wire_down = transfer_cost(exp.downlink_bytes(), links.down_bps, links, none_lost).wire_bytes
+    wire_up = transfer_cost(exp.device_uplink_bytes[on], links.up_bps, links, none_lost).wire_bytes
+    wire_down = transfer_cost(exp.device_downlink_bytes[on], links.down_bps, links, none_lost).wire_bytes
     air = airtime_s(wire_up, links.up_bps) + airtime_s(wire_down, links.down_bps)
     eff = fleet.medium.efficiency[on] if on.size > 1 else 1.0
     return {

@@ -80,18 +80,23 @@ def round_costs(
     online_ids: np.ndarray,
     selected: np.ndarray,
     dropped: np.ndarray,
-    up_bytes: int,
-    down_bytes: int,
 ) -> RoundCosts:
-    """Cost-model figures of round ``r`` for ``selected`` devices (``dropped``: their dropout mask)."""
+    """Cost-model figures of round ``r`` for ``selected`` devices (``dropped``: their dropout mask).
+
+    Each device moves and trains its own (sub-)model (:class:`~tinytwin.fleet.model_sizes.FleetModels`)."""
     spec = exp.spec
+    up_bytes, down_bytes = exp.device_uplink_bytes[selected], exp.device_downlink_bytes[selected]
     a, seed = spec.algorithm, spec.seed
     links = take_links(exp.fleet.links, selected)
     medium = (exp.fleet.medium or dedicated(exp.fleet.num_devices)).take(selected)
     lost_down = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 0), down_bytes, links)
     down = transfer_cost(down_bytes, links.down_bps, links, lost_down)
     flops = compute_flops(
-        exp.num_samples[selected], a.local_epochs, a.batch_size, exp.flops_per_sample, exp.flops_per_step
+        exp.num_samples[selected],
+        a.local_epochs,
+        a.batch_size,
+        exp.device_flops_per_sample[selected],
+        exp.device_flops_per_step[selected],
     )
     compute_s = np.where(dropped, 0.0, flops / exp.fleet.flops_per_s[selected])
     lost_up = draw_lost_packets(stream_rng(seed, Stream.LINK_LOSS, r, 1), up_bytes, links)
@@ -169,8 +174,8 @@ def shared_medium_waits(
     links: LinkArrays,
     down: Transfer,
     up: Transfer,
-    down_bytes: int,
-    up_bytes: int,
+    down_bytes: np.ndarray,
+    up_bytes: np.ndarray,
     compute_s: np.ndarray,
     dropped: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:

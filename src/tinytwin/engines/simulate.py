@@ -26,6 +26,7 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.device import default_chunk, resolve_device
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
+from tinytwin.engines.hetero_round import NestedFleet, size_summary
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.round_costs import round_costs
 from tinytwin.engines.state import Checkpointed
@@ -53,6 +54,7 @@ class SimState(Checkpointed):
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     attack_history: dict[str, np.ndarray] = field(default_factory=dict)  # the stale attack's (attacks.py)
+    size_accuracies: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # per model size
 
 
 class Simulator:
@@ -82,6 +84,13 @@ class Simulator:
             chunk_size=default_chunk(self.device, eng.chunk_size),
             device=self.device,
             threads=eng.threads,
+        )
+        self.nested = (
+            NestedFleet(
+                exp, self.x_train, self.y_train, self.cfg, chunk_size=self.trainer.chunk_size, device=self.device
+            )
+            if exp.models.heterogeneous
+            else None
         )
         so = a.server_optimizer
         self.server_opt = make_server_optimizer(
@@ -140,7 +149,7 @@ class Simulator:
         )
 
         # Costs of every selected device (arrays aligned with `selected`).
-        costs = round_costs(exp, r, online_ids, selected, dropped_mask, self.up_bytes, self.down_bytes)
+        costs = round_costs(exp, r, online_ids, selected, dropped_mask)
         straggler, n_samples = costs.straggler, exp.num_samples[selected]
         needed = [f"needed {t:.3f} s, deadline {a.deadline_s} s" for t in costs.total_s[straggler]]
         events += device_events(r, t0, "straggler", selected[straggler], needed)
@@ -158,8 +167,11 @@ class Simulator:
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
         acc = loss = None
         per_device_acc: dict[int, float] = {}
+        size_accs = list(state.size_accuracies)
         if r % spec.evaluation.every == 0 or r == spec.rounds:
             acc, loss, per_device_acc = self._evaluate(new_global, online_ids)
+            if self.nested is not None:
+                size_accs.append((r, self.nested.accuracies(new_global, self.x_test, self.y_test)))
         device_rows = self._device_rows(r, online_ids, selected, costs, train_losses, per_device_acc)
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
@@ -174,6 +186,7 @@ class Simulator:
             state.bytes_down + bytes_down,
             state.accuracies + ([(r, acc)] if acc is not None else []),
             history,
+            size_accs,
         )
         round_row = {
             "round": r,
@@ -234,7 +247,9 @@ class Simulator:
         on_device = new_global.to(self.device)
         acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
         per_device_acc: dict[int, float] = {}
-        if exp.spec.evaluation.per_device:
+        if exp.spec.evaluation.per_device and self.nested is not None:
+            per_device_acc = self.nested.device_accuracies(on_device, self.x_train, self.y_train, online_ids)
+        elif exp.spec.evaluation.per_device:
             correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
             correct = correct.cpu()
             for d in online_ids:
@@ -299,6 +314,8 @@ class Simulator:
         """
         exp, a = self.exp, self.exp.spec.algorithm
         parts = [exp.parts[d] for d in completed]
+        if self.nested is not None:
+            return self.nested.learn(start, r, completed, parts)
         agg, losses, error = learn_round(
             self.trainer,
             start,
@@ -328,7 +345,12 @@ class Simulator:
 
     # ---- summary ------------------------------------------------------------------
     def summary(self, state: SimState, wall_time_s: float) -> dict[str, Any]:
-        return centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+        out = centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes)
+        if self.nested is not None:
+            last = state.size_accuracies[-1][1] if state.size_accuracies else {}
+            rows = self.store.device_rounds(self.run_id)
+            out["model_sizes"] = size_summary(self.exp, state.energy_j, rows, last)
+        return out
 
 
 def device_events(r: int, t0: float, kind: str, devices: np.ndarray, details: list[str]) -> list[dict[str, Any]]:

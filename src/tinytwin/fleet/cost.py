@@ -74,7 +74,11 @@ def draw_lost_packets(rng: np.random.Generator, payload_bytes: np.ndarray | int,
 
 
 def compute_flops(
-    num_samples: np.ndarray, epochs: int, batch_size: int, flops_per_sample: int, flops_per_step: int
+    num_samples: np.ndarray,
+    epochs: int,
+    batch_size: int,
+    flops_per_sample: int | np.ndarray,
+    flops_per_step: int | np.ndarray,
 ) -> np.ndarray:
     """Training FLOPs per device for one round of local training."""
     n = np.asarray(num_samples, dtype=np.int64)

@@ -55,9 +55,5 @@ def check_hetero(spec: Any) -> None:
             f"{key}: groups of different model rates need algorithm.aggregator.name: nested "
             f"(not {spec.algorithm.aggregator.name})"
         )
-    # The definitions (algorithms/nested.py) exist; no twin trains sub-models yet, so refuse
-    # rather than silently train the full model everywhere.
-    raise ValueError(
-        f"{key}: {spec.fleet.groups[where].model_rate} is not run by the twins yet (issue #11: nested averaging "
-        "is defined, the batched per-shape simulator is not); use 1.0"
-    )
+    if spec.attacks:
+        raise ValueError(f"{key}: attacks apply to fleets of one model size so far; use 1.0 or drop attacks")
