@@ -39,6 +39,25 @@ CLI_CASES = [
         spec_text(rate="auto").replace("hidden: [16]", "hidden: [4096, 4096]").replace("esp32-s3", "nrf52840"),
         "0.125: RAM 5,022,620 of 196,608 B",
     ),
+    (
+        "distillation-without-proxy",
+        spec_text(rate="0.5").replace("{name: nested}}", "{name: nested}, distillation: {epochs: 2}}"),
+        "algorithm.distillation.proxy",
+    ),
+    (
+        "distillation-proxy-takes-every-sample",
+        spec_text(rate="0.5").replace(
+            "{name: nested}}", "{name: nested}, distillation: {proxy: {source: holdout, samples: 5000}}}"
+        ),
+        "leaves none to train",
+    ),
+    (
+        "distillation-unknown-server",
+        spec_text(rate="0.5").replace(
+            "{name: nested}}", "{name: nested}, distillation: {proxy: {source: holdout}, server_profile: cray}}"
+        ),
+        "algorithm.distillation.server_profile: unknown profile 'cray'",
+    ),
     ("attack-on-mixed-sizes", spec_text(rate="0.5") + "attacks: [{kind: sign_flip, devices: [0]}]\n", "attacks"),
 ]
 IN_PROCESS_CASES = [
@@ -47,6 +66,11 @@ IN_PROCESS_CASES = [
     ("rate-on-cnn", spec_text(rate="0.5").replace("name: mlp, hidden: [16]", "name: lenet5"), "not lenet5"),
     ("nested-on-gossip", spec_text(algo="gossip"), "algorithm.aggregator.name"),
     ("nested-on-hierarchical", spec_text(algo="hierarchical"), "nested averaging applies to fedavg"),
+    (
+        "distillation-without-nested",
+        spec_text(agg="fedavg").replace("{name: fedavg}}", "{name: fedavg}, distillation: {proxy: {source: holdout}}}"),
+        "set algorithm.aggregator.name: nested",
+    ),
 ]
 
 
@@ -60,15 +84,6 @@ def test_bad_rate_one_line_exit_2_no_run_folder(tmp_path: Path, case_id, text, e
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert expected in lines[0], lines[0]
-    assert not out.exists() or not any(out.iterdir())
-
-
-def test_emulate_refuses_mixed_sizes_in_one_line(tmp_path: Path):
-    spec = write_spec(tmp_path / "spec.yaml", spec_text(rate="0.5"))
-    out = tmp_path / "runs"
-    proc = run_cli("emulate", str(spec), "--out", str(out), "--quiet")
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    assert "model_rate" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -245,6 +245,13 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
             f"{fmt.format_accuracy(z['test_accuracy'])}, {z['params']:,} parameters, "
             f"{fmt.format_bytes(z['bytes_up'])} up, {fmt.format_energy(z['energy_j'])}",
         )
+    if "distillation" in s:
+        dist = s["distillation"]
+        table.add_row(
+            "server distillation",
+            f"{dist['rounds']} rounds, KL {dist['kl_last_round'][0]:.4f} -> {dist['kl_last_round'][1]:.4f} "
+            f"(last round), {fmt.format_seconds(dist['server_s'])}, {fmt.format_energy(dist['server_energy_j'])}",
+        )
     table.add_row("wall time", fmt.format_seconds(s["wall_time_s"]))
     console.print(table)
     console.print(f"run folder: {run_dir}")

@@ -31,6 +31,9 @@ class Stream(IntEnum):
     BANDS = 104  # which Gist band a send carries; SDFA's random segments
     MSG_LOSS = 105  # lost packets of device-to-device messages
     VALIDATION = 106  # the shared validation subset (Gist)
+    # heterogeneous fleets
+    PROXY = 201  # the held-out proxy slice of the training set (distillation)
+    DISTILL = 202  # the server's distillation batches
 
 
 def stream_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinytwin.algorithms.aggregators import aggregate_spec
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import layers_np, measured, mlp_np, shaper
 from tinytwin.emulate.centralized_files import write_device_configs, write_shards
@@ -43,11 +42,13 @@ from tinytwin.emulate.model_rows import model_rows
 from tinytwin.emulate.netns import NetnsFleet
 from tinytwin.emulate.options import EmulateOptions, options_to_json
 from tinytwin.emulate.processes import DeviceProcesses, exit_kind
-from tinytwin.emulate.run_stats import firmware_summary, run_stats
+from tinytwin.emulate.run_stats import emulation_figures
 from tinytwin.emulate.rundir import COORDINATOR_FILE, NETNS_FILE, read_json, write_json
 from tinytwin.emulate.serving import accepted_frames, send_frame
+from tinytwin.emulate.sizes import EmulatedSizes, model_sizes_summary
 from tinytwin.emulate.skeleton import CoordinatorClock, firmware_metrics
 from tinytwin.emulate.tls import server_context_for
+from tinytwin.engines.distill_round import distillation_summary
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
@@ -58,7 +59,6 @@ from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.db import RunStore
 from tinytwin.store.files import private_dirs
-from tinytwin.wire import encoding as enc
 from tinytwin.wire import frame as fm
 from tinytwin.wire.roundtrip import roundtrip_torch
 
@@ -88,6 +88,7 @@ class EmuState(Checkpointed):
     bytes_down: int = 0
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     round_walls: list[float] = field(default_factory=list)
+    distillation: list[list[float]] = field(default_factory=list)  # per round: DistillRound.log_row()
 
 
 class Emulation(CoordinatorClock):
@@ -124,6 +125,7 @@ class Emulation(CoordinatorClock):
             self.n_dev, self.run_key, exp.model.num_params, list(exp.model.tensor_sizes), a.encoding
         )
         self.coord.on_drop = self._drop_update
+        self.sizes = EmulatedSizes(exp, self.coord)  # which (sub-)model each device trains
         so = a.server_optimizer
         self.server_opt = make_server_optimizer(
             so.name, lr=so.lr, momentum=so.momentum, beta1=so.beta1, beta2=so.beta2, tau=so.tau
@@ -293,7 +295,8 @@ class Emulation(CoordinatorClock):
         cut = bool(plan.link_down[i] or plan.straggler[i])
         if cut and plan.down_s[i] < plan.down.time_s[i]:
             return Sent(mono0=mono0)  # the link is gone before the model is through: dropped by the shaper
-        up_wait = self._sender_wait_s(plan.up.time_s[i], self.up_bytes, link.up_bps, link, plan.up_wait_s[i])
+        up_bytes = int(self.exp.device_uplink_bytes[d])
+        up_wait = self._sender_wait_s(plan.up.time_s[i], up_bytes, link.up_bps, link, plan.up_wait_s[i])
         plan_msg: dict[str, Any] = {"cmd": "round", "round": r, "up_wait_s": up_wait, "drop_update": cut}
         if cut:  # the device gives up where the model cuts its round (link down / deadline), then drops its update
             plan_msg["why"] = "link down" if plan.link_down[i] else "deadline"
@@ -364,11 +367,11 @@ class Emulation(CoordinatorClock):
         self.coord.expect = {int(d) for d, ok in zip(selected, plan.completed) if ok and int(d) not in self.failed}
         self.done = asyncio.Event()
         self._check_done()
-        payload = enc.encode(g.numpy(), a.downlink_encoding, tensor_sizes=self.exp.model.tensor_sizes)
+        payloads = self.sizes.payloads(g, a.downlink_encoding)
         round_mono = time.monotonic()
         sends = await asyncio.gather(
             *(
-                self._start_device_round(i, int(d), r, payload, bool(draw.victim[i]), plan)
+                self._start_device_round(i, int(d), r, payloads[self.sizes.rate_of(d)], bool(draw.victim[i]), plan)
                 for i, d in enumerate(selected)
             )
         )
@@ -400,9 +403,7 @@ class Emulation(CoordinatorClock):
         completed = np.array(sorted(got.updates), dtype=np.int64)
         g, new_global, server_state = state.global_params, state.global_params, state.server_state
         if completed.size:
-            received = torch.from_numpy(np.stack([got.updates[int(d)] for d in completed]))
-            weights = torch.from_numpy(exp.num_samples[completed]).to(received.dtype)
-            agg, refused = aggregate_spec(a.aggregator, received, weights)
+            agg, refused = self.sizes.aggregate(a.aggregator, got.updates, completed, g, r)
             if refused is not None:
                 events.append(self._event(r, None, "aggregation_skipped", f"{a.aggregator.name}: {refused}"))
             if agg is not None:
@@ -440,6 +441,7 @@ class Emulation(CoordinatorClock):
         draw = await self._draw(r, events)
         sends, round_mono, got = await self._serve_round(r, draw, state.global_params, events)
         new_global, server_state = self._next_global(r, state, got, events)
+        distilled, server_s = self.sizes.take_distilled(r, self.modelled_s, events)  # the server's FedDF step
         acc, loss = self._evaluate(r, new_global)
         round_s = time.perf_counter() - wall0
         final = self._final_costs(r, draw, got)
@@ -449,13 +451,14 @@ class Emulation(CoordinatorClock):
             r,
             new_global,
             server_state,
-            state.sim_time_s + final.round_s,
+            state.sim_time_s + final.round_s + server_s,
             state.energy_j + final.energy_j,
             self._wall(),
             state.bytes_up + bytes_up,
             state.bytes_down + bytes_down,
             state.accuracies + ([(r, acc)] if acc is not None else []),
             state.round_walls + [round_s],
+            state.distillation + distilled,
         )
         row = {
             "round": r,
@@ -515,7 +518,7 @@ class Emulation(CoordinatorClock):
                     self.opt,
                     (self.host, self.port),
                     self.compute_s,
-                    {"linears": self.linears_rows, "layers": self.layer_rows},
+                    lambda d: self.sizes.device_model(d, {"linears": self.linears_rows, "layers": self.layer_rows}),
                     self.firmware,
                     self.devices.config_file,
                 )
@@ -570,27 +573,11 @@ class Emulation(CoordinatorClock):
         return EmuState(0, g, self.server_opt.init(g), 0.0, np.zeros(self.n_dev))
 
     def summary(self, state: EmuState, wall_time_s: float) -> dict[str, Any]:
-        walls = state.round_walls
         return {
             **centralized_summary(self.exp, state, wall_time_s, self.up_bytes, self.down_bytes),
-            "emulate": {
-                "time_scale": self.opt.time_scale,
-                "modelled_time_s": state.sim_time_s,
-                "elapsed_wall_s": state.wall_s,
-                "shaping": self.shaping(),
-                "startup_s": getattr(self, "startup_s", None),
-                **run_stats(walls, list(self.mem_max.values())),
-                "process_starts": int(sum(self.spawns.values())),
-                "reconnects": self.reconnects,
-                "control_bytes": self.control_bytes,
-                "frames_rejected": dict(self.coord.rejected),
-                "devices_with_torch": len(self.torch_devices),
-                **(
-                    {"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)}
-                    if self.firmware
-                    else {}
-                ),
-            },
+            **model_sizes_summary(self, state),
+            **distillation_summary(state.distillation),
+            "emulate": emulation_figures(self, state),
         }
 
     def shaping(self) -> dict[str, Any]:

@@ -38,12 +38,13 @@ def write_device_configs(
     options: EmulateOptions,
     address: tuple[str, int],
     compute_s: np.ndarray,
-    model: dict[str, Any],
+    model_of: Callable[[int], dict[str, Any]],
     firmware: dict[int, dict[str, Any]],
     config_file: Callable[[int], Path],
 ) -> None:
-    """Every device's configuration: the coordinator's ``address``, its model (``model``: MLP
-    rows or a layer list), its memory plan and budget, and (firmware devices) its image."""
+    """Every device's configuration: the coordinator's ``address``, its model (``model_of(d)``:
+    MLP rows or a layer list, of its own sub-model), its memory plan and budget, and (firmware
+    devices) its image."""
     a = exp.spec.algorithm
     edir = config_file(0).parents[1]
     plan_of = {p.group: p for p in exp.memory}
@@ -55,6 +56,7 @@ def write_device_configs(
     for g in exp.fleet.groups:
         plan = plan_of[g.name]
         for d in map(int, g.devices):
+            sub = exp.models.sizes[float(exp.models.rates[d])].model
             DeviceConfig(
                 device=d,
                 host=address[0],
@@ -62,8 +64,8 @@ def write_device_configs(
                 key_file=str(edir / "keys" / f"d{d}.key"),
                 data_file=str(edir / "devices" / f"d{d}.npz"),
                 seed=exp.spec.seed,
-                num_params=exp.model.num_params,
-                tensor_sizes=sizes,
+                num_params=sub.num_params,
+                tensor_sizes=list(sub.tensor_sizes),
                 train=LocalTraining.from_spec(a),
                 encoding=a.encoding,
                 time_scale=options.time_scale,
@@ -73,7 +75,7 @@ def write_device_configs(
                 max_frame=max_frame,
                 reconnect_grace_s=options.reconnect_grace_s,
                 extra={
-                    **model,
+                    **model_of(d),
                     "downlink_encoding": a.downlink_encoding,
                     "attack": attack_of(attacks, d, exp.fleet.num_devices, exp.spec.seed),
                     "attack_history_file": str(config_file(d).with_name(f"d{d}.history.npz")),

@@ -27,7 +27,6 @@ from tinytwin.emulate.processes import proc_memory_kb
 from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json
 from tinytwin.engines.runner import open_resumable
 from tinytwin.errors import TinyTwinError
-from tinytwin.spec.hetero import is_heterogeneous
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.files import private_umask
 
@@ -46,11 +45,6 @@ __all__ = [
 def check_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, with the reason, a spec the emulation twin cannot run (before any run folder exists)."""
     a = spec.algorithm
-    if is_heterogeneous(spec):
-        raise TinyTwinError(
-            "emulate: fleet.groups[].model_rate other than 1.0 (nested sub-models) is simulation-only so far "
-            "(tinytwin run)"
-        )
     if a.family == "decentralized":
         return check_dfl_emulatable(spec)
     if a.family == "hierarchical":

@@ -73,8 +73,6 @@ def firmware_configs(
         return {}
     check_firmware_spec(exp)
     a = exp.spec.algorithm
-    sizes, relu = mlp_shape(linears_rows)
-    arena = required_arena_bytes(sizes, a.batch_size, momentum=bool(a.momentum), merges=merges)
     plan_of = {p.group: p for p in exp.memory}
     out: dict[int, dict[str, Any]] = {}
     transport = {g.name: s.firmware_transport for g, s in zip(exp.fleet.groups, exp.spec.fleet.groups)}
@@ -82,6 +80,8 @@ def firmware_configs(
     for g in exp.fleet.groups:
         if g.name not in groups:
             continue
+        sizes, relu = mlp_shape(group_rows(exp, g, linears_rows))  # its own sub-model's layout
+        arena = required_arena_bytes(sizes, a.batch_size, momentum=bool(a.momentum), merges=merges)
         if runtime[g.name] == "wasm":
             own_wasm = wasm_group_config(g, plan_of[g.name].ram_available, arena, workroot)
             for d in g.devices:
@@ -113,6 +113,15 @@ def firmware_configs(
                 },
             }
     return out
+
+
+def group_rows(exp: Experiment, g: Any, linears_rows: list[list[Any]]) -> list[list[Any]]:
+    """The MLP rows a group's devices train: the model's, or their nested sub-model's (issue #11)."""
+    if not exp.models.heterogeneous:
+        return linears_rows
+    from tinytwin.emulate.model_rows import rows_of_model
+
+    return rows_of_model(exp.models.sizes[float(exp.models.rates[int(g.devices[0])])].model)
 
 
 def _device_fields(

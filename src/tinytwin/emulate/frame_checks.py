@@ -49,6 +49,8 @@ class Coordinator:
         self.nonce = time.time_ns()
         self.n = num_params
         self.tensor_sizes = tensor_sizes
+        # Devices that train a sub-model (issue #11): their (parameter count, tensor sizes).
+        self.shapes: dict[int, tuple[int, list[int]]] = {}
         self.encoding = encoding
         self.round = 0
         self.expect: set[int] = set()
@@ -111,7 +113,8 @@ class Coordinator:
             if fr.encoding != self.encoding:
                 raise Rejected("bad_payload", f"encoding {fr.encoding}, expected {self.encoding}")
             try:
-                values, _ = enc.decode(fr.payload, fr.encoding, self.n, tensor_sizes=self.tensor_sizes)
+                n, sizes = self.shapes.get(fr.sender, (self.n, self.tensor_sizes))
+                values, _ = enc.decode(fr.payload, fr.encoding, n, tensor_sizes=sizes)
             except ValueError as exc:
                 raise Rejected("bad_payload", str(exc), sender=fr.sender) from None
             if not fm.payload_is_finite(values):

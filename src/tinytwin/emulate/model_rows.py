@@ -10,14 +10,20 @@ from tinytwin.emulate import layers_np
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment
 from tinytwin.errors import TinyTwinError
+from tinytwin.models.zoo import ModelDef
 
 
 def mlp_rows(exp: Experiment) -> list[list[Any]]:
-    fast = BatchedMLPGrad.for_layers(exp.model.layers)
+    return rows_of_model(exp.model)
+
+
+def rows_of_model(model: ModelDef) -> list[list[Any]]:
+    """The MLP ``model``'s linear layers as ``[w_offset, b_offset, n_in, n_out, relu_after]`` rows."""
+    fast = BatchedMLPGrad.for_layers(model.layers)
     if fast is None:
         raise TinyTwinError(
             f"emulate supports MLP models only for now in this kind of run (centralized runs also "
-            f"train CNNs); {exp.model.name} has other layers"
+            f"train CNNs); {model.name} has other layers"
         )
     return [[l.w_offset, l.b_offset, l.n_in, l.n_out, l.relu_after] for l in fast.linears]
 

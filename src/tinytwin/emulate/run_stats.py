@@ -53,3 +53,22 @@ def firmware_summary(
         "firmware_compute_s_median": float(np.median(fw[:, 1])) if len(fw) else None,
         "cost_model_compute_s_median": float(np.median(fw[:, 2])) if len(fw) else None,
     }
+
+
+def emulation_figures(emu: Any, state: Any) -> dict[str, Any]:
+    """The ``emulate`` part of a centralized emulation's summary: time scale and clocks, how
+    links were shaped, processes, connections, rejected frames and firmware figures."""
+    return {
+        "time_scale": emu.opt.time_scale,
+        "modelled_time_s": state.sim_time_s,
+        "elapsed_wall_s": state.wall_s,
+        "shaping": emu.shaping(),
+        "startup_s": getattr(emu, "startup_s", None),
+        **run_stats(state.round_walls, list(emu.mem_max.values())),
+        "process_starts": int(sum(emu.spawns.values())),
+        "reconnects": emu.reconnects,
+        "control_bytes": emu.control_bytes,
+        "frames_rejected": dict(emu.coord.rejected),
+        "devices_with_torch": len(emu.torch_devices),
+        **({"firmware": firmware_summary(emu.firmware, emu.qemu_mem, emu.fw_rounds)} if emu.firmware else {}),
+    }

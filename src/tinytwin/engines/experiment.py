@@ -18,6 +18,7 @@ from tinytwin.algorithms.attacks import flip_labels
 from tinytwin.data.datasets import Dataset, load_dataset, published_stand_in
 from tinytwin.data.partition import class_histogram, partition
 from tinytwin.data.partition_rules import per_device_partition
+from tinytwin.data.proxy import split_proxy
 from tinytwin.errors import DataError, MemoryPlanError, SpecError, TinyTwinError
 from tinytwin.fleet.build import Fleet, build_fleet
 from tinytwin.fleet.failures import Timeline, build_timeline
@@ -47,6 +48,7 @@ class Experiment:
     memory: list[MemoryPlan]
     timeline: Timeline
     models: FleetModels  # which (sub-)model each device trains
+    proxy_x: np.ndarray | None = None  # the server's unlabeled distillation set (data/proxy.py)
 
     @cached_property
     def module(self) -> LayerModule:
@@ -163,6 +165,12 @@ def prepare(
         if stand_in is None:
             raise
         dataset = stand_in
+    proxy_x = None
+    if spec.algorithm.distillation is not None:
+        from tinytwin.engines.distill_round import server_profile
+
+        server_profile(spec.algorithm.distillation)  # an unknown name is refused before any run folder
+        dataset, proxy_x = split_proxy(dataset, spec.algorithm.distillation.proxy, spec.seed, base_dir)
     p = spec.partition
     n = fleet.num_devices
     if n > len(dataset.y_train) and not p.overlap:
@@ -196,6 +204,7 @@ def prepare(
         memory,
         timeline,
         models,
+        proxy_x,
     )
 
 

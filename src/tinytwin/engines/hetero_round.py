@@ -60,7 +60,7 @@ def shape_trainers(
     return out
 
 
-def hetero_round(
+def train_sizes(
     global_vector: torch.Tensor,
     trainers: Mapping[float, ShapeTrainer],
     round_: int,
@@ -68,14 +68,13 @@ def hetero_round(
     device_rates: np.ndarray,
     indices: list[np.ndarray],
     encoding: str = "float32",
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Train the listed devices, each on its own sub-model; return the nested average of the
-    updates the server decodes (a ``(P,)`` delta: 0 where no device held a parameter) and
-    each device's training loss.
+) -> tuple[list[RateGroup], list[float], np.ndarray]:
+    """Train the listed devices, each on its own sub-model; return what the server decodes per
+    size (a :class:`RateGroup` of update rows), those sizes' rates, and each device's loss.
 
     ``device_rates[i]`` is the rate of ``device_ids[i]``; weights are local sample counts.
     """
-    groups = []
+    groups, rates = [], []
     losses = np.full(device_ids.size, np.nan)
     g = global_vector.cpu()
     for rate, st in trainers.items():
@@ -88,10 +87,30 @@ def hetero_round(
         received = roundtrip_torch(delta, encoding, tensor_sizes=st.tensor_sizes)
         weights = torch.tensor([len(indices[i]) for i in pos], dtype=g.dtype)
         groups.append(RateGroup(st.index, received, weights))
+        rates.append(rate)
         losses[pos] = result.train_loss
-    out = nested_average(torch.zeros_like(g), groups)
+    return groups, rates, losses
+
+
+def merged_update(global_vector: torch.Tensor, groups: Sequence[RateGroup]) -> torch.Tensor:
+    """The nested average of the groups' update rows: a ``(P,)`` delta, 0 where no device held a parameter."""
+    out = nested_average(torch.zeros_like(global_vector.cpu()), groups)
     assert isinstance(out, torch.Tensor)
-    return out, losses
+    return out
+
+
+def hetero_round(
+    global_vector: torch.Tensor,
+    trainers: Mapping[float, ShapeTrainer],
+    round_: int,
+    device_ids: np.ndarray,
+    device_rates: np.ndarray,
+    indices: list[np.ndarray],
+    encoding: str = "float32",
+) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`train_sizes`, then :func:`merged_update`: the round's delta and each device's loss."""
+    groups, _, losses = train_sizes(global_vector, trainers, round_, device_ids, device_rates, indices, encoding)
+    return merged_update(global_vector, groups), losses
 
 
 def size_accuracies(
@@ -112,18 +131,28 @@ class NestedFleet:
     nested round, and each size's accuracy, bytes and energy for the results."""
 
     def __init__(self, exp: Any, x_train: torch.Tensor, y_train: torch.Tensor, cfg: LocalTraining, **options: Any):
+        from tinytwin.engines.distill_round import ServerDistiller
+
         self.exp = exp
         ds, spec = exp.dataset, exp.spec
-        rates = list(exp.models.sizes)
+        rates, hidden = list(exp.models.sizes), spec.model.hidden
         self.shapes = shape_trainers(
-            ds.input_shape, ds.num_classes, spec.model.hidden, rates, x_train, y_train, cfg, spec.seed, **options
+            ds.input_shape, ds.num_classes, hidden, rates, x_train, y_train, cfg, spec.seed, **options
         )
+        self.distiller = ServerDistiller(exp) if spec.algorithm.distillation is not None else None
 
     def learn(
         self, start: torch.Tensor, r: int, device_ids: np.ndarray, parts: list[np.ndarray]
-    ) -> tuple[torch.Tensor, np.ndarray]:
+    ) -> tuple[torch.Tensor, np.ndarray, Any]:
+        """The round's delta, each device's loss and the distillation's figures (None without)."""
         rates = self.exp.models.rates[device_ids]
-        return hetero_round(start, self.shapes, r, device_ids, rates, parts, self.exp.spec.algorithm.encoding)
+        enc = self.exp.spec.algorithm.encoding
+        groups, sizes, losses = train_sizes(start, self.shapes, r, device_ids, rates, parts, enc)
+        delta = merged_update(start, groups)
+        if self.distiller is None:
+            return delta, losses, None
+        delta, info = self.distiller.apply(start.cpu(), delta, groups, sizes, r)
+        return delta, losses, info
 
     def accuracies(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Test accuracy of each size, keyed by its rate written ``f"{rate:g}"``."""

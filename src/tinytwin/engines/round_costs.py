@@ -174,8 +174,8 @@ def shared_medium_waits(
     links: LinkArrays,
     down: Transfer,
     up: Transfer,
-    down_bytes: np.ndarray,
-    up_bytes: np.ndarray,
+    down_bytes: np.ndarray | int,
+    up_bytes: np.ndarray | int,
     compute_s: np.ndarray,
     dropped: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from tinytwin.algorithms.attacks import attack_of, attack_update
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.device import default_chunk, resolve_device
+from tinytwin.engines.distill_round import DistillRound, distillation_summary
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.hetero_round import NestedFleet, size_summary
@@ -55,6 +56,7 @@ class SimState(Checkpointed):
     accuracies: list[tuple[int, float]] = field(default_factory=list)
     attack_history: dict[str, np.ndarray] = field(default_factory=dict)  # the stale attack's (attacks.py)
     size_accuracies: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # per model size
+    distillation: list[list[float]] = field(default_factory=list)  # per round: DistillRound.log_row()
 
 
 class Simulator:
@@ -89,7 +91,7 @@ class Simulator:
             NestedFleet(
                 exp, self.x_train, self.y_train, self.cfg, chunk_size=self.trainer.chunk_size, device=self.device
             )
-            if exp.models.heterogeneous
+            if exp.models.heterogeneous or a.distillation is not None
             else None
         )
         so = a.server_optimizer
@@ -155,7 +157,6 @@ class Simulator:
         events += device_events(r, t0, "straggler", selected[straggler], needed)
         completed_mask = costs.completed
         completed = selected[completed_mask]
-        round_s = costs.round_s
 
         # Learning: batched local training of the devices that will report back.
         train_losses = np.full(selected.size, np.nan)
@@ -165,6 +166,7 @@ class Simulator:
         )
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
+        round_s = costs.round_s + (self.distilled.server_s if self.distilled else 0.0)  # the server distils last
         acc = loss = None
         per_device_acc: dict[int, float] = {}
         size_accs = list(state.size_accuracies)
@@ -187,6 +189,7 @@ class Simulator:
             state.accuracies + ([(r, acc)] if acc is not None else []),
             history,
             size_accs,
+            state.distillation + ([self.distilled.log_row()] if self.distilled else []),
         )
         round_row = {
             "round": r,
@@ -224,6 +227,7 @@ class Simulator:
         Returns the new global model (as the devices will receive it) and server state."""
         a = self.exp.spec.algorithm
         new_global, server_state = state.global_params, state.server_state
+        self.distilled: DistillRound | None = None  # set by _learn when the server distils
         if completed.size:
             aggregate, train_losses[completed_mask] = self._learn(
                 state.global_params, r, completed, n_samples[completed_mask], events, t0, history
@@ -315,7 +319,10 @@ class Simulator:
         exp, a = self.exp, self.exp.spec.algorithm
         parts = [exp.parts[d] for d in completed]
         if self.nested is not None:
-            return self.nested.learn(start, r, completed, parts)
+            delta, losses, self.distilled = self.nested.learn(start, r, completed, parts)
+            if self.distilled is not None:
+                events.append(self.distilled.event(r, t0))
+            return delta, losses
         agg, losses, error = learn_round(
             self.trainer,
             start,
@@ -350,7 +357,7 @@ class Simulator:
             last = state.size_accuracies[-1][1] if state.size_accuracies else {}
             rows = self.store.device_rounds(self.run_id)
             out["model_sizes"] = size_summary(self.exp, state.energy_j, rows, last)
-        return out
+        return {**out, **distillation_summary(state.distillation)}
 
 
 def device_events(r: int, t0: float, kind: str, devices: np.ndarray, details: list[str]) -> list[dict[str, Any]]:

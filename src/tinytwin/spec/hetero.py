@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 def _parse_rate(value: object) -> object:
@@ -31,6 +31,35 @@ AUTO_RATES = (1.0, 0.5, 0.25, 0.125)
 """The rates ``auto`` considers, largest first; the planner takes the first that fits."""
 
 
+class ProxySpec(BaseModel):
+    """The unlabeled data the server distils on: a held-out slice of the training set (removed
+    from the devices' data before partitioning) or the first samples of another dataset of
+    the same input shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: Literal["holdout", "mnist", "fashion-mnist", "digits", "cifar10"] = Field(
+        description="holdout: a seeded slice of the training set; or a dataset name (same input shape)"
+    )
+    samples: Annotated[int, Field(ge=1, le=100_000)] = Field(default=500, description="proxy samples")
+    data_dir: str | None = Field(default=None, description="folder of the proxy dataset's files")
+
+
+class DistillationSpec(BaseModel):
+    """Ensemble distillation at the server (FedDF, Lin et al. 2020): after the (nested) average,
+    the global model is trained to match the mean logits of every received model on the
+    proxy set. SGD rather than FedDF's Adam: every twin then reaches the same model to 1e-6."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    proxy: ProxySpec
+    epochs: Annotated[int, Field(ge=1, le=100)] = 1
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 0.05
+    temperature: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    server_profile: str = Field(
+        default="raspberry-pi-4", description="device catalog profile whose compute time and energy the server pays"
+    )
+
+
 def is_heterogeneous(spec: Any) -> bool:
     """True when some group trains less than the full model (or lets the planner choose)."""
     return any(g.model_rate != 1.0 for g in spec.fleet.groups)
@@ -38,6 +67,12 @@ def is_heterogeneous(spec: Any) -> bool:
 
 def check_hetero(spec: Any) -> None:
     """Refuse mixed-model experiments the twins cannot run, naming the key and the fix."""
+    if spec.algorithm.distillation is not None and spec.algorithm.aggregator.name != "nested":
+        raise ValueError(
+            "algorithm.distillation: distils after nested averaging; set algorithm.aggregator.name: nested"
+        )
+    if spec.algorithm.distillation is not None and spec.model.name != "mlp":
+        raise ValueError(f"algorithm.distillation: applies to the mlp model so far, not {spec.model.name}")
     if spec.algorithm.aggregator.name == "nested" and spec.algorithm.family != "centralized":
         raise ValueError(
             f"algorithm.aggregator.name: nested averaging applies to fedavg and fedprox, not {spec.algorithm.name}"

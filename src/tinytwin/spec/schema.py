@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from tinytwin.algorithms.robust_merge import ROBUST_MERGES
 from tinytwin.spec.attacks import AttackSpec
 from tinytwin.spec.device_data import DeviceData
-from tinytwin.spec.hetero import ModelRate, check_hetero
+from tinytwin.spec.hetero import DistillationSpec, ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
 from tinytwin.spec.robust import NormBoundSpec
@@ -260,6 +260,9 @@ class AlgorithmSpec(Strict):
     ] = "fedavg"
     mu: Annotated[float, Field(ge=0.0)] = 0.01
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
+    distillation: DistillationSpec | None = Field(
+        default=None, description="server-side ensemble distillation (FedDF) after nested averaging"
+    )
     server_optimizer: ServerOptimizerSpec = Field(default_factory=ServerOptimizerSpec)
     clients_per_round: StrictInt | StrictFloat = Field(
         default=1.0, description="a fraction in (0, 1] of the available devices, or a whole count >= 1"

@@ -1,0 +1,124 @@
+"""The server's distillation step of a round (FedDF), shared by the simulator and the emulation.
+
+After nested averaging, the server distils the ensemble of every model it received
+(:mod:`tinytwin.algorithms.distillation`) into the global model on the proxy set. It pays
+for it on its own profile (``algorithm.distillation.server_profile``): the round lasts the
+distillation's compute time longer, and the energy is the profile's active power over that
+time. Each round's figures go to the events table (kind ``distillation``) and to the twin's
+checkpointed state, which the summary totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinytwin.algorithms.distillation import Teacher, distill, distillation_flops, ensemble_logits
+from tinytwin.algorithms.nested import RateGroup
+from tinytwin.errors import SpecError
+from tinytwin.fleet.catalog import load_device_catalog
+from tinytwin.models.accounting import backward_flops, forward_flops
+from tinytwin.models.params import ParamLayout
+
+EVENT_KIND = "distillation"
+
+
+@dataclass(frozen=True)
+class DistillRound:
+    """One round's distillation: the KL before and after each epoch, the server's time and energy."""
+
+    kl: list[float]
+    server_s: float
+    energy_j: float
+
+    def log_row(self) -> list[float]:
+        """What the twin's checkpointed state keeps of the round (:func:`distillation_summary`)."""
+        return [self.kl[0], self.kl[-1], self.server_s, self.energy_j]
+
+    def event(self, r: int, t0: float) -> dict[str, Any]:
+        detail = (
+            f"KL {self.kl[0]:.4f} -> {self.kl[-1]:.4f} over {len(self.kl) - 1} epoch(s); "
+            f"server {self.server_s:.3f} s, {self.energy_j:.3f} J"
+        )
+        return {"round": r, "sim_time_s": t0, "device": None, "kind": EVENT_KIND, "detail": detail}
+
+
+def server_profile(cfg: Any) -> Any:
+    """The catalog profile the server distils on; an unknown name is a spec error."""
+    catalog = load_device_catalog()
+    if cfg.server_profile not in catalog:
+        raise SpecError(
+            "algorithm.distillation.server_profile",
+            f"unknown profile {cfg.server_profile!r}; choose one of `tinytwin devices`",
+        )
+    return catalog[cfg.server_profile]
+
+
+class ServerDistiller:
+    """The modules of every model size, the proxy set and the server's profile of one run."""
+
+    def __init__(self, exp: Any) -> None:
+        self.cfg = exp.spec.algorithm.distillation
+        self.profile = server_profile(self.cfg)
+        self.seed = exp.spec.seed
+        self.x = torch.from_numpy(np.ascontiguousarray(exp.proxy_x))
+        self.models = {}
+        for rate, sub in exp.models.sizes.items():
+            module = exp.module if rate == 1.0 else sub.model.build(exp.spec.seed)
+            self.models[rate] = (module, ParamLayout.of(module), sub.model)
+        if 1.0 not in self.models:  # the student is the full model, even when no device trains it
+            self.models[1.0] = (exp.module, exp.layout, exp.model)
+        self.rates = exp.models.rates
+
+    def apply(
+        self, g: torch.Tensor, delta: torch.Tensor, groups: Sequence[RateGroup], rates: Sequence[float], r: int
+    ) -> tuple[torch.Tensor, DistillRound]:
+        """The distilled update (``(P,)``, relative to ``g``) from the averaged ``delta`` and the
+        received ``groups`` (each ``rates[i]``'s devices' update rows)."""
+        teachers, teacher_flops = [], 0
+        for grp, rate in zip(groups, rates):
+            module, layout, model = self.models[rate]
+            rows = torch.as_tensor(grp.updates)
+            teachers.append(Teacher(module, layout, g[torch.from_numpy(grp.index)] + rows))
+            teacher_flops += rows.shape[0] * forward_flops(model.layers, model.num_classes)
+        ensemble = ensemble_logits(teachers, self.x)
+        module, layout, model = self.models[1.0]
+        c = self.cfg
+        out = distill(
+            module,
+            layout,
+            g + delta,
+            self.x,
+            ensemble,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            temperature=c.temperature,
+            seed=self.seed,
+            round_=r,
+        )
+        fwd = forward_flops(model.layers, model.num_classes)
+        flops = distillation_flops(fwd, backward_flops(model.layers, model.num_classes), 0, len(self.x), c.epochs)
+        server_s = (flops + teacher_flops * len(self.x)) / self.profile.flops_per_s
+        info = DistillRound(out.kl, server_s, server_s * self.profile.power.active_w)
+        return out.params - g, info
+
+
+def distillation_summary(log: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Totals of a run's distillation rounds (``log``: per round, KL before and after, server
+    seconds and joules, as the twins' states carry them); ``{}`` without distillation."""
+    if not log:
+        return {}
+    return {
+        "distillation": {
+            "rounds": len(log),
+            "server_s": float(sum(row[2] for row in log)),
+            "server_energy_j": float(sum(row[3] for row in log)),
+            "kl_first_round": [float(log[0][0]), float(log[0][1])],
+            "kl_last_round": [float(log[-1][0]), float(log[-1][1])],
+        }
+    }

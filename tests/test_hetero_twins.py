@@ -1,0 +1,80 @@
+"""Twins agree on a fleet of several model sizes (issue #11): a nested-averaging FedAvg run gives
+the same global model in the simulator, in the emulation (numpy device processes, each
+sent its own sub-model) and with firmware boards in QEMU training their sub-models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_spec
+from tinytwin.emulate.coordinator import EmulateOptions, start_emulation
+from tinytwin.engines.runner import start_run
+from tinytwin.spec.load import load_spec
+from tinytwin.store.db import RunStore
+
+SPEC = """
+name: hetero-twins
+seed: 5
+rounds: 3
+dataset: {name: digits}
+partition: {method: dirichlet, alpha: 1.0}
+model: {name: mlp, hidden: [24, 12]}
+fleet:
+  groups:
+    - {name: small, profile: nrf52840, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_rate: 0.25, twin: TWIN}
+    - {name: mid, profile: esp32-s3, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_rate: 0.5}
+    - {name: big, profile: raspberry-pi-4, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}}
+algorithm:
+  name: fedavg
+  aggregator: {name: nested}
+  local_epochs: 1
+  batch_size: 8
+  lr: 0.1
+  momentum: 0.5
+"""
+
+
+def _final(run_dir: Path) -> tuple[np.ndarray, dict]:
+    store = RunStore(run_dir / "results.db")
+    try:
+        ck = store.checkpoint(store.run_info().run_id)
+        summary = store.run_info().summary
+    finally:
+        store.close()
+    assert ck is not None
+    return np.asarray(ck[1]["global_params"]), summary
+
+
+DISTILL = "  distillation: {proxy: {source: holdout, samples: 200}, epochs: 2, lr: 0.1}\n"
+
+
+@pytest.mark.parametrize("twin", ["process", "firmware", "process+distillation"])
+def test_emulated_sizes_give_the_simulators_global_model(tmp_path: Path, twin: str) -> None:
+    text = SPEC.replace("TWIN", twin.split("+")[0]) + (DISTILL if twin.endswith("distillation") else "")
+    spec_file = write_spec(tmp_path / "spec.yaml", text)
+    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
+    spec, spec_yaml = load_spec(spec_file, [])
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
+    )
+    emulated, _ = _final(run_dir)
+    simulated, _ = _final(sim.run_dir)
+    assert emulated.shape == simulated.shape == (64 * 24 + 24 + 24 * 12 + 12 + 12 * 10 + 10,)
+    assert np.abs(emulated - simulated).max() <= 1e-6
+    sizes = {z["rate"]: z for z in summary["model_sizes"]}
+    sim_sizes = {z["rate"]: z for z in sim.summary["model_sizes"]}
+    assert sorted(sizes) == [0.25, 0.5, 1.0]
+    for rate, z in sizes.items():
+        assert z["bytes_up"] == sim_sizes[rate]["bytes_up"]  # each device sent its own sub-model
+        assert z["test_accuracy"] == pytest.approx(sim_sizes[rate]["test_accuracy"], abs=1e-6)
+    if twin == "firmware":
+        assert summary["emulate"]["firmware"]["devices"] == 2
+    if twin.endswith("distillation"):
+        assert summary["distillation"]["rounds"] == sim.summary["distillation"]["rounds"] == 3
+        assert summary["distillation"]["kl_last_round"] == pytest.approx(sim.summary["distillation"]["kl_last_round"])
+        assert summary["sim_time_s"] == pytest.approx(sim.summary["sim_time_s"])
+    assert yaml.safe_load(spec_yaml)["fleet"]["groups"][0]["model_rate"] == 0.25
