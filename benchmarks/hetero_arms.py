@@ -1,122 +1,135 @@
-"""Heterogeneous fleet on MNIST (issue #11): three arms, same seeds and data, written to JSON.
+"""Heterogeneous fleet on MNIST (issue #11, seed 001): four arms through `tinytwin run`.
 
-Fleet in thirds: nRF52840, ESP32-S3, Raspberry Pi 4 (10 each, 300 MNIST samples each). Model
-MLP 784-64-32-10, batch 4, plain SGD. Each board's rate is what ``model_rate: auto`` picks
-(fleet/rate_choice.py): nRF52840 0.125, ESP32-S3 and Raspberry Pi 4 1.0. Arms:
-  smallest  every device trains the rate the smallest board fits (0.125)
-  fit-only  the full model, only on the boards it fits (nRF52840 excluded)
-  nested    each board its own rate, merged by nested averaging (HeteroFL)
-Reported: the global model's test accuracy after the last round (mean, min, max over seeds),
-the accuracy of the 0.125 sub-model of the nested global model, and bytes on the wire per
-round (float32 frames, up + down). Distillation (FedDF) is not implemented yet.
+Spec: examples/hetero-mnist.yaml — nRF52840, ESP32-S3 and Raspberry Pi 4 in thirds (10 each,
+300 MNIST samples each), MLP 784-64-32-10, batch 4, SGD, 20 rounds. ``model_rate: auto`` gives
+the nRF52840 0.125 and the others 1.0 (``tinytwin plan examples/hetero-mnist.yaml``). Arms,
+same seeds, on IID and Dirichlet(0.5) partitions:
 
-    PYTHONPATH=src TINYTWIN_SHARED_DATA=/work/shared/data python benchmarks/hetero_arms.py
+  smallest   every group trains the nRF52840's model (the 0.125 sub-model, 784-8-4-10)
+  fit-only   the full model, only on the boards it fits (the nRF52840 group left out)
+  nested     each board its own rate, merged by nested averaging (HeteroFL)
+  distilled  nested, then ensemble distillation at the server (FedDF) on a 1,000-sample
+             held-out slice of the MNIST training set (taken away before partitioning)
+
+Reported per arm (mean, min, max over seeds): the global model's test accuracy, the accuracy
+of the 0.125 sub-model the nRF52840s hold, bytes on the wire (up + down, whole run) and the
+devices' energy (and the server's distillation energy).
+
+    TINYTWIN_SHARED_DATA=/work/shared/data .venv/bin/python benchmarks/hetero_arms.py
+    .venv/bin/python benchmarks/hetero_arms.py --from-json   # re-render the doc table only
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tinytwin.algorithms.local_config import LocalTraining
-from tinytwin.algorithms.nested import mlp_shapes, sub_widths, submodel_index
-from tinytwin.data.datasets import load_dataset
-from tinytwin.data.partition import partition
-from tinytwin.engines.hetero_round import hetero_round, shape_trainers
-from tinytwin.fleet.catalog import load_device_catalog
-from tinytwin.fleet.memory import message_bytes
-from tinytwin.fleet.rate_choice import choose_rate, mlp_plan_at
-
-HIDDEN = [64, 32]
-BOARDS = ["nrf52840", "esp32-s3", "raspberry-pi-4"]
-PER_BOARD, SAMPLES, ROUNDS, SEEDS = 10, 300, 20, (0, 1, 2)
-CFG = LocalTraining(epochs=1, batch_size=4, lr=0.05)
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "hetero.json"
-DOC = Path(__file__).resolve().parents[1] / "docs" / "heterogeneous.md"
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "examples" / "hetero-mnist.yaml"
+OUT = ROOT / "docs" / "results" / "hetero.json"
+DOC = ROOT / "docs" / "heterogeneous.md"
 BEGIN, END = "<!-- hetero-table:begin -->", "<!-- hetero-table:end -->"
+SEEDS = (0, 1, 2)
+PARTITIONS = {"iid": ["partition.method=iid"], "dirichlet": ["partition.method=dirichlet", "partition.alpha=0.5"]}
+SMALL = 0.125
+ARMS = {
+    # the 0.125 sub-model of 784-64-32-10 is 784-8-4-10: every board trains that model, plain FedAvg
+    "smallest": [*(f"fleet.groups.{i}.model_rate=1.0" for i in range(3)), "model.hidden=[8, 4]"],
+    "fit-only": ["fleet.groups.0.count=0"],  # replaced below: the nRF52840 group is dropped
+    "nested": [],
+    "distilled": [
+        "algorithm.distillation.proxy.source=holdout",
+        "algorithm.distillation.proxy.samples=1000",
+        "algorithm.distillation.epochs=2",
+        "algorithm.distillation.lr=0.02",
+    ],
+}
 
 
-def board_rates() -> dict[str, float]:
-    catalog = load_device_catalog()
-    opts = dict(
-        batch_size=CFG.batch_size,
-        optimizer="sgd",
-        momentum=0.0,
-        prox_mu=0.0,
-        uplink_encoding="float32",
-        downlink_encoding="float32",
-        max_samples=SAMPLES,
-    )
-    rates = {}
-    for b in BOARDS:
-        choice = choose_rate(mlp_plan_at(b, catalog[b], (1, 28, 28), 10, HIDDEN, **opts))
-        print(b, choice.explain())
-        assert choice.chosen is not None
-        rates[b] = choice.chosen
-    return rates
+def arm_spec(arm: str, partition: str, seed: int):
+    """The validated spec of one arm (the fit-only arm drops the nRF52840 group and averages plainly)."""
+    import yaml
+
+    from tinytwin.spec.load import load_spec, validate_spec
+
+    sets = [f"seed={seed}", *PARTITIONS[partition]] + ([] if arm == "fit-only" else ARMS[arm])
+    spec, text = load_spec(SPEC, sets)
+    if arm != "fit-only":
+        return spec, text
+    raw = yaml.safe_load(text)
+    raw["fleet"]["groups"] = [{**g, "model_rate": 1.0} for g in raw["fleet"]["groups"] if g["profile"] != "nrf52840"]
+    raw["algorithm"]["aggregator"] = {"name": "fedavg"}
+    return validate_spec(raw), yaml.safe_dump(raw)
 
 
-def accuracy(vec: torch.Tensor, rate: float, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Test accuracy of the rate-``rate`` sub-model of the global vector."""
-    sub = vec[torch.from_numpy(submodel_index(784, HIDDEN, 10, rate))]
-    h, off = x.reshape(len(x), -1), 0
-    shapes = mlp_shapes(784, sub_widths(HIDDEN, rate), 10)
-    for j, (o, i) in enumerate(shapes):
-        w = sub[off : off + o * i].reshape(o, i)
-        b = sub[off + o * i : off + o * i + o]
-        off += o * i + o
-        h = h @ w.T + b
-        if j < len(shapes) - 1:
-            h = torch.relu(h)
-    return float((h.argmax(1) == y).float().mean())
+def run_arm(arm: str, partition: str, seed: int, out: Path) -> dict:
+    from tinytwin.engines.runner import start_run
 
-
-def run_arm(arm: str, rates: dict[str, float], seed: int, method: str, ds) -> dict:
-    devices = [b for b in BOARDS for _ in range(PER_BOARD)]
-    n = len(devices)
-    parts = partition(ds.y_train, n, method=method, seed=seed, alpha=0.5, samples_per_device=SAMPLES)
-    parts = [p[:SAMPLES] for p in parts]
-    small = min(rates.values())
-    dev_rate = np.array([{"smallest": small, "nested": rates[b], "fit-only": 1.0}[arm] for b in devices])
-    active = np.array([arm != "fit-only" or rates[b] == 1.0 for b in devices])
-    ids = np.flatnonzero(active)
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    trainers = shape_trainers((1, 28, 28), 10, HIDDEN, dev_rate[ids], x, y, CFG, seed)
-    full = shape_trainers((1, 28, 28), 10, HIDDEN, [1.0], x, y, CFG, seed)[1.0].trainer
-    g = full.layout.flatten(full.module)
-    for r in range(ROUNDS):
-        g = hetero_round(g, trainers, r, ids, dev_rate[ids], [parts[i] for i in ids])
-    xt, yt = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
-    model_rate = small if arm == "smallest" else 1.0
-    sizes = {r: int(submodel_index(784, HIDDEN, 10, r).size) for r in set(dev_rate[ids])}
-    bytes_round = sum(2 * message_bytes(sizes[dev_rate[i]], "float32", [sizes[dev_rate[i]]]) for i in ids)
+    spec, text = arm_spec(arm, partition, seed)
+    run = start_run(spec, text, out, SPEC.parent, report=False)
+    s = run.summary
+    sizes = {z["rate"]: z for z in s.get("model_sizes", [])}
+    small = s["final_accuracy"] if arm == "smallest" else sizes.get(SMALL, {}).get("test_accuracy")
     return {
-        "accuracy": accuracy(g, model_rate, xt, yt),
-        "accuracy_small_submodel": accuracy(g, small, xt, yt),
-        "devices": int(ids.size),
-        "bytes_per_round": int(bytes_round),
+        "accuracy": s["final_accuracy"],
+        "accuracy_small": small,
+        "devices": s["num_devices"],
+        "bytes": s["bytes_up"] + s["bytes_down"],
+        "energy_j": s["energy_j_total"],
+        "server_energy_j": s.get("distillation", {}).get("server_energy_j", 0.0),
+        "sim_time_s": s["sim_time_s"],
     }
+
+
+STRENGTHS = {  # distillation weaker and stronger than the distilled arm's, Dirichlet, seed 0
+    "weaker (1 epoch, lr 0.005)": ["algorithm.distillation.epochs=1", "algorithm.distillation.lr=0.005"],
+    "stronger (5 epochs, lr 0.05, T 3)": [
+        "algorithm.distillation.epochs=5",
+        "algorithm.distillation.lr=0.05",
+        "algorithm.distillation.temperature=3",
+    ],
+}
+
+
+def distillation_strengths(tmp: Path) -> dict[str, float]:
+    """The Dirichlet seed-0 accuracy of the distilled arm with other distillation settings."""
+    base = ARMS["distilled"]
+    out = {}
+    try:
+        for label, extra in STRENGTHS.items():
+            ARMS["distilled"] = base + extra
+            out[label] = run_arm("distilled", "dirichlet", 0, tmp / label.split()[0])["accuracy"]
+    finally:
+        ARMS["distilled"] = base
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
 
 
 def render_table(results: dict) -> str:
     """The docs table, rendered from the results file only (tests/test_hetero_docs.py)."""
     rows = [
         BEGIN,
-        "| partition | arm | devices | accuracy mean (min–max) | 0.125 sub-model accuracy | bytes / round |",
-        "|---|---|---|---|---|---|",
+        "| partition | arm | devices | accuracy mean (min–max) | 0.125 sub-model | bytes / run | modelled time "
+        "| device energy | server energy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, a in results["arms"].items():
         method, arm = key.split("/")
+        acc = a["accuracy"]
+        small = "—" if a["accuracy_small"] is None else f"{100 * a['accuracy_small']['mean']:.2f} %"
         rows.append(
-            f"| {method} | {arm} | {a['devices']} | {100 * a['accuracy_mean']:.2f} % "
-            f"({100 * a['accuracy_min']:.2f}–{100 * a['accuracy_max']:.2f}) | "
-            f"{100 * a['accuracy_small_submodel_mean']:.2f} % | {a['bytes_per_round']:,} |"
+            f"| {method} | {arm} | {a['devices']} | {100 * acc['mean']:.2f} % "
+            f"({100 * acc['min']:.2f}–{100 * acc['max']:.2f}) | {small} | {a['bytes'] / 1e6:.1f} MB | "
+            f"{a['sim_time_s'] / 60:.1f} min | "
+            f"{a['energy_j'] / 1e3:.2f} kJ | {a['server_energy_j']:.1f} J |"
         )
     rows.append(END)
     return "\n".join(rows)
@@ -132,24 +145,32 @@ def main() -> None:
     if "--from-json" in sys.argv:
         write_doc_table(json.loads(OUT.read_text()))
         return
-    torch.set_num_threads(1)
-    ds = load_dataset("mnist", os.environ.get("TINYTWIN_SHARED_DATA"))
-    rates = board_rates()
-    results: dict = {"rates": rates, "rounds": ROUNDS, "seeds": list(SEEDS), "hidden": HIDDEN, "arms": {}}
+    results: dict = {"spec": str(SPEC.relative_to(ROOT)), "seeds": list(SEEDS), "arms": {}}
     t0 = time.perf_counter()
-    for method in ("iid", "dirichlet"):
-        for arm in ("smallest", "fit-only", "nested"):
-            runs = [run_arm(arm, rates, s, method, ds) for s in SEEDS]
-            acc = [r["accuracy"] for r in runs]
-            results["arms"][f"{method}/{arm}"] = {
-                "accuracy_mean": float(np.mean(acc)),
-                "accuracy_min": float(min(acc)),
-                "accuracy_max": float(max(acc)),
-                "accuracy_small_submodel_mean": float(np.mean([r["accuracy_small_submodel"] for r in runs])),
-                "devices": runs[0]["devices"],
-                "bytes_per_round": runs[0]["bytes_per_round"],
-            }
-            print(method, arm, results["arms"][f"{method}/{arm}"], f"{time.perf_counter() - t0:.0f}s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for partition in PARTITIONS:
+            for arm in ARMS:
+                runs = [run_arm(arm, partition, s, Path(tmp) / f"{partition}-{arm}-{s}") for s in SEEDS]
+                small = [r["accuracy_small"] for r in runs if r["accuracy_small"] is not None]
+                results["arms"][f"{partition}/{arm}"] = {
+                    "accuracy": stats([r["accuracy"] for r in runs]),
+                    "accuracy_small": stats(small) if len(small) == len(runs) else None,
+                    "devices": runs[0]["devices"],
+                    "bytes": float(np.mean([r["bytes"] for r in runs])),
+                    "energy_j": float(np.mean([r["energy_j"] for r in runs])),
+                    "server_energy_j": float(np.mean([r["server_energy_j"] for r in runs])),
+                    "sim_time_s": float(np.mean([r["sim_time_s"] for r in runs])),
+                    "per_seed_accuracy": [r["accuracy"] for r in runs],
+                }
+                print(
+                    partition,
+                    arm,
+                    results["arms"][f"{partition}/{arm}"],
+                    f"{time.perf_counter() - t0:.0f}s",
+                    flush=True,
+                )
+        results["distillation_strength"] = distillation_strengths(Path(tmp))
+        print(results["distillation_strength"], flush=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     write_doc_table(results)
     print("wrote", OUT, "and the table of", DOC, file=sys.stderr)
