@@ -29,7 +29,9 @@ def test_the_prose_figures_and_verdict_match_the_results():
         return f"{100 * arms[key][field]['mean']:.2f} %"
 
     for method in ("iid", "dirichlet"):
-        acc = {arm: arms[f"{method}/{arm}"]["accuracy"]["mean"] for arm in ("smallest", "fit-only", "nested", "distilled")}
+        acc = {
+            arm: arms[f"{method}/{arm}"]["accuracy"]["mean"] for arm in ("smallest", "fit-only", "nested", "distilled")
+        }
         assert acc["nested"] > acc["smallest"] + 0.05 and acc["distilled"] > acc["smallest"] + 0.05
         assert acc["nested"] < acc["fit-only"] and acc["distilled"] < acc["fit-only"]  # "neither beats"
         assert acc["distilled"] < acc["nested"]  # "slightly below plain nested averaging"

@@ -95,3 +95,11 @@ def test_plan_prints_the_rates_auto_considered(tmp_path: Path):
     assert chosen is not None and chosen < 1.0
     assert f"model rate │ {chosen:g}" in out or f"model rate {chosen:g}" in out.replace("│", "")
     assert np.all(exp.models.rates[:4] == chosen)
+
+
+def test_report_plots_each_size(run):
+    spec, out, store, run_id = run
+    plot = out.run_dir / "plots" / "model_sizes.png"
+    assert plot.is_file() and plot.stat().st_size > 10_000
+    html = (out.run_dir / "report.html").read_text()
+    assert "Per model size: test accuracy of its slice" in html

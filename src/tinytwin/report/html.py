@@ -336,6 +336,9 @@ PLOT_CAPTIONS = {
     "device_energy": "Total energy per device, coloured by group.",
     "class_hist": "Training samples per class on each device (data partition).",
 }
+STATIC_CAPTIONS = {  # figures the interactive charts do not replace
+    "model_sizes": "Per model size: test accuracy of its slice of the global model, bytes and device energy.",
+}
 
 
 def render_report(
@@ -355,7 +358,7 @@ def render_report(
         + render_summary(key_figures(rounds))
     )
     shown = {k: p for k, p in plots.items() if not charts or k not in PLOT_CAPTIONS}
-    figs = charts + "".join(figure(p, PLOT_CAPTIONS.get(k, k)) for k, p in shown.items())
+    figs = charts + "".join(figure(p, PLOT_CAPTIONS.get(k) or STATIC_CAPTIONS.get(k, k)) for k, p in shown.items())
     if charts:
         pngs = ", ".join(f"plots/{esc(p.name)}" for k, p in plots.items() if k in PLOT_CAPTIONS)
         figs += f'<p class="note">Drag to zoom, double-click to reset, hover for values. PNG versions: {pngs}.</p>'

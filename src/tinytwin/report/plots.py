@@ -173,6 +173,10 @@ def make_plots(store: RunStore, run_id: str, out_dir: Path) -> dict[str, Path]:
 
     paths["device_energy"] = _device_energy_plot(store, run_id, devices, label, out_dir / "device_energy.png")
     paths["class_hist"] = _class_hist_plot(devices, label, out_dir / "class_hist.png")
+    if (info.summary or {}).get("model_sizes"):
+        from tinytwin.report.sizes_plot import sizes_plot
+
+        paths["model_sizes"] = sizes_plot(info.summary["model_sizes"], label, out_dir / "model_sizes.png")
     return paths
 
 
