@@ -28,7 +28,15 @@ class SubModel:
 
     rate: float
     model: ModelDef
-    index: np.ndarray  # global positions of its parameters, in its own flat order
+    positions: np.ndarray | None  # global positions of its parameters; None: the whole vector
+
+    @property
+    def index(self) -> np.ndarray:
+        """Global flat positions of its parameters, in its own flat order (built on demand:
+        the full model of an oversized plan must not allocate one entry per parameter)."""
+        if self.positions is None:
+            return np.arange(self.model.num_params, dtype=np.int64)
+        return self.positions
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -60,7 +68,7 @@ def sub_model(model: ModelDef, hidden: Sequence[int] | None, rate: float) -> Sub
     """The rate-``rate`` member of ``model``'s family (``hidden``: the full MLP's widths)."""
     n_in = int(np.prod(model.input_shape))
     if rate == 1.0:
-        return SubModel(1.0, model, np.arange(model.num_params, dtype=np.int64))
+        return SubModel(1.0, model, None)
     if hidden is None:
         raise ValueError(f"model rate {rate:g} applies to the mlp model only, not {model.name}")
     sub = make_model("mlp", model.input_shape, model.num_classes, hidden=sub_widths(hidden, rate))

@@ -9,7 +9,6 @@ reuses the same helpers so single-run and comparison plots match.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,67 +17,23 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from tinytwin.report.export import atomic_write
+from tinytwin.report.plot_style import (  # noqa: F401  (re-exported for compare, dfl, sweeps)
+    DPI,
+    FIGSIZE,
+    MAX_BAR_DEVICES,
+    PALETTE,
+    byte_scale,
+    energy_scale,
+    new_axes,
+    note_empty,
+    save,
+    time_scale,
+)
+from tinytwin.report.sizes_plot import sizes_plot
 from tinytwin.store.db import RunStore
-
-FIGSIZE = (8.0, 4.5)
-DPI = 110
-PALETTE: Sequence[Any] = colormaps["tab10"].colors  # type: ignore[attr-defined]
-MAX_BAR_DEVICES = 100  # above this, per-device bars are unreadable: histogram / heat map instead
-
-
-def new_axes(title: str, xlabel: str, ylabel: str, figsize: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
-    """A figure with the house style: left title, light grid, no top/right spines."""
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(title, loc="left", fontsize=11)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3, linewidth=0.6)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig, ax
-
-
-def save(fig: Figure, path: Path) -> Path:
-    """Render to PNG in memory, then write atomically (a half-written PNG never appears)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write(path, buf.getvalue())
-
-
-def note_empty(ax: Axes, text: str) -> None:
-    """Say why a plot is blank instead of leaving an empty frame."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.45")
-
-
-def time_scale(max_s: float) -> tuple[float, str]:
-    """Divisor and unit so simulated-time axes read in s, min or h."""
-    if max_s < 120:
-        return 1.0, "s"
-    if max_s < 7200:
-        return 60.0, "min"
-    return 3600.0, "h"
-
-
-def byte_scale(max_b: float) -> tuple[float, str]:
-    for div, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if max_b >= div:
-            return div, unit
-    return 1.0, "B"
-
-
-def energy_scale(max_j: float) -> tuple[float, str]:
-    if max_j >= 1e3:
-        return 1e3, "kJ"
-    if max_j >= 1 or max_j == 0:
-        return 1.0, "J"
-    return 1e-3, "mJ"
 
 
 def accuracy_points(rounds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,8 +129,6 @@ def make_plots(store: RunStore, run_id: str, out_dir: Path) -> dict[str, Path]:
     paths["device_energy"] = _device_energy_plot(store, run_id, devices, label, out_dir / "device_energy.png")
     paths["class_hist"] = _class_hist_plot(devices, label, out_dir / "class_hist.png")
     if (info.summary or {}).get("model_sizes"):
-        from tinytwin.report.sizes_plot import sizes_plot
-
         paths["model_sizes"] = sizes_plot(info.summary["model_sizes"], label, out_dir / "model_sizes.png")
     return paths
 

@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tinytwin.report.plots import DPI, PALETTE, byte_scale, energy_scale, save
+from tinytwin.report.plot_style import DPI, PALETTE, byte_scale, energy_scale, save
 
 
 def sizes_plot(sizes: Sequence[dict[str, Any]], label: str, path: Path) -> Path:
