@@ -9,9 +9,19 @@ from tinytwin.algorithms.aggregators import weighted_mean
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.nested import submodel_index
 from tinytwin.engines.hetero_round import hetero_round, shape_trainers
+from tinytwin.fleet.model_sizes import sub_model
+from tinytwin.models.zoo import make_model
 
 HIDDEN = [16, 8]
 CFG = LocalTraining(epochs=1, batch_size=4, lr=0.1)
+
+
+def trainers_for(rates, model=None, options=None):
+    """One batched trainer per distinct rate of ``rates`` (default: the 16-16-8-2 MLP)."""
+    if model is None:
+        model, options = make_model("mlp", (1, 4, 4), 2, hidden=HIDDEN), {"hidden": HIDDEN}
+    sizes = {float(r): sub_model(model, options, float(r)) for r in set(np.asarray(rates).tolist())}
+    return shape_trainers(sizes, *planted()[:2], CFG, seed=1)
 
 
 def planted():
@@ -25,7 +35,7 @@ def planted():
 def test_all_full_rate_round_is_the_fedavg_round():
     x, y, parts = planted()
     ids = np.arange(6)
-    trainers = shape_trainers((1, 4, 4), 2, HIDDEN, [1.0] * 6, x, y, CFG, seed=1)
+    trainers = trainers_for([1.0] * 6)
     st = trainers[1.0]
     g = st.trainer.layout.flatten(st.trainer.module)
     out, losses = hetero_round(g, trainers, 0, ids, np.ones(6), parts)
@@ -39,7 +49,7 @@ def test_all_full_rate_round_is_the_fedavg_round():
 def test_mixed_rates_train_each_shape_and_keep_unheld_parameters():
     x, y, parts = planted()
     rates = np.array([0.5, 0.5, 0.25, 0.25, 0.5, 0.25])
-    trainers = shape_trainers((1, 4, 4), 2, HIDDEN, rates, x, y, CFG, seed=1)
+    trainers = trainers_for(rates)
     assert sorted(trainers) == [0.25, 0.5]
     full = submodel_index(16, HIDDEN, 2, 1.0).size
     g = torch.randn(full, generator=torch.Generator().manual_seed(2))
@@ -59,7 +69,7 @@ def test_int8_uplink_is_decoded_per_sub_model():
 
     x, y, parts = planted()
     rates = np.array([1.0, 0.5, 0.5, 1.0, 0.5, 1.0])
-    trainers = shape_trainers((1, 4, 4), 2, HIDDEN, rates, x, y, CFG, seed=1)
+    trainers = trainers_for(rates)
     g = trainers[1.0].trainer.layout.flatten(trainers[1.0].trainer.module)
     delta, _ = hetero_round(g, trainers, 3, np.arange(6), rates, parts, encoding="int8")
     groups = []

@@ -63,7 +63,11 @@ CLI_CASES = [
 IN_PROCESS_CASES = [
     ("rate-zero", spec_text(rate="0"), "fleet.groups.0.model_rate"),
     ("rate-word", spec_text(rate="half"), "fleet.groups.0.model_rate"),
-    ("rate-on-cnn", spec_text(rate="0.5").replace("name: mlp, hidden: [16]", "name: lenet5"), "not lenet5"),
+    (
+        "rate-on-wideresnet",
+        spec_text(rate="0.5").replace("name: mlp, hidden: [16]", "name: wideresnet"),
+        "wideresnet has none to scale",
+    ),
     ("nested-on-gossip", spec_text(algo="gossip"), "algorithm.aggregator.name"),
     ("nested-on-hierarchical", spec_text(algo="hierarchical"), "nested averaging applies to fedavg"),
     (

@@ -78,3 +78,38 @@ def test_emulated_sizes_give_the_simulators_global_model(tmp_path: Path, twin: s
         assert summary["distillation"]["kl_last_round"] == pytest.approx(sim.summary["distillation"]["kl_last_round"])
         assert summary["sim_time_s"] == pytest.approx(sim.summary["sim_time_s"])
     assert yaml.safe_load(spec_yaml)["fleet"]["groups"][0]["model_rate"] == 0.25
+
+
+CNN_SPEC = """
+name: hetero-cnn-twins
+seed: 3
+rounds: 2
+dataset: {name: digits}
+model: {name: lenet5, channels: [6, 8], fc: [16, 12]}
+fleet:
+  groups:
+    - {name: quarter, profile: esp32-s3, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_rate: 0.25}
+    - {name: half, profile: esp32-s3, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_rate: 0.5}
+    - {name: full, profile: raspberry-pi-4, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}}
+algorithm: {name: fedavg, aggregator: {name: nested}, local_epochs: 1, batch_size: 16, lr: 0.1, momentum: 0.5}
+"""
+
+
+def test_cnn_channel_rates_agree_in_simulator_and_emulation(tmp_path: Path) -> None:
+    """LeNet-5 members of rate 0.25 / 0.5 / 1 (channels and fully connected widths scaled):
+    the numpy device processes train each its own CNN, and the global model equals the
+    simulator's; each size is its own parameter count."""
+    spec_file = write_spec(tmp_path / "spec.yaml", CNN_SPEC)
+    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
+    spec, spec_yaml = load_spec(spec_file, [])
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
+    )
+    emulated, _ = _final(run_dir)
+    simulated, _ = _final(sim.run_dir)
+    assert np.abs(emulated - simulated).max() <= 1e-5
+    sizes = {z["rate"]: z for z in summary["model_sizes"]}
+    assert [sizes[r]["channels"] for r in (0.25, 0.5, 1.0)] == [[2, 2], [3, 4], [6, 8]]
+    assert sizes[0.25]["params"] < sizes[0.5]["params"] < sizes[1.0]["params"]
+    for rate, z in sizes.items():
+        assert z["bytes_up"] == {s["rate"]: s for s in sim.summary["model_sizes"]}[rate]["bytes_up"]

@@ -70,3 +70,41 @@ def test_every_rate_one_is_fedavg_bit_for_bit():
     idx = submodel_index(784, [32], 10, 1.0)
     out = nested_average(torch.zeros(updates.shape[1]), [RateGroup(idx, updates, weights)])
     assert torch.equal(out, weighted_mean(updates, weights))
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("mlp", {"hidden": (12, 6)}),
+        ("lenet5", {"channels": (6, 8), "fc": (16, 12)}),
+        ("dscnn", {"channels": (4, 8, 6)}),
+    ],
+)
+@pytest.mark.parametrize("rate", [0.25, 0.5])
+def test_a_width_family_member_is_the_full_model_with_the_other_units_removed(name, options, rate):
+    """With every parameter outside the member's index zeroed, the full network computes
+    exactly what the member computes on its slice: removed units output relu(0) = 0 and
+    nothing reads them. This holds only if the index names the right weights of every conv,
+    depthwise, pooling-fed and flatten-fed layer."""
+    from torch.func import functional_call
+
+    from tinytwin.fleet.model_sizes import sub_model
+    from tinytwin.models.params import ParamLayout
+    from tinytwin.models.zoo import make_model
+
+    full = make_model(name, (1, 8, 8), 10, **options)
+    member = sub_model(full, options, rate)
+    assert member.model.num_params < full.num_params
+    full_module, sub_module = full.build(0), member.model.build(0)
+    full_layout, sub_layout = ParamLayout.of(full_module), ParamLayout.of(sub_module)
+    g = torch.randn(full.num_params, generator=torch.Generator().manual_seed(1))
+    masked = torch.zeros_like(g)
+    idx = torch.from_numpy(member.index)
+    masked[idx] = g[idx]
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out_full = functional_call(full_module, full_layout.unflatten(masked), (x,))
+        out_sub = functional_call(sub_module, sub_layout.unflatten(g[idx]), (x,))
+    assert torch.allclose(out_full, out_sub, atol=1e-5)
+    assert bool(out_sub.abs().sum() > 0)
+    assert np.unique(member.index).size == member.index.size

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RateGroup", "mlp_shapes", "nested_average", "sub_widths", "submodel_index"]
+__all__ = ["RateGroup", "mlp_shapes", "nested_average", "nested_index", "sub_widths", "submodel_index"]
 
 
 def sub_widths(hidden: Sequence[int], rate: float) -> tuple[int, ...]:
@@ -39,24 +39,36 @@ def mlp_shapes(n_in: int, hidden: Sequence[int], n_out: int) -> list[tuple[int, 
     return [(widths[j + 1], widths[j]) for j in range(len(widths) - 1)]
 
 
-def submodel_index(n_in: int, hidden: Sequence[int], n_out: int, rate: float) -> np.ndarray:
-    """Global flat positions of the rate-``rate`` sub-model's parameters, in its own flat order.
+def nested_index(full_shapes: Sequence[Sequence[int]], sub_shapes: Sequence[Sequence[int]]) -> np.ndarray:
+    """Global flat positions of a width-nested sub-model's parameters, in its own flat order.
 
-    ``sub_vector = global_vector[index]``; the sub-model is the MLP with
-    :func:`sub_widths` hidden widths and the same layer layout (weight ``(out, in)``
-    row-major, then bias), so the device trains an ordinary smaller MLP.
+    Each sub-model tensor is the leading block of the full tensor in every dimension (the
+    first units of a layer, the first channels of a convolution, the features those feed:
+    channel-major flattening and global pooling keep a channel's features a prefix), so one
+    rule covers MLPs and CNNs alike: ``sub_vector = global_vector[index]``.
     """
-    full = mlp_shapes(n_in, hidden, n_out)
-    sub = mlp_shapes(n_in, sub_widths(hidden, rate), n_out)
+    if len(full_shapes) != len(sub_shapes):
+        raise ValueError(f"nested_index: {len(sub_shapes)} sub-model tensors for {len(full_shapes)} full ones")
     parts: list[np.ndarray] = []
     offset = 0
-    for (out_full, in_full), (out_sub, in_sub) in zip(full, sub):
-        rows = np.arange(out_sub, dtype=np.int64)[:, None] * in_full
-        parts.append((offset + rows + np.arange(in_sub, dtype=np.int64)[None, :]).reshape(-1))
-        offset += out_full * in_full
-        parts.append(offset + np.arange(out_sub, dtype=np.int64))
-        offset += out_full
-    return np.concatenate(parts)
+    for full, sub in zip(full_shapes, sub_shapes):
+        full, sub = tuple(int(n) for n in full), tuple(int(n) for n in sub)
+        if len(full) != len(sub) or any(s > f for s, f in zip(sub, full)):
+            raise ValueError(f"nested_index: tensor {sub} is not a leading block of {full}")
+        grid = np.meshgrid(*(np.arange(n, dtype=np.int64) for n in sub), indexing="ij")
+        parts.append(offset + np.ravel_multi_index(tuple(grid), full).reshape(-1))
+        offset += int(np.prod(full))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def submodel_index(n_in: int, hidden: Sequence[int], n_out: int, rate: float) -> np.ndarray:
+    """:func:`nested_index` of the rate-``rate`` MLP (hidden widths :func:`sub_widths`; each
+    linear layer weight ``(out, in)`` row-major, then bias)."""
+
+    def tensors(widths: Sequence[int]) -> list[tuple[int, ...]]:
+        return [shape for out, inp in mlp_shapes(n_in, widths, n_out) for shape in ((out, inp), (out,))]
+
+    return nested_index(tensors(hidden), tensors(sub_widths(hidden, rate)))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinytwin.emulate import layers_np
+import numpy as np
+
+from tinytwin.emulate import layers_np, mlp_np
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.experiment import Experiment
 from tinytwin.errors import TinyTwinError
@@ -31,9 +33,25 @@ def rows_of_model(model: ModelDef) -> list[list[Any]]:
 def model_rows(exp: Experiment) -> tuple[list[list[Any]] | None, list[dict[str, Any]] | None]:
     """What a centralized device trains: (MLP rows for ``mlp_np``, None), or for any other zoo
     model (CNNs) (None, the layer list for ``layers_np``) — issue #5."""
-    if BatchedMLPGrad.for_layers(exp.model.layers) is not None:
-        return mlp_rows(exp), None
+    return rows_of_any(exp.model)
+
+
+def rows_of_any(model: ModelDef) -> tuple[list[list[Any]] | None, list[dict[str, Any]] | None]:
+    """:func:`model_rows` of any zoo model (e.g. one size of a fleet of several)."""
+    if BatchedMLPGrad.for_layers(model.layers) is not None:
+        return rows_of_model(model), None
     try:
-        return None, layers_np.describe(exp.model.layers)
+        return None, layers_np.describe(model.layers)
     except ValueError as exc:
-        raise TinyTwinError(f"emulate: model {exp.model.name}: {exc}") from None
+        raise TinyTwinError(f"emulate: model {model.name}: {exc}") from None
+
+
+def evaluate_rows(
+    rows: tuple[list[list[Any]] | None, list[dict[str, Any]] | None], flat: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> tuple[float, float]:
+    """Test accuracy and loss of ``flat`` for a model given as :func:`rows_of_any` rows."""
+    linears, layers = rows
+    if linears is not None:
+        return mlp_np.evaluate(mlp_np.linears_from(linears), flat, x, y)
+    assert layers is not None
+    return layers_np.evaluate(layers_np.Net.from_rows(layers), flat, x, y)

@@ -1,8 +1,9 @@
 """The centralized coordinator's side of a fleet of several model sizes (issue #11).
 
-Each device process is an ordinary MLP device that happens to train a narrower MLP: its
-configuration names its own sub-model's rows, parameter count and tensor sizes, and it
-receives its slice of the global model (:func:`tinytwin.algorithms.nested.submodel_index`).
+Each device process is an ordinary device that happens to train a narrower model (an MLP's
+rows or a CNN's layer list): its configuration names its own sub-model, parameter count and
+tensor sizes, and it receives its slice of the global model
+(:func:`tinytwin.algorithms.nested.nested_index`).
 The coordinator decodes each update with the sender's shape and merges them with the same
 :func:`~tinytwin.algorithms.nested.nested_average` the simulator calls. A fleet of one size
 goes through :func:`~tinytwin.algorithms.aggregators.aggregate_spec`, exactly as before.
@@ -18,15 +19,14 @@ import torch
 
 from tinytwin.algorithms.aggregators import aggregate_spec
 from tinytwin.algorithms.nested import RateGroup, nested_average
-from tinytwin.emulate import mlp_np
-from tinytwin.emulate.model_rows import rows_of_model
+from tinytwin.emulate.model_rows import evaluate_rows, rows_of_any
 from tinytwin.engines.distill_round import DistillRound, ServerDistiller
 from tinytwin.engines.experiment import Experiment
 from tinytwin.wire import encoding as enc
 
 
 class EmulatedSizes:
-    """Per size, the MLP rows a device trains and its slice of the global model."""
+    """Per size, the model rows a device trains and its slice of the global model."""
 
     def __init__(self, exp: Experiment, coordinator: Any = None) -> None:
         """``coordinator`` (a :class:`~tinytwin.emulate.frame_checks.Coordinator`) learns each
@@ -36,7 +36,7 @@ class EmulatedSizes:
         self.heterogeneous = exp.models.heterogeneous
         distill = exp.spec.algorithm.distillation is not None
         self.nested = self.heterogeneous or distill  # merged by nested averaging (and distillation)
-        self.rows = {r: rows_of_model(sub.model) for r, sub in exp.models.sizes.items()} if self.nested else {}
+        self.rows = {r: rows_of_any(sub.model) for r, sub in exp.models.sizes.items()} if self.nested else {}
         self.distiller = ServerDistiller(exp) if distill else None
         self.distilled: DistillRound | None = None  # this round's, until take_distilled
         if coordinator is not None:
@@ -49,7 +49,8 @@ class EmulatedSizes:
         """The ``linears``/``layers`` entries of device ``d``'s configuration (``full``: the model's)."""
         if not self.nested:
             return full
-        return {"linears": self.rows[self.rate_of(d)], "layers": None}
+        linears, layers = self.rows[self.rate_of(d)]
+        return {"linears": linears, "layers": layers}
 
     def shapes(self) -> dict[int, tuple[int, list[int]]]:
         """Each device's (parameter count, tensor sizes), for the coordinator's frame checks."""
@@ -105,7 +106,7 @@ class EmulatedSizes:
         """Test accuracy of each size's slice of ``g`` (numpy, as the devices compute)."""
         flat = g.numpy()
         return {
-            f"{rate:g}": mlp_np.evaluate(mlp_np.linears_from(self.rows[rate]), flat[sub.index], x, y)[0]
+            f"{rate:g}": evaluate_rows(self.rows[rate], flat[sub.index], x, y)[0]
             for rate, sub in self.models.sizes.items()
         }
 

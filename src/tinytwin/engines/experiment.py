@@ -228,13 +228,12 @@ def _plan(
         "uplink_encoding": a.encoding,
         "downlink_encoding": a.downlink_encoding,
     }
-    hidden = spec.model.hidden if spec.model.name == "mlp" else None
     try:
         return plan_fleet_models(
             fleet.groups,
             [g.model_rate for g in spec.fleet.groups],
             model,
-            hidden,
+            spec.model.options(),
             fleet.num_devices,
             [max(len(parts[d]) for d in g.devices) for g in fleet.groups],
             options,

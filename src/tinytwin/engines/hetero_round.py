@@ -2,8 +2,8 @@
 
 Devices are grouped by model rate; each group is one sub-model shape and trains as one
 batched computation of its own :class:`~tinytwin.engines.local_training.LocalTrainer` (the
-batched MLP engine), started from its slice of the global model
-(:func:`tinytwin.algorithms.nested.submodel_index`). What the server receives — each
+batched engine), started from its slice of the global model
+(:func:`tinytwin.algorithms.nested.nested_index`). What the server receives — each
 device's update, through the uplink encoding of its own sub-model — is merged by
 :func:`tinytwin.algorithms.nested.nested_average`. No Python loop over devices: one loop over
 the (few) distinct shapes.
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from tinytwin.algorithms.local_config import LocalTraining
-from tinytwin.algorithms.nested import RateGroup, nested_average, sub_widths, submodel_index
+from tinytwin.algorithms.nested import RateGroup, nested_average
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.fleet.model_sizes import SubModel
 from tinytwin.models.params import ParamLayout
-from tinytwin.models.zoo import make_model
 from tinytwin.wire.roundtrip import roundtrip_torch
 
 
@@ -37,26 +37,21 @@ class ShapeTrainer:
 
 
 def shape_trainers(
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    hidden: Sequence[int],
-    rates: Sequence[float],
+    sizes: Mapping[float, SubModel],
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     cfg: LocalTraining,
     seed: int,
     **trainer_options: Any,
 ) -> dict[float, ShapeTrainer]:
-    """One batched trainer per distinct rate, largest first (the module's initial weights are
+    """One batched trainer per model size, largest first (the module's initial weights are
     never used: every round starts from the global model's slice)."""
-    n_in = int(np.prod(input_shape))
     out = {}
-    for rate in sorted(set(float(r) for r in rates), reverse=True):
-        model = make_model("mlp", input_shape, num_classes, hidden=sub_widths(hidden, rate))
-        module = model.build(seed)
+    for rate in sorted(sizes, reverse=True):
+        sub = sizes[rate]
+        module = sub.model.build(seed)
         trainer = LocalTrainer(module, ParamLayout.of(module), x_train, y_train, cfg, seed, **trainer_options)
-        index = submodel_index(n_in, hidden, num_classes, rate)
-        out[rate] = ShapeTrainer(rate, index, trainer, model.tensor_sizes)
+        out[rate] = ShapeTrainer(rate, sub.index, trainer, sub.model.tensor_sizes)
     return out
 
 
@@ -134,11 +129,8 @@ class NestedFleet:
         from tinytwin.engines.distill_round import ServerDistiller
 
         self.exp = exp
-        ds, spec = exp.dataset, exp.spec
-        rates, hidden = list(exp.models.sizes), spec.model.hidden
-        self.shapes = shape_trainers(
-            ds.input_shape, ds.num_classes, hidden, rates, x_train, y_train, cfg, spec.seed, **options
-        )
+        spec = exp.spec
+        self.shapes = shape_trainers(exp.models.sizes, x_train, y_train, cfg, spec.seed, **options)
         self.distiller = ServerDistiller(exp) if spec.algorithm.distillation is not None else None
 
     def learn(
@@ -193,7 +185,7 @@ def size_summary(exp: Any, energy_j: np.ndarray, device_rounds: Sequence[Mapping
                 "rate": rate,
                 "groups": [g.name for g in exp.fleet.groups if exp.models.rates[int(g.devices[0])] == rate],
                 "devices": int(mine.sum()),
-                "hidden": list(sub.hidden),
+                **sub.widths,
                 "params": sub.model.num_params,
                 "uplink_message_bytes": int(exp.device_uplink_bytes[first]),
                 "bytes_up": int(up[mine].sum()),

@@ -9,16 +9,17 @@ itself, and no index (the whole vector).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tinytwin.algorithms.nested import sub_widths, submodel_index
+from tinytwin.algorithms.nested import nested_index
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.fleet.rate_choice import RateChoice, choose_rate
-from tinytwin.models.zoo import ModelDef, make_model
+from tinytwin.models.families import family_member
+from tinytwin.models.zoo import ModelDef
 from tinytwin.spec.hetero import AUTO_RATES
 
 
@@ -39,9 +40,11 @@ class SubModel:
         return self.positions
 
     @property
-    def hidden(self) -> tuple[int, ...]:
-        """Hidden widths of an MLP sub-model (the linear layers but the last)."""
-        return tuple(layer.out_features for layer in self.model.layers if layer.kind == "linear")[:-1]
+    def widths(self) -> dict[str, list[int]]:
+        """Its layers' widths by kind, for summaries: hidden linear units and conv channels."""
+        linear = [layer.out_features for layer in self.model.layers if layer.kind == "linear"][:-1]
+        conv = [layer.out_features for layer in self.model.layers if layer.kind == "conv"]
+        return {"hidden": linear, **({"channels": conv} if conv else {})}
 
 
 @dataclass(frozen=True)
@@ -64,22 +67,21 @@ class FleetModels:
         return out
 
 
-def sub_model(model: ModelDef, hidden: Sequence[int] | None, rate: float) -> SubModel:
-    """The rate-``rate`` member of ``model``'s family (``hidden``: the full MLP's widths)."""
-    n_in = int(np.prod(model.input_shape))
+def sub_model(model: ModelDef, options: Mapping[str, Any] | None, rate: float) -> SubModel:
+    """The rate-``rate`` member of ``model``'s width family (``options``: the full model's)."""
     if rate == 1.0:
         return SubModel(1.0, model, None)
-    if hidden is None:
-        raise ValueError(f"model rate {rate:g} applies to the mlp model only, not {model.name}")
-    sub = make_model("mlp", model.input_shape, model.num_classes, hidden=sub_widths(hidden, rate))
-    return SubModel(rate, sub, submodel_index(n_in, hidden, model.num_classes, rate))
+    sub = family_member(model, options, rate)
+    full_shapes = [shape for layer in model.layers for shape in layer.param_shapes]
+    sub_shapes = [shape for layer in sub.layers for shape in layer.param_shapes]
+    return SubModel(rate, sub, nested_index(full_shapes, sub_shapes))
 
 
 def plan_fleet_models(
     groups: Sequence[Any],
     group_rates: Sequence[float | str],
     model: ModelDef,
-    hidden: Sequence[int] | None,
+    options: Mapping[str, Any] | None,
     num_devices: int,
     max_samples: Sequence[int],
     plan_options: dict[str, Any],
@@ -93,7 +95,7 @@ def plan_fleet_models(
     for g, wanted, n in zip(groups, group_rates, max_samples):
 
         def plan_at(rate: float, g: Any = g, n: int = n) -> MemoryPlan:
-            sub = sizes.get(rate) or sub_model(model, hidden, rate)
+            sub = sizes.get(rate) or sub_model(model, options, rate)
             sizes.setdefault(rate, sub)
             return plan_memory(g.name, g.profile, sub.model, max_samples=n, **plan_options)
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from tinytwin.models.families import WIDTH_OPTIONS
+
 
 def _parse_rate(value: object) -> object:
     """``auto`` or a number in (0, 1]; anything else is refused with the allowed values."""
@@ -71,8 +73,10 @@ def check_hetero(spec: Any) -> None:
         raise ValueError(
             "algorithm.distillation: distils after nested averaging; set algorithm.aggregator.name: nested"
         )
-    if spec.algorithm.distillation is not None and spec.model.name != "mlp":
-        raise ValueError(f"algorithm.distillation: applies to the mlp model so far, not {spec.model.name}")
+    if spec.algorithm.distillation is not None and spec.model.name not in WIDTH_OPTIONS:
+        raise ValueError(
+            f"algorithm.distillation: applies to the width families ({', '.join(WIDTH_OPTIONS)}), not {spec.model.name}"
+        )
     if spec.algorithm.aggregator.name == "nested" and spec.algorithm.family != "centralized":
         raise ValueError(
             f"algorithm.aggregator.name: nested averaging applies to fedavg and fedprox, not {spec.algorithm.name}"
@@ -81,8 +85,11 @@ def check_hetero(spec: Any) -> None:
         return
     where = next(i for i, g in enumerate(spec.fleet.groups) if g.model_rate != 1.0)
     key = f"fleet.groups.{where}.model_rate"
-    if spec.model.name != "mlp":
-        raise ValueError(f"{key}: sub-model rates apply to the mlp model so far, not {spec.model.name}; use 1.0")
+    if spec.model.name not in WIDTH_OPTIONS:
+        raise ValueError(
+            f"{key}: sub-model rates scale the widths of {', '.join(WIDTH_OPTIONS)}; "
+            f"{spec.model.name} has none to scale (use 1.0)"
+        )
     if spec.algorithm.family != "centralized":
         raise ValueError(f"{key}: sub-model rates apply to fedavg and fedprox so far, not {spec.algorithm.name}")
     if spec.algorithm.aggregator.name != "nested":
