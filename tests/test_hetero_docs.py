@@ -17,7 +17,7 @@ def test_table_is_rendered_from_the_results_file():
     gen, results, doc = _results()
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), doc, re.DOTALL)
     assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/hetero_arms.py --from-json"
-    assert len(results["arms"]) == 8 and results["seeds"] == [0, 1, 2]
+    assert len(results["arms"]) == 10 and results["seeds"] == [0, 1, 2]
 
 
 def test_the_prose_figures_and_verdict_match_the_results():
@@ -47,3 +47,17 @@ def test_the_prose_figures_and_verdict_match_the_results():
     for key in ("iid/fit-only", "iid/nested"):
         assert f"{arms[key]['sim_time_s'] / 60:.1f} min" in prose
         assert f"{arms[key]['energy_j'] / 1e3:.2f} kJ" in prose
+
+
+def test_the_depth_variant_prose_matches_the_results():
+    gen, results, doc = _results()
+    arms = results["arms"]
+    prose = doc[doc.index(gen.END) :]
+    for method in ("iid", "dirichlet"):
+        shallow, nested = arms[f"{method}/shallow"], arms[f"{method}/nested"]
+        small = shallow["accuracy_small"]["mean"]
+        assert small > nested["accuracy_small"]["mean"] + 0.2  # "raised ... from 62.48 % to 88.00 %"
+        assert small > arms[f"{method}/smallest"]["accuracy"]["mean"]  # "above the smallest-model arm"
+        assert shallow["accuracy"]["mean"] >= nested["accuracy"]["mean"]
+        assert f"{100 * small:.2f} %" in prose and f"{100 * shallow['accuracy']['mean']:.2f} %" in prose
+    assert arms["dirichlet/shallow"]["accuracy"]["mean"] < arms["dirichlet/fit-only"]["accuracy"]["mean"]

@@ -20,8 +20,13 @@ def trainers_for(rates, model=None, options=None):
     """One batched trainer per distinct rate of ``rates`` (default: the 16-16-8-2 MLP)."""
     if model is None:
         model, options = make_model("mlp", (1, 4, 4), 2, hidden=HIDDEN), {"hidden": HIDDEN}
-    sizes = {float(r): sub_model(model, options, float(r)) for r in set(np.asarray(rates).tolist())}
+    members = [sub_model(model, options, float(r)) for r in sorted(set(np.asarray(rates).tolist()), reverse=True)]
+    sizes = {m.key: m for m in members}
     return shape_trainers(sizes, *planted()[:2], CFG, seed=1)
+
+
+def keys_of(rates):
+    return np.array([f"{r:g}" for r in rates])
 
 
 def planted():
@@ -36,9 +41,9 @@ def test_all_full_rate_round_is_the_fedavg_round():
     x, y, parts = planted()
     ids = np.arange(6)
     trainers = trainers_for([1.0] * 6)
-    st = trainers[1.0]
+    st = trainers["1"]
     g = st.trainer.layout.flatten(st.trainer.module)
-    out, losses = hetero_round(g, trainers, 0, ids, np.ones(6), parts)
+    out, losses = hetero_round(g, trainers, 0, ids, keys_of(np.ones(6)), parts)
     local = st.trainer.train(g, 0, ids, parts)
     weights = torch.tensor([len(p) for p in parts], dtype=g.dtype)
     assert torch.equal(out, weighted_mean(local.params - g, weights))
@@ -50,10 +55,10 @@ def test_mixed_rates_train_each_shape_and_keep_unheld_parameters():
     x, y, parts = planted()
     rates = np.array([0.5, 0.5, 0.25, 0.25, 0.5, 0.25])
     trainers = trainers_for(rates)
-    assert sorted(trainers) == [0.25, 0.5]
+    assert list(trainers) == ["0.5", "0.25"]
     full = submodel_index(16, HIDDEN, 2, 1.0).size
     g = torch.randn(full, generator=torch.Generator().manual_seed(2))
-    delta, losses = hetero_round(g, trainers, 0, np.arange(6), rates, parts)
+    delta, losses = hetero_round(g, trainers, 0, np.arange(6), keys_of(rates), parts)
     held = np.zeros(full, dtype=bool)
     held[submodel_index(16, HIDDEN, 2, 0.5)] = True
     assert bool((delta[torch.from_numpy(~held)] == 0).all())  # rate-1 units: nobody held them
@@ -70,15 +75,15 @@ def test_int8_uplink_is_decoded_per_sub_model():
     x, y, parts = planted()
     rates = np.array([1.0, 0.5, 0.5, 1.0, 0.5, 1.0])
     trainers = trainers_for(rates)
-    g = trainers[1.0].trainer.layout.flatten(trainers[1.0].trainer.module)
-    delta, _ = hetero_round(g, trainers, 3, np.arange(6), rates, parts, encoding="int8")
+    g = trainers["1"].trainer.layout.flatten(trainers["1"].trainer.module)
+    delta, _ = hetero_round(g, trainers, 3, np.arange(6), keys_of(rates), parts, encoding="int8")
     groups = []
     for rate, st in trainers.items():
-        pos = np.flatnonzero(rates == rate)
+        pos = np.flatnonzero(keys_of(rates) == rate)
         start = g[torch.from_numpy(st.index)]
         trained = st.trainer.train(start, 3, pos, [parts[i] for i in pos]).params
         rows = roundtrip_torch(trained - start, "int8", tensor_sizes=st.tensor_sizes)
         groups.append(RateGroup(st.index, rows, torch.tensor([len(parts[i]) for i in pos], dtype=g.dtype)))
     assert torch.equal(delta, nested_average(torch.zeros_like(g), groups))
-    exact, _ = hetero_round(g, trainers, 3, np.arange(6), rates, parts)
+    exact, _ = hetero_round(g, trainers, 3, np.arange(6), keys_of(rates), parts)
     assert not torch.equal(delta, exact)  # the encoding really was applied

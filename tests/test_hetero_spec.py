@@ -59,6 +59,23 @@ CLI_CASES = [
         "algorithm.distillation.server_profile: unknown profile 'cray'",
     ),
     ("attack-on-mixed-sizes", spec_text(rate="0.5") + "attacks: [{kind: sign_flip, devices: [0]}]\n", "attacks"),
+    (
+        "depth-deeper-than-the-model",
+        spec_text().replace("model_rate: 1.0}", "model_rate: 1.0, model_depth: 2}"),
+        "fleet.groups.0.model_depth: 2 hidden layers, but model.hidden has 1; use 1 to 1",
+    ),
+    (
+        "depth-on-a-cnn",
+        spec_text().replace("name: mlp, hidden: [16]", "name: lenet5").replace("model_rate: 1.0}", "model_depth: 1}"),
+        "depth variants apply to the mlp model",
+    ),
+    (
+        "depth-without-nested",
+        spec_text(agg="fedavg")
+        .replace("hidden: [16]", "hidden: [16, 8]")
+        .replace("model_rate: 1.0}", "model_depth: 1}"),
+        "fleet.groups.0.model_depth: groups of different model sizes need algorithm.aggregator.name: nested",
+    ),
 ]
 IN_PROCESS_CASES = [
     ("rate-zero", spec_text(rate="0"), "fleet.groups.0.model_rate"),

@@ -113,3 +113,43 @@ def test_cnn_channel_rates_agree_in_simulator_and_emulation(tmp_path: Path) -> N
     assert sizes[0.25]["params"] < sizes[0.5]["params"] < sizes[1.0]["params"]
     for rate, z in sizes.items():
         assert z["bytes_up"] == {s["rate"]: s for s in sim.summary["model_sizes"]}[rate]["bytes_up"]
+
+
+DEPTH_SPEC = """
+name: hetero-depth-twins
+seed: 2
+rounds: 3
+dataset: {name: digits}
+model: {name: mlp, hidden: [20, 12]}
+fleet:
+  groups:
+    - {name: deep, profile: raspberry-pi-4, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}}
+    - {name: shallow, profile: nrf52840, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_depth: 1, twin: firmware}
+    - {name: shallow-half, profile: esp32-s3, count: 2, link: ethernet, link_overrides: {loss: 0, header_bytes: 0}, model_depth: 1, model_rate: 0.5}
+algorithm: {name: fedavg, aggregator: {name: nested}, local_epochs: 1, batch_size: 8, lr: 0.1, momentum: 0.5}
+"""
+
+
+def test_depth_variants_agree_in_simulator_emulation_and_firmware(tmp_path: Path) -> None:
+    """One-hidden-layer members (a firmware board among them) beside the two-layer model: the
+    server's vector (global model, then the depth-1 head) is the same in both twins, and the
+    shallow members report their own accuracy and bytes."""
+    spec_file = write_spec(tmp_path / "spec.yaml", DEPTH_SPEC)
+    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
+    spec, spec_yaml = load_spec(spec_file, [])
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
+    )
+    emulated, _ = _final(run_dir)
+    simulated, _ = _final(sim.run_dir)
+    global_size = 64 * 20 + 20 + 20 * 12 + 12 + 12 * 10 + 10
+    assert emulated.shape == simulated.shape == (global_size + 10 * 20 + 10,)
+    assert np.abs(emulated - simulated).max() <= 1e-6
+    sizes = {z["size"]: z for z in summary["model_sizes"]}
+    assert sorted(sizes) == ["0.5 depth 1", "1", "1 depth 1"]
+    assert sizes["1 depth 1"]["hidden"] == [20] and sizes["0.5 depth 1"]["hidden"] == [10]
+    sim_sizes = {z["size"]: z for z in sim.summary["model_sizes"]}
+    for key, z in sizes.items():
+        assert z["bytes_up"] == sim_sizes[key]["bytes_up"]
+        assert z["test_accuracy"] == pytest.approx(sim_sizes[key]["test_accuracy"], abs=1e-6)
+    assert summary["emulate"]["firmware"]["devices"] == 2

@@ -108,3 +108,25 @@ def test_a_width_family_member_is_the_full_model_with_the_other_units_removed(na
     assert torch.allclose(out_full, out_sub, atol=1e-5)
     assert bool(out_sub.abs().sum() > 0)
     assert np.unique(member.index).size == member.index.size
+
+
+def test_a_shallower_member_shares_its_hidden_layers_and_keeps_its_head_after_the_global_model():
+    """Depth 1 of a 16-12-6-3 MLP: its first layer is the global first layer's leading block;
+    its classifier (3 x hidden_1) lives in the head block after the P global parameters."""
+    from tinytwin.fleet.model_sizes import Head, sub_model
+    from tinytwin.models.zoo import make_model
+
+    full = make_model("mlp", (1, 4, 4), 3, hidden=(12, 6))
+    p = full.num_params
+    head = Head(depth=1, offset=p, n_in=12, n_out=3)
+    deep_half = sub_model(full, {"hidden": (12, 6)}, 0.5)
+    shallow = sub_model(full, {"hidden": (12, 6)}, 1.0, depth=1, head=head)
+    shallow_half = sub_model(full, {"hidden": (12, 6)}, 0.5, depth=1, head=head)
+    assert shallow.model.num_params == 16 * 12 + 12 + 12 * 3 + 3
+    first_layer = 16 * 12 + 12
+    assert np.array_equal(shallow.index[:first_layer], np.arange(first_layer))  # the global first layer
+    assert np.array_equal(shallow.index[first_layer:], np.arange(p, p + head.size))  # its whole head
+    assert np.array_equal(shallow_half.index[: 16 * 6 + 6], deep_half.index[: 16 * 6 + 6])
+    head_w = shallow_half.index[16 * 6 + 6 : -3]
+    assert np.array_equal(head_w, p + (np.arange(3)[:, None] * 12 + np.arange(6)[None, :]).reshape(-1))
+    assert np.array_equal(shallow_half.index[-3:], p + 36 + np.arange(3))

@@ -241,7 +241,7 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
         )
     for z in s.get("model_sizes", []):
         table.add_row(
-            f"model rate {z['rate']:g} ({', '.join(z['groups'])})",
+            f"model {fmt.format_model_size(z)} ({', '.join(z['groups'])})",
             f"{fmt.format_accuracy(z['test_accuracy'])}, {z['params']:,} parameters, "
             f"{fmt.format_bytes(z['bytes_up'])} up, {fmt.format_energy(z['energy_j'])}",
         )
@@ -316,7 +316,8 @@ def plan(
         )
         table.add_row("fits", "yes" if m.fits else "[red]NO", "")
         if exp.models.heterogeneous:
-            table.add_row("model rate", f"{row['model_rate']:g} ({row['model_params']:,} parameters)", "")
+            depth = "" if row["model_depth"] is None else f", {row['model_depth']} hidden layer(s)"
+            table.add_row("model rate", f"{row['model_rate']:g}{depth} ({row['model_params']:,} parameters)", "")
         if row["rate_choice"] is not None:
             for rate, considered in row["rate_choice"].considered:
                 verdict = "fits" if considered.fits else "[red]does not fit"

@@ -371,7 +371,7 @@ class Emulation(CoordinatorClock):
         round_mono = time.monotonic()
         sends = await asyncio.gather(
             *(
-                self._start_device_round(i, int(d), r, payloads[self.sizes.rate_of(d)], bool(draw.victim[i]), plan)
+                self._start_device_round(i, int(d), r, payloads[self.sizes.key_of(d)], bool(draw.victim[i]), plan)
                 for i, d in enumerate(selected)
             )
         )
@@ -419,10 +419,11 @@ class Emulation(CoordinatorClock):
         spec = self.exp.spec
         if not (r % spec.evaluation.every == 0 or r == spec.rounds):
             return None, None
+        flat = params.numpy()[: self.exp.model.num_params]  # the global model (shallower heads follow it)
         if self.cnn is None:
             assert self.linears is not None  # an MLP run: its rows were read at start
-            return mlp_np.evaluate(self.linears, params.numpy(), self.x_test, self.y_test)
-        return layers_np.evaluate(self.cnn, params.numpy(), self.x_test, self.y_test)
+            return mlp_np.evaluate(self.linears, flat, self.x_test, self.y_test)
+        return layers_np.evaluate(self.cnn, flat, self.x_test, self.y_test)
 
     def _final_costs(self, r: int, draw: Draw, got: Gathered) -> RoundCosts:
         """The cost model's figures with the failures that really happened (a device that

@@ -56,7 +56,7 @@ def write_device_configs(
     for g in exp.fleet.groups:
         plan = plan_of[g.name]
         for d in map(int, g.devices):
-            sub = exp.models.sizes[float(exp.models.rates[d])].model
+            sub = exp.models.of(d).model
             DeviceConfig(
                 device=d,
                 host=address[0],

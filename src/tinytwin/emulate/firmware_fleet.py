@@ -121,7 +121,7 @@ def group_rows(exp: Experiment, g: Any, linears_rows: list[list[Any]]) -> list[l
         return linears_rows
     from tinytwin.emulate.model_rows import rows_of_model
 
-    return rows_of_model(exp.models.sizes[float(exp.models.rates[int(g.devices[0])])].model)
+    return rows_of_model(exp.models.of(int(g.devices[0])).model)
 
 
 def _device_fields(

@@ -36,20 +36,20 @@ class EmulatedSizes:
         self.heterogeneous = exp.models.heterogeneous
         distill = exp.spec.algorithm.distillation is not None
         self.nested = self.heterogeneous or distill  # merged by nested averaging (and distillation)
-        self.rows = {r: rows_of_any(sub.model) for r, sub in exp.models.sizes.items()} if self.nested else {}
+        self.rows = {k: rows_of_any(sub.model) for k, sub in exp.models.sizes.items()} if self.nested else {}
         self.distiller = ServerDistiller(exp) if distill else None
         self.distilled: DistillRound | None = None  # this round's, until take_distilled
         if coordinator is not None:
             coordinator.shapes = self.shapes()
 
-    def rate_of(self, d: int) -> float:
-        return float(self.models.rates[d])
+    def key_of(self, d: int) -> str:
+        return str(self.models.keys[d])
 
     def device_model(self, d: int, full: dict[str, Any]) -> dict[str, Any]:
         """The ``linears``/``layers`` entries of device ``d``'s configuration (``full``: the model's)."""
         if not self.nested:
             return full
-        linears, layers = self.rows[self.rate_of(d)]
+        linears, layers = self.rows[self.key_of(d)]
         return {"linears": linears, "layers": layers}
 
     def shapes(self) -> dict[int, tuple[int, list[int]]]:
@@ -57,17 +57,17 @@ class EmulatedSizes:
         if not self.heterogeneous:
             return {}
         out = {}
-        for d in range(self.models.rates.size):
-            sub = self.models.sizes[self.rate_of(d)].model
+        for d in range(self.models.keys.size):
+            sub = self.models.of(d).model
             out[d] = (sub.num_params, list(sub.tensor_sizes))
         return out
 
-    def payloads(self, g: torch.Tensor, encoding: str) -> dict[float, bytes]:
-        """The encoded model each size receives: its slice of the global model ``g``."""
+    def payloads(self, g: torch.Tensor, encoding: str) -> dict[str, bytes]:
+        """The encoded model each size receives: its slice of the server's vector ``g``."""
         flat = g.numpy()
         return {
-            rate: enc.encode(flat[sub.index], encoding, tensor_sizes=sub.model.tensor_sizes)
-            for rate, sub in self.models.sizes.items()
+            key: enc.encode(flat[sub.index], encoding, tensor_sizes=sub.model.tensor_sizes)
+            for key, sub in self.models.sizes.items()
         }
 
     def aggregate(
@@ -79,18 +79,18 @@ class EmulatedSizes:
         if not self.nested:
             received = torch.from_numpy(np.stack([updates[int(d)] for d in completed]))
             return aggregate_spec(aggregator, received, torch.from_numpy(weights).to(received.dtype))
-        groups, rates = [], []
-        for rate, sub in self.models.sizes.items():
-            mine = np.flatnonzero(self.models.rates[completed] == rate)
+        groups, keys = [], []
+        for key, sub in self.models.sizes.items():
+            mine = np.flatnonzero(self.models.keys[completed] == key)
             if mine.size:
                 rows = torch.from_numpy(np.stack([updates[int(completed[i])] for i in mine]))
                 groups.append(RateGroup(sub.index, rows, torch.from_numpy(weights[mine]).to(rows.dtype)))
-                rates.append(rate)
-        merged = nested_average(torch.zeros(self.exp.model.num_params, dtype=torch.float32), groups)
+                keys.append(key)
+        merged = nested_average(torch.zeros(self.models.server_size, dtype=torch.float32), groups)
         assert isinstance(merged, torch.Tensor)
         if self.distiller is None:
             return merged, None
-        merged, self.distilled = self.distiller.apply(g, merged, groups, rates, r)
+        merged, self.distilled = self.distiller.apply(g, merged, groups, keys, r)
         return merged, None
 
     def take_distilled(self, r: int, t0: float, events: list[dict[str, Any]]) -> tuple[list[list[float]], float]:
@@ -105,10 +105,7 @@ class EmulatedSizes:
     def accuracies(self, g: torch.Tensor, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Test accuracy of each size's slice of ``g`` (numpy, as the devices compute)."""
         flat = g.numpy()
-        return {
-            f"{rate:g}": evaluate_rows(self.rows[rate], flat[sub.index], x, y)[0]
-            for rate, sub in self.models.sizes.items()
-        }
+        return {key: evaluate_rows(self.rows[key], flat[sub.index], x, y)[0] for key, sub in self.models.sizes.items()}
 
 
 def model_sizes_summary(emu: Any, state: Any) -> dict[str, Any]:

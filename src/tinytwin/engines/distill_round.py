@@ -67,31 +67,32 @@ class ServerDistiller:
         self.seed = exp.spec.seed
         self.x = torch.from_numpy(np.ascontiguousarray(exp.proxy_x))
         self.models = {}
-        for rate, sub in exp.models.sizes.items():
-            module = exp.module if rate == 1.0 else sub.model.build(exp.spec.seed)
-            self.models[rate] = (module, ParamLayout.of(module), sub.model)
-        if 1.0 not in self.models:  # the student is the full model, even when no device trains it
-            self.models[1.0] = (exp.module, exp.layout, exp.model)
-        self.rates = exp.models.rates
+        for key, sub in exp.models.sizes.items():
+            module = exp.module if sub.model is exp.model else sub.model.build(exp.spec.seed)
+            self.models[key] = (module, ParamLayout.of(module), sub.model)
+        self.student = (exp.module, exp.layout, exp.model)  # the full model, even when no device trains it
+        self.global_size = exp.model.num_params
 
     def apply(
-        self, g: torch.Tensor, delta: torch.Tensor, groups: Sequence[RateGroup], rates: Sequence[float], r: int
+        self, g: torch.Tensor, delta: torch.Tensor, groups: Sequence[RateGroup], keys: Sequence[str], r: int
     ) -> tuple[torch.Tensor, DistillRound]:
-        """The distilled update (``(P,)``, relative to ``g``) from the averaged ``delta`` and the
-        received ``groups`` (each ``rates[i]``'s devices' update rows)."""
+        """The distilled update (relative to the server's vector ``g``) from the averaged
+        ``delta`` and the received ``groups`` (each ``keys[i]``'s devices' update rows). The
+        global model is the student; shallower members' heads keep their averages."""
         teachers, teacher_flops = [], 0
-        for grp, rate in zip(groups, rates):
-            module, layout, model = self.models[rate]
+        for grp, key in zip(groups, keys):
+            module, layout, model = self.models[key]
             rows = torch.as_tensor(grp.updates)
             teachers.append(Teacher(module, layout, g[torch.from_numpy(grp.index)] + rows))
             teacher_flops += rows.shape[0] * forward_flops(model.layers, model.num_classes)
         ensemble = ensemble_logits(teachers, self.x)
-        module, layout, model = self.models[1.0]
+        module, layout, model = self.student
         c = self.cfg
+        p = self.global_size
         out = distill(
             module,
             layout,
-            g + delta,
+            (g + delta)[:p],
             self.x,
             ensemble,
             epochs=c.epochs,
@@ -105,7 +106,9 @@ class ServerDistiller:
         flops = distillation_flops(fwd, backward_flops(model.layers, model.num_classes), 0, len(self.x), c.epochs)
         server_s = (flops + teacher_flops * len(self.x)) / self.profile.flops_per_s
         info = DistillRound(out.kl, server_s, server_s * self.profile.power.active_w)
-        return out.params - g, info
+        distilled = delta.clone()
+        distilled[:p] = out.params - g[:p]
+        return distilled, info
 
 
 def distillation_summary(log: Sequence[Sequence[float]]) -> dict[str, Any]:

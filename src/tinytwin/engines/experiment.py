@@ -134,7 +134,15 @@ class Experiment:
         return message_bytes(self.model.num_params, self.spec.algorithm.downlink_encoding, self.model.tensor_sizes)
 
     def initial_params(self) -> torch.Tensor:
-        return self.layout.flatten(self.module)
+        """The server's starting vector: the global model, then any shallower members' heads
+        (:mod:`tinytwin.fleet.model_sizes`)."""
+        import torch
+
+        g = self.layout.flatten(self.module)
+        if not self.models.heads:
+            return g
+        heads = self.models.initial_heads(self.spec.model.options(), self.model, self.spec.seed)
+        return torch.cat([g, torch.from_numpy(heads).to(g.dtype)])
 
 
 def prepare(
@@ -237,6 +245,7 @@ def _plan(
             fleet.num_devices,
             [max(len(parts[d]) for d in g.devices) for g in fleet.groups],
             options,
+            [g.model_depth for g in spec.fleet.groups],
         )
     except ValueError as exc:
         raise SpecError("fleet", str(exc)) from None

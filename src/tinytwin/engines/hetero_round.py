@@ -1,6 +1,6 @@
 """One round of nested sub-model training (HeteroFL) in the simulator, batched per shape.
 
-Devices are grouped by model rate; each group is one sub-model shape and trains as one
+Devices are grouped by model size (rate and depth); each group is one sub-model shape and trains as one
 batched computation of its own :class:`~tinytwin.engines.local_training.LocalTrainer` (the
 batched engine), started from its slice of the global model
 (:func:`tinytwin.algorithms.nested.nested_index`). What the server receives — each
@@ -28,52 +28,51 @@ from tinytwin.wire.roundtrip import roundtrip_torch
 
 @dataclass(frozen=True)
 class ShapeTrainer:
-    """The trainer of one sub-model shape and where its parameters sit in the global vector."""
+    """The trainer of one sub-model shape and where its parameters sit in the server's vector."""
 
-    rate: float
+    key: str
     index: np.ndarray
     trainer: LocalTrainer
     tensor_sizes: list[int]
 
 
 def shape_trainers(
-    sizes: Mapping[float, SubModel],
+    sizes: Mapping[str, SubModel],
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     cfg: LocalTraining,
     seed: int,
     **trainer_options: Any,
-) -> dict[float, ShapeTrainer]:
-    """One batched trainer per model size, largest first (the module's initial weights are
-    never used: every round starts from the global model's slice)."""
+) -> dict[str, ShapeTrainer]:
+    """One batched trainer per model size, in ``sizes``' order (the module's initial weights
+    are never used: every round starts from the server's slice)."""
     out = {}
-    for rate in sorted(sizes, reverse=True):
-        sub = sizes[rate]
+    for key, sub in sizes.items():
         module = sub.model.build(seed)
         trainer = LocalTrainer(module, ParamLayout.of(module), x_train, y_train, cfg, seed, **trainer_options)
-        out[rate] = ShapeTrainer(rate, sub.index, trainer, sub.model.tensor_sizes)
+        out[key] = ShapeTrainer(key, sub.index, trainer, sub.model.tensor_sizes)
     return out
 
 
 def train_sizes(
     global_vector: torch.Tensor,
-    trainers: Mapping[float, ShapeTrainer],
+    trainers: Mapping[str, ShapeTrainer],
     round_: int,
     device_ids: np.ndarray,
-    device_rates: np.ndarray,
+    device_keys: np.ndarray,
     indices: list[np.ndarray],
     encoding: str = "float32",
-) -> tuple[list[RateGroup], list[float], np.ndarray]:
+) -> tuple[list[RateGroup], list[str], np.ndarray]:
     """Train the listed devices, each on its own sub-model; return what the server decodes per
-    size (a :class:`RateGroup` of update rows), those sizes' rates, and each device's loss.
+    size (a :class:`RateGroup` of update rows), those sizes' keys, and each device's loss.
 
-    ``device_rates[i]`` is the rate of ``device_ids[i]``; weights are local sample counts.
+    ``device_keys[i]`` is the size key of ``device_ids[i]``; weights are local sample counts.
     """
-    groups, rates = [], []
+    groups, keys = [], []
     losses = np.full(device_ids.size, np.nan)
     g = global_vector.cpu()
-    for rate, st in trainers.items():
-        pos = np.flatnonzero(device_rates == rate)
+    for key, st in trainers.items():
+        pos = np.flatnonzero(device_keys == key)
         if pos.size == 0:
             continue
         start = g[torch.from_numpy(st.index)]
@@ -82,13 +81,14 @@ def train_sizes(
         received = roundtrip_torch(delta, encoding, tensor_sizes=st.tensor_sizes)
         weights = torch.tensor([len(indices[i]) for i in pos], dtype=g.dtype)
         groups.append(RateGroup(st.index, received, weights))
-        rates.append(rate)
+        keys.append(key)
         losses[pos] = result.train_loss
-    return groups, rates, losses
+    return groups, keys, losses
 
 
 def merged_update(global_vector: torch.Tensor, groups: Sequence[RateGroup]) -> torch.Tensor:
-    """The nested average of the groups' update rows: a ``(P,)`` delta, 0 where no device held a parameter."""
+    """The nested average of the groups' update rows: a delta as long as the server's vector,
+    0 where no device held a parameter."""
     out = nested_average(torch.zeros_like(global_vector.cpu()), groups)
     assert isinstance(out, torch.Tensor)
     return out
@@ -96,28 +96,28 @@ def merged_update(global_vector: torch.Tensor, groups: Sequence[RateGroup]) -> t
 
 def hetero_round(
     global_vector: torch.Tensor,
-    trainers: Mapping[float, ShapeTrainer],
+    trainers: Mapping[str, ShapeTrainer],
     round_: int,
     device_ids: np.ndarray,
-    device_rates: np.ndarray,
+    device_keys: np.ndarray,
     indices: list[np.ndarray],
     encoding: str = "float32",
 ) -> tuple[torch.Tensor, np.ndarray]:
     """:func:`train_sizes`, then :func:`merged_update`: the round's delta and each device's loss."""
-    groups, _, losses = train_sizes(global_vector, trainers, round_, device_ids, device_rates, indices, encoding)
+    groups, _, losses = train_sizes(global_vector, trainers, round_, device_ids, device_keys, indices, encoding)
     return merged_update(global_vector, groups), losses
 
 
 def size_accuracies(
-    global_vector: torch.Tensor, trainers: Mapping[float, ShapeTrainer], x: torch.Tensor, y: torch.Tensor
-) -> dict[float, float]:
-    """Test accuracy of each size's slice of the global model (the model a device of that size holds)."""
+    global_vector: torch.Tensor, trainers: Mapping[str, ShapeTrainer], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
+    """Test accuracy of each size's slice of the server's vector (the model a device of that size holds)."""
     from tinytwin.engines.evaluate import accuracy_and_loss
 
     out = {}
-    for rate, st in trainers.items():
+    for key, st in trainers.items():
         sub = global_vector[torch.from_numpy(st.index)].to(x.device)
-        out[rate] = accuracy_and_loss(st.trainer.module, st.trainer.layout, sub, x, y)[0]
+        out[key] = accuracy_and_loss(st.trainer.module, st.trainer.layout, sub, x, y)[0]
     return out
 
 
@@ -137,9 +137,9 @@ class NestedFleet:
         self, start: torch.Tensor, r: int, device_ids: np.ndarray, parts: list[np.ndarray]
     ) -> tuple[torch.Tensor, np.ndarray, Any]:
         """The round's delta, each device's loss and the distillation's figures (None without)."""
-        rates = self.exp.models.rates[device_ids]
+        keys = self.exp.models.keys[device_ids]
         enc = self.exp.spec.algorithm.encoding
-        groups, sizes, losses = train_sizes(start, self.shapes, r, device_ids, rates, parts, enc)
+        groups, sizes, losses = train_sizes(start, self.shapes, r, device_ids, keys, parts, enc)
         delta = merged_update(start, groups)
         if self.distiller is None:
             return delta, losses, None
@@ -147,8 +147,8 @@ class NestedFleet:
         return delta, losses, info
 
     def accuracies(self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Test accuracy of each size, keyed by its rate written ``f"{rate:g}"``."""
-        return {f"{rate:g}": acc for rate, acc in size_accuracies(g, self.shapes, x, y).items()}
+        """Test accuracy of each size, keyed by its size key (``"0.5"``, ``"1 depth 1"``)."""
+        return size_accuracies(g, self.shapes, x, y)
 
     def device_accuracies(
         self, g: torch.Tensor, x: torch.Tensor, y: torch.Tensor, devices: np.ndarray
@@ -157,8 +157,8 @@ class NestedFleet:
         from tinytwin.engines.evaluate import predict_correct
 
         out = {}
-        for rate, st in self.shapes.items():
-            mine = devices[self.exp.models.rates[devices] == rate]
+        for key, st in self.shapes.items():
+            mine = devices[self.exp.models.keys[devices] == key]
             if mine.size == 0:
                 continue
             sub = g[torch.from_numpy(st.index)].to(x.device)
@@ -170,20 +170,22 @@ class NestedFleet:
 
 def size_summary(exp: Any, energy_j: np.ndarray, device_rounds: Sequence[Mapping[str, Any]], last: dict) -> list:
     """Per model size: its groups, widths, parameters, message bytes, total bytes on the wire,
-    total energy and last test accuracy (``last``: rate text → accuracy)."""
+    total energy and last test accuracy (``last``: size key → accuracy)."""
     up = np.zeros(exp.fleet.num_devices, dtype=np.int64)
     down = np.zeros_like(up)
     for row in device_rounds:
         up[row["device"]] += row["bytes_up"]
         down[row["device"]] += row["bytes_down"]
     out = []
-    for rate, sub in exp.models.sizes.items():
-        mine = exp.models.rates == rate
+    for key, sub in exp.models.sizes.items():
+        mine = exp.models.keys == key
         first = int(np.flatnonzero(mine)[0])
         out.append(
             {
-                "rate": rate,
-                "groups": [g.name for g in exp.fleet.groups if exp.models.rates[int(g.devices[0])] == rate],
+                "size": key,
+                "rate": sub.rate,
+                "depth": sub.depth,
+                "groups": [g.name for g in exp.fleet.groups if exp.models.keys[int(g.devices[0])] == key],
                 "devices": int(mine.sum()),
                 **sub.widths,
                 "params": sub.model.num_params,
@@ -191,7 +193,7 @@ def size_summary(exp: Any, energy_j: np.ndarray, device_rounds: Sequence[Mapping
                 "bytes_up": int(up[mine].sum()),
                 "bytes_down": int(down[mine].sum()),
                 "energy_j": float(energy_j[mine].sum()),
-                "test_accuracy": last.get(f"{rate:g}"),
+                "test_accuracy": last.get(key),
             }
         )
     return out

@@ -44,7 +44,8 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
             {
                 "memory": mem,
                 "model_rate": float(exp.models.rates[d0]),
-                "model_params": exp.models.sizes[float(exp.models.rates[d0])].model.num_params,
+                "model_depth": exp.models.of(d0).depth,
+                "model_params": exp.models.of(d0).model.num_params,
                 "rate_choice": exp.models.choices.get(g.name),
                 "link": link.name,
                 **medium_of_group(exp, gi),

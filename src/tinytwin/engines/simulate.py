@@ -249,12 +249,14 @@ class Simulator:
         accuracy on each online device's own data, computed on the engine's device."""
         exp = self.exp
         on_device = new_global.to(self.device)
-        acc, loss = accuracy_and_loss(exp.module, exp.layout, on_device, self.x_test, self.y_test)
+        acc, loss = accuracy_and_loss(
+            exp.module, exp.layout, on_device[: exp.model.num_params], self.x_test, self.y_test
+        )
         per_device_acc: dict[int, float] = {}
         if exp.spec.evaluation.per_device and self.nested is not None:
             per_device_acc = self.nested.device_accuracies(on_device, self.x_train, self.y_train, online_ids)
         elif exp.spec.evaluation.per_device:
-            correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)
+            correct, _ = predict_correct(exp.module, exp.layout, on_device, self.x_train, self.y_train)  # one size
             correct = correct.cpu()
             for d in online_ids:
                 per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())

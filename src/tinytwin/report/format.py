@@ -92,3 +92,12 @@ def format_number(x: object) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)
+
+
+def format_model_size(size: dict) -> str:
+    """A model size of a run summary's ``model_sizes``: ``rate 0.5`` or ``rate 0.5, 1 hidden layer``."""
+    name = f"rate {size['rate']:g}"
+    depth = size.get("depth")
+    if depth is not None:
+        name += f", {depth} hidden layer{'s' if depth != 1 else ''}"
+    return name

@@ -11,6 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tinytwin.report.format import format_model_size
 from tinytwin.report.plot_style import DPI, PALETTE, byte_scale, energy_scale, save
 
 
@@ -18,7 +19,7 @@ def sizes_plot(sizes: Sequence[dict[str, Any]], label: str, path: Path) -> Path:
     """Three bar panels (accuracy %, bytes up + down, energy), one bar per model rate."""
     fig = Figure(figsize=(10.0, 3.8), dpi=DPI)
     FigureCanvasAgg(fig)
-    names = [f"rate {z['rate']:g}\n{', '.join(z['groups'])}" for z in sizes]
+    names = [f"{format_model_size(z)}\n{', '.join(z['groups'])}" for z in sizes]
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(sizes))]
     traffic = [z["bytes_up"] + z["bytes_down"] for z in sizes]
     b_div, b_unit = byte_scale(max(traffic, default=0))

@@ -64,7 +64,25 @@ class DistillationSpec(BaseModel):
 
 def is_heterogeneous(spec: Any) -> bool:
     """True when some group trains less than the full model (or lets the planner choose)."""
-    return any(g.model_rate != 1.0 for g in spec.fleet.groups)
+    return any(g.model_rate != 1.0 or _shallower(spec, g) for g in spec.fleet.groups)
+
+
+def _shallower(spec: Any, group: Any) -> bool:
+    return group.model_depth is not None and (spec.model.name != "mlp" or group.model_depth < len(spec.model.hidden))
+
+
+def _check_depths(spec: Any) -> None:
+    for i, g in enumerate(spec.fleet.groups):
+        if g.model_depth is None:
+            continue
+        key = f"fleet.groups.{i}.model_depth"
+        if spec.model.name != "mlp":
+            raise ValueError(f"{key}: depth variants apply to the mlp model (hidden layers), not {spec.model.name}")
+        if g.model_depth > len(spec.model.hidden):
+            raise ValueError(
+                f"{key}: {g.model_depth} hidden layers, but model.hidden has {len(spec.model.hidden)}; "
+                f"use 1 to {len(spec.model.hidden)}"
+            )
 
 
 def check_hetero(spec: Any) -> None:
@@ -81,20 +99,22 @@ def check_hetero(spec: Any) -> None:
         raise ValueError(
             f"algorithm.aggregator.name: nested averaging applies to fedavg and fedprox, not {spec.algorithm.name}"
         )
+    _check_depths(spec)
     if not is_heterogeneous(spec):
         return
-    where = next(i for i, g in enumerate(spec.fleet.groups) if g.model_rate != 1.0)
-    key = f"fleet.groups.{where}.model_rate"
+    where = next(i for i, g in enumerate(spec.fleet.groups) if g.model_rate != 1.0 or _shallower(spec, g))
+    field = "model_rate" if spec.fleet.groups[where].model_rate != 1.0 else "model_depth"
+    key = f"fleet.groups.{where}.{field}"
     if spec.model.name not in WIDTH_OPTIONS:
         raise ValueError(
             f"{key}: sub-model rates scale the widths of {', '.join(WIDTH_OPTIONS)}; "
             f"{spec.model.name} has none to scale (use 1.0)"
         )
     if spec.algorithm.family != "centralized":
-        raise ValueError(f"{key}: sub-model rates apply to fedavg and fedprox so far, not {spec.algorithm.name}")
+        raise ValueError(f"{key}: smaller members apply to fedavg and fedprox so far, not {spec.algorithm.name}")
     if spec.algorithm.aggregator.name != "nested":
         raise ValueError(
-            f"{key}: groups of different model rates need algorithm.aggregator.name: nested "
+            f"{key}: groups of different model sizes need algorithm.aggregator.name: nested "
             f"(not {spec.algorithm.aggregator.name})"
         )
     if spec.attacks:

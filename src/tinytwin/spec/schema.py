@@ -113,6 +113,11 @@ class GroupSpec(Strict):
         description="fraction of each hidden layer these devices train (nested sub-model, aggregator "
         "nested), or auto: the largest of 1, 0.5, 0.25, 0.125 that fits the device's memory",
     )
+    model_depth: PositiveInt | None = Field(
+        default=None,
+        description="mlp: how many of the model's hidden layers these devices keep (a shallower member "
+        "of the family; its classifier is averaged among the devices of that depth); unset: all",
+    )
     firmware_transport: Literal["files", "uart"] = Field(
         default="files",
         description="firmware and wasm devices: weights through files (fast) or through the "
