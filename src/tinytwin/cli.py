@@ -245,6 +245,14 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
             f"{fmt.format_accuracy(z['test_accuracy'])}, {z['params']:,} parameters, "
             f"{fmt.format_bytes(z['bytes_up'])} up, {fmt.format_energy(z['energy_j'])}",
         )
+    if "battery" in s:
+        b = s["battery"]
+        q = b["charge_end_fraction"]
+        table.add_row(
+            "batteries",
+            f"{b['devices']} devices, {b['empty_at_end']} empty at the end; charge min / median / max "
+            f"{100 * q['min']:.0f} / {100 * q['median']:.0f} / {100 * q['max']:.0f} %",
+        )
     if "distillation" in s:
         dist = s["distillation"]
         table.add_row(

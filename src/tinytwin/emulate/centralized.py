@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.emulate import layers_np, measured, mlp_np, shaper
 from tinytwin.emulate.centralized_files import write_device_configs, write_shards
 from tinytwin.emulate.centralized_rows import Draw, Gathered, Sent, device_rows, measured_rows
+from tinytwin.emulate.centralized_state import EmuState
 from tinytwin.emulate.device import OOM_EXIT
 from tinytwin.emulate.firmware_fleet import firmware_configs, firmware_groups
 from tinytwin.emulate.frame_checks import Coordinator
@@ -52,8 +52,8 @@ from tinytwin.engines.distill_round import distillation_summary
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts, round_costs
 from tinytwin.engines.simulate import centralized_summary, link_events, select_participants
-from tinytwin.engines.state import Checkpointed
 from tinytwin.errors import TinyTwinError
+from tinytwin.fleet.battery import powered, settle_round
 from tinytwin.fleet.cost import compute_flops
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import ExperimentSpec
@@ -72,23 +72,6 @@ def check_centralized_emulatable(spec: ExperimentSpec) -> None:
         raise TinyTwinError(f"emulate runs centralized FL only for now; algorithm.family is {a.family!r}")
     if a.encoding == "bitmap" or a.downlink_encoding == "bitmap":
         raise TinyTwinError("emulate: the bitmap encoding is not supported for centralized updates")
-
-
-@dataclass
-class EmuState(Checkpointed):
-    """What carries an emulation from one round to the next (the round's checkpoint)."""
-
-    round: int
-    global_params: torch.Tensor
-    server_state: dict[str, torch.Tensor]
-    sim_time_s: float  # modelled: the cost model's round durations summed (the simulator's clock)
-    energy_j: np.ndarray  # modelled, cumulative per device
-    wall_s: float = 0.0  # wall seconds emulated so far (start-up included, a killed coordinator's downtime not)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    accuracies: list[tuple[int, float]] = field(default_factory=list)
-    round_walls: list[float] = field(default_factory=list)
-    distillation: list[list[float]] = field(default_factory=list)  # per round: DistillRound.log_row()
 
 
 class Emulation(CoordinatorClock):
@@ -329,7 +312,7 @@ class Emulation(CoordinatorClock):
         self.devices.sample_memory(self.mem_max)
         firmware_metrics(self.coord.metrics, self.qemu_mem, self.fw_rounds)  # firmware devices: QEMU, insns
 
-    async def _draw(self, r: int, events: list[dict[str, Any]]) -> Draw:
+    async def _draw(self, r: int, events: list[dict[str, Any]], empty: np.ndarray | None) -> Draw:
         """The round's participants and dropout victims (the simulator's draws), its timeline
         events, every reachable dead device restarted, and the cost model's plan."""
         exp, spec = self.exp, self.exp.spec
@@ -337,7 +320,7 @@ class Emulation(CoordinatorClock):
         for d, kind in exp.timeline.changes(r):
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
         events += link_events(exp, r, self.modelled_s)
-        online_ids = np.flatnonzero(exp.timeline.online(r))
+        online_ids = np.flatnonzero(powered(exp.timeline.online(r), empty))  # an empty battery: offline
         reachable = exp.timeline.reachable(r)
         self._kernel_links(reachable)
         selected = select_participants(online_ids[reachable[online_ids]], a.clients_per_round, seed, r)
@@ -439,7 +422,7 @@ class Emulation(CoordinatorClock):
         wall0 = time.perf_counter()
         events, self.pending = self.pending, []
         self.failed = {}
-        draw = await self._draw(r, events)
+        draw = await self._draw(r, events, state.battery_empty)
         sends, round_mono, got = await self._serve_round(r, draw, state.global_params, events)
         new_global, server_state = self._next_global(r, state, got, events)
         distilled, server_s = self.sizes.take_distilled(r, self.modelled_s, events)  # the server's FedDF step
@@ -448,11 +431,15 @@ class Emulation(CoordinatorClock):
         final = self._final_costs(r, draw, got)
         rows, losses = device_rows(r, self.exp.num_samples, draw, final, got, sends)
         bytes_up, bytes_down = int(sum(got.update_bytes.values())), int(sum(s.bytes for s in sends))
+        t1 = state.sim_time_s + final.round_s + server_s
+        charge, empty, battery = settle_round(
+            self.exp.batteries, state.battery_j, state.battery_empty, final.energy_j, state.sim_time_s, t1, r, events
+        )
         new = EmuState(
             r,
             new_global,
             server_state,
-            state.sim_time_s + final.round_s + server_s,
+            t1,
             state.energy_j + final.energy_j,
             self._wall(),
             state.bytes_up + bytes_up,
@@ -460,6 +447,8 @@ class Emulation(CoordinatorClock):
             state.accuracies + ([(r, acc)] if acc is not None else []),
             state.round_walls + [round_s],
             state.distillation + distilled,
+            charge,
+            empty,
         )
         row = {
             "round": r,
@@ -478,7 +467,7 @@ class Emulation(CoordinatorClock):
             "wall_time_s": round_s,
         }
         measured_ = measured_rows(r, draw, got, sends, round_mono)
-        measured.write_round(self.store, self.run_id, measured_, row, rows, events, new.to_checkpoint())
+        measured.write_round(self.store, self.run_id, measured_, row, rows, events, new.to_checkpoint(), battery)
         return new
 
     async def run(self, state: EmuState, progress: ProgressFn | None = None, resume: bool = False) -> EmuState:
@@ -571,7 +560,10 @@ class Emulation(CoordinatorClock):
 
     def initial_state(self) -> EmuState:
         g = self.exp.initial_params()
-        return EmuState(0, g, self.server_opt.init(g), 0.0, np.zeros(self.n_dev))
+        state = EmuState(0, g, self.server_opt.init(g), 0.0, np.zeros(self.n_dev))
+        if self.exp.batteries is not None:
+            state.battery_j, state.battery_empty = self.exp.batteries.start()
+        return state
 
     def summary(self, state: EmuState, wall_time_s: float) -> dict[str, Any]:
         return {

@@ -79,6 +79,7 @@ def write_round(
     device_rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     checkpoint: Mapping[str, Any] | None,
+    battery: Sequence[tuple[int, int, float]] = (),
 ) -> None:
     """Commit the measured rows together with the round (one transaction, as :mod:`tinytwin.store.dfl` does)."""
     conn = store.conn
@@ -91,7 +92,7 @@ def write_round(
     except BaseException:
         conn.rollback()
         raise
-    store.write_round(run_id, round_row, device_rows, events, checkpoint)
+    store.write_round(run_id, round_row, device_rows, events, checkpoint, battery=battery)
 
 
 def rows(store: RunStore, run_id: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from tinytwin.data.partition import class_histogram, partition
 from tinytwin.data.partition_rules import per_device_partition
 from tinytwin.data.proxy import split_proxy
 from tinytwin.errors import DataError, MemoryPlanError, SpecError, TinyTwinError
+from tinytwin.fleet.battery import Batteries, build_batteries
 from tinytwin.fleet.build import Fleet, build_fleet
 from tinytwin.fleet.failures import Timeline, build_timeline
 from tinytwin.fleet.memory import MemoryPlan, message_bytes
@@ -49,6 +50,7 @@ class Experiment:
     timeline: Timeline
     models: FleetModels  # which (sub-)model each device trains
     proxy_x: np.ndarray | None = None  # the server's unlabeled distillation set (data/proxy.py)
+    batteries: Batteries | None = None  # per-device batteries (fleet/battery.py); None: mains power
 
     @cached_property
     def module(self) -> LayerModule:
@@ -213,6 +215,7 @@ def prepare(
         timeline,
         models,
         proxy_x,
+        build_batteries(spec.fleet.groups, [np.asarray(g.devices) for g in fleet.groups], n),
     )
 
 

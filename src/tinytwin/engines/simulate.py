@@ -34,6 +34,7 @@ from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.streaming import StreamingMean
 from tinytwin.engines.summary import common_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
+from tinytwin.fleet.battery import battery_summary, powered, settle_round
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import AggregatorSpec
 from tinytwin.store.db import RunStore
@@ -57,6 +58,8 @@ class SimState(Checkpointed):
     attack_history: dict[str, np.ndarray] = field(default_factory=dict)  # the stale attack's (attacks.py)
     size_accuracies: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # per model size
     distillation: list[list[float]] = field(default_factory=list)  # per round: DistillRound.log_row()
+    battery_j: np.ndarray | None = None  # per device charge (fleet/battery.py); None: no batteries
+    battery_empty: np.ndarray | None = None
 
 
 class Simulator:
@@ -106,7 +109,10 @@ class Simulator:
     # ---- lifecycle ----------------------------------------------------------------
     def initial_state(self) -> SimState:
         params = self.exp.initial_params()
-        return SimState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.exp.fleet.num_devices))
+        state = SimState(0, params, self.server_opt.init(params), 0.0, np.zeros(self.exp.fleet.num_devices))
+        if self.exp.batteries is not None:
+            state.battery_j, state.battery_empty = self.exp.batteries.start()
+        return state
 
     def state_from_checkpoint(self, ck: dict[str, Any]) -> SimState:
         return SimState.from_checkpoint(ck)
@@ -140,7 +146,7 @@ class Simulator:
         for d, kind in exp.timeline.changes(r):
             events.append({"round": r, "sim_time_s": t0, "device": d, "kind": kind, "detail": f"device {d} {kind}"})
         events += link_events(exp, r, t0)
-        online = exp.timeline.online(r)
+        online = powered(exp.timeline.online(r), state.battery_empty)  # an empty battery: offline
         online_ids = np.flatnonzero(online)
         selected = select_participants(
             online_ids[exp.timeline.reachable(r)[online_ids]], spec.algorithm.clients_per_round, spec.seed, r
@@ -178,6 +184,9 @@ class Simulator:
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         finite = train_losses[~np.isnan(train_losses)]
+        charge, empty, battery_rows = settle_round(
+            exp.batteries, state.battery_j, state.battery_empty, energy, t0, t0 + round_s, r, events
+        )
         new_state = SimState(
             r,
             new_global,
@@ -190,6 +199,8 @@ class Simulator:
             history,
             size_accs,
             state.distillation + ([self.distilled.log_row()] if self.distilled else []),
+            charge,
+            empty,
         )
         round_row = {
             "round": r,
@@ -207,7 +218,9 @@ class Simulator:
             "energy_j": float(energy.sum()),
             "wall_time_s": time.perf_counter() - wall0,
         }
-        self.store.write_round(self.run_id, round_row, device_rows, events, new_state.to_checkpoint())
+        self.store.write_round(
+            self.run_id, round_row, device_rows, events, new_state.to_checkpoint(), battery=battery_rows
+        )
         return new_state
 
     def _update_global(
@@ -496,6 +509,7 @@ def centralized_summary(
         "model": f"{exp.model.name} ({exp.model.num_params:,} parameters)",
         "uplink_message_bytes": up_bytes,
         "downlink_message_bytes": down_bytes,
+        **battery_summary(exp.batteries, state.battery_j, state.battery_empty),
     }
 
 

@@ -338,6 +338,7 @@ PLOT_CAPTIONS = {
 }
 STATIC_CAPTIONS = {  # figures the interactive charts do not replace
     "model_sizes": "Per model size: test accuracy of its slice of the global model, bytes and device energy.",
+    "battery": "State of charge of each battery device after each round (an empty device is offline until recharged).",
 }
 
 

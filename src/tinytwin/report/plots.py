@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from tinytwin.report.battery_plot import battery_plot
 from tinytwin.report.plot_style import (  # noqa: F401  (re-exported for compare, dfl, sweeps)
     DPI,
     FIGSIZE,
@@ -130,6 +131,10 @@ def make_plots(store: RunStore, run_id: str, out_dir: Path) -> dict[str, Path]:
     paths["class_hist"] = _class_hist_plot(devices, label, out_dir / "class_hist.png")
     if (info.summary or {}).get("model_sizes"):
         paths["model_sizes"] = sizes_plot(info.summary["model_sizes"], label, out_dir / "model_sizes.png")
+    battery = store.battery_rounds(run_id)
+    if battery:
+        capacity = _battery_capacities(info.spec_yaml, len(devices))
+        paths["battery"] = battery_plot(battery, capacity, label, out_dir / "battery.png")
     return paths
 
 
@@ -215,3 +220,19 @@ def _class_hist_plot(devices: list[dict[str, Any]], label: str, path: Path) -> P
         im = ax.imshow(hist.T, aspect="auto", interpolation="nearest", cmap="viridis", origin="lower")
         fig.colorbar(im, ax=ax, label="Training samples")
     return save(fig, path)
+
+
+def _battery_capacities(spec_yaml: str, num_devices: int) -> dict[int, float]:
+    """Each battery device's capacity in joules, from the run's own spec."""
+    import yaml
+
+    from tinytwin.fleet.battery import capacity_joules
+    from tinytwin.spec.load import validate_spec
+
+    spec = validate_spec(yaml.safe_load(spec_yaml))
+    out, first = {}, 0
+    for g in spec.fleet.groups:
+        if g.battery is not None:
+            out.update({d: capacity_joules(g.battery) for d in range(first, first + g.count)})
+        first += g.count
+    return out

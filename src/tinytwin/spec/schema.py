@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from tinytwin.algorithms.robust_merge import ROBUST_MERGES
 from tinytwin.spec.attacks import AttackSpec
+from tinytwin.spec.battery import BatterySpec, check_batteries
 from tinytwin.spec.device_data import DeviceData
 from tinytwin.spec.hetero import DistillationSpec, ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
@@ -117,6 +118,11 @@ class GroupSpec(Strict):
         default=None,
         description="mlp: how many of the model's hidden layers these devices keep (a shallower member "
         "of the family; its classifier is averaged among the devices of that depth); unset: all",
+    )
+    battery: BatterySpec | None = Field(
+        default=None,
+        description="a battery per device: {capacity_j | capacity_mah + voltage, initial, rejoin_at, "
+        "harvest_w | harvest_profile_w}; an empty device is offline until recharged (docs/energy.md)",
     )
     firmware_transport: Literal["files", "uart"] = Field(
         default="files",
@@ -487,6 +493,7 @@ class ExperimentSpec(Strict):
         self._check_topology(n)
         self._check_hierarchical(n)
         check_hetero(self)
+        check_batteries(self)
         a = self.algorithm
         if a.family != "centralized":
             if self.failures.dropout:

@@ -100,6 +100,13 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS battery_rounds (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    charge_j REAL NOT NULL,
+    PRIMARY KEY (run_id, round, device)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY,
     round INTEGER NOT NULL,
@@ -225,8 +232,10 @@ class RunStore:
         device_rows: Sequence[Mapping[str, Any]],
         events: Sequence[Mapping[str, Any]],
         checkpoint: Mapping[str, Any] | None,
+        battery: Sequence[tuple[int, int, float]] = (),
     ) -> None:
-        """Commit one finished round, its per-device rows, events and the resume checkpoint atomically."""
+        """Commit one finished round, its per-device rows, events, battery charges ``(round,
+        device, charge_j)`` and the resume checkpoint atomically."""
         with writing(self.path), self.conn:
             self.conn.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
@@ -239,6 +248,9 @@ class RunStore:
                 [(run_id, *[r.get(c) for c in DEVICE_ROUND_COLUMNS]) for r in device_rows],
             )
             self._insert_events(run_id, events)
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO battery_rounds VALUES (?,?,?,?)", [(run_id, *row) for row in battery]
+            )
             if checkpoint is not None:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)",
@@ -290,6 +302,16 @@ class RunStore:
             f"SELECT {', '.join(DEVICE_ROUND_COLUMNS)} FROM device_rounds WHERE run_id = ? ORDER BY round, device",
             run_id,
         )
+
+    def battery_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """Each battery device's charge after each round (empty for runs without batteries and
+        for results files written before batteries existed)."""
+        try:
+            return self._dicts(
+                "SELECT round, device, charge_j FROM battery_rounds WHERE run_id = ? ORDER BY round, device", run_id
+            )
+        except sqlite3.OperationalError:
+            return []
 
     def devices(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._dicts(
