@@ -173,17 +173,10 @@ class Simulator:
 
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
         round_s = costs.round_s + (self.distilled.server_s if self.distilled else 0.0)  # the server distils last
-        acc = loss = None
-        per_device_acc: dict[int, float] = {}
-        size_accs = list(state.size_accuracies)
-        if r % spec.evaluation.every == 0 or r == spec.rounds:
-            acc, loss, per_device_acc = self._evaluate(new_global, online_ids)
-            if self.nested is not None:
-                size_accs.append((r, self.nested.accuracies(new_global, self.x_test, self.y_test)))
+        acc, loss, per_device_acc, size_accs = self._evaluate_round(state, r, new_global, online_ids)
         device_rows = self._device_rows(r, online_ids, selected, costs, train_losses, per_device_acc)
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
-        finite = train_losses[~np.isnan(train_losses)]
         charge, empty, battery_rows = settle_round(
             exp.batteries, state.battery_j, state.battery_empty, energy, t0, t0 + round_s, r, events
         )
@@ -210,7 +203,7 @@ class Simulator:
             "completed": int(completed.size),
             "dropped": int(dropped_mask.sum()),
             "stragglers": int(straggler.sum()),
-            "train_loss": float(finite.mean()) if finite.size else None,
+            "train_loss": finite_mean(train_losses),
             "test_accuracy": acc,
             "test_loss": loss,
             "bytes_up": bytes_up,
@@ -222,6 +215,20 @@ class Simulator:
             self.run_id, round_row, device_rows, events, new_state.to_checkpoint(), battery=battery_rows
         )
         return new_state
+
+    def _evaluate_round(
+        self, state: SimState, r: int, new_global: torch.Tensor, online_ids: np.ndarray
+    ) -> tuple[float | None, float | None, dict[int, float], list[tuple[int, dict[str, float]]]]:
+        """In the spec's evaluation rounds: the global model's accuracy and loss, per-device
+        accuracies and (several model sizes) each size's; otherwise Nones and the old list."""
+        spec = self.exp.spec
+        size_accs = list(state.size_accuracies)
+        if not (r % spec.evaluation.every == 0 or r == spec.rounds):
+            return None, None, {}, size_accs
+        acc, loss, per_device_acc = self._evaluate(new_global, online_ids)
+        if self.nested is not None:
+            size_accs.append((r, self.nested.accuracies(new_global, self.x_test, self.y_test)))
+        return acc, loss, per_device_acc, size_accs
 
     def _update_global(
         self,
@@ -373,6 +380,12 @@ class Simulator:
             rows = self.store.device_rounds(self.run_id)
             out["model_sizes"] = size_summary(self.exp, state.energy_j, rows, last)
         return {**out, **distillation_summary(state.distillation)}
+
+
+def finite_mean(values: np.ndarray) -> float | None:
+    """Mean of the non-NaN entries (devices that trained), None when there are none."""
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def device_events(r: int, t0: float, kind: str, devices: np.ndarray, details: list[str]) -> list[dict[str, Any]]:
