@@ -107,8 +107,15 @@ def emulate(
     tls: bool = typer.Option(
         False, "--tls", help="devices reach the coordinator over TLS, checked against a CA made for the run"
     ),
+    transport: str | None = typer.Option(
+        None, "--transport", help="tcp or mqtt (frames as PUBLISH payloads through a broker); default: the spec's"
+    ),
+    broker: str | None = typer.Option(
+        None, "--broker", help="with mqtt: a running broker, mqtt://host:port (default: start mosquitto for the run)"
+    ),
 ) -> None:
     """Emulate an experiment: one OS process per device, authenticated frames over shaped TCP (docs/emulation.md)."""
+    set_ = _transport_sets(set_, transport, broker, tls or netns)
     spec, spec_yaml = _emulate_spec(spec_file, set_, time_scale, netns, twin)
     from tinytwin.emulate.coordinator import EmulateOptions, resume_emulation, start_emulation
 
@@ -129,7 +136,9 @@ def emulate(
                 spec_yaml,
                 out,
                 spec_file.resolve().parent,
-                EmulateOptions(time_scale=time_scale, netns=netns, firmware_all=twin == "firmware", tls=tls),
+                EmulateOptions(
+                    time_scale=time_scale, netns=netns, firmware_all=twin == "firmware", tls=tls, broker_url=broker
+                ),
                 on_round,
                 report=not no_report,
             )
@@ -138,6 +147,17 @@ def emulate(
         raise typer.Exit(1)
     _print_summary(summary, run_dir)
     _print_emulate_summary(summary["emulate"])
+
+
+def _transport_sets(set_: list[str] | None, transport: str | None, broker: str | None, tls_or_netns: bool) -> list[str]:
+    """``--transport`` as a spec override (so the run's spec, and a simulation of it, say it)."""
+    if transport not in (None, "tcp", "mqtt"):
+        raise TinyTwinError(f"--transport must be 'tcp' or 'mqtt', not {transport!r}")
+    if broker is not None and transport != "mqtt":
+        raise TinyTwinError("--broker applies to --transport mqtt; add it or drop --broker")
+    if transport == "mqtt" and tls_or_netns:
+        raise TinyTwinError("--transport mqtt runs without --tls and --netns so far (the broker is on loopback)")
+    return [*(set_ or []), *([f"transport.protocol={transport}"] if transport else [])]
 
 
 def _emulate_spec(

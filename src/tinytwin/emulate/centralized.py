@@ -39,6 +39,7 @@ from tinytwin.emulate.lifecycle import (
     load_run_key,
 )
 from tinytwin.emulate.model_rows import model_rows
+from tinytwin.emulate.mqtt_link import MqttTransport
 from tinytwin.emulate.netns import NetnsFleet
 from tinytwin.emulate.options import EmulateOptions, options_to_json
 from tinytwin.emulate.processes import DeviceProcesses, exit_kind
@@ -60,6 +61,7 @@ from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.db import RunStore
 from tinytwin.store.files import private_dirs
 from tinytwin.wire import frame as fm
+from tinytwin.wire import mqtt
 from tinytwin.wire.roundtrip import roundtrip_torch
 
 log = logging.getLogger("tinytwin.emulate")
@@ -91,6 +93,8 @@ class Emulation(CoordinatorClock):
         a = exp.spec.algorithm
         self.n_dev = exp.fleet.num_devices
         self.edir = run_dir / "emulate"
+        mqtt_on = exp.spec.transport.protocol == "mqtt"
+        self.transport = MqttTransport(exp.spec.name, self.edir, options.broker_url) if mqtt_on else None
         private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "logs")))
         self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
@@ -244,7 +248,7 @@ class Emulation(CoordinatorClock):
                         continue
                     self.update_at[fr.sender] = time.monotonic()
                     self.coord.updates[fr.sender] = content
-                    self.coord.update_bytes[fr.sender] = total
+                    self.coord.update_bytes[fr.sender] = self._on_wire(fr.sender, total, 0)
                     self._check_done()
         finally:
             if device is not None and self.writers.get(device) is writer:
@@ -300,7 +304,7 @@ class Emulation(CoordinatorClock):
                 await asyncio.sleep(delay)
             self.killed.add(d)
             self.devices.kill(d)
-        return Sent(len(data), time.perf_counter() - t0, mono0, wait)
+        return Sent(self._on_wire(d, len(data), 1), time.perf_counter() - t0, mono0, wait)
 
     # ---- rounds -----------------------------------------------------------------------
     def _sender_wait_s(self, link_s: float, nbytes: int, bps: float, link: Any, medium_wait_s: float) -> float:
@@ -496,6 +500,9 @@ class Emulation(CoordinatorClock):
             server = await asyncio.start_server(self._serve, self.host, 0, ssl=tls)
         self.port = server.sockets[0].getsockname()[1]
         same_address = saved is not None and (saved.get("host"), saved.get("port")) == (self.host, self.port)
+        if self.transport is not None:  # a fresh broker: every device gets its address anew
+            self.transport.start((self.host, self.port))
+            same_address = False
         write_json(
             self.edir / COORDINATOR_FILE, {"host": self.host, "port": self.port, "options": options_to_json(self.opt)}
         )
@@ -508,7 +515,10 @@ class Emulation(CoordinatorClock):
                     self.opt,
                     (self.host, self.port),
                     self.compute_s,
-                    lambda d: self.sizes.device_model(d, {"linears": self.linears_rows, "layers": self.layer_rows}),
+                    lambda d: {
+                        **self.sizes.device_model(d, {"linears": self.linears_rows, "layers": self.layer_rows}),
+                        **(self.transport.device_extra(d) if self.transport else {}),
+                    },
                     self.firmware,
                     self.devices.config_file,
                 )
@@ -545,6 +555,8 @@ class Emulation(CoordinatorClock):
             await self._stop_devices()
         finally:
             self.devices.kill_all()
+            if self.transport is not None:
+                self.transport.stop()
             server.close()
             await server.wait_closed()
         return state
@@ -572,6 +584,13 @@ class Emulation(CoordinatorClock):
             **distillation_summary(state.distillation),
             "emulate": emulation_figures(self, state),
         }
+
+    def _on_wire(self, d: int, frame_bytes: int, direction: int) -> int:
+        """A model or update frame's bytes as the transport carries them (MQTT: with its PUBLISH
+        framing and PUBACK, :func:`tinytwin.wire.mqtt.message_bytes`; 0 stays 0)."""
+        if self.transport is None or not frame_bytes:
+            return frame_bytes
+        return mqtt.message_bytes(mqtt.topics(self.exp.spec.name, d)[direction], frame_bytes)
 
     def shaping(self) -> dict[str, Any]:
         """Which mechanism shapes which part of every link time in this run."""

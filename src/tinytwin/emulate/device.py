@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from tinytwin.algorithms.attacks import attack_update
+from tinytwin.emulate.mqtt_link import MqttCoordinatorLink
 from tinytwin.emulate.runtime_env import vm_data_bytes, warm_blas
 from tinytwin.emulate.tls import client_context
 from tinytwin.emulate.trainers import FIRMWARE_FAULT_EXIT, DeviceFault, RoundResult, make_trainer
@@ -306,7 +307,8 @@ def run(cfg: dict[str, Any]) -> int:
     baseline = vm_data_bytes()
     cap = baseline + int(cfg["mem_budget_bytes"])
     max_frame = int(cfg["max_frame"])
-    conn = CoordinatorLink(cfg, rt, {"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap})
+    hello = {"pid": os.getpid(), "vmdata_baseline": baseline, "rlimit_data": cap}
+    conn = MqttCoordinatorLink(cfg, rt, hello) if cfg.get("mqtt") else CoordinatorLink(cfg, rt, hello)
     if not conn.connect():
         return NO_COORDINATOR_EXIT
     # The cap goes on after HELLO, so that a budget too small for training is reported as an

@@ -31,6 +31,8 @@ class EmulateOptions:
     """device -> arena bytes its firmware image is built with (tests: a run-time arena fault)."""
     tls: bool = False
     """Devices reach the coordinator over TLS, verified against a CA made for the run (emulate/tls.py)."""
+    broker_url: str | None = None
+    """``transport: mqtt``: an MQTT broker already running (``mqtt://host:port``); None: start mosquitto."""
 
 
 OptionsT = TypeVar("OptionsT", bound=EmulateOptions)

@@ -29,6 +29,7 @@ from tinytwin.models.accounting import backward_flops, forward_flops, optimizer_
 from tinytwin.models.params import ParamLayout
 from tinytwin.models.zoo import ModelDef, make_model
 from tinytwin.spec.schema import ExperimentSpec
+from tinytwin.wire import mqtt
 from tinytwin.wire.encoding import encoded_size
 from tinytwin.wire.frame import MAX_PAYLOAD
 
@@ -104,13 +105,23 @@ class Experiment:
     def device_uplink_bytes(self) -> np.ndarray:
         """(D,) bytes of one update from each device: of its own (sub-)model."""
         enc = self.spec.algorithm.encoding
-        return self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+        frames = self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+        return self._on_transport(frames, 0)
 
     @cached_property
     def device_downlink_bytes(self) -> np.ndarray:
         """(D,) bytes of the model each device receives: its own (sub-)model."""
         enc = self.spec.algorithm.downlink_encoding
-        return self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+        frames = self.models.per_device(lambda s: message_bytes(s.model.num_params, enc, s.model.tensor_sizes))
+        return self._on_transport(frames, 1)
+
+    def _on_transport(self, frames: np.ndarray, direction: int) -> np.ndarray:
+        """Frame bytes as the transport puts them on the wire: as they are on TCP; over MQTT
+        each frame a PUBLISH on the device's topic, plus its PUBACK (``direction``: 0 up, 1 down)."""
+        if self.spec.transport.protocol != "mqtt":
+            return frames
+        name = self.spec.name
+        return np.array([mqtt.message_bytes(mqtt.topics(name, d)[direction], int(n)) for d, n in enumerate(frames)])
 
     @cached_property
     def device_flops_per_sample(self) -> np.ndarray:

@@ -20,6 +20,7 @@ from tinytwin.spec.hetero import DistillationSpec, ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
 from tinytwin.spec.robust import NormBoundSpec
+from tinytwin.spec.transport import TransportSpec, check_transport
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -449,6 +450,7 @@ class ExperimentSpec(Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     topology: TopologySpec = Field(default_factory=TopologySpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    transport: TransportSpec = Field(default_factory=TransportSpec)  # spec/transport.py
 
     @model_validator(mode="after")
     def _check_devices(self) -> ExperimentSpec:
@@ -494,6 +496,7 @@ class ExperimentSpec(Strict):
         self._check_hierarchical(n)
         check_hetero(self)
         check_batteries(self)
+        check_transport(self)
         a = self.algorithm
         if a.family != "centralized":
             if self.failures.dropout:

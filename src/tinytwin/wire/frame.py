@@ -178,6 +178,11 @@ def encode_frame(frame: Frame, key: bytes) -> bytes:
     return signed + _tag(key, signed)
 
 
+def msg_type_of(header: bytes) -> int:
+    """The message type field of a frame header (unchecked: callers route, they do not trust)."""
+    return int(_HEADER.unpack_from(header)[2])
+
+
 def frame_length(header: bytes) -> int:
     """Validate a frame's first :data:`HEADER_SIZE` bytes and return the whole frame's length.
 
