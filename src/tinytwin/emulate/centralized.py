@@ -61,7 +61,6 @@ from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.db import RunStore
 from tinytwin.store.files import private_dirs
 from tinytwin.wire import frame as fm
-from tinytwin.wire import mqtt
 from tinytwin.wire.roundtrip import roundtrip_torch
 
 log = logging.getLogger("tinytwin.emulate")
@@ -95,6 +94,7 @@ class Emulation(CoordinatorClock):
         self.edir = run_dir / "emulate"
         mqtt_on = exp.spec.transport.protocol == "mqtt"
         self.transport = MqttTransport(exp.spec.name, self.edir, options.broker_url) if mqtt_on else None
+        self._on_wire = self.transport.on_wire if self.transport else lambda d, n, direction: n  # bytes as carried
         private_dirs(self.edir, *(self.edir / sub for sub in ("keys", "devices", "logs")))
         self.run_key = load_run_key(self.edir, resume)
         self.linears_rows, self.layer_rows = model_rows(exp)  # MLP rows, or a CNN's layer list (layers_np)
@@ -510,18 +510,7 @@ class Emulation(CoordinatorClock):
             if not resume:
                 write_shards(self.edir, self.exp, self.coord.keys)
             if not same_address:
-                write_device_configs(
-                    self.exp,
-                    self.opt,
-                    (self.host, self.port),
-                    self.compute_s,
-                    lambda d: {
-                        **self.sizes.device_model(d, {"linears": self.linears_rows, "layers": self.layer_rows}),
-                        **(self.transport.device_extra(d) if self.transport else {}),
-                    },
-                    self.firmware,
-                    self.devices.config_file,
-                )
+                self._write_configs()
             adopted = self.devices.adopt(range(self.n_dev)) if resume else []
             if resume and not same_address:
                 for d in adopted:  # they keep calling the old address
@@ -561,6 +550,22 @@ class Emulation(CoordinatorClock):
             await server.wait_closed()
         return state
 
+    def _write_configs(self) -> None:
+        """Every device's configuration, naming this coordinator's address (or the broker's)."""
+        rows = {"linears": self.linears_rows, "layers": self.layer_rows}
+        write_device_configs(
+            self.exp,
+            self.opt,
+            (self.host, self.port),
+            self.compute_s,
+            lambda d: {
+                **self.sizes.device_model(d, rows),
+                **(self.transport.device_extra(d) if self.transport else {}),
+            },
+            self.firmware,
+            self.devices.config_file,
+        )
+
     async def _stop_devices(self) -> None:
         for d in list(self.writers):
             await self._send(d, self.coord.make(fm.MsgType.CONTROL, d, self.coord.round, "none", b'{"cmd": "stop"}'))
@@ -584,13 +589,6 @@ class Emulation(CoordinatorClock):
             **distillation_summary(state.distillation),
             "emulate": emulation_figures(self, state),
         }
-
-    def _on_wire(self, d: int, frame_bytes: int, direction: int) -> int:
-        """A model or update frame's bytes as the transport carries them (MQTT: with its PUBLISH
-        framing and PUBACK, :func:`tinytwin.wire.mqtt.message_bytes`; 0 stays 0)."""
-        if self.transport is None or not frame_bytes:
-            return frame_bytes
-        return mqtt.message_bytes(mqtt.topics(self.exp.spec.name, d)[direction], frame_bytes)
 
     def shaping(self) -> dict[str, Any]:
         """Which mechanism shapes which part of every link time in this run."""

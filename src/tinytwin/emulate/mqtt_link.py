@@ -31,6 +31,7 @@ from typing import Any
 
 from tinytwin.emulate.mqtt_client import MqttClient, MqttError
 from tinytwin.wire import frame as fm
+from tinytwin.wire import mqtt
 from tinytwin.wire.mqtt import gateway_topic, topics
 
 UNACKED = {int(fm.MsgType.METRICS)}  # QoS 0: telemetry; every other kind QoS 1
@@ -294,6 +295,13 @@ class MqttTransport:
                 self.broker.restart()
                 self.restarts += 1
             time.sleep(0.1)
+
+    def on_wire(self, d: int, frame_bytes: int, direction: int) -> int:
+        """A model (``direction`` 1) or update (0) frame's bytes as MQTT carries them, with its
+        PUBLISH framing and PUBACK (:func:`tinytwin.wire.mqtt.message_bytes`); 0 stays 0."""
+        if not frame_bytes:
+            return frame_bytes
+        return mqtt.message_bytes(topics(self.name, d)[direction], frame_bytes)
 
     def device_extra(self, d: int) -> dict[str, Any]:
         """The ``mqtt`` entry of device ``d``'s configuration."""
