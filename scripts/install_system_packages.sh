@@ -2,7 +2,7 @@
 # System packages of the emulation and firmware twins (Debian/Ubuntu): the C compiler for the
 # host build of the firmware library, the Arm cross compiler + newlib, QEMU for the emulated
 # Cortex-M boards, clang + lld + wasi-libc (+ compiler-rt's wasm32 builtins) for the WebAssembly
-# devices, and iproute2 for the optional network-namespace mode. Installs only what is
+# devices, iproute2 for the optional network-namespace mode, and the mosquitto MQTT broker. Installs only what is
 # missing; with everything present it does nothing (and needs neither root nor apt).
 set -euo pipefail
 need=()
@@ -17,6 +17,7 @@ ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null
   || need+=("libclang-rt-$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1 | grep . || echo 14)-dev-wasm32")
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # emulate --tls
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || need+=(mosquitto)  # emulate --transport mqtt
 command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
 if [ "${#need[@]}" -eq 0 ]; then
   exit 0

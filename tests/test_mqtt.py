@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,3 +163,35 @@ def test_mqtt_is_refused_for_decentralized_runs(tmp_path: Path) -> None:
     text = SPEC.replace("ROUNDS", "2").replace("name: fedavg", "name: gossip") + "transport: {protocol: mqtt}\n"
     proc = run_cli("run", str(write_spec(tmp_path / "spec.yaml", text)), "--out", str(tmp_path / "runs"), "--quiet")
     assert proc.returncode == 2 and "transport.protocol: mqtt carries fedavg and fedprox runs so far" in proc.stderr
+
+
+def test_live_power_readings_from_mqtt_become_a_trace(tmp_path: Path) -> None:
+    """A Tasmota-style plug publishes three readings (and a state message without one):
+    `tinytwin energy listen` writes them as a trace that `energy integrate` reads."""
+    broker = start_broker(tmp_path / "broker")
+    try:
+        out = tmp_path / "plug.csv"
+        url = f"mqtt://{broker.host}:{broker.port}"
+        command = ["energy", "listen", "--broker", url, "--topic", "tele/plug/SENSOR", "--out", str(out)]
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "tinytwin.cli", *command, "--samples", "3", "--seconds", "30"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        plug = MqttClient(broker.host, broker.port, "plug", lambda t, p: None)
+        plug.connect()
+        assert listener.stdout is not None and listener.stdout.readline().startswith("listening on")
+        for watts in (15, "state", 7, 8):
+            body = {"ENERGY": {"Power": watts}} if watts != "state" else {"POWER": "ON"}
+            plug.publish("tele/plug/SENSOR", json.dumps(body).encode(), 0)
+            time.sleep(0.3)
+        stdout, stderr = listener.communicate(timeout=30)
+        plug.close()
+        assert listener.returncode == 0, stderr
+        rows = out.read_text().splitlines()
+        assert rows[0] == "timestamp,watts" and [r.split(",")[1] for r in rows[1:]] == ["15", "7", "8"]
+        proc = run_cli("energy", "integrate", str(out))
+        assert proc.returncode == 0 and "3 samples" in proc.stdout
+    finally:
+        broker.stop()

@@ -106,6 +106,26 @@ def fit(
         console.print(f"profile snippet written to {profile_out}")
 
 
+@energy_app.command("listen")
+def listen(
+    broker: str = typer.Option(..., "--broker", help="the MQTT broker the plug publishes to, mqtt://host:port"),
+    topic: str = typer.Option(..., "--topic", help="the plug's readings topic, e.g. tele/plug1/SENSOR"),
+    out: Path = typer.Option(..., "--out", help="trace CSV to write (timestamp, watts)"),
+    field: str = typer.Option("ENERGY.Power", "--field", help="JSON path of the watts in each message"),
+    samples: int | None = typer.Option(None, "--samples", min=1, help="stop after this many readings"),
+    seconds: float | None = typer.Option(None, "--seconds", min=0.1, help="stop after this long"),
+) -> None:
+    """Record a smart plug's live power readings from MQTT as a trace (while a run goes on)."""
+    from tinytwin.emulate.broker import parse_broker_url
+    from tinytwin.fleet.power_listen import listen as record
+
+    if samples is None and seconds is None:
+        raise TinyTwinError("give --samples N or --seconds S (when to stop recording)")
+    host, port = parse_broker_url(broker)
+    n = record(host, port, topic, out, field, samples, seconds, lambda: print(f"listening on {topic}", flush=True))
+    console.print(f"{out}: {n} readings from {topic}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``energy`` command group to ``app``."""
     app.add_typer(energy_app, name="energy")

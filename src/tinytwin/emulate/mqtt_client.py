@@ -60,6 +60,7 @@ class MqttClient:
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.unacked: dict[int, str] = {}  # QoS 1 packet id -> the kind of what it carried
+        self.subacks: dict[int, threading.Event] = {}
         self.closed = threading.Event()
         self.on_close: Callable[[], None] = lambda: None
 
@@ -91,8 +92,13 @@ class MqttClient:
             self.packet_id = self.packet_id % 65535 + 1
             return self.packet_id
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        self._send(mqtt.subscribe(self._next_id(), topic, qos), "subscribe")
+    def subscribe(self, topic: str, qos: int = 1, timeout_s: float = 10.0) -> None:
+        """Subscribe and wait for the broker's SUBACK (from then on nothing published is missed)."""
+        pid = self._next_id()
+        acked = self.subacks[pid] = threading.Event()
+        self._send(mqtt.subscribe(pid, topic, qos), "subscribe")
+        if not acked.wait(timeout_s):
+            raise MqttError(f"no SUBACK for {topic} within {timeout_s:g} s")
 
     def publish(self, topic: str, payload: bytes, qos: int, kind: str = "publish", retain: bool = False) -> int:
         """Send one PUBLISH; returns its size on the wire."""
@@ -118,6 +124,8 @@ class MqttClient:
                 elif kind == mqtt.PUBACK and len(body) >= 2:  # tallied by what it acknowledges
                     self.received[f"puback:{self.unacked.pop(int.from_bytes(body[:2], 'big'), 'other')}"] += size
                 else:
+                    if kind == mqtt.SUBACK and len(body) >= 2:
+                        self.subacks.pop(int.from_bytes(body[:2], "big"), threading.Event()).set()
                     self.received[{mqtt.SUBACK: "suback", mqtt.PINGRESP: "ping"}.get(kind, "other")] += size
         except (OSError, MqttError):
             pass
