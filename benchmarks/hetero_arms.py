@@ -8,6 +8,7 @@ same seeds, on IID and Dirichlet(0.5) partitions:
   smallest   every group trains the nRF52840's model (the 0.125 sub-model, 784-8-4-10)
   fit-only   the full model, only on the boards it fits (the nRF52840 group left out)
   nested     each board its own rate, merged by nested averaging (HeteroFL)
+  scaled     nested with HeteroFL's static scaler (a member's hidden outputs x 1/rate in training)
   shallow    nested, but the nRF52840s train a one-hidden-layer member (``model_depth: 1``;
              ``auto`` still gives it rate 0.125: 784-8-10), its classifier averaged among them
   distilled  nested, then ensemble distillation at the server (FedDF) on a 1,000-sample
@@ -44,6 +45,7 @@ ARMS = {
     "smallest": [*(f"fleet.groups.{i}.model_rate=1.0" for i in range(3)), "model.hidden=[8, 4]"],
     "fit-only": ["fleet.groups.0.count=0"],  # replaced below: the nRF52840 group is dropped
     "nested": [],
+    "scaled": ["algorithm.aggregator.scaler=true"],  # nested with HeteroFL's static scaler
     "shallow": ["fleet.groups.0.model_depth=1"],  # nested, the nRF52840s on a one-hidden-layer member
     "distilled": [
         "algorithm.distillation.proxy.source=holdout",

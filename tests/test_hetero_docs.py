@@ -17,7 +17,7 @@ def test_table_is_rendered_from_the_results_file():
     gen, results, doc = _results()
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), doc, re.DOTALL)
     assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/hetero_arms.py --from-json"
-    assert len(results["arms"]) == 10 and results["seeds"] == [0, 1, 2]
+    assert len(results["arms"]) == 12 and results["seeds"] == [0, 1, 2]
 
 
 def test_the_prose_figures_and_verdict_match_the_results():
@@ -61,3 +61,15 @@ def test_the_depth_variant_prose_matches_the_results():
         assert shallow["accuracy"]["mean"] >= nested["accuracy"]["mean"]
         assert f"{100 * small:.2f} %" in prose and f"{100 * shallow['accuracy']['mean']:.2f} %" in prose
     assert arms["dirichlet/shallow"]["accuracy"]["mean"] < arms["dirichlet/fit-only"]["accuracy"]["mean"]
+
+
+def test_the_scaler_prose_matches_the_results():
+    gen, results, doc = _results()
+    arms = results["arms"]
+    prose = doc[doc.index(gen.END) :]
+    for method in ("iid", "dirichlet"):
+        scaled, nested = arms[f"{method}/scaled"], arms[f"{method}/nested"]
+        assert abs(scaled["accuracy"]["mean"] - nested["accuracy"]["mean"]) < 0.01  # "moved ... a little"
+        assert scaled["accuracy_small"]["mean"] < nested["accuracy_small"]["mean"]  # "made ... worse"
+        for value in (scaled["accuracy"]["mean"], scaled["accuracy_small"]["mean"]):
+            assert f"{100 * value:.2f} %" in prose

@@ -87,3 +87,26 @@ def test_int8_uplink_is_decoded_per_sub_model():
     assert torch.equal(delta, nested_average(torch.zeros_like(g), groups))
     exact, _ = hetero_round(g, trainers, 3, np.arange(6), keys_of(rates), parts)
     assert not torch.equal(delta, exact)  # the encoding really was applied
+
+
+def test_the_scaler_multiplies_a_members_hidden_outputs_while_it_trains():
+    """HeteroFL's scaler: a rate-0.5 member trains through x 2 layers after each hidden linear
+    layer (not after the classifier), so its trained update differs from the plain member's."""
+    from dataclasses import replace
+
+    from tinytwin.models.families import with_scaler
+
+    x, y, parts = planted()
+    rates = np.array([0.5] * 6)
+    plain = trainers_for(rates)
+    full = make_model("mlp", (1, 4, 4), 2, hidden=HIDDEN)
+    member = sub_model(full, {"hidden": HIDDEN}, 0.5)
+    scaled = replace(member, train_model=with_scaler(member.model, 0.5))
+    assert [layer.factor for layer in scaled.trained.layers if layer.kind == "scale"] == [2.0, 2.0]
+    assert scaled.trained.num_params == member.model.num_params
+    trainers = shape_trainers({scaled.key: scaled}, x, y, CFG, seed=1)
+    g = torch.randn(full.num_params, generator=torch.Generator().manual_seed(3)) * 0.3
+    with_scale, _ = hetero_round(g, trainers, 0, np.arange(6), keys_of(rates), parts)
+    without, _ = hetero_round(g, plain, 0, np.arange(6), keys_of(rates), parts)
+    assert not torch.allclose(with_scale, without)
+    assert "Scale" in str(trainers["0.5"].trainer.module) and "Scale" not in str(plain["0.5"].trainer.module)

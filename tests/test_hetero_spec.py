@@ -60,6 +60,18 @@ CLI_CASES = [
     ),
     ("attack-on-mixed-sizes", spec_text(rate="0.5") + "attacks: [{kind: sign_flip, devices: [0]}]\n", "attacks"),
     (
+        "scaler-without-nested",
+        spec_text(agg="fedavg").replace("{name: fedavg}}", "{name: fedavg, scaler: true}}"),
+        "algorithm.aggregator.scaler: scales nested members",
+    ),
+    (
+        "scaler-on-firmware",
+        spec_text(rate="0.5")
+        .replace("model_rate: 0.5}", "model_rate: 0.5, twin: firmware}")
+        .replace("{name: nested}}", "{name: nested, scaler: true}}"),
+        "has no scaler; use twin: process",
+    ),
+    (
         "depth-deeper-than-the-model",
         spec_text().replace("model_rate: 1.0}", "model_rate: 1.0, model_depth: 2}"),
         "fleet.groups.0.model_depth: 2 hidden layers, but model.hidden has 1; use 1 to 1",

@@ -52,9 +52,14 @@ def _final(run_dir: Path) -> tuple[np.ndarray, dict]:
 DISTILL = "  distillation: {proxy: {source: holdout, samples: 200}, epochs: 2, lr: 0.1}\n"
 
 
-@pytest.mark.parametrize("twin", ["process", "firmware", "process+distillation"])
+SCALER = "  aggregator: {name: nested, scaler: true}\n"
+
+
+@pytest.mark.parametrize("twin", ["process", "firmware", "process+distillation", "process+scaler"])
 def test_emulated_sizes_give_the_simulators_global_model(tmp_path: Path, twin: str) -> None:
     text = SPEC.replace("TWIN", twin.split("+")[0]) + (DISTILL if twin.endswith("distillation") else "")
+    if twin.endswith("scaler"):  # the numpy devices train through the scaler's layers, as the simulator
+        text = text.replace("  aggregator: {name: nested}\n", SCALER)
     spec_file = write_spec(tmp_path / "spec.yaml", text)
     sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
     spec, spec_yaml = load_spec(spec_file, [])

@@ -2,7 +2,7 @@
 
 The device runtime's interpreter of a layer list (:mod:`tinytwin.models.layers`): every
 layer kind the zoo builds — ``conv`` (stride, zero padding, groups: ordinary, depthwise and
-grouped), ``relu``, ``maxpool`` (kernel = stride, floor), ``avgpool`` (global average,
+grouped), ``relu``, ``scale`` (times a constant), ``maxpool`` (kernel = stride, floor), ``avgpool`` (global average,
 PyTorch's ``AdaptiveAvgPool2d(1)`` + flatten), ``flatten`` and ``linear`` — with the same
 semantics as the torch module :func:`tinytwin.models.zoo.build_module` makes (the zoo has
 no batch normalisation). Training is the math of :mod:`tinytwin.emulate.mlp_np` /
@@ -40,7 +40,7 @@ from tinytwin.rng import device_permutations
 
 __all__ = ["KINDS", "LocalTraining", "NpLayer", "Net", "describe", "evaluate", "layers_from", "train"]
 
-KINDS = ("conv", "relu", "maxpool", "avgpool", "flatten", "linear")
+KINDS = ("conv", "relu", "maxpool", "avgpool", "flatten", "linear", "scale")
 _F32 = np.float32
 
 
@@ -72,6 +72,7 @@ def describe(layers: Iterable[Any]) -> list[dict[str, Any]]:
             "stride": int(layer.stride),
             "padding": int(layer.padding),
             "groups": int(layer.groups),
+            **({"factor": float(layer.factor)} if layer.kind == "scale" else {}),
         }
         shape = NpLayer(
             layer.kind,
@@ -104,6 +105,7 @@ def layers_from(rows: Sequence[dict[str, Any]]) -> list[NpLayer]:
             int(r.get("stride", 1)),
             int(r.get("padding", 0)),
             int(r.get("groups", 1)),
+            factor=float(r.get("factor", 1.0)),
             w_offset=int(r.get("w_offset", -1)),
             b_offset=int(r.get("b_offset", -1)),
         )
@@ -251,6 +253,15 @@ class Net:
     @staticmethod
     def _b_relu(l: NpLayer, g: np.ndarray, out: np.ndarray, w: Any, need_dx: bool) -> tuple[Any, Any, Any]:
         return (g * (out > 0) if need_dx else None), None, None
+
+    # scale (HeteroFL's scaler): times a constant, forward and backward
+    @staticmethod
+    def _f_scale(l: NpLayer, h: np.ndarray, w: Any, b: Any, keep: bool) -> tuple[np.ndarray, Any]:
+        return h * _F32(l.factor), None
+
+    @staticmethod
+    def _b_scale(l: NpLayer, g: np.ndarray, out: Any, w: Any, need_dx: bool) -> tuple[Any, Any, Any]:
+        return (g * _F32(l.factor) if need_dx else None), None, None
 
     # flatten: (C, B, H, W) -> (B, C·H·W) in PyTorch's order
     @staticmethod

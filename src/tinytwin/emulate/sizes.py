@@ -36,7 +36,8 @@ class EmulatedSizes:
         self.heterogeneous = exp.models.heterogeneous
         distill = exp.spec.algorithm.distillation is not None
         self.nested = self.heterogeneous or distill  # merged by nested averaging (and distillation)
-        self.rows = {k: rows_of_any(sub.model) for k, sub in exp.models.sizes.items()} if self.nested else {}
+        sizes = exp.models.sizes.items() if self.nested else ()
+        self.rows = {k: rows_of_any(sub.trained) for k, sub in sizes}  # as trained and held (with a scaler's layers)
         self.distiller = ServerDistiller(exp) if distill else None
         self.distilled: DistillRound | None = None  # this round's, until take_distilled
         if coordinator is not None:

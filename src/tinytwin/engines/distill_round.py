@@ -68,7 +68,7 @@ class ServerDistiller:
         self.x = torch.from_numpy(np.ascontiguousarray(exp.proxy_x))
         self.models = {}
         for key, sub in exp.models.sizes.items():
-            module = exp.module if sub.model is exp.model else sub.model.build(exp.spec.seed)
+            module = exp.module if sub.trained is exp.model else sub.trained.build(exp.spec.seed)
             self.models[key] = (module, ParamLayout.of(module), sub.model)
         self.student = (exp.module, exp.layout, exp.model)  # the full model, even when no device trains it
         self.global_size = exp.model.num_params

@@ -260,6 +260,7 @@ def _plan(
             [max(len(parts[d]) for d in g.devices) for g in fleet.groups],
             options,
             [g.model_depth for g in spec.fleet.groups],
+            scaler=spec.algorithm.aggregator.scaler,
         )
     except ValueError as exc:
         raise SpecError("fleet", str(exc)) from None

@@ -48,7 +48,7 @@ def shape_trainers(
     are never used: every round starts from the server's slice)."""
     out = {}
     for key, sub in sizes.items():
-        module = sub.model.build(seed)
+        module = sub.trained.build(seed)
         trainer = LocalTrainer(module, ParamLayout.of(module), x_train, y_train, cfg, seed, **trainer_options)
         out[key] = ShapeTrainer(key, sub.index, trainer, sub.model.tensor_sizes)
     return out

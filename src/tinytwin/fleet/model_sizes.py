@@ -18,7 +18,7 @@ any other parameter, over the devices that hold them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from tinytwin.algorithms.nested import nested_index
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.fleet.rate_choice import RateChoice, choose_rate
-from tinytwin.models.families import family_member
+from tinytwin.models.families import family_member, with_scaler
 from tinytwin.models.zoo import ModelDef, make_model
 from tinytwin.spec.hetero import AUTO_RATES
 
@@ -44,6 +44,13 @@ class SubModel:
     model: ModelDef
     positions: np.ndarray | None  # server-vector positions of its parameters; None: the whole vector
     depth: int | None = None
+    train_model: ModelDef | None = None  # what it trains and holds, if not ``model`` (HeteroFL's scaler)
+
+    @property
+    def trained(self) -> ModelDef:
+        """The layer list the device trains and runs: ``model``, or with the scaler's layers
+        (parameter-free: ``model`` still gives its sizes, memory and FLOPs)."""
+        return self.train_model or self.model
 
     @property
     def key(self) -> str:
@@ -169,6 +176,7 @@ def plan_fleet_models(
     max_samples: Sequence[int],
     plan_options: dict[str, Any],
     group_depths: Sequence[int | None] | None = None,
+    scaler: bool = False,
 ) -> tuple[FleetModels, list[MemoryPlan]]:
     """Resolve every group's rate (``auto``: the largest of :data:`AUTO_RATES` that fits at its
     depth) and plan its memory for its member. A group that fits no rate keeps the smallest
@@ -207,6 +215,8 @@ def plan_fleet_models(
         sub_model(model, options, rate, depth, by_depth.get(depth) if depth is not None else None)
         for rate, depth in chosen.values()
     ]
+    if scaler:
+        members = [replace(s, train_model=with_scaler(s.model, s.rate)) for s in members]
     members.sort(key=lambda s: (-(s.depth if s.depth is not None else 1 << 30), -s.rate))
     sizes = {s.key: s for s in members}
     return FleetModels(rates, keys.astype(str), sizes, choices, model.num_params, tuple(heads)), plans

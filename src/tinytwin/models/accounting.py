@@ -32,7 +32,7 @@ def forward_flops(layers: Sequence[Layer], num_classes: int) -> int:
             total += 2 * layer.macs + (layer.out_size if layer.bias else 0)
         elif layer.kind == "groupnorm":
             total += 7 * layer.out_size
-        elif layer.kind in ("relu", "add"):
+        elif layer.kind in ("relu", "add", "scale"):
             total += layer.out_size
         elif layer.kind == "maxpool":
             total += layer.out_size * (layer.kernel * layer.kernel - 1)
@@ -53,7 +53,7 @@ def backward_flops(layers: Sequence[Layer], num_classes: int) -> int:
                 total += 2 * layer.macs
         elif layer.kind == "groupnorm":
             total += 8 * layer.out_size
-        elif layer.kind in ("relu", "maxpool", "add"):
+        elif layer.kind in ("relu", "maxpool", "add", "scale"):
             total += layer.out_size
         elif layer.kind == "avgpool":
             total += layer.in_size

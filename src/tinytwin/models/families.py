@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinytwin.algorithms.nested import sub_widths
+from tinytwin.models.layers import Layer
 from tinytwin.models.zoo import ARCHITECTURES, ModelDef, make_model
 
 WIDTH_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -54,3 +55,20 @@ def scaled_options(name: str, options: Mapping[str, Any] | None, rate: float) ->
 def family_member(model: ModelDef, options: Mapping[str, Any] | None, rate: float) -> ModelDef:
     """The rate-``rate`` member of ``model``'s family (``options``: the full model's options)."""
     return make_model(model.name, model.input_shape, model.num_classes, **scaled_options(model.name, options, rate))
+
+
+def with_scaler(model: ModelDef, rate: float) -> ModelDef:
+    """``model`` with HeteroFL's static scaler: every hidden linear or conv layer's output
+    multiplied by ``1 / rate``, so a narrow member's activations keep the full model's scale
+    while it trains (the member is evaluated, and held, without it). The classifier is not
+    scaled; rate 1 is the model itself."""
+    if rate == 1.0:
+        return model
+    layers = list(model.layers)
+    last = max(i for i, layer in enumerate(layers) if layer.kind in ("linear", "conv"))
+    out: list[Layer] = []
+    for i, layer in enumerate(layers):
+        out.append(layer)
+        if layer.kind in ("linear", "conv") and i != last:
+            out.append(Layer("scale", layer.out_shape, layer.out_shape, factor=1.0 / rate))
+    return ModelDef(model.name, tuple(out), model.input_shape, model.num_classes)

@@ -18,12 +18,13 @@ Shape = tuple[int, ...]  # per-sample shape, no batch dimension
 @dataclass(frozen=True)
 class Layer:
     """One layer. ``kind`` is one of: linear, conv, relu, maxpool, avgpool, flatten, groupnorm,
-    add, resblock.
+    add, resblock, scale.
 
     ``groupnorm`` normalises each sample over ``groups`` channel groups (a scale and a shift
     per channel); ``resblock`` is a residual basic block (:func:`block_parts` lists what it is
     made of; ``add`` is its skip connection's sum). ``bias`` is False for convolutions
-    followed by a normalisation, as in ResNets.
+    followed by a normalisation, as in ResNets. ``scale`` multiplies by ``factor`` (HeteroFL's
+    scaler: a width member's training graph, :func:`tinytwin.models.families.with_scaler`).
     """
 
     kind: str
@@ -36,6 +37,7 @@ class Layer:
     padding: int = 0
     groups: int = 1
     bias: bool = True
+    factor: float = 1.0
 
     @property
     def weight_shape(self) -> Shape | None:

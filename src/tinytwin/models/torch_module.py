@@ -30,6 +30,17 @@ class LayerModule(nn.Module):
         return self.body(x)
 
 
+class Scale(nn.Module):
+    """Multiplies by a constant (HeteroFL's scaler; no parameters)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 class ResBlock(nn.Module):
     """A residual basic block: ``main(x) + shortcut(x)``, then ReLU (:func:`block_parts`).
 
@@ -67,6 +78,8 @@ def _torch_layer(layer: Layer) -> nn.Module:
         return ResBlock(layer)
     if layer.kind == "relu":
         return nn.ReLU()
+    if layer.kind == "scale":
+        return Scale(layer.factor)
     if layer.kind == "maxpool":
         return nn.MaxPool2d(layer.kernel)
     if layer.kind == "avgpool":

@@ -85,6 +85,17 @@ def _check_depths(spec: Any) -> None:
             )
 
 
+def _check_scaler(spec: Any) -> None:
+    if spec.algorithm.aggregator.name != "nested":
+        raise ValueError("algorithm.aggregator.scaler: scales nested members; set algorithm.aggregator.name: nested")
+    boards = [i for i, g in enumerate(spec.fleet.groups) if g.twin in ("firmware", "wasm") and g.model_rate != 1.0]
+    if boards:
+        raise ValueError(
+            f"algorithm.aggregator.scaler: the C client of fleet.groups.{boards[0]} (twin "
+            f"{spec.fleet.groups[boards[0]].twin}) has no scaler; use twin: process or drop the scaler"
+        )
+
+
 def check_hetero(spec: Any) -> None:
     """Refuse mixed-model experiments the twins cannot run, naming the key and the fix."""
     if spec.algorithm.distillation is not None and spec.algorithm.aggregator.name != "nested":
@@ -95,6 +106,8 @@ def check_hetero(spec: Any) -> None:
         raise ValueError(
             f"algorithm.distillation: applies to the width families ({', '.join(WIDTH_OPTIONS)}), not {spec.model.name}"
         )
+    if spec.algorithm.aggregator.scaler:
+        _check_scaler(spec)
     if spec.algorithm.aggregator.name == "nested" and spec.algorithm.family != "centralized":
         raise ValueError(
             f"algorithm.aggregator.name: nested averaging applies to fedavg and fedprox, not {spec.algorithm.name}"

@@ -151,6 +151,10 @@ class AggregatorSpec(Strict):
     norm_bound: NormBoundSpec | None = Field(
         default=None, description="bound every update's L2 norm before the rule: clip or reject (every twin)"
     )
+    scaler: StrictBool = Field(
+        default=False,
+        description="nested: HeteroFL's static scaler, a rate-r member's hidden outputs times 1/r while it trains",
+    )
 
 
 class ServerOptimizerSpec(Strict):
