@@ -85,3 +85,47 @@ def test_planted_non_iid_case(tmp_path: Path, case: str):
         first, last = out.summary["distillation"]["kl_first_round"]
         assert last < first
         assert out.summary["distillation"]["server_s"] > 0 and out.summary["distillation"]["server_energy_j"] > 0
+
+
+def test_the_server_distils_a_shallower_members_classifier_too(tmp_path: Path):
+    """With a depth-1 group, the distilled update moves the depth-1 head away from its plain
+    nested average (its prototype is distilled on the distilled shared layer); without the
+    head step those positions would equal the average."""
+    import numpy as np
+    import torch
+
+    from conftest import write_spec
+    from tinytwin.algorithms.nested import RateGroup
+    from tinytwin.engines.distill_round import ServerDistiller
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.spec.load import load_spec
+
+    text = """
+name: heads
+seed: 1
+rounds: 1
+dataset: {name: digits}
+model: {name: mlp, hidden: [12, 8]}
+fleet:
+  groups:
+    - {name: deep, profile: esp32-s3, count: 2, link: wifi}
+    - {name: shallow, profile: esp32-s3, count: 2, link: wifi, model_depth: 1}
+algorithm: {name: fedavg, aggregator: {name: nested}, distillation: {proxy: {source: holdout, samples: 100}, epochs: 2, lr: 0.1}}
+"""
+    exp = prepare(load_spec(write_spec(tmp_path / "s.yaml", text), [])[0], tmp_path)
+    g = exp.initial_params()
+    gen = torch.Generator().manual_seed(0)
+    groups, keys = [], []
+    for key, sub in exp.models.sizes.items():
+        rows = 0.05 * torch.randn(2, sub.index.size, generator=gen)
+        groups.append(RateGroup(sub.index, rows, torch.ones(2)))
+        keys.append(key)
+    from tinytwin.algorithms.nested import nested_average
+
+    delta = nested_average(torch.zeros_like(g), groups)
+    distilled, info = ServerDistiller(exp).apply(g, delta, groups, keys, 1)
+    (head,) = exp.models.heads
+    at = slice(head.offset, head.offset + head.size)
+    assert head.offset == exp.model.num_params and g.numel() == head.offset + head.size
+    assert not torch.allclose(distilled[at], delta[at])
+    assert np.isfinite(distilled.numpy()).all() and info.server_s > 0

@@ -135,11 +135,17 @@ algorithm: {name: fedavg, aggregator: {name: nested}, local_epochs: 1, batch_siz
 """
 
 
-def test_depth_variants_agree_in_simulator_emulation_and_firmware(tmp_path: Path) -> None:
+@pytest.mark.parametrize("distil", [False, True])
+def test_depth_variants_agree_in_simulator_emulation_and_firmware(tmp_path: Path, distil: bool) -> None:
     """One-hidden-layer members (a firmware board among them) beside the two-layer model: the
     server's vector (global model, then the depth-1 head) is the same in both twins, and the
-    shallow members report their own accuracy and bytes."""
-    spec_file = write_spec(tmp_path / "spec.yaml", DEPTH_SPEC)
+    shallow members report their own accuracy and bytes. With distillation the server also
+    distils the depth-1 prototype's classifier (on the distilled shared layer)."""
+    text = DEPTH_SPEC.replace(
+        "aggregator: {name: nested},",
+        "aggregator: {name: nested}, distillation: {proxy: {source: holdout, samples: 200}, epochs: 2, lr: 0.1},",
+    )
+    spec_file = write_spec(tmp_path / "spec.yaml", text if distil else DEPTH_SPEC)
     sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
     spec, spec_yaml = load_spec(spec_file, [])
     run_dir, summary = start_emulation(
@@ -158,3 +164,9 @@ def test_depth_variants_agree_in_simulator_emulation_and_firmware(tmp_path: Path
         assert z["bytes_up"] == sim_sizes[key]["bytes_up"]
         assert z["test_accuracy"] == pytest.approx(sim_sizes[key]["test_accuracy"], abs=1e-6)
     assert summary["emulate"]["firmware"]["devices"] == 2
+    if distil:  # the head moved beyond its plain average: compare with the run without distillation
+        plain = start_run(
+            *load_spec(write_spec(tmp_path / "p.yaml", DEPTH_SPEC), []), tmp_path / "p", tmp_path, report=False
+        )
+        head = slice(global_size, None)
+        assert not np.allclose(simulated[head], _final(plain.run_dir)[0][head])

@@ -72,6 +72,7 @@ class ServerDistiller:
             self.models[key] = (module, ParamLayout.of(module), sub.model)
         self.student = (exp.module, exp.layout, exp.model)  # the full model, even when no device trains it
         self.global_size = exp.model.num_params
+        self.heads = [head_student(exp, head) for head in exp.models.heads]  # each depth's prototype
 
     def apply(
         self, g: torch.Tensor, delta: torch.Tensor, groups: Sequence[RateGroup], keys: Sequence[str], r: int
@@ -87,12 +88,27 @@ class ServerDistiller:
             teacher_flops += rows.shape[0] * forward_flops(model.layers, model.num_classes)
         ensemble = ensemble_logits(teachers, self.x)
         module, layout, model = self.student
-        c = self.cfg
         p = self.global_size
-        out = distill(
+        out = self._distil(module, layout, (g + delta)[:p], ensemble, r)
+        flops = self._student_flops(model)
+        distilled = delta.clone()
+        distilled[:p] = out.params - g[:p]
+        for module, layout, member, index, head_size in self.heads:
+            # the shallower prototype on the distilled shared layers; only its classifier is kept
+            new = g + distilled
+            d = self._distil(module, layout, new[torch.from_numpy(index)], ensemble, r)
+            head = torch.from_numpy(index[-head_size:])
+            distilled[head] = d.params[-head_size:] - g[head]
+            flops += self._student_flops(member)
+        server_s = (flops + teacher_flops * len(self.x)) / self.profile.flops_per_s
+        return distilled, DistillRound(out.kl, server_s, server_s * self.profile.power.active_w)
+
+    def _distil(self, module: Any, layout: Any, start: torch.Tensor, ensemble: torch.Tensor, r: int) -> Any:
+        c = self.cfg
+        return distill(
             module,
             layout,
-            (g + delta)[:p],
+            start,
             self.x,
             ensemble,
             epochs=c.epochs,
@@ -102,13 +118,20 @@ class ServerDistiller:
             seed=self.seed,
             round_=r,
         )
+
+    def _student_flops(self, model: Any) -> int:
         fwd = forward_flops(model.layers, model.num_classes)
-        flops = distillation_flops(fwd, backward_flops(model.layers, model.num_classes), 0, len(self.x), c.epochs)
-        server_s = (flops + teacher_flops * len(self.x)) / self.profile.flops_per_s
-        info = DistillRound(out.kl, server_s, server_s * self.profile.power.active_w)
-        distilled = delta.clone()
-        distilled[:p] = out.params - g[:p]
-        return distilled, info
+        return distillation_flops(fwd, backward_flops(model.layers, model.num_classes), 0, len(self.x), self.cfg.epochs)
+
+
+def head_student(exp: Any, head: Any) -> tuple[Any, Any, Any, np.ndarray, int]:
+    """The full-width member of ``head``'s depth, as distillation trains it: its module, layout,
+    model, server-vector positions, and the size of its classifier (the last positions)."""
+    from tinytwin.fleet.model_sizes import sub_model
+
+    member = sub_model(exp.model, exp.spec.model.options(), 1.0, head.depth, head)
+    module = member.trained.build(exp.spec.seed)
+    return module, ParamLayout.of(module), member.model, member.index, head.size
 
 
 def distillation_summary(log: Sequence[Sequence[float]]) -> dict[str, Any]:
