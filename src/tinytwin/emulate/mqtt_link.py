@@ -101,28 +101,23 @@ class MqttCoordinatorLink:
     def connect(self) -> bool:
         """Connect to the broker (retrying within the grace period) and subscribe; HELLO goes
         out when the gateway says it is online (retained, so at once if it already is)."""
-        self.close()
         deadline = time.monotonic() + self.grace_s
         while True:
-            client = DeviceClient(*self.broker, f"tinytwin-d{self.rt.id}-{self.connects}", self._deliver)
+            self.close()
+            self.sock, self._feed = socket.socketpair()
+            self.client = client = DeviceClient(*self.broker, f"tinytwin-d{self.rt.id}-{self.connects}", self._deliver)
+            client.on_close = self._broken
+            self.rt.round = 0
             try:
                 client.connect(will=(self.gone, b""))
-                break
-            except OSError as exc:
+                client.subscribe(self.down, 1)
+                client.subscribe(self.gateway, 1)
+                return True
+            except OSError:  # refused, reset, or no SUBACK (MqttError is one too): try again
                 if time.monotonic() > deadline:
+                    self.close()
                     return False
-                del exc
                 time.sleep(0.2)
-        self.sock, self._feed = socket.socketpair()
-        client.on_close = self._broken
-        self.client = client
-        self.rt.round = 0
-        try:
-            client.subscribe(self.down, 1)
-            client.subscribe(self.gateway, 1)
-        except (OSError, MqttError):
-            return self.connect()
-        return True
 
     def _hello(self) -> None:
         payload = json.dumps({**self.hello, "reconnects": self.connects}).encode()
