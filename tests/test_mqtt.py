@@ -5,6 +5,7 @@ broker killed mid-run is survived."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -116,12 +117,19 @@ def test_a_broker_killed_mid_run_is_survived(tmp_path: Path) -> None:
     spec, text = load_spec(spec_file, ["transport.protocol=mqtt"])
     killed: list[int] = []
 
+    def rounds_done() -> int:
+        for db in (tmp_path / "emu").glob("*/results.db"):
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                    return int(conn.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
+            except sqlite3.Error:
+                return 0
+        return 0
+
     def kill_broker() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            found = subprocess.run(["pgrep", "-f", f"mosquitto -c {tmp_path}"], capture_output=True, text=True)
-            if found.stdout.strip():
-                time.sleep(3.5)  # into the run: start-up and a round or two
+            if rounds_done() >= 1:  # every device has said HELLO and finished a round
                 subprocess.run(["pkill", "-f", f"mosquitto -c {tmp_path}"], check=False)
                 killed.append(1)
                 return
