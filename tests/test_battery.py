@@ -155,3 +155,19 @@ def test_bad_battery_is_one_line_exit_2_no_run_folder(tmp_path: Path, battery: s
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_says_how_many_rounds_a_full_charge_lasts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`tinytwin plan`: capacity ÷ the plan's energy per round (no idle, no harvest), floored."""
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.engines.planning import plan_groups
+
+    spec_file = _spec(tmp_path, battery="{capacity_j: 0.05}")
+    rows = plan_groups(prepare(load_spec(spec_file, [])[0], tmp_path))
+    mains, cells = rows
+    assert mains["battery_j"] is None and cells["battery_j"] == 0.05
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    proc = run_cli("plan", str(spec_file))
+    assert proc.returncode == 0, proc.stderr
+    expected = int(0.05 // cells["energy_j"])
+    assert f"at most {expected} rounds on a full charge" in proc.stdout

@@ -362,6 +362,14 @@ def plan(
             "bytes up / down", f"{fmt.format_bytes(row['bytes_up'])} / {fmt.format_bytes(row['bytes_down'])}", ""
         )
         table.add_row("energy / round (no idle)", fmt.format_energy(row["energy_j"]), "")
+        if row["battery_j"] is not None:
+            rounds = int(row["battery_j"] // row["energy_j"]) if row["energy_j"] > 0 else None
+            table.add_row(
+                "battery",
+                f"{fmt.format_energy(row['battery_j'])}: at most {rounds} rounds on a full charge "
+                "(no idle, no harvest)",
+                "",
+            )
         table.add_row("radio medium", _medium_text(row), "")
         console.print(table)
     if not all(p.fits for p in exp.memory):

@@ -58,6 +58,9 @@ def plan_groups(exp: Experiment) -> list[dict[str, Any]]:
                 "bytes_up": int(up.wire_bytes[0]),
                 "bytes_down": int(down.wire_bytes[0]),
                 "energy_j": energy,
+                "battery_j": float(exp.batteries.capacity_j[d0])
+                if exp.batteries is not None and exp.batteries.has_battery[d0]
+                else None,
             }
         )
     return rows
