@@ -152,6 +152,17 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def write_figures(results: dict[str, Any]) -> None:
+    """Figures 24 and 25 from the same results (``benchmarks/stgnn_figures.py``, loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stgnn_figures", Path(__file__).with_name("stgnn_figures.py"))
+    assert spec is not None and spec.loader is not None
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    figures.write_figures(results)
+
+
 def write_doc(results: dict[str, Any]) -> None:
     text = DOC.read_text()
     head, _, rest = text.partition(BEGIN)
@@ -166,6 +177,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.from_json:
         write_doc(json.loads(RESULTS.read_text()))
+        write_figures(json.loads(RESULTS.read_text()))
         return
     over = [f"dataset.data_dir={args.data_dir}"] if args.data_dir else []
     t0 = time.perf_counter()
@@ -182,6 +194,7 @@ def main() -> None:
     }
     RESULTS.write_text(json.dumps(results, indent=1))
     write_doc(results)
+    write_figures(results)
 
 
 if __name__ == "__main__":

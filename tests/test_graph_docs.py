@@ -29,3 +29,25 @@ def test_quoted_headline_figures_match_the_json() -> None:
     assert f"({central:.2f} vs {persistence:.2f})" in text
     assert central < persistence  # the trained model beats the last-value baseline at 15 min
     assert set(bench["setups"]) >= {"centralized", "traditional", "serverfree", "gossip"}
+
+
+def test_figures_24_and_25_are_drawn_from_the_results_file(tmp_path: Path) -> None:
+    """The PNGs the doc shows are what `stgnn_figures.write_figures` draws from stgnn.json."""
+    figures = load_benchmark("stgnn_figures")
+    written = figures.write_figures(json.loads(figures.RESULTS.read_text()), tmp_path)
+    assert [p.name for p in written] == ["stgnn-fig24.png", "stgnn-fig25.png"]
+    doc = (REPO / "docs" / "graph-forecasting.md").read_text()
+    for p in written:
+        assert p.stat().st_size > 20_000
+        assert f"reproductions/{p.name}" in doc and (REPO / "docs" / "reproductions" / p.name).exists()
+
+
+def test_the_figure_24_reading_holds() -> None:
+    """ "Cloudlets differ far more from each other than the setups do within a cloudlet"."""
+    setups = json.loads((REPO / "docs" / "results" / "stgnn.json").read_text())["bench"]["setups"]
+    wmape = {
+        s: [row["15min"]["wmape"] for row in v["per_cloudlet"]] for s, v in setups.items() if v.get("per_cloudlet")
+    }
+    across = max(wmape["centralized"]) - min(wmape["centralized"])
+    within = max(max(col) - min(col) for col in zip(*wmape.values()))
+    assert across > 3 * within
