@@ -5,6 +5,7 @@ sent its own sub-model) and with firmware boards in QEMU training their sub-mode
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +50,18 @@ def _final(run_dir: Path) -> tuple[np.ndarray, dict]:
     return np.asarray(ck[1]["global_params"]), summary
 
 
+def _both_twins(tmp_path: Path, text: str) -> tuple[Any, dict, np.ndarray, np.ndarray]:
+    """Run the spec ``text`` in the simulator and in the emulation (no pacing): the simulator's
+    run, the emulation's summary, and both final server vectors (simulated, emulated)."""
+    spec_file = write_spec(tmp_path / "spec.yaml", text)
+    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
+    spec, spec_yaml = load_spec(spec_file, [])
+    run_dir, summary = start_emulation(
+        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
+    )
+    return sim, summary, _final(sim.run_dir)[0], _final(run_dir)[0]
+
+
 DISTILL = "  distillation: {proxy: {source: holdout, samples: 200}, epochs: 2, lr: 0.1}\n"
 
 
@@ -60,14 +73,7 @@ def test_emulated_sizes_give_the_simulators_global_model(tmp_path: Path, twin: s
     text = SPEC.replace("TWIN", twin.split("+")[0]) + (DISTILL if twin.endswith("distillation") else "")
     if twin.endswith("scaler"):  # the numpy devices train through the scaler's layers, as the simulator
         text = text.replace("  aggregator: {name: nested}\n", SCALER)
-    spec_file = write_spec(tmp_path / "spec.yaml", text)
-    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
-    spec, spec_yaml = load_spec(spec_file, [])
-    run_dir, summary = start_emulation(
-        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
-    )
-    emulated, _ = _final(run_dir)
-    simulated, _ = _final(sim.run_dir)
+    sim, summary, simulated, emulated = _both_twins(tmp_path, text)
     assert emulated.shape == simulated.shape == (64 * 24 + 24 + 24 * 12 + 12 + 12 * 10 + 10,)
     assert np.abs(emulated - simulated).max() <= 1e-6
     sizes = {z["rate"]: z for z in summary["model_sizes"]}
@@ -82,6 +88,7 @@ def test_emulated_sizes_give_the_simulators_global_model(tmp_path: Path, twin: s
         assert summary["distillation"]["rounds"] == sim.summary["distillation"]["rounds"] == 3
         assert summary["distillation"]["kl_last_round"] == pytest.approx(sim.summary["distillation"]["kl_last_round"])
         assert summary["sim_time_s"] == pytest.approx(sim.summary["sim_time_s"])
+    spec_yaml = load_spec(tmp_path / "spec.yaml", [])[1]
     assert yaml.safe_load(spec_yaml)["fleet"]["groups"][0]["model_rate"] == 0.25
 
 
@@ -104,14 +111,7 @@ def test_cnn_channel_rates_agree_in_simulator_and_emulation(tmp_path: Path) -> N
     """LeNet-5 members of rate 0.25 / 0.5 / 1 (channels and fully connected widths scaled):
     the numpy device processes train each its own CNN, and the global model equals the
     simulator's; each size is its own parameter count."""
-    spec_file = write_spec(tmp_path / "spec.yaml", CNN_SPEC)
-    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
-    spec, spec_yaml = load_spec(spec_file, [])
-    run_dir, summary = start_emulation(
-        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
-    )
-    emulated, _ = _final(run_dir)
-    simulated, _ = _final(sim.run_dir)
+    sim, summary, simulated, emulated = _both_twins(tmp_path, CNN_SPEC)
     assert np.abs(emulated - simulated).max() <= 1e-5
     sizes = {z["rate"]: z for z in summary["model_sizes"]}
     assert [sizes[r]["channels"] for r in (0.25, 0.5, 1.0)] == [[2, 2], [3, 4], [6, 8]]
@@ -145,14 +145,7 @@ def test_depth_variants_agree_in_simulator_emulation_and_firmware(tmp_path: Path
         "aggregator: {name: nested},",
         "aggregator: {name: nested}, distillation: {proxy: {source: holdout, samples: 200}, epochs: 2, lr: 0.1},",
     )
-    spec_file = write_spec(tmp_path / "spec.yaml", text if distil else DEPTH_SPEC)
-    sim = start_run(*load_spec(spec_file, []), tmp_path / "sim", tmp_path, report=False)
-    spec, spec_yaml = load_spec(spec_file, [])
-    run_dir, summary = start_emulation(
-        spec, spec_yaml, tmp_path / "emu", tmp_path, EmulateOptions(time_scale=0.0), report=False
-    )
-    emulated, _ = _final(run_dir)
-    simulated, _ = _final(sim.run_dir)
+    sim, summary, simulated, emulated = _both_twins(tmp_path, text if distil else DEPTH_SPEC)
     global_size = 64 * 20 + 20 + 20 * 12 + 12 + 12 * 10 + 10
     assert emulated.shape == simulated.shape == (global_size + 10 * 20 + 10,)
     assert np.abs(emulated - simulated).max() <= 1e-6

@@ -79,7 +79,7 @@ def write_round(
     device_rows: Sequence[Mapping[str, Any]],
     events: Sequence[Mapping[str, Any]],
     checkpoint: Mapping[str, Any] | None,
-    battery: Sequence[tuple[int, int, float]] = (),
+    battery: Sequence[tuple[int, int, float, float]] = (),
 ) -> None:
     """Commit the measured rows together with the round (one transaction, as :mod:`tinytwin.store.dfl` does)."""
     conn = store.conn

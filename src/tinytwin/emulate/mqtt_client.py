@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from tinytwin.emulate.wire_np import recv_exact
 from tinytwin.wire import mqtt
 
 OnMessage = Callable[[str, bytes], None]
@@ -23,22 +24,12 @@ class MqttError(ConnectionError):
     """The broker refused us, or the connection broke."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise MqttError("broker closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
 def read_packet(sock: socket.socket) -> tuple[int, int, bytes, int]:
     """(type, flags, body, bytes on the wire) of the next packet."""
-    first = _recv_exact(sock, 1)[0]
+    first = recv_exact(sock, 1)[0]
     length, shift, header = 0, 0, 1
     while True:
-        digit = _recv_exact(sock, 1)[0]
+        digit = recv_exact(sock, 1)[0]
         header += 1
         length += (digit & 0x7F) << shift
         shift += 7
@@ -46,7 +37,7 @@ def read_packet(sock: socket.socket) -> tuple[int, int, bytes, int]:
             break
         if shift > 21:
             raise MqttError("malformed remaining length")
-    return first >> 4, first & 0x0F, _recv_exact(sock, length), header + length
+    return first >> 4, first & 0x0F, recv_exact(sock, length), header + length
 
 
 class MqttClient:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytwin.emulate.mqtt_client import MqttClient, MqttError
+from tinytwin.emulate.wire_np import Rejected, read_frame_blocking
 from tinytwin.wire import frame as fm
 from tinytwin.wire import mqtt
 from tinytwin.wire.mqtt import gateway_topic, topics
@@ -47,18 +48,6 @@ def qos_of(frame: bytes) -> int:
 
 def counted(frame: bytes) -> bool:
     return len(frame) >= fm.HEADER_SIZE and fm.msg_type_of(frame) in COUNTED
-
-
-def split_frames(buf: bytearray) -> list[bytes]:
-    """Whole frames at the front of ``buf`` (removed from it); a partial frame stays."""
-    out = []
-    while len(buf) >= fm.HEADER_SIZE:
-        total = fm.frame_length(bytes(buf[: fm.HEADER_SIZE]))
-        if len(buf) < total:
-            break
-        out.append(bytes(buf[:total]))
-        del buf[:total]
-    return out
 
 
 class DeviceClient(MqttClient):
@@ -231,16 +220,11 @@ class MqttGateway:
     def _pump_down(self, device: int, conn: socket.socket) -> None:
         """Coordinator -> device: every whole frame the coordinator writes becomes a PUBLISH."""
         down = topics(self.name, device)[1]
-        buf = bytearray()
         try:
             while True:
-                chunk = conn.recv(1 << 16)
-                if not chunk:
-                    return
-                buf += chunk
-                for f in split_frames(buf):
-                    self.client.publish(down, f, qos_of(f))
-        except (OSError, MqttError, fm.FrameError):
+                f = read_frame_blocking(conn, fm.FRAME_OVERHEAD + fm.MAX_PAYLOAD)
+                self.client.publish(down, f, qos_of(f))
+        except (OSError, Rejected):  # the connection ended (MqttError is an OSError too)
             return
 
     def _drop(self, device: int) -> None:

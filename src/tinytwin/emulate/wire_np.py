@@ -51,9 +51,9 @@ def read_frame_blocking(sock: Any, max_frame: int) -> bytes:
     ``ConnectionError`` at end of stream.
     """
     frame, _ = load_wire()
-    header = _recv_exact(sock, frame.HEADER_SIZE)
+    header = recv_exact(sock, frame.HEADER_SIZE)
     total = checked_length(frame, header, max_frame)
-    return header + _recv_exact(sock, total - frame.HEADER_SIZE)
+    return header + recv_exact(sock, total - frame.HEADER_SIZE)
 
 
 def decode_checked(frame: Any, data: bytes, key_for: Any, guard: Any) -> Any:
@@ -79,7 +79,8 @@ def checked_length(frame: Any, header: bytes, max_frame: int) -> int:
     return total
 
 
-def _recv_exact(sock: Any, n: int) -> bytes:
+def recv_exact(sock: Any, n: int) -> bytes:
+    """Exactly ``n`` bytes from a blocking socket; ``ConnectionError`` at end of stream."""
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(min(n - len(buf), 1 << 20))

@@ -122,16 +122,17 @@ def settle_round(
     t1: float,
     r: int,
     events: list[dict[str, Any]],
-) -> tuple[np.ndarray | None, np.ndarray | None, list[tuple[int, int, float]]]:
+) -> tuple[np.ndarray | None, np.ndarray | None, list[tuple[int, int, float, float]]]:
     """One round's end on a twin: the new charge and empty flags (None without batteries), the
     round's battery events appended to ``events``, and the store's rows ``(round, device,
-    charge_j)`` of the devices that have a battery."""
+    charge_j, capacity_j)`` of the devices that have a battery."""
     if batteries is None:
         return None, None, []
     assert charge_j is not None and empty is not None, "a run with batteries carries their state"
     new = batteries.after_round(BatteryState(charge_j, empty), energy_j, t0, t1)
     events.extend(new.events(r, t1))
-    rows = [(r, int(d), float(new.charge_j[d])) for d in np.flatnonzero(batteries.has_battery)]
+    cap = batteries.capacity_j
+    rows = [(r, int(d), float(new.charge_j[d]), float(cap[d])) for d in np.flatnonzero(batteries.has_battery)]
     return new.charge_j, new.empty, rows
 
 

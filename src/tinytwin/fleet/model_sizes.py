@@ -27,7 +27,7 @@ from tinytwin.algorithms.nested import nested_index
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.fleet.rate_choice import RateChoice, choose_rate
 from tinytwin.models.families import family_member, with_scaler
-from tinytwin.models.zoo import ModelDef, make_model
+from tinytwin.models.zoo import ModelDef
 from tinytwin.spec.hetero import AUTO_RATES
 
 
@@ -123,11 +123,7 @@ class FleetModels:
 
         parts = []
         for head in self.heads:
-            shallow = make_model(
-                model.name, model.input_shape, model.num_classes, **_depth_options(options, head.depth)
-            )
-
-            module = shallow.build(seed)
+            module = member_model(model, options, 1.0, head.depth).build(seed)
             parts.append(ParamLayout.of(module).flatten(module).numpy()[-head.size :])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 

@@ -14,13 +14,12 @@ from tinytwin.report.plot_style import PALETTE, new_axes, save
 MAX_LINES = 12  # above this many battery devices, a min / median / max band instead of one line each
 
 
-def battery_plot(rows: Sequence[Mapping[str, Any]], capacity_j: Mapping[int, float], label: str, path: Path) -> Path:
+def battery_plot(rows: Sequence[Mapping[str, Any]], label: str, path: Path) -> Path:
     """Charge in % of capacity after each round, one line per device (or a band for many)."""
     by_device: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for row in rows:
-        by_device[int(row["device"])].append(
-            (int(row["round"]), 100.0 * float(row["charge_j"]) / capacity_j[int(row["device"])])
-        )
+        percent = 100.0 * float(row["charge_j"]) / float(row["capacity_j"])
+        by_device[int(row["device"])].append((int(row["round"]), percent))
     fig, ax = new_axes(f"{label}: battery state of charge", "Round", "Charge (% of capacity)")
     if len(by_device) <= MAX_LINES:
         for i, (d, points) in enumerate(sorted(by_device.items())):

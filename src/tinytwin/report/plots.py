@@ -133,8 +133,7 @@ def make_plots(store: RunStore, run_id: str, out_dir: Path) -> dict[str, Path]:
         paths["model_sizes"] = sizes_plot(info.summary["model_sizes"], label, out_dir / "model_sizes.png")
     battery = store.battery_rounds(run_id)
     if battery:
-        capacity = _battery_capacities(info.spec_yaml, len(devices))
-        paths["battery"] = battery_plot(battery, capacity, label, out_dir / "battery.png")
+        paths["battery"] = battery_plot(battery, label, out_dir / "battery.png")
     return paths
 
 
@@ -220,19 +219,3 @@ def _class_hist_plot(devices: list[dict[str, Any]], label: str, path: Path) -> P
         im = ax.imshow(hist.T, aspect="auto", interpolation="nearest", cmap="viridis", origin="lower")
         fig.colorbar(im, ax=ax, label="Training samples")
     return save(fig, path)
-
-
-def _battery_capacities(spec_yaml: str, num_devices: int) -> dict[int, float]:
-    """Each battery device's capacity in joules, from the run's own spec."""
-    import yaml
-
-    from tinytwin.fleet.battery import capacity_joules
-    from tinytwin.spec.load import validate_spec
-
-    spec = validate_spec(yaml.safe_load(spec_yaml))
-    out, first = {}, 0
-    for g in spec.fleet.groups:
-        if g.battery is not None:
-            out.update({d: capacity_joules(g.battery) for d in range(first, first + g.count)})
-        first += g.count
-    return out

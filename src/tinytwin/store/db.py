@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS battery_rounds (
     round INTEGER NOT NULL,
     device INTEGER NOT NULL,
     charge_j REAL NOT NULL,
+    capacity_j REAL NOT NULL,
     PRIMARY KEY (run_id, round, device)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -232,10 +233,10 @@ class RunStore:
         device_rows: Sequence[Mapping[str, Any]],
         events: Sequence[Mapping[str, Any]],
         checkpoint: Mapping[str, Any] | None,
-        battery: Sequence[tuple[int, int, float]] = (),
+        battery: Sequence[tuple[int, int, float, float]] = (),
     ) -> None:
         """Commit one finished round, its per-device rows, events, battery charges ``(round,
-        device, charge_j)`` and the resume checkpoint atomically."""
+        device, charge_j, capacity_j)`` and the resume checkpoint atomically."""
         with writing(self.path), self.conn:
             self.conn.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
@@ -249,7 +250,7 @@ class RunStore:
             )
             self._insert_events(run_id, events)
             self.conn.executemany(
-                "INSERT OR REPLACE INTO battery_rounds VALUES (?,?,?,?)", [(run_id, *row) for row in battery]
+                "INSERT OR REPLACE INTO battery_rounds VALUES (?,?,?,?,?)", [(run_id, *row) for row in battery]
             )
             if checkpoint is not None:
                 self.conn.execute(
@@ -308,7 +309,8 @@ class RunStore:
         for results files written before batteries existed)."""
         try:
             return self._dicts(
-                "SELECT round, device, charge_j FROM battery_rounds WHERE run_id = ? ORDER BY round, device", run_id
+                "SELECT round, device, charge_j, capacity_j FROM battery_rounds WHERE run_id = ? ORDER BY round, device",
+                run_id,
             )
         except sqlite3.OperationalError:
             return []
