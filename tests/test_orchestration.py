@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_spec
 from dfl_util import resume_engine, run_engine, spec_dict
 from tinytwin.algorithms.rva import (
     LogFit,
@@ -137,15 +136,6 @@ def test_rva_validates_a_costlier_configuration_and_decides_from_the_fitted_curv
 def test_bad_orchestration_is_refused(orchestration, message):
     with pytest.raises(SpecError, match=message):
         validate_spec(_raw(orchestration, {}))
-
-
-def test_emulating_an_orchestrated_run_is_refused_in_one_line(tmp_path):
-    import yaml
-
-    spec = write_spec(tmp_path / "o.yaml", yaml.safe_dump(_raw({"budget": 10.0}, {})))
-    r = run_cli("emulate", str(spec), "--out", str(tmp_path / "runs"))
-    assert r.returncode != 0 and "orchestration" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "runs").exists()
 
 
 def test_a_resumed_orchestrated_run_makes_the_same_decisions(tmp_path):

@@ -98,6 +98,12 @@ class LocalAggregator:
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.pids: dict[int, int] = {}
         self.connected: dict[int, asyncio.Event] = {d: asyncio.Event() for d in self.n_train}
+        # An orchestrated run moves devices between aggregators: members come with each round's plan,
+        # a member handed over to another aggregator is let go quietly, any other lost member is
+        # reported to the GA at once (a BYE), which is how the orchestrator hears of a leave.
+        self.orchestrated = bool(cfg.get("orchestrated", False))
+        self.handed_over: set[int] = set()
+        self.gw: asyncio.StreamWriter | None = None
         self.killed: set[int] = set()
         self.lost: set[int] = set()  # connections closed during the current global round
         self.failed: dict[int, str] = {}
@@ -130,7 +136,8 @@ class LocalAggregator:
                     self.control_bytes += size
                     if content.get("reconnects"):
                         self.reconnects += 1
-                    self.connected[device].set()
+                    self.handed_over.discard(device)
+                    self._connected(device).set()
                 elif fr.msg_type == fm.MsgType.METRICS:
                     self.down.metrics[fr.sender] = content
                     self.control_bytes += size
@@ -144,13 +151,36 @@ class LocalAggregator:
         finally:
             if device is not None and self.writers.get(device) is writer:
                 del self.writers[device]
-                self.connected[device].clear()
+                self._connected(device).clear()
                 self.lost.add(device)
+                self._report_left(device)
                 if device in self.down.expect and device not in self.down.updates:
                     self.failed[device] = "killed" if device in self.killed else "disconnected"
                     self.down.expect.discard(device)
                     self._check_done()
             writer.close()
+
+    def _connected(self, device: int) -> asyncio.Event:
+        return self.connected.setdefault(device, asyncio.Event())
+
+    def _report_left(self, device: int) -> None:
+        """Tell the GA (orchestrated runs) that a member's connection is gone, unless it was handed over."""
+        if not self.orchestrated or device in self.handed_over or self.gw is None:
+            return
+        bye = json.dumps({"device": device, "cluster": self.cluster}).encode()
+        try:
+            self.gw.write(self.up.make(fm.MsgType.BYE, max(self.up.round, 1), "none", bye))
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+
+    async def _hand_over(self, moves: dict[str, int]) -> None:
+        """The orchestrator's reconfiguration: tell each moved member its new aggregator's port."""
+        for ds, port in sorted(moves.items()):
+            d = int(ds)
+            self.handed_over.add(d)
+            msg = json.dumps({"cmd": "redirect", "port": int(port)}).encode()
+            await self._send(d, self.down.make(fm.MsgType.CONTROL, d, max(self.down.round, 1), "none", msg))
+            log(f"aggregator {self.cluster}: device {d} handed over to the aggregator on port {port}")
 
     def _drop_update(self, device: int, reason: str) -> None:
         """A member's update was refused for its content: it is out of this local round now."""
@@ -165,7 +195,7 @@ class LocalAggregator:
         return await send_frame(self.writers.get(d), data)
 
     async def _wait_connected(self, devices: list[int], timeout: float) -> None:
-        waiting = [self.connected[d].wait() for d in devices if d not in self.writers]
+        waiting = [self._connected(d).wait() for d in devices if d not in self.writers]
         if waiting:
             try:
                 await asyncio.wait_for(asyncio.gather(*waiting), timeout)
@@ -213,6 +243,7 @@ class LocalAggregator:
         key = int(lp["key"])
         wire = key + offset
         devs = {int(d): v for d, v in lp["devices"].items()}
+        self.n_train.update({d: int(v["n_train"]) for d, v in devs.items() if "n_train" in v})  # moved-in members
         planned = sorted(devs)
         # wait for members that are (re)starting; not for those that died earlier in this global round
         await self._wait_connected(
@@ -399,6 +430,7 @@ class LocalAggregator:
             server.close()
             return NO_COORDINATOR_EXIT
         greader, gw = conn
+        self.gw = gw
         if self.cfg.get("announce_ready"):  # first start: say when every member is connected
             await self._wait_connected(sorted(self.n_train), float(self.cfg["hello_timeout_s"]))
             ready = {"kind": "ready", "connected": sorted(self.writers)}
@@ -423,6 +455,7 @@ class LocalAggregator:
                         code = NO_COORDINATOR_EXIT
                         break
                     greader, gw = conn
+                    self.gw = gw
                     plans = {}
                     continue
                 got = self.up.handle(data)
@@ -433,6 +466,9 @@ class LocalAggregator:
                     if content["cmd"] == "round":
                         plans = {k: v for k, v in plans.items() if k > self.up.round}
                         plans[int(content["round"])] = content
+                        continue
+                    if content["cmd"] == "redirect":
+                        await self._hand_over(content.get("devices", {}))
                         continue
                     log(f"aggregator {self.cluster}: {content['cmd']}")
                     await self._stop_devices()

@@ -107,10 +107,12 @@ class DeviceRuntime:
         if fr.msg_type == fm.MsgType.CONTROL:
             try:
                 cmd = json.loads(fr.payload.decode())
-                if not isinstance(cmd, dict) or cmd.get("cmd") not in ("stop", "round"):
+                if not isinstance(cmd, dict) or cmd.get("cmd") not in ("stop", "round", "redirect"):
                     raise ValueError(f"unknown command {cmd!r}")
                 if cmd["cmd"] == "round" and not _valid_plan(cmd):
                     raise ValueError(f"bad round plan {cmd!r}")
+                if cmd["cmd"] == "redirect" and not _valid_redirect(cmd):
+                    raise ValueError(f"bad redirect {cmd!r}")
             except (ValueError, UnicodeDecodeError) as exc:
                 raise Rejected("bad_payload", str(exc)) from None
             return fr, cmd
@@ -145,6 +147,19 @@ def _valid_plan(cmd: dict[str, Any]) -> bool:
         and seconds("cut_after_s")
         and isinstance(cmd.get("drop_update", False), bool)
     )
+
+
+def _valid_port(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+
+
+def _valid_redirect(cmd: dict[str, Any]) -> bool:
+    """An orchestrator's move: a device is given its new parent's port; a local aggregator, the
+    ports of the members it is to hand over."""
+    if "port" in cmd:
+        return _valid_port(cmd["port"])
+    moves = cmd.get("devices")
+    return isinstance(moves, dict) and all(k.isdigit() and _valid_port(v) for k, v in moves.items())
 
 
 def _arena(nbytes: int) -> mmap.mmap | None:
@@ -336,6 +351,14 @@ def run(cfg: dict[str, Any]) -> int:
             if content["cmd"] == "round":
                 plans = {k: v for k, v in plans.items() if k > rt.round}
                 plans[int(content["round"])] = content
+                continue
+            if content["cmd"] == "redirect":  # the orchestrator moved it to another parent
+                if isinstance(conn, CoordinatorLink) and "port" in content:
+                    log(f"device {rt.id}: redirected to port {content['port']}")
+                    conn.addr = (conn.addr[0], int(content["port"]))
+                    plans = {}
+                    if not conn.connect():
+                        return NO_COORDINATOR_EXIT
                 continue
             log(f"device {rt.id}: {content['cmd']}")
             return 0

@@ -77,7 +77,10 @@ class Coordinator:
         return self.keys.get(sender)
 
     def make(self, msg_type: fm.MsgType, receiver: int, round_: int, encoding: str, payload: bytes) -> bytes:
-        self.nonce += 1
+        # Nonces follow the wall clock, not a per-process count: a device that an orchestrated run
+        # redirects hears the coordinator and then local aggregators (one wire id, several processes),
+        # and each must be ahead of the frames it heard before.
+        self.nonce = max(self.nonce + 1, time.time_ns())
         return fm.encode_frame(
             fm.Frame(msg_type, COORDINATOR_ID, receiver, round_, encoding, 0, self.nonce, payload), self.keys[receiver]
         )

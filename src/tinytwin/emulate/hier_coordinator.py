@@ -53,7 +53,7 @@ import numpy as np
 from tinytwin.algorithms.aggregators_np import NP_RULES
 from tinytwin.emulate.aggregator import AGGREGATOR_BASE, aggregator_id
 from tinytwin.emulate.fork_fleet import maps_torch, proc_cpu_s
-from tinytwin.emulate.hier_files import HierFiles
+from tinytwin.emulate.hier_orchestration import HierOrchestration
 from tinytwin.emulate.hier_plan import HierRoundPlan, lossless, plan_round
 from tinytwin.emulate.hier_record import HierRecording
 from tinytwin.emulate.hier_state import HierOptions as HierOptions  # re-exported: the family's options
@@ -64,7 +64,7 @@ from tinytwin.emulate.lifecycle import (
     bind_coordinator,
 )
 from tinytwin.emulate.processes import child_env, note_memory
-from tinytwin.emulate.serving import accepted_frames, send_frame
+from tinytwin.emulate.serving import accepted_frames
 from tinytwin.engines.hierarchical import HState
 from tinytwin.errors import TinyTwinError
 from tinytwin.fleet.cost import take_links
@@ -82,10 +82,11 @@ MiB = 2**20
 def check_hier_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, in one line, what the hierarchical emulation does not run."""
     a = spec.algorithm
-    if a.hierarchical.orchestration is not None:
+    f = spec.failures
+    if a.hierarchical.orchestration is not None and (f.permanent or f.permanent_probability):
         raise TinyTwinError(
-            "emulate: algorithm.hierarchical.orchestration (reconfiguration, budget stop, RVA) is "
-            "simulation-only so far (tinytwin run)"
+            "emulate: an orchestrated run enacts failures.join and failures.leave as processes; "
+            "failures.permanent is simulation-only there (tinytwin run)"
         )
     if a.aggregator.name not in NP_RULES or a.aggregator.norm_bound is not None:
         raise TinyTwinError(
@@ -95,14 +96,11 @@ def check_hier_emulatable(spec: ExperimentSpec) -> None:
         )
 
 
-class HierEmulation(HierRecording, HierFiles, HierSummary):
+class HierEmulation(HierRecording, HierOrchestration, HierSummary):
     """One hierarchical emulated run: processes, rounds, results."""
 
     # ---- files -------------------------------------------------------------------------
     # ---- processes ---------------------------------------------------------------------
-    async def _spawn_device(self, d: int) -> None:
-        await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
-
     async def _start_la(self, c: int, first: bool) -> bool:
         """Start local aggregator c and wait for its HELLO; False if it did not say it."""
         self.la_hello[c] = asyncio.Event()
@@ -129,7 +127,15 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
             async for fr, content, total in accepted_frames(
                 reader, writer, self.coord, lambda: wid, reject_device=lambda: None
             ):
-                if fr.msg_type == fm.MsgType.HELLO:
+                if fr.msg_type == fm.MsgType.HELLO and fr.sender < AGGREGATOR_BASE:
+                    wid = fr.sender  # a joining device registers (orchestrated runs: hier_orchestration)
+                    self.registered[wid] = writer
+                    self.control_bytes += total
+                    self._note_heard("join", wid)
+                elif fr.msg_type == fm.MsgType.BYE and cluster is not None:
+                    self._note_heard("leave", int(content.get("device", -1)))  # a member's connection broke
+                    self.control_bytes += total
+                elif fr.msg_type == fm.MsgType.HELLO:
                     wid, cluster = fr.sender, fr.sender - AGGREGATOR_BASE
                     self.la_writers[cluster] = writer
                     self.la_port[cluster] = int(content.get("port", 0))
@@ -149,6 +155,8 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
                     self.coord.update_bytes[fr.sender] = total
                     self._check_done()
         finally:
+            if cluster is None and wid is not None and self.registered.get(wid) is writer:
+                del self.registered[wid]  # a registered joiner went on to its LA (or died)
             if cluster is not None and self.la_writers.get(cluster) is writer:
                 del self.la_writers[cluster]
                 rs = self.rs
@@ -187,9 +195,6 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
         if all(self._delivered(w - AGGREGATOR_BASE) for w in self.coord.expect):
             self.done.set()
 
-    async def _send_la(self, c: int, data: bytes) -> bool:
-        return await send_frame(self.la_writers.get(c), data)
-
     # ---- rounds ---------------------------------------------------------------------------
     async def _start_cluster(
         self,
@@ -211,6 +216,8 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
                 down = float(lp.down.time_s[i]) if i is not None else extra_down.get(d, 0.0)
                 up = float(lp.up.time_s[i]) if i is not None else 0.0
                 devs[str(d)] = {"down_wait_s": down * ts, "up_wait_s": up * ts}
+                if self.orchestrated:  # members move between LAs: each is introduced with its weight
+                    devs[str(d)]["n_train"] = int(self.sim.n_train[d])
                 paced = max(paced, (down + float(self.sim.compute_s[d]) + up) * ts)
             local.append({"key": lp.key, "devices": devs, "paced_s": paced})
         kill = {
@@ -298,7 +305,8 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
         for d, kind in changes:
             events.append(self._event(r, d, kind, f"device {d} {kind}"))
         online = exp.timeline.online(r)
-        ids = np.flatnonzero(online)
+        self.change_cost = await self._orchestrate(r, st, changes, online, events) if self.orchestrated else 0.0
+        ids = np.flatnonzero(online & (sim.assign >= 0))  # outside an orchestrated configuration: no part
         failing = {d for d, kind in changes if kind == "failure" and d not in self.gone}
         kill_now = {int(d) for d in self.opt.kill_devices.get(r, []) if online[int(d)]}
         victims = failing | kill_now
@@ -406,7 +414,7 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
                 f"see {self.edir / 'logs'}"
             )
         self._write_devices()
-        for d in range(self.n):
+        for d in map(int, np.flatnonzero(self.spawned)):  # an orchestrated run's joiners start later
             await self._spawn_device(d)
         start_events = []
         try:
@@ -460,6 +468,8 @@ class HierEmulation(HierRecording, HierFiles, HierSummary):
             if not resumed:
                 await self._start_processes()
             for r in range(st.round + 1, spec.rounds + 1):
+                if st.orch is not None and st.orch.stopped_round is not None:
+                    break  # the orchestrator's budget is spent
                 st = await self._round(r, st)
                 if r == 1 or r % max(1, self.opt.memory_sample_every) == 0 or r == spec.rounds:
                     t0 = time.perf_counter()

@@ -33,7 +33,11 @@ class HierFiles(HierState):
                 json.dumps(
                     {
                         "coordinator": self.coord.keys[aggregator_id(c)].hex(),
-                        "devices": {str(d): derive_key(self.run_key, d).hex() for d in self.members[c]},
+                        # orchestrated: any device may be moved to any aggregator
+                        "devices": {
+                            str(d): derive_key(self.run_key, d).hex()
+                            for d in (range(self.n) if self.orchestrated else self.members[c])
+                        },
                     }
                 ),
             )
@@ -57,6 +61,7 @@ class HierFiles(HierState):
             "tls_ca": self._tls_ca(),
             "rule": a.aggregator.name,  # one of aggregators_np.NP_RULES (check_hier_emulatable)
             "beta": a.aggregator.beta,
+            "orchestrated": self.orchestrated,
         }
         path = self.edir / "aggregators" / f"la{c}.json"
         write_private(path, json.dumps(cfg))
@@ -78,7 +83,8 @@ class HierFiles(HierState):
             self._device_config(d)
 
     def _device_config(self, d: int) -> None:
-        """The centralized twin's device config, with the address of the device's local aggregator."""
+        """The centralized twin's device config, with the address of the device's local aggregator
+        (a device outside an orchestrated configuration calls the GA, which registers and places it)."""
         exp, a = self.exp, self.a
         plan = self.plan_of[d]
         max_frame = max(
@@ -87,7 +93,7 @@ class HierFiles(HierState):
         DeviceConfig(
             device=d,
             host="127.0.0.1",
-            port=self.la_port[int(self.sim.assign[d])],
+            port=self.la_port[int(self.sim.assign[d])] if self.sim.assign[d] >= 0 else self.port,
             key_file=str(self.edir / "keys" / f"d{d}.key"),
             data_file=str(self.edir / "devices" / f"d{d}.npz"),
             seed=exp.spec.seed,

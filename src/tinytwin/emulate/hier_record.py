@@ -22,7 +22,7 @@ from tinytwin.emulate.hier_resume import HierResume
 from tinytwin.emulate.hier_state import RoundState
 from tinytwin.engines.evaluate import accuracy_and_loss
 from tinytwin.engines.evaluate_many import evaluate_many
-from tinytwin.engines.hierarchical import HState
+from tinytwin.engines.hierarchical import HState, reconfiguration_rows
 from tinytwin.store import dfl as dfl_store
 from tinytwin.wire.roundtrip import roundtrip_torch
 
@@ -141,6 +141,13 @@ class HierRecording(HierResume):
         new_global, server_state, cluster_models = self._aggregate(r, st, rs, reporting, events)
         acc, loss, dev_acc = self._evaluate(r, taking, reporting, new_global, cluster_models)
         ledger, cost = self._ledger(r, reporting, t.done)
+        if self.orchestrated:
+            accs = st.accuracies + ([(r, acc)] if acc is not None else [])
+            energy = float((st.energy_j + mr.energy_j).sum())
+            back = self._orchestration_costs(r, st, accs, st.cost_spent + cost + self.change_cost, energy, events)
+            charged = reconfiguration_rows(r, self.change_cost, back)
+            ledger += charged
+            cost += sum(row["cost"] for row in charged)
         la_up_b = sum(int(self.coord.update_bytes.get(aggregator_id(c), 0)) for c in reporting)
         la_down_b = sum(rs.model_bytes.values())
         self.la_ga_bytes += la_up_b + la_down_b
@@ -167,6 +174,7 @@ class HierRecording(HierResume):
             st.cost_spent + cost,
             st.accuracies + ([(r, acc)] if acc is not None else []),
             rm,
+            st.orch,
         )
         row = _round_row(new, round_s, taking, t, len(victims), (bytes_up, bytes_down), mr)
         self.final_models = {
@@ -178,6 +186,15 @@ class HierRecording(HierResume):
         )
         self.rs = None
         return new
+
+    def _orchestration_costs(
+        self, r: int, st: HState, accuracies: list[tuple[int, float]], spent: float, energy_j: float, events: list
+    ) -> float:
+        """RVA's decision and the objectives' stops after round r (the simulator's); a revert's cost."""
+        cpu0 = time.process_time()
+        back = self.sim._validate(st, r, self.exp.timeline.online(r), accuracies, spent, energy_j, events)
+        self.orchestrator_cpu_s += time.process_time() - cpu0
+        return back
 
     def _note_cluster_failures(self, r: int, rs: RoundState, events: list[dict[str, Any]]) -> None:
         for c, why in sorted(rs.failed.items()):

@@ -62,6 +62,11 @@ def start_hier_emulation(
     ]
     if bad:
         raise TinyTwinError(f"emulate: kill_devices / kill_aggregators name {bad[0]}, which is not in the run")
+    if spec.algorithm.hierarchical.orchestration is not None and (options.kill_devices or options.kill_aggregators):
+        raise TinyTwinError(
+            "emulate: an orchestrated run takes its joins and leaves from failures.join / failures.leave; "
+            "kill_devices / kill_aggregators are for runs without orchestration"
+        )
     if on_prepared is not None:
         on_prepared(exp)
     run_dir, store, run_id = create_emulation_run(spec, spec_yaml, out, run_dir)
@@ -101,6 +106,11 @@ def resume_hier_emulation(
         model_rows(exp)
         return exp
 
+    if spec.algorithm.hierarchical.orchestration is not None:
+        raise TinyTwinError(
+            f"emulate --resume: {run_dir} is an orchestrated run, whose devices move between aggregators; "
+            "it cannot be resumed yet: start it again"
+        )
     exp, ck = resume_prepared(store, run_id, load, on_prepared)
     done = ck[0] if ck else 0
     wall0 = time.perf_counter()

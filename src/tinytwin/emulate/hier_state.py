@@ -26,6 +26,7 @@ from tinytwin.emulate.model_rows import model_rows
 from tinytwin.emulate.options import EmulateOptions
 from tinytwin.emulate.processes import exit_kind
 from tinytwin.emulate.skeleton import CoordinatorClock
+from tinytwin.emulate.wire_np import derive_key
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.hierarchical import HierarchicalSimulator
 from tinytwin.store.db import RunStore
@@ -64,6 +65,8 @@ class HierState(CoordinatorClock):
     startup_s: float | None = None
     """Wall seconds from the start until every local aggregator was ready (None until then)."""
     coordinator_cpu_s: float | None = None
+    change_cost: float = 0.0
+    """The orchestrator's change cost charged in the round in flight."""
 
     _COUNTERS = (  # what a checkpoint keeps of the coordinator, by attribute name
         "gone",
@@ -131,7 +134,16 @@ class HierState(CoordinatorClock):
         self.coord = Coordinator(0, self.run_key, p, self.sizes, self.report_enc)
         self.coord.keys = {aggregator_id(c): aggregator_key(self.run_key, c) for c in range(self.k)}
         self.coord.max_frame = max(self.coord.max_frame, 1 << 20)
-        self.members = {c: [int(d) for d in np.flatnonzero(sim.assign == c)] for c in range(self.k)}
+        # orchestrated (hier_orchestration): the first configuration holds the devices online in
+        # round 1 (as the engine's initial state); a joiner registers at the GA with its own key
+        self.orchestrated = sim.orch is not None
+        first = sim.assign.copy()
+        if sim.orch is not None:
+            first = sim.orch.configure(exp.timeline.online(1))
+            self.coord.keys.update({d: derive_key(self.run_key, d) for d in range(self.n)})
+        self.placed = first  # the LA each device's process was sent to (-1: none, or the GA)
+        self.spawned = first >= 0  # devices whose process was started once
+        self.members = {c: [int(d) for d in np.flatnonzero(first == c)] for c in range(self.k)}
         by_group = {pl.group: pl for pl in exp.memory}
         self.plan_of = {int(d): by_group[g.name] for g in exp.fleet.groups for d in g.devices}
         self._init_processes()
@@ -155,6 +167,12 @@ class HierState(CoordinatorClock):
         self.offset = 0
         self.wall_offset = 0.0
         self.reconnects = 0
+        # the orchestrator's view (hier_orchestration): joiners registered at the GA, what it heard when
+        self.registered: dict[int, asyncio.StreamWriter] = {}
+        self.heard: dict[tuple[str, int], asyncio.Event] = {}
+        self.heard_at: dict[tuple[str, int], float] = {}
+        self.reactions: list[dict[str, Any]] = []
+        self.orchestrator_cpu_s = 0.0
 
     def _init_totals(self) -> None:
         """The run's running totals (``_COUNTERS``: checkpointed with every round)."""
@@ -181,6 +199,9 @@ class HierState(CoordinatorClock):
         self.final_models: dict[str, np.ndarray] = {}  # the last global and cluster models
 
     # ---- small questions every concern asks ----------------------------------------------
+    async def _spawn_device(self, d: int) -> None:
+        await self.procs.spawn(d, self.edir / "devices" / f"d{d}.json", self.edir / "logs" / f"d{d}.log")
+
     def _la_key(self, c: int) -> int:
         return self.n + c  # fork-server key of local aggregator c (devices: 0..D-1)
 

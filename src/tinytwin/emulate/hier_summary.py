@@ -6,6 +6,7 @@ writes is typed once, in :class:`tinytwin.emulate.hier_state.HierState`."""
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from typing import Any
 
@@ -41,7 +42,7 @@ class HierSummary(HierState):
             "forkserver_kb": self.mem_max.get("forkserver", {}),
             "all_processes_kb": dict(self.total_mem_kb),
             "process_starts": {
-                "devices": self.n + self.restarts["device"],
+                "devices": int(self.spawned.sum()) + self.restarts["device"],
                 "aggregators": self.k + self.restarts["aggregator"],
             },
             "control_bytes": self.control_bytes,
@@ -55,6 +56,28 @@ class HierSummary(HierState):
             "coordinator_cpu_s": self.coordinator_cpu_s,
             "devices_cpu_s": self.devices_cpu_s,
             "memory_sampling_s": self.sampling_s,
+            **({"orchestration": self._orchestration_figures()} if self.orchestrated else {}),
             **({"firmware": firmware_summary(self.firmware, self.qemu_mem, self.fw_rounds)} if self.firmware else {}),
         }
         return s
+
+    def _orchestration_figures(self) -> dict[str, Any]:
+        """Reaction times, the orchestrator's CPU time, the GA's CPU share and memory."""
+
+        def ms(kind: str, key: str) -> dict[str, Any]:
+            xs = [x[key] * 1e3 for x in self.reactions if x["kind"] == kind and key in x]
+            if not xs:
+                return {"n": 0}
+            return {"n": len(xs), "min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+        wall = self._wall()
+        return {
+            "join_detect_ms": ms("join", "detect_s"),
+            "join_reconfigured_ms": ms("join", "reconfigured_s"),
+            "leave_detect_ms": ms("leave", "detect_s"),
+            "leave_reconfigured_ms": ms("leave", "reconfigured_s"),
+            "orchestrator_cpu_s": self.orchestrator_cpu_s,
+            "coordinator_cores": (self.coordinator_cpu_s or 0.0) / wall if wall > 0 else None,
+            "coordinator_rss_kb": self.mem_max.get("coordinator", {}).get("Rss"),
+            "reactions": [{k: v for k, v in x.items() if k != "t0"} for x in self.reactions],
+        }

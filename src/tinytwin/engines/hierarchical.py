@@ -78,6 +78,16 @@ def check_hierarchical(exp: Experiment, base_dir: Path | None = None) -> None:
     aggregator_link(exp, base_dir)
 
 
+def reconfiguration_rows(r: int, change_cost: float, revert_cost: float) -> list[dict[str, Any]]:
+    """The orchestrator's ledger rows of round ``r``: a reconfiguration's (or a revert's) model
+    downloads are charged in the round that made it."""
+    return [
+        {"round": r, "level": level, "src": "orchestrator", "dst": "clients", "bytes": 0, "cost": extra}
+        for level, extra in (("change", change_cost), ("revert", revert_cost))
+        if extra
+    ]
+
+
 def cluster_assignment(exp: Experiment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cluster of every device, client costs (D, K), aggregator costs (K,)) from the spec."""
     h = exp.spec.algorithm.hierarchical
@@ -241,12 +251,9 @@ class HierarchicalSimulator:
         revert_cost = self._validate(
             st, r, online, accs, st.cost_spent + cost + change_cost, float((st.energy_j + energy).sum()), events
         )
-        for level, extra in (("change", change_cost), ("revert", revert_cost)):
-            if extra:  # RVA's ledger: a reconfiguration's downloads are charged in its round
-                ledger.append(
-                    {"round": r, "level": level, "src": "orchestrator", "dst": "clients", "bytes": 0, "cost": extra}
-                )
-                cost += extra
+        charged = reconfiguration_rows(r, change_cost, revert_cost)
+        ledger += charged
+        cost += sum(row["cost"] for row in charged)
         rm = self._round_metrics(r, loss, acc, dev_acc, lp.la_models, ids, present)
         device_rows, metric_rows = self._device_rows(r, ids, lp, energy, dev_acc)
         bytes_up = int(lp.bytes_up.sum()) + (int(la_up.wire_bytes.sum()) if k > 1 else 0)
