@@ -70,6 +70,14 @@ def test_orchestration_doc_is_the_one_rendered_from_its_results_file() -> None:
     assert results["rejoin"]["change_cost_m"][10] == 0 and results["rejoin"]["change_cost_m"][20] > 0
 
 
+def test_orchestration_emulation_figures_are_the_ones_rendered_from_its_results_file() -> None:
+    bench = load_benchmark("bench_orchestration_emulate")
+    results = json.loads(bench.RESULTS.read_text())
+    assert bench.render(results) in bench.DOC.read_text()
+    assert all(r["same_configurations"] and r["cost_emulate"] == r["cost_simulate"] for r in results["runs"])
+    assert all(len(r["join_detect_ms"]) == 5 and len(r["leave_detect_ms"]) == 3 for r in results["runs"])
+
+
 def test_sweep_benchmark_table_is_the_one_rendered_from_its_results_file() -> None:
     bench = load_benchmark("bench_sweep")
     result = json.loads((REPO / "docs" / "results" / "sweep-bench.json").read_text())
