@@ -170,3 +170,31 @@ def test_a_redirect_names_a_valid_port_or_is_refused(command: dict, accepted: bo
     else:
         with pytest.raises(Rejected, match="bad redirect"):
             rt.accept(frame)
+
+
+def test_firmware_devices_join_leave_and_move_under_the_orchestrator(tmp_path: Path) -> None:
+    """The same orchestration with every device the C client on QEMU (``--twin firmware``): a board
+    that joins registers at the GA, one that leaves is reported by its LA, the models are the
+    simulator's to float32 rounding."""
+    costs = {"client_costs": [[1, 9]] * 2 + [[9, 1]] * 2 + [[30, 1]], "aggregator_costs": [5, 7]}
+    raw = _raw({"budget": 1e9}, {"join": [{"device": 4, "round": 2}], "leave": [{"device": 0, "round": 3}]}, 3, costs)
+    raw["fleet"]["groups"][0]["count"] = 5
+    _, st, store, sim_id = run_engine(tmp_path, raw, name="sim")
+    run_dir, summary = start_emulation(
+        validate_spec(raw),
+        yaml.safe_dump(raw),
+        tmp_path / "emu",
+        None,
+        HierOptions(time_scale=0.0, firmware_all=True),
+        report=False,
+    )
+    _, _, dev_rows, events, *_ = stored_tables(run_dir)
+    assert _configurations(events) == _configurations(store.events(sim_id))
+    assert [(d["round"], d["device"], d["status"]) for d in dev_rows] == [
+        (d["round"], d["device"], d["status"]) for d in store.device_rounds(sim_id)
+    ]
+    worst = float(np.abs(np.load(run_dir / "emulate" / "final_models.npz")["global"] - st.global_params.numpy()).max())
+    assert worst <= 1e-5, worst
+    assert summary["emulate"]["firmware"]["devices"] == 5
+    kinds = {(e["round"], e["device"], e["kind"]) for e in events}
+    assert {(2, 4, "join_detected"), (3, 0, "leave_detected")} <= kinds
