@@ -441,6 +441,7 @@ def _print_sources(entry: Any) -> None:
 @app.command()
 def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", metavar="RUN_DIR")) -> None:
     """(Re)write a run folder's CSV files, plots and report.html."""
+    from tinytwin.graph.report import is_forecast, write_forecast_report
     from tinytwin.report import write_report
     from tinytwin.report.dfl import is_dfl_run, write_dfl_extras
     from tinytwin.report.export import open_run
@@ -452,12 +453,15 @@ def report(run_dirs: list[Path] = typer.Argument(..., help="one run folder", met
             " (use `tinytwin compare` to overlay several)"
         )
     run_dir = run_dirs[0]
-    store, _ = open_run(run_dir)
+    store, info = open_run(run_dir)
     try:
         dfl = is_dfl_run(store)
     finally:
         store.close()
-    path = write_dfl_extras(run_dir) if dfl else write_report(run_dir)
+    if is_forecast(info.summary):
+        path = write_forecast_report(run_dir)
+    else:
+        path = write_dfl_extras(run_dir) if dfl else write_report(run_dir)
     console.print(f"report: {path}")
 
 
@@ -484,7 +488,12 @@ def compare(
 
         groups = parse_groups(group)
         run_dirs = [*(run_dirs or []), *(d for ds in groups.values() for d in ds)]
-    path = compare_runs(run_dirs or [], comparison_folder(out, force))  # checks every folder before writing
+    from tinytwin.graph.report import compare_forecasts, forecast_runs
+
+    if forecast_runs(run_dirs or []):  # forecasting runs: metrics per setup and horizon
+        path = compare_forecasts(run_dirs or [], comparison_folder(out, force))
+    else:
+        path = compare_runs(run_dirs or [], comparison_folder(out, force))  # checks every folder before writing
     console.print(f"comparison: {path}")
     if groups:
         console.print(f"groups:     {compare_groups(groups, path.parent)}")

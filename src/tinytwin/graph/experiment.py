@@ -23,6 +23,7 @@ from tinytwin.graph.cloudlets import (
     read_centres,
 )
 from tinytwin.graph.emulated import run_emulated
+from tinytwin.graph.fleet_costs import CloudletFleet, fleet_costs
 from tinytwin.graph.forecasting import (
     ForecastData,
     SensorGraph,
@@ -101,6 +102,8 @@ def run_forecast(
 
     ``emulate``: the cloudlet setups run as one process per cloudlet (``graph.emulated``)."""
     cfg = train_config(spec)
+    c = spec.cloudlets
+    fleet = CloudletFleet.from_names(c.profile, c.link, c.server_profile)
     data = load_forecast(
         spec.dataset.name, data_folder(spec, base_dir), spec.dataset.history, tuple(spec.dataset.horizons)
     )
@@ -113,6 +116,7 @@ def run_forecast(
         res = twin(data, part, setup, cfg)
         res["twin"] = "emulate" if twin is run_emulated else "simulate"
         res["wall_s"] = time.perf_counter() - t0
+        res["fleet"] = fleet_costs(setup, part, cfg.model, len(data.train.x), steps, cfg.epochs, fleet, spec.seed)
         results[setup] = res
         if on_setup is not None:
             on_setup(setup, res)

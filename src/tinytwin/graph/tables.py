@@ -69,3 +69,18 @@ def per_cloudlet_wmape(result: dict[str, Any], horizon: str) -> str:
         for s, r in result["setups"].items()
     ]
     return "\n".join([head, rule, *body])
+
+
+def fleet_table(result: dict[str, Any]) -> str:
+    """The cost model on the cloudlets' hardware and links: modelled time, energy, link bytes per setup."""
+    first = next(iter(result["setups"].values()))["fleet"]
+    head = (
+        f"| setup ({first['profile']} cloudlets on {first['link']}, server {first['server_profile']}) "
+        "| modelled time [s] | energy [kJ] | link bytes [MB] |"
+    )
+    rule = "|---|---:|---:|---:|"
+    body = [
+        f"| {LABELS.get(s, s)} | {r['fleet']['time_s']:.1f} | {r['fleet']['energy_j'] / 1e3:.2f} | {r['fleet']['bytes'] / 1e6:.2f} |"
+        for s, r in result["setups"].items()
+    ]
+    return "\n".join([head, rule, *body])

@@ -49,6 +49,11 @@ class CloudletSpec(Strict):
     centres: str | None = Field(default=None, description="CSV of centres (x_m,y_m), relative to the file")
     count: PositiveInt = 7
     radius_km: Annotated[float, Field(gt=0.0)] = 8.0
+    profile: str = Field(default="raspberry-pi-4", description="device catalog profile of every cloudlet")
+    link: str = Field(default="ethernet", description="link catalog entry between cloudlets (and to the master)")
+    server_profile: str = Field(
+        default="jetson-agx-orin-cpu", description="the master (traditional FL) and the centralized setup's machine"
+    )
 
 
 class GraphTrainSpec(Strict):

@@ -11,6 +11,7 @@ from pathlib import Path
 from tinytwin.errors import TinyTwinError
 from tinytwin.store.db import RunInfo, RunStore
 from tinytwin.store.dfl import DFL_SCHEMA
+from tinytwin.store.forecast import FORECAST_SCHEMA
 
 DB_NAME = "results.db"
 
@@ -39,7 +40,7 @@ def open_checked(run_dir: Path) -> tuple[RunStore, RunInfo]:
             raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a readable SQLite database ({exc})") from None
         if not has_runs:
             raise TinyTwinError(f"{run_dir}: {DB_NAME} is not a tinytwin results database (no runs table)")
-        store.check(optional=("checkpoints",), extra_schema=DFL_SCHEMA)
+        store.check(optional=("checkpoints",), extra_schema=DFL_SCHEMA + FORECAST_SCHEMA)
         try:
             info = store.run_info()
         except LookupError:
