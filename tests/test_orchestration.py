@@ -199,3 +199,17 @@ def test_the_cost_models_size_factor_sets_m_for_costs_but_not_bytes(tmp_path):
     assert st.cost_spent == pytest.approx((18 + 17 + 18.5) * 3.3)
     m_bytes = _model_mb(_raw({}, failures)) * 1e6
     assert {r["bytes"] for r in rows if r["level"] == "client-la"} == {round(m_bytes)}  # real bytes, one model
+
+
+def test_the_report_plots_the_budget_and_each_rva_decisions_curves(tmp_path):
+    from tinytwin.engines.runner import start_run
+
+    costs = {"client_costs": [[1, 9]] * 3 + [[9, 1]] * 3 + [[30, 30]], "aggregator_costs": [5, 7]}
+    failures = {"join": [{"device": 6, "round": 4}]}
+    m = _model_mb(_raw({}, failures, count=7, costs=costs))
+    raw = _raw({"budget": 2000 * m, "rva": {"window": 3}}, failures, rounds=9, count=7, costs=costs)
+    out = start_run(validate_spec(raw), json.dumps(raw), tmp_path, None)
+    plots = out.run_dir / "plots"
+    assert (plots / "budget.png").stat().st_size > 10_000 and (plots / "rva_1.png").stat().st_size > 10_000
+    html = (out.run_dir / "report.html").read_text()
+    assert "Spent communication cost against the budget" in html and "RVA&#x27;s decision" in html

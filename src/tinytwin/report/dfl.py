@@ -16,6 +16,7 @@ import numpy as np
 from tinytwin.report.export import atomic_write, csv_table, export_csv, open_run
 from tinytwin.report.html import render_report
 from tinytwin.report.interactive import charts_section
+from tinytwin.report.orchestration_plot import orchestration_plots
 from tinytwin.report.plots import PALETTE, make_plots, new_axes, note_empty, save
 from tinytwin.store import dfl as dfl_store
 from tinytwin.store.db import RunStore
@@ -106,7 +107,9 @@ def write_dfl_extras(run_dir: Path) -> Path:
         csv_files = export_csv(store, info.run_id, run_dir / "csv")
         csv_files += export_dfl_csv(store, info.run_id, run_dir / "csv")
         plots = make_plots(store, info.run_id, run_dir / "plots")
-        plots.update(dfl_plots(store, info.run_id, run_dir / "plots", f"{info.name} ({info.twin})"))
+        label = f"{info.name} ({info.twin})"
+        plots.update(dfl_plots(store, info.run_id, run_dir / "plots", label))
+        plots.update(orchestration_plots(store, info.run_id, run_dir / "plots", label, info.summary))
         rounds, events = store.rounds(info.run_id), store.events(info.run_id)
     finally:
         store.close()
