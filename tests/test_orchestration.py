@@ -213,3 +213,33 @@ def test_the_report_plots_the_budget_and_each_rva_decisions_curves(tmp_path):
     assert (plots / "budget.png").stat().st_size > 10_000 and (plots / "rva_1.png").stat().st_size > 10_000
     html = (out.run_dir / "report.html").read_text()
     assert "Spent communication cost against the budget" in html and "RVA&#x27;s decision" in html
+
+
+def test_a_link_cost_change_reconfigures_and_its_costs_equal_a_hand_calculation(tmp_path):
+    # round 3: device 0's link to LA 0 costs 20 instead of 1 (to LA 1: 1); minCommCost (3 slots
+    # per LA) moves it to LA 1 and one of devices 3-5 to LA 0 (cost 9):
+    #   rounds 1-2: (5 + 7) + 6·1 = 18 M; round 3: 12 + (1 + 1 + 9) + (1 + 1 + 1) = 26 M,
+    #   plus C_change = (9 + 1)/2 · M = 5 M; round 4: 26 M
+    change = {"round": 3, "device": 0, "client_costs": [20, 1]}
+    m = _model_mb(_raw({}, {}))
+    sim, st, store, run_id = run_engine(tmp_path, _raw({"budget": 1e9, "cost_changes": [change]}, {}, rounds=4))
+    per_round = {}
+    for row in ledger(store, run_id):
+        per_round[row["round"]] = per_round.get(row["round"], 0.0) + row["cost"]
+    assert [per_round[r] / m for r in (1, 2, 3, 4)] == pytest.approx([18, 18, 31, 26])
+    kinds = [(e["round"], e["kind"]) for e in store.events(run_id)]
+    assert (3, "cost_change") in kinds and (3, "reconfigure") in kinds
+    assert 0 in sim.summary(st, 0.0)["clusters"][1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"round": 3, "device": 9, "client_costs": [1, 1]}, "device 9 is not in the fleet"),
+        ({"round": 3, "device": 0, "client_costs": [1]}, "must list 2 costs"),
+        ({"round": 30, "device": 0, "client_costs": [1, 1]}, "after the last round"),
+    ],
+)
+def test_bad_cost_changes_are_refused(change, message):
+    with pytest.raises(SpecError, match=message):
+        validate_spec(_raw({"budget": 10.0, "cost_changes": [change]}, {}))

@@ -98,16 +98,22 @@ def test_real_joins_and_leaves_give_the_simulators_configurations_costs_and_mode
     assert summary["emulate"]["process_starts"]["devices"] == 10  # 8 at the start, the joiner, the rejoin
 
 
-def test_the_budget_stops_the_emulation_where_it_stops_the_simulator(tmp_path: Path) -> None:
+def test_a_cost_change_and_the_budget_stop_as_in_the_simulator(tmp_path: Path) -> None:
+    # device 8 joins at round 2; device 0's link to LA 0 gets dear at round 3: it is moved to LA 1
     failures = {"join": [{"device": 8, "round": 2}]}
-    raw = _raw({"budget": 1.0}, failures)  # set below from the first rounds' costs
+    change = [{"round": 3, "device": 0, "client_costs": [20, 1]}]
+    raw = _raw({"budget": 1e9, "cost_changes": change}, failures)  # the budget is set below
     sim, st, store, _ = run_engine(tmp_path, raw, name="probe")
     per_round = st.cost_spent / st.round
-    raw = _raw({"budget": 2.5 * per_round}, failures)
+    raw = _raw({"budget": 3.5 * per_round, "cost_changes": change}, failures)
     (sim, st, store, sim_id), (run_dir, summary) = _both(tmp_path, raw)
-    assert st.orch.stopped_round is not None and st.orch.stopped_round < 7
-    info, rounds, *_ = stored_tables(run_dir)
+    assert st.orch.stopped_round is not None and 3 <= st.orch.stopped_round < 7
+    info, rounds, _, events, *_, ledger = stored_tables(run_dir, ledger=True)
     assert len(rounds) == st.orch.stopped_round
+    assert ledger == dfl_store.ledger(store, sim_id)
+    assert _configurations(events) == _configurations(store.events(sim_id))
+    assert (3, 0, "cost_change") in {(e["round"], e["device"], e["kind"]) for e in events}
+    assert "redirected" in (run_dir / "emulate" / "logs" / "d0.log").read_text()
     assert summary["orchestration"]["stopped_round"] == st.orch.stopped_round
 
 

@@ -301,6 +301,7 @@ class HierarchicalSimulator:
         self.assign = st.orch.assign
         new_events, cost = self.orch.before_round(st.orch, r, changed, online, st.accuracies, st.cost_spent)
         self.assign = st.orch.assign
+        self.client_costs = self.orch.cc  # the round's link costs (orchestration.cost_changes)
         events.extend({**e, "sim_time_s": st.sim_time_s} for e in new_events)
         return cost
 

@@ -55,7 +55,7 @@ class Orchestrator:
         local_rounds: int,
     ) -> None:
         self.spec = spec
-        self.cc, self.ac = client_costs, agg_costs
+        self.base_cc, self.cc, self.ac = client_costs, client_costs, agg_costs
         self.model_mb, self.local_rounds = model_mb, local_rounds
         self.k = client_costs.shape[1]
 
@@ -81,12 +81,23 @@ class Orchestrator:
         ids = np.flatnonzero(online & (new != NOT_CONFIGURED))
         return H.change_cost(old[ids], new[ids], self.cc[ids], self.model_mb, present_before=old[ids] != NOT_CONFIGURED)
 
+    def costs_at(self, r: int) -> np.ndarray:
+        """The clients' link costs in round ``r``: the spec's, with every cost change up to ``r``."""
+        cc = self.base_cc
+        for ch in self.spec.cost_changes:
+            if ch.round <= r:
+                cc = cc.copy() if cc is self.base_cc else cc
+                cc[ch.device] = ch.client_costs
+        return cc
+
     # ---- the round hooks ------------------------------------------------------------------
     def before_round(
         self, st: OrchestratorState, r: int, changed: bool, online: np.ndarray, accuracies: list, spent: float
     ) -> tuple[list[dict[str, Any]], float]:
-        """Reconfigure on a join or leave; the events to record and the change cost charged."""
-        if not changed:
+        """Reconfigure on a join, a leave or a link-cost change; the events to record and the change cost."""
+        self.cc = self.costs_at(r)
+        moved = [ch for ch in self.spec.cost_changes if ch.round == r]
+        if not changed and not moved:
             return [], 0.0
         old = st.assign
         new = self.configure(online)
@@ -100,7 +111,7 @@ class Orchestrator:
             "round_cost_old": c_old,
             "round_cost_new": c_new,
         }
-        events = [_event(r, "reconfigure", detail)]
+        events = [_cost_event(r, ch.device, ch.client_costs) for ch in moved] + [_event(r, "reconfigure", detail)]
         if st.pending is not None:  # a newer event supersedes the validation under way
             events.append(_event(r, "rva_cancelled", {"since": st.pending["t_change"]}))
             st.pending = None
@@ -187,3 +198,7 @@ def _event(r: int, kind: str, detail: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return {"round": r, "device": None, "kind": kind, "detail": json.dumps(detail, default=float)}
+
+
+def _cost_event(r: int, device: int, costs: list[float]) -> dict[str, Any]:
+    return {"round": r, "device": device, "kind": "cost_change", "detail": f"device {device}: link costs now {costs}"}

@@ -22,6 +22,18 @@ class RvaSpec(BaseModel):
     )
 
 
+class CostChange(BaseModel):
+    """A client's link costs change from a round on (a link degrades, a tariff changes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    round: Annotated[int, Field(ge=1)]
+    device: Annotated[int, Field(ge=0)]
+    client_costs: list[Annotated[float, Field(ge=0.0)]] = Field(
+        min_length=1, description="the device's new cost to each local aggregator"
+    )
+
+
 class OrchestrationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +53,9 @@ class OrchestrationSpec(BaseModel):
         default=None, description="M of the cost model (the reference's model size factor); default: the model's MB"
     )
     rva: RvaSpec = Field(default_factory=lambda: RvaSpec(enabled=False))
+    cost_changes: list[CostChange] = Field(
+        default_factory=list, description="link costs that change at a round; each triggers a reconfiguration"
+    )
 
     @model_validator(mode="after")
     def _rva_needs_an_objective(self) -> OrchestrationSpec:

@@ -580,6 +580,14 @@ class ExperimentSpec(Strict):
                 raise ValueError(f"{where}.client_costs: must be {n} rows (devices) of {k} costs (clusters)")
         if h.aggregator_costs is not None and len(h.aggregator_costs) != k:
             raise ValueError(f"{where}.aggregator_costs: must list {k} costs, one per cluster")
+        for i, ch in enumerate(h.orchestration.cost_changes if h.orchestration is not None else []):
+            at = f"{where}.orchestration.cost_changes.{i}"
+            if ch.device >= n:
+                raise ValueError(f"{at}.device: device {ch.device} is not in the fleet (devices 0..{n - 1})")
+            if len(ch.client_costs) != k:
+                raise ValueError(f"{at}.client_costs: must list {k} costs, one per cluster")
+            if ch.round > self.rounds:
+                raise ValueError(f"{at}.round: {ch.round} is after the last round ({self.rounds})")
 
     def group_names(self) -> list[str]:
         return [g.name or f"{g.profile}-{i}" for i, g in enumerate(self.fleet.groups)]
