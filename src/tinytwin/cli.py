@@ -199,6 +199,17 @@ def _print_emulate_summary(e: dict[str, Any]) -> None:
     if e.get("shaping"):
         sh = e["shaping"]
         console.print(f"link shaping: {sh['mode']} (bandwidth: {sh['rate']}; latency and loss: {sh['latency_loss']})")
+    if e.get("orchestration"):
+        o = e["orchestration"]
+
+        def ms(x: dict[str, Any]) -> str:
+            return f"{x['median']:.0f} ms (max {x['max']:.0f})" if x["n"] else "none"
+
+        console.print(
+            f"orchestrator: joins heard after {ms(o['join_detect_ms'])}, leaves after {ms(o['leave_detect_ms'])}; "
+            f"its own CPU {1e3 * o['orchestrator_cpu_s']:.1f} ms; global coordinator {o['coordinator_cores'] or 0:.2f} cores, "
+            f"RSS {(o['coordinator_rss_kb'] or 0) / 1024:.0f} MiB"
+        )
     if e.get("firmware"):
         fw = e["firmware"]
         imgs = ", ".join(
@@ -273,6 +284,11 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
             f"{b['devices']} devices, {b['empty_at_end']} empty at the end; charge min / median / max "
             f"{100 * q['min']:.0f} / {100 * q['median']:.0f} / {100 * q['max']:.0f} %",
         )
+    if "orchestration" in s:
+        o = s["orchestration"]
+        stop = f"budget spent after round {o['stopped_round']}" if o.get("stopped_round") else "no stop"
+        rva = ", ".join(o.get("rva_decisions") or []) or "none"
+        table.add_row("orchestration", f"{o['strategy']}; {stop}; RVA decisions: {rva}")
     if "distillation" in s:
         dist = s["distillation"]
         table.add_row(
