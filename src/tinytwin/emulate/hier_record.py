@@ -142,12 +142,9 @@ class HierRecording(HierResume):
         acc, loss, dev_acc = self._evaluate(r, taking, reporting, new_global, cluster_models)
         ledger, cost = self._ledger(r, reporting, t.done)
         if self.orchestrated:
-            accs = st.accuracies + ([(r, acc)] if acc is not None else [])
-            energy = float((st.energy_j + mr.energy_j).sum())
-            back = self._orchestration_costs(r, st, accs, st.cost_spent + cost + self.change_cost, energy, events)
-            charged = reconfiguration_rows(r, self.change_cost, back)
-            ledger += charged
-            cost += sum(row["cost"] for row in charged)
+            cost += self._orchestration_costs(
+                r, st, acc, cost, float((st.energy_j + mr.energy_j).sum()), ledger, events
+            )
         la_up_b = sum(int(self.coord.update_bytes.get(aggregator_id(c), 0)) for c in reporting)
         la_down_b = sum(rs.model_bytes.values())
         self.la_ga_bytes += la_up_b + la_down_b
@@ -188,13 +185,18 @@ class HierRecording(HierResume):
         return new
 
     def _orchestration_costs(
-        self, r: int, st: HState, accuracies: list[tuple[int, float]], spent: float, energy_j: float, events: list
+        self, r: int, st: HState, acc: float | None, cost: float, energy_j: float, ledger: list, events: list
     ) -> float:
-        """RVA's decision and the objectives' stops after round r (the simulator's); a revert's cost."""
+        """After round r: RVA's decision and the objectives' stops (the simulator's); the round's
+        change and revert costs, added to ``ledger`` and returned."""
+        accuracies = st.accuracies + ([(r, acc)] if acc is not None else [])
+        spent = st.cost_spent + cost + self.change_cost
         cpu0 = time.process_time()
         back = self.sim._validate(st, r, self.exp.timeline.online(r), accuracies, spent, energy_j, events)
         self.orchestrator_cpu_s += time.process_time() - cpu0
-        return back
+        charged = reconfiguration_rows(r, self.change_cost, back)
+        ledger += charged
+        return float(sum(row["cost"] for row in charged))
 
     def _note_cluster_failures(self, r: int, rs: RoundState, events: list[dict[str, Any]]) -> None:
         for c, why in sorted(rs.failed.items()):
