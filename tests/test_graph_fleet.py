@@ -101,7 +101,9 @@ def test_a_forecast_writes_a_run_folder_that_report_and_compare_read(tmp_path: P
     assert result["setups"]["traditional"]["fleet"]["profile"] == "jetson-nano-cpu"
     with (run_dir / "csv" / "forecast_metrics.csv").open() as fh:
         assert sum(1 for row in csv.DictReader(fh) if row["setup"] == "persistence") == 3  # three horizons
-    assert "Traditional FL" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "Traditional FL" in html and "Per cloudlet" in html
+    assert db.execute("SELECT rounds_done FROM runs").fetchone()[0] == 1
     assert run_cli("report", str(run_dir)).returncode == 0
     c = run_cli("compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp"))
     assert c.returncode == 0, c.stderr

@@ -120,6 +120,8 @@ def write_forecast(store: RunStore, run_id: str, result: Mapping[str, Any]) -> N
     with writing(store.path):
         store.conn.executescript(FORECAST_SCHEMA)
     with writing(store.path), store.conn:
+        epochs = max((r["epoch"] for r in curve_rows(result)), default=0)
+        store.conn.execute("UPDATE runs SET rounds_done = ? WHERE run_id = ?", (epochs, run_id))
         for name, columns, rows in tables:
             store.conn.executemany(
                 f"INSERT INTO {name} (run_id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})",
