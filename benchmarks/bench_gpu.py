@@ -39,6 +39,7 @@ from tinytwin.algorithms.local_update import LocalTraining  # noqa: E402
 from tinytwin.engines.device import default_chunk, resolve_device  # noqa: E402
 from tinytwin.engines.evaluate import accuracy_and_loss  # noqa: E402
 from tinytwin.engines.local_training import LocalTrainer  # noqa: E402
+from tinytwin.engines.shards import Shards  # noqa: E402
 from tinytwin.engines.simulate import learn_round  # noqa: E402
 from tinytwin.models.params import ParamLayout  # noqa: E402
 from tinytwin.models.zoo import make_model  # noqa: E402
@@ -75,13 +76,15 @@ class Fleet:
     def initial(self) -> torch.Tensor:
         return self.layout.flatten(self.module)
 
-    def parts(self, devices: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Device ids, each device's 60 sample indices (shared samples), and sample counts."""
+    def parts(self, devices: int) -> tuple[np.ndarray, Shards, np.ndarray]:
+        """Device ids, each device's 60 sample indices (shared samples; one flat array and
+        offsets, as the simulator holds them), and sample counts."""
         idx = np.random.default_rng(devices).integers(0, 60_000, (devices, SAMPLES))
-        return np.arange(devices), list(idx), np.full(devices, SAMPLES, dtype=np.int64)
+        shards = Shards.from_offsets(idx.ravel(), np.arange(0, devices * SAMPLES + 1, SAMPLES))
+        return np.arange(devices), shards, np.full(devices, SAMPLES, dtype=np.int64)
 
     def round(
-        self, g: torch.Tensor, r: int, fleet: tuple[np.ndarray, list[np.ndarray], np.ndarray], evaluate: bool = True
+        self, g: torch.Tensor, r: int, fleet: tuple[np.ndarray, Shards, np.ndarray], evaluate: bool = True
     ) -> tuple[torch.Tensor, float | None]:
         """One FedAvg round from the global model ``g`` (on the CPU, as the simulator keeps it)."""
         ids, parts, n = fleet

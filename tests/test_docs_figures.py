@@ -91,3 +91,9 @@ def test_robustness_table_is_the_one_rendered_from_attacks_json() -> None:
     block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
     assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/attack_table.py (--from-json)"
     assert set(results["accuracy_pct"]) == set(gen.RULES)
+
+
+def test_rva_cifar_table_is_the_one_rendered_from_its_results_file() -> None:
+    bench = load_benchmark("reproduce_rva_cifar")
+    results = json.loads(bench.RESULTS.read_text())
+    assert bench.render(results) in bench.DOC.read_text()

@@ -19,6 +19,7 @@ from tinytwin.data.datasets import Dataset, load_dataset, published_stand_in
 from tinytwin.data.partition import class_histogram, partition
 from tinytwin.data.partition_rules import per_device_partition
 from tinytwin.data.proxy import split_proxy
+from tinytwin.engines.shards import Shards
 from tinytwin.errors import DataError, MemoryPlanError, SpecError, TinyTwinError
 from tinytwin.fleet.battery import Batteries, build_batteries
 from tinytwin.fleet.build import Fleet, build_fleet
@@ -66,6 +67,12 @@ class Experiment:
     @cached_property
     def layout(self) -> ParamLayout:
         return ParamLayout.of(self.module)
+
+    @cached_property
+    def shards(self) -> Shards:
+        """``parts`` as one flat array and offsets: a round takes its devices' indices without a
+        loop over them (:mod:`tinytwin.engines.shards`)."""
+        return Shards.from_list(self.parts)
 
     @cached_property
     def num_samples(self) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from tinytwin.algorithms.local_config import LocalTraining
 from tinytwin.algorithms.nested import RateGroup, nested_average
 from tinytwin.engines.local_training import LocalTrainer
+from tinytwin.engines.shards import sizes_of, take
 from tinytwin.fleet.model_sizes import SubModel
 from tinytwin.models.params import ParamLayout
 from tinytwin.wire.roundtrip import roundtrip_torch
@@ -60,7 +61,7 @@ def train_sizes(
     round_: int,
     device_ids: np.ndarray,
     device_keys: np.ndarray,
-    indices: list[np.ndarray],
+    indices: Sequence[np.ndarray],
     encoding: str = "float32",
 ) -> tuple[list[RateGroup], list[str], np.ndarray]:
     """Train the listed devices, each on its own sub-model; return what the server decodes per
@@ -76,10 +77,10 @@ def train_sizes(
         if pos.size == 0:
             continue
         start = g[torch.from_numpy(st.index)]
-        result = st.trainer.train(start, round_, device_ids[pos], [indices[i] for i in pos])
+        result = st.trainer.train(start, round_, device_ids[pos], take(indices, pos))
         delta = result.params.cpu() - start
         received = roundtrip_torch(delta, encoding, tensor_sizes=st.tensor_sizes)
-        weights = torch.tensor([len(indices[i]) for i in pos], dtype=g.dtype)
+        weights = torch.from_numpy(sizes_of(indices)[pos]).to(g.dtype)
         groups.append(RateGroup(st.index, received, weights))
         keys.append(key)
         losses[pos] = result.train_loss
@@ -100,7 +101,7 @@ def hetero_round(
     round_: int,
     device_ids: np.ndarray,
     device_keys: np.ndarray,
-    indices: list[np.ndarray],
+    indices: Sequence[np.ndarray],
     encoding: str = "float32",
 ) -> tuple[torch.Tensor, np.ndarray]:
     """:func:`train_sizes`, then :func:`merged_update`: the round's delta and each device's loss."""
@@ -134,7 +135,7 @@ class NestedFleet:
         self.distiller = ServerDistiller(exp) if spec.algorithm.distillation is not None else None
 
     def learn(
-        self, start: torch.Tensor, r: int, device_ids: np.ndarray, parts: list[np.ndarray]
+        self, start: torch.Tensor, r: int, device_ids: np.ndarray, parts: Sequence[np.ndarray]
     ) -> tuple[torch.Tensor, np.ndarray, Any]:
         """The round's delta, each device's loss and the distillation's figures (None without)."""
         keys = self.exp.models.keys[device_ids]

@@ -13,7 +13,7 @@ on a GPU the batch schedule is hashed there too (:mod:`tinytwin.engines.schedule
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.buckets import chunk_plan, consecutive_chunks
 from tinytwin.engines.schedule_torch import padded_indices
 from tinytwin.engines.schedule_torch import schedule as schedule_on
+from tinytwin.engines.shards import sizes_of, take
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
@@ -82,14 +83,14 @@ class LocalTrainer:
         self._plain_sgd = cfg.optimizer == "sgd" and not cfg.momentum and not cfg.weight_decay and not cfg.prox_mu
 
     # ---- schedule -----------------------------------------------------------------
-    def schedule(self, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]) -> np.ndarray:
+    def schedule(self, round_: int, device_ids: np.ndarray, indices: Sequence[np.ndarray]) -> np.ndarray:
         """Global sample indices per device and step slot: (D, epochs·steps_max·B), -1 = padding.
 
         Epoch e of device d visits its samples in the order of its own permutation; each
         epoch is padded to the fleet's largest number of steps so that step s of every
         device lines up.
         """
-        sizes = np.array([len(ix) for ix in indices], dtype=np.int64)
+        sizes = sizes_of(indices)
         b = self.cfg.batch_size
         steps = int(-(-sizes.max() // b)) if sizes.size else 0
         padded = padded_indices(indices)
@@ -107,7 +108,7 @@ class LocalTrainer:
         start: torch.Tensor,
         round_: int,
         device_ids: np.ndarray,
-        indices: list[np.ndarray],
+        indices: Sequence[np.ndarray],
         lr: np.ndarray | None = None,
     ) -> LocalResult:
         """Train every listed device from ``start`` ((P,) shared or (D, P) per device).
@@ -130,14 +131,14 @@ class LocalTrainer:
                 )
                 chunk_start = start if start.dim() == 1 else start[rows]
                 losses[pos], steps[pos] = self._train_chunk(
-                    chunk_start, chunk_out, round_, device_ids[pos], [indices[i] for i in pos], lrs[pos]
+                    chunk_start, chunk_out, round_, device_ids[pos], take(indices, pos), lrs[pos]
                 )
                 if not contiguous:
                     out[rows] = chunk_out
         return LocalResult(out, losses, steps)
 
     def train_chunks(
-        self, start: torch.Tensor, round_: int, device_ids: np.ndarray, indices: list[np.ndarray]
+        self, start: torch.Tensor, round_: int, device_ids: np.ndarray, indices: Sequence[np.ndarray]
     ) -> Iterator[tuple[np.ndarray, LocalResult]]:
         """Train the devices one chunk at a time, yielding ``(positions, result of those devices)``.
 
@@ -149,13 +150,13 @@ class LocalTrainer:
             out = torch.empty((len(pos), start.shape[-1]), dtype=start.dtype, device=self.device)
             with intra_op_threads(self._threads(len(pos), start.shape[-1])):
                 loss, steps = self._train_chunk(
-                    start, out, round_, device_ids[pos], [indices[i] for i in pos], np.full(len(pos), self.cfg.lr)
+                    start, out, round_, device_ids[pos], take(indices, pos), np.full(len(pos), self.cfg.lr)
                 )
             yield pos, LocalResult(out, loss, steps)
 
-    def plan(self, indices: list[np.ndarray]) -> list[np.ndarray]:
+    def plan(self, indices: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The chunks of devices (positions into ``indices``) that train together."""
-        sizes = np.fromiter((len(ix) for ix in indices), dtype=np.int64, count=len(indices))
+        sizes = sizes_of(indices)
         if not self.bucketing:
             return consecutive_chunks(len(sizes), self.chunk_size)
         return chunk_plan(sizes, self.cfg.batch_size, self.chunk_size)
@@ -170,7 +171,7 @@ class LocalTrainer:
         out: torch.Tensor,
         round_: int,
         device_ids: np.ndarray,
-        indices: list[np.ndarray],
+        indices: Sequence[np.ndarray],
         lrs: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Train one chunk of devices from ``start`` ((P,) or (n, P)), writing the models into ``out``.
@@ -246,7 +247,7 @@ class LocalTrainer:
         start: torch.Tensor,
         round_: int,
         device_ids: np.ndarray,
-        indices: list[np.ndarray],
+        indices: Sequence[np.ndarray],
         lr: np.ndarray | None = None,
     ) -> LocalResult:
         """The executable definition: each device trained alone with plain autograd."""

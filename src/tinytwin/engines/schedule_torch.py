@@ -11,9 +11,12 @@ element for element, to the numpy one; a test holds the two equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from tinytwin.engines.shards import Shards, sizes_of
 from tinytwin.rng import Stream
 
 
@@ -85,9 +88,11 @@ def device_permutations(
     return torch.where(valid.gather(1, order), order, -1)
 
 
-def padded_indices(indices: list[np.ndarray]) -> np.ndarray:
+def padded_indices(indices: Sequence[np.ndarray]) -> np.ndarray:
     """Each device's sample indices in a row, padded with -1 to the longest (at least 1 wide)."""
-    sizes = np.array([len(ix) for ix in indices], dtype=np.int64)
+    if isinstance(indices, Shards):
+        return indices.padded()
+    sizes = sizes_of(indices)
     padded = np.full((len(indices), max(int(sizes.max()), 1) if sizes.size else 1), -1, dtype=np.int64)
     if sizes.size and sizes.max() > 0:
         padded[np.arange(padded.shape[1])[None, :] < sizes[:, None]] = np.concatenate(indices)
@@ -100,11 +105,11 @@ def schedule(
     epochs: int,
     batch: int,
     device_ids: np.ndarray,
-    indices: list[np.ndarray],
+    indices: Sequence[np.ndarray],
     device: torch.device,
 ) -> torch.Tensor:
     """:meth:`LocalTrainer.schedule` computed on ``device``: (D, epochs·steps_max·B), -1 = padding."""
-    sizes_np = np.array([len(ix) for ix in indices], dtype=np.int64)
+    sizes_np = sizes_of(indices)
     steps = int(-(-sizes_np.max() // batch)) if sizes_np.size else 0
     padded = torch.from_numpy(padded_indices(indices)).to(device)
     ids = torch.from_numpy(np.asarray(device_ids, dtype=np.int64)).to(device)

@@ -339,7 +339,7 @@ class Simulator:
         reduced as it finishes (:class:`StreamingMean`), so memory is one chunk of models.
         """
         exp, a = self.exp, self.exp.spec.algorithm
-        parts = [exp.parts[d] for d in completed]
+        parts = exp.shards.take(completed)
         if self.nested is not None:
             delta, losses, self.distilled = self.nested.learn(start, r, completed, parts)
             if self.distilled is not None:
@@ -401,7 +401,7 @@ def learn_round(
     start: torch.Tensor,
     r: int,
     device_ids: np.ndarray,
-    parts: list[np.ndarray],
+    parts: Sequence[np.ndarray],
     n_samples: np.ndarray,
     aggregator: AggregatorSpec,
     encoding: str,
@@ -439,7 +439,7 @@ def stream_fedavg(
     start: torch.Tensor,
     r: int,
     device_ids: np.ndarray,
-    parts: list[np.ndarray],
+    parts: Sequence[np.ndarray],
     n_samples: np.ndarray,
     encoding: str,
     tensor_sizes: Any,
