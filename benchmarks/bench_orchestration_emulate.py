@@ -29,7 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from reproduce_orchestration import spec  # noqa: E402  (the stand-in workload, one definition)
+from reproduce_orchestration import replace_block, spec  # noqa: E402  (the stand-in workload, one definition)
 
 RESULTS = REPO / "docs" / "results" / "orchestration-emulate.json"
 DOC = REPO / "docs" / "orchestration.md"
@@ -146,10 +146,7 @@ def render(res: dict[str, Any]) -> str:
 
 
 def write_doc(res: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(head + render(res) + tail)
+    replace_block(DOC, BEGIN, END, render(res))
 
 
 def main() -> None:

@@ -65,30 +65,39 @@ def spec(seed: int, budget_m: float, failures: dict, rva: bool, joiners: int = 0
     }
 
 
-def run(raw: dict[str, Any]) -> dict[str, Any]:
-    """Run ``raw`` (its budget in multiples of M) and return its per-round costs, events and summary."""
-    from tinytwin.engines.experiment import prepare
+def run_tables(raw: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run ``raw`` in a temporary folder without a report: its outcome, rounds, ledger and events."""
     from tinytwin.engines.runner import start_run
     from tinytwin.spec.load import validate_spec
     from tinytwin.store import dfl as dfl_store
     from tinytwin.store.db import RunStore
 
-    m = prepare(validate_spec(raw)).uplink_bytes() / 1e6
-    orch = raw["algorithm"]["hierarchical"]["orchestration"]
-    raw = json.loads(json.dumps(raw))
-    raw["algorithm"]["hierarchical"]["orchestration"]["budget"] = orch["budget"] * m
     with tempfile.TemporaryDirectory() as tmp:
         out = start_run(validate_spec(raw), json.dumps(raw), Path(tmp), None, report=False)
         store = RunStore(out.run_dir / "results.db")
         run_id = store.run_info().run_id
-        rounds = store.rounds(run_id)
-        ledger = dfl_store.ledger(store, run_id)
-        events = [
-            e
-            for e in store.events(run_id)
-            if e["kind"] in ("reconfigure", "budget_spent") or e["kind"].startswith("rva_")
-        ]
+        tables = store.rounds(run_id), dfl_store.ledger(store, run_id), store.events(run_id)
         store.close()
+    return (out, *tables)
+
+
+def replace_block(doc: Path, begin: str, end: str, text: str) -> None:
+    """Put ``text`` (which starts with ``begin`` and ends with ``end``) in place of that block of ``doc``."""
+    head, rest = doc.read_text().split(begin, 1)
+    doc.write_text(head + text + rest.split(end, 1)[1])
+
+
+def run(raw: dict[str, Any]) -> dict[str, Any]:
+    """Run ``raw`` (its budget in multiples of M) and return its per-round costs, events and summary."""
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.spec.load import validate_spec
+
+    m = prepare(validate_spec(raw)).uplink_bytes() / 1e6
+    orch = raw["algorithm"]["hierarchical"]["orchestration"]
+    raw = json.loads(json.dumps(raw))
+    raw["algorithm"]["hierarchical"]["orchestration"]["budget"] = orch["budget"] * m
+    out, rounds, ledger, all_events = run_tables(raw)
+    events = [e for e in all_events if e["kind"] in ("reconfigure", "budget_spent") or e["kind"].startswith("rva_")]
     cost = {r["round"]: 0.0 for r in rounds}
     change = {r["round"]: 0.0 for r in rounds}
     for row in ledger:
@@ -160,10 +169,7 @@ def render(res: dict[str, Any]) -> str:
 
 
 def write_doc(res: dict[str, Any]) -> None:
-    text = DOC.read_text()
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(head + render(res) + tail)
+    replace_block(DOC, BEGIN, END, render(res))
 
 
 def main() -> None:
