@@ -19,6 +19,19 @@ def test_doc_block_is_the_one_rendered_from_the_results_file() -> None:
     assert block.group(0) == gen.render(results), "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
 
 
+def test_cloudlet_batching_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_cloudlet_batching")
+    results = json.loads(gen.RESULTS.read_text())
+    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
+    assert block and block.group(0) == gen.render(results), (
+        "rerun `python benchmarks/bench_cloudlet_batching.py --from-json`"
+    )
+    for model in results["models"].values():
+        assert model["max_abs_difference"] < 1e-5  # the batched way computes the same function
+        # the doc's claim: sequential is the faster way on this CPU
+        assert model["ms_per_step"]["sequential"][1] < model["ms_per_step"]["batched"][1]
+
+
 def test_quoted_headline_figures_match_the_json() -> None:
     gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())

@@ -5,8 +5,9 @@ A standalone engine beside the classification simulator: its work unit is a clou
 subgraph (halo nodes, a graph operator, a loss over owned nodes only), which the batched
 flat-vector engine of ``engines/`` does not model. One "round" is one local epoch (reference
 §6). Every cloudlet keeps its Adam state and StepLR schedule across rounds; an aggregation
-overwrites only the weights. Cloudlets train one after another (no padding to a common node
-count yet). The test metrics are those of the epoch with the best validation MAE at the first
+overwrites only the weights. Cloudlets train one after another: each step is already a few
+large GEMMs, and a vmapped step over stacked weights and padded halos measured 2-3.5x slower
+(benchmarks/bench_cloudlet_batching.py). The test metrics are those of the epoch with the best validation MAE at the first
 horizon; each sensor is predicted by the model of the cloudlet that owns it.
 """
 
