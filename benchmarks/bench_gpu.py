@@ -15,6 +15,13 @@ GPU machine has no MNIST file; the arithmetic is the same. A round is
 :func:`tinytwin.engines.simulate.learn_round` plus the global update and the evaluation: the
 simulator's learning path; its cost model and database rows are not part of it.
 
+Then DecFedAvg (``--dfl-sizes``): the same devices and local training on a random geometric
+graph (positions uniform in a square of side √n, radius for a mean degree of 8), then every
+device's model mixed with its neighbours' by the Metropolis–Hastings matrix: the decentralized
+engine's ``LocalTrainer.train`` and ``algorithms.mixing.mix`` on the device. Per round it
+reports train + mix time, and separately the evaluation of 256 devices' own models on the test
+set and the consensus distance (the engine evaluates every device in its evaluation rounds).
+
 Every size has a time guard: a size whose estimated time would overrun the budget is skipped
 (recorded as such), and the JSON is rewritten after every measurement, so the script always
 finishes within ``--budget-s`` and leaves what it measured.
@@ -36,16 +43,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tinytwin.algorithms.local_update import LocalTraining  # noqa: E402
+from tinytwin.algorithms.mixing import mix  # noqa: E402
 from tinytwin.engines.device import default_chunk, resolve_device  # noqa: E402
 from tinytwin.engines.evaluate import accuracy_and_loss  # noqa: E402
+from tinytwin.engines.evaluate_many import evaluate_many  # noqa: E402
 from tinytwin.engines.local_training import LocalTrainer  # noqa: E402
 from tinytwin.engines.shards import Shards  # noqa: E402
 from tinytwin.engines.simulate import learn_round  # noqa: E402
 from tinytwin.models.params import ParamLayout  # noqa: E402
 from tinytwin.models.zoo import make_model  # noqa: E402
+from tinytwin.net.topology import geometric, metropolis_hastings  # noqa: E402
 from tinytwin.spec.schema import AggregatorSpec  # noqa: E402
 
 SAMPLES, BATCH, LR, SEED = 60, 10, 0.1, 0
+MEAN_DEGREE, EVALUATED = 8.0, 256
 
 
 def synthetic_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +109,105 @@ class Fleet:
         if evaluate:
             acc, _ = accuracy_and_loss(self.module, self.layout, g.to(self.device), self.x_test, self.y_test)
         return g, acc
+
+
+class Mesh:
+    """A DecFedAvg fleet on a random geometric graph: ids, samples and the mixing matrix."""
+
+    def __init__(self, fleet: Fleet, devices: int) -> None:
+        t = time.perf_counter()
+        self.ids, self.parts, _ = fleet.parts(devices)
+        pos = np.random.default_rng(devices + 1).random((devices, 2)) * devices**0.5
+        topo = geometric(pos, (MEAN_DEGREE / np.pi) ** 0.5)
+        self.edges = topo.num_edges
+        self.w = metropolis_hastings(devices, topo.edges)
+        self.setup_s = time.perf_counter() - t
+
+    def round(self, fleet: Fleet, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Every device trains from its own model, then mixes with its neighbours (DecFedAvg)."""
+        return mix(self.w, fleet.trainer.train(x, r, self.ids, self.parts).params)
+
+
+def evaluate_sample(fleet: Fleet, x: torch.Tensor) -> tuple[float, float]:
+    """Mean test accuracy of ``EVALUATED`` devices' own models, and the consensus distance."""
+    rows = torch.linspace(0, len(x) - 1, min(EVALUATED, len(x)), device=x.device).long()
+    acc, _ = evaluate_many(fleet.module, fleet.layout, x[rows], fleet.x_test, fleet.y_test)
+    consensus = float((x - x.mean(dim=0, keepdim=True)).norm(dim=1).mean())
+    return float(acc.mean()), consensus
+
+
+def measure_decentralized(fleet: Fleet, devices: int, rounds: int, deadline: float) -> dict[str, Any]:
+    """Warm-up round, then up to ``rounds`` timed DecFedAvg rounds while they fit before ``deadline``."""
+    dev = fleet.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    mesh = Mesh(fleet, devices)
+    x = fleet.initial().to(dev).expand(devices, -1).clone()
+    times: list[float] = []
+    evals: list[float] = []
+    accs: list[float] = []
+    for r in range(1, rounds + 2):
+        t = time.perf_counter()
+        x = mesh.round(fleet, x, r)
+        sync(dev)
+        times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        acc, consensus = evaluate_sample(fleet, x)
+        evals.append(time.perf_counter() - t)
+        accs.append(acc)
+        if r > 1 and time.perf_counter() + times[-1] + evals[-1] > deadline:
+            break
+    steady = times[1:] or times
+    med = statistics.median(steady)
+    out: dict[str, Any] = {
+        "devices": devices,
+        "status": "measured",
+        "edges": mesh.edges,
+        "warmup_round_s": round(times[0], 4),
+        "steady_rounds_s": [round(x, 4) for x in steady],
+        "seconds_per_round_median": round(med, 4),
+        "seconds_per_round_min": round(min(steady), 4),
+        "seconds_per_round_max": round(max(steady), 4),
+        "device_updates_per_s": round(devices / med),
+        "evaluation_s_median": round(statistics.median(evals), 4),
+        "mesh_setup_s": round(mesh.setup_s, 3),
+        "mean_accuracy_of_sampled_devices": accs,
+        "final_consensus_distance": consensus,
+    }
+    if dev.type == "cuda":
+        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out
+
+
+def decentralized_check(device: torch.device, devices: int, rounds: int) -> dict[str, Any]:
+    """DecFedAvg on the CPU and on ``device``: max relative difference of the devices' models."""
+    cpu, other = Fleet(torch.device("cpu"), None), Fleet(device, None)
+    mesh = Mesh(cpu, devices)
+    a = cpu.initial().expand(devices, -1).clone()
+    b = a.to(device)
+    for r in range(1, rounds + 1):
+        a, b = mesh.round(cpu, a, r), mesh.round(other, b, r)
+    rel = float((a - b.cpu()).abs().max() / a.abs().max())
+    return {"devices": devices, "rounds": rounds, "max_rel_diff": rel, "bar": 1e-5, "passed": rel <= 1e-5}
+
+
+def sweep(
+    sizes: list[int], run: Any, deadline: float, rows: list[dict[str, Any]], save: Any, skip_key: str = ""
+) -> None:
+    """Measure each size with ``run(devices)`` unless its estimate (from the last size) overruns the budget."""
+    per_device_s: float | None = None
+    for devices in sizes:
+        left = deadline - time.perf_counter()
+        estimate = None if per_device_s is None else per_device_s * devices * 2.5 + 5.0
+        if estimate is not None and estimate > left:
+            row: dict[str, Any] = {"devices": devices, "status": "skipped", "estimated_s": round(estimate, 1)}
+            row["reason"] = f"warm-up + 1 timed round estimated {estimate:.0f} s, {left:.0f} s left of the budget"
+        else:
+            row = run(devices)
+            per_device_s = max(row["warmup_round_s"], row["seconds_per_round_median"]) / devices
+        rows.append(row)
+        print(skip_key, json.dumps({k: v for k, v in row.items() if not k.endswith("accuracy_per_round")}), flush=True)
+        save()
 
 
 def sync(device: torch.device) -> None:
@@ -168,6 +278,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
     p.add_argument("--sizes", default="10000,100000,1000000", help="fleet sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per size after one warm-up round")
+    p.add_argument("--dfl-sizes", default="10000,100000", help="DecFedAvg fleet sizes (empty: none)")
     p.add_argument("--chunk", type=int, default=None, help="devices per chunk (default: the engine's)")
     p.add_argument("--check-devices", type=int, default=200, help="fleet size of the CPU-vs-device check")
     p.add_argument("--budget-s", type=float, default=270.0, help="total time budget, CUDA start-up included")
@@ -186,26 +297,39 @@ def main() -> None:
         "workload": "MLP 784-16-10, 60 synthetic MNIST-shaped samples/device, batch 10, 1 epoch, SGD 0.1, FedAvg",
         "startup_s": round(time.perf_counter() - T0, 2),
         "sizes": [],
-        "decentralized": {"status": "skipped", "reason": "engines/decentralized.py does not take engine.device yet"},
+        "decentralized": {
+            "workload": f"the same devices and training, DecFedAvg on a random geometric graph (mean degree {MEAN_DEGREE:g})",
+            "sizes": [],
+        },
     }
     print(f"{result['gpu'] or 'cpu'}, torch {torch.__version__}, start-up {result['startup_s']} s", flush=True)
     result["numerical_check"] = numerical_check(device, args.check_devices, 3)
     print("check", json.dumps(result["numerical_check"]), flush=True)
     write(args.out, result)
     fleet = Fleet(device, args.chunk)
-    per_device_s: float | None = None
-    for devices in [int(s) for s in args.sizes.split(",")]:
-        left = deadline - time.perf_counter()
-        estimate = None if per_device_s is None else per_device_s * devices * 2.5 + 5.0
-        if estimate is not None and estimate > left:
-            row: dict[str, Any] = {"devices": devices, "status": "skipped", "estimated_s": round(estimate, 1)}
-            row["reason"] = f"warm-up + 1 timed round estimated {estimate:.0f} s, {left:.0f} s left of the budget"
-        else:
-            row = measure(fleet, devices, args.rounds, deadline)
-            per_device_s = max(row["warmup_round_s"], row["seconds_per_round_median"]) / devices
-        result["sizes"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "accuracy_per_round"}), flush=True)
-        write(args.out, result)
+    dfl_sizes = [int(s) for s in args.dfl_sizes.split(",") if s]
+    # FedAvg gets the budget left minus a share kept for DecFedAvg
+    fedavg_deadline = deadline - (0.4 * (deadline - time.perf_counter()) if dfl_sizes else 0.0)
+    sweep(
+        [int(s) for s in args.sizes.split(",")],
+        lambda n: measure(fleet, n, args.rounds, fedavg_deadline),
+        fedavg_deadline,
+        result["sizes"],
+        lambda: write(args.out, result),
+        "fedavg",
+    )
+    if dfl_sizes:
+        dfl = result["decentralized"]
+        dfl["numerical_check"] = decentralized_check(device, args.check_devices, 3)
+        print("decfedavg check", json.dumps(dfl["numerical_check"]), flush=True)
+        sweep(
+            dfl_sizes,
+            lambda n: measure_decentralized(fleet, n, args.rounds, deadline),
+            deadline,
+            dfl["sizes"],
+            lambda: write(args.out, result),
+            "decfedavg",
+        )
     print(f"wrote {args.out} after {time.perf_counter() - T0:.1f} s", flush=True)
 
 

@@ -176,3 +176,46 @@ def test_resume_accepts_other_engine_settings_but_not_other_experiments(tmp_path
         open_resumable(run_dir, other_engine, "simulate")
     with pytest.raises(TinyTwinError, match="differs"):
         open_resumable(run_dir, validate_spec(dict(spec, seed=1)), "simulate")
+
+
+def _decentralized(name: str) -> dict:
+    """A small digits fleet on a ring running ``name`` (mixing, so the whole round is device-generic)."""
+    return {
+        "name": f"{name}-device",
+        "seed": 3,
+        "rounds": 3,
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "hidden": [16]},
+        "fleet": {"groups": [{"profile": "esp32-s3", "count": 8, "link": "wifi"}]},
+        "topology": {"kind": "ring"},
+        "algorithm": {"name": name, "local_epochs": 1, "batch_size": 8, "lr": 0.1},
+    }
+
+
+@pytest.mark.parametrize("name", ["decfedavg", "serverfree"])
+def test_decentralized_mixing_with_an_explicit_device_equals_the_default(name):
+    default = run_case(_decentralized(name))
+    generic = run_case(_decentralized(name), device="cpu", chunk_size=3, threads=1)
+    assert generic == default
+    assert default[-1]["test_accuracy"] > default[0]["test_accuracy"] - 0.05 and default[0]["train_loss"] > 0
+
+
+def test_cpu_only_engines_refuse_an_explicit_gpu_and_fall_back_under_auto():
+    from tinytwin.engines.device import engine_device
+
+    gpu = torch.device("cuda")  # a device object is taken as given: no GPU needed to test the rule
+    assert engine_device("decentralized", "decfedavg", gpu) == gpu
+    assert engine_device("flat", "fedavg", gpu) == gpu
+    for family, algorithm in (("decentralized", "gossip"), ("decentralized", "gist"), ("hierarchical", "hierarchical")):
+        with pytest.raises(SpecError, match=f"{algorithm} runs on the CPU only"):
+            engine_device(family, algorithm, gpu)
+        assert engine_device(family, algorithm, "auto").type == "cpu"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["decfedavg", "serverfree"])
+def test_decentralized_mixing_on_cuda_agrees_with_the_cpu(name):
+    cpu, gpu = run_case(_decentralized(name)), run_case(_decentralized(name), device="cuda")
+    for a, b in zip(gpu, cpu, strict=True):
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02
+        assert abs(a["train_loss"] - b["train_loss"]) <= 1e-3 * max(1.0, abs(b["train_loss"]))

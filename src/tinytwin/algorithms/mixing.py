@@ -39,7 +39,7 @@ def to_torch_sparse(w: sp.spmatrix, dtype: torch.dtype = torch.float32) -> Tenso
 
 def mix(w: sp.spmatrix, x: Tensor, steps: int = 1) -> Tensor:
     """``W^steps · X`` for a ``(D, D)`` mixing matrix and ``(D, P)`` models."""
-    wt = to_torch_sparse(w, x.dtype)
+    wt = to_torch_sparse(w, x.dtype).to(x.device)
     for _ in range(steps):
         x = wt @ x
     return x
@@ -49,9 +49,9 @@ def mix_received(w: sp.spmatrix, own: Tensor, received: Tensor) -> Tensor:
     """``x_i ← W_ii·own_i + Σ_{l≠i} W_il·received_l``: mixing where neighbours' models arrive
     through a lossy encoding (``received`` = what the wire decodes) but a device's own model is exact."""
     c = sp.csr_matrix(w)
-    diag = torch.from_numpy(c.diagonal()).to(own.dtype)[:, None]
+    diag = torch.from_numpy(c.diagonal()).to(own.dtype).to(own.device)[:, None]
     off = c - sp.diags(c.diagonal())
-    return diag * own + to_torch_sparse(off, own.dtype) @ received
+    return diag * own + to_torch_sparse(off, own.dtype).to(own.device) @ received
 
 
 def serverfree_weights(n: int, edges: np.ndarray, active: np.ndarray | None = None) -> sp.csr_matrix:

@@ -40,6 +40,7 @@ from tinytwin.algorithms import gist as G
 from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
+from tinytwin.engines.device import default_chunk, engine_device
 from tinytwin.engines.dfl_messages import AGE_HEADER_BYTES, Ctx, DState, Messages
 from tinytwin.engines.dfl_protocols import PROTOCOLS
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -213,14 +214,25 @@ class DecentralizedSimulator:
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
         self.cfg = LocalTraining.from_spec(a)
-        ds = exp.dataset
-        self.x_train = torch.from_numpy(ds.x_train)
-        self.y_train = torch.from_numpy(ds.y_train)
-        self.x_test = torch.from_numpy(ds.x_test)
-        self.y_test = torch.from_numpy(ds.y_test)
-        val = validation_indices(self.seed, len(ds.y_test), a.gist.validation_size)
-        self.x_val, self.y_val = self.x_test[torch.from_numpy(val)], self.y_test[torch.from_numpy(val)]
-        self.trainer = LocalTrainer(exp.module, exp.layout, self.x_train, self.y_train, self.cfg, spec.seed)
+        ds, eng = exp.dataset, spec.engine
+        self.device = engine_device(a.family, a.name, eng.device)
+        self.x_train = torch.from_numpy(ds.x_train).to(self.device)
+        self.y_train = torch.from_numpy(ds.y_train).to(self.device)
+        self.x_test = torch.from_numpy(ds.x_test).to(self.device)
+        self.y_test = torch.from_numpy(ds.y_test).to(self.device)
+        val = torch.from_numpy(validation_indices(self.seed, len(ds.y_test), a.gist.validation_size)).to(self.device)
+        self.x_val, self.y_val = self.x_test[val], self.y_test[val]
+        self.trainer = LocalTrainer(
+            exp.module,
+            exp.layout,
+            self.x_train,
+            self.y_train,
+            self.cfg,
+            spec.seed,
+            chunk_size=default_chunk(self.device, eng.chunk_size),
+            device=self.device,
+            threads=eng.threads,
+        )
         self.train_idx = [p[: a.train_samples] if a.train_samples else p for p in exp.parts]
         self.n_train = np.array([len(p) for p in self.train_idx], dtype=np.int64)
         self.num_params = exp.model.num_params
@@ -256,7 +268,7 @@ class DecentralizedSimulator:
 
     # ---- lifecycle ----------------------------------------------------------------
     def initial_state(self) -> DState:
-        params = self.exp.initial_params().expand(self.n, -1).clone()
+        params = self.exp.initial_params().to(self.device).expand(self.n, -1).clone()
         clock: dict[str, Any] = {}
         if self.is_async:
             clock = {"next_fire": self.period_s.copy(), "tick": 0, "inflight": Messages.empty()}
@@ -272,7 +284,9 @@ class DecentralizedSimulator:
         )
 
     def state_from_checkpoint(self, ck: dict[str, Any]) -> DState:
-        return DState.from_checkpoint(ck)
+        st = DState.from_checkpoint(ck)  # checkpoints hold CPU tensors; a run may resume on another device
+        st.params = st.params.to(self.device)
+        return st
 
     def register(self) -> None:
         exp = self.exp
@@ -315,7 +329,7 @@ class DecentralizedSimulator:
     def _train(self, st: DState, ids: np.ndarray, key: int, losses: np.ndarray) -> None:
         if not ids.size:
             return
-        rows = torch.from_numpy(ids)
+        rows = torch.from_numpy(ids).to(self.device)
         res = self.trainer.train(st.params[rows], key, ids, [self.train_idx[d] for d in ids], lr=self.lr_sched.lr[ids])
         st.params[rows] = res.params
         losses[ids] = res.train_loss
@@ -433,12 +447,13 @@ class DecentralizedSimulator:
         exp, spec, n = self.exp, self.exp.spec, self.n
         acc, loss, dist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         if (r % spec.evaluation.every == 0 or r == spec.rounds) and ids.size:
-            a_, l_ = evaluate_many(exp.module, exp.layout, st.params[torch.from_numpy(ids)], self.x_test, self.y_test)
+            rows = torch.from_numpy(ids).to(self.device)
+            a_, l_ = evaluate_many(exp.module, exp.layout, st.params[rows], self.x_test, self.y_test)
             acc[ids], loss[ids] = a_.numpy(), l_.numpy()
         if not ids.size:
             return acc, loss, dist, None
-        w = st.params[torch.from_numpy(ids)].to(torch.float64)
-        dd = (w - w.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
+        w = st.params[torch.from_numpy(ids).to(self.device)].to(torch.float64)
+        dd = (w - w.mean(dim=0, keepdim=True)).norm(dim=1).cpu().numpy()
         dist[ids] = dd
         return acc, loss, dist, float(dd.mean())
 

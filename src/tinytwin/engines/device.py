@@ -15,6 +15,11 @@ from tinytwin.errors import SpecError
 #: weights stay in cache-sized pieces; a GPU needs tens of thousands of models to be busy.
 DEFAULT_CHUNK = {"cpu": 2048, "cuda": 65536}
 
+#: Decentralized algorithms whose whole round (training, mixing, evaluation) is device-generic:
+#: one sparse ``W @ X`` over the (D, P) models. Gossip and Gist move single models between
+#: per-device buffers and the hierarchical engine plans per cluster; those run on the CPU.
+DEVICE_DECENTRALIZED = ("decfedavg", "serverfree")
+
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``cpu``, ``cuda`` or ``auto`` as a torch device; a clear error when cuda is asked for but absent."""
@@ -34,6 +39,22 @@ def resolve_device(name: str | torch.device) -> torch.device:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     return device
+
+
+def engine_device(family: str, algorithm: str, name: str | torch.device) -> torch.device:
+    """The device an engine of ``family`` running ``algorithm`` computes on: ``auto`` falls back
+    to the CPU where the engine is CPU-only; an explicit ``cuda`` there is refused in one line."""
+    device = resolve_device(name)
+    cpu_only = family == "hierarchical" or (family == "decentralized" and algorithm not in DEVICE_DECENTRALIZED)
+    if device.type == "cpu" or not cpu_only:
+        return device
+    if name == "auto":
+        return torch.device("cpu")
+    raise SpecError(
+        "engine.device",
+        f"{name!r}: {algorithm} runs on the CPU only (the FedAvg family, {' and '.join(DEVICE_DECENTRALIZED)} "
+        "run on a GPU); use cpu or auto",
+    )
 
 
 def default_chunk(device: torch.device, chunk_size: int | None) -> int:

@@ -20,8 +20,9 @@ def evaluate_many(
     device_chunk: int = 32,
     sample_chunk: int = 2048,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and mean cross-entropy of each row of ``params`` (D, P) on ``(x, y)``: two (D,) tensors."""
-    d = params.shape[0]
+    """Accuracy and mean cross-entropy of each row of ``params`` (D, P) on ``(x, y)`` (computed on
+    ``params``' device, where ``x`` and ``y`` must be): two (D,) CPU tensors."""
+    d, dev = params.shape[0], params.device
     if d == 0 or len(x) == 0:
         return torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
 
@@ -29,8 +30,8 @@ def evaluate_many(
         return functional_call(module, layout.unflatten(p), (xb,))
 
     batched = vmap(logits, in_dims=(0, None))
-    correct = torch.zeros(d, dtype=torch.float64)
-    loss = torch.zeros(d, dtype=torch.float64)
+    correct = torch.zeros(d, dtype=torch.float64, device=dev)
+    loss = torch.zeros(d, dtype=torch.float64, device=dev)
     for lo in range(0, d, device_chunk):
         p = params[lo : lo + device_chunk]
         for s in range(0, len(x), sample_chunk):
@@ -39,4 +40,4 @@ def evaluate_many(
             correct[lo : lo + len(p)] += (out.argmax(dim=2) == yb[None, :]).sum(dim=1).to(torch.float64)
             ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.repeat(len(p)), reduction="none")
             loss[lo : lo + len(p)] += ce.reshape(len(p), -1).sum(dim=1).to(torch.float64)
-    return correct / len(x), loss / len(x)
+    return (correct / len(x)).cpu(), (loss / len(x)).cpu()

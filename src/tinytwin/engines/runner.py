@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytwin.core.preflight import check_family
-from tinytwin.engines.device import resolve_device
+from tinytwin.engines.device import engine_device
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.simulate import ProgressFn, Simulator
 from tinytwin.errors import TinyTwinError
@@ -62,7 +62,8 @@ def start_run(
 ) -> RunOutcome:
     """Check everything, then create the run folder and simulate every round."""
     exp = prepare(spec, base_dir)
-    resolve_device(spec.engine.device)  # a missing GPU is refused before the run folder exists
+    # a missing GPU, or one asked of a CPU-only engine, is refused before the run folder exists
+    engine_device(spec.algorithm.family, spec.algorithm.name, spec.engine.device)
     network = check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)

@@ -430,7 +430,9 @@ class EngineSpec(Strict):
     other keys (on the CPU bit for bit; on a GPU to float32 rounding)."""
 
     device: Literal["cpu", "cuda", "auto"] = Field(
-        default="cpu", description="torch device of the batched engines; auto: cuda when available"
+        default="cpu",
+        description="torch device of the batched engines (the FedAvg family, decfedavg, serverfree; the others "
+        "run on the CPU); auto: cuda when available",
     )
     threads: PositiveInt | None = Field(
         default=None, description="CPU intra-op threads; default: 1 (see docs/benchmarks.md, threads)"
