@@ -19,6 +19,8 @@ from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.simulate import stream_fedavg
 from tinytwin.errors import SpecError
 from tinytwin.spec.load import validate_spec
+from tinytwin.wire.encoding import tensor_sizes_within
+from tinytwin.wire.roundtrip import roundtrip_torch
 
 REFERENCES = load_references()
 CAPABILITY = cpu_capability()
@@ -72,22 +74,35 @@ def test_device_generic_trainer_on_cpu_equals_the_default_trainer(model):
     assert not torch.equal(got.params, start.expand_as(got.params))  # it trained
 
 
-def test_streaming_fedavg_equals_the_one_shot_mean():
-    exp, ids = _trainer_inputs({"name": "mlp", "hidden": [32]}, 12)
+@pytest.mark.parametrize("encoding", ["float32", "int8"])  # int8: one scale per tensor, layer by layer
+@pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [32]}, {"name": "lenet5"}])  # layered; one flat tensor
+def test_streaming_fedavg_equals_the_one_shot_mean(encoding, model):
+    exp, ids = _trainer_inputs(model, 12)
     x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)
 
     cfg = LocalTraining(1, 8, 0.1, "sgd", 0.0, 0.0, 0.0)
     parts = [exp.parts[d] for d in ids]
     n = np.array([len(p) for p in parts])
     start = exp.initial_params()
+    sizes = exp.model.tensor_sizes
     whole = LocalTrainer(exp.module, exp.layout, x, y, cfg, 1).train(start, 1, ids, parts)
-    expected = weighted_mean(whole.params - start, torch.from_numpy(n).float())
+    received = roundtrip_torch(whole.params - start, encoding, tensor_sizes=sizes)
+    expected = weighted_mean(received, torch.from_numpy(n).float())
     chunked = LocalTrainer(exp.module, exp.layout, x, y, cfg, 1, chunk_size=5)
-    agg, losses, error = stream_fedavg(chunked, start, 1, ids, parts, n, "float32", exp.model.tensor_sizes)
+    agg, losses, error = stream_fedavg(chunked, start, 1, ids, parts, n, encoding, sizes)
     assert error is None
     assert np.array_equal(losses, whole.train_loss)
     assert float(expected.abs().max()) > 1e-4
     assert torch.allclose(agg, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_a_slice_of_whole_tensors_keeps_their_sizes_and_a_cut_tensor_is_refused():
+    assert tensor_sizes_within([6, 2, 4, 1], 6, 6) == [2, 4]
+    assert tensor_sizes_within([6, 2, 4, 1], 0, 13) == [6, 2, 4, 1]
+    with pytest.raises(ValueError, match="cut through a tensor of 6"):
+        tensor_sizes_within([6, 2, 4, 1], 3, 5)
+    with pytest.raises(ValueError, match="not whole tensors"):
+        tensor_sizes_within([6, 2], 6, 5)
 
 
 def test_streaming_fedavg_refuses_zero_weights_but_keeps_the_losses():

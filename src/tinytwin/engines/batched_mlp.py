@@ -66,6 +66,18 @@ class BatchedMLPGrad:
             out.append(params[:, lin.b_offset : lin.b_offset + lin.n_out].clone())
         return out
 
+    def layer_shapes(self) -> list[tuple[int, ...]]:
+        """Per-device shape of each tensor of :meth:`split`'s list: (out, in) weights, (out,) biases."""
+        return [s for lin in self.linears for s in ((lin.n_out, lin.n_in), (lin.n_out,))]
+
+    def split_into(self, params: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+        """:meth:`split` into given per-layer tensors (D, ...): ``params`` (D, P), or (P,) for every device."""
+        lead = params.shape[:-1]
+        for k, lin in enumerate(self.linears):
+            w = params[..., lin.w_offset : lin.b_offset].reshape(*lead, lin.n_out, lin.n_in)
+            tensors[2 * k].copy_(w)  # a (P,) start broadcasts over the devices
+            tensors[2 * k + 1].copy_(params[..., lin.b_offset : lin.b_offset + lin.n_out])
+
     def join(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Per-layer tensors -> (D, P) flat parameters, in the model's flat order."""
         out = torch.empty((tensors[0].shape[0], self.num_params), dtype=tensors[0].dtype, device=tensors[0].device)

@@ -39,6 +39,17 @@ class LocalResult:
     steps: np.ndarray  # (D,) optimizer steps taken
 
 
+@dataclass
+class ChunkResult:
+    """One chunk's trained models as the trainer holds them: the model's tensors in flat order,
+    each (n, ...) (one (n, P) tensor off the MLP fast path), so a streaming reducer reads them
+    without first copying them into one (n, P) matrix."""
+
+    layers: list[torch.Tensor]
+    train_loss: np.ndarray
+    steps: np.ndarray
+
+
 class LocalTrainer:
     """Trains devices' models on their local data for one round."""
 
@@ -66,6 +77,9 @@ class LocalTrainer:
         self.chunk_size = chunk_size
         self.threads = threads
         self.bucketing = bucketing
+        # Per-chunk work tensors kept from chunk to chunk: a fresh 100 MB tensor per chunk costs
+        # more in page faults than filling it (see _scratch).
+        self._scratch_store: dict[str, torch.Tensor] = {}
 
         def loss(
             flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor
@@ -130,29 +144,30 @@ class LocalTrainer:
                     else torch.empty((len(pos), out.shape[1]), dtype=out.dtype, device=self.device)
                 )
                 chunk_start = start if start.dim() == 1 else start[rows]
-                losses[pos], steps[pos] = self._train_chunk(
-                    chunk_start, chunk_out, round_, device_ids[pos], take(indices, pos), lrs[pos]
+                layers, losses[pos], steps[pos] = self._train_chunk(
+                    chunk_start, round_, device_ids[pos], take(indices, pos), lrs[pos]
                 )
+                self._join_into(layers, chunk_out)
                 if not contiguous:
                     out[rows] = chunk_out
         return LocalResult(out, losses, steps)
 
     def train_chunks(
         self, start: torch.Tensor, round_: int, device_ids: np.ndarray, indices: Sequence[np.ndarray]
-    ) -> Iterator[tuple[np.ndarray, LocalResult]]:
-        """Train the devices one chunk at a time, yielding ``(positions, result of those devices)``.
+    ) -> Iterator[tuple[np.ndarray, ChunkResult]]:
+        """Train the devices one chunk at a time, yielding ``(positions, models of those devices)``.
 
         Each chunk's models are computed exactly as :meth:`train` computes them; a caller that
         reduces each chunk before asking for the next (streaming FedAvg) holds one chunk of
-        (D, P) models in memory instead of all of them."""
+        models in memory instead of all of them. The chunk's tensors may be updated in place;
+        the next chunk reuses them."""
         start = start.to(self.device)
         for pos in self.plan(indices):
-            out = torch.empty((len(pos), start.shape[-1]), dtype=start.dtype, device=self.device)
             with intra_op_threads(self._threads(len(pos), start.shape[-1])):
-                loss, steps = self._train_chunk(
-                    start, out, round_, device_ids[pos], take(indices, pos), np.full(len(pos), self.cfg.lr)
+                layers, loss, steps = self._train_chunk(
+                    start, round_, device_ids[pos], take(indices, pos), np.full(len(pos), self.cfg.lr)
                 )
-            yield pos, LocalResult(out, loss, steps)
+            yield pos, ChunkResult(layers, loss, steps)
 
     def plan(self, indices: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The chunks of devices (positions into ``indices``) that train together."""
@@ -165,16 +180,32 @@ class LocalTrainer:
         """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule."""
         return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params, self.threads)
 
+    def _join_into(self, layers: list[torch.Tensor], out: torch.Tensor) -> None:
+        """A chunk's tensors (:class:`ChunkResult` layers) into its rows of the flat (n, P) ``out``."""
+        if self._mlp_grad is not None:
+            self._mlp_grad.join_into(layers, out)
+        else:
+            out.copy_(layers[0])
+
+    def _scratch(self, name: str, rows: int, row_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A (rows, *row_shape) work tensor, the first rows of one kept from earlier chunks when it
+        is large enough (contents undefined). A chunk's tensors are therefore valid until the next
+        chunk trains: :meth:`train` copies them out, :meth:`train_chunks`' caller reduces them first."""
+        buf = self._scratch_store.get(name)
+        if buf is None or buf.shape[1:] != row_shape or buf.dtype != dtype or buf.shape[0] < rows:
+            buf = torch.empty((rows, *row_shape), dtype=dtype, device=self.device)
+            self._scratch_store[name] = buf
+        return buf[:rows]
+
     def _train_chunk(
         self,
         start: torch.Tensor,
-        out: torch.Tensor,
         round_: int,
         device_ids: np.ndarray,
         indices: Sequence[np.ndarray],
         lrs: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Train one chunk of devices from ``start`` ((P,) or (n, P)), writing the models into ``out``.
+    ) -> tuple[list[torch.Tensor], np.ndarray, np.ndarray]:
+        """Train one chunk of devices from ``start`` ((P,) or (n, P)): the models' tensors, losses, steps.
 
         MLPs train on per-layer tensors (no flat copies per step)."""
         cfg = self.cfg
@@ -186,7 +217,8 @@ class LocalTrainer:
             sched = schedule_on(self.seed, round_, cfg.epochs, cfg.batch_size, device_ids, indices, dev)
         fast = self._mlp_grad
         if fast is not None:
-            tensors = fast.split(start, n)
+            tensors = [self._scratch(f"layer{k}", n, s, start.dtype) for k, s in enumerate(fast.layer_shapes())]
+            fast.split_into(start, tensors)
         else:
             tensors = [start.expand(n, -1).contiguous() if start.dim() == 1 else start.clone()]
         params = tensors[0]
@@ -199,8 +231,8 @@ class LocalTrainer:
         b = cfg.batch_size
         # One batch buffer reused by every step: a fresh (D, B, ...) tensor per step costs
         # more in allocation and page faults than the gather itself (8 ms vs 60-90 ms at 2000 x 10 MNIST rows).
-        x_buf = torch.empty((len(indices) * b, self._x_rows.shape[1]), dtype=self._x_rows.dtype, device=dev)
-        y_buf = torch.empty(len(indices) * b, dtype=self.y.dtype, device=dev)
+        x_buf = self._scratch("x", len(indices) * b, (self._x_rows.shape[1],), self._x_rows.dtype)
+        y_buf = self._scratch("y", len(indices) * b, (), self.y.dtype)
         for s in range(sched.shape[1] // b):
             idx = sched[:, s * b : (s + 1) * b]
             mask = (idx >= 0).to(params.dtype)
@@ -234,12 +266,8 @@ class LocalTrainer:
             ce_total += ce_sum.to(torch.float64)
             seen += mask.sum(dim=1).to(torch.float64)
             steps += has_data.to(torch.int64)
-        if fast is not None:
-            fast.join_into(tensors, out)
-        else:
-            out.copy_(tensors[0])
         loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
-        return loss, steps.cpu().numpy()
+        return tensors, loss, steps.cpu().numpy()
 
     # ---- reference ----------------------------------------------------------------
     def train_reference(

@@ -38,6 +38,7 @@ from tinytwin.fleet.battery import battery_summary, powered, settle_round
 from tinytwin.rng import Stream, stream_rng
 from tinytwin.spec.schema import AggregatorSpec
 from tinytwin.store.db import RunStore
+from tinytwin.wire.encoding import tensor_sizes_within
 from tinytwin.wire.roundtrip import roundtrip_torch
 
 ProgressFn = Callable[[int, dict[str, Any]], None]
@@ -459,8 +460,16 @@ def stream_fedavg(
     start_dev = start.to(trainer.device)
     for pos, result in trainer.train_chunks(start_dev, r, device_ids, parts):
         losses[pos] = result.train_loss
-        if mean is not None:
-            mean.add(pos, roundtrip_torch(result.params - start_dev, encoding, tensor_sizes=tensor_sizes))
+        if mean is None:
+            continue
+        offset = 0
+        for layer in result.layers:  # each of the model's tensors on its own: no (n, P) copy
+            rows = layer.reshape(len(pos), -1)
+            size = rows.shape[1]
+            delta = rows.sub_(start_dev[offset : offset + size])  # the chunk's models are not needed again
+            sizes = tensor_sizes_within(tensor_sizes or [start_dev.shape[-1]], offset, size)
+            mean.add(pos, roundtrip_torch(delta, encoding, tensor_sizes=sizes), offset)
+            offset += size
     if mean is None:
         return None, losses, error
     try:

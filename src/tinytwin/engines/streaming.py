@@ -27,10 +27,11 @@ class StreamingMean:
         self.normalised = w / total
         self.total = torch.zeros(num_params, dtype=torch.float32, device=device)
 
-    def add(self, positions: np.ndarray, rows: torch.Tensor) -> None:
-        """Add the rows of the devices at ``positions`` (a (len(positions), P) tensor), weighted."""
+    def add(self, positions: np.ndarray, rows: torch.Tensor, offset: int = 0) -> None:
+        """Add the rows of the devices at ``positions`` (a (len(positions), S) tensor), weighted,
+        to the parameters ``offset .. offset + S`` (a model's tensors may arrive one by one)."""
         weights = self.normalised[torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.total.device)]
-        self.total.add_(weights @ rows)
+        self.total[offset : offset + rows.shape[1]].add_(weights @ rows)
 
     def result(self) -> torch.Tensor:
         """The weighted mean; refuses NaN or Inf as the one-shot FedAvg does."""

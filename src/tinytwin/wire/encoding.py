@@ -64,6 +64,22 @@ def _tensor_sizes(n: int, tensor_sizes: Sequence[int] | None) -> tuple[int, ...]
     return sizes
 
 
+def tensor_sizes_within(tensor_sizes: Sequence[int], offset: int, size: int) -> list[int]:
+    """The sizes of the tensors that make up values ``offset .. offset + size`` of a vector split
+    into ``tensor_sizes``: a slice that cuts through a tensor is refused, since per-tensor
+    encodings (int8's scale) would then encode it differently than the whole vector."""
+    out, at = [], 0
+    for s in tensor_sizes:
+        if offset <= at and at + s <= offset + size:
+            out.append(int(s))
+        elif at < offset + size and offset < at + s:
+            raise ValueError(f"values {offset}..{offset + size} cut through a tensor of {s} values at {at}")
+        at += s
+    if sum(out) != size:
+        raise ValueError(f"values {offset}..{offset + size} are not whole tensors of {list(tensor_sizes)}")
+    return out
+
+
 def encoded_size(
     n: int,
     encoding: str,
