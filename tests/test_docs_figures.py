@@ -97,3 +97,13 @@ def test_rva_cifar_table_is_the_one_rendered_from_its_results_file() -> None:
     bench = load_benchmark("reproduce_rva_cifar")
     results = json.loads(bench.RESULTS.read_text())
     assert bench.render(results) in bench.DOC.read_text()
+
+
+def test_scale_revisions_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_revisions")
+    results = json.loads(gen.RESULTS.read_text())
+    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
+    assert block and block.group(0) == gen.render(results), "rerun `python benchmarks/bench_revisions.py --from-json`"
+    before, after = results["before"], results["after"]
+    assert before["final_accuracy"] == after["final_accuracy"]  # the same models, only faster
+    assert after["steady_s_per_round"][1] < before["steady_s_per_round"][1]
