@@ -107,3 +107,12 @@ def test_scale_revisions_block_is_rendered_from_its_results_file() -> None:
     before, after = results["before"], results["after"]
     assert before["final_accuracy"] == after["final_accuracy"]  # the same models, only faster
     assert after["steady_s_per_round"][1] < before["steady_s_per_round"][1]
+
+
+def test_startup_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_startup")
+    results = json.loads(gen.RESULTS.read_text())
+    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
+    assert block and block.group(0) == gen.render(results), "rerun `python benchmarks/bench_startup.py --from-json`"
+    seconds = results["seconds"]
+    assert seconds["tinytwin devices"][1] < 1.0 and seconds["tinytwin plan examples/quickstart.yaml"][1] < 1.0
