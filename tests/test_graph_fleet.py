@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from tinytwin.graph.cloudlets import partition_graph
 from tinytwin.graph.fleet_costs import CloudletFleet, fleet_costs
-from tinytwin.graph.stgcn import StgcnConfig, param_count, train_flops
+from tinytwin.graph.stgcn import StgcnConfig, param_count, train_flops, training_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ROOT / "examples" / "graph" / "stgnn-metr-la-short.yaml"
@@ -34,7 +34,7 @@ def test_traditional_fl_time_and_energy_equal_a_hand_calculation() -> None:
     part, model = _partition(), StgcnConfig(12, 3, 2, (8, 4, 8), 16, 3, 3, 0.0)
     fleet = CloudletFleet.from_names("raspberry-pi-4", "ethernet", "jetson-agx-orin-cpu")
     windows, steps = 10, 30
-    got = fleet_costs("traditional", part, model, windows, steps, epochs=1, fleet=fleet, seed=0)
+    got = fleet_costs("traditional", part, model, windows, steps, epochs=1, fleet=fleet, seed=0, batch=4)
     link, pi, orin = fleet.link, fleet.profile, fleet.server
     p4 = param_count(model) * 4
 
@@ -59,17 +59,24 @@ def test_traditional_fl_time_and_energy_equal_a_hand_calculation() -> None:
     server = orin.power.active_w * master + orin.power.idle_w * (epoch - master)
     assert got["time_s"] == pytest.approx(epoch)
     assert got["energy_j"] == pytest.approx(sum(s["energy_j"] for s in got["per_cloudlet"]) + server)
-    three = fleet_costs("traditional", part, model, windows, steps, epochs=3, fleet=fleet, seed=0)
+    for site, (halo, remote) in zip(got["per_cloudlet"], ((5, 2), (6, 2)), strict=True):
+        # weights, gradients, two Adam moments; 4 windows of stored values; the master's model and
+        # the remote halo's series received, the own model sent
+        mem = training_memory(model, halo, 4)
+        assert mem.weights == mem.gradients == p4 and mem.optimizer_state == 2 * p4
+        assert site["train_memory_bytes"] == mem.total + p4 + remote * steps * 4 + p4
+    assert got["train_memory_bytes"] == max(s["train_memory_bytes"] for s in got["per_cloudlet"])
+    three = fleet_costs("traditional", part, model, windows, steps, epochs=3, fleet=fleet, seed=0, batch=4)
     assert three["time_s"] == pytest.approx(3 * epoch) and three["bytes"] == 3 * got["bytes"]
 
 
 def test_server_free_cloudlets_send_to_each_neighbour_and_centralized_only_computes() -> None:
     part, model = _partition(), StgcnConfig(12, 3, 2, (8, 4, 8), 16, 3, 3, 0.0)
     fleet = CloudletFleet.from_names("jetson-nano-cpu", "wifi", "raspberry-pi-4")
-    free = fleet_costs("serverfree", part, model, 10, 30, 1, fleet, 0)
+    free = fleet_costs("serverfree", part, model, 10, 30, 1, fleet, 0, 4)
     p4 = param_count(model) * 4
     assert all(s["bytes_up"] >= p4 for s in free["per_cloudlet"])  # one neighbour each
-    central = fleet_costs("centralized", part, model, 10, 30, 2, fleet, 0)
+    central = fleet_costs("centralized", part, model, 10, 30, 2, fleet, 0, 4)
     compute = 2 * train_flops(model, 7, 10) / fleet.server.flops_per_s
     assert central["bytes"] == 0 and central["time_s"] == pytest.approx(compute)
     assert central["energy_j"] == pytest.approx(fleet.server.power.active_w * compute)
@@ -113,4 +120,11 @@ def test_a_forecast_writes_a_run_folder_that_report_and_compare_read(tmp_path: P
 def test_an_unknown_cloudlet_profile_is_one_line_and_no_run_folder(tmp_path: Path) -> None:
     r = run_cli("forecast", str(SHORT), "--set", "cloudlets.profile=pi5", "--out", str(tmp_path / "runs"))
     assert r.returncode == 2 and "cloudlets.profile" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cloudlet_profile_too_small_to_train_is_refused_before_training(tmp_path: Path) -> None:
+    r = run_cli("forecast", str(SHORT), "--set", "cloudlets.profile=esp32-s3", "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cloudlets.profile" in r.stderr and "esp32-s3 has" in r.stderr and "largest site" in r.stderr
     assert not (tmp_path / "runs").exists()

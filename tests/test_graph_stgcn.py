@@ -6,7 +6,16 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinytwin.graph.stgcn import ChebConv, Stgcn, StgcnConfig, forward_flops, param_count, scaled_laplacian
+from tinytwin.graph.stgcn import (
+    ChebConv,
+    Stgcn,
+    StgcnConfig,
+    forward_flops,
+    layer_outputs,
+    param_count,
+    scaled_laplacian,
+    training_memory,
+)
 
 ADJ5 = np.array(
     [
@@ -53,3 +62,32 @@ def test_one_model_serves_any_node_count() -> None:
     for n in (3, 5):
         gso = torch.from_numpy(scaled_laplacian(ADJ5[:n, :n])).float()
         assert model(torch.randn(4, 12, n), gso).shape == (4, 3, n)
+
+
+def test_training_memory_is_counted_like_the_classification_models_and_bounds_what_autograd_keeps() -> None:
+    cfg = StgcnConfig(channels=(4, 2, 6), out_hidden=8, dropout=0.2)
+    n, batch = 10, 3
+    mem = training_memory(cfg, n, batch, receive_bytes=100, send_bytes=40)
+    p = param_count(cfg)
+    assert (mem.weights, mem.gradients, mem.optimizer_state) == (4 * p, 4 * p, 8 * p)  # Adam: two moments
+    outputs = layer_outputs(cfg, n)
+    assert outputs[0] == cfg.history * n and outputs[-1] == cfg.n_out * n  # the input ... the forecasts
+    assert mem.activations == 4 * batch * (sum(outputs) + 2 * max(outputs))
+    assert mem.total == 16 * p + mem.activations + 140
+    # what PyTorch's autograd actually keeps for backward of this implementation: the count is
+    # an upper bound within 2x (every layer's output, plus two backward buffers)
+    torch.manual_seed(0)
+    model = Stgcn(cfg)
+    rng = np.random.default_rng(0)
+    gso = torch.from_numpy(scaled_laplacian((rng.random((n, n)) > 0.7).astype(float))).float()
+    params = {q.untyped_storage().data_ptr() for q in model.parameters()} | {gso.untyped_storage().data_ptr()}
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(torch.randn(batch, cfg.history, n), gso)
+    assert sum(saved.values()) <= mem.activations <= 2 * sum(saved.values())

@@ -23,7 +23,7 @@ from tinytwin.graph.cloudlets import (
     read_centres,
 )
 from tinytwin.graph.emulated import run_emulated
-from tinytwin.graph.fleet_costs import CloudletFleet, fleet_costs
+from tinytwin.graph.fleet_costs import CloudletFleet, check_memory, fleet_costs
 from tinytwin.graph.forecasting import (
     ForecastData,
     SensorGraph,
@@ -109,6 +109,7 @@ def run_forecast(
     )
     part = build_partition(data.graph, spec, base_dir, spec.model.blocks)
     steps = len(data.train.x) + data.history + max(data.horizons) - 1
+    check_memory(list(spec.setups), part, cfg.model, cfg.batch_size, steps, fleet)
     results: dict[str, object] = {}
     for setup in spec.setups:
         t0 = time.perf_counter()
@@ -116,7 +117,9 @@ def run_forecast(
         res = twin(data, part, setup, cfg)
         res["twin"] = "emulate" if twin is run_emulated else "simulate"
         res["wall_s"] = time.perf_counter() - t0
-        res["fleet"] = fleet_costs(setup, part, cfg.model, len(data.train.x), steps, cfg.epochs, fleet, spec.seed)
+        res["fleet"] = fleet_costs(
+            setup, part, cfg.model, len(data.train.x), steps, cfg.epochs, fleet, spec.seed, cfg.batch_size
+        )
         results[setup] = res
         if on_setup is not None:
             on_setup(setup, res)

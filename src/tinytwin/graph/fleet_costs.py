@@ -16,6 +16,8 @@ transfers take the link's latency, bandwidth, packet headers and drawn packet lo
 ``P_active·t_compute + P_tx·t_up + P_rx·t_down + P_idle·idle`` over the epoch, whose length is
 the slowest cloudlet's (the setups are synchronous), plus the master's merge for traditional FL.
 Centralized training is the server's compute only (its data are taken to be there already).
+Each site's training RAM is counted too, and a setup whose largest site does not fit its
+profile is refused before anything trains.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tinytwin.errors import SpecError
 from tinytwin.fleet.catalog import DeviceProfile, load_device_catalog
 from tinytwin.fleet.cost import LinkArrays, PowerArrays, draw_lost_packets, energy_joules, transfer_cost
 from tinytwin.graph.cloudlets import Partition, node_feature_bytes
-from tinytwin.graph.stgcn import StgcnConfig, param_count, train_flops
+from tinytwin.graph.stgcn import StgcnConfig, param_count, train_flops, training_memory
 from tinytwin.net.links import LinkModel, load_link_catalog
 
 BYTES_PER_VALUE = 4
@@ -89,6 +91,51 @@ def _traffic(setup: str, part: Partition, model_bytes: int) -> tuple[np.ndarray,
     return sends * model_bytes, receives * model_bytes, merged
 
 
+def usable_ram(profile: DeviceProfile) -> int:
+    """Bytes a training process may take on ``profile``: internal and external RAM, less the reserved."""
+    return profile.ram_bytes + profile.external_ram_bytes - profile.reserved_ram_bytes
+
+
+def memory_needs(setup: str, part: Partition, model: StgcnConfig, batch: int, steps: int) -> list[int]:
+    """Training RAM of each site (:func:`stgcn.training_memory`): the server's whole graph for
+    centralized training; else each cloudlet's halo, the models it receives in an epoch and
+    every step of its remote halo's features (they stay in memory), and its model sent."""
+    if setup == "centralized":
+        return [training_memory(model, len(part.kept), batch).total]
+    model_bytes = param_count(model) * BYTES_PER_VALUE
+    _, received, _ = _traffic(setup, part, model_bytes)
+    return [
+        training_memory(
+            model,
+            len(c.halo),
+            batch,
+            receive_bytes=int(received[i]) + node_feature_bytes(len(c.remote), steps, BYTES_PER_VALUE),
+            send_bytes=model_bytes,
+        ).total
+        for i, c in enumerate(part.cloudlets)
+    ]
+
+
+def check_memory(
+    setups: list[str], part: Partition, model: StgcnConfig, batch: int, steps: int, fleet: CloudletFleet
+) -> None:
+    """Refuse, before any training, a setup whose largest site does not fit its profile's RAM."""
+    for setup in setups:
+        key, profile = (
+            ("cloudlets.server_profile", fleet.server)
+            if setup == "centralized"
+            else ("cloudlets.profile", fleet.profile)
+        )
+        need = max(memory_needs(setup, part, model, batch, steps))
+        if need > usable_ram(profile):
+            raise SpecError(
+                key,
+                f"{profile.name} has {usable_ram(profile) / 1e6:.1f} MB of RAM for training; {setup} needs "
+                f"{need / 1e6:.1f} MB on its largest site (ST-GCN at batch {batch}); "
+                "use a larger profile, a smaller train.batch_size or a narrower model",
+            )
+
+
 def fleet_costs(
     setup: str,
     part: Partition,
@@ -98,15 +145,17 @@ def fleet_costs(
     epochs: int,
     fleet: CloudletFleet,
     seed: int,
+    batch: int,
 ) -> dict[str, Any]:
-    """Modelled seconds and joules of ``epochs`` local epochs of ``setup``, per cloudlet and in all."""
+    """Modelled seconds, joules and training RAM of ``epochs`` local epochs of ``setup``, per
+    cloudlet and in all."""
     p = param_count(model)
+    memory = memory_needs(setup, part, model, batch, steps)
     if setup == "centralized":
         compute = train_flops(model, len(part.kept), windows) / fleet.server.flops_per_s
         energy = fleet.server.power.active_w * compute
-        return _result(
-            fleet, compute * epochs, energy * epochs, [], {"compute_s": compute * epochs, "energy_j": energy * epochs}
-        )
+        server = {"compute_s": compute * epochs, "energy_j": energy * epochs, "train_memory_bytes": memory[0]}
+        return _result(fleet, compute * epochs, energy * epochs, [], server, memory[0])
     n = len(part.cloudlets)
     up_b, down_b, merged = _traffic(setup, part, p * BYTES_PER_VALUE)
     features = np.array([node_feature_bytes(len(c.remote), steps, BYTES_PER_VALUE) for c in part.cloudlets])
@@ -138,15 +187,21 @@ def fleet_costs(
             **{k: float(v[i]) for k, v in totals.items()},
             "bytes_up": int(bytes_up[i]),
             "bytes_down": int(bytes_down[i]),
+            "train_memory_bytes": memory[i],
         }
         for i, c in enumerate(part.cloudlets)
     ]
     server = {"compute_s": master_s * epochs, "energy_j": server_j} if setup == "traditional" else {}
-    return _result(fleet, time_s, float(totals["energy_j"].sum()) + server_j, sites, server)
+    return _result(fleet, time_s, float(totals["energy_j"].sum()) + server_j, sites, server, max(memory))
 
 
 def _result(
-    fleet: CloudletFleet, time_s: float, energy_j: float, sites: list[dict[str, Any]], server: dict[str, Any]
+    fleet: CloudletFleet,
+    time_s: float,
+    energy_j: float,
+    sites: list[dict[str, Any]],
+    server: dict[str, Any],
+    memory: int,
 ) -> dict[str, Any]:
     return {
         "profile": fleet.profile.name,
@@ -155,6 +210,7 @@ def _result(
         "time_s": time_s,
         "energy_j": energy_j,
         "bytes": int(sum(s["bytes_up"] + s["bytes_down"] for s in sites)),
+        "train_memory_bytes": memory,  # the largest site's
         "per_cloudlet": sites,
         "server": server,
     }

@@ -40,6 +40,7 @@ def _cost_rows(setups: dict[str, Any]) -> list[list[str]]:
             format_seconds(r["modelled_time_s"]),
             format_energy(r["energy_j"]),
             format_bytes(r["link_bytes"]),
+            format_bytes(r["train_memory_bytes"]) if "train_memory_bytes" in r else "—",
             f"{r['wall_s']:.1f} s",
         ]
         for s, r in setups.items()
@@ -95,9 +96,9 @@ def write_forecast_report(run_dir: Path) -> Path:
         f"<h2>Test metrics of the best validation epoch</h2>{table(header, rows, [False] + [True] * (len(header) - 1))}"
         "<h2>The cost model: the whole run on the fleet</h2>"
         + table(
-            ["setup", "modelled time", "energy", "bytes on links", "wall time"],
+            ["setup", "modelled time", "energy", "bytes on links", "training RAM (largest site)", "wall time"],
             _cost_rows(s["setups"]),
-            [False, True, True, True, True],
+            [False, True, True, True, True, True],
         )
         + figure(plot, "Validation MAE at the first horizon against epochs, per setup.")
         + "<h2>Per cloudlet: its own sensors (the seed's Figure 24)</h2>"
@@ -143,9 +144,9 @@ def compare_forecasts(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         f"<h2>Test metrics</h2>{table(['run', *header], rows, [False, False] + [True] * (len(header) - 1))}"
         "<h2>The cost model</h2>"
         + table(
-            ["run", "setup", "modelled time", "energy", "bytes on links", "wall time"],
+            ["run", "setup", "modelled time", "energy", "bytes on links", "training RAM (largest site)", "wall time"],
             costs,
-            [False, False, True, True, True, True],
+            [False, False, True, True, True, True, True],
         )
         + figure(plot, "Validation MAE at the first horizon against epochs.")
     )

@@ -43,6 +43,7 @@ def forecast_summary(result: dict[str, Any], twin: str) -> dict[str, Any]:
                 "modelled_time_s": r["fleet"]["time_s"],
                 "energy_j": r["fleet"]["energy_j"],
                 "link_bytes": r["fleet"]["bytes"],
+                "train_memory_bytes": r["fleet"]["train_memory_bytes"],
                 "wall_s": r["wall_s"],
             }
             for s, r in result["setups"].items()

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinytwin.models.accounting import BYTES_PER_VALUE, TrainingMemory
+
 
 @dataclass(frozen=True)
 class StgcnConfig:
@@ -210,3 +212,48 @@ def forward_flops(cfg: StgcnConfig, n_nodes: int, batch: int = 1) -> int:
 def train_flops(cfg: StgcnConfig, n_nodes: int, samples: int) -> int:
     """Training FLOPs for ``samples`` windows: forward + backward ≈ 3 × forward (the usual rule)."""
     return 3 * forward_flops(cfg, n_nodes, samples)
+
+
+def layer_outputs(cfg: StgcnConfig, n_nodes: int) -> list[int]:
+    """Values per sample that each step of the forward pass produces (what autograd keeps for
+    backward, by the convention of the classification models: every layer's output), input first."""
+    c0, c1, c2 = cfg.channels
+    n, t = n_nodes, cfg.history
+    out = [t * n]
+
+    def temporal(kt: int, c_in: int, c_out: int, glu: bool, t_in: int) -> list[int]:
+        t_out = t_in - kt + 1
+        align = c_out * t_in * n if c_in != c_out else 0  # the residual's 1x1 conv or zero padding
+        return [align, (2 * c_out if glu else c_out) * t_out * n, c_out * t_out * n]  # residual, conv, gate
+
+    for i in range(cfg.blocks):
+        out += temporal(cfg.kt, 1 if i == 0 else c2, c0, True, t)
+        t -= cfg.kt - 1
+        align = c1 * t * n if c0 != c1 else 0
+        # aligned input, the K Chebyshev terms, the convolution, + residual, ReLU
+        out += [align, cfg.ks * c1 * t * n, c1 * t * n, c1 * t * n, c1 * t * n]
+        out += temporal(cfg.kt, c1, c2, False, t)
+        t -= cfg.kt - 1
+        out += [c2 * t * n, c2 * t * n]  # layer norm, dropout
+    out += temporal(cfg.ko, c2, cfg.out_hidden, True, t)
+    h = cfg.out_hidden * n
+    return [*out, h, h, h, h, cfg.n_out * n]  # output norm, fc1, ReLU, dropout, fc2
+
+
+def training_memory(
+    cfg: StgcnConfig, n_nodes: int, batch: int, receive_bytes: int = 0, send_bytes: int = 0
+) -> TrainingMemory:
+    """RAM to train the model on an ``n_nodes`` subgraph at ``batch`` windows with Adam, counted as
+    the classification models are (``models.accounting.training_memory``): weights, gradients, two
+    Adam moments, the stored forward values plus two backward buffers of the largest one, and
+    the frames received (merged models, node features) and sent."""
+    p = param_count(cfg)
+    outputs = layer_outputs(cfg, n_nodes)
+    return TrainingMemory(
+        weights=p * BYTES_PER_VALUE,
+        gradients=p * BYTES_PER_VALUE,
+        optimizer_state=2 * p * BYTES_PER_VALUE,
+        activations=batch * (sum(outputs) + 2 * max(outputs)) * BYTES_PER_VALUE,
+        receive_buffer=receive_bytes,
+        send_buffer=send_bytes,
+    )
