@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinytwin.algorithms.mixing import distances_to_mean
 from tinytwin.emulate.dfl_directory import RoundPlan
 from tinytwin.emulate.dfl_resume import DflResume
 from tinytwin.emulate.skeleton import firmware_metrics
@@ -199,8 +200,7 @@ class DflRecording(DflResume):
         w = torch.from_numpy(np.stack([self.coord.updates[int(d)] for d in with_model]))
         a_, l_ = evaluate_many(exp.module, exp.layout, w, self.x_test, self.y_test)
         acc[with_model], tloss[with_model] = a_.numpy(), l_.numpy()
-        w64 = w.to(torch.float64)
-        dd = (w64 - w64.mean(dim=0, keepdim=True)).norm(dim=1).numpy()
+        dd = distances_to_mean(w)
         dist[with_model] = dd
         for i, d in enumerate(with_model):
             self.models[int(d)] = w[i].numpy()

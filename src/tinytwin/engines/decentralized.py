@@ -40,6 +40,7 @@ from tinytwin.algorithms import gist as G
 from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
+from tinytwin.algorithms.mixing import distances_to_mean
 from tinytwin.engines.device import default_chunk, engine_device
 from tinytwin.engines.dfl_messages import AGE_HEADER_BYTES, Ctx, DState, Messages
 from tinytwin.engines.dfl_protocols import PROTOCOLS
@@ -452,8 +453,7 @@ class DecentralizedSimulator:
             acc[ids], loss[ids] = a_.numpy(), l_.numpy()
         if not ids.size:
             return acc, loss, dist, None
-        w = st.params[torch.from_numpy(ids).to(self.device)].to(torch.float64)
-        dd = (w - w.mean(dim=0, keepdim=True)).norm(dim=1).cpu().numpy()
+        dd = distances_to_mean(st.params[torch.from_numpy(ids).to(self.device)])
         dist[ids] = dd
         return acc, loss, dist, float(dd.mean())
 

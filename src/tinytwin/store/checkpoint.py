@@ -39,7 +39,7 @@ def encode(state: Mapping[str, Any]) -> bytes:
     arrays: list[bytes] = []
     tree = _enc(dict(state), arrays)
     header = json.dumps({"tree": tree, "arrays": [len(a) for a in arrays]}, allow_nan=True).encode()
-    return MAGIC + _LEN.pack(len(header)) + header + b"".join(arrays)
+    return b"".join([MAGIC, _LEN.pack(len(header)), header, *arrays])  # one copy of the arrays
 
 
 def decode(blob: bytes) -> dict[str, Any]:

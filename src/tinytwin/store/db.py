@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinytwin.store import checkpoint_files
 from tinytwin.store.check import ResultsError, check_store, connect_read_only, expected_columns
 from tinytwin.store.checkpoint import CheckpointFormatError, decode, encode
 
@@ -237,6 +238,9 @@ class RunStore:
     ) -> None:
         """Commit one finished round, its per-device rows, events, battery charges ``(round,
         device, charge_j, capacity_j)`` and the resume checkpoint atomically."""
+        stored = None
+        if checkpoint is not None:  # a large one is written to its file before the transaction
+            stored = checkpoint_files.to_row(self.path.parent, run_id, int(round_row["round"]), _to_blob(checkpoint))
         with writing(self.path), self.conn:
             self.conn.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
@@ -252,12 +256,13 @@ class RunStore:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO battery_rounds VALUES (?,?,?,?,?)", [(run_id, *row) for row in battery]
             )
-            if checkpoint is not None:
+            if stored is not None:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)",
-                    (run_id, int(round_row["round"]), _to_blob(checkpoint)),
+                    "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?)", (run_id, int(round_row["round"]), stored)
                 )
             self.conn.execute("UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id))
+        if stored is not None:
+            checkpoint_files.prune(self.path.parent, run_id, stored)
 
     def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
         with writing(self.path), self.conn:
@@ -337,7 +342,7 @@ class RunStore:
         try:
             if not isinstance(row[1], bytes) or isinstance(row[0], bool) or not isinstance(row[0], int):
                 raise CheckpointFormatError("the checkpoint row has the wrong column types")
-            return int(row[0]), _from_blob(row[1])
+            return int(row[0]), _from_blob(checkpoint_files.from_row(self.path.parent, row[1]))
         except CheckpointFormatError as exc:
             raise ResultsError(f"{self.path}: cannot resume: {exc}; start the run again") from None
 
