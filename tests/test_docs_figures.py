@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,11 +101,15 @@ def test_rva_cifar_table_is_the_one_rendered_from_its_results_file() -> None:
     assert bench.render(results) in bench.DOC.read_text()
 
 
-def test_scale_revisions_block_is_rendered_from_its_results_file() -> None:
+@pytest.mark.parametrize("workload", ["fedavg", "decfedavg"])
+def test_scale_revisions_block_is_rendered_from_its_results_file(workload: str) -> None:
     gen = load_benchmark("bench_revisions")
-    results = json.loads(gen.RESULTS.read_text())
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
-    assert block and block.group(0) == gen.render(results), "rerun `python benchmarks/bench_revisions.py --from-json`"
+    results = json.loads(gen.results_file(workload).read_text())
+    begin, end = gen.markers(workload)
+    block = re.search(re.escape(begin) + ".*?" + re.escape(end), gen.DOC.read_text(), re.DOTALL)
+    assert block and block.group(0) == gen.render(results), (
+        f"rerun `python benchmarks/bench_revisions.py --from-json --workload {workload}`"
+    )
     before, after = results["before"], results["after"]
     assert before["final_accuracy"] == after["final_accuracy"]  # the same models, only faster
     assert after["steady_s_per_round"][1] < before["steady_s_per_round"][1]

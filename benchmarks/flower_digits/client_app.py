@@ -1,4 +1,4 @@
-"""The Flower ClientApp: local training of one client on its 15 digits samples."""
+"""The Flower ClientApp: local training of one client on its digits samples (15 with 100 clients, 1-2 with 1 000)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Run the Flower digits app with Flower's simulation engine (Ray), 100 virtual SuperNodes.
+"""Run the Flower digits app with Flower's simulation engine (Ray), one virtual SuperNode per client.
 
     FLOWER_DIGITS_PARTITION=parts.npz FLOWER_DIGITS_RESULT=out.json \
         PYTHONPATH=benchmarks benchmarks/.flower-venv/bin/python -m flower_digits.run [--cpus 2]

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from flower_digits.task import Net, test
+from flower_digits.task import Net, partition_digest, test
 
 RESULT_ENV = "FLOWER_DIGITS_RESULT"
 
@@ -112,6 +112,7 @@ def main(grid: Grid, context: Context) -> None:
         "accuracy": [accuracy[r] for r in sorted(accuracy)],
         "per_round": strategy.per_round,
         "same_initial_weights": same_init,
+        "partition_sha256": partition_digest(),
     }
     path = os.environ.get(RESULT_ENV)
     if path:

@@ -1,4 +1,4 @@
-"""The workload of benchmark 1 (issue #4) in plain PyTorch: data, model, local training, evaluation.
+"""The workload of bench_vs_flower.py (issues #4, #16) in plain PyTorch: data, model, local training, evaluation.
 
 Everything here mirrors benchmarks/specs/digits_vs_flower.yaml:
 
@@ -66,6 +66,17 @@ def partition() -> list[np.ndarray]:
     with np.load(os.environ[PARTITION_ENV]) as f:
         flat, sizes = f["indices"], f["sizes"]
     return np.split(flat, np.cumsum(sizes)[:-1])
+
+
+def partition_digest() -> str:
+    """SHA-256 of the loaded partition (client sizes, then every client's int64 indices), as
+    bench_vs_flower.py computes it for tinytwin's: proof that both sides trained the same clients."""
+    parts = partition()
+    h = hashlib.sha256()
+    h.update(np.array([len(p) for p in parts], dtype=np.int64).tobytes())
+    for p in parts:
+        h.update(np.ascontiguousarray(p, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def client_loader(partition_id: int, batch_size: int, seed: int) -> DataLoader:

@@ -24,6 +24,7 @@ from tinytwin.cli_dashboard import start_dashboard
 from tinytwin.cli_forecast import forecast as _forecast
 from tinytwin.cli_summary import print_emulate_summary, print_summary
 from tinytwin.errors import TinyTwinError
+from tinytwin.fast_exit import exit_now_if_safe
 
 if TYPE_CHECKING:
     from tinytwin.spec.schema import ExperimentSpec
@@ -512,5 +513,11 @@ def main() -> None:
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console script: :func:`main`, then, on success, a fast exit (``tinytwin/fast_exit.py``)."""
     main()
+    exit_now_if_safe()
+
+
+if __name__ == "__main__":
+    entry()
