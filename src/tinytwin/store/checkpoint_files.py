@@ -27,7 +27,7 @@ FOLDER = "checkpoints"
 _NAME = re.compile(r"^[0-9A-Za-z_-]{1,64}-r\d{6,}\.ttckpt$")
 
 
-def to_row(run_dir: Path, run_id: str, round_: int, blob: bytes) -> bytes:
+def blob_for_row(run_dir: Path, run_id: str, round_: int, blob: bytes) -> bytes:
     """What the checkpoint row stores for ``blob``: the blob itself, or a reference to the file
     it was written to (durably, before this returns)."""
     if len(blob) <= INLINE_LIMIT:
@@ -45,7 +45,7 @@ def to_row(run_dir: Path, run_id: str, round_: int, blob: bytes) -> bytes:
     return REFERENCE + json.dumps(ref).encode()
 
 
-def from_row(run_dir: Path, stored: bytes) -> bytes:
+def blob_from_row(run_dir: Path, stored: bytes) -> bytes:
     """The checkpoint blob a row stands for; a bad reference or file raises :class:`CheckpointFormatError`."""
     if not stored.startswith(REFERENCE):
         return stored
@@ -66,7 +66,7 @@ def from_row(run_dir: Path, stored: bytes) -> bytes:
     return blob
 
 
-def prune(run_dir: Path, run_id: str, kept: bytes | None) -> None:
+def prune_files(run_dir: Path, run_id: str, kept: bytes | None) -> None:
     """Remove ``run_id``'s checkpoint files other than the one the committed row ``kept`` names."""
     folder = run_dir / FOLDER
     if not folder.is_dir():

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinytwin.store import checkpoint_files
 from tinytwin.store.check import ResultsError, check_store, connect_read_only, expected_columns
 from tinytwin.store.checkpoint import CheckpointFormatError, decode, encode
+from tinytwin.store.checkpoint_files import blob_for_row, blob_from_row, prune_files
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -240,7 +240,7 @@ class RunStore:
         device, charge_j, capacity_j)`` and the resume checkpoint atomically."""
         stored = None
         if checkpoint is not None:  # a large one is written to its file before the transaction
-            stored = checkpoint_files.to_row(self.path.parent, run_id, int(round_row["round"]), _to_blob(checkpoint))
+            stored = blob_for_row(self.path.parent, run_id, int(round_row["round"]), _to_blob(checkpoint))
         with writing(self.path), self.conn:
             self.conn.execute(
                 f"INSERT OR REPLACE INTO rounds (run_id, {', '.join(ROUND_COLUMNS)}) "
@@ -262,7 +262,7 @@ class RunStore:
                 )
             self.conn.execute("UPDATE runs SET rounds_done = ? WHERE run_id = ?", (int(round_row["round"]), run_id))
         if stored is not None:
-            checkpoint_files.prune(self.path.parent, run_id, stored)
+            prune_files(self.path.parent, run_id, stored)
 
     def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
         with writing(self.path), self.conn:
@@ -342,7 +342,7 @@ class RunStore:
         try:
             if not isinstance(row[1], bytes) or isinstance(row[0], bool) or not isinstance(row[0], int):
                 raise CheckpointFormatError("the checkpoint row has the wrong column types")
-            return int(row[0]), _from_blob(checkpoint_files.from_row(self.path.parent, row[1]))
+            return int(row[0]), _from_blob(blob_from_row(self.path.parent, row[1]))
         except CheckpointFormatError as exc:
             raise ResultsError(f"{self.path}: cannot resume: {exc}; start the run again") from None
 
