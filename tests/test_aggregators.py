@@ -166,3 +166,16 @@ def test_registry_uniform_signature() -> None:
         get_aggregator("fedsgd")
     with pytest.raises(TypeError):
         AGGREGATORS["median"](u, w, beta=0.1)
+
+
+def test_the_server_drops_exactly_the_rows_holding_nan_or_inf_even_when_sums_overflow() -> None:
+    from tinytwin.engines.simulate import finite_updates
+
+    big = torch.full((3,), 3e38)  # finite values whose row sum overflows to Inf
+    received = torch.stack(
+        [torch.ones(3), big, torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([float("inf"), 0, 0])]
+    )
+    kept, weights = finite_updates(received, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert torch.equal(kept, received[:2]) and torch.equal(weights, torch.tensor([1.0, 2.0]))
+    same, w = finite_updates(received[:1], torch.tensor([5.0]))
+    assert same is not None and torch.equal(same, received[:1]) and torch.equal(w, torch.tensor([5.0]))
