@@ -32,6 +32,16 @@ def test_cloudlet_batching_block_is_rendered_from_its_results_file() -> None:
         assert model["ms_per_step"]["sequential"][1] < model["ms_per_step"]["batched"][1]
 
 
+def test_reproductions_headline_is_rendered_from_the_same_results_file() -> None:
+    gen = load_benchmark("reproduce_stgnn")
+    results = json.loads(gen.RESULTS.read_text())
+    text = gen.SUMMARY_DOC.read_text()
+    block = re.search(re.escape(gen.SUMMARY_BEGIN) + ".*?" + re.escape(gen.SUMMARY_END), text, re.DOTALL)
+    assert block and block.group(0) == gen.render_summary(results), (
+        "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
+    )
+
+
 def test_quoted_headline_figures_match_the_json() -> None:
     gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())
