@@ -18,6 +18,7 @@ from tinytwin.wire import frame as fm
 IDLE = 2000
 SLOW = 15
 FORGED = 300
+ROUNDS = 12  # paced at --time-scale 1.0: seconds of rounds, so the run still listens when the flood ends
 
 
 def _limit_descriptors() -> None:
@@ -51,7 +52,7 @@ def test_idle_slow_and_forged_connections_under_a_1024_descriptor_limit(tmp_path
     out = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinytwin.cli", "emulate", str(QUICK), "--out", str(out), "--quiet", "--no-report"]
-        + ["--set", "fleet.groups.0.count=3", "--set", "rounds=6", "--time-scale", "0.05"],
+        + ["--set", "fleet.groups.0.count=3", "--set", f"rounds={ROUNDS}", "--time-scale", "1.0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -84,7 +85,7 @@ def test_idle_slow_and_forged_connections_under_a_1024_descriptor_limit(tmp_path
     assert proc.returncode == 0, err
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     info, rounds, _devices, events = stored_rows(run_dir, with_info=True)
-    assert info.status == "complete" and len(rounds) == 6
+    assert info.status == "complete" and len(rounds) == ROUNDS
     assert all(r["completed"] == r["selected"] for r in rounds), "a device's round was lost to the flood"
     rejected = info.summary["emulate"]["frames_rejected"]
     assert rejected.get("connection_limit", 0) > 0, rejected
