@@ -41,7 +41,7 @@ from tinytwin.algorithms.gist_np import validation_indices
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.lr_schedules import LRSchedule
 from tinytwin.algorithms.mixing import distances_to_mean
-from tinytwin.engines.device import default_chunk, engine_device
+from tinytwin.engines.device import engine_device
 from tinytwin.engines.dfl_messages import AGE_HEADER_BYTES, Ctx, DState, Messages
 from tinytwin.engines.dfl_protocols import PROTOCOLS
 from tinytwin.engines.evaluate_many import evaluate_many
@@ -215,25 +215,14 @@ class DecentralizedSimulator:
         self.seed = spec.seed
         self.n = exp.fleet.num_devices
         self.cfg = LocalTraining.from_spec(a)
-        ds, eng = exp.dataset, spec.engine
-        self.device = engine_device(a.family, a.name, eng.device)
-        self.x_train = torch.from_numpy(ds.x_train).to(self.device)
-        self.y_train = torch.from_numpy(ds.y_train).to(self.device)
+        ds = exp.dataset
+        self.device = engine_device(a.family, a.name, spec.engine.device)
+        self.trainer = LocalTrainer.for_engine(exp, self.cfg, self.device)
+        self.x_train, self.y_train = self.trainer.x, self.trainer.y
         self.x_test = torch.from_numpy(ds.x_test).to(self.device)
         self.y_test = torch.from_numpy(ds.y_test).to(self.device)
         val = torch.from_numpy(validation_indices(self.seed, len(ds.y_test), a.gist.validation_size)).to(self.device)
         self.x_val, self.y_val = self.x_test[val], self.y_test[val]
-        self.trainer = LocalTrainer(
-            exp.module,
-            exp.layout,
-            self.x_train,
-            self.y_train,
-            self.cfg,
-            spec.seed,
-            chunk_size=default_chunk(self.device, eng.chunk_size),
-            device=self.device,
-            threads=eng.threads,
-        )
         self.train_idx = [p[: a.train_samples] if a.train_samples else p for p in exp.parts]
         self.n_train = np.array([len(p) for p in self.train_idx], dtype=np.int64)
         self.num_params = exp.model.num_params

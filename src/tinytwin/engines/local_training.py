@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,12 +25,16 @@ from torch.func import grad, vmap
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.buckets import chunk_plan, consecutive_chunks
+from tinytwin.engines.device import default_chunk
 from tinytwin.engines.schedule_torch import padded_indices
 from tinytwin.engines.schedule_torch import schedule as schedule_on
 from tinytwin.engines.shards import sizes_of, take
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.models.params import ParamLayout
 from tinytwin.rng import device_permutations
+
+if TYPE_CHECKING:
+    from tinytwin.engines.experiment import Experiment
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,23 @@ class LocalTrainer:
         specs = getattr(module, "layer_specs", None)
         self._mlp_grad = BatchedMLPGrad.for_layers(specs) if fast_path and specs else None
         self._plain_sgd = cfg.optimizer == "sgd" and not cfg.momentum and not cfg.weight_decay and not cfg.prox_mu
+
+    @classmethod
+    def for_engine(cls, exp: Experiment, cfg: LocalTraining, device: torch.device) -> LocalTrainer:
+        """The trainer an engine runs ``exp`` with: its training data on ``device`` (``trainer.x``,
+        ``trainer.y``), the spec's ``engine`` chunk size (or the device's default) and threads."""
+        eng = exp.spec.engine
+        return cls(
+            exp.module,
+            exp.layout,
+            torch.from_numpy(exp.dataset.x_train),
+            torch.from_numpy(exp.dataset.y_train),
+            cfg,
+            exp.spec.seed,
+            chunk_size=default_chunk(device, eng.chunk_size),
+            device=device,
+            threads=eng.threads,
+        )
 
     # ---- schedule -----------------------------------------------------------------
     def schedule(self, round_: int, device_ids: np.ndarray, indices: Sequence[np.ndarray]) -> np.ndarray:

@@ -23,7 +23,7 @@ from tinytwin.algorithms.aggregators import aggregate_spec
 from tinytwin.algorithms.attacks import attack_of, attack_update
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
-from tinytwin.engines.device import default_chunk, resolve_device
+from tinytwin.engines.device import engine_device
 from tinytwin.engines.distill_round import DistillRound, distillation_summary
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
@@ -74,23 +74,11 @@ class Simulator:
         a = spec.algorithm
         self.cfg = LocalTraining.from_spec(a)
         ds = exp.dataset
-        eng = spec.engine
-        self.device = resolve_device(eng.device)
-        self.x_train = torch.from_numpy(ds.x_train).to(self.device)
-        self.y_train = torch.from_numpy(ds.y_train).to(self.device)
+        self.device = engine_device(a.family, a.name, spec.engine.device)
+        self.trainer = LocalTrainer.for_engine(exp, self.cfg, self.device)
+        self.x_train, self.y_train = self.trainer.x, self.trainer.y
         self.x_test = torch.from_numpy(ds.x_test).to(self.device)
         self.y_test = torch.from_numpy(ds.y_test).to(self.device)
-        self.trainer = LocalTrainer(
-            exp.module,
-            exp.layout,
-            self.x_train,
-            self.y_train,
-            self.cfg,
-            spec.seed,
-            chunk_size=default_chunk(self.device, eng.chunk_size),
-            device=self.device,
-            threads=eng.threads,
-        )
         self.nested = (
             NestedFleet(
                 exp, self.x_train, self.y_train, self.cfg, chunk_size=self.trainer.chunk_size, device=self.device
