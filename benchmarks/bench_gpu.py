@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tinytwin.algorithms.local_update import LocalTraining  # noqa: E402
-from tinytwin.algorithms.mixing import mix  # noqa: E402
+from tinytwin.algorithms.mixing import distances_to_mean, mix  # noqa: E402
 from tinytwin.engines.device import default_chunk, resolve_device  # noqa: E402
 from tinytwin.engines.evaluate import accuracy_and_loss  # noqa: E402
 from tinytwin.engines.evaluate_many import evaluate_many  # noqa: E402
@@ -132,7 +132,7 @@ def evaluate_sample(fleet: Fleet, x: torch.Tensor) -> tuple[float, float]:
     """Mean test accuracy of ``EVALUATED`` devices' own models, and the consensus distance."""
     rows = torch.linspace(0, len(x) - 1, min(EVALUATED, len(x)), device=x.device).long()
     acc, _ = evaluate_many(fleet.module, fleet.layout, x[rows], fleet.x_test, fleet.y_test)
-    consensus = float((x - x.mean(dim=0, keepdim=True)).norm(dim=1).mean())
+    consensus = float(distances_to_mean(x).mean())  # the engine's definition
     return float(acc.mean()), consensus
 
 
@@ -157,22 +157,33 @@ def measure_decentralized(fleet: Fleet, devices: int, rounds: int, deadline: flo
         accs.append(acc)
         if r > 1 and time.perf_counter() + times[-1] + evals[-1] > deadline:
             break
+    return round_stats(
+        dev,
+        devices,
+        times,
+        edges=mesh.edges,
+        evaluation_s_median=round(statistics.median(evals), 4),
+        mesh_setup_s=round(mesh.setup_s, 3),
+        mean_accuracy_of_sampled_devices=accs,
+        final_consensus_distance=consensus,
+    )
+
+
+def round_stats(dev: torch.device, devices: int, times: list[float], **extra: Any) -> dict[str, Any]:
+    """One size's row: the warm-up round apart, min / median / max of the timed ones,
+    device-updates per second, ``extra`` fields, and the peak GPU memory on a GPU."""
     steady = times[1:] or times
     med = statistics.median(steady)
     out: dict[str, Any] = {
         "devices": devices,
         "status": "measured",
-        "edges": mesh.edges,
         "warmup_round_s": round(times[0], 4),
         "steady_rounds_s": [round(x, 4) for x in steady],
         "seconds_per_round_median": round(med, 4),
         "seconds_per_round_min": round(min(steady), 4),
         "seconds_per_round_max": round(max(steady), 4),
         "device_updates_per_s": round(devices / med),
-        "evaluation_s_median": round(statistics.median(evals), 4),
-        "mesh_setup_s": round(mesh.setup_s, 3),
-        "mean_accuracy_of_sampled_devices": accs,
-        "final_consensus_distance": consensus,
+        **extra,
     }
     if dev.type == "cuda":
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
@@ -246,24 +257,14 @@ def measure(fleet: Fleet, devices: int, rounds: int, deadline: float) -> dict[st
         accs.append(acc)
         if r > 1 and time.perf_counter() + times[-1] > deadline:
             break
-    steady = times[1:] or times
-    med = statistics.median(steady)
-    out: dict[str, Any] = {
-        "devices": devices,
-        "status": "measured",
-        "warmup_round_s": round(times[0], 4),
-        "steady_rounds_s": [round(x, 4) for x in steady],
-        "seconds_per_round_median": round(med, 4),
-        "seconds_per_round_min": round(min(steady), 4),
-        "seconds_per_round_max": round(max(steady), 4),
-        "device_updates_per_s": round(devices / med),
-        "fleet_setup_s": round(setup_s, 3),
-        "chunk_size": fleet.trainer.chunk_size,
-        "accuracy_per_round": accs,
-    }
-    if dev.type == "cuda":
-        out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    return out
+    return round_stats(
+        dev,
+        devices,
+        times,
+        fleet_setup_s=round(setup_s, 3),
+        chunk_size=fleet.trainer.chunk_size,
+        accuracy_per_round=accs,
+    )
 
 
 def write(path: Path, result: dict[str, Any]) -> None:
