@@ -135,12 +135,11 @@ def main() -> None:
             "reps": args.reps,
             "load": [load0, os.getloadavg()[0]],
             "revisions": {"before": args.before, "after": f"{head.stdout.strip()} and this checkout"},
-            "before": summary(runs["before"]),
-            "after": summary(runs["after"]),
+            **{label: {"runs": r} for label, r in runs.items()},
         }
-        results_file(args.workload).write_text(json.dumps(res, indent=1) + "\n")
-    res = json.loads(results_file(args.workload).read_text())
-    for label in ("before", "after"):  # the summaries follow from the runs (files older than a column)
+    else:
+        res = json.loads(results_file(args.workload).read_text())
+    for label in ("before", "after"):  # the summaries follow from the runs (files older than a column too)
         res[label] = summary(res[label]["runs"])
     results_file(args.workload).write_text(json.dumps(res, indent=1) + "\n")
     block = render(res)
