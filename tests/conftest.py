@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,3 +71,10 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def generated_block(text: str, begin: str, end: str) -> str | None:
+    """The block of ``text`` from the marker ``begin`` through ``end`` (what a benchmark script's
+    ``render`` writes into a doc), or ``None`` when the markers are gone."""
+    found = re.search(re.escape(begin) + ".*?" + re.escape(end), text, re.DOTALL)
+    return found.group(0) if found else None

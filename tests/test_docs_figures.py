@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,9 +17,9 @@ def test_readme_results_table_is_the_one_rendered_from_the_results_file() -> Non
     gen = load_benchmark("example_results")
     results = json.loads(gen.RESULTS.read_text())
     readme = gen.README.read_text()
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), readme, re.DOTALL)
+    block = generated_block(readme, gen.BEGIN, gen.END)
     assert block, "README.md lost its generated results block"
-    assert block.group(0) == gen.render_table(results), (
+    assert block == gen.render_table(results), (
         "README results table differs from docs/results/examples.json: "
         "rerun `python benchmarks/example_results.py` (or --from-json)"
     )
@@ -90,8 +90,8 @@ def test_sweep_benchmark_table_is_the_one_rendered_from_its_results_file() -> No
 def test_robustness_table_is_the_one_rendered_from_attacks_json() -> None:
     gen = load_benchmark("attack_table")
     results = json.loads(gen.RESULTS.read_text())
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
-    assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/attack_table.py (--from-json)"
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.render_table(results), "rerun benchmarks/attack_table.py (--from-json)"
     assert set(results["accuracy_pct"]) == set(gen.RULES)
 
 
@@ -106,8 +106,8 @@ def test_scale_revisions_block_is_rendered_from_its_results_file(workload: str) 
     gen = load_benchmark("bench_revisions")
     results = json.loads(gen.results_file(workload).read_text())
     begin, end = gen.markers(workload)
-    block = re.search(re.escape(begin) + ".*?" + re.escape(end), gen.DOC.read_text(), re.DOTALL)
-    assert block and block.group(0) == gen.render(results), (
+    block = generated_block(gen.DOC.read_text(), begin, end)
+    assert block == gen.render(results), (
         f"rerun `python benchmarks/bench_revisions.py --from-json --workload {workload}`"
     )
     before, after = results["before"], results["after"]
@@ -118,7 +118,7 @@ def test_scale_revisions_block_is_rendered_from_its_results_file(workload: str) 
 def test_startup_block_is_rendered_from_its_results_file() -> None:
     gen = load_benchmark("bench_startup")
     results = json.loads(gen.RESULTS.read_text())
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
-    assert block and block.group(0) == gen.render(results), "rerun `python benchmarks/bench_startup.py --from-json`"
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.render(results), "rerun `python benchmarks/bench_startup.py --from-json`"
     seconds = results["seconds"]
     assert seconds["tinytwin devices"][1] < 1.0 and seconds["tinytwin plan examples/quickstart.yaml"][1] < 1.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 
 def _load():
@@ -21,9 +21,9 @@ def _load():
 def test_doc_block_is_the_one_rendered_from_the_results_file() -> None:
     bench, res = _load()
     doc = bench.DOC.read_text()
-    block = re.search(re.escape(bench.BEGIN) + ".*?" + re.escape(bench.END), doc, re.DOTALL)
+    block = generated_block(doc, bench.BEGIN, bench.END)
     assert block, "docs/benchmarks.md lost its generated vs-flower block"
-    assert block.group(0) == bench.render(res), (
+    assert block == bench.render(res), (
         "the vs-flower block of docs/benchmarks.md differs from docs/results/vs-flower.json: "
         "rerun `python benchmarks/bench_vs_flower.py` (or --from-json)"
     )

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,18 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_doc_block_is_the_one_rendered_from_the_results_file() -> None:
     gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
     assert block, "docs/graph-forecasting.md lost its generated block"
-    assert block.group(0) == gen.render(results), "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
+    assert block == gen.render(results), "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
 
 
 def test_cloudlet_batching_block_is_rendered_from_its_results_file() -> None:
     gen = load_benchmark("bench_cloudlet_batching")
     results = json.loads(gen.RESULTS.read_text())
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), gen.DOC.read_text(), re.DOTALL)
-    assert block and block.group(0) == gen.render(results), (
-        "rerun `python benchmarks/bench_cloudlet_batching.py --from-json`"
-    )
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.render(results), "rerun `python benchmarks/bench_cloudlet_batching.py --from-json`"
     for model in results["models"].values():
         assert model["max_abs_difference"] < 1e-5  # the batched way computes the same function
         # the doc's claim: sequential is the faster way on this CPU
@@ -36,10 +33,8 @@ def test_reproductions_headline_is_rendered_from_the_same_results_file() -> None
     gen = load_benchmark("reproduce_stgnn")
     results = json.loads(gen.RESULTS.read_text())
     text = gen.SUMMARY_DOC.read_text()
-    block = re.search(re.escape(gen.SUMMARY_BEGIN) + ".*?" + re.escape(gen.SUMMARY_END), text, re.DOTALL)
-    assert block and block.group(0) == gen.render_summary(results), (
-        "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
-    )
+    block = generated_block(text, gen.SUMMARY_BEGIN, gen.SUMMARY_END)
+    assert block == gen.render_summary(results), "rerun `python benchmarks/reproduce_stgnn.py --from-json`"
 
 
 def test_quoted_headline_figures_match_the_json() -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 
 def _results():
@@ -15,8 +14,8 @@ def _results():
 
 def test_table_is_rendered_from_the_results_file():
     gen, results, doc = _results()
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), doc, re.DOTALL)
-    assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/hetero_arms.py --from-json"
+    block = generated_block(doc, gen.BEGIN, gen.END)
+    assert block == gen.render_table(results), "rerun benchmarks/hetero_arms.py --from-json"
     assert len(results["arms"]) == 12 and results["seeds"] == [0, 1, 2]
 
 

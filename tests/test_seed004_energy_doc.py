@@ -8,7 +8,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 # Names with digits in them, not figures: the data set, a board, the seed's document and section.
@@ -33,8 +33,8 @@ def _section_prose(gen: ModuleType, doc: str) -> str:
 
 def test_table_is_rendered_from_the_results_file() -> None:
     gen, results, doc = _results()
-    block = re.search(re.escape(gen.BEGIN) + ".*?" + re.escape(gen.END), doc, re.DOTALL)
-    assert block and block.group(0) == gen.render_table(results), "rerun benchmarks/seed004_energy_plan.py --from-json"
+    block = generated_block(doc, gen.BEGIN, gen.END)
+    assert block == gen.render_table(results), "rerun benchmarks/seed004_energy_plan.py --from-json"
     assert list(results["groups"]) == ["orin-cpu", "nano-gpu", "nano-cpu", "rpi4"]
     assert [g["count"] for g in results["groups"].values()] == [1, 4, 1, 2]
     assert results["rounds"] == 15 and results["local_epochs"] == 2 and results["devices"] == 8

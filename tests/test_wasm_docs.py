@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from conftest import load_benchmark
+from conftest import generated_block, load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_docs_block_is_the_one_rendered_from_the_results_file() -> None:
     bench = load_benchmark("bench_wasm")
     results = json.loads(bench.RESULTS.read_text())
-    block = re.search(re.escape(bench.BEGIN) + ".*?" + re.escape(bench.END), bench.DOC.read_text(), re.DOTALL)
+    block = generated_block(bench.DOC.read_text(), bench.BEGIN, bench.END)
     assert block, "docs/wasm.md lost its generated block"
-    assert block.group(0) == bench.render(results), (
+    assert block == bench.render(results), (
         "docs/wasm.md differs from docs/results/wasm.json: rerun `python benchmarks/bench_wasm.py` (or --from-json)"
     )
 
