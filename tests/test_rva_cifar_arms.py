@@ -1,0 +1,107 @@
+"""The CIFAR-10 RVA reproduction copies two kinds of arm instead of rerunning them
+(benchmarks/reproduce_rva_cifar.py); each copy must be the same computation as its source."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+from dfl_util import run_engine, spec_dict
+from tinytwin.data.partition_rules import per_device_partition
+from tinytwin.store.dfl import ledger
+
+BENCH = load_benchmark("reproduce_rva_cifar")
+
+
+def _without_joiners(raw: dict, joiners: list[int]) -> dict:
+    """``raw`` less everything that belongs to its joiners (their data rules, costs and leaves)."""
+    raw = copy.deepcopy(raw)
+    raw.pop("name")
+    rules = raw["partition"]["devices"]
+    per_device = [{k: v for k, v in r.items() if k != "count"} for r in rules for _ in range(r.get("count", 1))]
+    raw["partition"]["devices"] = per_device[: -len(joiners)]
+    hier = raw["algorithm"]["hierarchical"]
+    hier["client_costs"] = hier["client_costs"][: -len(joiners)]
+    raw["failures"]["leave"] = [e for e in raw["failures"]["leave"] if e["device"] not in joiners]
+    return raw
+
+
+@pytest.mark.parametrize(("experiment", "partner"), [(2, 1), (4, 3)])
+def test_original_arms_of_partner_experiments_are_one_spec(experiment: int, partner: int) -> None:
+    a, b = BENCH.arm_spec(experiment, "original", 1), BENCH.arm_spec(partner, "original", 1)
+    joiners = [e["device"] for e in a["failures"]["leave"]]
+    assert joiners == [e["device"] for e in b["failures"]["leave"]] == {2: [8, 9], 4: [8]}[experiment]
+    assert _without_joiners(a, joiners) == _without_joiners(b, joiners)
+    assert BENCH.SAME_ORIGINAL[experiment] == partner and BENCH.SAME_ORIGINAL[partner] == experiment
+
+
+def test_per_device_partition_gives_the_first_devices_the_same_samples_whatever_the_last_hold() -> None:
+    labels = np.repeat(np.arange(10), 400)
+    base = [SimpleNamespace(classes=[c, c + 1], per_class=50, count=1) for c in range(0, 8, 2)]
+    small = [*base, SimpleNamespace(classes=[0, 1], per_class=20, count=1)]
+    large = [*base, SimpleNamespace(classes=[8, 9], per_class=300, count=1)]
+    a, b = per_device_partition(labels, small, 5, seed=7), per_device_partition(labels, large, 5, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a[:4], b[:4]))
+    assert not np.array_equal(a[4], b[4])
+
+
+def _hier_original(joiner_rule: dict, joiner_costs: list[int]) -> dict:
+    """Six clients and one joiner that never joins (it leaves at round 1), per-device data."""
+    rules = [{"classes": [c, c + 1], "per_class": 20} for c in (0, 2, 4, 6, 8, 0)]
+    return spec_dict(
+        rounds=5,
+        partition={"method": "per_device", "devices": [*rules, joiner_rule]},
+        fleet={"groups": [{"profile": "esp32-s3", "count": 7, "link": "wifi"}]},
+        algorithm={
+            "name": "hierarchical",
+            "local_epochs": 3,
+            "batch_size": 8,
+            "lr": 0.2,
+            "hierarchical": {
+                "num_clusters": 2,
+                "local_rounds": 1,
+                "assignment": "min_comm_cost",
+                "client_costs": [[1, 9]] * 3 + [[9, 1]] * 3 + [joiner_costs],
+                "aggregator_costs": [5, 7],
+                "orchestration": {"budget": 10_000, "rva": {"enabled": True, "window": 2}},
+            },
+        },
+        failures={"leave": [{"device": 6, "round": 1}]},
+    )
+
+
+def test_a_joiner_that_never_joins_changes_nothing_whatever_its_data_and_costs(tmp_path) -> None:
+    runs = []
+    for name, rule, costs in (
+        ("small", {"classes": [0, 1], "per_class": 12}, [1, 9]),
+        ("large", {"classes": [8, 9], "per_class": 60}, [9, 1]),
+    ):
+        sim, st, store, run_id = run_engine(tmp_path, _hier_original(rule, costs), name=name)
+        rounds = [{k: v for k, v in r.items() if "time" not in k} for r in store.rounds(run_id)]
+        runs.append((rounds, ledger(store, run_id)))
+    (rounds_a, ledger_a), (rounds_b, ledger_b) = runs
+    assert len(rounds_a) == 5 and rounds_a[-1]["test_accuracy"] > 0.2, rounds_a[-1]["test_accuracy"]
+    assert rounds_a == rounds_b
+    assert [(r["round"], r["level"], r["cost"]) for r in ledger_a] == [
+        (r["round"], r["level"], r["cost"]) for r in ledger_b
+    ]
+
+
+def test_copies_are_made_only_where_the_computation_is_the_same() -> None:
+    run = {"rounds": 52, "decisions": ["keep"], "final_accuracy": 0.5, "wall_s": 1.0}
+    res = {
+        "1/rva/0": run,
+        "3/rva/0": {**run, "decisions": ["keep", "revert"]},
+        "1/original/0": {**run, "decisions": []},
+    }
+    out = BENCH.with_derived(res)
+    assert out["1/no_rva/0"] == {**run, "decisions": [], "derived_from": "1/rva/0"}
+    assert "3/no_rva/0" not in out  # RVA reverted: the arm without RVA differs and must be run
+    assert out["2/original/0"]["derived_from"] == "1/original/0"
+    assert out["1/original/0"] is res["1/original/0"]  # a run made is never replaced by a copy
+    assert "4/original/0" not in out and "2/rva/0" not in out
+    assert "3 runs" in BENCH.render(out) and "2 cells copied" in BENCH.render(out)
