@@ -22,6 +22,10 @@ engine's ``LocalTrainer.train`` and ``algorithms.mixing.mix`` on the device. Per
 reports train + mix time, and separately the evaluation of 256 devices' own models on the test
 set and the consensus distance (the engine evaluates every device in its evaluation rounds).
 
+``--precision bfloat16`` (or ``float16``) trains the timed fleets in that dtype
+(``engine.precision``: half the memory traffic of the per-device products, float32 sums); the
+CPU-vs-device check stays float32, and the accuracy per round shows what the precision costs.
+
 Every size has a time guard: a size whose estimated time would overrun the budget is skipped
 (recorded as such), and the JSON is rewritten after every measurement, so the script always
 finishes within ``--budget-s`` and leaves what it measured.
@@ -44,7 +48,7 @@ import torch  # noqa: E402
 
 from tinytwin.algorithms.local_update import LocalTraining  # noqa: E402
 from tinytwin.algorithms.mixing import distances_to_mean, mix  # noqa: E402
-from tinytwin.engines.device import default_chunk, resolve_device  # noqa: E402
+from tinytwin.engines.device import PRECISIONS, default_chunk, resolve_device  # noqa: E402
 from tinytwin.engines.evaluate import accuracy_and_loss  # noqa: E402
 from tinytwin.engines.evaluate_many import evaluate_many  # noqa: E402
 from tinytwin.engines.local_training import LocalTrainer  # noqa: E402
@@ -71,7 +75,7 @@ def synthetic_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 class Fleet:
     """One model, one dataset and a trainer on ``device``: runs FedAvg rounds for any fleet size."""
 
-    def __init__(self, device: torch.device, chunk: int | None) -> None:
+    def __init__(self, device: torch.device, chunk: int | None, dtype: torch.dtype = torch.float32) -> None:
         self.model = make_model("mlp", (1, 28, 28), 10, hidden=[16])
         self.module = self.model.build(SEED)
         self.layout = ParamLayout.of(self.module)
@@ -81,7 +85,15 @@ class Fleet:
         self.x_test, self.y_test = xt.to(device), yt.to(device)
         cfg = LocalTraining(1, BATCH, LR, "sgd", 0.0, 0.0, 0.0)
         self.trainer = LocalTrainer(
-            self.module, self.layout, x, y, cfg, SEED, chunk_size=default_chunk(device, chunk), device=device
+            self.module,
+            self.layout,
+            x,
+            y,
+            cfg,
+            SEED,
+            chunk_size=default_chunk(device, chunk),
+            device=device,
+            dtype=dtype,
         )
 
     def initial(self) -> torch.Tensor:
@@ -282,6 +294,9 @@ def main() -> None:
     p.add_argument("--dfl-sizes", default="10000,100000", help="DecFedAvg fleet sizes (empty: none)")
     p.add_argument("--chunk", type=int, default=None, help="devices per chunk (default: the engine's)")
     p.add_argument("--check-devices", type=int, default=200, help="fleet size of the CPU-vs-device check")
+    p.add_argument(
+        "--precision", default="float32", choices=sorted(PRECISIONS), help="local training's dtype (engine.precision)"
+    )
     p.add_argument("--budget-s", type=float, default=270.0, help="total time budget, CUDA start-up included")
     args = p.parse_args()
     deadline = T0 + args.budget_s
@@ -296,6 +311,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cuda": torch.version.cuda,
         "workload": "MLP 784-16-10, 60 synthetic MNIST-shaped samples/device, batch 10, 1 epoch, SGD 0.1, FedAvg",
+        "precision": args.precision,
         "startup_s": round(time.perf_counter() - T0, 2),
         "sizes": [],
         "decentralized": {
@@ -307,7 +323,7 @@ def main() -> None:
     result["numerical_check"] = numerical_check(device, args.check_devices, 3)
     print("check", json.dumps(result["numerical_check"]), flush=True)
     write(args.out, result)
-    fleet = Fleet(device, args.chunk)
+    fleet = Fleet(device, args.chunk, PRECISIONS[args.precision])  # the check above stays float32
     dfl_sizes = [int(s) for s in args.dfl_sizes.split(",") if s]
     # FedAvg gets the budget left minus a share kept for DecFedAvg
     fedavg_deadline = deadline - (0.4 * (deadline - time.perf_counter()) if dfl_sizes else 0.0)

@@ -33,3 +33,26 @@ def test_bench_gpu_smoke_mode_on_the_cpu(tmp_path):
     accs = mesh["mean_accuracy_of_sampled_devices"]
     assert accs[-1] > accs[0]  # DecFedAvg learns
     assert too_big["status"] == "skipped" and "budget" in too_big["reason"]
+
+
+def test_bench_gpu_trains_the_timed_fleet_in_the_precision_asked(tmp_path):
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "benchmarks/bench_gpu.py", "--device", "cpu", "--sizes", "200", "--rounds", "1"]
+    cmd += [
+        "--check-devices",
+        "20",
+        "--budget-s",
+        "60",
+        "--dfl-sizes",
+        "",
+        "--precision",
+        "bfloat16",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["precision"] == "bfloat16" and result["numerical_check"]["passed"]
+    (row,) = result["sizes"]
+    assert row["status"] == "measured" and row["accuracy_per_round"][-1] > row["accuracy_per_round"][0]

@@ -57,13 +57,17 @@ def run(
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda | auto: where the batched engines compute (sets engine.device)"
     ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="float32 | bfloat16 | float16: local training's dtype (sets engine.precision)"
+    ),
     dashboard: bool = typer.Option(False, "--dashboard", help="serve the live dashboard of --out during the run"),
 ) -> None:
     """Simulate an experiment: train, print a summary and write a run folder with a report."""
     from tinytwin.spec.load import load_spec
 
     # The spec is checked before the engine (and torch, ~2 s) is imported: a refusal is instant.
-    spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *([f"engine.device={device}"] if device else [])])
+    engine = [f"engine.{k}={v}" for k, v in (("device", device), ("precision", precision)) if v]
+    spec, spec_yaml = load_spec(spec_file, [*(set_ or []), *engine])
     from tinytwin.engines.runner import resume_run, start_run
 
     if dashboard:

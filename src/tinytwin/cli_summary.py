@@ -21,6 +21,8 @@ def print_summary(console: Console, s: dict[str, Any], run_dir: Path) -> None:
     table.add_row("final accuracy", fmt.format_accuracy(s["final_accuracy"]))
     table.add_row("best accuracy", fmt.format_accuracy(s["best_accuracy"]))
     table.add_row("rounds", str(s["rounds"]))
+    if "precision" in s:
+        table.add_row("precision", s["precision"])
     table.add_row("simulated time", fmt.format_seconds(s["sim_time_s"]))
     table.add_row("bytes up / down", f"{fmt.format_bytes(s['bytes_up'])} / {fmt.format_bytes(s['bytes_down'])}")
     table.add_row(

@@ -26,7 +26,7 @@ from tinytwin.emulate.options import EmulateOptions
 from tinytwin.emulate.processes import proc_memory_kb
 from tinytwin.emulate.rundir import COORDINATOR_FILE, read_json
 from tinytwin.engines.runner import open_resumable
-from tinytwin.errors import TinyTwinError
+from tinytwin.errors import SpecError, TinyTwinError
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.store.files import private_umask
 
@@ -44,6 +44,12 @@ __all__ = [
 
 def check_emulatable(spec: ExperimentSpec) -> None:
     """Refuse, with the reason, a spec the emulation twin cannot run (before any run folder exists)."""
+    if spec.engine.precision != "float32":
+        raise SpecError(
+            "engine.precision",
+            f"{spec.engine.precision!r} is the simulation twin's; emulated devices train in float32 "
+            "as the firmware does: remove it (or use simulate)",
+        )
     a = spec.algorithm
     if a.family == "decentralized":
         return check_dfl_emulatable(spec)

@@ -48,7 +48,7 @@ from tinytwin.engines.evaluate_many import evaluate_many
 from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.network import Network
-from tinytwin.engines.summary import common_summary
+from tinytwin.engines.summary import common_summary, precision_summary
 from tinytwin.fleet.cost import compute_flops, energy_joules, peer_transfer_cost, per_device
 from tinytwin.fleet.memory import MemoryPlan, plan_memory
 from tinytwin.models.accounting import training_memory
@@ -536,4 +536,5 @@ class DecentralizedSimulator:
             "messages": state.messages,
             "topology": self.net.describe(),
             "message_payload_bytes": self.proto.message_payload_estimate(),
+            **precision_summary(spec.engine.precision),
         }

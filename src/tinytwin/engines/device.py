@@ -21,6 +21,13 @@ DEFAULT_CHUNK = {"cpu": 2048, "cuda": 65536}
 DEVICE_DECENTRALIZED = ("decfedavg", "serverfree")
 
 
+def trains_batched(family: str, algorithm: str) -> bool:
+    """Whether the engine trains every device through the device-generic batched trainer."""
+    if family == "decentralized":
+        return algorithm in DEVICE_DECENTRALIZED
+    return family != "hierarchical"
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
     """``cpu``, ``cuda`` or ``auto`` as a torch device; a clear error when cuda is asked for but absent."""
     if isinstance(name, torch.device):
@@ -45,8 +52,7 @@ def engine_device(family: str, algorithm: str, name: str | torch.device) -> torc
     """The device an engine of ``family`` running ``algorithm`` computes on: ``auto`` falls back
     to the CPU where the engine is CPU-only; an explicit ``cuda`` there is refused in one line."""
     device = resolve_device(name)
-    cpu_only = family == "hierarchical" or (family == "decentralized" and algorithm not in DEVICE_DECENTRALIZED)
-    if device.type == "cpu" or not cpu_only:
+    if device.type == "cpu" or trains_batched(family, algorithm):
         return device
     if name == "auto":
         return torch.device("cpu")
@@ -55,6 +61,22 @@ def engine_device(family: str, algorithm: str, name: str | torch.device) -> torc
         f"{name!r}: {algorithm} runs on the CPU only (the FedAvg family, {' and '.join(DEVICE_DECENTRALIZED)} "
         "run on a GPU); use cpu or auto",
     )
+
+
+#: ``engine.precision`` names and their torch dtypes.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def training_dtype(family: str, algorithm: str, precision: str) -> torch.dtype:
+    """The dtype local training holds weights and batches in: the engines that train through
+    the batched trainer honour ``engine.precision``; the others are refused in one line."""
+    if precision != "float32" and not trains_batched(family, algorithm):
+        raise SpecError(
+            "engine.precision",
+            f"{precision!r}: {algorithm} trains in float32 only (the FedAvg family, "
+            f"{' and '.join(DEVICE_DECENTRALIZED)} take a lower precision); use float32",
+        )
+    return PRECISIONS[precision]
 
 
 def default_chunk(device: torch.device, chunk_size: int | None) -> int:

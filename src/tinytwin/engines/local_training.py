@@ -25,7 +25,7 @@ from torch.func import grad, vmap
 from tinytwin.algorithms.local_update import LocalTraining, batch_loss, init_optimizer_state, optimizer_step
 from tinytwin.engines.batched_mlp import BatchedMLPGrad
 from tinytwin.engines.buckets import chunk_plan, consecutive_chunks
-from tinytwin.engines.device import default_chunk
+from tinytwin.engines.device import default_chunk, training_dtype
 from tinytwin.engines.schedule_torch import padded_indices
 from tinytwin.engines.schedule_torch import schedule as schedule_on
 from tinytwin.engines.shards import sizes_of, take
@@ -71,6 +71,7 @@ class LocalTrainer:
         device: torch.device | None = None,
         threads: int | None = None,
         bucketing: bool = True,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.module = module
         self.layout = layout
@@ -82,6 +83,13 @@ class LocalTrainer:
         self.chunk_size = chunk_size
         self.threads = threads
         self.bucketing = bucketing
+        # The dtype of the devices' weights and batches while they train (engine.precision); the
+        # models handed back, aggregation and evaluation stay float32.
+        self.dtype = dtype
+        if self.device.type == "cuda" and dtype != torch.float32:
+            # cuBLAS may otherwise reduce half-precision products in half precision (split-K)
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
         # Per-chunk work tensors kept from chunk to chunk: a fresh 100 MB tensor per chunk costs
         # more in page faults than filling it (see _scratch).
         self._scratch_store: dict[str, torch.Tensor] = {}
@@ -92,8 +100,8 @@ class LocalTrainer:
             return batch_loss(module, layout, flat, x, y, mask, anchor, cfg.prox_mu)
 
         self._loss = loss
-        # Samples flattened once, so a step's batch is one index_select.
-        self._x_rows = self.x.reshape(len(self.x), -1)
+        # Samples flattened once (and in the training dtype), so a step's batch is one index_select.
+        self._x_rows = self.x.reshape(len(self.x), -1).to(dtype)
         self._sample_shape = tuple(self.x.shape[1:])
         self._batched_grad = vmap(grad(loss, has_aux=True))
         # MLPs get hand-written batched gradients (same math, 5-10x less overhead than vmap).
@@ -116,6 +124,7 @@ class LocalTrainer:
             chunk_size=default_chunk(device, eng.chunk_size),
             device=device,
             threads=eng.threads,
+            dtype=training_dtype(exp.spec.algorithm.family, exp.spec.algorithm.name, eng.precision),
         )
 
     # ---- schedule -----------------------------------------------------------------
@@ -239,8 +248,10 @@ class LocalTrainer:
             sched = schedule_on(self.seed, round_, cfg.epochs, cfg.batch_size, device_ids, indices, dev)
         fast = self._mlp_grad
         if fast is not None:
-            tensors = [self._scratch(f"layer{k}", n, s, start.dtype) for k, s in enumerate(fast.layer_shapes())]
-            fast.split_into(start, tensors)
+            tensors = [self._scratch(f"layer{k}", n, s, self.dtype) for k, s in enumerate(fast.layer_shapes())]
+            fast.split_into(start, tensors)  # casts to the training dtype
+        elif start.dtype != self.dtype:
+            tensors = [start.to(self.dtype).expand(n, -1).contiguous()]
         else:
             tensors = [start.expand(n, -1).contiguous() if start.dim() == 1 else start.clone()]
         params = tensors[0]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tinytwin.core.preflight import check_family
-from tinytwin.engines.device import engine_device
+from tinytwin.engines.device import engine_device, training_dtype
 from tinytwin.engines.experiment import Experiment, prepare
 from tinytwin.engines.simulate import ProgressFn, Simulator
-from tinytwin.errors import TinyTwinError
+from tinytwin.errors import SpecError, TinyTwinError
 from tinytwin.spec.load import validate_spec
 from tinytwin.spec.schema import ExperimentSpec
 from tinytwin.spec.strict_yaml import parse as parse_yaml
@@ -64,6 +64,7 @@ def start_run(
     exp = prepare(spec, base_dir)
     # a missing GPU, or one asked of a CPU-only engine, is refused before the run folder exists
     engine_device(spec.algorithm.family, spec.algorithm.name, spec.engine.device)
+    training_dtype(spec.algorithm.family, spec.algorithm.name, spec.engine.precision)
     network = check_family(exp, base_dir)
     if on_prepared is not None:
         on_prepared(exp)
@@ -110,6 +111,13 @@ def resume_run(
     """Continue an incomplete run from its last finished round."""
     store, info, stored = open_resumable(run_dir, spec, "simulate")
     if spec is not None:
+        if spec.engine.precision != stored.engine.precision:
+            store.close()
+            raise SpecError(
+                "engine.precision",
+                f"{spec.engine.precision!r}, but the run started in {stored.engine.precision!r}; "
+                "a run keeps its precision: resume it without changing engine.precision",
+            )
         stored = stored.model_copy(update={"engine": spec.engine})
     exp = prepare(stored, base_dir)
     network = check_family(exp, base_dir)

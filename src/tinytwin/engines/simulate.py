@@ -32,7 +32,7 @@ from tinytwin.engines.local_training import LocalTrainer
 from tinytwin.engines.round_costs import round_costs
 from tinytwin.engines.state import Checkpointed
 from tinytwin.engines.streaming import StreamingMean
-from tinytwin.engines.summary import common_summary
+from tinytwin.engines.summary import common_summary, precision_summary
 from tinytwin.engines.threads import intra_op_threads, threads_for
 from tinytwin.fleet.battery import battery_summary, powered, settle_round
 from tinytwin.rng import Stream, stream_rng
@@ -81,7 +81,13 @@ class Simulator:
         self.y_test = torch.from_numpy(ds.y_test).to(self.device)
         self.nested = (
             NestedFleet(
-                exp, self.x_train, self.y_train, self.cfg, chunk_size=self.trainer.chunk_size, device=self.device
+                exp,
+                self.x_train,
+                self.y_train,
+                self.cfg,
+                chunk_size=self.trainer.chunk_size,
+                device=self.device,
+                dtype=self.trainer.dtype,
             )
             if exp.models.heterogeneous or a.distillation is not None
             else None
@@ -454,7 +460,10 @@ def stream_fedavg(
         for layer in result.layers:  # each of the model's tensors on its own: no (n, P) copy
             rows = layer.reshape(len(pos), -1)
             size = rows.shape[1]
-            delta = rows.sub_(start_dev[offset : offset + size])  # the chunk's models are not needed again
+            if rows.dtype == start_dev.dtype:
+                delta = rows.sub_(start_dev[offset : offset + size])  # the chunk's models are not needed again
+            else:  # a lower training precision: the delta and its sum in float32
+                delta = rows.to(start_dev.dtype).sub_(start_dev[offset : offset + size])
             sizes = tensor_sizes_within(tensor_sizes or [start_dev.shape[-1]], offset, size)
             mean.add(pos, roundtrip_torch(delta, encoding, tensor_sizes=sizes), offset)
             offset += size
@@ -520,6 +529,7 @@ def centralized_summary(
         "uplink_message_bytes": up_bytes,
         "downlink_message_bytes": down_bytes,
         **battery_summary(exp.batteries, state.battery_j, state.battery_empty),
+        **precision_summary(spec.engine.precision),
     }
 
 

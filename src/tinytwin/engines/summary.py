@@ -39,3 +39,11 @@ def common_summary(
         "memory": [p.as_dict() for p in plans],
         "wall_time_s": wall_time_s,
     }
+
+
+def precision_summary(precision: str) -> dict[str, str]:
+    """``engine.precision`` for the summary when it is not float32: results trained in a lower
+    precision are not the float32 results, and whoever reads them must be told."""
+    if precision == "float32":
+        return {}
+    return {"precision": f"{precision} (local training's weights and batches)"}

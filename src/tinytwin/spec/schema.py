@@ -16,6 +16,7 @@ from tinytwin.algorithms.robust_merge import ROBUST_MERGES
 from tinytwin.spec.attacks import AttackSpec
 from tinytwin.spec.battery import BatterySpec, check_batteries
 from tinytwin.spec.device_data import DeviceData
+from tinytwin.spec.engine import EngineSpec
 from tinytwin.spec.hetero import DistillationSpec, ModelRate, check_hetero
 from tinytwin.spec.orchestration import OrchestrationSpec
 from tinytwin.spec.presence import check_presence_events
@@ -423,23 +424,6 @@ class TopologySpec(Strict):
 class EvaluationSpec(Strict):
     every: PositiveInt = 1
     per_device: StrictBool = False
-
-
-class EngineSpec(Strict):
-    """How the simulation twin computes, never what it computes: results depend only on the
-    other keys (on the CPU bit for bit; on a GPU to float32 rounding)."""
-
-    device: Literal["cpu", "cuda", "auto"] = Field(
-        default="cpu",
-        description="torch device of the batched engines (the FedAvg family, decfedavg, serverfree; the others "
-        "run on the CPU); auto: cuda when available",
-    )
-    threads: PositiveInt | None = Field(
-        default=None, description="CPU intra-op threads; default: 1 (see docs/benchmarks.md, threads)"
-    )
-    chunk_size: PositiveInt | None = Field(
-        default=None, description="devices trained at once; default 2048 on the CPU, 65536 on a GPU"
-    )
 
 
 class ExperimentSpec(Strict):
