@@ -122,3 +122,13 @@ def test_startup_block_is_rendered_from_its_results_file() -> None:
     assert block == gen.render(results), "rerun `python benchmarks/bench_startup.py --from-json`"
     seconds = results["seconds"]
     assert seconds["tinytwin devices"][1] < 1.0 and seconds["tinytwin plan examples/quickstart.yaml"][1] < 1.0
+
+
+def test_precision_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_precision")
+    results = json.loads(gen.results_file("cpu").read_text())
+    block = generated_block(gen.DOC.read_text(), *gen.markers("cpu"))
+    assert block == gen.render(results), "rerun `python benchmarks/bench_precision.py --from-json`"
+    assert set(results["seconds_per_round"]) == {"float32", "bfloat16", "float16"}
+    accuracy = results["final_accuracy"]
+    assert all(abs(accuracy[p] - accuracy["float32"]) < 0.02 for p in accuracy)  # as the doc says
