@@ -132,3 +132,11 @@ def test_precision_block_is_rendered_from_its_results_file() -> None:
     assert set(results["seconds_per_round"]) == {"float32", "bfloat16", "float16"}
     accuracy = results["final_accuracy"]
     assert all(abs(accuracy[p] - accuracy["float32"]) < 0.02 for p in accuracy)  # as the doc says
+
+
+def test_scale_mnist_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_scale_mnist")
+    results = json.loads(gen.RESULTS.read_text())
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.render(results), "rerun `python benchmarks/bench_scale_mnist.py --from-json`"
+    assert {r["devices"] for r in results["rows"]} >= {1_000, 10_000}
