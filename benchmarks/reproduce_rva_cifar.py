@@ -105,6 +105,31 @@ def run_arm(experiment: int, arm: str, seed: int) -> dict[str, Any]:
     }
 
 
+def configuration_costs(experiment: int) -> dict[str, float]:
+    """``C_round`` of the original configuration (before the join) and of the new one (after),
+    and ``C_change``, from the spec through the engine's orchestrator: no training needed."""
+    import numpy as np
+
+    from tinytwin.engines.orchestrator import Orchestrator
+    from tinytwin.spec.load import validate_spec
+
+    raw = arm_spec(experiment, "rva", 0)
+    h = validate_spec(raw).algorithm.hierarchical
+    orch = Orchestrator(
+        h.orchestration, np.array(h.client_costs, float), np.array(h.aggregator_costs, float),
+        h.orchestration.model_mb, h.local_rounds,
+    )  # fmt: skip
+    everyone = np.ones(len(h.client_costs), dtype=bool)
+    before = everyone.copy()
+    before[[j["device"] for j in raw["failures"]["join"]]] = False
+    old, new = orch.configure(before), orch.configure(everyone)
+    return {
+        "original": orch.round_cost(old, before),
+        "new": orch.round_cost(new, everyone),
+        "change": orch.change_cost(old, new, everyone),
+    }
+
+
 def _cell(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
     values = [r[key] for r in runs if r.get(key) is not None]
     if not values:
@@ -117,16 +142,20 @@ def _cell(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
 def render(res: dict[str, Any]) -> str:
     lines = [
         BEGIN,
-        "| exp. | seed's RVA decision | tinytwin's decisions (seeds) | final round: RVA / no RVA / original "
-        "| final accuracy: RVA | no RVA | original |",
-        "|---|---|---|---|---|---|---|",
+        "| exp. | C_round original → new (C_change) | seed's RVA decision | tinytwin's decisions (seeds) "
+        "| final round: RVA / no RVA / original | final accuracy: RVA | no RVA | original |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in (1, 2, 3, 4):
         arms = {a: [v for k, v in sorted(res.items()) if k.startswith(f"{e}/{a}/")] for a in ARMS}
         decisions = ", ".join("/".join(r["decisions"] or ["—"]) for r in arms["rva"]) or "not run yet"
         finals = " / ".join(", ".join(str(r["rounds"]) for r in arms[a]) or "—" for a in ARMS)
         accs = [_cell([{"acc": 100 * r["final_accuracy"]} for r in arms[a]], "acc", "{:.1f} %") for a in ARMS]
-        lines.append(f"| #{e} | {SEED_DECISIONS[e]} | {decisions} | {finals} | {accs[0]} | {accs[1]} | {accs[2]} |")
+        c = configuration_costs(e)
+        costs = f"{c['original']:,.0f} → {c['new']:,.0f} ({c['change']:,.0f})".replace(",", " ")
+        lines.append(
+            f"| #{e} | {costs} | {SEED_DECISIONS[e]} | {decisions} | {finals} | {accs[0]} | {accs[1]} | {accs[2]} |"
+        )
     walls = [r["wall_s"] for r in res.values() if "derived_from" not in r]
     if walls:
         copies = len(res) - len(walls)

@@ -105,3 +105,26 @@ def test_copies_are_made_only_where_the_computation_is_the_same() -> None:
     assert out["1/original/0"] is res["1/original/0"]  # a run made is never replaced by a copy
     assert "4/original/0" not in out and "2/rva/0" not in out
     assert "3 runs" in BENCH.render(out) and "2 cells copied" in BENCH.render(out)
+
+
+def test_every_run_spent_what_the_configuration_costs_say() -> None:
+    """Totals of the stored runs = C_round of the original configuration for rounds 1-10, then
+    C_change and the new configuration's C_round (RVA kept) or the original's throughout."""
+    import json
+
+    res = json.loads(BENCH.RESULTS.read_text())
+    checked = 0
+    for key, run in res.items():
+        e, arm, _ = key.split("/")
+        c = BENCH.configuration_costs(int(e))
+        if arm == "original":
+            expected = run["rounds"] * c["original"]
+        elif run["decisions"] in (["keep"], []):
+            expected = 10 * c["original"] + c["change"] + (run["rounds"] - 10) * c["new"]
+            assert run["change_cost"] == pytest.approx(c["change"]), key
+        else:
+            continue
+        assert run["cost_total"] == pytest.approx(expected), key
+        assert run["cost_total"] >= 100_000 > run["cost_total"] - max(c.values())  # stopped once the budget was spent
+        checked += 1
+    assert checked >= 5
