@@ -8,7 +8,9 @@ Each experiment is ``examples/seed004-rva-N.yaml`` run in three arms: ``rva`` (t
 ``no_rva`` (``rva.enabled: false``: the new configuration is kept) and ``original`` (the joiners
 never join: the configuration RVA restores when it reverts). Results are merged into
 docs/results/seed004-rva.json (a run already there is not repeated) and rendered into
-docs/reproductions.md between markers; cells not run yet say so.
+docs/reproductions.md between markers; cells not run yet say so. Each arm runs in a folder of
+the user cache (``reproduce-rva/E-ARM-SEED``) that is deleted once recorded: stopped mid-way,
+the same command resumes it from its last finished round.
 
 Two arms are the same computation as a run already made, so they are copied, not rerun
 (marked ``derived_from``):
@@ -25,15 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from reproduce_orchestration import replace_block, run_tables  # noqa: E402  (one runner, one doc writer)
+from reproduce_orchestration import replace_block  # noqa: E402  (one doc writer)
 
 RESULTS = REPO / "docs" / "results" / "seed004-rva.json"
 DOC = REPO / "docs" / "reproductions.md"
@@ -87,22 +89,69 @@ def arm_spec(experiment: int, arm: str, seed: int) -> dict[str, Any]:
     return raw
 
 
+def arm_folder(key: str) -> Path:
+    """Where the arm ``key`` runs: a run folder in the user cache that outlives the process, so
+    an arm of hours (exp. #2's joiners hold 10 000 samples each) killed mid-way resumes from
+    its last finished round the next time the command runs, instead of starting again."""
+    from tinytwin.cache import cache_dir
+
+    return cache_dir() / "reproduce-rva" / key.replace("/", "-")
+
+
+def run_to_completion(raw: dict[str, Any], run_dir: Path) -> None:
+    """Run ``raw`` in ``run_dir``: resume what an earlier process left there, else start afresh.
+
+    A folder holding another experiment (the spec changed since) or a damaged database is
+    replaced; a run that already completed (the process was stopped before recording it) is
+    kept as it is."""
+    from tinytwin.engines.runner import resume_run, start_run
+    from tinytwin.errors import TinyTwinError
+    from tinytwin.spec.load import validate_spec
+    from tinytwin.store.db import RunStore
+
+    spec, text = validate_spec(raw), json.dumps(raw)
+    if (run_dir / "results.db").is_file():
+        try:
+            store = RunStore(run_dir / "results.db")
+            info = store.run_info()
+            store.close()
+            if info.spec_yaml == text and info.status == "complete":
+                return
+            if info.spec_yaml == text:
+                print(f"resuming {run_dir.name} after round {info.rounds_done}", flush=True)
+                resume_run(run_dir, spec, None, report=False)
+                return
+        except TinyTwinError as exc:
+            print(f"{run_dir}: {exc}; starting it again", flush=True)
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    start_run(spec, text, run_dir.parent, None, run_dir=run_dir, report=False)
+
+
 def run_arm(experiment: int, arm: str, seed: int) -> dict[str, Any]:
-    raw = arm_spec(experiment, arm, seed)
-    t0 = time.perf_counter()
-    out, rounds, ledger, _ = run_tables(raw)
-    o = out.summary.get("orchestration", {})
+    from tinytwin.store import dfl as dfl_store
+    from tinytwin.store.db import RunStore
+
+    run_dir = arm_folder(f"{experiment}/{arm}/{seed}")
+    run_to_completion(arm_spec(experiment, arm, seed), run_dir)
+    store = RunStore(run_dir / "results.db")
+    info = store.run_info()
+    rounds, ledger = store.rounds(info.run_id), dfl_store.ledger(store, info.run_id)
+    store.close()
+    o = info.summary.get("orchestration", {})
     change = sum(r["cost"] for r in ledger if r["level"] in ("change", "revert"))
-    return {
+    result = {
         "rounds": len(rounds),
         "stopped_round": o.get("stopped_round"),
         "decisions": o.get("rva_decisions") or [],
         "final_accuracy": rounds[-1]["test_accuracy"],
         "accuracy": [r["test_accuracy"] for r in rounds],
         "change_cost": change,
-        "cost_total": out.summary["cost_total"],
-        "wall_s": time.perf_counter() - t0,
+        "cost_total": info.summary["cost_total"],
+        "wall_s": sum(r["wall_time_s"] for r in rounds),  # the rounds' own time, over every process
     }
+    shutil.rmtree(run_dir)  # recorded: the folder has done its job
+    return result
 
 
 def configuration_costs(experiment: int) -> dict[str, float]:

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,7 +112,6 @@ def test_copies_are_made_only_where_the_computation_is_the_same() -> None:
 def test_every_run_spent_what_the_configuration_costs_say() -> None:
     """Totals of the stored runs = C_round of the original configuration for rounds 1-10, then
     C_change and the new configuration's C_round (RVA kept) or the original's throughout."""
-    import json
 
     res = json.loads(BENCH.RESULTS.read_text())
     checked = 0
@@ -128,3 +129,39 @@ def test_every_run_spent_what_the_configuration_costs_say() -> None:
         assert run["cost_total"] >= 100_000 > run["cost_total"] - max(c.values())  # stopped once the budget was spent
         checked += 1
     assert checked >= 5
+
+
+def _stored_rounds(run_dir) -> tuple[list[dict], Any]:
+    """A run folder's rounds (less their wall times) and its ``runs`` row."""
+    from tinytwin.store.db import RunStore
+
+    store = RunStore(run_dir / "results.db")
+    info = store.run_info()
+    rounds = [{k: v for k, v in r.items() if "time" not in k} for r in store.rounds(info.run_id)]
+    store.close()
+    return rounds, info
+
+
+def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path) -> None:
+    from tinytwin.engines.runner import start_run
+    from tinytwin.spec.load import validate_spec
+
+    raw = _hier_original({"classes": [8, 9], "per_class": 20}, [9, 1])
+    raw["failures"] = {"join": [{"device": 6, "round": 2}]}
+
+    def stop_after_round_2(r: int, _: dict) -> None:
+        if r == 2:
+            raise KeyboardInterrupt  # the session ended
+
+    with pytest.raises(KeyboardInterrupt):
+        start_run(validate_spec(raw), json.dumps(raw), tmp_path, None, stop_after_round_2, tmp_path / "a", report=False)
+    assert len(_stored_rounds(tmp_path / "a")[0]) == 2
+    BENCH.run_to_completion(raw, tmp_path / "a")
+    BENCH.run_to_completion(raw, tmp_path / "b")
+    (resumed, info), (whole, _) = _stored_rounds(tmp_path / "a"), _stored_rounds(tmp_path / "b")
+    assert info.status == "complete" and len(whole) == 5 and resumed == whole
+
+    BENCH.run_to_completion({**raw, "seed": 1}, tmp_path / "a")  # another experiment there: replaced
+    assert _stored_rounds(tmp_path / "a")[1].seed == 1
+    BENCH.run_to_completion(raw, tmp_path / "b")  # complete, and the same experiment: kept
+    assert _stored_rounds(tmp_path / "b")[0] == whole
