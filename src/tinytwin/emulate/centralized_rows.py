@@ -58,7 +58,7 @@ def device_status(d: int, i: int | None, draw: Draw, got: Gathered) -> str:
     if bool(draw.victim[i]):
         return "dropped"
     if not draw.plan.completed[i]:
-        return draw.plan.status(i)
+        return str(draw.plan.statuses[i])
     return got.failed.get(d, "failed").split(" ")[0]
 
 

@@ -65,13 +65,13 @@ class RoundCosts:
     def completed(self) -> np.ndarray:
         return ~self.dropped & ~self.link_down & ~self.straggler
 
-    def status(self, i: int) -> str:
-        """The device_rounds status of ``selected[i]`` according to the model."""
-        if self.dropped[i]:
-            return "dropped"
-        if self.link_down[i]:
-            return "link_down"
-        return "straggler" if self.straggler[i] else "ok"
+    @property
+    def statuses(self) -> np.ndarray:
+        """The device_rounds status of each selected device according to the model (object array:
+        dropped, else link_down, else straggler, else ok)."""
+        return np.select(
+            [self.dropped, self.link_down, self.straggler], ["dropped", "link_down", "straggler"], "ok"
+        ).astype(object)
 
 
 def round_costs(

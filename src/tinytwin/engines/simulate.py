@@ -24,6 +24,7 @@ from tinytwin.algorithms.attacks import attack_of, attack_update
 from tinytwin.algorithms.local_update import LocalTraining
 from tinytwin.algorithms.server_optimizers import make_server_optimizer
 from tinytwin.engines.device import engine_device
+from tinytwin.engines.device_rows import device_columns
 from tinytwin.engines.distill_round import DistillRound, distillation_summary
 from tinytwin.engines.evaluate import accuracy_and_loss, predict_correct
 from tinytwin.engines.experiment import Experiment
@@ -169,7 +170,9 @@ class Simulator:
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
         round_s = costs.round_s + (self.distilled.server_s if self.distilled else 0.0)  # the server distils last
         acc, loss, per_device_acc, size_accs = self._evaluate_round(state, r, new_global, online_ids)
-        device_rows = self._device_rows(r, online_ids, selected, costs, train_losses, per_device_acc)
+        device_rows = device_columns(
+            r, online_ids, exp.timeline.reachable(r), selected, costs, exp.num_samples, train_losses, per_device_acc
+        )
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         charge, empty, battery_rows = settle_round(
@@ -276,45 +279,6 @@ class Simulator:
             for d in online_ids:
                 per_device_acc[int(d)] = float(correct[torch.from_numpy(exp.parts[d])].float().mean())
         return acc, loss, per_device_acc
-
-    def _device_rows(
-        self,
-        r: int,
-        online_ids: np.ndarray,
-        selected: np.ndarray,
-        costs: Any,
-        train_losses: np.ndarray,
-        per_device_acc: dict[int, float],
-    ) -> list[dict[str, Any]]:
-        """One results row per online device: status, costs, training loss, accuracy."""
-        exp = self.exp
-        status = np.full(exp.fleet.num_devices, "", dtype=object)
-        status[online_ids] = np.where(exp.timeline.reachable(r)[online_ids], "idle", "link_down")
-        status[selected] = [costs.status(i) for i in range(selected.size)]
-        c_s, u_s, d_s = costs.cpu_s, costs.up_s, costs.down_s
-        lost_down, lost_up = costs.down.lost_packets, costs.up.lost_packets
-        pos = {int(d): i for i, d in enumerate(selected)}
-        rows = []
-        for d in online_ids:
-            i = pos.get(int(d))
-            rows.append(
-                {
-                    "round": r,
-                    "device": int(d),
-                    "status": status[d],
-                    "num_samples": int(exp.num_samples[d]),
-                    "compute_s": float(c_s[i]) if i is not None else 0.0,
-                    "up_s": float(u_s[i]) if i is not None else 0.0,
-                    "down_s": float(d_s[i]) if i is not None else 0.0,
-                    "bytes_up": int(costs.bytes_up[i]) if i is not None else 0,
-                    "bytes_down": int(costs.bytes_down[i]) if i is not None else 0,
-                    "packets_lost": int(lost_down[i] + lost_up[i]) if i is not None else 0,
-                    "energy_j": float(costs.energy_j[d]),
-                    "train_loss": None if i is None or np.isnan(train_losses[i]) else float(train_losses[i]),
-                    "accuracy": per_device_acc.get(int(d)),
-                }
-            )
-        return rows
 
     def _learn(
         self,

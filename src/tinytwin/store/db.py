@@ -151,6 +151,25 @@ EVENT_COLUMNS = ("round", "sim_time_s", "device", "kind", "detail")
 
 
 @dataclass(frozen=True)
+class DeviceColumns:
+    """One round's ``device_rounds`` rows as columns: each of ``DEVICE_ROUND_COLUMNS`` to a list
+    of plain Python values (``None`` for NULL), all lists equally long.
+
+    Why columns: an engine with 10^4 devices builds them with array operations, and SQLite takes
+    them in one ``executemany``; a dict per device, built and then taken apart again, was about
+    a sixth of a round's time at 10 000 devices."""
+
+    columns: Mapping[str, Sequence[Any]]
+
+    def __len__(self) -> int:
+        return len(self.columns["device"])
+
+    def records(self, run_id: str) -> Iterator[tuple[Any, ...]]:
+        """The rows as ``(run_id, *DEVICE_ROUND_COLUMNS)`` tuples."""
+        return zip([run_id] * len(self), *(self.columns[c] for c in DEVICE_ROUND_COLUMNS), strict=True)
+
+
+@dataclass(frozen=True)
 class RunInfo:
     """The ``runs`` row of a store."""
 
@@ -231,7 +250,7 @@ class RunStore:
         self,
         run_id: str,
         round_row: Mapping[str, Any],
-        device_rows: Sequence[Mapping[str, Any]],
+        device_rows: Sequence[Mapping[str, Any]] | DeviceColumns,
         events: Sequence[Mapping[str, Any]],
         checkpoint: Mapping[str, Any] | None,
         battery: Sequence[tuple[int, int, float, float]] = (),
@@ -250,7 +269,9 @@ class RunStore:
             self.conn.executemany(
                 f"INSERT OR REPLACE INTO device_rounds (run_id, {', '.join(DEVICE_ROUND_COLUMNS)}) "
                 f"VALUES (?{', ?' * len(DEVICE_ROUND_COLUMNS)})",
-                [(run_id, *[r.get(c) for c in DEVICE_ROUND_COLUMNS]) for r in device_rows],
+                device_rows.records(run_id)
+                if isinstance(device_rows, DeviceColumns)
+                else [(run_id, *[r.get(c) for c in DEVICE_ROUND_COLUMNS]) for r in device_rows],
             )
             self._insert_events(run_id, events)
             self.conn.executemany(
