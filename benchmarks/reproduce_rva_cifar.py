@@ -145,12 +145,15 @@ def record(run_dir: Path) -> dict[str, Any]:
     store = RunStore(run_dir / "results.db")
     info = store.run_info()
     rounds, ledger = store.rounds(info.run_id), dfl_store.ledger(store, info.run_id)
+    events = store.events(info.run_id)
     store.close()
     o = info.summary.get("orchestration", {})
     return {
         "rounds": len(rounds),
         "stopped_round": o.get("stopped_round"),
         "decisions": o.get("rva_decisions") or [],
+        # each decision's fitted curves and predictions at the budget rounds, as the engine logged them
+        "rva_fits": [json.loads(e["detail"]) for e in events if e["kind"] in ("rva_keep", "rva_revert")],
         "final_accuracy": rounds[-1]["test_accuracy"],
         "accuracy": [r["test_accuracy"] for r in rounds],
         "change_cost": sum(r["cost"] for r in ledger if r["level"] in ("change", "revert")),

@@ -163,7 +163,7 @@ def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path) 
     assert info.status == "complete" and len(whole) == 5 and resumed == whole
 
     recorded = BENCH.record(tmp_path / "a")
-    assert recorded["rounds"] == 5 and recorded["decisions"]
+    assert recorded["rounds"] == 5 and len(recorded["decisions"]) == len(recorded["rva_fits"]) == 1
     assert sum(recorded["cost_per_round"]) == pytest.approx(recorded["cost_total"])
     assert recorded["cost_per_round"][1] > recorded["cost_per_round"][0]  # the join's change cost, round 2
 
