@@ -122,8 +122,9 @@ def run_to_completion(raw: dict[str, Any], run_dir: Path) -> None:
                 print(f"resuming {run_dir.name} after round {info.rounds_done}", flush=True)
                 resume_run(run_dir, spec, None, report=False)
                 return
-        except TinyTwinError as exc:
+        except (TinyTwinError, LookupError) as exc:  # damaged, or killed before its run was created
             print(f"{run_dir}: {exc}; starting it again", flush=True)
+    if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     start_run(spec, text, run_dir.parent, None, run_dir=run_dir, report=False)

@@ -169,6 +169,10 @@ def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path) 
 
     BENCH.run_to_completion({**raw, "seed": 1}, tmp_path / "a")  # another experiment there: replaced
     assert _stored_rounds(tmp_path / "a")[1].seed == 1
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.db").write_bytes(b"")  # killed before its run was created
+    BENCH.run_to_completion(raw, tmp_path / "c")
+    assert _stored_rounds(tmp_path / "c")[0] == whole
     BENCH.run_to_completion(raw, tmp_path / "b")  # complete, and the same experiment: kept
     assert _stored_rounds(tmp_path / "b")[0] == whole
 
