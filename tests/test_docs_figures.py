@@ -101,14 +101,14 @@ def test_rva_cifar_table_is_the_one_rendered_from_its_results_file() -> None:
     assert bench.render(results) in bench.DOC.read_text()
 
 
-@pytest.mark.parametrize("workload", ["fedavg", "decfedavg"])
-def test_scale_revisions_block_is_rendered_from_its_results_file(workload: str) -> None:
+@pytest.mark.parametrize("name", ["fedavg", "decfedavg", "fedavg-rows"])
+def test_scale_revisions_block_is_rendered_from_its_results_file(name: str) -> None:
     gen = load_benchmark("bench_revisions")
-    results = json.loads(gen.results_file(workload).read_text())
-    begin, end = gen.markers(workload)
+    results = json.loads(gen.results_file(name).read_text())
+    begin, end = gen.markers(name)
     block = generated_block(gen.DOC.read_text(), begin, end)
     assert block == gen.render(results), (
-        f"rerun `python benchmarks/bench_revisions.py --from-json --workload {workload}`"
+        f"rerun `python benchmarks/bench_revisions.py --from-json --workload {results['workload']} --name {name}`"
     )
     before, after = results["before"], results["after"]
     assert before["final_accuracy"] == after["final_accuracy"]  # the same models, only faster
