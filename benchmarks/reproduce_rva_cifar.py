@@ -46,6 +46,8 @@ SEED_DECISIONS = {1: "revert", 2: "keep", 3: "revert", 4: "keep"}
 ARMS = ("rva", "no_rva", "original")
 #: Experiments whose ``original`` arms are one spec: they differ only in their joiners.
 SAME_ORIGINAL = {1: 2, 2: 1, 3: 4, 4: 3}
+#: The round the joiners arrive in and the validation window starts (the specs' ``join`` rounds).
+JOIN_ROUND = 11
 
 
 def derived_arm(res: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -224,12 +226,41 @@ def render(res: dict[str, Any]) -> str:
             + (f"; {copies} cells copied from a run that computed the same (see above)." if copies else "."),
         ]
     lines += ["", f"![seed004-rva](reproductions/{FIGURE.name})"]
+    lines += [f"![RVA's fits, #{e}](reproductions/{path.name})" for e, path in fit_figures(res).items()]
     return "\n".join([*lines, END])
 
 
 def write_doc(res: dict[str, Any]) -> None:
     replace_block(DOC, BEGIN, END, render(res))
     plot(res)
+    plot_fits(res)
+
+
+def first_fitted(res: dict[str, Any]) -> dict[int, tuple[str, dict[str, Any]]]:
+    """Per experiment, its first RVA run (by seed) that recorded its decision's fits."""
+    out: dict[int, tuple[str, dict[str, Any]]] = {}
+    for key, run in sorted(res.items()):
+        e, arm, _ = key.split("/")
+        if arm == "rva" and run.get("rva_fits") and int(e) not in out:
+            out[int(e)] = (key, run)
+    return out
+
+
+def fit_figures(res: dict[str, Any]) -> dict[int, Path]:
+    return {e: FIGURE.with_name(f"seed004-rva-fit-{e}.png") for e in first_fitted(res)}
+
+
+def plot_fits(res: dict[str, Any]) -> None:
+    """The seed's regression figures: for each experiment's first run with recorded fits, the
+    two fitted curves of its first decision and their predictions at the budget rounds."""
+    from tinytwin.report.orchestration_plot import rva_plot
+
+    paths = fit_figures(res)
+    for e, (key, run) in first_fitted(res).items():
+        rounds = [{"round": i, "test_accuracy": a} for i, a in enumerate(run["accuracy"], 1)]
+        fit = run["rva_fits"][0]
+        seed = key.split("/")[2]
+        rva_plot(rounds, fit, JOIN_ROUND, True, f"Exp. #{e}, seed {seed}", paths[e])
 
 
 def cost_per_round(experiment: int, arm: str, run: dict[str, Any]) -> list[float] | None:
@@ -244,7 +275,8 @@ def cost_per_round(experiment: int, arm: str, run: dict[str, Any]) -> list[float
     c = configuration_costs(experiment)
     if arm == "original":  # the original configuration throughout
         return [c["original"]] * run["rounds"]
-    return [c["original"]] * 10 + [c["new"] + c["change"]] + [c["new"]] * (run["rounds"] - 11)
+    before = JOIN_ROUND - 1
+    return [c["original"]] * before + [c["new"] + c["change"]] + [c["new"]] * (run["rounds"] - JOIN_ROUND)
 
 
 def _mean_curve(curves: list[list[float]]) -> tuple[list[int], list[float]]:
@@ -282,11 +314,11 @@ def plot(res: dict[str, Any]) -> Path:
         bottom.axhline(100_000, color="0.3", linewidth=0.8, linestyle=":")
         bottom.text(1, 100_000, "budget", va="bottom", fontsize=8, color="0.3")
         for ax in (top, bottom):
-            ax.axvline(11, color="0.6", linewidth=0.8, linestyle=":")
+            ax.axvline(JOIN_ROUND, color="0.6", linewidth=0.8, linestyle=":")
             ax.grid(True, alpha=0.3, linewidth=0.6)
             ax.spines[["top", "right"]].set_visible(False)
         top.legend(frameon=False, fontsize=7, loc="lower right")
-        bottom.set_xlabel("global round (joiners arrive in round 11)")
+        bottom.set_xlabel(f"global round (joiners arrive in round {JOIN_ROUND})")
     axes[0, 0].set_ylabel("test accuracy (%), mean over seeds")
     axes[1, 0].set_ylabel("cumulative communication cost")
     return save(fig, FIGURE)

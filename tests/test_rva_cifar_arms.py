@@ -143,7 +143,7 @@ def _stored_rounds(run_dir) -> tuple[list[dict], Any]:
     return rounds, info
 
 
-def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path) -> None:
+def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path, monkeypatch) -> None:
     from tinytwin.engines.runner import start_run
     from tinytwin.spec.load import validate_spec
 
@@ -166,6 +166,10 @@ def test_an_arm_stopped_mid_way_resumes_to_the_run_it_would_have_been(tmp_path) 
     assert recorded["rounds"] == 5 and len(recorded["decisions"]) == len(recorded["rva_fits"]) == 1
     assert sum(recorded["cost_per_round"]) == pytest.approx(recorded["cost_total"])
     assert recorded["cost_per_round"][1] > recorded["cost_per_round"][0]  # the join's change cost, round 2
+    monkeypatch.setattr(BENCH, "FIGURE", tmp_path / "seed004-rva.png")
+    BENCH.plot_fits({"3/rva/1": recorded, "3/rva/0": {**recorded, "rva_fits": []}})  # the first with fits
+    assert (tmp_path / "seed004-rva-fit-3.png").stat().st_size > 10_000
+    assert "(reproductions/seed004-rva-fit-3.png)" in BENCH.render({"3/rva/1": recorded})
 
     BENCH.run_to_completion({**raw, "seed": 1}, tmp_path / "a")  # another experiment there: replaced
     assert _stored_rounds(tmp_path / "a")[1].seed == 1

@@ -45,7 +45,7 @@ def orchestration_plots(
             (v["round"] for v in events if v["kind"] == "rva_validating" and v["round"] <= e["round"]), default=1
         )
         budget_mode = orch.get("budget") is not None  # else the predictions are costs to the target
-        path = _rva_plot(rounds, json.loads(e["detail"]), since, budget_mode, label, out_dir / f"rva_{i}.png")
+        path = rva_plot(rounds, json.loads(e["detail"]), since, budget_mode, label, out_dir / f"rva_{i}.png")
         paths[f"{RVA} Decision {i} of {len(decisions)}."] = path
     return paths
 
@@ -70,9 +70,11 @@ def _budget_plot(
     return save(fig, path)
 
 
-def _rva_plot(
+def rva_plot(
     rounds: list[dict[str, Any]], d: dict[str, Any], since: int, budget_mode: bool, label: str, path: Path
 ) -> Path:
+    """One RVA decision ``d`` (an ``rva_keep`` / ``rva_revert`` event's detail) over the run's
+    accuracies; ``since`` is the first round of the validation window."""
     fig, ax = new_axes(f"{label}: RVA {d['decision']} at round {d['round']}", "Round", "Test accuracy (%)")
     pts = [(r["round"], r["test_accuracy"]) for r in rounds if r["test_accuracy"] is not None]
     ax.plot([r for r, _ in pts], [100 * a for _, a in pts], "o", color="0.55", markersize=3, label="test accuracy")
