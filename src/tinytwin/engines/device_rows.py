@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from tinytwin.engines.experiment import Experiment
 from tinytwin.engines.round_costs import RoundCosts
 from tinytwin.store.db import DeviceColumns
 
@@ -25,19 +26,19 @@ def _nullable(values: np.ndarray) -> list[object]:
 
 
 def device_columns(
+    exp: Experiment,
     r: int,
     online_ids: np.ndarray,
-    reachable: np.ndarray,
     selected: np.ndarray,
     costs: RoundCosts,
-    num_samples: np.ndarray,
     train_losses: np.ndarray,
     per_device_acc: Mapping[int, float],
 ) -> DeviceColumns:
     """The rows of ``online_ids`` in round ``r``.
 
-    ``reachable`` is the fleet's link state (length D); ``train_losses`` is aligned with
-    ``selected`` (NaN: no loss); ``per_device_acc`` maps a device to its accuracy."""
+    ``train_losses`` is aligned with ``selected`` (NaN: no loss); ``per_device_acc`` maps a
+    device to its accuracy."""
+    reachable, num_samples = exp.timeline.reachable(r), exp.num_samples
     n_dev = len(reachable)
     pos = np.full(n_dev, -1, dtype=np.int64)
     pos[selected] = np.arange(selected.size)

@@ -170,9 +170,7 @@ class Simulator:
         energy, bytes_up_dev, bytes_down_dev = costs.energy_j, costs.bytes_up, costs.bytes_down
         round_s = costs.round_s + (self.distilled.server_s if self.distilled else 0.0)  # the server distils last
         acc, loss, per_device_acc, size_accs = self._evaluate_round(state, r, new_global, online_ids)
-        device_rows = device_columns(
-            r, online_ids, exp.timeline.reachable(r), selected, costs, exp.num_samples, train_losses, per_device_acc
-        )
+        device_rows = device_columns(exp, r, online_ids, selected, costs, train_losses, per_device_acc)
 
         bytes_up, bytes_down = int(bytes_up_dev.sum()), int(bytes_down_dev.sum())
         charge, empty, battery_rows = settle_round(
