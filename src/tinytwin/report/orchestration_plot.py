@@ -84,7 +84,13 @@ def rva_plot(
     ):
         last = max(end if end is not None else d["round"], d["round"])
         r = np.linspace(max(start, 1), last, 200)
-        ax.plot(r, 100 * (a + b * np.log(r)), color=colour, linewidth=1.6, label=f"{name}: {a:.3f} + {b:.3f}·ln r")
+        ax.plot(
+            r,
+            100 * (a + b * np.log(r)),
+            color=colour,
+            linewidth=1.6,
+            label=f"{name}: {a:.3f} {'−' if b < 0 else '+'} {abs(b):.3f}·ln r",
+        )
         if budget_mode and end is not None and pred is not None:
             ax.plot([end], [100 * pred], "*", color=colour, markersize=12)
             ax.annotate(
