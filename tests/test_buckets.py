@@ -99,5 +99,8 @@ def test_cache_tiles_train_the_same_models_bit_for_bit(monkeypatch):
         results.append(trainer.train(exp.initial_params(), 2, ids, exp.parts))
     whole, tiled = results
     assert (exp.num_samples == 0).any() and whole.steps.max() > 2
+    first_chunk = trainer.schedule(2, ids[:128], exp.parts[:128]) >= 0
+    steps_with_data = first_chunk.reshape(128, -1, cfg.batch_size).any(axis=2)
+    assert any(not steps_with_data[lo:hi].any(axis=0).all() for lo, hi in tiles)  # a tile skips a step
     assert torch.equal(tiled.params, whole.params)
     assert np.array_equal(tiled.train_loss, whole.train_loss) and np.array_equal(tiled.steps, whole.steps)

@@ -284,9 +284,7 @@ class LocalTrainer:
             if not bool(has_data.any()):
                 continue
             safe = idx.clamp_min(0)
-            flat_idx = safe.reshape(-1)
-            x = torch.index_select(self._x_rows, 0, flat_idx, out=x_buf).view(*safe.shape, *self._sample_shape)
-            y = torch.index_select(self.y, 0, flat_idx, out=y_buf).view(safe.shape)
+            x, y = self._batch(safe, x_buf, y_buf)
             if fast is not None:
                 grads, ce_sum = fast.grads(tensors, x, y, mask, anchors, cfg.prox_mu)
             else:
@@ -317,10 +315,18 @@ class LocalTrainer:
         """
         if self.device.type != "cpu":
             return [(0, n)]
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        per_device = (fast.num_params + self.cfg.batch_size * self._x_rows.shape[1]) * itemsize
+        per_device = (fast.num_params + self.cfg.batch_size * self._x_rows.shape[1]) * self._x_rows.element_size()
         tile = max(1, CACHE_TILE_BYTES // per_device)
         return [(lo, min(lo + tile, n)) for lo in range(0, n, tile)]
+
+    def _batch(self, idx: torch.Tensor, x_buf: torch.Tensor, y_buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step's samples and labels for (n, B) sample indices (no padding: -1 clamped to 0 by
+        the caller), gathered into the first rows of the reused batch buffers."""
+        flat_idx = idx.reshape(-1)
+        rows = len(flat_idx)
+        x = torch.index_select(self._x_rows, 0, flat_idx, out=x_buf[:rows]).view(*idx.shape, *self._sample_shape)
+        y = torch.index_select(self.y, 0, flat_idx, out=y_buf[:rows]).view(idx.shape)
+        return x, y
 
     def _sgd_tile(
         self,
@@ -345,9 +351,7 @@ class LocalTrainer:
         safe = sched.clamp_min(0)
         ce_total = torch.zeros(n, dtype=torch.float64, device=self.device)
         for s in (s for s, any_data in enumerate(live) if any_data):
-            flat_idx = safe[:, s * b : (s + 1) * b].reshape(-1)
-            x = torch.index_select(self._x_rows, 0, flat_idx, out=x_buf[: n * b]).view(n, b, *self._sample_shape)
-            y = torch.index_select(self.y, 0, flat_idx, out=y_buf[: n * b]).view(n, b)
+            x, y = self._batch(safe[:, s * b : (s + 1) * b], x_buf, y_buf)
             ce_total += fast.sgd_step_(tensors, x, y, masks[:, s], scales[:, s]).to(torch.float64)
         seen = masks.sum(dim=(1, 2), dtype=torch.float64)
         return ce_total, seen, has_data.sum(dim=1)
