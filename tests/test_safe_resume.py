@@ -72,6 +72,24 @@ def test_round_trip_is_exact():
     assert back["text"] == "é"
 
 
+def test_numeric_row_lists_are_one_array_and_come_back_exactly():
+    """Per-round histories (``[(round, accuracy), ...]``) are stored as one array, not a JSON
+    node per number, and come back with their ints, floats, NaNs and row types unchanged."""
+    accuracies = [(r, 1.0 / (r + 3)) for r in range(500)] + [(500, float("nan")), (-(2**52), -0.0)]
+    distillation = [[0.1 * r, 2.0, 1e-300] for r in range(6)]
+    mixed = [(1, 0.5), (2, 1), (3, 0.25), (4, 0.125)]  # a column of mixed types stays a plain list
+    blob = checkpoint.encode({"acc": accuracies, "dist": distillation, "mixed": mixed, "big": [(2**60, 1.0)] * 5})
+    assert len(blob) < 20_000  # as JSON nodes the 500 rows alone take ~25 kB of header
+    back = checkpoint.decode(blob)
+    assert back["acc"][:500] == accuracies[:500] and all(type(r) is tuple for r in back["acc"])
+    assert all(type(r) is int and type(a) is float for r, a in back["acc"])
+    assert math.isnan(back["acc"][500][1]) and back["acc"][501] == (-(2**52), -0.0)
+    assert math.copysign(1.0, back["acc"][501][1]) == -1.0
+    assert back["dist"] == distillation and type(back["dist"][0]) is list
+    assert back["mixed"] == mixed and type(back["mixed"][1][1]) is int
+    assert back["big"] == [(2**60, 1.0)] * 5 and type(back["big"][0][0]) is int
+
+
 def test_unplain_values_are_refused_when_written():
     with pytest.raises(TypeError, match="cannot hold"):
         checkpoint.encode({"x": object()})

@@ -108,6 +108,10 @@ def _enc(v: Any, arrays: list[bytes]) -> Any:
         if type(v) is defaultdict and factory in _FACTORIES.values():
             return {"defaultdict": [getattr(factory, "__name__", None), pairs]}
     if isinstance(v, list):
+        rows = _numeric_rows(v)
+        if rows is not None:
+            arrays.append(_npy(np.array(v, dtype=np.float64)))
+            return {"rows": [len(arrays) - 1, rows]}
         return {"list": [_enc(x, arrays) for x in v]}
     if isinstance(v, tuple):
         return {"tuple": [_enc(x, arrays) for x in v]}
@@ -119,6 +123,39 @@ def _enc(v: Any, arrays: list[bytes]) -> Any:
         fields = {f.name: _enc(getattr(v, f.name), arrays) for f in dataclasses.fields(v)}
         return {"dc": [type(v).__module__, type(v).__qualname__, fields]}
     raise TypeError(f"a checkpoint cannot hold a {type(v).__module__}.{type(v).__name__}; store plain data")
+
+
+def _numeric_rows(v: list[Any]) -> str | None:
+    """The row kind and column types of a list of equal-length tuples (or lists) of plain ints
+    and floats — e.g. ``[(round, accuracy), ...]`` — or None for any other list.
+
+    Such lists grow by a row a round and are checkpointed every round; as one float64 array
+    (exact for floats and for ints below 2**53) they cost one array write instead of a JSON node
+    per number. The kind string is ``"t"`` or ``"l"`` (tuple or list rows), then ``i``/``f`` per column.
+    """
+    if len(v) < 4 or type(v[0]) not in (tuple, list) or not v[0]:
+        return None
+    container, width = type(v[0]), len(v[0])
+    cols = [type(x) for x in v[0]]
+    if any(c not in (int, float) for c in cols):
+        return None
+    for row in v:
+        if type(row) is not container or len(row) != width:
+            return None
+        for x, c in zip(row, cols):
+            if type(x) is not c or (c is int and abs(x) >= 2**53):
+                return None
+    return ("t" if container is tuple else "l") + "".join("i" if c is int else "f" for c in cols)
+
+
+def _rows(kind: Any, arr: np.ndarray) -> list[Any]:
+    if not (isinstance(kind, str) and len(kind) >= 2 and kind[0] in "tl" and set(kind[1:]) <= {"i", "f"}):
+        raise ValueError("bad rows")
+    if arr.dtype != np.float64 or arr.ndim != 2 or arr.shape[1] != len(kind) - 1:
+        raise ValueError("bad rows array")
+    casts = [int if c == "i" else float for c in kind[1:]]
+    make = tuple if kind[0] == "t" else list
+    return [make(cast(x) for cast, x in zip(casts, row)) for row in arr.tolist()]
 
 
 def _dataclass(module: Any, qualname: Any, fields: Any, arrays: list[np.ndarray]) -> Any:
@@ -152,6 +189,9 @@ def _dec(v: Any, arrays: list[np.ndarray]) -> Any:
         return float(x)
     if tag == "nd":
         return arrays[x]
+    if tag == "rows":
+        index, kind = x
+        return _rows(kind, arrays[index])
     if tag == "np0":
         return arrays[x][()]
     if tag == "pt":
