@@ -140,3 +140,15 @@ def test_scale_mnist_block_is_rendered_from_its_results_file() -> None:
     block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
     assert block == gen.render(results), "rerun `python benchmarks/bench_scale_mnist.py --from-json`"
     assert {r["devices"] for r in results["rows"]} >= {1_000, 10_000}
+
+
+def test_flops_vs_sgemm_block_is_rendered_from_its_results_file() -> None:
+    gen = load_benchmark("bench_flops_vs_sgemm")
+    results = json.loads(gen.RESULTS.read_text())
+    block = generated_block(gen.DOC.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.render(results), "rerun `python benchmarks/bench_flops_vs_sgemm.py --from-json`"
+    assert results["devices"] == 10_000 and len(results["fraction"]) == len(results["train_s"]) >= 3
+    assert all(
+        abs(f - a / s) < 1e-9
+        for f, a, s in zip(results["fraction"], results["achieved_gflops"], results["sgemm_gflops"])
+    )
