@@ -50,3 +50,33 @@ def test_intra_op_threads_restores_the_setting():
     with threads.intra_op_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_models_do_not_depend_on_the_thread_count_even_for_a_device_alone_in_its_chunk():
+    """A bucket can hold one device (the only one with that much data); its products are then a
+    batch of one, which a second thread would split along the inner dimension — different sums."""
+    import numpy as np
+
+    from tinytwin.algorithms.local_update import LocalTraining
+    from tinytwin.engines.experiment import prepare
+    from tinytwin.engines.local_training import LocalTrainer
+    from tinytwin.spec.load import validate_spec
+
+    exp = prepare(
+        validate_spec(
+            {
+                "dataset": {"name": "digits"},
+                "model": {"name": "mlp", "hidden": [32]},
+                "fleet": {"groups": [{"profile": "raspberry-pi-4", "count": 300, "link": "wifi"}]},
+            }
+        )
+    )
+    parts = [p[:2] for p in exp.parts[:-1]] + [np.arange(40)]  # the last device alone in its bucket
+    cfg = LocalTraining(2, 8, 0.1, "sgd", 0.0, 0.0, 0.0)
+    x, y = torch.from_numpy(exp.dataset.x_train), torch.from_numpy(exp.dataset.y_train)
+    models = []
+    for count in (1, 2):
+        trainer = LocalTrainer(exp.module, exp.layout, x, y, cfg, 0, chunk_size=64, threads=count)
+        assert [len(p) for p in trainer.plan(parts)][-1] == 1
+        models.append(trainer.train(exp.initial_params(), 1, np.arange(300), parts).params)
+    assert torch.equal(models[0], models[1])

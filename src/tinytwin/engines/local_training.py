@@ -168,22 +168,20 @@ class LocalTrainer:
         lrs = np.full(d, self.cfg.lr) if lr is None else np.asarray(lr, dtype=np.float64)
         losses = np.zeros(d)
         steps = np.zeros(d, dtype=np.int64)
-        with intra_op_threads(self._threads(d, start.shape[-1])):
-            for pos in self.plan(indices):
-                contiguous = pos[-1] - pos[0] + 1 == len(pos)
-                rows = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else torch.from_numpy(pos).to(self.device)
-                chunk_out = (
-                    out[rows]
-                    if contiguous
-                    else torch.empty((len(pos), out.shape[1]), dtype=out.dtype, device=self.device)
-                )
-                chunk_start = start if start.dim() == 1 else start[rows]
+        for pos in self.plan(indices):
+            contiguous = pos[-1] - pos[0] + 1 == len(pos)
+            rows = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else torch.from_numpy(pos).to(self.device)
+            chunk_out = (
+                out[rows] if contiguous else torch.empty((len(pos), out.shape[1]), dtype=out.dtype, device=self.device)
+            )
+            chunk_start = start if start.dim() == 1 else start[rows]
+            with intra_op_threads(self._threads(len(pos), start.shape[-1])):
                 layers, losses[pos], steps[pos] = self._train_chunk(
                     chunk_start, round_, device_ids[pos], take(indices, pos), lrs[pos]
                 )
                 self._join_into(layers, chunk_out)
-                if not contiguous:
-                    out[rows] = chunk_out
+            if not contiguous:
+                out[rows] = chunk_out
         return LocalResult(out, losses, steps)
 
     def train_chunks(
@@ -211,7 +209,13 @@ class LocalTrainer:
         return chunk_plan(sizes, self.cfg.batch_size, self.chunk_size)
 
     def _threads(self, d: int, num_params: int) -> int:
-        """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule."""
+        """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule.
+
+        A chunk of one device always trains on one thread: a batch of one matrix product runs
+        as a single GEMM, which threads split along its inner dimension, so its sums (and the
+        model) would depend on the thread count; a batch of several gives each product to one thread."""
+        if d == 1:
+            return 1
         return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params, self.threads)
 
     def _join_into(self, layers: list[torch.Tensor], out: torch.Tensor) -> None:
