@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import torch
 
 from tinytwin.engines import threads
@@ -36,13 +40,34 @@ def test_spec_and_environment_override_the_rule(monkeypatch):
 def test_machine_idle_is_decided_once_per_process(monkeypatch):
     threads.machine_idle.cache_clear()
     calls = []
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: calls.append(1) or (0.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: calls.append(window) or 0.0)
     assert threads.machine_idle() and threads.machine_idle()
     assert len(calls) == 1
     threads.machine_idle.cache_clear()
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: 1000.0)
     assert not threads.machine_idle()
     threads.machine_idle.cache_clear()
+
+
+def test_without_proc_stat_the_load_average_decides(monkeypatch):
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: None)
+    for load, idle in ((0.0, True), (1000.0, False)):
+        threads.machine_idle.cache_clear()
+        monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert threads.machine_idle() is idle
+    threads.machine_idle.cache_clear()
+
+
+def test_a_busy_process_beside_us_counts_as_busy():
+    """The sample is of real CPU time: a busy-looping process is seen as about one core."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = threads.busy_cores_of_others(0.3)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert busy is not None and busy >= 0.6
 
 
 def test_intra_op_threads_restores_the_setting():

@@ -5,10 +5,16 @@ multiply-accumulates per step, synchronising a second intra-op thread costs more
 saves (docs/benchmarks.md: the 100-device digits workload runs a round in 12.6 ms on one
 thread against 50 ms on two). Above it, a second thread helps only on an idle machine: on
 a busy one each step waits at barriers for a thread that is not scheduled, and two threads
-are 2-12x *slower* (benchmarks/bench_threads.py: 10 000 MNIST devices, 4.5 s a round on one
-thread against 9.6 s on two at load 3.6 on 2 cores). So large workloads get every thread
-only when the machine was idle when the process first asked; otherwise one. The models do
-not depend on the thread count (bench_threads.py checks it), so the choice changes speed only.
+are 2-3x *slower* (docs/benchmarks.md, "Threads": 10 000 MNIST devices beside two busy
+processes). So large workloads get every thread only when the machine was idle when the
+process first asked; otherwise one. The models do not depend on the thread count
+(bench_threads.py checks it), so the choice changes speed only.
+
+"Idle" is what the other processes used over a short sample of ``/proc/stat`` (steal time
+included: a virtual machine's noisy neighbours), not the load average: that is a one-minute
+average, so right after another run — a sweep's previous member, a benchmark's previous
+repetition — it still reads busy, and an idle machine got one thread (1.6 s a round instead
+of 1.1 s at 10 000 MNIST devices). Where ``/proc/stat`` is missing the load average decides.
 
 Overrides: ``engine.threads`` in the experiment file, or the ``TINYTWIN_THREADS`` environment
 variable (the spec wins).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,15 +48,46 @@ def threads_for(macs_per_step: int, override: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+#: How long the other processes' CPU use is sampled, once per process.
+IDLE_SAMPLE_S = 0.15
+
+
 @functools.cache
 def machine_idle() -> bool:
     """Whether the machine was idle the first time this process asked (asked once: later, the
     process's own training would count as load)."""
+    limit = IDLE_LOAD_FRACTION * (os.cpu_count() or 1)
+    busy = busy_cores_of_others(IDLE_SAMPLE_S)
+    if busy is not None:
+        return busy < limit
     try:
-        load = os.getloadavg()[0]
+        return os.getloadavg()[0] < limit
     except OSError:  # no load average on this platform: assume shared
         return False
-    return load < IDLE_LOAD_FRACTION * (os.cpu_count() or 1)
+
+
+def busy_cores_of_others(window_s: float) -> float | None:
+    """Cores the machine's other processes kept busy over the next ``window_s`` seconds (this
+    process's own CPU time taken out), or None without a readable ``/proc/stat``."""
+    try:
+        busy0, own0 = _machine_busy_s(), _own_cpu_s()
+        time.sleep(window_s)
+        busy1, own1 = _machine_busy_s(), _own_cpu_s()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / window_s
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy (user, nice, system, irq, softirq, steal) since boot."""
+    with open("/proc/stat") as fh:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fh.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 @contextmanager
