@@ -152,3 +152,14 @@ def test_flops_vs_sgemm_block_is_rendered_from_its_results_file() -> None:
         abs(f - a / s) < 1e-9
         for f, a, s in zip(results["fraction"], results["achieved_gflops"], results["sgemm_gflops"])
     )
+
+
+@pytest.mark.parametrize("name", [None, "loadavg-rule"])
+def test_threads_blocks_are_rendered_from_their_results_files(name: str | None) -> None:
+    gen = load_benchmark("bench_threads")
+    results = json.loads(gen.results_file(name).read_text())
+    block = generated_block(gen.DOC.read_text(), *gen.markers(name))
+    assert block == gen.render(results, name), f"rerun `python benchmarks/bench_threads.py --from-json --name {name}`"
+    for condition in results["conditions"].values():
+        for workload in condition["runs"].values():
+            assert len({r["model"] for arm in workload.values() for r in arm}) == 1  # threads change speed only
