@@ -32,7 +32,7 @@ import torch
 
 #: Multiply-accumulates per training step (devices x batch x parameters) below which one thread is used.
 SINGLE_THREAD_MACS = 20_000_000
-#: The machine counts as idle when its 1-minute load average is below this fraction of its cores.
+#: The machine counts as idle when the other processes keep less than this fraction of its cores busy.
 IDLE_LOAD_FRACTION = 0.25
 
 

@@ -26,7 +26,8 @@ class EngineSpec(BaseModel):
         "run on the CPU); auto: cuda when available",
     )
     threads: PositiveInt | None = Field(
-        default=None, description="CPU intra-op threads; default: 1 (see docs/benchmarks.md, threads)"
+        default=None,
+        description="CPU intra-op threads; default: 1, or every core for large steps on an idle machine (docs/benchmarks.md, threads)",
     )
     chunk_size: PositiveInt | None = Field(
         default=None, description="devices trained at once; default 2048 on the CPU, 65536 on a GPU"
