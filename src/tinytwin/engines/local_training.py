@@ -212,8 +212,8 @@ class LocalTrainer:
         """Intra-op threads for ``d`` devices: the explicit setting, else the workload rule.
 
         A chunk of one device always trains on one thread: a batch of one matrix product runs
-        as a single GEMM, which threads split along its inner dimension, so its sums (and the
-        model) would depend on the thread count; a batch of several gives each product to one thread."""
+        as a single GEMM, which the BLAS parallelises inside the product, and its sums (so the
+        model) depended on the thread count; a batch of several gives each product to one thread."""
         if d == 1:
             return 1
         return threads_for(min(d, self.chunk_size) * self.cfg.batch_size * num_params, self.threads)

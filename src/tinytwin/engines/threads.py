@@ -5,7 +5,7 @@ multiply-accumulates per step, synchronising a second intra-op thread costs more
 saves (docs/benchmarks.md: the 100-device digits workload runs a round in 12.6 ms on one
 thread against 50 ms on two). Above it, a second thread helps only on an idle machine: on
 a busy one each step waits at barriers for a thread that is not scheduled, and two threads
-are 2-3x *slower* (docs/benchmarks.md, "Threads": 10 000 MNIST devices beside two busy
+are about 2x *slower* (docs/benchmarks.md, "Threads": 10 000 MNIST devices beside two busy
 processes). So large workloads get every thread only when the machine was idle when the
 process first asked; otherwise one. The models do not depend on the thread count
 (bench_threads.py checks it), so the choice changes speed only.
