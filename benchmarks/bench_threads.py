@@ -10,8 +10,7 @@ training of every device, the server's decoding, FedAvg) after a warm-up round:
 - the 1 000-device quickstart: digits, MLP 64-32-10, 2 local epochs, batch 8
   (``partition.min_samples=0``, as in bench_simulate_scale.py);
 - 10 000 MNIST devices: MLP 784-16-10, 60 samples each, 1 epoch, batch 10
-  (benchmarks/specs/mnist_scale.yaml; embedded synthetic MNIST-shaped data is not used:
-  the real MNIST comes from ``--data-dir``).
+  (benchmarks/specs/mnist_scale.yaml; MNIST read from ``--data-dir``).
 
 The OpenMP wait policy is read once, when the runtime starts, so every measurement is a fresh
 process (the arm's environment set before it starts); within a repetition the arms alternate,
