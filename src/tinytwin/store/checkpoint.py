@@ -5,8 +5,10 @@ users copy around, and unpickling one runs whatever its author put in it — a t
 checkpoint ran ``os.system`` under ``--resume``. This format is plain data: a JSON header
 that describes the structure (dicts with any scalar keys, lists, tuples, sets, deques, numbers,
 strings, None, and tinytwin dataclasses of these) and, after it, each array as ``.npy`` bytes, read back with
-``allow_pickle=False``. Floats survive exactly (JSON keeps ``repr``; arrays are raw bytes),
-so resuming stays bit for bit.
+``allow_pickle=False``. A list of equal rows of ints and floats (a per-round history such as
+``[(round, accuracy), ...]``) is one float64 array with its row and column types in the header,
+so a checkpoint written every round does not grow by a JSON node per number. Floats survive
+exactly (JSON keeps ``repr``; arrays are raw bytes), so resuming stays bit for bit.
 
 Layout: ``MAGIC`` · 8-byte little-endian header length · header (UTF-8 JSON) · array bytes.
 """
