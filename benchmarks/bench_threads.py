@@ -61,7 +61,7 @@ ARMS: dict[str, dict[str, str]] = {
     "default rule": {},
 }
 #: workload -> timed rounds per child
-WORKLOADS = {"quickstart-1000": 5, "mnist-10000": 2}
+WORKLOADS = {"quickstart-100": 10, "quickstart-300": 10, "quickstart-1000": 5, "mnist-10000": 2}
 
 
 def child(workload: str, rounds: int, data_dir: Path) -> None:
@@ -76,9 +76,10 @@ def child(workload: str, rounds: int, data_dir: Path) -> None:
     from tinytwin.engines.threads import intra_op_threads, threads_for
     from tinytwin.spec.load import load_spec
 
-    if workload == "quickstart-1000":
+    if workload.startswith("quickstart-"):
+        count = workload.split("-")[1]
         spec, _ = load_spec(
-            REPO / "examples" / "quickstart.yaml", ["fleet.groups.0.count=1000", "partition.min_samples=0"]
+            REPO / "examples" / "quickstart.yaml", [f"fleet.groups.0.count={count}", "partition.min_samples=0"]
         )
     else:
         spec, _ = load_spec(HERE / "specs" / "mnist_scale.yaml", [f"dataset.data_dir={data_dir}"])
@@ -87,7 +88,8 @@ def child(workload: str, rounds: int, data_dir: Path) -> None:
     tr = LocalTrainer.for_engine(exp, LocalTraining.from_spec(a), torch.device("cpu"))
     ids = np.arange(exp.fleet.num_devices)
     start = exp.initial_params()
-    threads = threads_for(min(len(ids), tr.chunk_size) * a.batch_size * start.shape[-1], spec.engine.threads)
+    macs = min(len(ids), tr.chunk_size) * a.batch_size * start.shape[-1]
+    threads = threads_for(macs, spec.engine.threads)
     times, agg = [], None
     for r in range(rounds + 1):  # round 0 warms up
         t0 = time.perf_counter()
@@ -99,7 +101,7 @@ def child(workload: str, rounds: int, data_dir: Path) -> None:
             times.append(time.perf_counter() - t0)
     assert agg is not None
     digest = hashlib.sha256(agg.numpy().tobytes()).hexdigest()[:12]
-    print(json.dumps({"seconds": times, "threads": threads, "model": digest}))
+    print(json.dumps({"seconds": times, "threads": threads, "model": digest, "macs_per_step": macs}))
 
 
 def run_child(workload: str, arm: str, data_dir: Path) -> dict[str, Any]:
@@ -157,10 +159,10 @@ def render(res: dict[str, Any], name: str | None = None) -> str:
         f"{res['conditions']['idle']['load_avg'][0]} at the start (background jobs paused); loaded: "
         f"{res['conditions']['loaded']['load_procs']} busy-looping processes beside each run.",
         "",
-        "| workload | machine | " + " | ".join(ARMS) + " | same models |",
-        "|---|---|" + "---|" * len(ARMS) + "---|",
+        "| workload | MACs per step | machine | " + " | ".join(ARMS) + " | same models |",
+        "|---|---:|---|" + "---|" * len(ARMS) + "---|",
     ]
-    for workload in WORKLOADS:
+    for workload in res["conditions"]["idle"]["runs"]:
         for condition, c in res["conditions"].items():
             cells, models = [], set()
             for arm in ARMS:
@@ -170,8 +172,12 @@ def render(res: dict[str, Any], name: str | None = None) -> str:
                 if arm == "default rule":
                     cell += f" [{', '.join(str(t) for t in sorted({r['threads'] for r in runs}))}]"
                 cells.append(cell)
+            macs = {r.get("macs_per_step") for arm in c["runs"][workload].values() for r in arm} - {None}
+            mega = f"{macs.pop() / 1e6:.1f} M" if len(macs) == 1 else "—"
             lines.append(
-                f"| {workload} | {condition} | " + " | ".join(cells) + f" | {'yes' if len(models) == 1 else 'no'} |"
+                f"| {workload} | {mega} | {condition} | "
+                + " | ".join(cells)
+                + f" | {'yes' if len(models) == 1 else 'no'} |"
             )
     return "\n".join([*lines, end])
 
