@@ -163,3 +163,10 @@ def test_threads_blocks_are_rendered_from_their_results_files(name: str | None) 
     for condition in results["conditions"].values():
         for workload in condition["runs"].values():
             assert len({r["model"] for arm in workload.values() for r in arm}) == 1  # threads change speed only
+
+
+def test_readme_speed_paragraph_is_rendered_from_the_benchmarks_results() -> None:
+    gen = load_benchmark("readme_speed")
+    block = generated_block(gen.README.read_text(), gen.BEGIN, gen.END)
+    assert block == gen.current(), "rerun `python benchmarks/readme_speed.py`"
+    assert "10 000 devices" in block and "Flower" in block
