@@ -61,7 +61,7 @@ ARMS: dict[str, dict[str, str]] = {
     "default rule": {},
 }
 #: workload -> timed rounds per child
-WORKLOADS = {"quickstart-100": 10, "quickstart-300": 10, "quickstart-1000": 5, "mnist-10000": 2}
+WORKLOADS = {"quickstart-100": 10, "quickstart-300": 10, "quickstart-1000": 5, "flower-1000": 5, "mnist-10000": 2}
 
 
 def child(workload: str, rounds: int, data_dir: Path) -> None:
@@ -76,7 +76,9 @@ def child(workload: str, rounds: int, data_dir: Path) -> None:
     from tinytwin.engines.threads import intra_op_threads, threads_for
     from tinytwin.spec.load import load_spec
 
-    if workload.startswith("quickstart-"):
+    if workload == "flower-1000":  # bench_vs_flower.py's 1 000 clients: 1-2 samples each, 5 epochs
+        spec, _ = load_spec(HERE / "specs" / "digits_vs_flower.yaml", ["fleet.groups.0.count=1000"])
+    elif workload.startswith("quickstart-"):
         count = workload.split("-")[1]
         spec, _ = load_spec(
             REPO / "examples" / "quickstart.yaml", [f"fleet.groups.0.count={count}", "partition.min_samples=0"]
@@ -121,7 +123,7 @@ def wait_for_idle(max_wait_s: float) -> float:
     return os.getloadavg()[0]
 
 
-def measure(condition: str, reps: int, load_procs: int, data_dir: Path) -> dict[str, Any]:
+def measure(condition: str, reps: int, load_procs: int, data_dir: Path, workloads: list[str]) -> dict[str, Any]:
     """Every arm on every workload, ``reps`` interleaved repetitions, under ``condition``."""
     hogs = []
     load_start = wait_for_idle(90) if condition == "idle" else None
@@ -129,11 +131,11 @@ def measure(condition: str, reps: int, load_procs: int, data_dir: Path) -> dict[
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load_procs)]
         time.sleep(2)
     load = [round(os.getloadavg()[0], 2) if load_start is None else round(load_start, 2)]
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {a: [] for a in ARMS} for w in WORKLOADS}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {a: [] for a in ARMS} for w in workloads}
     try:
         for rep in range(reps):
             order = list(ARMS) if rep % 2 == 0 else list(reversed(ARMS))
-            for workload in WORKLOADS:
+            for workload in workloads:
                 for arm in order:
                     runs[workload][arm].append(run_child(workload, arm, data_dir))
     finally:
@@ -190,6 +192,7 @@ def main() -> None:
     p.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("TINYTWIN_SHARED_DATA", REPO.parent / "shared" / "data"))
     )
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--name", help="a results file and doc block of their own (threads-NAME)")
     p.add_argument("--from-json", action="store_true", help="re-render the block from the results file")
     p.add_argument("--child", choices=sorted(WORKLOADS), help=argparse.SUPPRESS)
@@ -205,7 +208,8 @@ def main() -> None:
             os.kill(pid, signal.SIGSTOP)
         try:
             conditions = {
-                c: measure(c, args.reps, args.load_procs, args.data_dir.resolve()) for c in ("idle", "loaded")
+                c: measure(c, args.reps, args.load_procs, args.data_dir.resolve(), args.workloads)
+                for c in ("idle", "loaded")
             }
         finally:
             for pid in args.pause:
@@ -215,7 +219,9 @@ def main() -> None:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__,
             "reps": args.reps,
-            "command": f"python benchmarks/bench_threads.py --reps {args.reps} --load-procs {args.load_procs}",
+            "command": f"python benchmarks/bench_threads.py --reps {args.reps} --load-procs {args.load_procs}"
+            + ("" if args.workloads == list(WORKLOADS) else f" --workloads {' '.join(args.workloads)}")
+            + (f" --name {args.name}" if args.name else ""),
             "conditions": conditions,
         }
         results_file(args.name).write_text(json.dumps(res, indent=1) + "\n")

@@ -1,9 +1,10 @@
 """How many intra-op threads torch should use for a workload.
 
-Microcontroller-sized models make tiny tensor operations. Below a few tens of millions of
-multiply-accumulates per step, synchronising a second intra-op thread costs more than it
-saves (docs/benchmarks.md: the 100-device digits workload runs a round in 12.6 ms on one
-thread against 50 ms on two). Above it, a second thread helps only on an idle machine: on
+Microcontroller-sized models make tiny tensor operations. Below a few million
+multiply-accumulates per step a second intra-op thread saves nothing (docs/benchmarks.md,
+"Threads": the 100-device quickstart, 1.9 M a step, runs a round in the same time on one or two
+threads when idle, and twice as slow on two beside busy processes); from 5.8 M up two are a
+fifth to a quarter faster on the idle machine. Above it, a second thread helps only on an idle machine: on
 a busy one each step waits at barriers for a thread that is not scheduled, and two threads
 are about 2x *slower* (docs/benchmarks.md, "Threads": 10 000 MNIST devices beside two busy
 processes). So large workloads get every thread only when the machine was idle when the
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 import torch
 
 #: Multiply-accumulates per training step (devices x batch x parameters) below which one thread is used.
-SINGLE_THREAD_MACS = 20_000_000
+SINGLE_THREAD_MACS = 5_000_000
 #: The machine counts as idle when the other processes keep less than this fraction of its cores busy.
 IDLE_LOAD_FRACTION = 0.25
 
