@@ -40,17 +40,17 @@ def test_spec_and_environment_override_the_rule(monkeypatch):
 def test_machine_idle_is_decided_once_per_process(monkeypatch):
     threads.machine_idle.cache_clear()
     calls = []
-    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: calls.append(window) or 0.0)
+    monkeypatch.setattr(threads, "others_busy", lambda: calls.append(1) or 0.0)
     assert threads.machine_idle() and threads.machine_idle()
     assert len(calls) == 1
     threads.machine_idle.cache_clear()
-    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: 1000.0)
+    monkeypatch.setattr(threads, "others_busy", lambda: 1000.0)
     assert not threads.machine_idle()
     threads.machine_idle.cache_clear()
 
 
 def test_without_proc_stat_the_load_average_decides(monkeypatch):
-    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: None)
+    monkeypatch.setattr(threads, "others_busy", lambda: None)
     for load, idle in ((0.0, True), (1000.0, False)):
         threads.machine_idle.cache_clear()
         monkeypatch.setattr(threads.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
@@ -59,15 +59,30 @@ def test_without_proc_stat_the_load_average_decides(monkeypatch):
 
 
 def test_a_busy_process_beside_us_counts_as_busy():
-    """The sample is of real CPU time: a busy-looping process is seen as about one core."""
+    """The sample is of real CPU time: a busy-looping process is seen as about one core, over a
+    fresh window and over the stretch since an earlier reading (the engine's import)."""
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        busy = threads.busy_cores_of_others(0.3)
+        reading = threads.cpu_reading()
+        fresh = threads.busy_cores_of_others(0.3)
+        assert reading is not None
+        since = threads.others_since(reading)
     finally:
         hog.kill()
         hog.wait()
-    assert busy is not None and busy >= 0.6
+    assert fresh is not None and fresh >= 0.6
+    assert since is not None and since >= 0.6
+
+
+def test_the_stretch_since_import_is_used_without_waiting_unless_stale(monkeypatch):
+    monkeypatch.setattr(threads, "_IMPORTED", (time.monotonic() - 1.0, 0.0, 0.0))
+    monkeypatch.setattr(threads, "others_since", lambda start: 0.25)
+    monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: 9.0)
+    t0 = time.monotonic()
+    assert threads.others_busy() == 0.25 and time.monotonic() - t0 < 0.1  # the setup was the sample
+    monkeypatch.setattr(threads, "_IMPORTED", (time.monotonic() - threads.STALE_SAMPLE_S - 1, 0.0, 0.0))
+    assert threads.others_busy() == 9.0  # an hours-old import says nothing about now
 
 
 def test_intra_op_threads_restores_the_setting():

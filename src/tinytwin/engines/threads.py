@@ -11,8 +11,9 @@ processes). So large workloads get every thread only when the machine was idle w
 process first asked; otherwise one. The models do not depend on the thread count
 (bench_threads.py checks it), so the choice changes speed only.
 
-"Idle" is what the other processes used over a short sample of ``/proc/stat`` (steal time
-included: a virtual machine's noisy neighbours), not the load average: that is a one-minute
+"Idle" is what the other processes used, from ``/proc/stat`` (steal time included: a virtual
+machine's noisy neighbours), between this module's import and the first question — the
+process's own setup is the sample, at least 0.15 s — not the load average: that is a one-minute
 average, so right after another run — a sweep's previous member, a benchmark's previous
 repetition — it still reads busy, and an idle machine got one thread (1.6 s a round instead
 of 1.1 s at 10 000 MNIST devices). Where ``/proc/stat`` is missing the load average decides.
@@ -49,8 +50,10 @@ def threads_for(macs_per_step: int, override: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-#: How long the other processes' CPU use is sampled, once per process.
+#: The shortest stretch over which the other processes' CPU use is measured.
 IDLE_SAMPLE_S = 0.15
+#: A stretch since the engine was imported longer than this says little about now: sample afresh.
+STALE_SAMPLE_S = 5.0
 
 
 @functools.cache
@@ -58,7 +61,7 @@ def machine_idle() -> bool:
     """Whether the machine was idle the first time this process asked (asked once: later, the
     process's own training would count as load)."""
     limit = IDLE_LOAD_FRACTION * (os.cpu_count() or 1)
-    busy = busy_cores_of_others(IDLE_SAMPLE_S)
+    busy = others_busy()
     if busy is not None:
         return busy < limit
     try:
@@ -67,16 +70,40 @@ def machine_idle() -> bool:
         return False
 
 
+def others_busy() -> float | None:
+    """Cores the other processes kept busy lately: measured from the reading taken when this
+    module was imported (the process's setup, a spec, data and model, is the sample — no
+    waiting), topped up to ``IDLE_SAMPLE_S``, or afresh when that reading is stale or missing."""
+    if _IMPORTED is None or time.monotonic() - _IMPORTED[0] > STALE_SAMPLE_S:
+        return busy_cores_of_others(IDLE_SAMPLE_S)
+    time.sleep(max(0.0, IDLE_SAMPLE_S - (time.monotonic() - _IMPORTED[0])))
+    return others_since(_IMPORTED)
+
+
 def busy_cores_of_others(window_s: float) -> float | None:
     """Cores the machine's other processes kept busy over the next ``window_s`` seconds (this
     process's own CPU time taken out), or None without a readable ``/proc/stat``."""
+    start = cpu_reading()
+    if start is None:
+        return None
+    time.sleep(window_s)
+    return others_since(start)
+
+
+def cpu_reading() -> tuple[float, float, float] | None:
+    """(monotonic time, machine busy CPU seconds, this process's CPU seconds), or None without ``/proc/stat``."""
     try:
-        busy0, own0 = _machine_busy_s(), _own_cpu_s()
-        time.sleep(window_s)
-        busy1, own1 = _machine_busy_s(), _own_cpu_s()
+        return time.monotonic(), _machine_busy_s(), _own_cpu_s()
     except (OSError, ValueError, IndexError):
         return None
-    return max(0.0, (busy1 - busy0) - (own1 - own0)) / window_s
+
+
+def others_since(start: tuple[float, float, float]) -> float | None:
+    """Cores the other processes kept busy on average since the reading ``start``."""
+    now = cpu_reading()
+    if now is None or now[0] <= start[0]:
+        return None
+    return max(0.0, (now[1] - start[1]) - (now[2] - start[2])) / (now[0] - start[0])
 
 
 def _machine_busy_s() -> float:
@@ -89,6 +116,9 @@ def _machine_busy_s() -> float:
 def _own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+_IMPORTED = cpu_reading()
 
 
 @contextmanager
