@@ -39,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from bench_flops_vs_sgemm import wait_for_idle  # noqa: E402  (one idle wait for the benchmarks)
 from reproduce_orchestration import replace_block  # noqa: E402  (one doc writer)
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -116,17 +117,13 @@ def run_child(workload: str, arm: str, data_dir: Path) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def wait_for_idle(max_wait_s: float) -> float:
-    deadline = time.monotonic() + max_wait_s
-    while os.getloadavg()[0] >= 0.25 * (os.cpu_count() or 1) and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
-
-
 def measure(condition: str, reps: int, load_procs: int, data_dir: Path, workloads: list[str]) -> dict[str, Any]:
     """Every arm on every workload, ``reps`` interleaved repetitions, under ``condition``."""
     hogs = []
-    load_start = wait_for_idle(90) if condition == "idle" else None
+    load_start = None
+    if condition == "idle":
+        wait_for_idle(90)
+        load_start = os.getloadavg()[0]
     if condition == "loaded":
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load_procs)]
         time.sleep(2)
