@@ -29,6 +29,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from idle import wait_for_idle  # noqa: E402  (one idle wait for the benchmarks)
 from reproduce_orchestration import replace_block  # noqa: E402  (one doc writer)
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -100,16 +101,6 @@ def measure(devices: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def wait_for_idle(max_wait_s: float) -> None:
-    """Wait (at most ``max_wait_s``) until the 1-minute load average says idle, as the engine's
-    thread rule reads it (engines/threads.py), so the run gets the threads an idle machine gets."""
-    from tinytwin.engines.threads import IDLE_LOAD_FRACTION
-
-    deadline = time.monotonic() + max_wait_s
-    while os.getloadavg()[0] >= IDLE_LOAD_FRACTION * (os.cpu_count() or 1) and time.monotonic() < deadline:
-        time.sleep(5)
-
-
 def spread(values: list[float], fmt: str) -> str:
     return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
@@ -141,7 +132,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pause", type=int, nargs="*", default=[], help="background PIDs stopped during the runs")
-    parser.add_argument("--idle-wait", type=float, default=0.0, help="seconds to wait for the load average to drop")
+    parser.add_argument(
+        "--idle-wait", type=float, default=0.0, help="seconds to wait for the other processes to go quiet"
+    )
     parser.add_argument("--from-json", action="store_true", help="re-render the block from the results file")
     args = parser.parse_args()
     if not args.from_json:

@@ -39,7 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_flops_vs_sgemm import wait_for_idle  # noqa: E402  (one idle wait for the benchmarks)
+from idle import wait_for_idle  # noqa: E402  (one idle wait for the benchmarks)
 from reproduce_orchestration import replace_block  # noqa: E402  (one doc writer)
 
 DOC = REPO / "docs" / "benchmarks.md"

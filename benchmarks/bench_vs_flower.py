@@ -79,12 +79,17 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tinytwin.engines.cpu_load import machine_busy_s  # torch-free: the driver stays light
+
 # CLOCK_MONOTONIC is system-wide on Linux: stamps taken here, in the tinytwin child and in
 # Flower's ServerApp can be compared, which splits each process's wall time into phases.
 _T_START = time.monotonic()
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+from idle import wait_for_idle  # noqa: E402  (one idle wait for the benchmarks)
+
 SPEC = BENCH / "specs" / "digits_vs_flower.yaml"
 FLOWER_VENV = BENCH / ".flower-venv"
 FLOWER_PY = FLOWER_VENV / "bin" / "python"
@@ -267,13 +272,6 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores; not idle, not iowait)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by every process on the machine, with its command name."""
     out = {}
@@ -365,24 +363,6 @@ class TreeSampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
-def wait_until_idle(max_wait_s: float, threshold_cores: float = 0.2, window_s: float = 1.0, windows: int = 5) -> dict:
-    """Wait (at most ``max_wait_s``) until other processes use < ``threshold_cores`` for ``windows`` windows.
-
-    The machine has 2 cores: anything else running (a test suite, a pip install) halves
-    what either framework gets and makes the comparison noise.
-    """
-    t0 = time.perf_counter()
-    quiet, last = 0, 0.0
-    while True:
-        b0 = machine_busy_s()
-        time.sleep(window_s)
-        last = (machine_busy_s() - b0) / window_s
-        quiet = quiet + 1 if last < threshold_cores else 0
-        waited = time.perf_counter() - t0
-        if quiet >= windows or waited >= max_wait_s:
-            return {"waited_s": round(waited, 1), "busy_cores_before": round(last, 2), "idle": quiet >= windows}
-
-
 def pause_processes(pids: list[int]) -> list[int]:
     """SIGSTOP ``pids`` and their children (as of now); returns the ones stopped, for :func:`resume_processes`."""
     targets = []
@@ -428,7 +408,7 @@ def measure(
 
 
 def _measure(cmd: list[str], env: dict[str, str], log_path: Path, idle_wait_s: float, nice: int) -> dict:
-    gate = wait_until_idle(idle_wait_s)
+    gate = wait_for_idle(idle_wait_s)
     if not gate["idle"]:
         print(
             f"warning: the machine is still busy ({gate['busy_cores_before']} cores used by other processes) "
@@ -862,7 +842,6 @@ def main() -> None:
         if args.no_write:
             return
         RESULTS.write_text(json.dumps(res, indent=1) + "\n")
-    sys.path.insert(0, str(BENCH))
     from reproduce_orchestration import replace_block  # one doc writer (imported here: not in the timed children)
 
     block = render(json.loads(RESULTS.read_text()))

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from tinytwin.engines import threads
+from tinytwin.engines import cpu_load, threads
 from tinytwin.engines.threads import SINGLE_THREAD_MACS, threads_for
 
 BIG = 10 * SINGLE_THREAD_MACS
@@ -64,10 +64,10 @@ def test_a_busy_process_beside_us_counts_as_busy():
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        reading = threads.cpu_reading()
-        fresh = threads.busy_cores_of_others(0.3)
+        reading = cpu_load.cpu_reading()
+        fresh = cpu_load.busy_cores_of_others(0.3)
         assert reading is not None
-        since = threads.others_since(reading)
+        since = cpu_load.others_since(reading)
     finally:
         hog.kill()
         hog.wait()
@@ -79,8 +79,12 @@ def test_the_stretch_since_import_is_used_without_waiting_unless_stale(monkeypat
     monkeypatch.setattr(threads, "_IMPORTED", (time.monotonic() - 1.0, 0.0, 0.0))
     monkeypatch.setattr(threads, "others_since", lambda start: 0.25)
     monkeypatch.setattr(threads, "busy_cores_of_others", lambda window: 9.0)
-    t0 = time.monotonic()
-    assert threads.others_busy() == 0.25 and time.monotonic() - t0 < 0.1  # the setup was the sample
+    slept: list[float] = []
+    monkeypatch.setattr(threads.time, "sleep", slept.append)
+    assert threads.others_busy() == 0.25 and sum(slept) == 0.0  # the setup was the sample: no waiting
+    monkeypatch.setattr(threads, "_IMPORTED", (time.monotonic() - 0.05, 0.0, 0.0))
+    # a setup shorter than the sample is topped up
+    assert threads.others_busy() == 0.25 and 0.0 < slept[-1] <= threads.IDLE_SAMPLE_S - 0.05
     monkeypatch.setattr(threads, "_IMPORTED", (time.monotonic() - threads.STALE_SAMPLE_S - 1, 0.0, 0.0))
     assert threads.others_busy() == 9.0  # an hours-old import says nothing about now
 

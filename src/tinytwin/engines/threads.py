@@ -11,7 +11,7 @@ processes). So large workloads get every thread only when the machine was idle w
 process first asked; otherwise one. The models do not depend on the thread count
 (bench_threads.py checks it), so the choice changes speed only.
 
-"Idle" is what the other processes used, from ``/proc/stat`` (steal time included: a virtual
+"Idle" is what the other processes used, from ``/proc/stat`` (engines/cpu_load.py; steal time included: a virtual
 machine's noisy neighbours), between this module's import and the first question — the
 process's own setup is the sample, at least 0.15 s — not the load average: that is a one-minute
 average, so right after another run — a sweep's previous member, a benchmark's previous
@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from tinytwin.engines.cpu_load import busy_cores_of_others, cpu_reading, others_since
 
 #: Multiply-accumulates per training step (devices x batch x parameters) below which one thread is used.
 SINGLE_THREAD_MACS = 5_000_000
@@ -78,44 +80,6 @@ def others_busy() -> float | None:
         return busy_cores_of_others(IDLE_SAMPLE_S)
     time.sleep(max(0.0, IDLE_SAMPLE_S - (time.monotonic() - _IMPORTED[0])))
     return others_since(_IMPORTED)
-
-
-def busy_cores_of_others(window_s: float) -> float | None:
-    """Cores the machine's other processes kept busy over the next ``window_s`` seconds (this
-    process's own CPU time taken out), or None without a readable ``/proc/stat``."""
-    start = cpu_reading()
-    if start is None:
-        return None
-    time.sleep(window_s)
-    return others_since(start)
-
-
-def cpu_reading() -> tuple[float, float, float] | None:
-    """(monotonic time, machine busy CPU seconds, this process's CPU seconds), or None without ``/proc/stat``."""
-    try:
-        return time.monotonic(), _machine_busy_s(), _own_cpu_s()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def others_since(start: tuple[float, float, float]) -> float | None:
-    """Cores the other processes kept busy on average since the reading ``start``."""
-    now = cpu_reading()
-    if now is None or now[0] <= start[0]:
-        return None
-    return max(0.0, (now[1] - start[1]) - (now[2] - start[2])) / (now[0] - start[0])
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all cores have spent busy (user, nice, system, irq, softirq, steal) since boot."""
-    with open("/proc/stat") as fh:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fh.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 _IMPORTED = cpu_reading()
