@@ -261,26 +261,45 @@ class LocalTrainer:
             tensors = [start.to(self.dtype).expand(n, -1).contiguous()]
         else:
             tensors = [start.expand(n, -1).contiguous() if start.dim() == 1 else start.clone()]
-        params = tensors[0]
-        anchors = [t.clone() for t in tensors] if cfg.prox_mu else None
-        states = [init_optimizer_state(t, cfg) for t in tensors]
-        lr_col = torch.tensor(lrs, dtype=params.dtype, device=dev)
-        ce_total = torch.zeros(len(indices), dtype=torch.float64, device=dev)
-        seen = torch.zeros(len(indices), dtype=torch.float64, device=dev)
-        steps = torch.zeros(len(indices), dtype=torch.int64, device=dev)
-        b = cfg.batch_size
+        lr_col = torch.tensor(lrs, dtype=tensors[0].dtype, device=dev)
         # One batch buffer reused by every step: a fresh (D, B, ...) tensor per step costs
         # more in allocation and page faults than the gather itself (8 ms vs 60-90 ms at 2000 x 10 MNIST rows).
-        x_buf = self._scratch("x", len(indices) * b, (self._x_rows.shape[1],), self._x_rows.dtype)
-        y_buf = self._scratch("y", len(indices) * b, (), self.y.dtype)
+        x_buf = self._scratch("x", n * cfg.batch_size, (self._x_rows.shape[1],), self._x_rows.dtype)
+        y_buf = self._scratch("y", n * cfg.batch_size, (), self.y.dtype)
         if fast is not None and self._plain_sgd:
+            ce_total = torch.zeros(n, dtype=torch.float64, device=dev)
+            seen = torch.zeros(n, dtype=torch.float64, device=dev)
+            steps = torch.zeros(n, dtype=torch.int64, device=dev)
             for lo, hi in self._tiles(n, fast):
                 tile = [t[lo:hi] for t in tensors]
                 ce_total[lo:hi], seen[lo:hi], steps[lo:hi] = self._sgd_tile(
                     fast, tile, sched[lo:hi], lr_col[lo:hi], x_buf, y_buf
                 )
-            loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
-            return tensors, loss, steps.cpu().numpy()
+        else:
+            ce_total, seen, steps = self._optimizer_steps(tensors, sched, lr_col, x_buf, y_buf)
+        loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
+        return tensors, loss, steps.cpu().numpy()
+
+    def _optimizer_steps(
+        self,
+        tensors: list[torch.Tensor],
+        sched: torch.Tensor,
+        lr_col: torch.Tensor,
+        x_buf: torch.Tensor,
+        y_buf: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every step of a chunk with the configured optimizer (momentum, Adam, a proximal term, or a
+        model without a per-layer gradient), replacing ``tensors``' items step by step. Returns the
+        summed cross-entropy, samples seen and steps taken per device."""
+        cfg = self.cfg
+        fast = self._mlp_grad
+        params = tensors[0]
+        n, b = len(sched), cfg.batch_size
+        anchors = [t.clone() for t in tensors] if cfg.prox_mu else None
+        states = [init_optimizer_state(t, cfg) for t in tensors]
+        ce_total = torch.zeros(n, dtype=torch.float64, device=self.device)
+        seen = torch.zeros(n, dtype=torch.float64, device=self.device)
+        steps = torch.zeros(n, dtype=torch.int64, device=self.device)
         for s in range(sched.shape[1] // b):
             idx = sched[:, s * b : (s + 1) * b]
             mask = (idx >= 0).to(params.dtype)
@@ -306,8 +325,7 @@ class LocalTrainer:
             ce_total += ce_sum.to(torch.float64)
             seen += mask.sum(dim=1).to(torch.float64)
             steps += has_data.to(torch.int64)
-        loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
-        return tensors, loss, steps.cpu().numpy()
+        return ce_total, seen, steps
 
     def _tiles(self, n: int, fast: BatchedMLPGrad) -> list[tuple[int, int]]:
         """Row ranges of a chunk that run all their steps before the next range starts.
