@@ -73,6 +73,10 @@ def server_context(tls_dir: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(tls_dir / SERVER_CERT, tls_dir / SERVER_KEY)
+    # No TLS 1.3 session tickets: devices never resume a session, and a ticket arriving just
+    # after the handshake wakes a device's reader thread into a read on the same connection
+    # that its main thread is writing HELLO to (one OpenSSL connection is not for two threads).
+    ctx.num_tickets = 0
     return ctx
 
 
