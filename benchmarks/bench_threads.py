@@ -120,14 +120,12 @@ def run_child(workload: str, arm: str, data_dir: Path) -> dict[str, Any]:
 def measure(condition: str, reps: int, load_procs: int, data_dir: Path, workloads: list[str]) -> dict[str, Any]:
     """Every arm on every workload, ``reps`` interleaved repetitions, under ``condition``."""
     hogs = []
-    load_start = None
     if condition == "idle":
         wait_for_idle(90)
-        load_start = os.getloadavg()[0]
-    if condition == "loaded":
+    else:
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load_procs)]
         time.sleep(2)
-    load = [round(os.getloadavg()[0], 2) if load_start is None else round(load_start, 2)]
+    load = [round(os.getloadavg()[0], 2)]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {a: [] for a in ARMS} for w in workloads}
     try:
         for rep in range(reps):

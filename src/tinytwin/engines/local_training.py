@@ -267,14 +267,11 @@ class LocalTrainer:
         x_buf = self._scratch("x", n * cfg.batch_size, (self._x_rows.shape[1],), self._x_rows.dtype)
         y_buf = self._scratch("y", n * cfg.batch_size, (), self.y.dtype)
         if fast is not None and self._plain_sgd:
-            ce_total = torch.zeros(n, dtype=torch.float64, device=dev)
-            seen = torch.zeros(n, dtype=torch.float64, device=dev)
-            steps = torch.zeros(n, dtype=torch.int64, device=dev)
-            for lo, hi in self._tiles(n, fast):
-                tile = [t[lo:hi] for t in tensors]
-                ce_total[lo:hi], seen[lo:hi], steps[lo:hi] = self._sgd_tile(
-                    fast, tile, sched[lo:hi], lr_col[lo:hi], x_buf, y_buf
-                )
+            tiles = [
+                self._sgd_tile(fast, [t[lo:hi] for t in tensors], sched[lo:hi], lr_col[lo:hi], x_buf, y_buf)
+                for lo, hi in self._tiles(n, fast)
+            ]
+            ce_total, seen, steps = (torch.cat(parts) for parts in zip(*tiles))
         else:
             ce_total, seen, steps = self._optimizer_steps(tensors, sched, lr_col, x_buf, y_buf)
         loss = (ce_total / seen.clamp_min(1.0)).cpu().numpy()
